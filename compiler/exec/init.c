@@ -1,0 +1,133 @@
+// Deterministic weights and inputs. Each tensor draws from its own stream, keyed by
+// (seed, tensor name), so a tensor's values do not depend on the other layers.
+// The generator is SplitMix64 with Box-Muller: simple, portable, reproducible
+// bit for bit on every machine (no libm differences: only log, sqrt, cos of doubles,
+// rounded once to float).
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../alexc.h"
+
+static uint64_t splitmix64(uint64_t *state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+static uint64_t stream_key(uint64_t seed, const char *stream) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a
+  for (const char *p = stream; *p; p++)
+    h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
+  uint64_t s = seed ^ h;
+  return splitmix64(&s);
+}
+
+// A uniform double in (0, 1).
+static double uniform(uint64_t *state) {
+  return ((splitmix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+void fill_normal(float *dst, int64_t n, uint64_t seed, const char *stream, double std) {
+  uint64_t state = stream_key(seed, stream);
+  for (int64_t i = 0; i < n; i += 2) {
+    double r = sqrt(-2.0 * log(uniform(&state)));
+    double t = 2.0 * M_PI * uniform(&state);
+    dst[i] = (float)(std * r * cos(t));
+    if (i + 1 < n)
+      dst[i + 1] = (float)(std * r * sin(t));
+  }
+}
+
+static Weights *weights_alloc(const Graph *g) {
+  Weights *w = xcalloc(1, sizeof *w);
+  w->n = graph_params_list(g, NULL);
+  w->info = xcalloc(w->n, sizeof *w->info);
+  w->data = xcalloc(w->n, sizeof *w->data);
+  graph_params_list(g, w->info);
+  for (int i = 0; i < w->n; i++)
+    w->data[i] = xcalloc(w->info[i].elems, sizeof(float));
+  return w;
+}
+
+static int64_t fan_in(const ParamInfo *p) {
+  int64_t f = 1;
+  for (int d = 1; d < p->rank; d++)
+    f *= p->dims[d];
+  return f;
+}
+
+Weights *weights_init(const Graph *g, uint64_t seed, InitScheme scheme) {
+  Weights *w = weights_alloc(g);
+  for (int i = 0; i < w->n; i++) {
+    const ParamInfo *p = &w->info[i];
+    const InitRule *rule = &g->nodes[p->node].init;
+    if (p->is_bias) {
+      float b = scheme == INIT_SPEC ? (float)rule->bias : 0.0f;
+      for (int64_t j = 0; j < p->elems; j++)
+        w->data[i][j] = b;
+    } else {
+      double std = scheme == INIT_SPEC ? rule->weight_std : sqrt(2.0 / (double)fan_in(p));
+      fill_normal(w->data[i], p->elems, seed, p->name, std);
+    }
+  }
+  return w;
+}
+
+Weights *weights_load(const Graph *g, const char *path) {
+  RtSafetensors st;
+  if (!rt_st_open(path, &st)) {
+    error("%s", rt_error());
+    return NULL;
+  }
+  Weights *w = weights_alloc(g);
+  for (int i = 0; i < w->n; i++) {
+    const ParamInfo *p = &w->info[i];
+    if (!rt_st_read_f32(&st, p->name, p->rank, p->dims, w->data[i])) {
+      error("%s", rt_error());
+      weights_free(w);
+      rt_st_close(&st);
+      return NULL;
+    }
+  }
+  // A tensor the network does not use usually means the file is for another spec.
+  for (int i = 0; i < st.n; i++) {
+    bool known = false;
+    for (int j = 0; j < w->n && !known; j++)
+      known = !strcmp(st.entries[i].name, w->info[j].name);
+    if (!known)
+      fprintf(stderr, "alexc: warning: %s: tensor '%s' is not used by network '%s'\n", path,
+              st.entries[i].name, g->name);
+  }
+  rt_st_close(&st);
+  return w;
+}
+
+bool weights_save(const Weights *w, const char *path) {
+  RtStTensor *t = xcalloc(w->n, sizeof *t);
+  for (int i = 0; i < w->n; i++)
+    t[i] = (RtStTensor){w->info[i].name, w->info[i].rank, w->info[i].dims, w->data[i]};
+  bool ok = rt_st_save(path, t, w->n);
+  free(t);
+  if (!ok)
+    error("%s", rt_error());
+  return ok;
+}
+
+void weights_free(Weights *w) {
+  if (!w)
+    return;
+  for (int i = 0; i < w->n; i++)
+    free(w->data[i]);
+  free(w->data);
+  free(w->info);
+  free(w);
+}
+
+const float *weights_get(const Weights *w, int node, bool is_bias) {
+  for (int i = 0; i < w->n; i++)
+    if (w->info[i].node == node && w->info[i].is_bias == is_bias)
+      return w->data[i];
+  return NULL;
+}

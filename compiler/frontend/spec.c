@@ -1,0 +1,619 @@
+// The frontend: a YAML network spec (docs/spec-format.md) -> a Graph.
+//
+// Specs are untrusted input. Everything is checked and reported once as
+// FILE:LINE:COL: error: ... — unknown keys (with a suggestion for typos), wrong
+// types, out-of-range values, duplicate or dangling names and cycles. Layer names
+// are restricted to a safe alphabet so they can reach generated code and file
+// names; backends still sanitize what they emit.
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "../alexc.h"
+
+#define MAX_SPEC_BYTES (1 << 20)
+#define MAX_LAYERS 4096
+#define MAX_NAME 64
+#define MAX_DIM (1 << 20)
+
+typedef struct {
+  const char *path;
+  yaml_document_t *doc;
+} Ctx;
+
+// A layer as written, before it becomes a node: enough to resolve names and cycles.
+typedef struct {
+  const char *name;
+  SrcLoc loc;
+  yaml_node_t *map;
+  yaml_node_t *inputs;  // the `inputs:` value, or NULL for "the previous layer"
+} RawLayer;
+
+static SrcLoc loc_of(Ctx *cx, yaml_node_t *node) {
+  return (SrcLoc){cx->path, (int)node->start_mark.line + 1, (int)node->start_mark.column + 1};
+}
+
+static const char *scalar(yaml_node_t *node) {
+  return node && node->type == YAML_SCALAR_NODE ? (const char *)node->data.scalar.value : NULL;
+}
+
+static yaml_node_t *node_at(Ctx *cx, int id) { return yaml_document_get_node(cx->doc, id); }
+
+// ---------------------------------------------------------------- mappings
+
+static int edit_distance(const char *a, const char *b) {
+  int la = (int)strlen(a), lb = (int)strlen(b);
+  if (la > 32 || lb > 32)
+    return 99;
+  int d[33][33];
+  for (int i = 0; i <= la; i++)
+    d[i][0] = i;
+  for (int j = 0; j <= lb; j++)
+    d[0][j] = j;
+  for (int i = 1; i <= la; i++)
+    for (int j = 1; j <= lb; j++) {
+      int best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+      if (d[i - 1][j] + 1 < best)
+        best = d[i - 1][j] + 1;
+      if (d[i][j - 1] + 1 < best)
+        best = d[i][j - 1] + 1;
+      d[i][j] = best;
+    }
+  return d[la][lb];
+}
+
+// The closest of `words` to `s`, if it is close enough to be a typo.
+static const char *suggest(const char *s, const char *const *words, int n) {
+  const char *best = NULL;
+  int best_d = 3;
+  for (int i = 0; i < n; i++) {
+    if (!words[i])
+      continue;
+    int d = edit_distance(s, words[i]);
+    if (d < best_d) {
+      best_d = d;
+      best = words[i];
+    }
+  }
+  return best;
+}
+
+static bool in_list(const char *s, const char *const *words) {
+  for (; *words; words++)
+    if (!strcmp(s, *words))
+      return true;
+  return false;
+}
+
+static int list_len(const char *const *words) {
+  int n = 0;
+  while (words[n])
+    n++;
+  return n;
+}
+
+static bool need_map(Ctx *cx, yaml_node_t *node, const char *what) {
+  if (node->type == YAML_MAPPING_NODE)
+    return true;
+  error_at(loc_of(cx, node), "%s must be a mapping of keys to values", what);
+  return false;
+}
+
+// Every key must be a scalar, unique, and one of `allowed` (NULL-terminated).
+static bool check_keys(Ctx *cx, yaml_node_t *map, const char *const *allowed, const char *what) {
+  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+    yaml_node_t *k = node_at(cx, p->key);
+    const char *key = scalar(k);
+    if (!key) {
+      error_at(loc_of(cx, k), "keys of %s must be plain words", what);
+      return false;
+    }
+    for (yaml_node_pair_t *q = map->data.mapping.pairs.start; q < p; q++)
+      if (!strcmp(scalar(node_at(cx, q->key)), key)) {
+        error_at(loc_of(cx, k), "duplicate key '%s' in %s", key, what);
+        return false;
+      }
+    if (!in_list(key, allowed)) {
+      const char *s = suggest(key, allowed, list_len(allowed));
+      if (s)
+        error_at(loc_of(cx, k), "unknown key '%s' in %s; did you mean '%s'?", key, what, s);
+      else
+        error_at(loc_of(cx, k), "unknown key '%s' in %s", key, what);
+      return false;
+    }
+  }
+  return true;
+}
+
+static yaml_node_t *lookup(Ctx *cx, yaml_node_t *map, const char *key) {
+  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++)
+    if (!strcmp(scalar(node_at(cx, p->key)), key))
+      return node_at(cx, p->value);
+  return NULL;
+}
+
+// ---------------------------------------------------------------- typed values
+
+static bool missing(Ctx *cx, yaml_node_t *map, const char *key, const char *what) {
+  error_at(loc_of(cx, map), "%s is missing required key '%s'", what, key);
+  return false;
+}
+
+static bool get_string(Ctx *cx, yaml_node_t *map, const char *key, const char *what,
+                       const char **out) {
+  yaml_node_t *v = lookup(cx, map, key);
+  if (!v)
+    return missing(cx, map, key, what);
+  if (!scalar(v) || !*scalar(v)) {
+    error_at(loc_of(cx, v), "'%s' in %s must be a non-empty string", key, what);
+    return false;
+  }
+  *out = scalar(v);
+  return true;
+}
+
+// An integer in [lo, hi]; when `required` is false and the key is absent, *out keeps its default.
+static bool get_int(Ctx *cx, yaml_node_t *map, const char *key, const char *what, bool required,
+                    long lo, long hi, int *out) {
+  yaml_node_t *v = lookup(cx, map, key);
+  if (!v)
+    return required ? missing(cx, map, key, what) : true;
+  const char *s = scalar(v);
+  char *end = NULL;
+  errno = 0;
+  long val = s ? strtol(s, &end, 10) : 0;
+  if (!s || !*s || *end || errno || v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+    error_at(loc_of(cx, v), "'%s' in %s must be an integer, not '%s'", key, what, s ? s : "...");
+    return false;
+  }
+  if (val < lo || val > hi) {
+    error_at(loc_of(cx, v), "'%s' in %s must be between %ld and %ld, not %ld", key, what, lo, hi,
+             val);
+    return false;
+  }
+  *out = (int)val;
+  return true;
+}
+
+static bool get_number(Ctx *cx, yaml_node_t *map, const char *key, const char *what, bool required,
+                       double lo, double hi, double *out) {
+  yaml_node_t *v = lookup(cx, map, key);
+  if (!v)
+    return required ? missing(cx, map, key, what) : true;
+  const char *s = scalar(v);
+  char *end = NULL;
+  double val = s ? strtod(s, &end) : 0;
+  if (!s || !*s || *end || !isfinite(val) || v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE ||
+      isspace((unsigned char)*s)) {
+    error_at(loc_of(cx, v), "'%s' in %s must be a number, not '%s'", key, what, s ? s : "...");
+    return false;
+  }
+  if (val < lo || val > hi) {
+    error_at(loc_of(cx, v), "'%s' in %s must be between %g and %g, not %s", key, what, lo, hi, s);
+    return false;
+  }
+  *out = val;
+  return true;
+}
+
+static bool get_bool(Ctx *cx, yaml_node_t *map, const char *key, const char *what, bool *out) {
+  yaml_node_t *v = lookup(cx, map, key);
+  if (!v)
+    return true;
+  const char *s = scalar(v);
+  if (s && !strcmp(s, "true"))
+    *out = true;
+  else if (s && !strcmp(s, "false"))
+    *out = false;
+  else {
+    error_at(loc_of(cx, v), "'%s' in %s must be true or false", key, what);
+    return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- names
+
+static bool valid_name(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > MAX_NAME || !(isalpha((unsigned char)s[0]) || s[0] == '_'))
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (!(isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == '.' || s[i] == '-'))
+      return false;
+  return true;
+}
+
+static bool check_name(Ctx *cx, yaml_node_t *v, const char *s, const char *what) {
+  if (valid_name(s))
+    return true;
+  error_at(loc_of(cx, v),
+           "%s '%s' is not a valid name (a letter or '_', then letters, digits, '_', '.', '-'; "
+           "at most %d characters)",
+           what, s, MAX_NAME);
+  return false;
+}
+
+// ---------------------------------------------------------------- network header
+
+static bool parse_init(Ctx *cx, yaml_node_t *v, const char *what, InitRule *rule) {
+  static const char *const keys[] = {"weight_std", "bias", NULL};
+  if (!need_map(cx, v, what) || !check_keys(cx, v, keys, what))
+    return false;
+  return get_number(cx, v, "weight_std", what, false, 0, 1e6, &rule->weight_std) &&
+         get_number(cx, v, "bias", what, false, -1e6, 1e6, &rule->bias);
+}
+
+static bool parse_input(Ctx *cx, yaml_node_t *v, Graph *g) {
+  static const char *const keys[] = {"channels", "height", "width", NULL};
+  const char *what = "the network input";
+  if (!need_map(cx, v, what) || !check_keys(cx, v, keys, what))
+    return false;
+  int c, h, w;
+  if (!get_int(cx, v, "channels", what, true, 1, MAX_DIM, &c) ||
+      !get_int(cx, v, "height", what, true, 1, MAX_DIM, &h) ||
+      !get_int(cx, v, "width", what, true, 1, MAX_DIM, &w))
+    return false;
+  int idx = graph_add(g, "input", OP_INPUT, loc_of(cx, v));
+  g->nodes[idx].out = (Shape){.rank = 3, .c = c, .h = h, .w = w};
+  return true;
+}
+
+// ---------------------------------------------------------------- layers
+
+static const char *const COMMON_KEYS[] = {"name", "op", "inputs"};
+
+// The keys each op accepts besides COMMON_KEYS (NULL-terminated).
+static const char *const *op_keys(OpKind op) {
+  static const char *const conv[] = {"out", "kernel", "stride", "pad", "groups", "bias", "init", NULL};
+  static const char *const lrn[] = {"size", "alpha", "beta", "k", "groups", NULL};
+  static const char *const pool[] = {"kernel", "stride", "pad", NULL};
+  static const char *const fc[] = {"out", "bias", "init", NULL};
+  static const char *const dropout[] = {"p", NULL};
+  static const char *const none[] = {NULL};
+  switch (op) {
+  case OP_CONV:
+    return conv;
+  case OP_LRN:
+    return lrn;
+  case OP_MAXPOOL:
+    return pool;
+  case OP_FC:
+    return fc;
+  case OP_DROPOUT:
+    return dropout;
+  default:
+    return none;
+  }
+}
+
+static bool check_layer_keys(Ctx *cx, yaml_node_t *map, OpKind op, const char *what) {
+  const char *allowed[24];
+  int n = 0;
+  for (int i = 0; i < 3; i++)
+    allowed[n++] = COMMON_KEYS[i];
+  for (const char *const *k = op_keys(op); *k; k++)
+    allowed[n++] = *k;
+  allowed[n] = NULL;
+  return check_keys(cx, map, allowed, what);
+}
+
+static bool parse_attrs(Ctx *cx, yaml_node_t *m, Node *n, const InitRule *net_init, const char *w) {
+  n->init = *net_init;
+  yaml_node_t *init = lookup(cx, m, "init");
+  char init_what[128];
+  snprintf(init_what, sizeof init_what, "the init of layer '%s'", n->name);
+  if (init && !parse_init(cx, init, init_what, &n->init))
+    return false;
+  switch (n->op) {
+  case OP_CONV:
+    n->conv = (ConvAttrs){.stride = 1, .groups = 1, .bias = true};
+    return get_int(cx, m, "out", w, true, 1, MAX_DIM, &n->conv.out) &&
+           get_int(cx, m, "kernel", w, true, 1, 1024, &n->conv.kernel) &&
+           get_int(cx, m, "stride", w, false, 1, 1024, &n->conv.stride) &&
+           get_int(cx, m, "pad", w, false, 0, 1024, &n->conv.pad) &&
+           get_int(cx, m, "groups", w, false, 1, MAX_DIM, &n->conv.groups) &&
+           get_bool(cx, m, "bias", w, &n->conv.bias);
+  case OP_LRN:
+    n->lrn = (LrnAttrs){.groups = 1};
+    if (!get_int(cx, m, "size", w, true, 1, 1023, &n->lrn.size) ||
+        !get_number(cx, m, "alpha", w, true, 0, 1e6, &n->lrn.alpha) ||
+        !get_number(cx, m, "beta", w, true, 0, 1e3, &n->lrn.beta) ||
+        !get_number(cx, m, "k", w, true, 1e-12, 1e6, &n->lrn.k) ||
+        !get_int(cx, m, "groups", w, false, 1, MAX_DIM, &n->lrn.groups))
+      return false;
+    if (n->lrn.size % 2 == 0) {
+      error_at(loc_of(cx, lookup(cx, m, "size")), "'size' in %s must be odd (a window centred on "
+               "each channel), not %d", w, n->lrn.size);
+      return false;
+    }
+    return true;
+  case OP_MAXPOOL:
+    return get_int(cx, m, "kernel", w, true, 1, 1024, &n->pool.kernel) &&
+           get_int(cx, m, "stride", w, true, 1, 1024, &n->pool.stride) &&
+           get_int(cx, m, "pad", w, false, 0, 1024, &n->pool.pad);
+  case OP_FC:
+    n->fc = (FcAttrs){.bias = true};
+    return get_int(cx, m, "out", w, true, 1, MAX_DIM, &n->fc.out) &&
+           get_bool(cx, m, "bias", w, &n->fc.bias);
+  case OP_DROPOUT:
+    if (!get_number(cx, m, "p", w, true, 0, 1, &n->dropout.p))
+      return false;
+    if (n->dropout.p >= 1) {
+      error_at(loc_of(cx, lookup(cx, m, "p")), "'p' in %s must be below 1", w);
+      return false;
+    }
+    return true;
+  default:
+    return true;
+  }
+}
+
+// Reads a layer's name and `inputs:` (syntax only; names are resolved later).
+static bool read_raw_layer(Ctx *cx, yaml_node_t *m, int index, RawLayer *raw) {
+  char what[64];
+  snprintf(what, sizeof what, "layer %d", index + 1);
+  if (!need_map(cx, m, what))
+    return false;
+  yaml_node_t *nv = lookup(cx, m, "name");
+  if (!get_string(cx, m, "name", what, &raw->name) || !check_name(cx, nv, raw->name, "layer name"))
+    return false;
+  raw->loc = loc_of(cx, m);
+  raw->map = m;
+  raw->inputs = lookup(cx, m, "inputs");
+  if (raw->inputs && raw->inputs->type == YAML_MAPPING_NODE) {
+    error_at(loc_of(cx, raw->inputs), "'inputs' of layer '%s' must be a layer name or a list of "
+             "names", raw->name);
+    return false;
+  }
+  return true;
+}
+
+// The names a raw layer reads, as YAML nodes; `prev` is the default.
+static int raw_inputs(Ctx *cx, const RawLayer *r, yaml_node_t **out, int max) {
+  if (!r->inputs)
+    return 0;
+  if (r->inputs->type == YAML_SCALAR_NODE) {
+    out[0] = r->inputs;
+    return 1;
+  }
+  int n = 0;
+  for (yaml_node_item_t *it = r->inputs->data.sequence.items.start;
+       it < r->inputs->data.sequence.items.top && n < max; it++)
+    out[n++] = node_at(cx, *it);
+  return n;
+}
+
+static int raw_find(RawLayer *raw, int n, const char *name) {
+  for (int i = 0; i < n; i++)
+    if (!strcmp(raw[i].name, name))
+      return i;
+  return -1;
+}
+
+// Does raw layer `from` (transitively) read raw layer `target`? Used to tell a cycle
+// from a mere forward reference. `seen` guards against revisiting.
+static bool reaches(Ctx *cx, RawLayer *raw, int n, int from, int target, char *seen) {
+  if (from == target)
+    return true;
+  if (seen[from])
+    return false;
+  seen[from] = 1;
+  yaml_node_t *ins[64];
+  int k = raw_inputs(cx, &raw[from], ins, 64);
+  if (!raw[from].inputs && from > 0)
+    return reaches(cx, raw, n, from - 1, target, seen);
+  for (int i = 0; i < k; i++) {
+    int j = scalar(ins[i]) ? raw_find(raw, n, scalar(ins[i])) : -1;
+    if (j >= 0 && reaches(cx, raw, n, j, target, seen))
+      return true;
+  }
+  return false;
+}
+
+static bool resolve_input(Ctx *cx, Graph *g, RawLayer *raw, int n_raw, int self, yaml_node_t *v,
+                          int *out) {
+  const char *name = scalar(v);
+  if (!name) {
+    error_at(loc_of(cx, v), "inputs of layer '%s' must be layer names", raw[self].name);
+    return false;
+  }
+  int idx = graph_find(g, name);
+  if (idx >= 0) {
+    *out = idx;
+    return true;
+  }
+  int later = raw_find(raw, n_raw, name);
+  if (later == self) {
+    error_at(loc_of(cx, v), "layer '%s' reads itself (a cycle)", name);
+    return false;
+  }
+  if (later > self) {
+    char *seen = xcalloc(n_raw, 1);
+    bool cycle = reaches(cx, raw, n_raw, later, self, seen);
+    free(seen);
+    if (cycle)
+      error_at(loc_of(cx, v), "cycle: layer '%s' reads '%s', which depends on '%s'",
+               raw[self].name, name, raw[self].name);
+    else
+      error_at(loc_of(cx, v), "layer '%s' reads '%s', which is defined later; a layer must come "
+               "after its inputs", raw[self].name, name);
+    return false;
+  }
+  const char **names = xcalloc(g->n_nodes, sizeof *names);
+  for (int i = 0; i < g->n_nodes; i++)
+    names[i] = g->nodes[i].name;
+  const char *s = suggest(name, names, g->n_nodes);
+  if (s)
+    error_at(loc_of(cx, v), "layer '%s' reads unknown layer '%s'; did you mean '%s'?",
+             raw[self].name, name, s);
+  else
+    error_at(loc_of(cx, v), "layer '%s' reads unknown layer '%s'", raw[self].name, name);
+  free(names);
+  return false;
+}
+
+static bool build_layer(Ctx *cx, Graph *g, RawLayer *raw, int n_raw, int i, const InitRule *init) {
+  RawLayer *r = &raw[i];
+  char what[128];
+  snprintf(what, sizeof what, "layer '%s'", r->name);
+  const char *op_s;
+  yaml_node_t *op_v = lookup(cx, r->map, "op");
+  if (!get_string(cx, r->map, "op", what, &op_s))
+    return false;
+  OpKind op = op_from_name(op_s);
+  if (op == OP_COUNT) {
+    static const char *const ops[] = {"conv",    "relu",    "lrn",    "maxpool", "fc",
+                                      "dropout", "flatten", "concat", "softmax"};
+    const char *s = suggest(op_s, ops, 9);
+    error_at(loc_of(cx, op_v), "unknown op '%s' in %s%s%s%s", op_s, what, s ? "; did you mean '" : "",
+             s ? s : "", s ? "'?" : " (ops: conv relu lrn maxpool fc dropout flatten concat softmax)");
+    return false;
+  }
+  snprintf(what, sizeof what, "%s layer '%s'", op_s, r->name);
+  if (!check_layer_keys(cx, r->map, op, what))
+    return false;
+  if (graph_find(g, r->name) >= 0) {
+    error_at(loc_of(cx, lookup(cx, r->map, "name")), "duplicate layer name '%s'%s", r->name,
+             strcmp(r->name, "input") ? "" : " ('input' names the network input)");
+    return false;
+  }
+
+  yaml_node_t *ins[64];
+  int k = raw_inputs(cx, r, ins, 64);
+  if (r->inputs && r->inputs->type == YAML_SEQUENCE_NODE &&
+      r->inputs->data.sequence.items.top - r->inputs->data.sequence.items.start > 64) {
+    error_at(loc_of(cx, r->inputs), "%s has more than 64 inputs", what);
+    return false;
+  }
+  if (op == OP_CONCAT ? k < 2 : (r->inputs && k != 1)) {
+    error_at(loc_of(cx, r->inputs ? r->inputs : r->map),
+             op == OP_CONCAT ? "%s needs 'inputs' listing at least two layers"
+                             : "%s takes exactly one input", what);
+    return false;
+  }
+  int in_idx[64];
+  for (int j = 0; j < k; j++)
+    if (!resolve_input(cx, g, raw, n_raw, i, ins[j], &in_idx[j]))
+      return false;
+  if (k == 0)
+    in_idx[k++] = g->n_nodes - 1;  // the previous layer, or the network input
+
+  int idx = graph_add(g, r->name, op, r->loc);
+  Node *n = &g->nodes[idx];
+  for (int j = 0; j < k; j++)
+    node_add_input(n, in_idx[j]);
+  return parse_attrs(cx, r->map, n, init, what);
+}
+
+static bool parse_layers(Ctx *cx, yaml_node_t *v, Graph *g, const InitRule *init) {
+  if (v->type != YAML_SEQUENCE_NODE || v->data.sequence.items.top == v->data.sequence.items.start) {
+    error_at(loc_of(cx, v), "'layers' must be a non-empty list of layers");
+    return false;
+  }
+  int n = (int)(v->data.sequence.items.top - v->data.sequence.items.start);
+  if (n > MAX_LAYERS) {
+    error_at(loc_of(cx, v), "too many layers (%d; the limit is %d)", n, MAX_LAYERS);
+    return false;
+  }
+  RawLayer *raw = xcalloc(n, sizeof *raw);
+  bool ok = true;
+  for (int i = 0; ok && i < n; i++)
+    ok = read_raw_layer(cx, node_at(cx, v->data.sequence.items.start[i]), i, &raw[i]);
+  for (int i = 0; ok && i < n; i++)
+    ok = build_layer(cx, g, raw, n, i, init);
+  free(raw);
+  return ok;
+}
+
+// Layers whose output nobody reads, other than the last, are probably mistakes.
+static void warn_unused(const Graph *g) {
+  char *used = xcalloc(g->n_nodes, 1);
+  for (int i = 0; i < g->n_nodes; i++)
+    for (int j = 0; j < g->nodes[i].n_inputs; j++)
+      used[g->nodes[i].inputs[j]] = 1;
+  for (int i = 0; i + 1 < g->n_nodes; i++)
+    if (!used[i]) {
+      const Node *n = &g->nodes[i];
+      fprintf(stderr, "%s:%d:%d: warning: the output of layer '%s' is never used\n", n->loc.file,
+              n->loc.line, n->loc.col, n->name);
+    }
+  free(used);
+}
+
+static Graph *build_graph(Ctx *cx, yaml_node_t *root) {
+  static const char *const keys[] = {"name", "description", "input", "init", "layers", NULL};
+  if (!need_map(cx, root, "a network spec") || !check_keys(cx, root, keys, "the network"))
+    return NULL;
+  const char *name;
+  if (!get_string(cx, root, "name", "the network", &name) ||
+      !check_name(cx, lookup(cx, root, "name"), name, "network name"))
+    return NULL;
+  yaml_node_t *desc = lookup(cx, root, "description");
+  if (desc && !scalar(desc)) {
+    error_at(loc_of(cx, desc), "'description' must be a string");
+    return NULL;
+  }
+  InitRule init = {.weight_std = 0.01, .bias = 0};  // the paper's defaults
+  yaml_node_t *init_v = lookup(cx, root, "init");
+  if (init_v && !parse_init(cx, init_v, "the network's init", &init))
+    return NULL;
+  yaml_node_t *input = lookup(cx, root, "input");
+  yaml_node_t *layers = lookup(cx, root, "layers");
+  if (!input) {
+    missing(cx, root, "input", "the network");
+    return NULL;
+  }
+  if (!layers) {
+    missing(cx, root, "layers", "the network");
+    return NULL;
+  }
+  Graph *g = graph_new(name);
+  g->loc = loc_of(cx, root);
+  if (!parse_input(cx, input, g) || !parse_layers(cx, layers, g, &init) || !graph_infer(g)) {
+    graph_free(g);
+    return NULL;
+  }
+  g->output = g->n_nodes - 1;
+  warn_unused(g);
+  return g;
+}
+
+Graph *parse_spec_string(const char *path, const char *text, size_t len) {
+  yaml_parser_t parser;
+  yaml_document_t doc;
+  yaml_parser_initialize(&parser);
+  yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+  if (!yaml_parser_load(&parser, &doc)) {
+    SrcLoc loc = {path, (int)parser.problem_mark.line + 1, (int)parser.problem_mark.column + 1};
+    error_at(loc, "malformed YAML: %s%s%s", parser.problem ? parser.problem : "syntax error",
+             parser.context ? " " : "", parser.context ? parser.context : "");
+    yaml_parser_delete(&parser);
+    return NULL;
+  }
+  Ctx cx = {path, &doc};
+  Graph *g = NULL;
+  yaml_node_t *root = yaml_document_get_root_node(&doc);
+  if (!root)
+    error_at((SrcLoc){path, 1, 1}, "the spec is empty");
+  else
+    g = build_graph(&cx, root);
+  yaml_document_delete(&doc);
+  yaml_parser_delete(&parser);
+  return g;
+}
+
+Graph *parse_spec_file(const char *path) {
+  uint8_t *text;
+  size_t len;
+  if (!rt_read_file(path, MAX_SPEC_BYTES, &text, &len)) {
+    error("%s", rt_error());
+    return NULL;
+  }
+  Graph *g = parse_spec_string(path, (const char *)text, len);
+  free(text);
+  return g;
+}

@@ -1,0 +1,136 @@
+// Shared pieces of the subcommands.
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+int usage_error(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "alexc %s: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n(see 'alexc %s --help')\n", cmd);
+  va_end(ap);
+  return EXIT_USAGE;
+}
+
+bool parse_u64(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  if (!s || !*s || *s == '-')
+    return false;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (*end || errno)
+    return false;
+  *out = v;
+  return true;
+}
+
+bool parse_int_in(const char *s, long lo, long hi, int *out) {
+  char *end;
+  errno = 0;
+  if (!s || !*s)
+    return false;
+  long v = strtol(s, &end, 10);
+  if (*end || errno || v < lo || v > hi)
+    return false;
+  *out = (int)v;
+  return true;
+}
+
+bool parse_init_scheme(const char *s, InitScheme *out) {
+  if (!strcmp(s, "spec"))
+    *out = INIT_SPEC;
+  else if (!strcmp(s, "fan-in"))
+    *out = INIT_FAN_IN;
+  else
+    return false;
+  return true;
+}
+
+Graph *load_spec(const char *path) {
+  Graph *g = parse_spec_file(path);
+  if (g && !graph_verify(g)) {
+    graph_free(g);
+    return NULL;
+  }
+  return g;
+}
+
+bool load_input(const Graph *g, const char *path, float **x, int *batch) {
+  RtTensor t;
+  if (!rt_npy_load(path, &t)) {
+    error("%s", rt_error());
+    return false;
+  }
+  Shape s = g->nodes[0].out;
+  int64_t n = t.rank == 3 ? 1 : t.dims[0];
+  const int64_t *chw = t.rank == 3 ? t.dims : t.dims + 1;
+  if ((t.rank != 3 && t.rank != 4) || chw[0] != s.c || chw[1] != s.h || chw[2] != s.w) {
+    char have[128] = "";
+    for (int i = 0, len = 0; i < t.rank && len < 100; i++)
+      len += snprintf(have + len, sizeof have - len, "%s%lld", i ? ", " : "", (long long)t.dims[i]);
+    error("%s: input has shape (%s), want (N, %lld, %lld, %lld) for network '%s'", path, have,
+          (long long)s.c, (long long)s.h, (long long)s.w, g->name);
+    rt_tensor_free(&t);
+    return false;
+  }
+  if (n < 1 || n > 65536) {
+    error("%s: batch of %lld images; it must be between 1 and 65536", path, (long long)n);
+    rt_tensor_free(&t);
+    return false;
+  }
+  for (int64_t i = 0; i < t.elems; i++)
+    if (!isfinite(t.data[i])) {
+      error("%s: element %lld is not a finite number", path, (long long)i);
+      rt_tensor_free(&t);
+      return false;
+    }
+  *x = t.data;
+  *batch = (int)n;
+  return true;
+}
+
+float *random_input(const Graph *g, int batch, uint64_t seed) {
+  int64_t n = shape_elems(g->nodes[0].out) * batch;
+  float *x = xcalloc(n, sizeof(float));
+  fill_normal(x, n, seed, "input", 1.0);
+  return x;
+}
+
+bool save_output(const Graph *g, int node, const float *y, int batch, const char *path) {
+  Shape s = g->nodes[node].out;
+  int64_t dims[4] = {batch, s.c, s.h, s.w};
+  if (!rt_npy_save(path, y, s.rank == 1 ? 2 : 4, dims)) {
+    error("%s", rt_error());
+    return false;
+  }
+  return true;
+}
+
+Compare compare(const float *got, const float *want, int64_t n) {
+  Compare c = {.finite = true};
+  double scale = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (!isfinite(got[i]) || !isfinite(want[i])) {
+      if (c.finite)
+        c.at = i;
+      c.finite = false;
+      continue;
+    }
+    double d = fabs((double)got[i] - want[i]);
+    if (d > c.abs) {
+      c.abs = d;
+      c.at = i;
+    }
+    if (fabs(want[i]) > scale)
+      scale = fabs(want[i]);
+  }
+  c.rel = scale > 0 ? c.abs / scale : c.abs;
+  if (!c.finite)
+    c.rel = INFINITY;
+  return c;
+}

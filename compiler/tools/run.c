@@ -1,0 +1,151 @@
+// `alexc run`: run a batch through a network and write (or summarise) the output.
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char RUN_HELP[] =
+    "usage: alexc run SPEC (--weights W.safetensors | --seed S) (--input X.npy | --random N)\n"
+    "                 [--output Y.npy] [--layer NAME] [--top K] [--target ref]\n"
+    "\n"
+    "Runs a batch through the network.\n"
+    "\n"
+    "  --weights W       weights as safetensors (alexc init, or PyTorch's names and layout)\n"
+    "  --seed S          instead of --weights: initialise from seed S (see alexc init)\n"
+    "  --scheme SCHEME   with --seed: 'spec' (default) or 'fan-in'\n"
+    "  --input X.npy     float32 batch (N, C, H, W), or one image (C, H, W)\n"
+    "  --random N        instead of --input: N images of N(0,1) noise (--input-seed, default 1)\n"
+    "  --output Y.npy    write the output: (N, C, H, W) or (N, features); replaced atomically\n"
+    "  --layer NAME      output this layer instead of the network's last one\n"
+    "  --top K           print the K highest-scoring classes of each image\n"
+    "  --target ref      the executor: 'ref' is the reference executor (the default)\n";
+
+static void print_top(const Graph *g, int node, const float *y, int batch, int k) {
+  int64_t classes = shape_elems(g->nodes[node].out);
+  if (k > classes)
+    k = (int)classes;
+  for (int i = 0; i < batch; i++) {
+    const float *row = y + i * classes;
+    printf("image %d: top-%d", i, k);
+    char *taken = xcalloc(classes, 1);
+    for (int r = 0; r < k; r++) {
+      int64_t best = -1;
+      for (int64_t j = 0; j < classes; j++)
+        if (!taken[j] && (best < 0 || row[j] > row[best]))
+          best = j;
+      taken[best] = 1;
+      printf("  %lld (%.4g)", (long long)best, row[best]);
+    }
+    free(taken);
+    printf("\n");
+  }
+}
+
+typedef struct {
+  const char *weights, *input, *output, *layer, *target;
+  uint64_t seed, input_seed;
+  bool have_seed;
+  InitScheme scheme;
+  int random, top;
+} RunArgs;
+
+static int parse_run_args(int argc, char **argv, RunArgs *a) {
+  static const struct option opts[] = {
+      {"weights", required_argument, 0, 'w'}, {"seed", required_argument, 0, 's'},
+      {"scheme", required_argument, 0, 'S'},  {"input", required_argument, 0, 'i'},
+      {"random", required_argument, 0, 'r'},  {"input-seed", required_argument, 0, 'I'},
+      {"output", required_argument, 0, 'o'},  {"layer", required_argument, 0, 'l'},
+      {"top", required_argument, 0, 't'},     {"target", required_argument, 0, 'T'},
+      {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+  *a = (RunArgs){.target = "ref", .input_seed = 1};
+  int c;
+  while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'w': a->weights = optarg; break;
+    case 'i': a->input = optarg; break;
+    case 'o': a->output = optarg; break;
+    case 'l': a->layer = optarg; break;
+    case 'T': a->target = optarg; break;
+    case 's':
+      if (!(a->have_seed = parse_u64(optarg, &a->seed)))
+        return usage_error("run", "--seed wants an unsigned integer, not '%s'", optarg);
+      break;
+    case 'I':
+      if (!parse_u64(optarg, &a->input_seed))
+        return usage_error("run", "--input-seed wants an unsigned integer, not '%s'", optarg);
+      break;
+    case 'S':
+      if (!parse_init_scheme(optarg, &a->scheme))
+        return usage_error("run", "--scheme is 'spec' or 'fan-in', not '%s'", optarg);
+      break;
+    case 'r':
+      if (!parse_int_in(optarg, 1, 65536, &a->random))
+        return usage_error("run", "--random wants a batch size from 1 to 65536, not '%s'", optarg);
+      break;
+    case 't':
+      if (!parse_int_in(optarg, 1, 1000000, &a->top))
+        return usage_error("run", "--top wants a positive integer, not '%s'", optarg);
+      break;
+    case 'h':
+      fputs(RUN_HELP, stdout);
+      return -1;
+    default:
+      return usage_error("run", "unknown option");
+    }
+  }
+  if (optind + 1 != argc)
+    return usage_error("run", "expected one SPEC file");
+  if (!a->weights == !a->have_seed)
+    return usage_error("run", "give exactly one of --weights and --seed");
+  if (!a->input == !a->random)
+    return usage_error("run", "give exactly one of --input and --random");
+  if (strcmp(a->target, "ref") != 0)
+    return usage_error("run", "unknown target '%s' (targets: ref)", a->target);
+  return EXIT_OK;
+}
+
+int cmd_run(int argc, char **argv) {
+  RunArgs a;
+  int rc = parse_run_args(argc, argv, &a);
+  if (rc)
+    return rc < 0 ? EXIT_OK : rc;
+  Graph *g = load_spec(argv[optind]);
+  if (!g)
+    return EXIT_ERR;
+  int node = a.layer ? graph_find(g, a.layer) : g->output;
+  if (node < 0) {
+    error("network '%s' has no layer '%s'", g->name, a.layer);
+    graph_free(g);
+    return EXIT_ERR;
+  }
+  if (a.top && g->nodes[node].out.rank != 1) {
+    error("--top needs a flat output, but layer '%s' is not", g->nodes[node].name);
+    graph_free(g);
+    return EXIT_ERR;
+  }
+  Weights *w = a.weights ? weights_load(g, a.weights) : weights_init(g, a.seed, a.scheme);
+  float *x = NULL;
+  int batch = a.random;
+  bool ok = w != NULL;
+  if (ok && a.input)
+    ok = load_input(g, a.input, &x, &batch);
+  else if (ok)
+    x = random_input(g, batch, a.input_seed);
+  if (ok) {
+    float **outs = ref_run(g, w, x, batch);
+    if (a.output)
+      ok = save_output(g, node, outs[node], batch, a.output);
+    if (ok && a.top)
+      print_top(g, node, outs[node], batch, a.top);
+    if (ok && !a.output && !a.top) {
+      char s[64];
+      printf("ran %d image(s) through '%s'; layer '%s' output %s per image (use --output to save)\n",
+             batch, g->name, g->nodes[node].name, shape_str(g->nodes[node].out, s, sizeof s));
+    }
+    ref_free_outputs(g, outs);
+  }
+  free(x);
+  weights_free(w);
+  graph_free(g);
+  return ok ? EXIT_OK : EXIT_ERR;
+}

@@ -1,0 +1,78 @@
+// alexrt.h — the runtime library: small, no LLVM, no libyaml.
+//
+// For now it holds what both the compiler and a deployed model need: reading and
+// writing tensors on disk (.npy for inputs/outputs, safetensors for weights), with
+// every read bounded and every write atomic (a temporary file renamed into place,
+// so a file a user saved is never left half-written).
+#ifndef ALEXRT_H
+#define ALEXRT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RT_MAX_RANK 8
+
+// The last error message of a failing rt_* call ("FILE: tensor 'x': ..."), per thread.
+const char *rt_error(void);
+
+// ---- whole files
+
+// Reads at most `limit` bytes; a larger file is an error. Caller frees *data.
+bool rt_read_file(const char *path, size_t limit, uint8_t **data, size_t *size);
+// Writes to PATH.tmp.PID then renames over PATH.
+bool rt_write_file_atomic(const char *path, const void *data, size_t size);
+
+// ---- .npy (float32, C order)
+
+typedef struct {
+  int rank;
+  int64_t dims[RT_MAX_RANK];
+  int64_t elems;
+  float *data;  // owned
+} RtTensor;
+
+// Accepts little-endian float32 ('<f4'), and float64 ('<f8') converted to float32.
+bool rt_npy_load(const char *path, RtTensor *out);
+bool rt_npy_save(const char *path, const float *data, int rank, const int64_t *dims);
+void rt_tensor_free(RtTensor *t);
+
+// ---- safetensors (float32 tensors; header parsed with cJSON)
+
+typedef struct {
+  char *name;
+  char dtype[16];
+  int rank;
+  int64_t dims[RT_MAX_RANK];
+  int64_t elems;
+  size_t offset, nbytes;  // within the data section
+} RtStEntry;
+
+typedef struct {
+  char *path;
+  uint8_t *file;  // the whole file
+  size_t file_size;
+  const uint8_t *data;  // start of the data section
+  size_t data_size;
+  RtStEntry *entries;
+  int n;
+} RtSafetensors;
+
+bool rt_st_open(const char *path, RtSafetensors *st);
+void rt_st_close(RtSafetensors *st);
+const RtStEntry *rt_st_find(const RtSafetensors *st, const char *name);
+// Copies a tensor as float32 after checking dtype (F32) and shape; messages name
+// the file and the tensor.
+bool rt_st_read_f32(const RtSafetensors *st, const char *name, int rank, const int64_t *dims,
+                    float *dst);
+
+typedef struct {
+  const char *name;
+  int rank;
+  const int64_t *dims;
+  const float *data;
+} RtStTensor;
+
+bool rt_st_save(const char *path, const RtStTensor *tensors, int n);
+
+#endif
