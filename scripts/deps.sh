@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages alexc needs to build and test, if any are missing.
+# Safe to run again: it installs nothing when everything is present.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config libyaml-dev libcjson-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The CLI as a user meets it: help, exit codes, the AlexNet parameter count, and a
+# run that writes its output atomically.
+set -euo pipefail
+alexc="$1"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+"$alexc" --help | grep -q "golden" || fail "--help lists no subcommands"
+for c in check dump init input run golden; do
+  "$alexc" "$c" --help >/dev/null || fail "$c --help"
+done
+set +e
+"$alexc" nosuch 2>/dev/null; [ $? -eq 2 ] || fail "unknown command must exit 2"
+"$alexc" check 2>/dev/null; [ $? -eq 2 ] || fail "missing SPEC must exit 2"
+"$alexc" run specs/alexnet.yaml --seed x --random 1 2>/dev/null; [ $? -eq 2 ] || fail "bad --seed must exit 2"
+"$alexc" check /nonexistent.yaml 2>/dev/null; [ $? -eq 1 ] || fail "missing file must exit 1"
+set -e
+
+"$alexc" check specs/alexnet.yaml > "$tmp/check.txt"
+grep -q "^60,965,224 parameters, 724,406,816 multiply-accumulates per image" "$tmp/check.txt" ||
+  fail "alexnet parameter/MAC totals"
+
+# init -> run from the file equals run from the seed.
+spec="$tmp/small.yaml"
+cat > "$spec" <<'YAML'
+name: small
+input: {channels: 3, height: 16, width: 16}
+layers:
+  - {name: conv1, op: conv, out: 8, kernel: 3, pad: 1}
+  - {name: relu1, op: relu}
+  - {name: flat, op: flatten}
+  - {name: fc, op: fc, out: 10}
+  - {name: prob, op: softmax}
+YAML
+"$alexc" init "$spec" --seed 7 -o "$tmp/w.safetensors" >/dev/null
+"$alexc" input "$spec" --seed 3 --batch 4 -o "$tmp/x.npy"
+"$alexc" run "$spec" --weights "$tmp/w.safetensors" --input "$tmp/x.npy" --output "$tmp/y1.npy"
+"$alexc" run "$spec" --seed 7 --input "$tmp/x.npy" --output "$tmp/y2.npy"
+cmp -s "$tmp/y1.npy" "$tmp/y2.npy" || fail "weights from file and from seed differ"
+"$alexc" run "$spec" --seed 7 --random 2 --top 3 | grep -q "^image 1: top-3" || fail "--top"
+ls "$tmp" | grep -q tmp && fail "a temporary file was left behind"
+
+# An input of the wrong shape is refused, and the output file is not touched.
+"$alexc" input specs/alexnet.yaml --seed 1 --batch 1 -o "$tmp/big.npy"
+cp "$tmp/y1.npy" "$tmp/keep.npy"
+if "$alexc" run "$spec" --seed 7 --input "$tmp/big.npy" --output "$tmp/y1.npy" 2>"$tmp/err"; then
+  fail "a wrong-shaped input was accepted"
+fi
+grep -q "big.npy: input has shape (1, 3, 227, 227), want (N, 3, 16, 16)" "$tmp/err" || fail "shape message: $(cat "$tmp/err")"
+cmp -s "$tmp/y1.npy" "$tmp/keep.npy" || fail "output was modified by a failed run"
+
+# Weights for another network: message names the file and the tensor.
+"$alexc" init specs/alexnet.yaml --seed 1 -o "$tmp/alex.safetensors" >/dev/null
+if "$alexc" run "$spec" --weights "$tmp/alex.safetensors" --random 1 2>"$tmp/err"; then
+  fail "mismatched weights accepted"
+fi
+grep -q "alex.safetensors: tensor 'conv1.weight' has shape \[96, 3, 11, 11\], want \[8, 3, 3, 3\]" "$tmp/err" ||
+  fail "weights message: $(cat "$tmp/err")"
+echo "cli smoke: ok"
