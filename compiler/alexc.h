@@ -102,6 +102,28 @@ int64_t shape_elems(Shape s);
 // "96x55x55" or "4096"
 char *shape_str(Shape s, char *buf, size_t size);
 
+#define MAX_EPILOGUE 4
+#define MAX_DEVICES 8
+
+// A half-open range of channels (rank 3) or features (rank 1) of a tensor, in the
+// coordinates of the whole tensor. Empty when begin == end.
+typedef struct {
+  int64_t begin, end;
+} Range;
+
+// Where a node runs on one device (filled by the partition pass). Stage 0 is the
+// node's own op (the head), stage k > 0 its k-th fused epilogue op; each stage
+// computes stage[k] of its output channels on this device. The last stage's range is
+// what this device contributes to the node's output; an earlier stage may compute
+// more (halo channels that an LRN window needs, recomputed rather than moved).
+typedef struct {
+  Range stage[MAX_EPILOGUE + 1];
+  Range held;         // output channels kept here: computed plus received by transfers
+  const char *why;    // the planner's reason, for `alexc dump` and `alexc plan`
+  int64_t offset;     // memory plan: output buffer offset in the device arena (elements/image)
+  bool in_place;      // memory plan: output shares its input's buffer
+} Placement;
+
 // One node computes one tensor (its output). Nodes are stored in a topological
 // order, so node i only reads nodes < i; a node's index is its value's name.
 typedef struct Node {
@@ -122,7 +144,26 @@ typedef struct Node {
   // Derived by graph_infer():
   int64_t n_weight, n_bias;  // parameter element counts (0 for ops without)
   int64_t macs;              // multiply-accumulates per image
+
+  // Fusion: ops folded into this one, applied in order to its output inside the same
+  // kernel (relu, lrn, maxpool, dropout). `out` is the last stage's shape; head_out is
+  // the node's own op's output shape.
+  struct Node *epilogue;
+  int n_epilogue;
+  Shape head_out;
+  const char *fused_by;  // the fusion pattern's name
+  bool fusion_cut;       // the partition pass cut the pattern's node in two
+
+  Placement place[MAX_DEVICES];
 } Node;
+
+// A copy of channels of a node's output from one device to another, made right
+// after the node runs (filled by the partition pass).
+typedef struct {
+  int node, from, to;
+  Range range;
+  int64_t bytes;  // per image
+} Transfer;
 
 typedef struct {
   char *name;
@@ -130,6 +171,16 @@ typedef struct {
   Node *nodes;
   int n_nodes, cap_nodes;
   int output;  // index of the network's output node (the last layer)
+
+  int n_devices;  // 0 until the partition pass has run
+  Transfer *transfers;
+  int n_transfers;
+  char *plan_note;  // what the partition planner chose and why
+
+  // Memory plan: per device, activation arena size in elements per image (buffers
+  // scale linearly with the batch, so offsets do too).
+  bool planned;
+  int64_t arena[MAX_DEVICES];
 } Graph;
 
 Graph *graph_new(const char *name);
@@ -138,6 +189,14 @@ void graph_free(Graph *g);
 int graph_add(Graph *g, const char *name, OpKind op, SrcLoc loc);
 void node_add_input(Node *n, int input);
 int graph_find(const Graph *g, const char *name);  // -1 if absent
+
+// Rewriting (ir/rewrite.c), for passes.
+void graph_compact(Graph *g, const bool *keep, const int *replace);
+int graph_insert(Graph *g, int at, Node node);
+int graph_cut_fused(Graph *g, int i, int k);
+// The node whose output is layer `name`'s output: the node itself, or the fused node
+// whose last stage it is. -1 if it is not observable (fused into the middle of a node).
+int graph_find_value(const Graph *g, const char *name);
 
 // Shape inference and parameter/MAC counting; reports shape errors at the layer's
 // location. Returns false on error.
@@ -189,22 +248,76 @@ Weights *weights_init(const Graph *g, uint64_t seed, InitScheme scheme);
 Weights *weights_load(const Graph *g, const char *path);
 bool weights_save(const Weights *w, const char *path);
 void weights_free(Weights *w);
-const float *weights_get(const Weights *w, int node, bool is_bias);
+// The weight or bias of layer `layer` (looked up by name, so weights made for the
+// spec's graph serve any rewritten version of it); NULL if it has none.
+const float *weights_get(const Weights *w, const char *layer, bool is_bias);
 
 // N(0,1) float32 values for `n` elements, from (seed, stream name).
 void fill_normal(float *dst, int64_t n, uint64_t seed, const char *stream, double std);
 
+// ---------------------------------------------------------------- passes
+
+typedef enum {
+  FUSE_CONV_RELU_LRN_POOL,
+  FUSE_CONV_RELU_LRN,
+  FUSE_CONV_RELU_POOL,
+  FUSE_CONV_RELU,
+  FUSE_FC_RELU_DROPOUT,
+  FUSE_FC_RELU,
+  FUSE_COUNT
+} FusePattern;
+
+typedef struct {
+  bool fuse[FUSE_COUNT];  // which fusion patterns may apply
+  int devices;            // partition: number of (logical) devices, 1..MAX_DEVICES
+  const int *keep;        // nodes whose outputs must stay observable (not fused away)
+  int n_keep;
+  const char *print_after;  // pass name, or NULL
+  bool print_after_all, time_passes;
+  FILE *print_to;
+} PassOptions;
+
+// Defaults: every fusion pattern on, one device.
+PassOptions pass_defaults(void);
+const char *fuse_pattern_name(FusePattern p);
+// Parses "conv-relu-lrn,fc-relu" into opts->fuse (only those on); false on an unknown name.
+bool parse_fuse_list(const char *list, PassOptions *opts, char *bad, size_t bad_size);
+bool pass_exists(const char *name);
+const char *pass_names(void);  // "fuse, partition, memplan"
+
+// Runs the pipeline: fuse, partition, memplan, with the verifier after each pass.
+bool run_passes(Graph *g, const PassOptions *opts);
+
+// The passes, one file each under passes/.
+bool pass_fuse(Graph *g, const PassOptions *opts);
+bool pass_partition(Graph *g, const PassOptions *opts);
+bool pass_memplan(Graph *g, const PassOptions *opts);
+
+// Memory report, for `alexc plan`: peak activation bytes per device for a batch.
+int64_t plan_peak_bytes(const Graph *g, int device, int batch);
+int64_t plan_param_count(const Graph *g, int device);
+int64_t plan_bytes_in(const Graph *g, int device);  // bytes received per image
+// Buffer sizes the memory plan gives a node on a device, in elements per image.
+int64_t node_buffer_elems(const Node *n, int device);
+
 // ---------------------------------------------------------------- reference executor
 
-// Runs the graph on a batch. `x` is (batch, input shape). Returns every node's output
-// (index = node), each (batch, node shape); free with ref_free_outputs().
-float **ref_run(const Graph *g, const Weights *w, const float *x, int batch);
-void ref_free_outputs(const Graph *g, float **outs);
+// Runs the graph on a batch. `x` is (batch, input shape). Executes fused nodes stage
+// by stage and partitioned graphs device by device, each logical device with its own
+// buffers (allocated from the memory plan) and explicit transfers between them.
+// A graph that has not been through the passes is planned for one device first.
+// Writes the outputs of the nodes in `want` (full tensors, gathered from the devices)
+// to out[i], each (batch, node shape), allocated; the caller frees them.
+bool ref_run(Graph *g, const Weights *w, const float *x, int batch, const int *want, int n_want,
+             float **out);
+// Convenience: runs and returns the network output (batch, output shape).
+float *ref_run_output(Graph *g, const Weights *w, const float *x, int batch);
 
 // ---------------------------------------------------------------- CLI
 
 int cmd_check(int argc, char **argv);
 int cmd_dump(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_input(int argc, char **argv);
 int cmd_run(int argc, char **argv);

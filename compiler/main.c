@@ -9,7 +9,8 @@ static const struct {
   const char *summary;
 } COMMANDS[] = {
     {"check", cmd_check, "verify a spec; print layers, shapes, parameters and MACs"},
-    {"dump", cmd_dump, "print the graph IR"},
+    {"dump", cmd_dump, "print the graph IR, before or after the passes"},
+    {"plan", cmd_plan, "the device plan: parameters, memory and transfers per device"},
     {"init", cmd_init, "write deterministic initial weights (safetensors)"},
     {"input", cmd_input, "write a random input batch (.npy)"},
     {"run", cmd_run, "run a batch through a network"},

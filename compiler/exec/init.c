@@ -125,9 +125,11 @@ void weights_free(Weights *w) {
   free(w);
 }
 
-const float *weights_get(const Weights *w, int node, bool is_bias) {
+const float *weights_get(const Weights *w, const char *layer, bool is_bias) {
+  char name[160];
+  snprintf(name, sizeof name, "%s.%s", layer, is_bias ? "bias" : "weight");
   for (int i = 0; i < w->n; i++)
-    if (w->info[i].node == node && w->info[i].is_bias == is_bias)
+    if (!strcmp(w->info[i].name, name))
       return w->data[i];
   return NULL;
 }

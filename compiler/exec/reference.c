@@ -1,185 +1,338 @@
 // The reference executor: plain C for every op's forward pass, written to be
 // obviously correct rather than fast. Storage is float32; sums accumulate in double
 // so that the oracle's own rounding error stays far below any backend's tolerance.
-// Layout is NCHW (rank-1 tensors: N x features), as in PyTorch.
+// Layout is NCHW (flat tensors: N x features), as in PyTorch.
+//
+// It runs whatever the passes produced: each logical device has its own arena,
+// allocated from the memory plan, holding its channel range of each tensor; fused
+// nodes run stage by stage; transfers copy channels between devices. Every channel
+// access goes through chan(), which stops with an internal error if a device reads
+// a channel it does not hold: a plan that forgets a transfer cannot pass silently.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../alexc.h"
 
-static void conv(const Node *n, Shape in, const float *x, const float *w, const float *b,
-                 float *y, int batch) {
+// A device's copy of channels [held.begin, held.end) of a tensor of per-image shape
+// `shape`, stored (image, held channel, plane).
+typedef struct {
+  float *data;
+  Shape shape;
+  Range held;
+  int device;
+  const char *name;
+} View;
+
+static int64_t len(Range r) { return r.end > r.begin ? r.end - r.begin : 0; }
+static int64_t plane(Shape s) { return s.h * s.w; }
+
+static float *chan(View v, int img, int64_t c) {
+  if (c < v.held.begin || c >= v.held.end) {
+    fprintf(stderr, "alexc: internal error: device %d reads channel %lld of '%s' but holds only "
+            "[%lld, %lld)\n", v.device, (long long)c, v.name, (long long)v.held.begin,
+            (long long)v.held.end);
+    abort();
+  }
+  return v.data + ((int64_t)img * len(v.held) + (c - v.held.begin)) * plane(v.shape);
+}
+
+// ---------------------------------------------------------------- ops
+// Each computes output channels r (absolute) of `y` from its input view(s).
+
+static void conv(const Node *n, View x, View y, Range r, const float *w, const float *b,
+                 int batch) {
   const ConvAttrs *a = &n->conv;
-  Shape out = n->out;
-  int64_t in_per_group = in.c / a->groups, out_per_group = a->out / a->groups;
+  Shape in = x.shape, out = y.shape;
+  int64_t ipg = in.c / a->groups, opg = a->out / a->groups, k = a->kernel;
   for (int i = 0; i < batch; i++)
-    for (int64_t oc = 0; oc < out.c; oc++) {
-      int64_t g = oc / out_per_group;
-      const float *wk = w + oc * in_per_group * a->kernel * a->kernel;
+    for (int64_t oc = r.begin; oc < r.end; oc++) {
+      int64_t g = oc / opg;
+      const float *wk = w + oc * ipg * k * k;
+      float *dst = chan(y, i, oc);
       for (int64_t oy = 0; oy < out.h; oy++)
         for (int64_t ox = 0; ox < out.w; ox++) {
           double acc = b ? b[oc] : 0.0;
-          for (int64_t ic = 0; ic < in_per_group; ic++) {
-            const float *plane = x + ((i * in.c) + g * in_per_group + ic) * in.h * in.w;
-            for (int ky = 0; ky < a->kernel; ky++) {
+          for (int64_t ic = 0; ic < ipg; ic++) {
+            const float *src = chan(x, i, g * ipg + ic);
+            for (int64_t ky = 0; ky < k; ky++) {
               int64_t iy = oy * a->stride - a->pad + ky;
               if (iy < 0 || iy >= in.h)
                 continue;
-              for (int kx = 0; kx < a->kernel; kx++) {
+              for (int64_t kx = 0; kx < k; kx++) {
                 int64_t ix = ox * a->stride - a->pad + kx;
-                if (ix < 0 || ix >= in.w)
-                  continue;
-                acc += (double)plane[iy * in.w + ix] *
-                       wk[(ic * a->kernel + ky) * a->kernel + kx];
+                if (ix >= 0 && ix < in.w)
+                  acc += (double)src[iy * in.w + ix] * wk[(ic * k + ky) * k + kx];
               }
             }
           }
-          y[((i * out.c + oc) * out.h + oy) * out.w + ox] = (float)acc;
+          dst[oy * out.w + ox] = (float)acc;
         }
     }
 }
 
-static void relu(const float *x, float *y, int64_t n) {
-  for (int64_t i = 0; i < n; i++)
-    y[i] = x[i] > 0 ? x[i] : 0.0f;
+static void relu(View x, View y, Range r, int batch) {
+  for (int i = 0; i < batch; i++)
+    for (int64_t c = r.begin; c < r.end; c++) {
+      const float *src = chan(x, i, c);
+      float *dst = chan(y, i, c);
+      for (int64_t p = 0; p < plane(y.shape); p++)
+        dst[p] = src[p] > 0 ? src[p] : 0.0f;
+    }
+}
+
+// Dropout at inference (identity: training scales by 1/(1-p) when it drops), and
+// flatten, whose (C, H, W) -> C*H*W is the same bytes: both copy channels.
+static void copy_channels(View x, View y, Range r, int batch) {
+  int64_t scale = plane(x.shape) / plane(y.shape);  // flatten: features per channel
+  for (int i = 0; i < batch; i++)
+    for (int64_t c = r.begin; c < r.end; c += scale) {
+      const float *src = chan(x, i, c / scale);
+      float *dst = chan(y, i, c);
+      if (src != dst)
+        memmove(dst, src, plane(x.shape) * sizeof(float));
+    }
 }
 
 // The seed's formula: b_i = a_i / (k + alpha * sum_j a_j^2)^beta, j over the `size`
 // channels centred on i, clipped at the channel (group) edges. No division by size.
-static void lrn(const Node *n, const float *x, float *y, int batch) {
+static void lrn(const Node *n, View x, View y, Range r, int batch) {
   const LrnAttrs *a = &n->lrn;
-  Shape s = n->out;
-  int64_t plane = s.h * s.w, per_group = s.c / a->groups, half = a->size / 2;
+  int64_t per_group = x.shape.c / a->groups, half = a->size / 2, hw = plane(x.shape);
   for (int i = 0; i < batch; i++)
-    for (int64_t c = 0; c < s.c; c++) {
+    for (int64_t c = r.begin; c < r.end; c++) {
       int64_t g0 = c / per_group * per_group, g1 = g0 + per_group - 1;
       int64_t lo = c - half < g0 ? g0 : c - half, hi = c + half > g1 ? g1 : c + half;
-      for (int64_t p = 0; p < plane; p++) {
+      const float *src = chan(x, i, c);
+      float *dst = chan(y, i, c);
+      for (int64_t p = 0; p < hw; p++) {
         double sum = 0;
         for (int64_t j = lo; j <= hi; j++) {
-          double v = x[(i * s.c + j) * plane + p];
+          double v = chan(x, i, j)[p];
           sum += v * v;
         }
-        int64_t at = (i * s.c + c) * plane + p;
-        y[at] = (float)(x[at] / pow(a->k + a->alpha * sum, a->beta));
+        dst[p] = (float)(src[p] / pow(a->k + a->alpha * sum, a->beta));
       }
     }
 }
 
 // Padding never wins the max: windows are clipped to the input, as in PyTorch.
-static void maxpool(const Node *n, Shape in, const float *x, float *y, int batch) {
+static void maxpool(const Node *n, View x, View y, Range r, int batch) {
   const PoolAttrs *a = &n->pool;
-  Shape out = n->out;
+  Shape in = x.shape, out = y.shape;
   for (int i = 0; i < batch; i++)
-    for (int64_t c = 0; c < out.c; c++) {
-      const float *plane = x + (i * in.c + c) * in.h * in.w;
+    for (int64_t c = r.begin; c < r.end; c++) {
+      const float *src = chan(x, i, c);
+      float *dst = chan(y, i, c);
       for (int64_t oy = 0; oy < out.h; oy++)
         for (int64_t ox = 0; ox < out.w; ox++) {
           float m = -INFINITY;
           for (int ky = 0; ky < a->kernel; ky++)
             for (int kx = 0; kx < a->kernel; kx++) {
               int64_t iy = oy * a->stride - a->pad + ky, ix = ox * a->stride - a->pad + kx;
-              if (iy >= 0 && iy < in.h && ix >= 0 && ix < in.w && plane[iy * in.w + ix] > m)
-                m = plane[iy * in.w + ix];
+              if (iy >= 0 && iy < in.h && ix >= 0 && ix < in.w && src[iy * in.w + ix] > m)
+                m = src[iy * in.w + ix];
             }
-          y[((i * out.c + c) * out.h + oy) * out.w + ox] = m;
+          dst[oy * out.w + ox] = m;
         }
     }
 }
 
-static void fc(const Node *n, Shape in, const float *x, const float *w, const float *b, float *y,
+static void fc(const Node *n, View x, View y, Range r, const float *w, const float *b,
                int batch) {
-  int64_t out = n->fc.out;
-  for (int i = 0; i < batch; i++)
-    for (int64_t o = 0; o < out; o++) {
+  int64_t in = x.shape.c;
+  for (int i = 0; i < batch; i++) {
+    const float *xi = chan(x, i, 0);
+    chan(x, i, in - 1);  // the whole input vector must be here
+    for (int64_t o = r.begin; o < r.end; o++) {
       double acc = b ? b[o] : 0.0;
-      const float *row = w + o * in.c, *xi = x + i * in.c;
-      for (int64_t k = 0; k < in.c; k++)
+      const float *row = w + o * in;
+      for (int64_t k = 0; k < in; k++)
         acc += (double)row[k] * xi[k];
-      y[i * out + o] = (float)acc;
+      *chan(y, i, o) = (float)acc;
     }
+  }
+  (void)n;
 }
 
-static void softmax(Shape s, const float *x, float *y, int batch) {
+static void softmax(View x, View y, Range r, int batch) {
+  int64_t n = x.shape.c;
   for (int i = 0; i < batch; i++) {
-    const float *xi = x + i * s.c;
+    const float *xi = chan(x, i, 0);
+    chan(x, i, n - 1);
     double m = -INFINITY, sum = 0;
-    for (int64_t k = 0; k < s.c; k++)
+    for (int64_t k = 0; k < n; k++)
       m = xi[k] > m ? xi[k] : m;
-    for (int64_t k = 0; k < s.c; k++)
+    for (int64_t k = 0; k < n; k++)
       sum += exp(xi[k] - m);
-    for (int64_t k = 0; k < s.c; k++)
-      y[i * s.c + k] = (float)(exp(xi[k] - m) / sum);
+    for (int64_t k = r.begin; k < r.end; k++)
+      *chan(y, i, k) = (float)(exp(xi[k] - m) / sum);
   }
 }
 
-// Channel concatenation: per image, the inputs' (C_i, H, W) blocks one after another.
-static void concat(const Graph *g, const Node *n, float **outs, float *y, int batch) {
-  int64_t out_elems = shape_elems(n->out);
-  for (int i = 0; i < batch; i++) {
-    float *dst = y + i * out_elems;
-    for (int j = 0; j < n->n_inputs; j++) {
-      int64_t e = shape_elems(g->nodes[n->inputs[j]].out);
-      memcpy(dst, outs[n->inputs[j]] + i * e, e * sizeof(float));
-      dst += e;
+// Channel concatenation: output channel c comes from the input that covers it.
+static void concat(const Graph *g, const Node *n, const View *xs, View y, Range r, int batch) {
+  for (int i = 0; i < batch; i++)
+    for (int64_t c = r.begin; c < r.end; c++) {
+      int64_t offset = 0;
+      int j = 0;
+      while (c >= offset + g->nodes[n->inputs[j]].out.c)
+        offset += g->nodes[n->inputs[j++]].out.c;
+      memcpy(chan(y, i, c), chan(xs[j], i, c - offset), plane(y.shape) * sizeof(float));
     }
-  }
 }
 
-static void run_node(const Graph *g, const Weights *w, int idx, float **outs, int batch) {
-  const Node *n = &g->nodes[idx];
-  const float *x = n->n_inputs ? outs[n->inputs[0]] : NULL;
-  Shape in = n->n_inputs ? g->nodes[n->inputs[0]].out : n->out;
-  float *y = outs[idx];
-  int64_t total = shape_elems(n->out) * batch;
-  switch (n->op) {
-  case OP_INPUT:
-    break;
+// Runs one stage (the head, or an epilogue op `s`) for output channels r.
+static void run_stage(const Graph *g, const Node *node, const Node *s, const Weights *w,
+                      const View *xs, View y, Range r, int batch) {
+  switch (s->op) {
   case OP_CONV:
-    conv(n, in, x, weights_get(w, idx, false), weights_get(w, idx, true), y, batch);
-    break;
-  case OP_RELU:
-    relu(x, y, total);
-    break;
-  case OP_LRN:
-    lrn(n, x, y, batch);
-    break;
-  case OP_MAXPOOL:
-    maxpool(n, in, x, y, batch);
+    conv(s, xs[0], y, r, weights_get(w, node->name, false), weights_get(w, node->name, true),
+         batch);
     break;
   case OP_FC:
-    fc(n, in, x, weights_get(w, idx, false), weights_get(w, idx, true), y, batch);
+    fc(s, xs[0], y, r, weights_get(w, node->name, false), weights_get(w, node->name, true), batch);
     break;
-  case OP_DROPOUT:  // inference: identity (training scales by 1/(1-p) when it drops)
-  case OP_FLATTEN:  // NCHW is already (N, C*H*W) in memory
-    memcpy(y, x, total * sizeof(float));
+  case OP_RELU:
+    relu(xs[0], y, r, batch);
+    break;
+  case OP_LRN:
+    lrn(s, xs[0], y, r, batch);
+    break;
+  case OP_MAXPOOL:
+    maxpool(s, xs[0], y, r, batch);
+    break;
+  case OP_DROPOUT:
+  case OP_FLATTEN:
+    copy_channels(xs[0], y, r, batch);
     break;
   case OP_CONCAT:
-    concat(g, n, outs, y, batch);
+    concat(g, s, xs, y, r, batch);
     break;
   case OP_SOFTMAX:
-    softmax(n->out, x, y, batch);
+    softmax(xs[0], y, r, batch);
     break;
+  case OP_INPUT:
   case OP_COUNT:
     break;
   }
 }
 
-float **ref_run(const Graph *g, const Weights *w, const float *x, int batch) {
-  float **outs = xcalloc(g->n_nodes, sizeof *outs);
-  for (int i = 0; i < g->n_nodes; i++)
-    outs[i] = xcalloc(shape_elems(g->nodes[i].out) * batch, sizeof(float));
-  memcpy(outs[0], x, shape_elems(g->nodes[0].out) * batch * sizeof(float));
-  for (int i = 1; i < g->n_nodes; i++)
-    run_node(g, w, i, outs, batch);
-  return outs;
+// ---------------------------------------------------------------- the plan
+
+typedef struct {
+  Graph *g;
+  int batch;
+  float *arena[MAX_DEVICES];
+} Exec;
+
+static View node_view(const Exec *e, int i, int d) {
+  const Node *n = &e->g->nodes[i];
+  const Placement *p = &n->place[d];
+  return (View){e->arena[d] + p->offset * e->batch, n->out, p->held, d, n->name};
 }
 
-void ref_free_outputs(const Graph *g, float **outs) {
-  if (!outs)
+// Runs node i on device d: its head, then each fused stage into the next buffer.
+static void run_on_device(Exec *e, const Weights *w, int i, int d) {
+  const Node *n = &e->g->nodes[i];
+  const Placement *p = &n->place[d];
+  if (!len(p->stage[n->n_epilogue]))
     return;
-  for (int i = 0; i < g->n_nodes; i++)
-    free(outs[i]);
-  free(outs);
+  View xs[64];
+  for (int j = 0; j < n->n_inputs && j < 64; j++)
+    xs[j] = node_view(e, n->inputs[j], d);
+  // Intermediate stages are materialised here, outside the memory plan: a fused
+  // kernel keeps them on chip, so the plan gives them no buffer.
+  float *stage_buf[MAX_EPILOGUE] = {0};
+  for (int k = 0; k <= n->n_epilogue; k++) {
+    const Node *s = k ? &n->epilogue[k - 1] : n;
+    View y;
+    if (k == n->n_epilogue) {
+      y = node_view(e, i, d);
+    } else {
+      Shape shape = k ? n->epilogue[k - 1].out : n->head_out;
+      stage_buf[k] = xcalloc(len(p->stage[k]) * plane(shape) * e->batch, sizeof(float));
+      y = (View){stage_buf[k], shape, p->stage[k], d, s->name};
+    }
+    run_stage(e->g, n, s, w, xs, y, p->stage[k], e->batch);
+    xs[0] = y;
+  }
+  for (int k = 0; k < n->n_epilogue; k++)
+    free(stage_buf[k]);
+}
+
+static void run_transfers(Exec *e, int i) {
+  for (int t = 0; t < e->g->n_transfers; t++) {
+    const Transfer *tr = &e->g->transfers[t];
+    if (tr->node != i)
+      continue;
+    View from = node_view(e, i, tr->from), to = node_view(e, i, tr->to);
+    for (int img = 0; img < e->batch; img++)
+      memcpy(chan(to, img, tr->range.begin), chan(from, img, tr->range.begin),
+             len(tr->range) * plane(from.shape) * sizeof(float));
+  }
+}
+
+// Copies the whole of node i's output, each channel from the device computing it.
+static void gather(Exec *e, int i, float *out) {
+  const Node *n = &e->g->nodes[i];
+  int64_t hw = plane(n->out), c = n->out.c;
+  for (int d = 0; d < e->g->n_devices; d++) {
+    Range r = n->place[d].stage[n->n_epilogue];
+    if (n->op == OP_INPUT)
+      r = d == 0 ? (Range){0, c} : (Range){0, 0};
+    if (!len(r))
+      continue;
+    View v = node_view(e, i, d);
+    for (int img = 0; img < e->batch; img++)
+      memcpy(out + (img * c + r.begin) * hw, chan(v, img, r.begin), len(r) * hw * sizeof(float));
+  }
+}
+
+static void upload_input(Exec *e, const float *x) {
+  const Node *n = &e->g->nodes[0];
+  int64_t hw = plane(n->out);
+  for (int d = 0; d < e->g->n_devices; d++) {
+    Range r = n->place[d].held;
+    if (!len(r))
+      continue;
+    View v = node_view(e, 0, d);
+    for (int img = 0; img < e->batch; img++)
+      memcpy(chan(v, img, r.begin), x + (img * n->out.c + r.begin) * hw,
+             len(r) * hw * sizeof(float));
+  }
+}
+
+bool ref_run(Graph *g, const Weights *w, const float *x, int batch, const int *want, int n_want,
+             float **out) {
+  if (!g->planned) {
+    PassOptions o = pass_defaults();
+    if (!pass_partition(g, &o) || !pass_memplan(g, &o))
+      return false;
+  }
+  Exec e = {g, batch, {0}};
+  for (int d = 0; d < g->n_devices; d++)
+    e.arena[d] = xcalloc(g->arena[d] * batch, sizeof(float));
+  for (int k = 0; k < n_want; k++)
+    out[k] = xcalloc(shape_elems(g->nodes[want[k]].out) * batch, sizeof(float));
+  for (int i = 0; i < g->n_nodes; i++) {
+    if (i == 0)
+      upload_input(&e, x);
+    else
+      for (int d = 0; d < g->n_devices; d++)
+        run_on_device(&e, w, i, d);
+    run_transfers(&e, i);
+    for (int k = 0; k < n_want; k++)
+      if (want[k] == i)
+        gather(&e, i, out[k]);
+  }
+  for (int d = 0; d < g->n_devices; d++)
+    free(e.arena[d]);
+  return true;
+}
+
+float *ref_run_output(Graph *g, const Weights *w, const float *x, int batch) {
+  float *y = NULL;
+  int want = g->output;
+  return ref_run(g, w, x, batch, &want, 1, &y) ? y : NULL;
 }

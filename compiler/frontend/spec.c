@@ -18,6 +18,7 @@
 #define MAX_LAYERS 4096
 #define MAX_NAME 64
 #define MAX_DIM (1 << 20)
+#define MAX_DEPTH 32  // nesting of YAML collections; libyaml is quadratic in flow depth
 
 typedef struct {
   const char *path;
@@ -41,6 +42,48 @@ static const char *scalar(yaml_node_t *node) {
 }
 
 static yaml_node_t *node_at(Ctx *cx, int id) { return yaml_document_get_node(cx->doc, id); }
+
+// A user's string as messages show it: control characters escaped and long strings
+// cut, so that every message stays one short line. Returns one of a few static buffers.
+static const char *shown(const char *s) {
+  static char bufs[8][96];
+  static int next;
+  char *b = bufs[next++ % 8];
+  size_t o = 0;
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (o > 60 && (c & 0xC0) != 0x80) {  // cut only between UTF-8 characters
+      memcpy(b + o, "...", 4);
+      return b;
+    }
+    if (c == '\n')
+      o += (size_t)snprintf(b + o, 8, "\\n");
+    else if (c < 0x20 || c == 0x7F)
+      o += (size_t)snprintf(b + o, 8, "\\x%02X", c);
+    else
+      b[o++] = (char)c;
+  }
+  b[o] = 0;
+  return b;
+}
+
+// What a wrongly typed value is, for "must be ..., not X" messages.
+static const char *describe(yaml_node_t *v) {
+  static char bufs[2][128];
+  static int next;
+  if (v->type == YAML_SEQUENCE_NODE)
+    return "a list";
+  if (v->type == YAML_MAPPING_NODE)
+    return "a mapping";
+  const char *s = scalar(v);
+  if (!*s && v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)
+    return "an empty value";
+  char *b = bufs[next++ % 2];
+  snprintf(b, sizeof bufs[0], v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE ? "'%s'"
+                                                                        : "the quoted string '%s'",
+           shown(s));
+  return b;
+}
 
 // ---------------------------------------------------------------- mappings
 

@@ -1,5 +1,8 @@
 // `alexc dump`: a stable, line-per-node text form of the IR that tests can diff.
 //   conv1 = conv(input) out=96 kernel=11 stride=4 pad=0 groups=1 bias=true -> 96x55x55
+// Fused stages follow their node as "+ name = op ..." lines; after the partition pass
+// each node shows what each device computes and the transfers of its output; after
+// memory planning, each device's buffer offsets (elements per image).
 #include "../alexc.h"
 
 static void dump_attrs(const Node *n, FILE *out) {
@@ -29,6 +32,40 @@ static void dump_attrs(const Node *n, FILE *out) {
     fprintf(out, " init=(std=%.9g bias=%.9g)", n->init.weight_std, n->init.bias);
 }
 
+static void dump_range(Range r, FILE *out) {
+  fprintf(out, "[%lld,%lld)", (long long)r.begin, (long long)r.end);
+}
+
+static void dump_placement(const Graph *g, const Node *n, FILE *out) {
+  fprintf(out, "    devices:");
+  for (int d = 0; d < g->n_devices; d++) {
+    fprintf(out, " d%d ", d);
+    dump_range(n->place[d].stage[n->n_epilogue], out);
+    if (n->place[d].stage[0].begin != n->place[d].stage[n->n_epilogue].begin ||
+        n->place[d].stage[0].end != n->place[d].stage[n->n_epilogue].end) {
+      fprintf(out, " (head ");
+      dump_range(n->place[d].stage[0], out);
+      fprintf(out, ")");
+    }
+  }
+  fprintf(out, "  # %s\n", n->place[0].why ? n->place[0].why : "");
+  if (!g->planned)
+    return;
+  fprintf(out, "    memory:");
+  for (int d = 0; d < g->n_devices; d++) {
+    const Placement *p = &n->place[d];
+    if (p->offset < 0) {
+      fprintf(out, " d%d -", d);
+      continue;
+    }
+    fprintf(out, " d%d @%lld+%lld", d, (long long)p->offset,
+            (long long)node_buffer_elems(n, d));
+    if (p->in_place)
+      fprintf(out, " (in place)");
+  }
+  fprintf(out, "\n");
+}
+
 void graph_dump(const Graph *g, FILE *out) {
   fprintf(out, "graph %s {\n", g->name);
   for (int i = 0; i < g->n_nodes; i++) {
@@ -39,7 +76,43 @@ void graph_dump(const Graph *g, FILE *out) {
     fprintf(out, ")");
     dump_attrs(n, out);
     char buf[64];
-    fprintf(out, " -> %s\n", shape_str(n->out, buf, sizeof buf));
+    fprintf(out, " -> %s\n", shape_str(n->n_epilogue ? n->head_out : n->out, buf, sizeof buf));
+    for (int k = 0; k < n->n_epilogue; k++) {
+      const Node *s = &n->epilogue[k];
+      fprintf(out, "    + %s = %s", s->name, op_name(s->op));
+      dump_attrs(s, out);
+      fprintf(out, " -> %s", shape_str(s->out, buf, sizeof buf));
+      if (k + 1 == n->n_epilogue)
+        fprintf(out, "  # fused: %s%s", n->fused_by, n->fusion_cut ? ", cut by partition" : "");
+      fprintf(out, "\n");
+    }
+    if (g->n_devices)
+      dump_placement(g, n, out);
+    for (int t = 0; t < g->n_transfers; t++) {
+      const Transfer *tr = &g->transfers[t];
+      if (tr->node != i)
+        continue;
+      fprintf(out, "    transfer ");
+      dump_range(tr->range, out);
+      fprintf(out, " d%d -> d%d: %lld bytes/image\n", tr->from, tr->to, (long long)tr->bytes);
+    }
   }
-  fprintf(out, "  output %s\n}\n", g->nodes[g->output].name);
+  fprintf(out, "  output %s\n", g->nodes[g->output].name);
+  if (g->planned) {
+    fprintf(out, "  arena:");
+    for (int d = 0; d < g->n_devices; d++)
+      fprintf(out, " d%d %lld", d, (long long)g->arena[d]);
+    fprintf(out, " elements/image\n");
+  }
+  if (g->plan_note) {
+    const char *p = g->plan_note;
+    while (*p) {
+      const char *e = p;
+      while (*e && *e != '\n')
+        e++;
+      fprintf(out, "  # %.*s\n", (int)(e - p), p);
+      p = *e ? e + 1 : e;
+    }
+  }
+  fprintf(out, "}\n");
 }

@@ -44,10 +44,16 @@ void graph_free(Graph *g) {
   if (!g)
     return;
   for (int i = 0; i < g->n_nodes; i++) {
-    free(g->nodes[i].name);
-    free(g->nodes[i].inputs);
+    Node *n = &g->nodes[i];
+    for (int k = 0; k < n->n_epilogue; k++)
+      free(n->epilogue[k].name);
+    free(n->epilogue);
+    free(n->name);
+    free(n->inputs);
   }
   free(g->nodes);
+  free(g->transfers);
+  free(g->plan_note);
   free(g->name);
   free(g);
 }
@@ -217,12 +223,30 @@ static bool infer_node(const Graph *g, Node *n) {
   return false;
 }
 
+// A fused node's epilogue: each stage reads the previous stage's output, which is
+// the node's own `out` while we go.
+static bool infer_epilogue(Graph *g, int i) {
+  Node *n = &g->nodes[i];
+  n->head_out = n->out;
+  for (int k = 0; k < n->n_epilogue; k++) {
+    Node stage = n->epilogue[k];
+    stage.inputs = &i;
+    stage.n_inputs = 1;
+    if (!infer_node(g, &stage))
+      return false;
+    n->epilogue[k].out = stage.out;
+    n->out = stage.out;
+  }
+  return true;
+}
+
 bool graph_infer(Graph *g) {
   for (int i = 0; i < g->n_nodes; i++) {
     Node *n = &g->nodes[i];
-    if (!infer_node(g, n))
+    if (!infer_node(g, n) || !infer_epilogue(g, i))
       return false;
-    if (shape_elems(n->out) >= MAX_ELEMS || n->n_weight >= MAX_ELEMS) {
+    if (shape_elems(n->out) >= MAX_ELEMS || shape_elems(n->head_out) >= MAX_ELEMS ||
+        n->n_weight >= MAX_ELEMS) {
       error_at(n->loc, "layer '%s' is too large: %lld elements per image, %lld weights (limit %lld)",
                n->name, (long long)shape_elems(n->out), (long long)n->n_weight,
                (long long)MAX_ELEMS - 1);

@@ -134,3 +134,42 @@ Compare compare(const float *got, const float *want, int64_t n) {
     c.rel = INFINITY;
   return c;
 }
+
+int pass_option(const char *cmd, int c, const char *arg, PassOptions *o) {
+  char bad[64];
+  switch (c) {
+  case PASS_OPT_NO_FUSE:
+    for (int i = 0; i < FUSE_COUNT; i++)
+      o->fuse[i] = false;
+    return 0;
+  case PASS_OPT_FUSE:
+    if (!parse_fuse_list(arg, o, bad, sizeof bad))
+      return usage_error(cmd, "unknown fusion pattern '%s'", bad);
+    return 0;
+  case PASS_OPT_DEVICES:
+    if (!parse_int_in(arg, 1, MAX_DEVICES, &o->devices))
+      return usage_error(cmd, "--devices wants an integer from 1 to %d, not '%s'", MAX_DEVICES,
+                         arg);
+    return 0;
+  default:
+    return -1;
+  }
+}
+
+bool compile_graph(Graph *g, const PassOptions *o, char *const *keep, int n_keep) {
+  int *idx = xcalloc(n_keep, sizeof(int));
+  bool ok = true;
+  for (int k = 0; k < n_keep && ok; k++) {
+    idx[k] = graph_find(g, keep[k]);
+    if (idx[k] < 0) {
+      error("network '%s' has no layer '%s'", g->name, keep[k]);
+      ok = false;
+    }
+  }
+  PassOptions opts = *o;
+  opts.keep = idx;
+  opts.n_keep = n_keep;
+  ok = ok && run_passes(g, &opts);
+  free(idx);
+  return ok;
+}

@@ -28,6 +28,30 @@ float *random_input(const Graph *g, int batch, uint64_t seed);
 // Saves a node's output for a batch as .npy: (N, C, H, W) or (N, features).
 bool save_output(const Graph *g, int node, const float *y, int batch, const char *path);
 
+// Options every compiling subcommand accepts: --no-fuse, --fuse=LIST, --devices N.
+#define PASS_OPT_NO_FUSE 1001
+#define PASS_OPT_FUSE 1002
+#define PASS_OPT_DEVICES 1003
+#define PASS_LONG_OPTIONS                                \
+  {"no-fuse", no_argument, 0, PASS_OPT_NO_FUSE},         \
+      {"fuse", required_argument, 0, PASS_OPT_FUSE},     \
+  {                                                      \
+    "devices", required_argument, 0, PASS_OPT_DEVICES    \
+  }
+#define PASS_OPTIONS_HELP                                                                 \
+  "  --no-fuse         compile without fusion (to compare fused against unfused)\n"    \
+  "  --fuse=LIST       only these fusion patterns: conv-relu-lrn-pool, conv-relu-lrn,\n" \
+  "                    conv-relu-pool, conv-relu, fc-relu-dropout, fc-relu\n"           \
+  "  --devices N       plan the model-parallel split over N devices (default 1)\n"
+
+// Handles a PASS_LONG_OPTIONS option: 0 if handled, EXIT_USAGE after a message for a
+// bad value, -1 if `c` is not one of them.
+int pass_option(const char *cmd, int c, const char *arg, PassOptions *o);
+
+// Runs the passes, keeping the named layers observable; false (message printed) on
+// error, e.g. an unknown layer.
+bool compile_graph(Graph *g, const PassOptions *o, char *const *keep, int n_keep);
+
 // Relative error used by golden checks: max |got - want| / max |want|.
 typedef struct {
   double rel, abs;

@@ -18,7 +18,7 @@
 
 static const char GOLDEN_HELP[] =
     "usage: alexc golden record SPEC --seed S -o DIR [options]\n"
-    "       alexc golden check DIR [--target ref]\n"
+    "       alexc golden check DIR [--target ref] [--no-fuse] [--fuse=LIST] [--devices N]\n"
     "\n"
     "record: runs SPEC with weights initialised from seed S and writes DIR/golden.yaml,\n"
     "        DIR/spec.yaml and one LAYER.npy per recorded output.\n"
@@ -32,7 +32,8 @@ static const char GOLDEN_HELP[] =
     "\n"
     "check:  re-runs the recorded test and prints, for each output, the worst element and\n"
     "        its relative error, max|got - want| / max|want|. Exit 0 if all are within the\n"
-    "        tolerance, 1 otherwise.\n";
+    "        tolerance, 1 otherwise. The compile options choose the plan that is checked:\n"
+    PASS_OPTIONS_HELP;
 
 typedef struct {
   char *spec;  // path relative to the manifest's directory
@@ -194,14 +195,9 @@ static void position(Shape s, int64_t at, char *buf, size_t size) {
              (long long)(r / s.w % s.h), (long long)(r % s.w));
 }
 
-// Compares one recorded output; prints its line of the report.
-static bool check_output(const Graph *g, float **outs, int batch, const char *dir,
+// Compares one recorded output (`got`, gathered from the run); prints its report line.
+static bool check_output(const Graph *g, int node, const float *got, int batch, const char *dir,
                          const Manifest *m, int k) {
-  int node = graph_find(g, m->layer[k]);
-  if (node < 0) {
-    error("%s: recorded output '%s' is not a layer of network '%s'", dir, m->layer[k], g->name);
-    return false;
-  }
   char *path = join(dir, m->file[k]);
   RtTensor want;
   bool ok = rt_npy_load(path, &want);
@@ -214,20 +210,31 @@ static bool check_output(const Graph *g, float **outs, int batch, const char *di
     ok = false;
   }
   if (ok) {
-    Compare c = compare(outs[node], want.data, want.elems);
+    Compare c = compare(got, want.data, want.elems);
     char pos[96], shp[64];
     position(g->nodes[node].out, c.at, pos, sizeof pos);
     ok = c.rel <= m->tolerance;
     printf("  %-14s %-12s max rel err %-9.3g worst %-20s got %-13.7g want %-13.7g %s\n",
-           m->layer[k], shape_str(g->nodes[node].out, shp, sizeof shp), c.rel, pos,
-           outs[node][c.at], want.data[c.at], ok ? "ok" : "FAIL");
+           m->layer[k], shape_str(g->nodes[node].out, shp, sizeof shp), c.rel, pos, got[c.at],
+           want.data[c.at], ok ? "ok" : "FAIL");
   }
   rt_tensor_free(&want);
   free(path);
   return ok;
 }
 
-static int golden_check(const char *dir, const char *target) {
+// Compiles g keeping `layers` observable, runs it, and returns their outputs in
+// outs (and their nodes in nodes); false (message printed) on error.
+static bool run_layers(Graph *g, const Weights *w, const PassOptions *passes, char *const *layers,
+                       int n, const float *x, int batch, int *nodes, float **outs) {
+  if (!compile_graph(g, passes, layers, n))
+    return false;
+  for (int k = 0; k < n; k++)
+    nodes[k] = graph_find_value(g, layers[k]);
+  return ref_run(g, w, x, batch, nodes, n, outs);
+}
+
+static int golden_check(const char *dir, const char *target, const PassOptions *passes) {
   char *mpath = join(dir, "golden.yaml");
   Manifest m;
   if (!manifest_read(mpath, &m)) {
@@ -255,10 +262,13 @@ static int golden_check(const char *dir, const char *target) {
            g->name, batch, (unsigned long long)m.seed, m.scheme == INIT_SPEC ? "spec" : "fan-in",
            target, m.tolerance);
     Weights *w = weights_init(g, m.seed, m.scheme);
-    float **outs = ref_run(g, w, x, batch);
+    int nodes[MAX_OUTPUTS];
+    float *outs[MAX_OUTPUTS] = {0};
+    ok = run_layers(g, w, passes, m.layer, m.n_outputs, x, batch, nodes, outs);
+    for (int k = 0; ok && k < m.n_outputs; k++)
+      ok = check_output(g, nodes[k], outs[k], batch, dir, &m, k) && ok;
     for (int k = 0; k < m.n_outputs; k++)
-      ok = check_output(g, outs, batch, dir, &m, k) && ok;
-    ref_free_outputs(g, outs);
+      free(outs[k]);
     weights_free(w);
     printf("%s\n", ok ? "PASS" : "FAIL");
   }
@@ -301,28 +311,27 @@ static bool copy_file(const char *from, const char *to) {
   return ok;
 }
 
-// Splits "a,b,c" into node indices; false (message printed) on an unknown layer.
-static int parse_layers(const Graph *g, const char *list, int *nodes) {
+// Splits "a,b,c" into layer names (allocated); -1 (message printed) if too many.
+static int parse_layers(const Graph *g, const char *list, char **names) {
   if (!list) {
-    nodes[0] = g->output;
+    names[0] = xstrdup(g->nodes[g->output].name);
     return 1;
   }
   int n = 0;
   char *copy = xstrdup(list), *save = NULL;
   for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-    int idx = graph_find(g, t);
-    if (idx < 0 || n == MAX_OUTPUTS) {
-      error(idx < 0 ? "network '%s' has no layer '%s'" : "%s: too many layers (%s...)", g->name, t);
-      free(copy);
-      return -1;
+    if (n == MAX_OUTPUTS) {
+      error("--layers: at most %d layers", MAX_OUTPUTS);
+      n = -1;
+      break;
     }
-    nodes[n++] = idx;
+    names[n++] = xstrdup(t);
   }
   free(copy);
   return n;
 }
 
-static bool write_manifest(const RecordArgs *a, const Graph *g, const int *nodes, int n) {
+static bool write_manifest(const RecordArgs *a, const Graph *g, char *const *names, int n) {
   char *text = format("# alexc golden test of network '%s'. Check it with: alexc golden check DIR\n"
                       "spec: spec.yaml\nseed: %llu\ninit: %s\nbatch: %d\n",
                       g->name, (unsigned long long)a->seed,
@@ -333,8 +342,7 @@ static bool write_manifest(const RecordArgs *a, const Graph *g, const int *nodes
   text = format("%stolerance: %g\noutputs:\n", more, a->tolerance);
   free(more);
   for (int i = 0; i < n; i++) {
-    more = format("%s  - {layer: %s, file: %s.npy}\n", text, g->nodes[nodes[i]].name,
-                  g->nodes[nodes[i]].name);
+    more = format("%s  - {layer: %s, file: %s.npy}\n", text, names[i], names[i]);
     free(text);
     text = more;
   }
@@ -360,32 +368,36 @@ static int golden_record(const RecordArgs *a) {
   if (!g)
     return EXIT_ERR;
   RecordArgs args = *a;
+  char *names[MAX_OUTPUTS] = {0};
   int nodes[MAX_OUTPUTS];
-  int n = parse_layers(g, a->layers, nodes);
+  float *outs[MAX_OUTPUTS] = {0};
+  int n = parse_layers(g, a->layers, names);
   float *x = NULL;
+  Weights *w = weights_init(g, a->seed, a->scheme);
+  PassOptions passes = pass_defaults();
   bool ok = n > 0 && make_dir(a->dir);
   if (ok && a->input)
     ok = load_input(g, a->input, &x, &args.batch);
   else if (ok)
     x = random_input(g, a->batch, a->input_seed);
-  if (ok) {
-    Weights *w = weights_init(g, a->seed, a->scheme);
-    float **outs = ref_run(g, w, x, args.batch);
-    for (int i = 0; ok && i < n; i++) {
-      char *path = format("%s/%s.npy", a->dir, g->nodes[nodes[i]].name);
-      ok = save_output(g, nodes[i], outs[nodes[i]], args.batch, path);
-      free(path);
-    }
-    ref_free_outputs(g, outs);
-    weights_free(w);
+  ok = ok && run_layers(g, w, &passes, names, n, x, args.batch, nodes, outs);
+  for (int i = 0; ok && i < n; i++) {
+    char *path = format("%s/%s.npy", a->dir, names[i]);
+    ok = save_output(g, nodes[i], outs[i], args.batch, path);
+    free(path);
   }
+  weights_free(w);
   char *spec_copy = join(a->dir, "spec.yaml");
   char *input_copy = join(a->dir, "input.npy");
   ok = ok && copy_file(a->spec, spec_copy) &&
        (!a->input || save_output(g, 0, x, args.batch, input_copy)) &&
-       write_manifest(&args, g, nodes, n);  // last, so a half-recorded test has no manifest
+       write_manifest(&args, g, names, n);  // last, so a half-recorded test has no manifest
   if (ok)
     printf("recorded %d output(s) of '%s' (batch %d) in %s\n", n, g->name, args.batch, a->dir);
+  for (int i = 0; i < MAX_OUTPUTS; i++) {
+    free(names[i]);
+    free(outs[i]);
+  }
   free(spec_copy);
   free(input_copy);
   free(x);
@@ -446,12 +458,21 @@ static int parse_record(int argc, char **argv, RecordArgs *a) {
   return EXIT_OK;
 }
 
-static int parse_check(int argc, char **argv, const char **dir, const char **target) {
-  static const struct option opts[] = {
-      {"target", required_argument, 0, 'T'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+static int parse_check(int argc, char **argv, const char **dir, const char **target,
+                       PassOptions *passes) {
+  static const struct option opts[] = {{"target", required_argument, 0, 'T'},
+                                       {"help", no_argument, 0, 'h'},
+                                       PASS_LONG_OPTIONS,
+                                       {0, 0, 0, 0}};
   *target = "ref";
+  *passes = pass_defaults();
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    int rc = pass_option("golden check", c, optarg, passes);
+    if (rc > 0)
+      return rc;
+    if (rc == 0)
+      continue;
     if (c == 'T')
       *target = optarg;
     else if (c == 'h') {
@@ -481,8 +502,9 @@ int cmd_golden(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "check")) {
     const char *dir = NULL, *target = NULL;
-    rc = parse_check(argc - 1, argv + 1, &dir, &target);
-    return rc ? (rc < 0 ? EXIT_OK : rc) : golden_check(dir, target);
+    PassOptions passes;
+    rc = parse_check(argc - 1, argv + 1, &dir, &target, &passes);
+    return rc ? (rc < 0 ? EXIT_OK : rc) : golden_check(dir, target, &passes);
   }
   return usage_error("golden", "unknown subcommand '%s' (record or check)", argv[1]);
 }

@@ -18,7 +18,8 @@ static const char RUN_HELP[] =
     "  --output Y.npy    write the output: (N, C, H, W) or (N, features); replaced atomically\n"
     "  --layer NAME      output this layer instead of the network's last one\n"
     "  --top K           print the K highest-scoring classes of each image\n"
-    "  --target ref      the executor: 'ref' is the reference executor (the default)\n";
+    "  --target ref      the executor: 'ref' is the reference executor (the default)\n"
+    PASS_OPTIONS_HELP;
 
 static void print_top(const Graph *g, int node, const float *y, int batch, int k) {
   int64_t classes = shape_elems(g->nodes[node].out);
@@ -47,6 +48,7 @@ typedef struct {
   bool have_seed;
   InitScheme scheme;
   int random, top;
+  PassOptions passes;
 } RunArgs;
 
 static int parse_run_args(int argc, char **argv, RunArgs *a) {
@@ -56,10 +58,17 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
       {"random", required_argument, 0, 'r'},  {"input-seed", required_argument, 0, 'I'},
       {"output", required_argument, 0, 'o'},  {"layer", required_argument, 0, 'l'},
       {"top", required_argument, 0, 't'},     {"target", required_argument, 0, 'T'},
-      {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-  *a = (RunArgs){.target = "ref", .input_seed = 1};
+      {"help", no_argument, 0, 'h'},          PASS_LONG_OPTIONS,
+      {0, 0, 0, 0}};
+  *a = (RunArgs){.target = "ref", .input_seed = 1, .passes = pass_defaults()};
   int c;
   while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+    int rc = pass_option("run", c, optarg, &a->passes);
+    if (rc >= 0) {
+      if (rc)
+        return rc;
+      continue;
+    }
     switch (c) {
     case 'w': a->weights = optarg; break;
     case 'i': a->input = optarg; break;
@@ -112,38 +121,41 @@ int cmd_run(int argc, char **argv) {
   Graph *g = load_spec(argv[optind]);
   if (!g)
     return EXIT_ERR;
-  int node = a.layer ? graph_find(g, a.layer) : g->output;
-  if (node < 0) {
-    error("network '%s' has no layer '%s'", g->name, a.layer);
-    graph_free(g);
-    return EXIT_ERR;
-  }
-  if (a.top && g->nodes[node].out.rank != 1) {
-    error("--top needs a flat output, but layer '%s' is not", g->nodes[node].name);
-    graph_free(g);
-    return EXIT_ERR;
-  }
+  // Weights are made for (or checked against) the spec's graph, before any rewrite.
   Weights *w = a.weights ? weights_load(g, a.weights) : weights_init(g, a.seed, a.scheme);
+  char *layer = (char *)(a.layer ? a.layer : g->nodes[g->output].name);
+  if (!w || !compile_graph(g, &a.passes, &layer, 1)) {
+    weights_free(w);
+    graph_free(g);
+    return EXIT_ERR;
+  }
+  int node = graph_find_value(g, layer);
+  if (a.top && g->nodes[node].out.rank != 1) {
+    error("--top needs a flat output, but layer '%s' is not", layer);
+    weights_free(w);
+    graph_free(g);
+    return EXIT_ERR;
+  }
   float *x = NULL;
   int batch = a.random;
-  bool ok = w != NULL;
-  if (ok && a.input)
+  bool ok = true;
+  if (a.input)
     ok = load_input(g, a.input, &x, &batch);
   else if (ok)
     x = random_input(g, batch, a.input_seed);
-  if (ok) {
-    float **outs = ref_run(g, w, x, batch);
-    if (a.output)
-      ok = save_output(g, node, outs[node], batch, a.output);
-    if (ok && a.top)
-      print_top(g, node, outs[node], batch, a.top);
-    if (ok && !a.output && !a.top) {
-      char s[64];
-      printf("ran %d image(s) through '%s'; layer '%s' output %s per image (use --output to save)\n",
-             batch, g->name, g->nodes[node].name, shape_str(g->nodes[node].out, s, sizeof s));
-    }
-    ref_free_outputs(g, outs);
+  float *y = NULL;
+  if (ok)
+    ok = ref_run(g, w, x, batch, &node, 1, &y);
+  if (ok && a.output)
+    ok = save_output(g, node, y, batch, a.output);
+  if (ok && a.top)
+    print_top(g, node, y, batch, a.top);
+  if (ok && !a.output && !a.top) {
+    char s[64];
+    printf("ran %d image(s) through '%s'; layer '%s' output %s per image (use --output to save)\n",
+           batch, g->name, layer, shape_str(g->nodes[node].out, s, sizeof s));
   }
+  free(y);
   free(x);
   weights_free(w);
   graph_free(g);

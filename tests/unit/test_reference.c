@@ -13,10 +13,25 @@ static Graph *spec(const char *text) {
   return g;
 }
 
-static void set_param(Weights *w, int node, bool bias, const float *v, int n) {
-  for (int i = 0; i < w->n; i++)
-    if (w->info[i].node == node && w->info[i].is_bias == bias)
-      memcpy(w->data[i], v, n * sizeof(float));
+// Every node's output (the graph is planned for one device, unfused).
+static float **ref_all(Graph *g, const Weights *w, const float *x, int batch) {
+  int *want = xcalloc(g->n_nodes, sizeof(int));
+  float **out = xcalloc(g->n_nodes, sizeof(float *));
+  for (int i = 0; i < g->n_nodes; i++)
+    want[i] = i;
+  CHECK(ref_run(g, w, x, batch, want, g->n_nodes, out));
+  free(want);
+  return out;
+}
+
+static void ref_free_all(const Graph *g, float **y) {
+  for (int i = 0; i < g->n_nodes; i++)
+    free(y[i]);
+  free(y);
+}
+
+static void set_param(Weights *w, const char *layer, bool bias, const float *v, int n) {
+  memcpy((float *)weights_get(w, layer, bias), v, n * sizeof(float));
 }
 
 static void test_conv(void) {
@@ -24,13 +39,13 @@ static void test_conv(void) {
   Graph *g = spec("name: t\ninput: {channels: 1, height: 3, width: 3}\n"
                   "layers:\n  - {name: c, op: conv, out: 1, kernel: 2}\n");
   Weights *w = weights_init(g, 0, INIT_SPEC);
-  set_param(w, 1, false, (float[]){1, 2, 3, 4}, 4);
-  set_param(w, 1, true, (float[]){0.5f}, 1);
+  set_param(w, "c", false, (float[]){1, 2, 3, 4}, 4);
+  set_param(w, "c", true, (float[]){0.5f}, 1);
   float x[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
-  float **y = ref_run(g, w, x, 1);
+  float **y = ref_all(g, w, x, 1);
   CHECK_NEAR(y[1][0], 1 * 1 + 2 * 2 + 4 * 3 + 5 * 4 + 0.5, 1e-6);
   CHECK_NEAR(y[1][3], 5 * 1 + 6 * 2 + 8 * 3 + 9 * 4 + 0.5, 1e-6);
-  ref_free_outputs(g, y);
+  ref_free_all(g, y);
   weights_free(w);
   graph_free(g);
 }
@@ -40,12 +55,12 @@ static void test_grouped_conv(void) {
   Graph *g = spec("name: t\ninput: {channels: 2, height: 1, width: 1}\n"
                   "layers:\n  - {name: c, op: conv, out: 2, kernel: 1, groups: 2, bias: false}\n");
   Weights *w = weights_init(g, 0, INIT_SPEC);
-  set_param(w, 1, false, (float[]){10, 100}, 2);
+  set_param(w, "c", false, (float[]){10, 100}, 2);
   float x[2] = {3, 5};
-  float **y = ref_run(g, w, x, 1);
+  float **y = ref_all(g, w, x, 1);
   CHECK_NEAR(y[1][0], 30, 1e-6);
   CHECK_NEAR(y[1][1], 500, 1e-6);
-  ref_free_outputs(g, y);
+  ref_free_all(g, y);
   weights_free(w);
   graph_free(g);
 }
@@ -55,19 +70,19 @@ static void test_lrn_edges(void) {
   Graph *g = spec("name: t\ninput: {channels: 4, height: 1, width: 1}\n"
                   "layers:\n  - {name: n, op: lrn, size: 3, alpha: 0.5, beta: 0.75, k: 2}\n");
   float x[4] = {1, 2, 3, 4};
-  float **y = ref_run(g, NULL, x, 1);
+  float **y = ref_all(g, NULL, x, 1);
   CHECK_NEAR(y[1][0], 1 / pow(2 + 0.5 * (1 + 4), 0.75), 1e-6);
   CHECK_NEAR(y[1][2], 3 / pow(2 + 0.5 * (4 + 9 + 16), 0.75), 1e-6);
   CHECK_NEAR(y[1][3], 4 / pow(2 + 0.5 * (9 + 16), 0.75), 1e-6);
-  ref_free_outputs(g, y);
+  ref_free_all(g, y);
   graph_free(g);
 
   // groups 2: channel 1's window stops at the group edge (channels 0..1 only).
   g = spec("name: t\ninput: {channels: 4, height: 1, width: 1}\n"
            "layers:\n  - {name: n, op: lrn, size: 3, alpha: 0.5, beta: 0.75, k: 2, groups: 2}\n");
-  y = ref_run(g, NULL, x, 1);
+  y = ref_all(g, NULL, x, 1);
   CHECK_NEAR(y[1][1], 2 / pow(2 + 0.5 * (1 + 4), 0.75), 1e-6);
-  ref_free_outputs(g, y);
+  ref_free_all(g, y);
   graph_free(g);
 }
 
@@ -80,7 +95,7 @@ static void test_pool_softmax_concat(void) {
                   "  - {name: s, op: softmax}\n");
   CHECK(g && g->nodes[1].out.h == 2);  // (2 + 2 - 2) / 2 + 1
   float x[4] = {-1, -2, -3, -4};
-  float **y = ref_run(g, NULL, x, 1);
+  float **y = ref_all(g, NULL, x, 1);
   // Padding never wins: every window holds exactly one real pixel.
   CHECK(y[1][0] == -1 && y[1][3] == -4);
   // concat: pool's 4 values, then the input's 4.
@@ -90,7 +105,7 @@ static void test_pool_softmax_concat(void) {
     sum += y[4][i];
   CHECK_NEAR(sum, 1, 1e-6);
   CHECK(y[4][0] > y[4][3]);
-  ref_free_outputs(g, y);
+  ref_free_all(g, y);
   graph_free(g);
 }
 

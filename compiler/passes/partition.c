@@ -1,0 +1,279 @@
+// Partition: the paper's model-parallel plan over N devices, derived from the graph.
+//
+// Every node computes a contiguous range of its output channels (features for flat
+// tensors) on each device:
+//   - conv and fc split their output channels evenly ("half of the kernels of every
+//     layer" for two devices); a grouped conv with at least as many groups as
+//     devices splits at group boundaries, so it reads only its own device's groups;
+//   - per-channel ops (relu, dropout, lrn, maxpool, flatten) follow their input;
+//   - concat splits its output evenly; softmax runs on device 0;
+//   - the network input is copied to every device.
+// What each device then needs of each input follows from the op's data dependencies
+// (a conv group's input channels, an fc's whole input vector, an LRN window's halo),
+// and whatever it needs but does not compute itself becomes a transfer from the
+// device that does. A fused node whose LRN window crosses the split either
+// recomputes the halo channels (when that needs no extra input) or is cut before
+// the LRN so the halo can be moved; the plan says which and why.
+#include <stdlib.h>
+#include <string.h>
+
+#include "../alexc.h"
+
+static Range rng(int64_t b, int64_t e) { return (Range){b, e}; }
+static int64_t len(Range r) { return r.end > r.begin ? r.end - r.begin : 0; }
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+static Range hull(Range a, Range b) {
+  if (!len(a))
+    return b;
+  if (!len(b))
+    return a;
+  return rng(min64(a.begin, b.begin), max64(a.end, b.end));
+}
+
+static Range intersect(Range a, Range b) {
+  Range r = rng(max64(a.begin, b.begin), min64(a.end, b.end));
+  return len(r) ? r : rng(0, 0);
+}
+
+static int64_t plane(Shape s) { return s.h * s.w; }
+static int last_stage(const Node *n) { return n->n_epilogue; }
+static Range computed(const Node *n, int d) { return n->place[d].stage[last_stage(n)]; }
+
+// Device d's share of `n` items split evenly over `devices`.
+static Range even(int64_t n, int d, int devices) {
+  return rng(n * d / devices, n * (d + 1) / devices);
+}
+
+// The op of stage k of a node: the head for k = 0, else the epilogue's.
+static const Node *stage_node(const Node *n, int k) { return k ? &n->epilogue[k - 1] : n; }
+
+// Channels an LRN needs of its input to compute output channels r: the window's
+// halo, clipped at the tensor's (or channel group's) edges.
+static Range lrn_need(const LrnAttrs *a, int64_t channels, Range r) {
+  if (!len(r))
+    return r;
+  int64_t per_group = channels / a->groups, half = a->size / 2;
+  int64_t lo_group = r.begin / per_group * per_group;
+  int64_t hi_group = (r.end - 1) / per_group * per_group + per_group;
+  return rng(max64(r.begin - half, lo_group), min64(r.end + half, hi_group));
+}
+
+// Channels of input `j` that op `n` needs to compute its output range r.
+static Range input_need(const Graph *g, const Node *n, int j, Range r) {
+  if (!len(r))
+    return r;
+  Shape in = g->nodes[n->inputs[j]].out;
+  switch (n->op) {
+  case OP_CONV: {
+    int64_t opg = n->conv.out / n->conv.groups, ipg = in.c / n->conv.groups;
+    return rng(r.begin / opg * ipg, ((r.end - 1) / opg + 1) * ipg);
+  }
+  case OP_LRN:
+    return lrn_need(&n->lrn, in.c, r);
+  case OP_FLATTEN:
+    return rng(r.begin / plane(in), (r.end + plane(in) - 1) / plane(in));
+  case OP_CONCAT: {
+    int64_t offset = 0;
+    for (int k = 0; k < j; k++)
+      offset += g->nodes[n->inputs[k]].out.c;
+    Range part = intersect(r, rng(offset, offset + in.c));
+    return len(part) ? rng(part.begin - offset, part.end - offset) : part;
+  }
+  case OP_FC:
+  case OP_SOFTMAX:
+    return rng(0, in.c);
+  default:  // relu, dropout, maxpool: channel for channel
+    return r;
+  }
+}
+
+// The range of stage k-1's output that stage k needs to compute r.
+static Range stage_need(const Node *n, int k, Range r) {
+  const Node *s = stage_node(n, k);
+  Shape in = k > 1 ? n->epilogue[k - 2].out : n->head_out;
+  return s->op == OP_LRN ? lrn_need(&s->lrn, in.c, r) : r;
+}
+
+// The channels each device treats as its own share of node `i`'s output.
+static Range owner(const Graph *g, int i, int d) {
+  const Node *n = &g->nodes[i];
+  return n->op == OP_INPUT ? even(n->out.c, d, g->n_devices) : computed(n, d);
+}
+
+// Splits a head op's output over the devices; returns the reason.
+static const char *split_output(const Graph *g, Node *n, Range *out) {
+  int D = g->n_devices;
+  Shape in = n->n_inputs ? g->nodes[n->inputs[0]].out : n->out;
+  switch (n->op) {
+  case OP_CONV: {
+    int groups = n->conv.groups;
+    if (groups > 1 && groups >= D) {
+      int64_t per = n->conv.out / groups;
+      for (int d = 0; d < D; d++)
+        out[d] = rng(per * (groups * d / D), per * (groups * (d + 1) / D));
+      return "kernels split at group boundaries: each device reads only its own groups";
+    }
+    for (int d = 0; d < D; d++)
+      out[d] = even(n->conv.out, d, D);
+    return groups > 1 ? "kernels split evenly (fewer groups than devices)"
+                      : "kernels split evenly: every device needs the whole input";
+  }
+  case OP_FC:
+    for (int d = 0; d < D; d++)
+      out[d] = even(n->fc.out, d, D);
+    return "outputs split evenly: every device needs the whole input vector";
+  case OP_CONCAT:
+    for (int d = 0; d < D; d++)
+      out[d] = even(n->out.c, d, D);
+    return "output channels split evenly";
+  case OP_SOFTMAX:
+    for (int d = 0; d < D; d++)
+      out[d] = d == 0 ? rng(0, n->out.c) : rng(0, 0);
+    return "on device 0: normalises over the whole vector";
+  case OP_FLATTEN:
+    for (int d = 0; d < D; d++) {
+      Range c = owner(g, n->inputs[0], d);
+      out[d] = rng(c.begin * plane(in), c.end * plane(in));
+    }
+    return "follows its input's channels";
+  default:  // relu, dropout, lrn, maxpool
+    for (int d = 0; d < D; d++)
+      out[d] = owner(g, n->inputs[0], d);
+    return "follows its input's channels";
+  }
+}
+
+// Bytes of node i's inputs that device d would have to receive to compute head range r.
+static int64_t receive_bytes(const Graph *g, const Node *n, int d, Range r) {
+  int64_t bytes = 0;
+  for (int j = 0; j < n->n_inputs; j++) {
+    const Node *in = &g->nodes[n->inputs[j]];
+    Range need = input_need(g, n, j, r);
+    Range have = in->op == OP_INPUT ? rng(0, in->out.c) : computed(in, d);
+    int64_t missing = len(need) - len(intersect(need, have));
+    bytes += missing * plane(in->out) * 4;
+  }
+  return bytes;
+}
+
+static void note(Graph *g, const char *text) {
+  char *s = g->plan_note ? format("%s%s\n", g->plan_note, text) : format("%s\n", text);
+  free(g->plan_note);
+  g->plan_note = s;
+}
+
+// Fills the stage ranges of node i from its output split, back to the head. For a
+// fused node, an LRN stage whose halo crosses the split is recomputed when that
+// costs no extra input (returns true); otherwise the node is cut before the LRN and
+// the cut-off rest becomes node i+1, planned next by the caller. Every epilogue op
+// keeps channel indices, so the same split applies to each shortened node.
+static bool plan_stages(Graph *g, int i, const Range *out) {
+  int D = g->n_devices;
+  for (;;) {
+    Node *n = &g->nodes[i];
+    for (int d = 0; d < D; d++) {
+      n->place[d].stage[last_stage(n)] = out[d];
+      for (int k = last_stage(n); k > 0; k--)
+        n->place[d].stage[k - 1] = stage_need(n, k, n->place[d].stage[k]);
+    }
+    int cut = 0;
+    bool halo = false;
+    for (int k = last_stage(n); k > 0 && !cut; k--) {
+      if (stage_node(n, k)->op != OP_LRN)
+        continue;
+      for (int d = 0; d < D && !cut; d++) {
+        Range with_halo = n->place[d].stage[0], without = n->place[d].stage[k];
+        if (len(with_halo) == len(without))
+          continue;
+        halo = true;
+        int64_t extra = receive_bytes(g, n, d, with_halo) - receive_bytes(g, n, d, without);
+        if (extra > 0) {
+          cut = k;
+          int64_t moved = (len(with_halo) - len(without)) * plane(stage_node(n, k - 1)->out) * 4;
+          char *msg = format("%s: fusion cut before '%s': recomputing the LRN halo would need "
+                             "%lld more bytes/image of input, moving it costs %lld",
+                             n->name, stage_node(n, k)->name, (long long)extra, (long long)moved);
+          note(g, msg);
+          free(msg);
+        }
+      }
+    }
+    if (!cut)
+      return halo;
+    graph_cut_fused(g, i, cut);
+  }
+}
+
+static void add_transfer(Graph *g, int node, int from, int to, Range r) {
+  g->transfers = xrealloc(g->transfers, (g->n_transfers + 1) * sizeof *g->transfers);
+  g->transfers[g->n_transfers++] =
+      (Transfer){node, from, to, r, len(r) * plane(g->nodes[node].out) * 4};
+}
+
+// Channels device d holds of node i but does not compute come from their owners.
+static void plan_transfers(Graph *g, int i) {
+  const Node *n = &g->nodes[i];
+  for (int d = 0; d < g->n_devices; d++) {
+    Range held = n->place[d].held, mine = computed(n, d);
+    Range pieces[2] = {rng(held.begin, len(mine) ? mine.begin : held.end),
+                       rng(len(mine) ? mine.end : held.end, held.end)};
+    for (int p = 0; p < 2; p++)
+      for (int s = 0; s < g->n_devices && len(pieces[p]); s++) {
+        Range r = intersect(pieces[p], computed(n, s));
+        if (s != d && len(r))
+          add_transfer(g, i, s, d, r);
+      }
+  }
+}
+
+bool pass_partition(Graph *g, const PassOptions *opts) {
+  int D = opts->devices;
+  g->n_devices = D;
+  free(g->transfers);
+  g->transfers = NULL;
+  g->n_transfers = 0;
+  free(g->plan_note);
+  g->plan_note = NULL;
+  bool grouped = false;
+  for (int i = 0; i < g->n_nodes; i++) {
+    Node *n = &g->nodes[i];
+    memset(n->place, 0, sizeof n->place);
+    grouped |= n->op == OP_CONV && n->conv.groups > 1;
+    if (n->op == OP_INPUT) {
+      for (int d = 0; d < D; d++)
+        n->place[d].stage[0] = rng(0, n->out.c);
+      n->place[0].why = "copied to every device";
+      continue;
+    }
+    Range out[MAX_DEVICES];
+    const char *why = D == 1 ? "one device" : split_output(g, n, out);
+    if (D == 1)
+      out[0] = rng(0, n->out.c);
+    bool halo = plan_stages(g, i, out);
+    g->nodes[i].place[0].why =
+        halo ? "kernels split; LRN halo channels recomputed on each device (no extra input)" : why;
+  }
+  // What each device holds of each tensor: its own share plus what its readers need.
+  for (int i = 0; i < g->n_nodes; i++)
+    for (int d = 0; d < D; d++)
+      g->nodes[i].place[d].held = computed(&g->nodes[i], d);
+  for (int i = 0; i < g->n_nodes; i++) {
+    Node *n = &g->nodes[i];
+    for (int d = 0; d < D; d++)
+      for (int j = 0; j < n->n_inputs; j++) {
+        Placement *p = &g->nodes[n->inputs[j]].place[d];
+        p->held = hull(p->held, input_need(g, n, j, n->place[d].stage[0]));
+      }
+  }
+  for (int i = 0; i < g->n_nodes; i++)
+    plan_transfers(g, i);
+  if (D == 1)
+    note(g, "one device: the trivial plan, no transfers");
+  else if (!grouped)
+    note(g, "no grouped convolution: no layer can stay on its own device's channels, so every "
+            "split conv and fc receives the other devices' shares of its input (model "
+            "parallelism still halves each device's weights; it does not avoid transfers)");
+  return true;
+}
