@@ -7,12 +7,21 @@
 // allocated from the memory plan, holding its channel range of each tensor; fused
 // nodes run stage by stage; transfers copy channels between devices. Every channel
 // access goes through chan(), which stops with an internal error if a device reads
-// a channel it does not hold: a plan that forgets a transfer cannot pass silently.
+// a channel that it has neither computed nor received: a plan that forgets a
+// transfer cannot pass silently.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../alexc.h"
+
+#define MAX_VALID 4  // own channels, a received range on either side, one spare
+
+// Which channels of a buffer hold data yet: computed here or received.
+typedef struct {
+  Range r[MAX_VALID];
+  int n;
+} Valid;
 
 // A device's copy of channels [held.begin, held.end) of a tensor of per-image shape
 // `shape`, stored (image, held channel, plane).
@@ -22,19 +31,34 @@ typedef struct {
   Range held;
   int device;
   const char *name;
+  Valid *valid;  // NULL for a view being written
 } View;
 
 static int64_t len(Range r) { return r.end > r.begin ? r.end - r.begin : 0; }
 static int64_t plane(Shape s) { return s.h * s.w; }
 
+static bool is_valid(const View *v, int64_t c) {
+  if (!v->valid)
+    return c >= v->held.begin && c < v->held.end;
+  for (int k = 0; k < v->valid->n; k++)
+    if (c >= v->valid->r[k].begin && c < v->valid->r[k].end)
+      return true;
+  return false;
+}
+
 static float *chan(View v, int img, int64_t c) {
-  if (c < v.held.begin || c >= v.held.end) {
-    fprintf(stderr, "alexc: internal error: device %d reads channel %lld of '%s' but holds only "
-            "[%lld, %lld)\n", v.device, (long long)c, v.name, (long long)v.held.begin,
-            (long long)v.held.end);
+  if (!is_valid(&v, c)) {
+    fprintf(stderr, "alexc: internal error: device %d uses channel %lld of '%s', which it has "
+            "neither computed nor received (holds [%lld, %lld))\n", v.device, (long long)c,
+            v.name, (long long)v.held.begin, (long long)v.held.end);
     abort();
   }
   return v.data + ((int64_t)img * len(v.held) + (c - v.held.begin)) * plane(v.shape);
+}
+
+static void mark_valid(Valid *v, Range r) {
+  if (len(r) && v->n < MAX_VALID)
+    v->r[v->n++] = r;
 }
 
 // ---------------------------------------------------------------- ops
@@ -224,12 +248,22 @@ typedef struct {
   Graph *g;
   int batch;
   float *arena[MAX_DEVICES];
+  Valid (*valid)[MAX_DEVICES];  // per node and device
 } Exec;
 
+// A node's buffer on device d, for reading (checked against what is valid there).
 static View node_view(const Exec *e, int i, int d) {
   const Node *n = &e->g->nodes[i];
   const Placement *p = &n->place[d];
-  return (View){e->arena[d] + p->offset * e->batch, n->out, p->held, d, n->name};
+  return (View){e->arena[d] + p->offset * e->batch, n->out, p->held, d, n->name,
+                &e->valid[i][d]};
+}
+
+// The same buffer for writing: any held channel.
+static View node_target(const Exec *e, int i, int d) {
+  View v = node_view(e, i, d);
+  v.valid = NULL;
+  return v;
 }
 
 // Runs node i on device d: its head, then each fused stage into the next buffer.
@@ -244,19 +278,25 @@ static void run_on_device(Exec *e, const Weights *w, int i, int d) {
   // Intermediate stages are materialised here, outside the memory plan: a fused
   // kernel keeps them on chip, so the plan gives them no buffer.
   float *stage_buf[MAX_EPILOGUE] = {0};
+  Valid stage_valid[MAX_EPILOGUE];
   for (int k = 0; k <= n->n_epilogue; k++) {
     const Node *s = k ? &n->epilogue[k - 1] : n;
     View y;
     if (k == n->n_epilogue) {
-      y = node_view(e, i, d);
+      y = node_target(e, i, d);
     } else {
       Shape shape = k ? n->epilogue[k - 1].out : n->head_out;
       stage_buf[k] = xcalloc(len(p->stage[k]) * plane(shape) * e->batch, sizeof(float));
-      y = (View){stage_buf[k], shape, p->stage[k], d, s->name};
+      y = (View){stage_buf[k], shape, p->stage[k], d, s->name, NULL};
     }
     run_stage(e->g, n, s, w, xs, y, p->stage[k], e->batch);
+    if (k < n->n_epilogue) {
+      stage_valid[k] = (Valid){{p->stage[k]}, 1};
+      y.valid = &stage_valid[k];
+    }
     xs[0] = y;
   }
+  e->valid[i][d] = (Valid){{p->stage[n->n_epilogue]}, 1};
   for (int k = 0; k < n->n_epilogue; k++)
     free(stage_buf[k]);
 }
@@ -266,10 +306,12 @@ static void run_transfers(Exec *e, int i) {
     const Transfer *tr = &e->g->transfers[t];
     if (tr->node != i)
       continue;
-    View from = node_view(e, i, tr->from), to = node_view(e, i, tr->to);
+    View from = node_view(e, i, tr->from), to = node_target(e, i, tr->to);
+    chan(from, 0, tr->range.end - 1);  // the sender must have all of it
     for (int img = 0; img < e->batch; img++)
       memcpy(chan(to, img, tr->range.begin), chan(from, img, tr->range.begin),
              len(tr->range) * plane(from.shape) * sizeof(float));
+    mark_valid(&e->valid[i][tr->to], tr->range);
   }
 }
 
@@ -296,10 +338,11 @@ static void upload_input(Exec *e, const float *x) {
     Range r = n->place[d].held;
     if (!len(r))
       continue;
-    View v = node_view(e, 0, d);
+    View v = node_target(e, 0, d);
     for (int img = 0; img < e->batch; img++)
       memcpy(chan(v, img, r.begin), x + (img * n->out.c + r.begin) * hw,
              len(r) * hw * sizeof(float));
+    e->valid[0][d] = (Valid){{r}, 1};
   }
 }
 
@@ -310,7 +353,7 @@ bool ref_run(Graph *g, const Weights *w, const float *x, int batch, const int *w
     if (!pass_partition(g, &o) || !pass_memplan(g, &o))
       return false;
   }
-  Exec e = {g, batch, {0}};
+  Exec e = {g, batch, {0}, xcalloc(g->n_nodes, sizeof *e.valid)};
   for (int d = 0; d < g->n_devices; d++)
     e.arena[d] = xcalloc(g->arena[d] * batch, sizeof(float));
   for (int k = 0; k < n_want; k++)
@@ -328,6 +371,7 @@ bool ref_run(Graph *g, const Weights *w, const float *x, int batch, const int *w
   }
   for (int d = 0; d < g->n_devices; d++)
     free(e.arena[d]);
+  free(e.valid);
   return true;
 }
 
