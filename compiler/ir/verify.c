@@ -125,7 +125,8 @@ bool graph_verify(const Graph *g) {
   for (int i = 0; i < g->n_nodes; i++) {  // inference writes stage shapes: use copies
     Node *n = &copy.nodes[i];
     n->epilogue = xcalloc(n->n_epilogue, sizeof(Node));
-    memcpy(n->epilogue, g->nodes[i].epilogue, n->n_epilogue * sizeof(Node));
+    if (n->n_epilogue)
+      memcpy(n->epilogue, g->nodes[i].epilogue, n->n_epilogue * sizeof(Node));
   }
   bool ok = graph_infer(&copy);
   for (int i = 0; ok && i < g->n_nodes; i++) {

@@ -36,7 +36,8 @@ static int by_offset(const void *a, const void *b) {
 
 static int64_t arena_alloc(Arena *a, int64_t size, int last_use) {
   size = align_up(size);
-  qsort(a->live, a->n, sizeof *a->live, by_offset);
+  if (a->n)
+    qsort(a->live, a->n, sizeof *a->live, by_offset);
   int64_t at = 0;
   for (int i = 0; i < a->n; i++) {
     if (a->live[i].offset - at >= size)
