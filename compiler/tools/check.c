@@ -166,9 +166,9 @@ static void print_plan(const Graph *g, const Graph *unfused, int batch) {
     const Transfer *tr = &g->transfers[t];
     const Node *n = &g->nodes[tr->node];
     const char *value = n->n_epilogue ? n->epilogue[n->n_epilogue - 1].name : n->name;
-    printf("  %-12s channels [%lld,%lld) d%d -> d%d %12s bytes/image\n", value,
-           (long long)tr->range.begin, (long long)tr->range.end, tr->from, tr->to,
-           grouped(tr->bytes, a, sizeof a));
+    printf("  %-12s %-8s [%lld,%lld) d%d -> d%d %12s bytes/image\n", value,
+           n->out.rank == 1 ? "features" : "channels", (long long)tr->range.begin,
+           (long long)tr->range.end, tr->from, tr->to, grouped(tr->bytes, a, sizeof a));
   }
   if (!g->n_transfers)
     printf("  none\n");
