@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <yaml.h>
 
 #include "../alexc.h"
@@ -108,7 +109,8 @@ static int edit_distance(const char *a, const char *b) {
   return d[la][lb];
 }
 
-// The closest of `words` to `s`, if it is close enough to be a typo.
+// The closest of `words` to `s`, if it is close enough to be a typo: at most two
+// edits, and at most half the length of the longer word ('foo' is not 'op').
 static const char *suggest(const char *s, const char *const *words, int n) {
   const char *best = NULL;
   int best_d = 3;
@@ -116,7 +118,8 @@ static const char *suggest(const char *s, const char *const *words, int n) {
     if (!words[i])
       continue;
     int d = edit_distance(s, words[i]);
-    if (d < best_d) {
+    int longer = (int)(strlen(s) > strlen(words[i]) ? strlen(s) : strlen(words[i]));
+    if (d < best_d && 2 * d <= longer) {
       best_d = d;
       best = words[i];
     }
@@ -145,28 +148,64 @@ static bool need_map(Ctx *cx, yaml_node_t *node, const char *what) {
   return false;
 }
 
-// Every key must be a scalar, unique, and one of `allowed` (NULL-terminated).
-static bool check_keys(Ctx *cx, yaml_node_t *map, const char *const *allowed, const char *what) {
+// Every key must be a scalar; lookup() relies on it. YAML merge keys ('<<')
+// are not expanded by libyaml, so they are refused here rather than read as a key.
+static bool plain_keys(Ctx *cx, yaml_node_t *map, const char *what) {
   for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
     yaml_node_t *k = node_at(cx, p->key);
     const char *key = scalar(k);
     if (!key) {
-      error_at(loc_of(cx, k), "keys of %s must be plain words", what);
+      error_at(loc_of(cx, k), "keys of %s must be plain words, not %s", what, describe(k));
       return false;
     }
+    if (!strcmp(key, "<<") && k->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
+      error_at(loc_of(cx, k), "YAML merge keys ('<<') are not supported; write the keys of %s "
+               "out in full", what);
+      return false;
+    }
+  }
+  return true;
+}
+
+static const char *const *op_keys(OpKind op);
+
+// Every key must be a scalar, unique, and one of `allowed` (NULL-terminated). For a
+// layer (`op` < OP_COUNT), a key of another op says which ops take it.
+static bool check_keys(Ctx *cx, yaml_node_t *map, const char *const *allowed, const char *what,
+                       OpKind op) {
+  if (!plain_keys(cx, map, what))
+    return false;
+  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+    yaml_node_t *k = node_at(cx, p->key);
+    const char *key = scalar(k);
     for (yaml_node_pair_t *q = map->data.mapping.pairs.start; q < p; q++)
       if (!strcmp(scalar(node_at(cx, q->key)), key)) {
-        error_at(loc_of(cx, k), "duplicate key '%s' in %s", key, what);
+        error_at(loc_of(cx, k), "duplicate key '%s' in %s (first at line %d)", shown(key), what,
+                 (int)node_at(cx, q->key)->start_mark.line + 1);
         return false;
       }
-    if (!in_list(key, allowed)) {
-      const char *s = suggest(key, allowed, list_len(allowed));
-      if (s)
-        error_at(loc_of(cx, k), "unknown key '%s' in %s; did you mean '%s'?", key, what, s);
-      else
-        error_at(loc_of(cx, k), "unknown key '%s' in %s", key, what);
-      return false;
-    }
+    if (in_list(key, allowed))
+      continue;
+    char owners[128] = "";
+    for (int o = OP_CONV; op < OP_COUNT && o < OP_COUNT; o++)
+      if (o != (int)op && in_list(key, op_keys((OpKind)o)))
+        snprintf(owners + strlen(owners), sizeof owners - strlen(owners), "%s%s",
+                 *owners ? ", " : "", op_name((OpKind)o));
+    const char *s = suggest(key, allowed, list_len(allowed));
+    char keys[160] = "";
+    for (const char *const *a = op < OP_COUNT ? op_keys(op) : allowed; *a; a++)
+      snprintf(keys + strlen(keys), sizeof keys - strlen(keys), "%s%s", *keys ? ", " : "", *a);
+    if (*owners)
+      error_at(loc_of(cx, k), "unknown key '%s' in %s: '%s' is for %s layers; %s layers take %s",
+               key, what, key, owners, op_name(op), *keys ? keys : "no attributes");
+    else if (s)
+      error_at(loc_of(cx, k), "unknown key '%s' in %s; did you mean '%s'?", shown(key), what, s);
+    else if (op < OP_COUNT)
+      error_at(loc_of(cx, k), "unknown key '%s' in %s (%s layers take name, op, inputs%s%s)",
+               shown(key), what, op_name(op), *keys ? ", " : "", keys);
+    else
+      error_at(loc_of(cx, k), "unknown key '%s' in %s (expected %s)", shown(key), what, keys);
+    return false;
   }
   return true;
 }
@@ -191,7 +230,8 @@ static bool get_string(Ctx *cx, yaml_node_t *map, const char *key, const char *w
   if (!v)
     return missing(cx, map, key, what);
   if (!scalar(v) || !*scalar(v)) {
-    error_at(loc_of(cx, v), "'%s' in %s must be a non-empty string", key, what);
+    error_at(loc_of(cx, v), "'%s' in %s must be a non-empty string, not %s", key, what,
+             describe(v));
     return false;
   }
   *out = scalar(v);
@@ -208,13 +248,14 @@ static bool get_int(Ctx *cx, yaml_node_t *map, const char *key, const char *what
   char *end = NULL;
   errno = 0;
   long val = s ? strtol(s, &end, 10) : 0;
-  if (!s || !*s || *end || errno || v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
-    error_at(loc_of(cx, v), "'%s' in %s must be an integer, not '%s'", key, what, s ? s : "...");
+  if (!s || !*s || *end || isspace((unsigned char)*s) ||
+      v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+    error_at(loc_of(cx, v), "'%s' in %s must be an integer, not %s", key, what, describe(v));
     return false;
   }
-  if (val < lo || val > hi) {
-    error_at(loc_of(cx, v), "'%s' in %s must be between %ld and %ld, not %ld", key, what, lo, hi,
-             val);
+  if (errno == ERANGE || val < lo || val > hi) {
+    error_at(loc_of(cx, v), "'%s' in %s must be between %ld and %ld, not %s", key, what, lo, hi,
+             shown(s));
     return false;
   }
   *out = (int)val;
@@ -229,13 +270,15 @@ static bool get_number(Ctx *cx, yaml_node_t *map, const char *key, const char *w
   const char *s = scalar(v);
   char *end = NULL;
   double val = s ? strtod(s, &end) : 0;
-  if (!s || !*s || *end || !isfinite(val) || v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE ||
-      isspace((unsigned char)*s)) {
-    error_at(loc_of(cx, v), "'%s' in %s must be a number, not '%s'", key, what, s ? s : "...");
+  // Decimal notation only: strtod would also take "inf", "nan" and hexadecimal.
+  if (!s || !*s || *end || s[strspn(s, "0123456789+-.eE")] ||
+      v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+    error_at(loc_of(cx, v), "'%s' in %s must be a number, not %s", key, what, describe(v));
     return false;
   }
-  if (val < lo || val > hi) {
-    error_at(loc_of(cx, v), "'%s' in %s must be between %g and %g, not %s", key, what, lo, hi, s);
+  if (!isfinite(val) || val < lo || val > hi) {
+    error_at(loc_of(cx, v), "'%s' in %s must be between %g and %g, not %s", key, what, lo, hi,
+             shown(s));
     return false;
   }
   *out = val;
@@ -246,13 +289,15 @@ static bool get_bool(Ctx *cx, yaml_node_t *map, const char *key, const char *wha
   yaml_node_t *v = lookup(cx, map, key);
   if (!v)
     return true;
-  const char *s = scalar(v);
+  const char *s = v->type == YAML_SCALAR_NODE && v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE
+                      ? scalar(v)
+                      : NULL;
   if (s && !strcmp(s, "true"))
     *out = true;
   else if (s && !strcmp(s, "false"))
     *out = false;
   else {
-    error_at(loc_of(cx, v), "'%s' in %s must be true or false", key, what);
+    error_at(loc_of(cx, v), "'%s' in %s must be true or false, not %s", key, what, describe(v));
     return false;
   }
   return true;
@@ -273,10 +318,15 @@ static bool valid_name(const char *s) {
 static bool check_name(Ctx *cx, yaml_node_t *v, const char *s, const char *what) {
   if (valid_name(s))
     return true;
+  if (strlen(s) > MAX_NAME) {
+    error_at(loc_of(cx, v), "%s '%s' is %zu characters long; the limit is %d", what, shown(s),
+             strlen(s), MAX_NAME);
+    return false;
+  }
   error_at(loc_of(cx, v),
            "%s '%s' is not a valid name (a letter or '_', then letters, digits, '_', '.', '-'; "
            "at most %d characters)",
-           what, s, MAX_NAME);
+           what, shown(s), MAX_NAME);
   return false;
 }
 
@@ -284,7 +334,7 @@ static bool check_name(Ctx *cx, yaml_node_t *v, const char *s, const char *what)
 
 static bool parse_init(Ctx *cx, yaml_node_t *v, const char *what, InitRule *rule) {
   static const char *const keys[] = {"weight_std", "bias", NULL};
-  if (!need_map(cx, v, what) || !check_keys(cx, v, keys, what))
+  if (!need_map(cx, v, what) || !check_keys(cx, v, keys, what, OP_COUNT))
     return false;
   return get_number(cx, v, "weight_std", what, false, 0, 1e6, &rule->weight_std) &&
          get_number(cx, v, "bias", what, false, -1e6, 1e6, &rule->bias);
@@ -293,7 +343,7 @@ static bool parse_init(Ctx *cx, yaml_node_t *v, const char *what, InitRule *rule
 static bool parse_input(Ctx *cx, yaml_node_t *v, Graph *g) {
   static const char *const keys[] = {"channels", "height", "width", NULL};
   const char *what = "the network input";
-  if (!need_map(cx, v, what) || !check_keys(cx, v, keys, what))
+  if (!need_map(cx, v, what) || !check_keys(cx, v, keys, what, OP_COUNT))
     return false;
   int c, h, w;
   if (!get_int(cx, v, "channels", what, true, 1, MAX_DIM, &c) ||
@@ -341,7 +391,7 @@ static bool check_layer_keys(Ctx *cx, yaml_node_t *map, OpKind op, const char *w
   for (const char *const *k = op_keys(op); *k; k++)
     allowed[n++] = *k;
   allowed[n] = NULL;
-  return check_keys(cx, map, allowed, what);
+  return check_keys(cx, map, allowed, what, op);
 }
 
 static bool parse_attrs(Ctx *cx, yaml_node_t *m, Node *n, const InitRule *net_init, const char *w) {
@@ -386,7 +436,8 @@ static bool parse_attrs(Ctx *cx, yaml_node_t *m, Node *n, const InitRule *net_in
     if (!get_number(cx, m, "p", w, true, 0, 1, &n->dropout.p))
       return false;
     if (n->dropout.p >= 1) {
-      error_at(loc_of(cx, lookup(cx, m, "p")), "'p' in %s must be below 1", w);
+      error_at(loc_of(cx, lookup(cx, m, "p")), "'p' in %s must be below 1 (the probability of "
+               "dropping a unit), not %s", w, shown(scalar(lookup(cx, m, "p"))));
       return false;
     }
     return true;
@@ -395,21 +446,39 @@ static bool parse_attrs(Ctx *cx, yaml_node_t *m, Node *n, const InitRule *net_in
   }
 }
 
-// Reads a layer's name and `inputs:` (syntax only; names are resolved later).
-static bool read_raw_layer(Ctx *cx, yaml_node_t *m, int index, RawLayer *raw) {
+// Takes a layer's name and `inputs:` as written, checking nothing, so that a layer can
+// tell a forward reference or a cycle from an unknown name. The checks happen layer by
+// layer in check_raw_layer() and build_layer(), so the first error in the file is the
+// one reported.
+static void read_raw_layer(Ctx *cx, yaml_node_t *m, RawLayer *raw) {
+  raw->map = m;
+  if (m->type != YAML_MAPPING_NODE)
+    return;
+  for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+    const char *key = scalar(node_at(cx, p->key));
+    yaml_node_t *v = node_at(cx, p->value);
+    if (key && !strcmp(key, "name") && !raw->name)
+      raw->name = scalar(v);
+    else if (key && !strcmp(key, "inputs") && !raw->inputs)
+      raw->inputs = v;
+  }
+}
+
+// Checks what read_raw_layer() took on trust: a mapping with plain keys, a valid
+// name, and inputs that are a name or a list.
+static bool check_raw_layer(Ctx *cx, int index, RawLayer *raw) {
   char what[64];
   snprintf(what, sizeof what, "layer %d", index + 1);
-  if (!need_map(cx, m, what))
+  yaml_node_t *m = raw->map;
+  if (!need_map(cx, m, what) || !plain_keys(cx, m, what))
     return false;
   yaml_node_t *nv = lookup(cx, m, "name");
   if (!get_string(cx, m, "name", what, &raw->name) || !check_name(cx, nv, raw->name, "layer name"))
     return false;
   raw->loc = loc_of(cx, m);
-  raw->map = m;
-  raw->inputs = lookup(cx, m, "inputs");
   if (raw->inputs && raw->inputs->type == YAML_MAPPING_NODE) {
     error_at(loc_of(cx, raw->inputs), "'inputs' of layer '%s' must be a layer name or a list of "
-             "names", raw->name);
+             "names, not a mapping", raw->name);
     return false;
   }
   return true;
@@ -417,7 +486,7 @@ static bool read_raw_layer(Ctx *cx, yaml_node_t *m, int index, RawLayer *raw) {
 
 // The names a raw layer reads, as YAML nodes; `prev` is the default.
 static int raw_inputs(Ctx *cx, const RawLayer *r, yaml_node_t **out, int max) {
-  if (!r->inputs)
+  if (!r->inputs || r->inputs->type == YAML_MAPPING_NODE)
     return 0;
   if (r->inputs->type == YAML_SCALAR_NODE) {
     out[0] = r->inputs;
@@ -432,36 +501,45 @@ static int raw_inputs(Ctx *cx, const RawLayer *r, yaml_node_t **out, int max) {
 
 static int raw_find(RawLayer *raw, int n, const char *name) {
   for (int i = 0; i < n; i++)
-    if (!strcmp(raw[i].name, name))
+    if (raw[i].name && !strcmp(raw[i].name, name))
       return i;
   return -1;
 }
 
 // Does raw layer `from` (transitively) read raw layer `target`? Used to tell a cycle
-// from a mere forward reference. `seen` guards against revisiting.
-static bool reaches(Ctx *cx, RawLayer *raw, int n, int from, int target, char *seen) {
-  if (from == target)
-    return true;
-  if (seen[from])
-    return false;
+// from a mere forward reference. Iterative: a chain may be MAX_LAYERS long.
+static bool reaches(Ctx *cx, RawLayer *raw, int n, int from, int target) {
+  char *seen = xcalloc(n, 1);
+  int *stack = xcalloc(n, sizeof *stack);
+  int top = 0;
+  bool found = false;
+  stack[top++] = from;
   seen[from] = 1;
-  yaml_node_t *ins[64];
-  int k = raw_inputs(cx, &raw[from], ins, 64);
-  if (!raw[from].inputs && from > 0)
-    return reaches(cx, raw, n, from - 1, target, seen);
-  for (int i = 0; i < k; i++) {
-    int j = scalar(ins[i]) ? raw_find(raw, n, scalar(ins[i])) : -1;
-    if (j >= 0 && reaches(cx, raw, n, j, target, seen))
-      return true;
+  while (top > 0 && !found) {
+    int i = stack[--top];
+    yaml_node_t *ins[64];
+    int k = raw_inputs(cx, &raw[i], ins, 64);
+    for (int j = 0; j < (raw[i].inputs ? k : 1); j++) {
+      int next = raw[i].inputs ? (scalar(ins[j]) ? raw_find(raw, n, scalar(ins[j])) : -1) : i - 1;
+      if (next == target)
+        found = true;
+      else if (next >= 0 && !seen[next]) {
+        seen[next] = 1;
+        stack[top++] = next;
+      }
+    }
   }
-  return false;
+  free(stack);
+  free(seen);
+  return found;
 }
 
 static bool resolve_input(Ctx *cx, Graph *g, RawLayer *raw, int n_raw, int self, yaml_node_t *v,
                           int *out) {
   const char *name = scalar(v);
-  if (!name) {
-    error_at(loc_of(cx, v), "inputs of layer '%s' must be layer names", raw[self].name);
+  if (!name || !*name) {
+    error_at(loc_of(cx, v), "inputs of layer '%s' must be layer names, not %s", raw[self].name,
+             describe(v));
     return false;
   }
   int idx = graph_find(g, name);
@@ -475,10 +553,7 @@ static bool resolve_input(Ctx *cx, Graph *g, RawLayer *raw, int n_raw, int self,
     return false;
   }
   if (later > self) {
-    char *seen = xcalloc(n_raw, 1);
-    bool cycle = reaches(cx, raw, n_raw, later, self, seen);
-    free(seen);
-    if (cycle)
+    if (reaches(cx, raw, n_raw, later, self))
       error_at(loc_of(cx, v), "cycle: layer '%s' reads '%s', which depends on '%s'",
                raw[self].name, name, raw[self].name);
     else
@@ -492,15 +567,17 @@ static bool resolve_input(Ctx *cx, Graph *g, RawLayer *raw, int n_raw, int self,
   const char *s = suggest(name, names, g->n_nodes);
   if (s)
     error_at(loc_of(cx, v), "layer '%s' reads unknown layer '%s'; did you mean '%s'?",
-             raw[self].name, name, s);
+             raw[self].name, shown(name), s);
   else
-    error_at(loc_of(cx, v), "layer '%s' reads unknown layer '%s'", raw[self].name, name);
+    error_at(loc_of(cx, v), "layer '%s' reads unknown layer '%s'", raw[self].name, shown(name));
   free(names);
   return false;
 }
 
 static bool build_layer(Ctx *cx, Graph *g, RawLayer *raw, int n_raw, int i, const InitRule *init) {
   RawLayer *r = &raw[i];
+  if (!check_raw_layer(cx, i, r))
+    return false;
   char what[128];
   snprintf(what, sizeof what, "layer '%s'", r->name);
   const char *op_s;
@@ -512,16 +589,23 @@ static bool build_layer(Ctx *cx, Graph *g, RawLayer *raw, int n_raw, int i, cons
     static const char *const ops[] = {"conv",    "relu",    "lrn",    "maxpool", "fc",
                                       "dropout", "flatten", "concat", "softmax"};
     const char *s = suggest(op_s, ops, 9);
-    error_at(loc_of(cx, op_v), "unknown op '%s' in %s%s%s%s", op_s, what, s ? "; did you mean '" : "",
-             s ? s : "", s ? "'?" : " (ops: conv relu lrn maxpool fc dropout flatten concat softmax)");
+    error_at(loc_of(cx, op_v), "unknown op '%s' in %s%s%s%s", shown(op_s), what,
+             s ? "; did you mean '" : "", s ? s : "",
+             s ? "'?" : " (ops: conv relu lrn maxpool fc dropout flatten concat softmax)");
     return false;
   }
   snprintf(what, sizeof what, "%s layer '%s'", op_s, r->name);
   if (!check_layer_keys(cx, r->map, op, what))
     return false;
-  if (graph_find(g, r->name) >= 0) {
-    error_at(loc_of(cx, lookup(cx, r->map, "name")), "duplicate layer name '%s'%s", r->name,
-             strcmp(r->name, "input") ? "" : " ('input' names the network input)");
+  int first = graph_find(g, r->name);
+  if (first == 0) {
+    error_at(loc_of(cx, lookup(cx, r->map, "name")), "a layer may not be named 'input': the name "
+             "is reserved for the network input");
+    return false;
+  }
+  if (first > 0) {
+    error_at(loc_of(cx, lookup(cx, r->map, "name")), "duplicate layer name '%s' (first used at "
+             "line %d)", r->name, g->nodes[first].loc.line);
     return false;
   }
 
@@ -554,7 +638,8 @@ static bool build_layer(Ctx *cx, Graph *g, RawLayer *raw, int n_raw, int i, cons
 
 static bool parse_layers(Ctx *cx, yaml_node_t *v, Graph *g, const InitRule *init) {
   if (v->type != YAML_SEQUENCE_NODE || v->data.sequence.items.top == v->data.sequence.items.start) {
-    error_at(loc_of(cx, v), "'layers' must be a non-empty list of layers");
+    error_at(loc_of(cx, v), "'layers' must be a non-empty list of layers, not %s",
+             v->type == YAML_SEQUENCE_NODE ? "an empty list" : describe(v));
     return false;
   }
   int n = (int)(v->data.sequence.items.top - v->data.sequence.items.start);
@@ -563,9 +648,9 @@ static bool parse_layers(Ctx *cx, yaml_node_t *v, Graph *g, const InitRule *init
     return false;
   }
   RawLayer *raw = xcalloc(n, sizeof *raw);
+  for (int i = 0; i < n; i++)
+    read_raw_layer(cx, node_at(cx, v->data.sequence.items.start[i]), &raw[i]);
   bool ok = true;
-  for (int i = 0; ok && i < n; i++)
-    ok = read_raw_layer(cx, node_at(cx, v->data.sequence.items.start[i]), i, &raw[i]);
   for (int i = 0; ok && i < n; i++)
     ok = build_layer(cx, g, raw, n, i, init);
   free(raw);
@@ -589,7 +674,7 @@ static void warn_unused(const Graph *g) {
 
 static Graph *build_graph(Ctx *cx, yaml_node_t *root) {
   static const char *const keys[] = {"name", "description", "input", "init", "layers", NULL};
-  if (!need_map(cx, root, "a network spec") || !check_keys(cx, root, keys, "the network"))
+  if (!need_map(cx, root, "a network spec") || !check_keys(cx, root, keys, "the network", OP_COUNT))
     return NULL;
   const char *name;
   if (!get_string(cx, root, "name", "the network", &name) ||
@@ -597,7 +682,7 @@ static Graph *build_graph(Ctx *cx, yaml_node_t *root) {
     return NULL;
   yaml_node_t *desc = lookup(cx, root, "description");
   if (desc && !scalar(desc)) {
-    error_at(loc_of(cx, desc), "'description' must be a string");
+    error_at(loc_of(cx, desc), "'description' must be a string, not %s", describe(desc));
     return NULL;
   }
   InitRule init = {.weight_std = 0.01, .bias = 0};  // the paper's defaults
@@ -625,31 +710,209 @@ static Graph *build_graph(Ctx *cx, yaml_node_t *root) {
   return g;
 }
 
-Graph *parse_spec_string(const char *path, const char *text, size_t len) {
+// libyaml reports reader errors (bad UTF-8, control characters) as a byte offset.
+static SrcLoc offset_loc(const char *path, const char *text, size_t len, size_t offset) {
+  SrcLoc loc = {path, 1, 1};
+  for (size_t i = 0; i < offset && i < len; i++) {
+    unsigned char c = (unsigned char)text[i];
+    if (c == '\n' || (c == '\r' && (i + 1 == len || text[i + 1] != '\n'))) {
+      loc.line++;
+      loc.col = 1;
+    } else if ((c & 0xC0) != 0x80) {  // columns count characters, as libyaml's do
+      loc.col++;
+    }
+  }
+  return loc;
+}
+
+// The byte at a libyaml mark (0-based line, column in characters), or 0 past the end.
+static char byte_at(const char *text, size_t len, size_t line, size_t column) {
+  size_t i = 0;
+  for (; i < len && line > 0; i++)
+    if (text[i] == '\n')
+      line--;
+  for (; i < len && text[i] != '\n'; i++)
+    if ((text[i] & 0xC0) != 0x80 && column-- == 0)
+      return text[i];
+  return 0;
+}
+
+// The offset of the first byte that is not well-formed UTF-8 (*cp = -1) or starts a
+// character YAML does not allow in a file (*cp = the character), or len. libyaml
+// checks the same, but reports a bad lead byte at the byte after it.
+static size_t text_invalid_at(const unsigned char *s, size_t len, long *cp) {
+  size_t i = 0;
+  while (i < len) {
+    unsigned c = s[i];
+    size_t n = c < 0x80 ? 0 : c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2
+             : c >= 0xF0 && c <= 0xF4                ? 3
+                                                     : 9;
+    *cp = -1;
+    if (n == 9 || n >= len - i)
+      return i;
+    long v = (long)(n == 0 ? c : n == 1 ? c & 0x1F : n == 2 ? c & 0x0F : c & 0x07);
+    for (size_t k = 1; k <= n; k++) {
+      if ((s[i + k] & 0xC0) != 0x80)
+        return i;
+      v = v << 6 | (s[i + k] & 0x3F);
+    }
+    // No overlong forms, surrogates, or code points above U+10FFFF.
+    if ((c == 0xE0 && s[i + 1] < 0xA0) || (c == 0xED && s[i + 1] >= 0xA0) ||
+        (c == 0xF0 && s[i + 1] < 0x90) || (c == 0xF4 && s[i + 1] >= 0x90))
+      return i;
+    // YAML's printable characters.
+    if (!(v == 0x9 || v == 0xA || v == 0xD || (v >= 0x20 && v <= 0x7E) || v == 0x85 ||
+          (v >= 0xA0 && v <= 0xD7FF) || (v >= 0xE000 && v <= 0xFFFD) || v >= 0x10000)) {
+      *cp = v;
+      return i;
+    }
+    i += n + 1;
+  }
+  return len;
+}
+
+// One message for whatever libyaml found wrong, at the place it found it.
+static void yaml_error(const char *path, const yaml_parser_t *p, const char *text, size_t len) {
+  const char *problem = p->problem ? p->problem : "syntax error";
+  if (p->error == YAML_READER_ERROR) {
+    SrcLoc loc = offset_loc(path, text, len, p->problem_offset);
+    if (p->problem_value >= 0)
+      error_at(loc, "the spec is not text: %s (0x%02X)", problem, (unsigned)p->problem_value);
+    else
+      error_at(loc, "the spec is not text: %s", problem);
+    return;
+  }
+  SrcLoc loc = {path, (int)p->problem_mark.line + 1, (int)p->problem_mark.column + 1};
+  if (byte_at(text, len, p->problem_mark.line, p->problem_mark.column) == '\t')
+    error_at(loc, "malformed YAML: a tab character; YAML indents with spaces only");
+  else if (p->context && (p->context_mark.line != p->problem_mark.line ||
+                     p->context_mark.column != p->problem_mark.column))
+    error_at(loc, "malformed YAML: %s (%s that starts at line %d, column %d)", problem, p->context,
+             (int)p->context_mark.line + 1, (int)p->context_mark.column + 1);
+  else if (p->context)
+    error_at(loc, "malformed YAML: %s %s", problem, p->context);
+  else
+    error_at(loc, "malformed YAML: %s", problem);
+}
+
+// A first pass over the tokens, before libyaml builds the document: it refuses what a
+// spec has no use for and what would make loading slow or confusing. Anchors and
+// aliases would put one node in several places (and messages at the anchor); tags
+// would be ignored; and libyaml takes time quadratic in the nesting depth of flow
+// collections and in the number of anchors and %TAG directives.
+static bool scan_tokens(const char *path, const char *text, size_t len) {
   yaml_parser_t parser;
-  yaml_document_t doc;
+  yaml_parser_initialize(&parser);
+  yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+  int depth = 0;
+  bool ok = true, end = false;
+  while (ok && !end) {
+    yaml_token_t t;
+    if (!yaml_parser_scan(&parser, &t)) {
+      yaml_error(path, &parser, text, len);
+      ok = false;
+      break;
+    }
+    SrcLoc loc = {path, (int)t.start_mark.line + 1, (int)t.start_mark.column + 1};
+    switch (t.type) {
+    case YAML_BLOCK_SEQUENCE_START_TOKEN:
+    case YAML_BLOCK_MAPPING_START_TOKEN:
+    case YAML_FLOW_SEQUENCE_START_TOKEN:
+    case YAML_FLOW_MAPPING_START_TOKEN:
+      if (++depth > MAX_DEPTH) {
+        error_at(loc, "the spec nests lists and mappings more than %d levels deep", MAX_DEPTH);
+        ok = false;
+      }
+      break;
+    case YAML_BLOCK_END_TOKEN:
+    case YAML_FLOW_SEQUENCE_END_TOKEN:
+    case YAML_FLOW_MAPPING_END_TOKEN:
+      depth--;
+      break;
+    case YAML_ANCHOR_TOKEN:
+    case YAML_ALIAS_TOKEN:
+      error_at(loc, "YAML anchors and aliases ('%s%s') are not supported; write the value out",
+               t.type == YAML_ANCHOR_TOKEN ? "&" : "*",
+               shown((const char *)(t.type == YAML_ANCHOR_TOKEN ? t.data.anchor.value
+                                                                : t.data.alias.value)));
+      ok = false;
+      break;
+    case YAML_TAG_TOKEN:
+    case YAML_TAG_DIRECTIVE_TOKEN:
+      error_at(loc, "YAML tags and %%TAG directives are not supported; a value's type comes from "
+               "its key");
+      ok = false;
+      break;
+    case YAML_STREAM_END_TOKEN:
+      end = true;
+      break;
+    default:
+      break;
+    }
+    yaml_token_delete(&t);
+  }
+  yaml_parser_delete(&parser);
+  return ok;
+}
+
+Graph *parse_spec_string(const char *path, const char *text, size_t len) {
+  if (len > MAX_SPEC_BYTES) {
+    error_at((SrcLoc){path, 1, 1}, "the spec is %zu bytes, more than the limit of %d (1 MiB)", len,
+             MAX_SPEC_BYTES);
+    return NULL;
+  }
+  long cp;
+  size_t bad = text_invalid_at((const unsigned char *)text, len, &cp);
+  if (bad < len && cp < 0) {
+    error_at(offset_loc(path, text, len, bad), "the spec is not UTF-8 text: byte 0x%02X is not "
+             "valid UTF-8 here", (unsigned char)text[bad]);
+    return NULL;
+  }
+  if (bad < len) {
+    error_at(offset_loc(path, text, len, bad), "the spec is not text: it contains the control "
+             "character U+%04lX", cp);
+    return NULL;
+  }
+  if (!scan_tokens(path, text, len))
+    return NULL;
+  yaml_parser_t parser;
+  yaml_document_t doc, extra;
   yaml_parser_initialize(&parser);
   yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
   if (!yaml_parser_load(&parser, &doc)) {
-    SrcLoc loc = {path, (int)parser.problem_mark.line + 1, (int)parser.problem_mark.column + 1};
-    error_at(loc, "malformed YAML: %s%s%s", parser.problem ? parser.problem : "syntax error",
-             parser.context ? " " : "", parser.context ? parser.context : "");
+    yaml_error(path, &parser, text, len);
     yaml_parser_delete(&parser);
     return NULL;
   }
   Ctx cx = {path, &doc};
   Graph *g = NULL;
   yaml_node_t *root = yaml_document_get_root_node(&doc);
-  if (!root)
+  if (!root) {
     error_at((SrcLoc){path, 1, 1}, "the spec is empty");
-  else
-    g = build_graph(&cx, root);
+  } else if (!yaml_parser_load(&parser, &extra)) {
+    yaml_error(path, &parser, text, len);
+  } else {
+    // A second document ('---') would otherwise be ignored without a word.
+    if (yaml_document_get_root_node(&extra))
+      error_at((SrcLoc){path, (int)extra.start_mark.line + 1, (int)extra.start_mark.column + 1},
+               "the spec holds more than one YAML document; only one is allowed");
+    else
+      g = build_graph(&cx, root);
+    yaml_document_delete(&extra);
+  }
   yaml_document_delete(&doc);
   yaml_parser_delete(&parser);
   return g;
 }
 
 Graph *parse_spec_file(const char *path) {
+  // Checked here too, so that an oversized spec gets a FILE:LINE:COL message.
+  struct stat st;
+  if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > MAX_SPEC_BYTES) {
+    error_at((SrcLoc){path, 1, 1}, "the spec is %lld bytes, more than the limit of %d (1 MiB)",
+             (long long)st.st_size, MAX_SPEC_BYTES);
+    return NULL;
+  }
   uint8_t *text;
   size_t len;
   if (!rt_read_file(path, MAX_SPEC_BYTES, &text, &len)) {

@@ -117,9 +117,14 @@ static bool infer_conv(const Graph *g, Node *n, Shape in) {
   ConvAttrs *a = &n->conv;
   if (!need_rank3(g, n, in))
     return false;
-  if (in.c % a->groups || a->out % a->groups) {
-    error_at(n->loc, "conv layer '%s': groups=%d must divide its input channels (%lld) and out (%d)",
-             n->name, a->groups, (long long)in.c, a->out);
+  if (in.c % a->groups) {
+    error_at(n->loc, "conv layer '%s': groups=%d must divide its input channels, but '%s' gives "
+             "%lld", n->name, a->groups, g->nodes[n->inputs[0]].name, (long long)in.c);
+    return false;
+  }
+  if (a->out % a->groups) {
+    error_at(n->loc, "conv layer '%s': groups=%d must divide its output channels (out=%d)", n->name,
+             a->groups, a->out);
     return false;
   }
   int64_t oh = window_out(in.h, a->kernel, a->stride, a->pad);
@@ -129,10 +134,20 @@ static bool infer_conv(const Graph *g, Node *n, Shape in) {
              n->name, a->kernel, (long long)(in.h + 2 * a->pad), (long long)(in.w + 2 * a->pad));
     return false;
   }
+  // Counts are checked before they are multiplied: in.c < MAX_ELEMS (its producer was
+  // checked) and kernel <= 1024, so per_out < 2^51; the product with out could overflow.
+  int64_t per_out = (in.c / a->groups) * a->kernel * a->kernel;
+  if (per_out > (MAX_ELEMS - 1) / a->out) {
+    error_at(n->loc, "conv layer '%s' is too large: %d x %lld x %d x %d weights (limit %lld)",
+             n->name, a->out, (long long)(in.c / a->groups), a->kernel, a->kernel,
+             (long long)MAX_ELEMS - 1);
+    return false;
+  }
   n->out = chw(a->out, oh, ow);
-  n->n_weight = (int64_t)a->out * (in.c / a->groups) * a->kernel * a->kernel;
+  n->n_weight = a->out * per_out;
   n->n_bias = a->bias ? a->out : 0;
-  n->macs = n->n_weight * oh * ow;
+  // When the output is too large graph_infer() reports it; oh * ow could overflow the MACs.
+  n->macs = shape_elems(n->out) < MAX_ELEMS ? n->n_weight * oh * ow : 0;
   return true;
 }
 
@@ -241,17 +256,30 @@ static bool infer_epilogue(Graph *g, int i) {
 }
 
 bool graph_infer(Graph *g) {
+  int64_t macs = 0;
   for (int i = 0; i < g->n_nodes; i++) {
     Node *n = &g->nodes[i];
     if (!infer_node(g, n) || !infer_epilogue(g, i))
       return false;
     if (shape_elems(n->out) >= MAX_ELEMS || shape_elems(n->head_out) >= MAX_ELEMS ||
         n->n_weight >= MAX_ELEMS) {
-      error_at(n->loc, "layer '%s' is too large: %lld elements per image, %lld weights (limit %lld)",
-               n->name, (long long)shape_elems(n->out), (long long)n->n_weight,
-               (long long)MAX_ELEMS - 1);
+      if (n->op == OP_INPUT)
+        error_at(n->loc, "the network input is too large: %lld elements per image (limit %lld)",
+                 (long long)shape_elems(n->out), (long long)MAX_ELEMS - 1);
+      else
+        error_at(n->loc,
+                 "layer '%s' is too large: %lld elements per image, %lld weights (limit %lld)",
+                 n->name, (long long)shape_elems(n->out), (long long)n->n_weight,
+                 (long long)MAX_ELEMS - 1);
       return false;
     }
+    // Each node's MACs are < 2^62; their sum must stay countable (graph_macs).
+    if (n->macs > INT64_MAX - macs) {
+      error_at(n->loc, "the network is too large: at layer '%s' its multiply-accumulates per image "
+               "overflow a 64-bit count", n->name);
+      return false;
+    }
+    macs += n->macs;
   }
   return true;
 }
