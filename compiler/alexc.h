@@ -127,7 +127,7 @@ typedef struct {
 // One node computes one tensor (its output). Nodes are stored in a topological
 // order, so node i only reads nodes < i; a node's index is its value's name.
 typedef struct Node {
-  char *name;  // unique; a C identifier ([A-Za-z_][A-Za-z0-9_]*), checked by the frontend
+  char *name;  // unique; [A-Za-z_][A-Za-z0-9_.-]*, checked by the frontend (backends sanitize)
   OpKind op;
   SrcLoc loc;
   int *inputs;  // node indices
@@ -322,5 +322,6 @@ int cmd_init(int argc, char **argv);
 int cmd_input(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_golden(int argc, char **argv);
+int cmd_compile(int argc, char **argv);
 
 #endif

@@ -15,6 +15,7 @@ static const struct {
     {"input", cmd_input, "write a random input batch (.npy)"},
     {"run", cmd_run, "run a batch through a network"},
     {"golden", cmd_golden, "record and check golden-output regression tests"},
+    {"compile", cmd_compile, "compile for a target (cuda): kernels, NVRTC modules and the plan"},
 };
 
 static void help(FILE *out) {

@@ -2,11 +2,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../backends/cuda/cuda.h"
 #include "cli.h"
 
 static const char RUN_HELP[] =
     "usage: alexc run SPEC (--weights W.safetensors | --seed S) (--input X.npy | --random N)\n"
-    "                 [--output Y.npy] [--layer NAME] [--top K] [--target ref]\n"
+    "                 [--output Y.npy] [--layer NAME] [--top K] [--target ref|cuda]\n"
     "\n"
     "Runs a batch through the network.\n"
     "\n"
@@ -18,7 +19,9 @@ static const char RUN_HELP[] =
     "  --output Y.npy    write the output: (N, C, H, W) or (N, features); replaced atomically\n"
     "  --layer NAME      output this layer instead of the network's last one\n"
     "  --top K           print the K highest-scoring classes of each image\n"
-    "  --target ref      the executor: 'ref' is the reference executor (the default)\n"
+    "  --target T        the executor: 'ref', the reference executor (the default), or\n"
+    "                    'cuda': generated kernels compiled by NVRTC, run on the GPU(s)\n"
+    "  --arch sm_XX      with --target cuda: the GPU architecture (default sm_90)\n"
     PASS_OPTIONS_HELP;
 
 static void print_top(const Graph *g, int node, const float *y, int batch, int k) {
@@ -43,7 +46,7 @@ static void print_top(const Graph *g, int node, const float *y, int batch, int k
 }
 
 typedef struct {
-  const char *weights, *input, *output, *layer, *target;
+  const char *weights, *input, *output, *layer, *target, *arch;
   uint64_t seed, input_seed;
   bool have_seed;
   InitScheme scheme;
@@ -58,9 +61,10 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
       {"random", required_argument, 0, 'r'},  {"input-seed", required_argument, 0, 'I'},
       {"output", required_argument, 0, 'o'},  {"layer", required_argument, 0, 'l'},
       {"top", required_argument, 0, 't'},     {"target", required_argument, 0, 'T'},
-      {"help", no_argument, 0, 'h'},          PASS_LONG_OPTIONS,
+      {"arch", required_argument, 0, 'A'},    {"help", no_argument, 0, 'h'},
+      PASS_LONG_OPTIONS,
       {0, 0, 0, 0}};
-  *a = (RunArgs){.target = "ref", .input_seed = 1, .passes = pass_defaults()};
+  *a = (RunArgs){.target = "ref", .arch = "sm_90", .input_seed = 1, .passes = pass_defaults()};
   int c;
   while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
     int rc = pass_option("run", c, optarg, &a->passes);
@@ -75,6 +79,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
     case 'o': a->output = optarg; break;
     case 'l': a->layer = optarg; break;
     case 'T': a->target = optarg; break;
+    case 'A': a->arch = optarg; break;
     case 's':
       if (!(a->have_seed = parse_u64(optarg, &a->seed)))
         return usage_error("run", "--seed wants an unsigned integer, not '%s'", optarg);
@@ -108,8 +113,8 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
     return usage_error("run", "give exactly one of --weights and --seed");
   if (!a->input == !a->random)
     return usage_error("run", "give exactly one of --input and --random");
-  if (strcmp(a->target, "ref") != 0)
-    return usage_error("run", "unknown target '%s' (targets: ref)", a->target);
+  if (strcmp(a->target, "ref") != 0 && strcmp(a->target, "cuda") != 0)
+    return usage_error("run", "unknown target '%s' (targets: ref, cuda)", a->target);
   return EXIT_OK;
 }
 
@@ -130,6 +135,13 @@ int cmd_run(int argc, char **argv) {
     return EXIT_ERR;
   }
   int node = graph_find_value(g, layer);
+  bool cuda = !strcmp(a.target, "cuda");
+  if (cuda && node != g->output) {
+    error("--target cuda computes the network's output only, not layer '%s'", layer);
+    weights_free(w);
+    graph_free(g);
+    return EXIT_ERR;
+  }
   if (a.top && g->nodes[node].out.rank != 1) {
     error("--top needs a flat output, but layer '%s' is not", layer);
     weights_free(w);
@@ -144,8 +156,14 @@ int cmd_run(int argc, char **argv) {
   else if (ok)
     x = random_input(g, batch, a.input_seed);
   float *y = NULL;
-  if (ok)
+  if (ok && cuda) {
+    char *how = cuda_describe_options(&a.passes);
+    y = xcalloc(shape_elems(g->nodes[node].out) * batch, sizeof(float));
+    ok = cuda_run_graph(g, how, a.arch, w, x, batch, y);
+    free(how);
+  } else if (ok) {
     ok = ref_run(g, w, x, batch, &node, 1, &y);
+  }
   if (ok && a.output)
     ok = save_output(g, node, y, batch, a.output);
   if (ok && a.top)

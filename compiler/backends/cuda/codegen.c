@@ -1,0 +1,578 @@
+// CUDA code generation: one translation unit per device, one kernel per node that has
+// work there, every shape, stride, channel range and LRN/pool constant compiled in.
+//
+// The kernel scheme (correctness first; performance is for a session with a GPU):
+// one thread per element of the node's final output on this device. A node's stages
+// become a chain of __device__ functions, stageK(p, img, c, y, x) returning stage K's
+// value at one position, each calling the stage before it at the positions it needs:
+// a pool calls the LRN at each window position, the LRN calls the ReLU at each window
+// channel, the ReLU calls the convolution. Intermediate values therefore never leave
+// registers and no kernel needs shared memory or a barrier, at the price of
+// recomputation (a conv+ReLU+LRN+3x3/2 pool computes each convolution output about
+// 5 x 2.25 times). The obvious next step on a GPU is a block per output tile with
+// the conv tile in shared memory; the stage functions stay the semantics to check
+// it against.
+//
+// Buffers follow the reference executor's View exactly: a device holds channels
+// [held.begin, held.end) of a tensor, stored image-major, then held channel, then
+// plane, at arena offset `offset * batch` (the memory plan is per image). Weights are
+// the device's slice of each tensor (rows of the head's channel range), so kernel
+// FIRST_KERNEL constants rebase channel numbers into the slice.
+//
+// fc layers: the GEMM runs in cuBLAS (a plan step), written straight into the output
+// buffer; the node's kernel is then only its epilogue (bias, ReLU, dropout), reading
+// and rewriting the same elements.
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda.h"
+
+#define WEIGHT_ALIGN 64  // elements (256 bytes) between weight slices
+
+static int64_t len(Range r) { return r.end > r.begin ? r.end - r.begin : 0; }
+static int64_t plane(Shape s) { return s.h * s.w; }
+static const Node *stage_node(const Node *n, int k) { return k ? &n->epilogue[k - 1] : n; }
+static Shape stage_shape(const Node *n, int k) {
+  return k == n->n_epilogue ? n->out : k ? n->epilogue[k - 1].out : n->head_out;
+}
+
+void cuda_kernel_name(const Graph *g, int node, char *buf, size_t size) {
+  snprintf(buf, size, "k%02d_%s", node, g->nodes[node].name);
+  for (char *s = buf + 1; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9')))
+      *s = '_';
+}
+
+// A float constant as the shortest C++ float literal that gives the same float:
+// "2.0f", "0.0001f".
+static const char *flit(double v, char *buf) {
+  for (int digits = 6; digits <= 9; digits++) {
+    snprintf(buf, 40, "%.*g", digits, (float)v);
+    if (strtof(buf, NULL) == (float)v)
+      break;
+  }
+  if (!strpbrk(buf, ".eEn"))
+    strcat(buf, ".0");
+  strcat(buf, "f");
+  return buf;
+}
+
+// What a kernel of a node needs to know about where things are on its device.
+typedef struct {
+  const Graph *g;
+  const Node *n;
+  int node, device;
+  FILE *f;
+} Ctx;
+
+static bool has_weights(const Node *n) { return n->op == OP_CONV || n->op == OP_FC; }
+static bool has_bias(const Node *n) {
+  return (n->op == OP_CONV && n->conv.bias) || (n->op == OP_FC && n->fc.bias);
+}
+// fc: cuBLAS computes the head into the output buffer; the kernel reads it back.
+static bool reads_own_output(const Node *n) { return n->op == OP_FC; }
+// Dropout and flatten whose output shares its input's buffer are no-ops.
+static bool is_noop(const Node *n, int d) {
+  return !n->n_epilogue && n->place[d].in_place && (n->op == OP_DROPOUT || n->op == OP_FLATTEN);
+}
+
+static void describe_stage(FILE *f, const Node *s, Shape in, Shape out) {
+  char a[64], b[64];
+  fprintf(f, "%s: %s %s -> %s", s->name, op_name(s->op), shape_str(in, a, sizeof a),
+          shape_str(out, b, sizeof b));
+  switch (s->op) {
+  case OP_CONV:
+    fprintf(f, ", %d kernels %dx%d, stride %d, pad %d, groups %d%s", s->conv.out, s->conv.kernel,
+            s->conv.kernel, s->conv.stride, s->conv.pad, s->conv.groups,
+            s->conv.bias ? "" : ", no bias");
+    break;
+  case OP_LRN:
+    fprintf(f, ", size %d, alpha %g, beta %g, k %g, groups %d", s->lrn.size, s->lrn.alpha,
+            s->lrn.beta, s->lrn.k, s->lrn.groups);
+    break;
+  case OP_MAXPOOL:
+    fprintf(f, ", %dx%d window, stride %d, pad %d", s->pool.kernel, s->pool.kernel,
+            s->pool.stride, s->pool.pad);
+    break;
+  case OP_FC:
+    fprintf(f, "%s (GEMM in cuBLAS)", s->fc.bias ? "" : ", no bias");
+    break;
+  case OP_DROPOUT:
+    fprintf(f, ", p %g: the identity at inference", s->dropout.p);
+    break;
+  default:
+    break;
+  }
+}
+
+// ---------------------------------------------------------------- stage functions
+
+#define STAGE_ARGS "const Ptrs &p, long long img, int c, int y, int x"
+
+// in<j>(): input j as this device holds it.
+static void emit_loader(const Ctx *x, int j) {
+  const Node *in = &x->g->nodes[x->n->inputs[j]];
+  const Placement *pl = &in->place[x->device];
+  fprintf(x->f,
+          "// Input %d, '%s' (%lldx%lldx%lld): this device holds channels [%lld, %lld).\n"
+          "__device__ __forceinline__ float in%d(" STAGE_ARGS ") {\n"
+          "  constexpr int HELD_BEGIN = %lld, HELD = %lld, H = %lld, W = %lld;\n"
+          "  return p.x%d[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];\n"
+          "}\n\n",
+          j, in->name, (long long)in->out.c, (long long)in->out.h, (long long)in->out.w,
+          (long long)pl->held.begin, (long long)pl->held.end, j, (long long)pl->held.begin,
+          (long long)len(pl->held), (long long)in->out.h, (long long)in->out.w, j);
+}
+
+// stage<k>(): the value of stage k at (img, c, y, x); `prev` is the stage before.
+static bool emit_stage(const Ctx *x, int k) {
+  const Node *n = x->n, *s = stage_node(n, k);
+  const Graph *g = x->g;
+  FILE *f = x->f;
+  Shape in = k ? stage_shape(n, k - 1) : n->n_inputs ? g->nodes[n->inputs[0]].out : n->out;
+  Shape out = stage_shape(n, k);
+  char prev[16], fa[40], fb[40], fc[40];
+  if (k)
+    snprintf(prev, sizeof prev, "stage%d", k - 1);
+  else
+    snprintf(prev, sizeof prev, "in0");
+  fprintf(f, "// Stage %d, ", k);
+  describe_stage(f, s, in, out);
+  fprintf(f, ".\n__device__ __forceinline__ float stage%d(" STAGE_ARGS ") {\n", k);
+  switch (s->op) {
+  case OP_CONV: {
+    const ConvAttrs *a = &s->conv;
+    fprintf(f,
+            "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
+            "  constexpr int IN_PER_GROUP = %lld, OUT_PER_GROUP = %d;\n"
+            "  constexpr int FIRST_KERNEL = %lld;  // this device's weights start there\n"
+            "  const int group = c / OUT_PER_GROUP;\n"
+            "  const float *w = p.w + (c - FIRST_KERNEL) * (IN_PER_GROUP * K * K);\n"
+            "  float acc = %s;\n"
+            "  for (int ic = 0; ic < IN_PER_GROUP; ic++)\n"
+            "    for (int ky = 0; ky < K; ky++) {\n"
+            "      const int iy = y * STRIDE - PAD + ky;\n"
+            "      if (iy < 0 || iy >= IN_H)\n"
+            "        continue;\n"
+            "      for (int kx = 0; kx < K; kx++) {\n"
+            "        const int ix = x * STRIDE - PAD + kx;\n"
+            "        if (ix >= 0 && ix < IN_W)\n"
+            "          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];\n"
+            "      }\n"
+            "    }\n"
+            "  return acc;\n",
+            (long long)in.h, (long long)in.w, a->kernel, a->stride, a->pad,
+            (long long)(in.c / a->groups), a->out / a->groups,
+            (long long)n->place[x->device].stage[0].begin,
+            a->bias ? "p.b[c - FIRST_KERNEL]" : "0.0f");
+    break;
+  }
+  case OP_FC:
+    // The GEMM's result, already in the output buffer; add the bias.
+    fprintf(f, "  constexpr int HELD_BEGIN = %lld, HELD = %lld;\n",
+            (long long)n->place[x->device].held.begin, (long long)len(n->place[x->device].held));
+    if (s->fc.bias)
+      fprintf(f,
+              "  constexpr int FIRST_KERNEL = %lld;  // this device's bias starts there\n"
+              "  return p.y[img * HELD + (c - HELD_BEGIN)] + p.b[c - FIRST_KERNEL];\n",
+              (long long)n->place[x->device].stage[0].begin);
+    else
+      fputs("  return p.y[img * HELD + (c - HELD_BEGIN)];\n", f);
+    fputs("  (void)y;\n  (void)x;\n", f);
+    break;
+  case OP_RELU:
+    fprintf(f, "  const float v = %s(p, img, c, y, x);\n  return v > 0.0f ? v : 0.0f;\n", prev);
+    break;
+  case OP_DROPOUT:
+    fprintf(f, "  return %s(p, img, c, y, x);\n", prev);
+    break;
+  case OP_LRN: {
+    const LrnAttrs *a = &s->lrn;
+    fprintf(f,
+            "  constexpr int HALF = %d, PER_GROUP = %lld;  // window: c +- HALF within c's group\n"
+            "  constexpr float K = %s, ALPHA = %s, BETA = %s;\n"
+            "  const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;\n"
+            "  const int lo = c - HALF < first ? first : c - HALF;\n"
+            "  const int hi = c + HALF > last ? last : c + HALF;\n"
+            "  float sum = 0.0f, centre = 0.0f;\n"
+            "#pragma unroll 1\n"
+            "  for (int j = lo; j <= hi; j++) {\n"
+            "    const float v = %s(p, img, j, y, x);\n"
+            "    sum += v * v;\n"
+            "    if (j == c)\n"
+            "      centre = v;\n"
+            "  }\n"
+            "  return centre / powf(K + ALPHA * sum, BETA);\n",
+            a->size / 2, (long long)(in.c / a->groups), flit(a->k, fa), flit(a->alpha, fb),
+            flit(a->beta, fc), prev);
+    break;
+  }
+  case OP_MAXPOOL: {
+    const PoolAttrs *a = &s->pool;
+    fprintf(f,
+            "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
+            "  float m = -INFINITY;  // padding never wins: windows are clipped to the input\n"
+            "#pragma unroll 1\n"
+            "  for (int ky = 0; ky < K; ky++)\n"
+            "    for (int kx = 0; kx < K; kx++) {\n"
+            "      const int iy = y * STRIDE - PAD + ky, ix = x * STRIDE - PAD + kx;\n"
+            "      if (iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W) {\n"
+            "        const float v = %s(p, img, c, iy, ix);\n"
+            "        if (v > m)\n"
+            "          m = v;\n"
+            "      }\n"
+            "    }\n"
+            "  return m;\n",
+            (long long)in.h, (long long)in.w, a->kernel, a->stride, a->pad, prev);
+    break;
+  }
+  case OP_FLATTEN:
+    fprintf(f,
+            "  constexpr int IN_H = %lld, IN_W = %lld;  // feature c is channel c / (IN_H * IN_W)\n"
+            "  (void)y;\n  (void)x;\n"
+            "  return %s(p, img, c / (IN_H * IN_W), c %% (IN_H * IN_W) / IN_W, c %% IN_W);\n",
+            (long long)in.h, (long long)in.w, prev);
+    break;
+  case OP_CONCAT: {
+    int64_t offset = 0;
+    for (int j = 0; j < n->n_inputs; j++) {
+      int64_t c = g->nodes[n->inputs[j]].out.c;
+      if (j + 1 < n->n_inputs)
+        fprintf(f, "  if (c < %lld)\n  ", (long long)(offset + c));
+      fprintf(f, "  return in%d(p, img, c - %lld, y, x);\n", j, (long long)offset);
+      offset += c;
+    }
+    break;
+  }
+  default:
+    error("cuda backend: layer '%s': op '%s' cannot be a stage", s->name, op_name(s->op));
+    return false;
+  }
+  fputs("}\n\n", f);
+  return true;
+}
+
+// ---------------------------------------------------------------- kernels
+
+// The kernel's buffer parameters, in the order the plan passes them.
+static void emit_params(const Ctx *x, bool restrict_ok) {
+  const Node *n = x->n;
+  const char *r = restrict_ok ? "__restrict__ " : "", *sep = ",\n    ";
+  for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
+    fprintf(x->f, "const float *%sx%d%s", r, j, sep);
+  fprintf(x->f, "float *%sy%s", r, sep);
+  if (n->op == OP_CONV)
+    fprintf(x->f, "const float *__restrict__ w%s", sep);
+  if (has_bias(n))
+    fprintf(x->f, "const float *__restrict__ b%s", sep);
+  fputs("int batch", x->f);
+}
+
+static void emit_softmax(const Ctx *x, const char *kname) {
+  const Node *n = x->n, *in = &x->g->nodes[n->inputs[0]];
+  const Placement *pi = &in->place[x->device], *po = &n->place[x->device];
+  Range r = po->stage[0];
+  fprintf(x->f,
+          "// One thread per image: the normaliser needs the whole vector, and a vector\n"
+          "// of %lld is small next to the layers before it.\n"
+          "extern \"C\" __global__ void %s(\n    ",
+          (long long)n->out.c, kname);
+  emit_params(x, true);
+  fprintf(x->f,
+          ") {\n"
+          "  constexpr int N = %lld;\n"
+          "  constexpr int IN_HELD_BEGIN = %lld, IN_HELD = %lld;\n"
+          "  constexpr int OUT_HELD_BEGIN = %lld, OUT_HELD = %lld;\n"
+          "  constexpr int C_BEGIN = %lld, C_END = %lld;  // computed here\n"
+          "  for (long long img = blockIdx.x * (long long)blockDim.x + threadIdx.x; img < batch;\n"
+          "       img += (long long)gridDim.x * blockDim.x) {\n"
+          "    const float *v = x0 + img * IN_HELD - IN_HELD_BEGIN;\n"
+          "    float m = -INFINITY, sum = 0.0f;\n"
+          "    for (int k = 0; k < N; k++)\n"
+          "      m = v[k] > m ? v[k] : m;\n"
+          "    for (int k = 0; k < N; k++)\n"
+          "      sum += expf(v[k] - m);\n"
+          "    for (int k = C_BEGIN; k < C_END; k++)\n"
+          "      y[img * OUT_HELD + (k - OUT_HELD_BEGIN)] = expf(v[k] - m) / sum;\n"
+          "  }\n"
+          "}\n",
+          (long long)n->out.c, (long long)pi->held.begin, (long long)len(pi->held),
+          (long long)po->held.begin, (long long)len(po->held), (long long)r.begin,
+          (long long)r.end);
+}
+
+static bool emit_node(const Ctx *x, const char *kname) {
+  const Node *n = x->n;
+  const Placement *pl = &n->place[x->device];
+  FILE *f = x->f;
+  fprintf(f, "// ---------------------------------------------------------------- %s\n//\n", kname);
+  for (int k = 0; k <= n->n_epilogue; k++) {
+    Shape in = k ? stage_shape(n, k - 1) : n->n_inputs ? x->g->nodes[n->inputs[0]].out : n->out;
+    fprintf(f, "// %s", k ? "then " : "");
+    describe_stage(f, stage_node(n, k), in, stage_shape(n, k));
+    fprintf(f, "\n//   %s [%lld, %lld) on this device\n",
+            stage_shape(n, k).rank == 1 ? "features" : "channels", (long long)pl->stage[k].begin,
+            (long long)pl->stage[k].end);
+  }
+  fprintf(f, "\nnamespace node%02d {\n\n", x->node);
+  if (n->op == OP_SOFTMAX) {
+    fprintf(f, "}  // namespace node%02d\n\n", x->node);
+    emit_softmax(x, kname);
+    return true;
+  }
+  // The pointers every stage may read, gathered so stage functions share one signature.
+  fputs("struct Ptrs {\n", f);
+  for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
+    fprintf(f, "  const float *x%d;\n", j);
+  if (reads_own_output(n))
+    fputs("  const float *y;  // the GEMM's output, rewritten in place\n", f);
+  if (n->op == OP_CONV)
+    fputs("  const float *w;\n", f);
+  if (has_bias(n))
+    fputs("  const float *b;\n", f);
+  fputs("};\n\n", f);
+  for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
+    emit_loader(x, j);
+  for (int k = 0; k <= n->n_epilogue; k++)
+    if (!emit_stage(x, k))
+      return false;
+  fprintf(f, "}  // namespace node%02d\n\n", x->node);
+
+  Shape out = n->out;
+  Range r = pl->stage[n->n_epilogue];
+  // Reading and writing the same buffer (in place, or the GEMM's output) rules out
+  // __restrict__ on the pointers.
+  bool restrict_ok = !pl->in_place && !reads_own_output(n);
+  fprintf(f,
+          "// One thread per output element on this device: image, channel, row, column.\n"
+          "extern \"C\" __global__ void %s(\n    ",
+          kname);
+  emit_params(x, restrict_ok);
+  fprintf(f,
+          ") {\n"
+          "  using namespace node%02d;\n"
+          "  constexpr int C_BEGIN = %lld, C_END = %lld, H = %lld, W = %lld;\n"
+          "  constexpr int HELD_BEGIN = %lld, HELD = %lld;  // channels of y on this device\n"
+          "  constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;\n"
+          "  const Ptrs p = {",
+          x->node, (long long)r.begin, (long long)r.end, (long long)out.h, (long long)out.w,
+          (long long)pl->held.begin, (long long)len(pl->held));
+  bool first = true;
+  for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++, first = false)
+    fprintf(f, "%sx%d", first ? "" : ", ", j);
+  if (reads_own_output(n)) {
+    fprintf(f, "%sy", first ? "" : ", ");
+    first = false;
+  }
+  if (n->op == OP_CONV) {
+    fprintf(f, "%sw", first ? "" : ", ");
+    first = false;
+  }
+  if (has_bias(n))
+    fprintf(f, "%sb", first ? "" : ", ");
+  fprintf(f,
+          "};\n"
+          "  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;\n"
+          "       i += (long long)gridDim.x * blockDim.x) {\n"
+          "    const long long img = i / PER_IMAGE;\n"
+          "    const int e = (int)(i %% PER_IMAGE);\n"
+          "    const int c = C_BEGIN + e / (H * W), oy = e / W %% H, ox = e %% W;\n"
+          "    y[(img * HELD + (c - HELD_BEGIN)) * (H * W) + oy * W + ox] = stage%d(p, img, c, oy, ox);\n"
+          "  }\n"
+          "}\n",
+          n->n_epilogue);
+  return true;
+}
+
+// ---------------------------------------------------------------- the plan
+
+static RtAddr arena(int64_t per_image, int64_t fixed) {
+  return (RtAddr){RT_SPACE_ARENA, per_image, fixed};
+}
+static RtAddr weight(int64_t at) { return (RtAddr){RT_SPACE_WEIGHTS, 0, at}; }
+
+// Adds the device's slice of a layer's weight or bias for channels r; returns its offset.
+static int64_t add_slice(RtPlan *p, int d, const Node *n, bool bias, Range r) {
+  RtPlanDevice *dev = &p->dev[d];
+  int64_t rows = n->op == OP_CONV ? n->conv.out : n->fc.out;
+  int64_t per_row = bias ? 1 : n->n_weight / rows;
+  RtWeightSlice s = {.first = r.begin * per_row, .count = len(r) * per_row, .offset = dev->weights};
+  snprintf(s.tensor, sizeof s.tensor, "%s.%s", n->name, bias ? "bias" : "weight");
+  rt_plan_add_slice(p, d, &s);
+  dev->weights += (s.count + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
+  return s.offset;
+}
+
+// The plan steps of node i on device d, and its kernel's source.
+static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p) {
+  const Node *n = &g->nodes[i];
+  const Placement *pl = &n->place[d];
+  Range r0 = pl->stage[0];
+  char kname[RT_PLAN_NAME];
+  cuda_kernel_name(g, i, kname, sizeof kname);
+  if (n->n_inputs + 3 > RT_PLAN_MAX_ARGS) {
+    error("cuda backend: layer '%s' has %d inputs; at most %d", n->name, n->n_inputs,
+          RT_PLAN_MAX_ARGS - 3);
+    return false;
+  }
+  int64_t w_at = has_weights(n) ? add_slice(p, d, n, false, r0) : 0;
+  int64_t b_at = has_bias(n) ? add_slice(p, d, n, true, r0) : 0;
+  if (n->op == OP_FC) {
+    const Node *in = &g->nodes[n->inputs[0]];
+    const Placement *pi = &in->place[d];
+    if (pi->held.begin != 0 || pi->held.end != in->out.c) {
+      error("cuda backend: fc '%s' on device %d: its input is not whole there", n->name, d);
+      return false;
+    }
+    RtStep s = {.kind = RT_STEP_GEMM, .device = d, .m = len(r0), .k = in->out.c,
+                .a = weight(w_at), .lda = in->out.c, .b = arena(pi->offset, 0),
+                .ldb = in->out.c, .c = arena(pl->offset, r0.begin - pl->held.begin),
+                .ldc = len(pl->held)};
+    snprintf(s.name, sizeof s.name, "%s", n->name);
+    rt_plan_add_step(p, &s);
+    if (!has_bias(n) && !n->n_epilogue)
+      return true;  // nothing left for a kernel
+  }
+  Ctx x = {g, n, i, d, src};
+  if (!emit_node(&x, kname))
+    return false;
+  fputc('\n', src);
+  RtStep s = {.kind = RT_STEP_KERNEL, .device = d, .block = CUDA_BLOCK};
+  snprintf(s.name, sizeof s.name, "%s", kname);
+  s.work = n->op == OP_SOFTMAX ? 1 : len(pl->stage[n->n_epilogue]) * plane(n->out);
+  for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
+    s.args[s.n_args++] = arena(g->nodes[n->inputs[j]].place[d].offset, 0);
+  s.args[s.n_args++] = arena(pl->offset, 0);
+  if (n->op == OP_CONV)
+    s.args[s.n_args++] = weight(w_at);
+  if (has_bias(n))
+    s.args[s.n_args++] = weight(b_at);
+  rt_plan_add_step(p, &s);
+  return true;
+}
+
+static void plan_transfers(const Graph *g, int i, RtPlan *p) {
+  const Node *n = &g->nodes[i];
+  int64_t P = plane(n->out);
+  for (int t = 0; t < g->n_transfers; t++) {
+    const Transfer *tr = &g->transfers[t];
+    if (tr->node != i)
+      continue;
+    const Placement *from = &n->place[tr->from], *to = &n->place[tr->to];
+    RtStep s = {.kind = RT_STEP_TRANSFER, .device = tr->to, .from = tr->from,
+                .src = {arena(from->offset, (tr->range.begin - from->held.begin) * P),
+                        len(from->held) * P},
+                .dst = {arena(to->offset, (tr->range.begin - to->held.begin) * P),
+                        len(to->held) * P},
+                .width = len(tr->range) * P};
+    snprintf(s.name, sizeof s.name, "%s", n->name);
+    rt_plan_add_step(p, &s);
+  }
+}
+
+static void plan_io(const Graph *g, RtPlan *p) {
+  const Node *in = &g->nodes[0], *out = &g->nodes[g->output];
+  int64_t Pi = plane(in->out), Po = plane(out->out);
+  for (int d = 0; d < g->n_devices; d++) {
+    const Placement *a = &in->place[d], *b = &out->place[d];
+    if (len(a->held))
+      p->dev[d].input = (RtHostCopy){{arena(a->offset, 0), len(a->held) * Pi},
+                                     a->held.begin * Pi, in->out.c * Pi, len(a->held) * Pi};
+    Range r = b->stage[out->n_epilogue];
+    if (len(r))
+      p->dev[d].output =
+          (RtHostCopy){{arena(b->offset, (r.begin - b->held.begin) * Po), len(b->held) * Po},
+                       r.begin * Po, out->out.c * Po, len(r) * Po};
+  }
+}
+
+static void emit_header(const Graph *g, int d, const char *how, FILE *f) {
+  char a[64], b[64];
+  fprintf(f,
+          "// Generated by alexc (compiler/backends/cuda/codegen.c). Do not edit.\n"
+          "//\n"
+          "// Network '%s' (%s), device %d of %d: the kernels this device runs.\n"
+          "// float32, NCHW; a device holds a channel range of each tensor, stored image,\n"
+          "// then held channel, then plane. One thread per output element; fused stages\n"
+          "// are computed in registers (each stage a __device__ function calling the one\n"
+          "// before it at the positions it needs), never written to memory. fc GEMMs run\n"
+          "// in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,\n"
+          "// then the batch size; everything else is a constant.\n"
+          "//\n",
+          g->name, how, d, g->n_devices);
+  for (int i = 1; i < g->n_nodes; i++) {
+    const Node *n = &g->nodes[i];
+    Range r = n->place[d].stage[n->n_epilogue];
+    if (!len(r) || is_noop(n, d) || (n->op == OP_FC && !has_bias(n) && !n->n_epilogue))
+      continue;
+    char kname[RT_PLAN_NAME], stages[256];
+    cuda_kernel_name(g, i, kname, sizeof kname);
+    int at = snprintf(stages, sizeof stages, "%s", n->name);
+    for (int k = 0; k < n->n_epilogue && at < (int)sizeof stages; k++)
+      at += snprintf(stages + at, sizeof stages - at, "+%s", n->epilogue[k].name);
+    Shape in = n->n_inputs ? g->nodes[n->inputs[0]].out : n->out;
+    fprintf(f, "//   %-22s %-28s %s -> %s, %s [%lld, %lld)\n", kname, stages,
+            shape_str(in, a, sizeof a), shape_str(n->out, b, sizeof b),
+            n->out.rank == 1 ? "features" : "channels", (long long)r.begin,
+            (long long)r.end);
+  }
+  fputs("\n#ifndef INFINITY\n#define INFINITY __int_as_float(0x7f800000)\n#endif\n\n", f);
+}
+
+bool cuda_generate(const Graph *g, const char *how, CudaProgram *out) {
+  memset(out, 0, sizeof *out);
+  if (!g->planned || !g->n_devices) {
+    error("cuda backend: the graph has not been through the passes");
+    return false;
+  }
+  RtPlan *p = &out->plan;
+  snprintf(p->network, sizeof p->network, "%s", g->name);
+  p->n_devices = g->n_devices;
+  p->in_elems = shape_elems(g->nodes[0].out);
+  p->out_elems = shape_elems(g->nodes[g->output].out);
+  FILE *src[MAX_DEVICES];
+  size_t size[MAX_DEVICES];
+  for (int d = 0; d < g->n_devices; d++) {
+    src[d] = open_memstream(&out->source[d], &size[d]);
+    if (!src[d]) {
+      error("out of memory");
+      return false;
+    }
+    emit_header(g, d, how, src[d]);
+    p->dev[d].arena = g->arena[d];
+  }
+  bool ok = true;
+  for (int i = 1; i < g->n_nodes && ok; i++) {
+    const Node *n = &g->nodes[i];
+    for (int d = 0; d < g->n_devices && ok; d++)
+      if (len(n->place[d].stage[n->n_epilogue]) && !is_noop(n, d))
+        ok = plan_node(g, i, d, src[d], p);
+    plan_transfers(g, i, p);
+  }
+  plan_io(g, p);
+  for (int d = 0; d < g->n_devices; d++)
+    ok = fclose(src[d]) == 0 && ok;
+  if (!ok)
+    cuda_program_free(out);
+  return ok;
+}
+
+void cuda_program_free(CudaProgram *p) {
+  for (int d = 0; d < MAX_DEVICES; d++)
+    free(p->source[d]);
+  rt_plan_free(&p->plan);
+  memset(p, 0, sizeof *p);
+}
+
+char *cuda_describe_options(const PassOptions *o) {
+  char fusion[256] = "";
+  int on = 0, at = 0;
+  for (int p = 0; p < FUSE_COUNT; p++)
+    if (o->fuse[p] && at < (int)sizeof fusion)
+      at += snprintf(fusion + at, sizeof fusion - at, "%s%s", on++ ? "," : "fusion ",
+                     fuse_pattern_name(p));
+  const char *what = on == FUSE_COUNT ? "fused" : on == 0 ? "unfused" : fusion;
+  return format("%s, %d device%s", what, o->devices, o->devices == 1 ? "" : "s");
+}

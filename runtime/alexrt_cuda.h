@@ -1,0 +1,151 @@
+// alexrt_cuda.h — the CUDA part of the runtime: the compiled model's plan, its file
+// format, the plan interpreter, and the driver-backed executor.
+//
+// A plan is what `alexc compile --target cuda` produces besides the kernels: per
+// logical device, the activation arena (elements per image), the weight slices to
+// upload, and the steps in order (kernel launches, cuBLAS GEMMs, transfers between
+// devices), with every address given as an arena or weight-buffer offset. The
+// interpreter (rt_plan_run) turns a plan into calls on an RtPlanOps table: the CUDA
+// driver implements it (runtime/cuda.c), and so does the CPU emulator of the tests
+// (tests/cuda/), so the address arithmetic a GPU will run is the one the tests check.
+//
+// Nothing here links against CUDA: runtime/cuda.c loads libcuda and libcublas with
+// dlopen, so a binary built with the toolkit still starts (and says why it cannot
+// run) on a machine without a GPU.
+#ifndef ALEXRT_CUDA_H
+#define ALEXRT_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RT_PLAN_MAX_DEVICES 8
+#define RT_PLAN_MAX_ARGS 16  // buffer arguments of one kernel (a concat's inputs, output, w, b)
+#define RT_PLAN_NAME 96
+
+// An address in a device's memory: buffer `space`, element `per_image * batch + fixed`.
+// Arena offsets scale with the batch (the memory plan is per image); weight offsets
+// do not.
+typedef enum { RT_SPACE_ARENA, RT_SPACE_WEIGHTS } RtSpace;
+
+typedef struct {
+  RtSpace space;
+  int64_t per_image, fixed;
+} RtAddr;
+
+// A strided copy of `height = batch` rows of `width` elements: row r starts at
+// addr + r * pitch. Used for transfers, the input upload and the output download.
+typedef struct {
+  RtAddr addr;
+  int64_t pitch;  // elements
+} RtRows;
+
+typedef enum { RT_STEP_KERNEL, RT_STEP_GEMM, RT_STEP_TRANSFER } RtStepKind;
+
+typedef struct {
+  RtStepKind kind;
+  int device;                // kernel, gemm: where it runs; transfer: the receiver
+  char name[RT_PLAN_NAME];   // kernel: its symbol; gemm and transfer: the layer (for logs)
+
+  // RT_STEP_KERNEL: kernel(args..., int batch); one thread per unit of work,
+  // `work` units per image, in blocks of `block` threads (grid-stride loop inside).
+  int64_t work;
+  int block;
+  RtAddr args[RT_PLAN_MAX_ARGS];
+  int n_args;
+
+  // RT_STEP_GEMM, column-major as cuBLAS sees it (n = batch):
+  //   C[m x n] = op(A)[m x k] * B[k x n],  op(A) = transpose of the (k x m) matrix A.
+  // That is y[img][o] = sum_j W[o][j] * x[img][j] with W row-major (out x in).
+  int64_t m, k, lda, ldb, ldc;
+  RtAddr a, b, c;
+
+  // RT_STEP_TRANSFER: `width` elements per image from device `from` to `device`.
+  int from;
+  RtRows src, dst;
+  int64_t width;
+} RtStep;
+
+// A slice of a named weight tensor copied into a device's weight buffer.
+typedef struct {
+  char tensor[RT_PLAN_NAME];
+  int64_t first, count;  // elements of the tensor
+  int64_t offset;        // elements into the device's weight buffer
+} RtWeightSlice;
+
+// Per device: where the input goes and where the output comes from (host side: the
+// full NCHW tensors, `host_offset` + image * host pitch).
+typedef struct {
+  RtRows dev;
+  int64_t host_offset, host_pitch, width;
+} RtHostCopy;
+
+typedef struct {
+  int64_t arena;    // activation elements per image
+  int64_t weights;  // weight buffer elements
+  RtWeightSlice *slices;
+  int n_slices;
+  RtHostCopy input, output;  // width 0: none on this device
+  uint8_t *cubin;  // the device's module (owned)
+  size_t cubin_size;
+  uint8_t *ptx;    // the same as PTX, for other architectures (owned; may be NULL)
+  size_t ptx_size;
+} RtPlanDevice;
+
+typedef struct {
+  char network[RT_PLAN_NAME];
+  char arch[32];
+  int n_devices;
+  int64_t in_elems, out_elems;  // per image
+  RtPlanDevice dev[RT_PLAN_MAX_DEVICES];
+  RtStep *steps;
+  int n_steps;
+} RtPlan;
+
+void rt_plan_free(RtPlan *p);
+// Appends a step / slice (copies it).
+void rt_plan_add_step(RtPlan *p, const RtStep *s);
+void rt_plan_add_slice(RtPlan *p, int device, const RtWeightSlice *s);
+
+// The artifact file: a text header ("alexc-cuda-plan 1"), one line per plan item,
+// "end", then the modules' bytes. Described in runtime/cuda_plan.c and
+// compiler/backends/cuda/README.md.
+bool rt_plan_save(const RtPlan *p, const char *path);
+bool rt_plan_parse(const uint8_t *data, size_t size, RtPlan *p);
+bool rt_plan_load(const char *path, RtPlan *p);
+
+// What executing a plan needs from a machine. Device addresses are integers (a
+// CUdeviceptr, or a host pointer in the emulator). Each returns false after rt_fail.
+typedef struct {
+  void *ctx;
+  uint64_t arena[RT_PLAN_MAX_DEVICES], weights[RT_PLAN_MAX_DEVICES];  // base addresses
+  bool (*launch)(void *ctx, int device, const char *kernel, int64_t grid, int block,
+                 const uint64_t *args, int n_args, int batch);
+  bool (*gemm)(void *ctx, int device, int64_t m, int64_t n, int64_t k, uint64_t a, int64_t lda,
+               uint64_t b, int64_t ldb, uint64_t c, int64_t ldc);
+  // Copies `height` rows of `width` floats; a device of -1 means host memory.
+  bool (*copy)(void *ctx, int dst_device, uint64_t dst, int64_t dst_pitch, int src_device,
+               uint64_t src, int64_t src_pitch, int64_t width, int64_t height);
+} RtPlanOps;
+
+// Blocks of a kernel step for a batch: enough for one thread per work unit, capped
+// (the kernels loop over the rest).
+int64_t rt_plan_grid(const RtStep *s, int batch);
+// Uploads x (batch, input), runs every step, downloads y (batch, output).
+bool rt_plan_run(const RtPlan *p, const RtPlanOps *ops, const float *x, int batch, float *y);
+
+// ---- the CUDA driver executor (runtime/cuda.c)
+
+typedef struct RtCuda RtCuda;
+
+// Loads libcuda.so.1 and libcublas; false with rt_error() "no CUDA driver found ..." or
+// "no GPU ..." when this machine cannot run CUDA.
+bool rt_cuda_available(void);
+// Places the plan's logical devices on the GPUs (round robin), loads the modules,
+// allocates weight buffers and uploads each slice from get(ctx, tensor name).
+RtCuda *rt_cuda_open(const RtPlan *p, const float *(*get)(void *ctx, const char *tensor),
+                     void *ctx);
+bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y);
+void rt_cuda_close(RtCuda *r);
+
+#endif

@@ -1,0 +1,64 @@
+#!/bin/bash
+# alexc compile --target cuda from the command line: usage errors, --emit-source,
+# the artifact's header, the NVRTC cache, and --target cuda without a GPU.
+#
+# usage: tests/cuda/cli.sh ALEXC
+set -u
+alexc=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export ALEXC_CACHE=$tmp/cache
+failures=0
+expect() {  # expect WANT_RC DESCRIPTION -- COMMAND...; output in $tmp/out
+  local want=$1 what=$2
+  shift 3
+  "$@" >"$tmp/out" 2>&1
+  local rc=$?
+  if [ $rc -ne "$want" ]; then
+    echo "FAIL: $what: exit $rc, want $want"; cat "$tmp/out"; failures=$((failures + 1))
+  else
+    echo "ok: $what"
+  fi
+}
+contains() {  # contains TEXT DESCRIPTION
+  if ! grep -q -- "$1" "$tmp/out"; then
+    echo "FAIL: $2: no '$1' in:"; cat "$tmp/out"; failures=$((failures + 1))
+  fi
+}
+
+expect 2 "no target" -- "$alexc" compile specs/mini-alexnet.yaml -o "$tmp/m.plan"
+expect 2 "unknown target" -- "$alexc" compile specs/mini-alexnet.yaml --target llvm -o "$tmp/m.plan"
+expect 2 "bad arch" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --arch 90 -o "$tmp/m.plan"
+expect 2 "bad precision" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision fp16 -o x
+expect 2 "nothing to write" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda
+expect 0 "help" -- "$alexc" compile --help
+contains "--emit-source" "help"
+
+expect 0 "emit source, 2 devices" -- "$alexc" compile specs/alexnet-torchvision.yaml --target cuda \
+  --devices 2 --emit-source "$tmp/src"
+[ -s "$tmp/src/device0.cu" ] && [ -s "$tmp/src/device1.cu" ] || { echo "FAIL: no device sources"; failures=$((failures + 1)); }
+grep -q 'void k01_features_0(' "$tmp/src/device0.cu" || { echo "FAIL: kernel names not sanitized"; failures=$((failures + 1)); }
+
+if "$alexc" compile specs/mini-alexnet.yaml --target cuda -o "$tmp/probe.plan" >/dev/null 2>&1; then
+  expect 0 "compile mini-alexnet" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --devices 2 -o "$tmp/m.plan"
+  head -c 17 "$tmp/m.plan" | grep -q "alexc-cuda-plan 1" || { echo "FAIL: artifact header"; failures=$((failures + 1)); }
+  n=$(ls "$tmp/cache" | wc -l)
+  [ "$n" -ge 4 ] || { echo "FAIL: the NVRTC cache holds $n files, want CUBIN + PTX per device"; failures=$((failures + 1)); }
+  expect 0 "compile again (cached)" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --devices 2 -o "$tmp/m2.plan"
+  cmp -s "$tmp/m.plan" "$tmp/m2.plan" || { echo "FAIL: the cached compile differs"; failures=$((failures + 1)); }
+else
+  echo "skip: this alexc has no NVRTC"
+fi
+
+# Without a GPU (this test forces it by hiding the driver), --target cuda explains itself.
+if ! ls /dev/nvidia0 >/dev/null 2>&1; then
+  expect 1 "run --target cuda without a GPU" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --target cuda
+  if ! grep -q -e "no CUDA driver found" -e "no GPU" -e "built without the CUDA toolkit" "$tmp/out"; then
+    echo "FAIL: no clear message:"; cat "$tmp/out"; failures=$((failures + 1))
+  fi
+fi
+expect 1 "--target cuda with --layer" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --target cuda --layer conv1
+expect 2 "unknown run target" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --target tpu
+
+echo "$failures failure(s)"
+[ $failures -eq 0 ]

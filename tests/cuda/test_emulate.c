@@ -1,0 +1,314 @@
+// The CUDA backend checked without a GPU, in the manner of ggml's test-backend-ops:
+// for each spec and variant (fused or not, one or two devices), generate the CUDA
+// source, compile it with g++ as C++ (cuda_emu.h stands in for the CUDA headers), and
+// run the plan through the runtime's own interpreter (rt_plan_run) with CPU
+// implementations of kernel launch, GEMM (in place of cuBLAS) and copy. The output
+// must match the reference executor within 1e-4 relative (max|got-want| / max|want|).
+//
+// Arenas and weight buffers start as NaN, so a kernel that reads memory nobody wrote
+// (a missing transfer, a wrong offset or held range) poisons the output. Copies and
+// GEMMs are bounds-checked against their buffers. Under ALEXC_SANITIZE the kernels
+// are compiled with ASan + UBSan too. Small specs also run with the grid capped at
+// 3 blocks, to exercise the kernels' grid-stride loops.
+//
+// The plan runs as the artifact file carries it (saved and loaded back), so the file
+// format is checked along with it.
+//
+// usage: test_emulate CXX EMU_HEADER WORKDIR SPEC
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "alexc.h"
+#include "backends/cuda/cuda.h"
+#include "tools/cli.h"
+
+#define TOLERANCE 1e-4
+
+static const char *cxx, *emu_header, *workdir;
+
+typedef struct {
+  const char *name;
+  bool fuse;
+  int devices;
+  int batch;      // 0: the spec's default (3, or 1 for big nets)
+  int max_grid;   // 0: the plan's grid
+  bool big_too;   // run on big nets as well
+} Variant;
+
+static const Variant VARIANTS[] = {
+    {"fused", true, 1, 0, 0, true},
+    {"unfused", false, 1, 0, 0, false},
+    {"fused-2dev", true, 2, 0, 0, true},
+    {"unfused-2dev", false, 2, 0, 0, true},
+    {"fused-3dev", true, 3, 0, 0, false},
+    {"fused-grid3", true, 1, 2, 3, false},
+    {"unfused-2dev-grid3", false, 2, 2, 3, false},
+};
+
+// ---------------------------------------------------------------- the emulated machine
+
+typedef struct {
+  void *so[MAX_DEVICES];
+  void (*set_thread[MAX_DEVICES])(unsigned, unsigned, unsigned, unsigned);
+  float *arena[MAX_DEVICES], *weights[MAX_DEVICES];
+  int64_t arena_elems[MAX_DEVICES], weight_elems[MAX_DEVICES];
+  const float *x, *y;
+  int64_t x_elems, y_elems;
+  int max_grid;
+  bool failed;
+} Emu;
+
+// Is [p, p + bytes) inside one of the buffers device d (or the host, d = -1) owns?
+static bool inside(const Emu *e, int d, uint64_t p, int64_t bytes) {
+  const float *bufs[2] = {d < 0 ? e->x : e->arena[d], d < 0 ? e->y : e->weights[d]};
+  int64_t sizes[2] = {d < 0 ? e->x_elems : e->arena_elems[d], d < 0 ? e->y_elems : e->weight_elems[d]};
+  for (int k = 0; k < 2; k++) {
+    uint64_t lo = (uint64_t)(uintptr_t)bufs[k], hi = lo + sizes[k] * sizeof(float);
+    if (bufs[k] && p >= lo && p + bytes <= hi)
+      return true;
+  }
+  return false;
+}
+
+static bool check(Emu *e, int d, uint64_t p, int64_t bytes, const char *what) {
+  if (inside(e, d, p, bytes))
+    return true;
+  fprintf(stderr, "  %s: %lld bytes at %#llx are outside device %d's buffers\n", what,
+          (long long)bytes, (unsigned long long)p, d);
+  e->failed = true;
+  return false;
+}
+
+typedef void (*K1)(void *, int);
+typedef void (*K2)(void *, void *, int);
+typedef void (*K3)(void *, void *, void *, int);
+typedef void (*K4)(void *, void *, void *, void *, int);
+typedef void (*K5)(void *, void *, void *, void *, void *, int);
+typedef void (*K6)(void *, void *, void *, void *, void *, void *, int);
+
+static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block,
+                   const uint64_t *args, int n_args, int batch) {
+  Emu *e = ctx;
+  void *f = dlsym(e->so[d], kernel), *a[6];
+  if (!f || n_args < 1 || n_args > 6) {
+    fprintf(stderr, "  launch %s on device %d: %s\n", kernel, d,
+            f ? "unsupported argument count" : "no such kernel");
+    e->failed = true;
+    return false;
+  }
+  for (int i = 0; i < n_args; i++) {
+    a[i] = (void *)(uintptr_t)args[i];
+    if (!check(e, d, args[i], 4, kernel))
+      return false;
+  }
+  if (e->max_grid && grid > e->max_grid)
+    grid = e->max_grid;
+  for (int64_t bx = 0; bx < grid; bx++)
+    for (int tx = 0; tx < block; tx++) {
+      e->set_thread[d]((unsigned)bx, (unsigned)tx, (unsigned)block, (unsigned)grid);
+      switch (n_args) {
+      case 1: ((K1)f)(a[0], batch); break;
+      case 2: ((K2)f)(a[0], a[1], batch); break;
+      case 3: ((K3)f)(a[0], a[1], a[2], batch); break;
+      case 4: ((K4)f)(a[0], a[1], a[2], a[3], batch); break;
+      case 5: ((K5)f)(a[0], a[1], a[2], a[3], a[4], batch); break;
+      case 6: ((K6)f)(a[0], a[1], a[2], a[3], a[4], a[5], batch); break;
+      }
+    }
+  return true;
+}
+
+// cublasSgemm(CUBLAS_OP_T, CUBLAS_OP_N, ...), accumulating in float as a GPU does.
+static bool gemm(void *ctx, int d, int64_t m, int64_t n, int64_t k, uint64_t a, int64_t lda,
+                 uint64_t b, int64_t ldb, uint64_t c, int64_t ldc) {
+  Emu *e = ctx;
+  const float *A = (const float *)(uintptr_t)a, *B = (const float *)(uintptr_t)b;
+  float *C = (float *)(uintptr_t)c;
+  if (!check(e, d, a, ((m - 1) * lda + k) * 4, "gemm A") ||
+      !check(e, d, b, ((n - 1) * ldb + k) * 4, "gemm B") ||
+      !check(e, d, c, ((n - 1) * ldc + m) * 4, "gemm C"))
+    return false;
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t i = 0; i < m; i++) {
+      float acc = 0;
+      for (int64_t l = 0; l < k; l++)
+        acc += A[l + i * lda] * B[l + j * ldb];
+      C[i + j * ldc] = acc;
+    }
+  return true;
+}
+
+static bool copy(void *ctx, int dst_dev, uint64_t dst, int64_t dst_pitch, int src_dev,
+                 uint64_t src, int64_t src_pitch, int64_t width, int64_t height) {
+  Emu *e = ctx;
+  if (!check(e, dst_dev, dst, ((height - 1) * dst_pitch + width) * 4, "copy destination") ||
+      !check(e, src_dev, src, ((height - 1) * src_pitch + width) * 4, "copy source"))
+    return false;
+  for (int64_t r = 0; r < height; r++)
+    memcpy((float *)(uintptr_t)dst + r * dst_pitch, (const float *)(uintptr_t)src + r * src_pitch,
+           width * sizeof(float));
+  return true;
+}
+
+// ---------------------------------------------------------------- one variant
+
+static bool build_so(const char *source, const char *path_cu, const char *path_so) {
+  if (!rt_write_file_atomic(path_cu, source, strlen(source))) {
+    fprintf(stderr, "  %s\n", rt_error());
+    return false;
+  }
+#ifdef ALEXC_SANITIZE_KERNELS
+  const char *san = "-fsanitize=address,undefined -fno-sanitize-recover=all";
+#else
+  const char *san = "";
+#endif
+  char *cmd = format("%s -std=c++17 -O2 -fPIC -shared -Wall -Wno-unknown-pragmas -Werror %s "
+                     "-include %s -x c++ %s -o %s",
+                     cxx, san, emu_header, path_cu, path_so);
+  int rc = system(cmd);
+  if (rc != 0)
+    fprintf(stderr, "  failed (%d): %s\n", rc, cmd);
+  free(cmd);
+  return rc == 0;
+}
+
+static const float *weight_by_name(const Weights *w, const char *tensor) {
+  for (int i = 0; i < w->n; i++)
+    if (!strcmp(w->info[i].name, tensor))
+      return w->data[i];
+  return NULL;
+}
+
+static bool run_variant(const char *spec, const Variant *v, const Weights *w, const float *x,
+                        int batch, const float *want) {
+  Graph *g = load_spec(spec);
+  PassOptions o = pass_defaults();
+  o.devices = v->devices;
+  for (int i = 0; i < FUSE_COUNT; i++)
+    o.fuse[i] = v->fuse;
+  CudaProgram prog;
+  if (!g || !run_passes(g, &o) || !cuda_generate(g, v->name, &prog)) {
+    graph_free(g);
+    return false;
+  }
+  // Run the plan as the artifact file carries it: saved, then loaded back.
+  RtPlan loaded;
+  char *plan_path = format("%s/%s-%s.plan", workdir, g->name, v->name);
+  if (!rt_plan_save(&prog.plan, plan_path) || !rt_plan_load(plan_path, &loaded)) {
+    fprintf(stderr, "  %s\n", rt_error());
+    free(plan_path);
+    cuda_program_free(&prog);
+    graph_free(g);
+    return false;
+  }
+  free(plan_path);
+  const RtPlan *p = &loaded;
+  int64_t out_elems = p->out_elems * batch;
+  float *y = xcalloc(out_elems, sizeof(float));
+  for (int64_t i = 0; i < out_elems; i++)
+    y[i] = NAN;
+  Emu e = {.x = x, .y = y, .x_elems = p->in_elems * batch, .y_elems = out_elems,
+           .max_grid = v->max_grid};
+  RtPlanOps ops = {.ctx = &e, .launch = launch, .gemm = gemm, .copy = copy};
+  bool ok = true;
+  for (int d = 0; d < p->n_devices && ok; d++) {
+    char *cu = format("%s/%s-%s-device%d.cu", workdir, g->name, v->name, d);
+    char *so = format("%s/%s-%s-device%d.so", workdir, g->name, v->name, d);
+    ok = build_so(prog.source[d], cu, so);
+    e.so[d] = ok ? dlopen(so, RTLD_NOW | RTLD_LOCAL) : NULL;
+    if (ok && !e.so[d]) {
+      fprintf(stderr, "  dlopen %s: %s\n", so, dlerror());
+      ok = false;
+    }
+    if (ok)
+      *(void **)&e.set_thread[d] = dlsym(e.so[d], "alexc_emu_set_thread");
+    free(cu);
+    free(so);
+    if (!ok)
+      break;
+    // NaN everywhere nobody has written.
+    e.arena_elems[d] = p->dev[d].arena * batch;
+    e.weight_elems[d] = p->dev[d].weights;
+    e.arena[d] = xcalloc(e.arena_elems[d], sizeof(float));
+    e.weights[d] = xcalloc(e.weight_elems[d], sizeof(float));
+    for (int64_t i = 0; i < e.arena_elems[d]; i++)
+      e.arena[d][i] = NAN;
+    for (int64_t i = 0; i < e.weight_elems[d]; i++)
+      e.weights[d][i] = NAN;
+    for (int s = 0; s < p->dev[d].n_slices; s++) {
+      const RtWeightSlice *sl = &p->dev[d].slices[s];
+      const float *data = weight_by_name(w, sl->tensor);
+      if (!data) {
+        fprintf(stderr, "  no weight tensor '%s'\n", sl->tensor);
+        ok = false;
+        break;
+      }
+      memcpy(e.weights[d] + sl->offset, data + sl->first, sl->count * sizeof(float));
+    }
+    ops.arena[d] = (uint64_t)(uintptr_t)e.arena[d];
+    ops.weights[d] = (uint64_t)(uintptr_t)e.weights[d];
+  }
+  ok = ok && rt_plan_run(p, &ops, x, batch, y) && !e.failed;
+  Compare c = ok ? compare(y, want, out_elems) : (Compare){.rel = INFINITY};
+  ok = ok && c.rel <= TOLERANCE;
+  int kernels = 0;
+  for (int i = 0; i < p->n_steps; i++)
+    kernels += p->steps[i].kind == RT_STEP_KERNEL;
+  printf("  %-22s %-20s batch %d  %3d steps (%2d kernels)  max rel err %-10.3g %s\n", g->name,
+         v->name, batch, p->n_steps, kernels, c.rel, ok ? "OK" : "FAIL");
+  for (int d = 0; d < p->n_devices; d++) {
+    if (e.so[d])
+      dlclose(e.so[d]);
+    free(e.arena[d]);
+    free(e.weights[d]);
+  }
+  free(y);
+  rt_plan_free(&loaded);
+  cuda_program_free(&prog);
+  graph_free(g);
+  return ok;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 5) {
+    fprintf(stderr, "usage: test_emulate CXX EMU_HEADER WORKDIR SPEC\n");
+    return 2;
+  }
+  cxx = argv[1];
+  emu_header = argv[2];
+  workdir = argv[3];
+  const char *spec = argv[4];
+  if (mkdir(workdir, 0755) != 0 && errno != EEXIST) {
+    fprintf(stderr, "%s: %s\n", workdir, strerror(errno));
+    return 1;
+  }
+  Graph *g = load_spec(spec);
+  if (!g)
+    return 1;
+  bool big = graph_macs(g) > 100000000;
+  Weights *w = weights_init(g, 7, INIT_FAN_IN);
+  int failures = 0, runs = 0;
+  for (size_t i = 0; i < sizeof VARIANTS / sizeof *VARIANTS; i++) {
+    const Variant *v = &VARIANTS[i];
+    if (big && !v->big_too)
+      continue;
+    int batch = v->batch ? v->batch : big ? 1 : 3;
+    float *x = random_input(g, batch, 3);
+    Graph *ref = load_spec(spec);  // the plain graph: the oracle's own plan
+    float *want = ref ? ref_run_output(ref, w, x, batch) : NULL;
+    failures += !want || !run_variant(spec, v, w, x, batch, want);
+    runs++;
+    free(want);
+    graph_free(ref);
+    free(x);
+  }
+  printf("%d variant(s) of '%s' emulated, %d failure(s)\n", runs, g->name, failures);
+  weights_free(w);
+  graph_free(g);
+  return failures ? 1 : 0;
+}
