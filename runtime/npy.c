@@ -102,8 +102,8 @@ bool rt_npy_load(const char *path, RtTensor *out) {
   else if (!strncmp(d, "'<f8'", 5))
     esize = 8;
   else {
-    const char *end = strchr(d + 1, '\'');
-    int n = end ? (int)(end - d + 1) : 8;
+    const char *end = *d ? strchr(d + 1, '\'') : NULL;  // d may sit on the final NUL
+    int n = end ? (int)(end - d + 1) : (int)strnlen(d, 8);
     rt_fail("%s: dtype %.*s is not supported (want float32 '<f4')", path, n > 16 ? 16 : n, d);
     goto done;
   }

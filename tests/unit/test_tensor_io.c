@@ -69,6 +69,13 @@ static void test_npy_bad(void) {
   free(buf);
 
   CHECK(!rt_npy_load(path("missing.npy"), &t) && error_has("missing.npy"));
+
+  // Found by fuzzing: a header that ends right after "'descr':" (the error message
+  // used to read past the end of the header).
+  static const char tail_key[] = "\x93NUMPY\x01\x00\x30\x00"
+                                 "{'fortran_order': False, 'shape': (1,), 'descr':";
+  write_bytes(path("tail.npy"), tail_key, sizeof tail_key - 1);
+  CHECK(!rt_npy_load(path("tail.npy"), &t) && error_has("tail.npy"));
 }
 
 static void test_safetensors(void) {
