@@ -3,8 +3,9 @@
 //
 // A plan is what `alexc compile --target cuda` produces besides the kernels: per
 // logical device, the activation arena (elements per image), the weight slices to
-// upload, and the steps in order (kernel launches, cuBLAS GEMMs, transfers between
-// devices), with every address given as an arena or weight-buffer offset. The
+// upload, the scratch per image of a chunk, and the steps in order (kernel launches,
+// cuBLAS GEMMs, chunk loops over the batch, transfers between devices), with every
+// address given as an arena, scratch or weight-buffer offset. The
 // interpreter (rt_plan_run) turns a plan into calls on an RtPlanOps table: the CUDA
 // driver implements it (runtime/cuda.c), and so does the CPU emulator of the tests
 // (tests/cuda/), so the address arithmetic a GPU will run is the one the tests check.
@@ -23,15 +24,26 @@
 #define RT_PLAN_MAX_ARGS 16  // buffer arguments of one kernel (a concat's inputs, output, w, b)
 #define RT_PLAN_NAME 96
 
-// An address in a device's memory: buffer `space`, element `per_image * batch + fixed`.
-// Arena offsets scale with the batch (the memory plan is per image); weight offsets
-// do not.
-typedef enum { RT_SPACE_ARENA, RT_SPACE_WEIGHTS } RtSpace;
+// An address in a device's memory: buffer `space`, element
+// `per_image * batch + fixed + per_first * first`. Arena offsets scale with the batch
+// (the memory plan is per image); weight offsets do not. Scratch holds one chunk of
+// images (RT_STEP_CHUNK), so its offsets scale with the chunk's image count instead.
+// `first` is the chunk's first image (0 outside a chunk): `per_first` is the element
+// stride of one image of the tensor addressed, so a kernel inside a chunk sees the
+// chunk's images as images 0.. of the tensor.
+typedef enum { RT_SPACE_ARENA, RT_SPACE_WEIGHTS, RT_SPACE_SCRATCH } RtSpace;
 
 typedef struct {
   RtSpace space;
   int64_t per_image, fixed;
+  int64_t per_first;
 } RtAddr;
+
+// A GEMM dimension or leading dimension: `per_image * batch + fixed`, where batch is
+// the chunk's image count inside a chunk and the whole batch outside.
+typedef struct {
+  int64_t per_image, fixed;
+} RtDim;
 
 // A strided copy of `height = batch` rows of `width` elements: row r starts at
 // addr + r * pitch. Used for transfers, the input upload and the output download.
@@ -40,7 +52,7 @@ typedef struct {
   int64_t pitch;  // elements
 } RtRows;
 
-typedef enum { RT_STEP_KERNEL, RT_STEP_GEMM, RT_STEP_TRANSFER } RtStepKind;
+typedef enum { RT_STEP_KERNEL, RT_STEP_GEMM, RT_STEP_TRANSFER, RT_STEP_CHUNK } RtStepKind;
 
 typedef struct {
   RtStepKind kind;
@@ -54,11 +66,20 @@ typedef struct {
   RtAddr args[RT_PLAN_MAX_ARGS];
   int n_args;
 
-  // RT_STEP_GEMM, column-major as cuBLAS sees it (n = batch):
-  //   C[m x n] = op(A)[m x k] * B[k x n],  op(A) = transpose of the (k x m) matrix A.
-  // That is y[img][o] = sum_j W[o][j] * x[img][j] with W row-major (out x in).
-  int64_t m, k, lda, ldb, ldc;
+  // RT_STEP_GEMM: cublasSgemm exactly, column-major, alpha = 1, beta = 0:
+  //   C[m x n] = op_a(A)[m x k] * op_b(B)[k x n],  op = 'N' (as stored) or 'T' (transposed).
+  // fc:   T, N, m = out, n = batch: y[img][o] = sum_j W[o][j] * x[img][j].
+  // conv: N, N, m = pixels of the chunk, n = a group's kernels, k = in/groups * K * K:
+  //       out[c][pixel] = sum_kk col[kk][pixel] * W[c][kk] (im2col, channel-major).
+  char transa, transb;
+  RtDim m, n, k, lda, ldb, ldc;
   RtAddr a, b, c;
+
+  // RT_STEP_CHUNK: the next `body` steps (kernels and GEMMs on `device`) run once per
+  // chunk of at most `images` images of the batch; inside, kernels get the chunk's
+  // image count as their batch and addresses see RtAddr.per_first * first image.
+  int64_t images;
+  int body;
 
   // RT_STEP_TRANSFER: `width` elements per image from device `from` to `device`.
   int from;
@@ -83,6 +104,8 @@ typedef struct {
 typedef struct {
   int64_t arena;    // activation elements per image
   int64_t weights;  // weight buffer elements
+  int64_t scratch;  // scratch elements per image of a chunk (im2col columns, conv GEMM output)
+  int64_t chunk;    // images per chunk: the scratch buffer holds scratch * min(chunk, batch)
   RtWeightSlice *slices;
   int n_slices;
   RtHostCopy input, output;  // width 0: none on this device
@@ -107,7 +130,7 @@ void rt_plan_free(RtPlan *p);
 void rt_plan_add_step(RtPlan *p, const RtStep *s);
 void rt_plan_add_slice(RtPlan *p, int device, const RtWeightSlice *s);
 
-// The artifact file: a text header ("alexc-cuda-plan 1"), one line per plan item,
+// The artifact file: a text header ("alexc-cuda-plan 2"), one line per plan item,
 // "end", then the modules' bytes. Described in runtime/cuda_plan.c and
 // compiler/backends/cuda/README.md.
 bool rt_plan_save(const RtPlan *p, const char *path);
@@ -119,10 +142,13 @@ bool rt_plan_load(const char *path, RtPlan *p);
 typedef struct {
   void *ctx;
   uint64_t arena[RT_PLAN_MAX_DEVICES], weights[RT_PLAN_MAX_DEVICES];  // base addresses
+  uint64_t scratch[RT_PLAN_MAX_DEVICES];  // rt_plan_scratch_elems() floats; 0 if none
   bool (*launch)(void *ctx, int device, const char *kernel, int64_t grid, int block,
                  const uint64_t *args, int n_args, int batch);
-  bool (*gemm)(void *ctx, int device, int64_t m, int64_t n, int64_t k, uint64_t a, int64_t lda,
-               uint64_t b, int64_t ldb, uint64_t c, int64_t ldc);
+  // cublasSgemm(transa, transb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc), 'N'/'T'.
+  bool (*gemm)(void *ctx, int device, char transa, char transb, int64_t m, int64_t n,
+               int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b, int64_t ldb,
+               float beta, uint64_t c, int64_t ldc);
   // Copies `height` rows of `width` floats; a device of -1 means host memory.
   bool (*copy)(void *ctx, int dst_device, uint64_t dst, int64_t dst_pitch, int src_device,
                uint64_t src, int64_t src_pitch, int64_t width, int64_t height);
@@ -131,6 +157,8 @@ typedef struct {
 // Blocks of a kernel step for a batch: enough for one thread per work unit, capped
 // (the kernels loop over the rest).
 int64_t rt_plan_grid(const RtStep *s, int batch);
+// Elements of device d's scratch buffer for a batch: scratch * min(chunk, batch).
+int64_t rt_plan_scratch_elems(const RtPlan *p, int d, int batch);
 // Uploads x (batch, input), runs every step, downloads y (batch, output).
 bool rt_plan_run(const RtPlan *p, const RtPlanOps *ops, const float *x, int batch, float *y);
 

@@ -7,6 +7,12 @@
 // Logical devices map to GPUs round robin (two logical devices on one GPU share its
 // context). Everything runs on the default stream of each context, in plan order:
 // simple and correct; overlapping the two towers is for later.
+//
+// Per logical device: a weight buffer (allocated and filled at open), an activation
+// arena and a scratch buffer (im2col columns and conv GEMM output of one chunk of
+// images: rt_plan_scratch_elems), both reallocated when a larger batch arrives. The
+// chunk loops, like every address, are rt_plan_run's (runtime/cuda_plan.c), the same
+// code the CPU emulator of tests/cuda/ runs.
 #define _GNU_SOURCE
 #include <cublas_v2.h>
 #include <cuda.h>
@@ -97,7 +103,8 @@ bool rt_cuda_available(void) {
   for (size_t i = 0; i < sizeof names / sizeof *names && !blas.lib; i++)
     blas.lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
   if (!blas.lib) {
-    snprintf(why, sizeof why, "cuBLAS not found (libcublas.so.13/12): fc layers need it");
+    snprintf(why, sizeof why,
+             "cuBLAS not found (libcublas.so.13/12): fc layers and --conv gemm need it");
     return rt_fail("%s", why);
   }
 #define LOAD_BLAS(f) LOAD(blas.lib, blas, f)
@@ -122,7 +129,8 @@ struct RtCuda {
   int gpu_of[RT_PLAN_MAX_DEVICES];  // logical device -> gpu[]
   CUmodule module[RT_PLAN_MAX_DEVICES];
   CUdeviceptr arena[RT_PLAN_MAX_DEVICES], weights[RT_PLAN_MAX_DEVICES];
-  int arena_batch;  // the arenas are sized for this many images
+  CUdeviceptr scratch[RT_PLAN_MAX_DEVICES];  // one chunk's im2col columns and conv GEMM output
+  int arena_batch;  // the arenas (and scratch buffers) are sized for this many images
 };
 
 static Gpu *gpu(RtCuda *r, int d) { return &r->gpu[r->gpu_of[d]]; }
@@ -151,18 +159,20 @@ static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block
   return true;
 }
 
-static bool gemm(void *ctx, int d, int64_t m, int64_t n, int64_t k, uint64_t a, int64_t lda,
-                 uint64_t b, int64_t ldb, uint64_t c, int64_t ldc) {
+static bool gemm(void *ctx, int d, char transa, char transb, int64_t m, int64_t n, int64_t k,
+                 float alpha, uint64_t a, int64_t lda, uint64_t b, int64_t ldb, float beta,
+                 uint64_t c, int64_t ldc) {
   RtCuda *r = ctx;
-  const float one = 1.0f, zero = 0.0f;
   if (!use(r, d))
     return false;
-  if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || lda > INT32_MAX || ldc > INT32_MAX)
+  if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || lda > INT32_MAX || ldb > INT32_MAX ||
+      ldc > INT32_MAX)
     return rt_fail("cuda: a GEMM too large for cuBLAS's int sizes");
-  cublasStatus_t st = blas.cublasSgemm(gpu(r, d)->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)m, (int)n,
-                                       (int)k, &one, (const float *)(uintptr_t)a, (int)lda,
-                                       (const float *)(uintptr_t)b, (int)ldb, &zero,
-                                       (float *)(uintptr_t)c, (int)ldc);
+  cublasStatus_t st = blas.cublasSgemm(
+      gpu(r, d)->blas, transa == 'T' ? CUBLAS_OP_T : CUBLAS_OP_N,
+      transb == 'T' ? CUBLAS_OP_T : CUBLAS_OP_N, (int)m, (int)n, (int)k, &alpha,
+      (const float *)(uintptr_t)a, (int)lda, (const float *)(uintptr_t)b, (int)ldb, &beta,
+      (float *)(uintptr_t)c, (int)ldc);
   return st == CUBLAS_STATUS_SUCCESS || rt_fail("cuda: cublasSgemm failed (status %d)", (int)st);
 }
 
@@ -222,6 +232,8 @@ void rt_cuda_close(RtCuda *r) {
         cu.cuMemFree(r->arena[d]);
       if (r->weights[d])
         cu.cuMemFree(r->weights[d]);
+      if (r->scratch[d])
+        cu.cuMemFree(r->scratch[d]);
       if (r->module[d])
         cu.cuModuleUnload(r->module[d]);
     }
@@ -246,7 +258,7 @@ static bool open_gpu(Gpu *g, int ordinal) {
   if (blas.cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS)
     return rt_fail("cuda: cublasCreate failed on GPU %d (%s)", ordinal, name);
   g->blas_ok = true;
-  // fp32 means fp32: no TF32 tensor-core shortcuts in the fc layers.
+  // fp32 means fp32: no TF32 tensor-core shortcuts in the fc and conv GEMMs.
   if (blas.cublasSetMathMode(g->blas, CUBLAS_PEDANTIC_MATH) != CUBLAS_STATUS_SUCCESS)
     return rt_fail("cuda: cublasSetMathMode failed");
   return true;
@@ -314,9 +326,17 @@ bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y) {
       if (r->arena[d])
         cu.cuMemFree(r->arena[d]);
       r->arena[d] = 0;
+      if (r->scratch[d])
+        cu.cuMemFree(r->scratch[d]);
+      r->scratch[d] = 0;
+      r->arena_batch = 0;
       if (p->dev[d].arena)
         CU(cu.cuMemAlloc(&r->arena[d], p->dev[d].arena * batch * sizeof(float)),
            "allocating activations");
+      int64_t scratch = rt_plan_scratch_elems(p, d, batch);
+      if (scratch)
+        CU(cu.cuMemAlloc(&r->scratch[d], scratch * sizeof(float)),
+           "allocating conv scratch (im2col columns and GEMM output)");
     }
     r->arena_batch = batch;
   }
@@ -324,6 +344,7 @@ bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y) {
   for (int d = 0; d < p->n_devices; d++) {
     ops.arena[d] = r->arena[d];
     ops.weights[d] = r->weights[d];
+    ops.scratch[d] = r->scratch[d];
   }
   if (!rt_plan_run(p, &ops, x, batch, y))
     return false;

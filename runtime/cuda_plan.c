@@ -3,22 +3,42 @@
 //
 // The artifact is a text header, readable with `head`, then the modules' bytes:
 //
-//   alexc-cuda-plan 1
+//   alexc-cuda-plan 2
 //   network alexnet
 //   arch sm_90
 //   devices 2
 //   io 154587 1000                          input and output elements per image
-//   device 0 arena 1234 weights 5678 cubin 91011 ptx 121314
+//   device 0 arena 1234 weights 5678 scratch 4321 chunk 46 cubin 91011 ptx 121314
 //   slice 0 OFFSET FIRST COUNT TENSOR       weight elements [FIRST, FIRST+COUNT) -> OFFSET
 //   input 0 ADDR PITCH HOST_OFFSET HOST_PITCH WIDTH
 //   output 0 ADDR PITCH HOST_OFFSET HOST_PITCH WIDTH
 //   kernel 0 NAME WORK BLOCK N ADDR...      one line per step, in execution order
-//   gemm 0 LAYER M K A LDA B LDB C LDC
+//   gemm 0 LAYER TA TB M N K A LDA B LDB C LDC
+//   chunk 0 LAYER IMAGES STEPS
 //   transfer FROM TO LAYER SRC SRC_PITCH DST DST_PITCH WIDTH
 //   end
 //   <device 0 cubin><device 0 ptx><device 1 cubin>...
 //
-// An ADDR is `a:P+F` (arena element P * batch + F) or `w:0+F` (weight element F).
+// An ADDR is `a:P+F` (arena element P * batch + F), `a:P+F@I` (the same plus I times
+// the chunk's first image), `s:P+F` (scratch element P * chunk images + F) or `w:0+F`
+// (weight element F).
+//
+// `gemm` is cublasSgemm(TA, TB, M, N, K, 1, A, LDA, B, LDB, 0, C, LDC), column-major,
+// TA and TB `N` or `T`; each of M N K LDA LDB LDC is written `Pb+F`: P times the batch
+// (the chunk's image count inside a chunk) plus F. The fc layers use `T N 0b+OUT 1b+0
+// 0b+IN`; a conv with --conv gemm uses `N N PIXb+0 0b+KERNELS 0b+IN*K*K`, the A matrix
+// its im2col columns in scratch (rows: pixels of the chunk's images, columns: input
+// channel x kernel row x kernel column), B its weights as stored (out x in*K*K
+// row-major), C the conv output in scratch, channel-major (channel, image, pixel).
+//
+// `chunk` runs the next STEPS steps (kernels and gemms on its device, no transfers)
+// once per chunk of at most IMAGES images of the batch (IMAGES <= the device's
+// `chunk`): kernels get the chunk's image count as their batch, `@I` addresses see the
+// chunk's first image, and scratch and `b` dimensions scale with the chunk's images.
+// Each device's scratch buffer holds `scratch * min(chunk, batch)` elements; the
+// runtime allocates it once per batch size, like the arena. A conv with --conv gemm
+// is one chunk: the im2col kernel, a gemm per group the device computes, and the
+// epilogue kernel (bias, then the fused ReLU, LRN and pool) writing the node's output.
 #define _GNU_SOURCE
 #include <inttypes.h>
 #include <stdio.h>
@@ -29,8 +49,10 @@
 #include "alexrt_cuda.h"
 #include "internal.h"
 
-#define MAGIC "alexc-cuda-plan 1\n"
+#define MAGIC "alexc-cuda-plan 2\n"
 #define MAX_LINE 4096
+#define BIG ((int64_t)1 << 40)
+#define BIG_DIM ((int64_t)1 << 31)
 
 void rt_plan_free(RtPlan *p) {
   for (int d = 0; d < RT_PLAN_MAX_DEVICES; d++) {
@@ -65,8 +87,15 @@ void rt_plan_add_slice(RtPlan *p, int device, const RtWeightSlice *s) {
 // ---------------------------------------------------------------- writing
 
 static void put_addr(FILE *f, RtAddr a) {
-  fprintf(f, " %c:%" PRId64 "+%" PRId64, a.space == RT_SPACE_ARENA ? 'a' : 'w', a.per_image,
+  fprintf(f, " %c:%" PRId64 "+%" PRId64,
+          a.space == RT_SPACE_ARENA ? 'a' : a.space == RT_SPACE_SCRATCH ? 's' : 'w', a.per_image,
           a.fixed);
+  if (a.per_first)
+    fprintf(f, "@%" PRId64, a.per_first);
+}
+
+static void put_dim(FILE *f, RtDim d) {
+  fprintf(f, " %" PRId64 "b+%" PRId64, d.per_image, d.fixed);
 }
 
 static void put_host_copy(FILE *f, const char *what, int d, const RtHostCopy *h) {
@@ -90,8 +119,10 @@ bool rt_plan_save(const RtPlan *p, const char *path) {
           p->n_devices, p->in_elems, p->out_elems);
   for (int d = 0; d < p->n_devices; d++) {
     const RtPlanDevice *v = &p->dev[d];
-    fprintf(f, "device %d arena %" PRId64 " weights %" PRId64 " cubin %zu ptx %zu\n", d, v->arena,
-            v->weights, v->cubin_size, v->ptx_size);
+    fprintf(f,
+            "device %d arena %" PRId64 " weights %" PRId64 " scratch %" PRId64 " chunk %" PRId64
+            " cubin %zu ptx %zu\n",
+            d, v->arena, v->weights, v->scratch, v->chunk, v->cubin_size, v->ptx_size);
     for (int s = 0; s < v->n_slices; s++)
       fprintf(f, "slice %d %" PRId64 " %" PRId64 " %" PRId64 " %s\n", d, v->slices[s].offset,
               v->slices[s].first, v->slices[s].count, v->slices[s].tensor);
@@ -108,13 +139,19 @@ bool rt_plan_save(const RtPlan *p, const char *path) {
         put_addr(f, s->args[a]);
       break;
     case RT_STEP_GEMM:
-      fprintf(f, "gemm %d %s %" PRId64 " %" PRId64, s->device, s->name, s->m, s->k);
+      fprintf(f, "gemm %d %s %c %c", s->device, s->name, s->transa, s->transb);
+      put_dim(f, s->m);
+      put_dim(f, s->n);
+      put_dim(f, s->k);
       put_addr(f, s->a);
-      fprintf(f, " %" PRId64, s->lda);
+      put_dim(f, s->lda);
       put_addr(f, s->b);
-      fprintf(f, " %" PRId64, s->ldb);
+      put_dim(f, s->ldb);
       put_addr(f, s->c);
-      fprintf(f, " %" PRId64, s->ldc);
+      put_dim(f, s->ldc);
+      break;
+    case RT_STEP_CHUNK:
+      fprintf(f, "chunk %d %s %" PRId64 " %d", s->device, s->name, s->images, s->body);
       break;
     case RT_STEP_TRANSFER:
       fprintf(f, "transfer %d %d %s", s->from, s->device, s->name);
@@ -164,12 +201,28 @@ static bool num(const char *s, int64_t lo, int64_t hi, int64_t *out) {
 }
 
 static bool addr(const char *s, RtAddr *a) {
-  long long per, fixed;
+  long long per, fixed, first = 0;
   char space, extra;
-  if (sscanf(s, "%c:%lld+%lld%c", &space, &per, &fixed, &extra) != 3 ||
-      (space != 'a' && space != 'w') || per < 0 || fixed < 0 || (space == 'w' && per))
+  int n = sscanf(s, "%c:%lld+%lld%c%lld%c", &space, &per, &fixed, &extra, &first, &extra);
+  if ((n != 3 && !(n == 5 && extra == '@' && space == 'a' && first > 0)) ||
+      (space != 'a' && space != 'w' && space != 's') || per < 0 || fixed < 0 ||
+      (space == 'w' && per))
     return false;
-  *a = (RtAddr){space == 'a' ? RT_SPACE_ARENA : RT_SPACE_WEIGHTS, per, fixed};
+  *a = (RtAddr){space == 'a'   ? RT_SPACE_ARENA
+                : space == 's' ? RT_SPACE_SCRATCH
+                               : RT_SPACE_WEIGHTS,
+                per, fixed, first};
+  return true;
+}
+
+// `Pb+F`; at least 1 for a batch of 1.
+static bool dim(const char *s, RtDim *d) {
+  long long per, fixed;
+  char b, extra;
+  if (sscanf(s, "%lld%c+%lld%c", &per, &b, &fixed, &extra) != 3 || b != 'b' || per < 0 ||
+      fixed < 0 || per > BIG_DIM || fixed > BIG_DIM || per + fixed < 1)
+    return false;
+  *d = (RtDim){per, fixed};
   return true;
 }
 
@@ -181,7 +234,6 @@ static bool name(const char *s, char *out) {
   return true;
 }
 
-#define BIG ((int64_t)1 << 40)
 
 // Parses one header line into p; false if it is malformed.
 static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
@@ -203,10 +255,13 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
     return false;
   int d = (int)v[0];
   RtPlanDevice *dev = &p->dev[d];
-  if (!strcmp(w, "device") && t->n == 10 && !strcmp(t->tok[2], "arena") &&
-      !strcmp(t->tok[4], "weights") && !strcmp(t->tok[6], "cubin") && !strcmp(t->tok[8], "ptx") &&
-      num(t->tok[3], 0, BIG, &dev->arena) && num(t->tok[5], 0, BIG, &dev->weights) &&
-      num(t->tok[7], 0, BIG, &v[1]) && num(t->tok[9], 0, BIG, &v[2])) {
+  if (!strcmp(w, "device") && t->n == 14 && !strcmp(t->tok[2], "arena") &&
+      !strcmp(t->tok[4], "weights") && !strcmp(t->tok[6], "scratch") &&
+      !strcmp(t->tok[8], "chunk") && !strcmp(t->tok[10], "cubin") &&
+      !strcmp(t->tok[12], "ptx") && num(t->tok[3], 0, BIG, &dev->arena) &&
+      num(t->tok[5], 0, BIG, &dev->weights) && num(t->tok[7], 0, BIG, &dev->scratch) &&
+      num(t->tok[9], 0, BIG, &dev->chunk) && num(t->tok[11], 0, BIG, &v[1]) &&
+      num(t->tok[13], 0, BIG, &v[2])) {
     dev->cubin_size = (size_t)v[1];
     dev->ptx_size = (size_t)v[2];
     (*devices_seen)++;
@@ -239,14 +294,23 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
     for (int a = 0; a < s.n_args; a++)
       if (!addr(t->tok[6 + a], &s.args[a]))
         return false;
-  } else if (!strcmp(w, "gemm") && t->n == 11) {
+  } else if (!strcmp(w, "gemm") && t->n == 14) {
     s.kind = RT_STEP_GEMM;
-    if (!name(t->tok[2], s.name) || !num(t->tok[3], 1, BIG, &s.m) ||
-        !num(t->tok[4], 1, BIG, &s.k) || !addr(t->tok[5], &s.a) ||
-        !num(t->tok[6], 1, BIG, &s.lda) || !addr(t->tok[7], &s.b) ||
-        !num(t->tok[8], 1, BIG, &s.ldb) || !addr(t->tok[9], &s.c) ||
-        !num(t->tok[10], 1, BIG, &s.ldc))
+    const char *ta = t->tok[3], *tb = t->tok[4];
+    if (!name(t->tok[2], s.name) || strlen(ta) != 1 || strlen(tb) != 1 || !strchr("NT", *ta) ||
+        !strchr("NT", *tb) || !dim(t->tok[5], &s.m) || !dim(t->tok[6], &s.n) ||
+        !dim(t->tok[7], &s.k) || !addr(t->tok[8], &s.a) || !dim(t->tok[9], &s.lda) ||
+        !addr(t->tok[10], &s.b) || !dim(t->tok[11], &s.ldb) || !addr(t->tok[12], &s.c) ||
+        !dim(t->tok[13], &s.ldc))
       return false;
+    s.transa = *ta;
+    s.transb = *tb;
+  } else if (!strcmp(w, "chunk") && t->n == 5) {
+    s.kind = RT_STEP_CHUNK;
+    if (!name(t->tok[2], s.name) || !num(t->tok[3], 1, dev->chunk, &s.images) ||
+        !num(t->tok[4], 1, 64, &v[1]))
+      return false;
+    s.body = (int)v[1];
   } else if (!strcmp(w, "transfer") && t->n == 9) {
     s.kind = RT_STEP_TRANSFER;
     s.from = d;
@@ -306,6 +370,35 @@ bool rt_plan_parse(const uint8_t *data, size_t size, RtPlan *p) {
     rt_plan_free(p);
     return rt_fail("plan: incomplete header (devices, io)");
   }
+  for (int i = 0; i < p->n_steps; i++) {
+    const RtStep *c = &p->steps[i];
+    // Scratch only where the device has some.
+    bool scratch = false;
+    for (int a = 0; a < c->n_args && c->kind == RT_STEP_KERNEL; a++)
+      scratch |= c->args[a].space == RT_SPACE_SCRATCH;
+    if (c->kind == RT_STEP_GEMM)
+      scratch = c->a.space == RT_SPACE_SCRATCH || c->b.space == RT_SPACE_SCRATCH ||
+                c->c.space == RT_SPACE_SCRATCH;
+    if (scratch && !p->dev[c->device].scratch) {
+      rt_plan_free(p);
+      return rt_fail("plan: step '%s' uses scratch, device %d has none", c->name, c->device);
+    }
+  }
+  for (int i = 0; i < p->n_steps; i++) {
+    const RtStep *c = &p->steps[i];
+    if (c->kind != RT_STEP_CHUNK)
+      continue;
+    bool ok = i + c->body < p->n_steps;
+    for (int j = i + 1; ok && j <= i + c->body; j++)
+      ok = (p->steps[j].kind == RT_STEP_KERNEL || p->steps[j].kind == RT_STEP_GEMM) &&
+           p->steps[j].device == c->device;
+    if (!ok) {
+      rt_plan_free(p);
+      return rt_fail("plan: chunk '%s': its %d steps are not kernels and gemms of device %d",
+                     c->name, c->body, c->device);
+    }
+    i += c->body;
+  }
   for (int d = 0; d < p->n_devices; d++) {
     RtPlanDevice *v = &p->dev[d];
     if (v->cubin_size > size - at || v->ptx_size > size - at - v->cubin_size) {
@@ -348,49 +441,86 @@ int64_t rt_plan_grid(const RtStep *s, int batch) {
   return grid < MAX_GRID ? grid : MAX_GRID;
 }
 
-static uint64_t resolve(const RtPlanOps *ops, int d, RtAddr a, int batch) {
-  uint64_t base = a.space == RT_SPACE_ARENA ? ops->arena[d] : ops->weights[d];
-  return base + (uint64_t)(a.per_image * batch + a.fixed) * sizeof(float);
+int64_t rt_plan_scratch_elems(const RtPlan *p, int d, int batch) {
+  const RtPlanDevice *v = &p->dev[d];
+  return v->scratch * (v->chunk < batch ? v->chunk : batch);
+}
+
+// Where the steps run: the whole batch, or one chunk of it (images [first, first + n)).
+typedef struct {
+  int batch, first, n;
+} Span;
+
+static uint64_t resolve(const RtPlanOps *ops, int d, RtAddr a, Span sp) {
+  switch (a.space) {
+  case RT_SPACE_ARENA:
+    return ops->arena[d] +
+           (uint64_t)(a.per_image * sp.batch + a.fixed + a.per_first * sp.first) * sizeof(float);
+  case RT_SPACE_SCRATCH:
+    return ops->scratch[d] + (uint64_t)(a.per_image * sp.n + a.fixed) * sizeof(float);
+  case RT_SPACE_WEIGHTS:
+    break;
+  }
+  return ops->weights[d] + (uint64_t)a.fixed * sizeof(float);
+}
+
+static int64_t extent(RtDim d, Span sp) { return d.per_image * sp.n + d.fixed; }
+
+static bool run_step(const RtStep *s, const RtPlanOps *ops, Span sp) {
+  int d = s->device;
+  switch (s->kind) {
+  case RT_STEP_KERNEL: {
+    uint64_t args[RT_PLAN_MAX_ARGS];
+    for (int a = 0; a < s->n_args; a++)
+      args[a] = resolve(ops, d, s->args[a], sp);
+    return ops->launch(ops->ctx, d, s->name, rt_plan_grid(s, sp.n), s->block, args, s->n_args,
+                       sp.n);
+  }
+  case RT_STEP_GEMM:
+    return ops->gemm(ops->ctx, d, s->transa, s->transb, extent(s->m, sp), extent(s->n, sp),
+                     extent(s->k, sp), 1.0f, resolve(ops, d, s->a, sp), extent(s->lda, sp),
+                     resolve(ops, d, s->b, sp), extent(s->ldb, sp), 0.0f,
+                     resolve(ops, d, s->c, sp), extent(s->ldc, sp));
+  case RT_STEP_TRANSFER:
+    return ops->copy(ops->ctx, d, resolve(ops, d, s->dst.addr, sp), s->dst.pitch, s->from,
+                     resolve(ops, s->from, s->src.addr, sp), s->src.pitch, s->width, sp.n);
+  case RT_STEP_CHUNK:
+    break;
+  }
+  return rt_fail("plan: step '%s' cannot run here", s->name);
 }
 
 static uint64_t host(const float *p, int64_t offset) { return (uint64_t)(uintptr_t)(p + offset); }
 
 bool rt_plan_run(const RtPlan *p, const RtPlanOps *ops, const float *x, int batch, float *y) {
+  const Span whole = {batch, 0, batch};
   for (int d = 0; d < p->n_devices; d++) {
     const RtHostCopy *in = &p->dev[d].input;
-    if (in->width && !ops->copy(ops->ctx, d, resolve(ops, d, in->dev.addr, batch), in->dev.pitch,
+    if (in->width && !ops->copy(ops->ctx, d, resolve(ops, d, in->dev.addr, whole), in->dev.pitch,
                                 -1, host(x, in->host_offset), in->host_pitch, in->width, batch))
       return false;
   }
   for (int i = 0; i < p->n_steps; i++) {
     const RtStep *s = &p->steps[i];
-    int d = s->device;
-    bool ok = true;
-    switch (s->kind) {
-    case RT_STEP_KERNEL: {
-      uint64_t args[RT_PLAN_MAX_ARGS];
-      for (int a = 0; a < s->n_args; a++)
-        args[a] = resolve(ops, d, s->args[a], batch);
-      ok = ops->launch(ops->ctx, d, s->name, rt_plan_grid(s, batch), s->block, args, s->n_args,
-                       batch);
-      break;
+    if (s->kind != RT_STEP_CHUNK) {
+      if (!run_step(s, ops, whole))
+        return false;
+      continue;
     }
-    case RT_STEP_GEMM:
-      ok = ops->gemm(ops->ctx, d, s->m, batch, s->k, resolve(ops, d, s->a, batch), s->lda,
-                     resolve(ops, d, s->b, batch), s->ldb, resolve(ops, d, s->c, batch), s->ldc);
-      break;
-    case RT_STEP_TRANSFER:
-      ok = ops->copy(ops->ctx, d, resolve(ops, d, s->dst.addr, batch), s->dst.pitch, s->from,
-                     resolve(ops, s->from, s->src.addr, batch), s->src.pitch, s->width, batch);
-      break;
+    if (i + s->body >= p->n_steps || s->images < 1)
+      return rt_fail("plan: chunk '%s' is cut short", s->name);
+    for (int first = 0; first < batch; first += (int)s->images) {
+      Span sp = {batch, first, batch - first < s->images ? batch - first : (int)s->images};
+      for (int j = i + 1; j <= i + s->body; j++)
+        if (!run_step(&p->steps[j], ops, sp))
+          return false;
     }
-    if (!ok)
-      return false;
+    i += s->body;
   }
   for (int d = 0; d < p->n_devices; d++) {
     const RtHostCopy *out = &p->dev[d].output;
     if (out->width && !ops->copy(ops->ctx, -1, host(y, out->host_offset), out->host_pitch, d,
-                                 resolve(ops, d, out->dev.addr, batch), out->dev.pitch,
+                                 resolve(ops, d, out->dev.addr, whole), out->dev.pitch,
                                  out->width, batch))
       return false;
   }

@@ -11,7 +11,7 @@
 
 static const char COMPILE_HELP[] =
     "usage: alexc compile SPEC --target cuda [--arch sm_90] [--precision fp32]\n"
-    "                     [--emit-source DIR] [-o OUT]\n"
+    "                     [--conv gemm|direct] [--emit-source DIR] [-o OUT]\n"
     "\n"
     "Compiles the network for a target: CUDA C++ for every (fused) node, compiled by\n"
     "NVRTC, and the plan that runs it (launches, cuBLAS GEMMs for fc layers, transfers).\n"
@@ -20,6 +20,11 @@ static const char COMPILE_HELP[] =
     "  --arch sm_XX        GPU architecture of the CUBIN (default sm_90); the artifact\n"
     "                      also holds compute_XX PTX, which newer GPUs can JIT\n"
     "  --precision fp32    arithmetic precision (fp32 only, so far)\n"
+    "  --conv gemm|direct  how convolutions run: 'gemm' (default): im2col + cuBLAS SGEMM\n"
+    "                      per group + one kernel for bias and the fused ReLU/LRN/pool,\n"
+    "                      each conv output computed once (per-device scratch, at most\n"
+    "                      256 MiB, images in chunks); 'direct': one thread per output,\n"
+    "                      the conv recomputed in the fused stages (no scratch)\n"
     "  --emit-source DIR   write the generated source as DIR/deviceN.cu (no NVRTC needed)\n"
     "  -o OUT              write the artifact: a text plan header, then the modules\n"
     "                      (see runtime/cuda_plan.c); needs NVRTC\n"
@@ -49,9 +54,11 @@ int cmd_compile(int argc, char **argv) {
       {"target", required_argument, 0, 'T'},    {"arch", required_argument, 0, 'a'},
       {"precision", required_argument, 0, 'p'}, {"emit-source", required_argument, 0, 'e'},
       {"output", required_argument, 0, 'o'},    {"help", no_argument, 0, 'h'},
+      {"conv", required_argument, 0, 'C'},
       PASS_LONG_OPTIONS,                        {0, 0, 0, 0}};
   const char *target = NULL, *arch = "sm_90", *emit = NULL, *out = NULL;
   PassOptions passes = pass_defaults();
+  CudaOptions cuda = cuda_defaults();
   int c;
   while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
     int rc = pass_option("compile", c, optarg, &passes);
@@ -64,6 +71,10 @@ int cmd_compile(int argc, char **argv) {
     case 'T': target = optarg; break;
     case 'a': arch = optarg; break;
     case 'e': emit = optarg; break;
+    case 'C':
+      if (!cuda_parse_conv(optarg, &cuda.conv))
+        return usage_error("compile", "--conv is 'gemm' or 'direct', not '%s'", optarg);
+      break;
     case 'o': out = optarg; break;
     case 'p':
       if (strcmp(optarg, "fp32") != 0)
@@ -95,7 +106,7 @@ int cmd_compile(int argc, char **argv) {
   }
   char *how = cuda_describe_options(&passes);
   CudaProgram prog;
-  bool generated = cuda_generate(g, how, &prog), ok = generated;
+  bool generated = cuda_generate(g, how, &cuda, &prog), ok = generated;
   if (ok && emit) {
     ok = make_dirs(emit);
     for (int d = 0; ok && d < g->n_devices; d++) {

@@ -8,6 +8,7 @@
 static const char RUN_HELP[] =
     "usage: alexc run SPEC (--weights W.safetensors | --seed S) (--input X.npy | --random N)\n"
     "                 [--output Y.npy] [--layer NAME] [--top K] [--target ref|cuda]\n"
+    "                 [--conv gemm|direct]\n"
     "\n"
     "Runs a batch through the network.\n"
     "\n"
@@ -22,6 +23,8 @@ static const char RUN_HELP[] =
     "  --target T        the executor: 'ref', the reference executor (the default), or\n"
     "                    'cuda': generated kernels compiled by NVRTC, run on the GPU(s)\n"
     "  --arch sm_XX      with --target cuda: the GPU architecture (default sm_90)\n"
+    "  --conv S          with --target cuda: 'gemm' (default; im2col + cuBLAS) or 'direct'\n"
+    "                    convolutions (see alexc compile --help)\n"
     PASS_OPTIONS_HELP;
 
 static void print_top(const Graph *g, int node, const float *y, int batch, int k) {
@@ -52,6 +55,7 @@ typedef struct {
   InitScheme scheme;
   int random, top;
   PassOptions passes;
+  CudaOptions cuda;
 } RunArgs;
 
 static int parse_run_args(int argc, char **argv, RunArgs *a) {
@@ -62,9 +66,11 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
       {"output", required_argument, 0, 'o'},  {"layer", required_argument, 0, 'l'},
       {"top", required_argument, 0, 't'},     {"target", required_argument, 0, 'T'},
       {"arch", required_argument, 0, 'A'},    {"help", no_argument, 0, 'h'},
+      {"conv", required_argument, 0, 'C'},
       PASS_LONG_OPTIONS,
       {0, 0, 0, 0}};
-  *a = (RunArgs){.target = "ref", .arch = "sm_90", .input_seed = 1, .passes = pass_defaults()};
+  *a = (RunArgs){.target = "ref", .arch = "sm_90", .input_seed = 1, .passes = pass_defaults(),
+                   .cuda = cuda_defaults()};
   int c;
   while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
     int rc = pass_option("run", c, optarg, &a->passes);
@@ -80,6 +86,10 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
     case 'l': a->layer = optarg; break;
     case 'T': a->target = optarg; break;
     case 'A': a->arch = optarg; break;
+    case 'C':
+      if (!cuda_parse_conv(optarg, &a->cuda.conv))
+        return usage_error("run", "--conv is 'gemm' or 'direct', not '%s'", optarg);
+      break;
     case 's':
       if (!(a->have_seed = parse_u64(optarg, &a->seed)))
         return usage_error("run", "--seed wants an unsigned integer, not '%s'", optarg);
@@ -159,7 +169,7 @@ int cmd_run(int argc, char **argv) {
   if (ok && cuda) {
     char *how = cuda_describe_options(&a.passes);
     y = xcalloc(shape_elems(g->nodes[node].out) * batch, sizeof(float));
-    ok = cuda_run_graph(g, how, a.arch, w, x, batch, y);
+    ok = cuda_run_graph(g, how, &a.cuda, a.arch, w, x, batch, y);
     free(how);
   } else if (ok) {
     ok = ref_run(g, w, x, batch, &node, 1, &y);

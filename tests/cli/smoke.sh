@@ -7,7 +7,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-"$alexc" --help | grep -q "golden" || fail "--help lists no subcommands"
+"$alexc" --help | grep >/dev/null "golden" || fail "--help lists no subcommands"
 for c in check dump init input run golden; do
   "$alexc" "$c" --help >/dev/null || fail "$c --help"
 done
@@ -39,8 +39,8 @@ YAML
 "$alexc" run "$spec" --weights "$tmp/w.safetensors" --input "$tmp/x.npy" --output "$tmp/y1.npy"
 "$alexc" run "$spec" --seed 7 --input "$tmp/x.npy" --output "$tmp/y2.npy"
 cmp -s "$tmp/y1.npy" "$tmp/y2.npy" || fail "weights from file and from seed differ"
-"$alexc" run "$spec" --seed 7 --random 2 --top 3 | grep -q "^image 1: top-3" || fail "--top"
-ls "$tmp" | grep -q tmp && fail "a temporary file was left behind"
+"$alexc" run "$spec" --seed 7 --random 2 --top 3 | grep >/dev/null "^image 1: top-3" || fail "--top"
+ls "$tmp" | grep >/dev/null tmp && fail "a temporary file was left behind"
 
 # An input of the wrong shape is refused, and the output file is not touched.
 "$alexc" input specs/alexnet.yaml --seed 1 --batch 1 -o "$tmp/big.npy"

@@ -31,6 +31,12 @@ expect 2 "unknown target" -- "$alexc" compile specs/mini-alexnet.yaml --target l
 expect 2 "bad arch" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --arch 90 -o "$tmp/m.plan"
 expect 2 "bad precision" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision fp16 -o x
 expect 2 "nothing to write" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda
+expect 2 "bad --conv" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv winograd --emit-source "$tmp/x"
+expect 2 "bad run --conv" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --target cuda --conv fft
+expect 0 "--conv direct" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv direct --emit-source "$tmp/direct"
+if grep -q "_im2col" "$tmp/direct/device0.cu"; then echo "FAIL: --conv direct emitted im2col"; failures=$((failures + 1)); fi
+expect 0 "--conv gemm" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv gemm --emit-source "$tmp/gemm"
+grep -q "void k01_conv1_im2col(" "$tmp/gemm/device0.cu" || { echo "FAIL: --conv gemm: no im2col kernel"; failures=$((failures + 1)); }
 expect 0 "help" -- "$alexc" compile --help
 contains "--emit-source" "help"
 
@@ -41,7 +47,9 @@ grep -q 'void k01_features_0(' "$tmp/src/device0.cu" || { echo "FAIL: kernel nam
 
 if "$alexc" compile specs/mini-alexnet.yaml --target cuda -o "$tmp/probe.plan" >/dev/null 2>&1; then
   expect 0 "compile mini-alexnet" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --devices 2 -o "$tmp/m.plan"
-  head -c 17 "$tmp/m.plan" | grep -q "alexc-cuda-plan 1" || { echo "FAIL: artifact header"; failures=$((failures + 1)); }
+  head -c 17 "$tmp/m.plan" | grep -q "alexc-cuda-plan 2" || { echo "FAIL: artifact header"; failures=$((failures + 1)); }
+  grep -a -q "^chunk 0 conv1 " "$tmp/m.plan" || { echo "FAIL: no conv chunk in the plan"; failures=$((failures + 1)); }
+  grep -a -q "^gemm 0 conv1 N N " "$tmp/m.plan" || { echo "FAIL: no conv gemm in the plan"; failures=$((failures + 1)); }
   n=$(ls "$tmp/cache" | wc -l)
   [ "$n" -ge 4 ] || { echo "FAIL: the NVRTC cache holds $n files, want CUBIN + PTX per device"; failures=$((failures + 1)); }
   expect 0 "compile again (cached)" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --devices 2 -o "$tmp/m2.plan"

@@ -1,7 +1,8 @@
 #!/bin/bash
 # On a machine with a GPU: alexc run --target cuda against --target ref on every spec,
 # fused and unfused, on one and two devices (two logical devices may share one GPU),
-# within 1e-4 relative. Without a CUDA driver or GPU it exits 77 (ctest: skipped).
+# --conv gemm and --conv direct, within 1e-4 relative. Without a CUDA driver or GPU it
+# exits 77 (ctest: skipped).
 #
 # usage: tests/cuda/gpu.sh ALEXC
 set -u
@@ -35,14 +36,18 @@ for spec in specs/*.yaml tests/passes/graphs/*.yaml; do
   case $spec in specs/alexnet*) batch=8 ;; esac
   for opts in "" "--no-fuse" "--devices 2" "--no-fuse --devices 2"; do
     # shellcheck disable=SC2086
-    "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch $opts --output "$tmp/ref.npy" &&
+    "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch $opts --output "$tmp/ref.npy" || {
+      echo "FAIL: $spec $opts: the reference run"; failures=$((failures + 1)); continue; }
+    for conv in gemm direct; do
+      # shellcheck disable=SC2086
       "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch $opts --target cuda \
-        --output "$tmp/gpu.npy" &&
-      result=$(compare "$tmp/gpu.npy" "$tmp/ref.npy")
-    rc=$?
-    printf '  %-45s %-24s %s %s\n' "$spec" "${opts:-fused}" "${result:-}" "$([ $rc -eq 0 ] && echo OK || echo FAIL)"
-    [ $rc -eq 0 ] || failures=$((failures + 1))
-    result=
+        --conv $conv --output "$tmp/gpu.npy" &&
+        result=$(compare "$tmp/gpu.npy" "$tmp/ref.npy")
+      rc=$?
+      printf '  %-45s %-6s %-24s %s %s\n' "$spec" "$conv" "${opts:-fused}" "${result:-}" "$([ $rc -eq 0 ] && echo OK || echo FAIL)"
+      [ $rc -eq 0 ] || failures=$((failures + 1))
+      result=
+    done
   done
 done
 echo "$failures failure(s)"

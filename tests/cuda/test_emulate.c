@@ -1,15 +1,18 @@
 // The CUDA backend checked without a GPU, in the manner of ggml's test-backend-ops:
-// for each spec and variant (fused or not, one or two devices), generate the CUDA
+// for each spec and variant (fused or not, one or two devices, --conv direct or gemm),
+// generate the CUDA
 // source, compile it with g++ as C++ (cuda_emu.h stands in for the CUDA headers), and
 // run the plan through the runtime's own interpreter (rt_plan_run) with CPU
-// implementations of kernel launch, GEMM (in place of cuBLAS) and copy. The output
+// implementations of kernel launch, GEMM (cublasSgemm's semantics exactly: column-major,
+// transa/transb, lda/ldb/ldc, alpha/beta, its argument checks) and copy. The output
 // must match the reference executor within 1e-4 relative (max|got-want| / max|want|).
 //
-// Arenas and weight buffers start as NaN, so a kernel that reads memory nobody wrote
+// Arenas, scratch and weight buffers start as NaN, so a kernel that reads memory nobody wrote
 // (a missing transfer, a wrong offset or held range) poisons the output. Copies and
 // GEMMs are bounds-checked against their buffers. Under ALEXC_SANITIZE the kernels
 // are compiled with ASan + UBSan too. Small specs also run with the grid capped at
-// 3 blocks, to exercise the kernels' grid-stride loops.
+// 3 blocks, to exercise the kernels' grid-stride loops; gemm variants with a capped
+// chunk exercise the plan's chunk loop, a last chunk shorter than the others included.
 //
 // The plan runs as the artifact file carries it (saved and loaded back), so the file
 // format is checked along with it.
@@ -38,16 +41,27 @@ typedef struct {
   int batch;      // 0: the spec's default (3, or 1 for big nets)
   int max_grid;   // 0: the plan's grid
   bool big_too;   // run on big nets as well
+  CudaConv conv;
+  int max_chunk;  // gemm: images per chunk at most (0: as the scratch budget allows)
 } Variant;
 
+#define DIRECT CUDA_CONV_DIRECT
+#define GEMM CUDA_CONV_GEMM
 static const Variant VARIANTS[] = {
-    {"fused", true, 1, 0, 0, true},
-    {"unfused", false, 1, 0, 0, false},
-    {"fused-2dev", true, 2, 0, 0, true},
-    {"unfused-2dev", false, 2, 0, 0, true},
-    {"fused-3dev", true, 3, 0, 0, false},
-    {"fused-grid3", true, 1, 2, 3, false},
-    {"unfused-2dev-grid3", false, 2, 2, 3, false},
+    {"direct-fused", true, 1, 0, 0, false, DIRECT, 0},
+    {"direct-unfused", false, 1, 0, 0, false, DIRECT, 0},
+    {"direct-fused-2dev", true, 2, 0, 0, true, DIRECT, 0},
+    {"direct-unfused-2dev", false, 2, 0, 0, false, DIRECT, 0},
+    {"direct-fused-3dev", true, 3, 0, 0, false, DIRECT, 0},
+    {"direct-fused-grid3", true, 1, 2, 3, false, DIRECT, 0},
+    {"direct-unfused-2dev-grid3", false, 2, 2, 3, false, DIRECT, 0},
+    {"gemm-fused", true, 1, 0, 0, true, GEMM, 0},
+    {"gemm-unfused", false, 1, 0, 0, false, GEMM, 0},
+    {"gemm-fused-2dev", true, 2, 0, 0, true, GEMM, 0},
+    {"gemm-unfused-2dev", false, 2, 0, 0, true, GEMM, 0},
+    {"gemm-fused-3dev", true, 3, 0, 0, false, GEMM, 0},
+    {"gemm-fused-chunk2", true, 1, 3, 0, false, GEMM, 2},
+    {"gemm-unfused-2dev-chunk1-grid3", false, 2, 2, 3, false, GEMM, 1},
 };
 
 // ---------------------------------------------------------------- the emulated machine
@@ -55,8 +69,8 @@ static const Variant VARIANTS[] = {
 typedef struct {
   void *so[MAX_DEVICES];
   void (*set_thread[MAX_DEVICES])(unsigned, unsigned, unsigned, unsigned);
-  float *arena[MAX_DEVICES], *weights[MAX_DEVICES];
-  int64_t arena_elems[MAX_DEVICES], weight_elems[MAX_DEVICES];
+  float *arena[MAX_DEVICES], *weights[MAX_DEVICES], *scratch[MAX_DEVICES];
+  int64_t arena_elems[MAX_DEVICES], weight_elems[MAX_DEVICES], scratch_elems[MAX_DEVICES];
   const float *x, *y;
   int64_t x_elems, y_elems;
   int max_grid;
@@ -65,9 +79,11 @@ typedef struct {
 
 // Is [p, p + bytes) inside one of the buffers device d (or the host, d = -1) owns?
 static bool inside(const Emu *e, int d, uint64_t p, int64_t bytes) {
-  const float *bufs[2] = {d < 0 ? e->x : e->arena[d], d < 0 ? e->y : e->weights[d]};
-  int64_t sizes[2] = {d < 0 ? e->x_elems : e->arena_elems[d], d < 0 ? e->y_elems : e->weight_elems[d]};
-  for (int k = 0; k < 2; k++) {
+  const float *bufs[3] = {d < 0 ? e->x : e->arena[d], d < 0 ? e->y : e->weights[d],
+                          d < 0 ? NULL : e->scratch[d]};
+  int64_t sizes[3] = {d < 0 ? e->x_elems : e->arena_elems[d],
+                      d < 0 ? e->y_elems : e->weight_elems[d], d < 0 ? 0 : e->scratch_elems[d]};
+  for (int k = 0; k < 3; k++) {
     uint64_t lo = (uint64_t)(uintptr_t)bufs[k], hi = lo + sizes[k] * sizeof(float);
     if (bufs[k] && p >= lo && p + bytes <= hi)
       return true;
@@ -123,23 +139,58 @@ static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block
   return true;
 }
 
-// cublasSgemm(CUBLAS_OP_T, CUBLAS_OP_N, ...), accumulating in float as a GPU does.
-static bool gemm(void *ctx, int d, int64_t m, int64_t n, int64_t k, uint64_t a, int64_t lda,
-                 uint64_t b, int64_t ldb, uint64_t c, int64_t ldc) {
+static int64_t max1(int64_t v) { return v > 1 ? v : 1; }
+
+// cublasSgemm(transa, transb, m, n, k, &alpha, A, lda, B, ldb, &beta, C, ldc), column-major:
+// C = alpha * op(A) * op(B) + beta * C, op(A) m x k, op(B) k x n, accumulating in float as
+// a GPU does. As cuBLAS: invalid sizes fail (CUBLAS_STATUS_INVALID_VALUE), m or n of 0
+// returns at once, and beta = 0 does not read C (so NaN there does not propagate).
+static bool gemm(void *ctx, int d, char ta, char tb, int64_t m, int64_t n, int64_t k,
+                 float alpha, uint64_t a, int64_t lda, uint64_t b, int64_t ldb, float beta,
+                 uint64_t c, int64_t ldc) {
   Emu *e = ctx;
+  bool tra = ta == 'T', trb = tb == 'T';
+  if ((ta != 'N' && !tra) || (tb != 'N' && !trb) || m < 0 || n < 0 || k < 0 ||
+      lda < max1(tra ? k : m) || ldb < max1(trb ? n : k) || ldc < max1(m) || m > INT32_MAX ||
+      n > INT32_MAX || k > INT32_MAX || lda > INT32_MAX || ldb > INT32_MAX || ldc > INT32_MAX) {
+    fprintf(stderr,
+            "  gemm %c %c m %lld n %lld k %lld lda %lld ldb %lld ldc %lld: "
+            "CUBLAS_STATUS_INVALID_VALUE\n",
+            ta, tb, (long long)m, (long long)n, (long long)k, (long long)lda, (long long)ldb,
+            (long long)ldc);
+    e->failed = true;
+    return false;
+  }
+  if (!m || !n)
+    return true;
   const float *A = (const float *)(uintptr_t)a, *B = (const float *)(uintptr_t)b;
   float *C = (float *)(uintptr_t)c;
-  if (!check(e, d, a, ((m - 1) * lda + k) * 4, "gemm A") ||
-      !check(e, d, b, ((n - 1) * ldb + k) * 4, "gemm B") ||
+  if ((k && !check(e, d, a, ((tra ? m : k) - 1) * lda * 4 + (tra ? k : m) * 4, "gemm A")) ||
+      (k && !check(e, d, b, ((trb ? k : n) - 1) * ldb * 4 + (trb ? n : k) * 4, "gemm B")) ||
       !check(e, d, c, ((n - 1) * ldc + m) * 4, "gemm C"))
     return false;
-  for (int64_t j = 0; j < n; j++)
-    for (int64_t i = 0; i < m; i++) {
-      float acc = 0;
-      for (int64_t l = 0; l < k; l++)
-        acc += A[l + i * lda] * B[l + j * ldb];
-      C[i + j * ldc] = acc;
+  float *acc = xcalloc(m, sizeof(float));
+  for (int64_t j = 0; j < n; j++) {
+    if (tra) {  // op(A)(i, l) = A[l + i * lda]: dot products along A's columns
+      for (int64_t i = 0; i < m; i++) {
+        float s = 0;
+        for (int64_t l = 0; l < k; l++)
+          s += A[l + i * lda] * B[trb ? j + l * ldb : l + j * ldb];
+        acc[i] = s;
+      }
+    } else {  // op(A)(i, l) = A[i + l * lda]: columns of A scaled and summed
+      for (int64_t i = 0; i < m; i++)
+        acc[i] = 0;
+      for (int64_t l = 0; l < k; l++) {
+        const float bl = B[trb ? j + l * ldb : l + j * ldb], *col = A + l * lda;
+        for (int64_t i = 0; i < m; i++)
+          acc[i] += col[i] * bl;
+      }
     }
+    for (int64_t i = 0; i < m; i++)
+      C[i + j * ldc] = beta == 0.0f ? alpha * acc[i] : alpha * acc[i] + beta * C[i + j * ldc];
+  }
+  free(acc);
   return true;
 }
 
@@ -191,8 +242,11 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
   o.devices = v->devices;
   for (int i = 0; i < FUSE_COUNT; i++)
     o.fuse[i] = v->fuse;
+  CudaOptions co = cuda_defaults();
+  co.conv = v->conv;
+  co.max_chunk = v->max_chunk;
   CudaProgram prog;
-  if (!g || !run_passes(g, &o) || !cuda_generate(g, v->name, &prog)) {
+  if (!g || !run_passes(g, &o) || !cuda_generate(g, v->name, &co, &prog)) {
     graph_free(g);
     return false;
   }
@@ -234,10 +288,14 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
     // NaN everywhere nobody has written.
     e.arena_elems[d] = p->dev[d].arena * batch;
     e.weight_elems[d] = p->dev[d].weights;
+    e.scratch_elems[d] = rt_plan_scratch_elems(p, d, batch);
     e.arena[d] = xcalloc(e.arena_elems[d], sizeof(float));
     e.weights[d] = xcalloc(e.weight_elems[d], sizeof(float));
+    e.scratch[d] = e.scratch_elems[d] ? xcalloc(e.scratch_elems[d], sizeof(float)) : NULL;
     for (int64_t i = 0; i < e.arena_elems[d]; i++)
       e.arena[d][i] = NAN;
+    for (int64_t i = 0; i < e.scratch_elems[d]; i++)
+      e.scratch[d][i] = NAN;
     for (int64_t i = 0; i < e.weight_elems[d]; i++)
       e.weights[d][i] = NAN;
     for (int s = 0; s < p->dev[d].n_slices; s++) {
@@ -252,20 +310,29 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
     }
     ops.arena[d] = (uint64_t)(uintptr_t)e.arena[d];
     ops.weights[d] = (uint64_t)(uintptr_t)e.weights[d];
+    ops.scratch[d] = (uint64_t)(uintptr_t)e.scratch[d];
   }
   ok = ok && rt_plan_run(p, &ops, x, batch, y) && !e.failed;
   Compare c = ok ? compare(y, want, out_elems) : (Compare){.rel = INFINITY};
   ok = ok && c.rel <= TOLERANCE;
-  int kernels = 0;
-  for (int i = 0; i < p->n_steps; i++)
+  int kernels = 0, gemms = 0;
+  int64_t scratch = 0;
+  for (int i = 0; i < p->n_steps; i++) {
     kernels += p->steps[i].kind == RT_STEP_KERNEL;
-  printf("  %-22s %-20s batch %d  %3d steps (%2d kernels)  max rel err %-10.3g %s\n", g->name,
-         v->name, batch, p->n_steps, kernels, c.rel, ok ? "OK" : "FAIL");
+    gemms += p->steps[i].kind == RT_STEP_GEMM;
+  }
+  for (int d = 0; d < p->n_devices; d++)
+    scratch += e.scratch_elems[d];
+  printf("  %-20s %-30s batch %d  %3d steps (%2d kernels, %2d gemms)  scratch %6.2f MiB  "
+         "max rel err %-10.3g %s\n",
+         g->name, v->name, batch, p->n_steps, kernels, gemms, scratch * 4.0 / (1 << 20), c.rel,
+         ok ? "OK" : "FAIL");
   for (int d = 0; d < p->n_devices; d++) {
     if (e.so[d])
       dlclose(e.so[d]);
     free(e.arena[d]);
     free(e.weights[d]);
+    free(e.scratch[d]);
   }
   free(y);
   rt_plan_free(&loaded);
@@ -292,6 +359,10 @@ int main(int argc, char **argv) {
     return 1;
   bool big = graph_macs(g) > 100000000;
   Weights *w = weights_init(g, 7, INIT_FAN_IN);
+  // fan-in gives zero biases; nonzero ones make a bias read at a wrong offset show.
+  for (int i = 0; i < w->n; i++)
+    if (w->info[i].is_bias)
+      fill_normal(w->data[i], w->info[i].elems, 7, w->info[i].name, 0.1);
   int failures = 0, runs = 0;
   for (size_t i = 0; i < sizeof VARIANTS / sizeof *VARIANTS; i++) {
     const Variant *v = &VARIANTS[i];

@@ -22,6 +22,15 @@
 // fc layers: the GEMM runs in cuBLAS (a plan step), written straight into the output
 // buffer; the node's kernel is then only its epilogue (bias, ReLU, dropout), reading
 // and rewriting the same elements.
+//
+// conv layers with --conv gemm (the default): per chunk of images, an im2col kernel
+// writes the column matrix of every group the device computes into scratch, one
+// cuBLAS SGEMM per group multiplies it by that group's weights into a channel-major
+// conv output (also scratch), and the node's kernel is the epilogue: stage 0 reads
+// that output and adds the bias, the fused stages (ReLU, LRN, pool) are the same
+// __device__ functions as above. Each conv output is computed once (by cuBLAS); the
+// epilogue only recomputes the cheap ReLU/LRN at a pool's overlapping windows. With
+// --conv direct, stage 0 is the direct convolution.
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdlib.h>
@@ -65,7 +74,50 @@ typedef struct {
   const Node *n;
   int node, device;
   FILE *f;
+  bool gemm;  // a conv computed by im2col + cuBLAS: this kernel is its epilogue
 } Ctx;
+
+CudaOptions cuda_defaults(void) {
+  return (CudaOptions){.conv = CUDA_CONV_GEMM, .scratch_bytes = CUDA_SCRATCH_BYTES};
+}
+
+bool cuda_parse_conv(const char *name, CudaConv *out) {
+  if (!strcmp(name, "gemm"))
+    *out = CUDA_CONV_GEMM;
+  else if (!strcmp(name, "direct"))
+    *out = CUDA_CONV_DIRECT;
+  else
+    return false;
+  return true;
+}
+
+const char *cuda_conv_name(CudaConv c) { return c == CUDA_CONV_GEMM ? "gemm" : "direct"; }
+
+// A conv on device d computed as im2col + GEMM: its groups there and its scratch.
+typedef struct {
+  int64_t kernels;      // M: channels the GEMM computes (the head's range, halo included)
+  int64_t first_group;  // groups [first_group, first_group + groups) intersect that range
+  int64_t groups;
+  int64_t kk;           // GEMM depth: input channels per group x K x K
+  int64_t pixels;       // output pixels per image
+  int64_t scratch;      // elements per image: the conv output, then each group's columns
+} ConvGemm;
+
+static ConvGemm conv_gemm(const Graph *g, const Node *n, int d) {
+  const ConvAttrs *a = &n->conv;
+  Range r = n->place[d].stage[0];
+  ConvGemm c = {0};
+  if (!len(r))
+    return c;
+  int64_t per_group = a->out / a->groups;
+  c.kernels = len(r);
+  c.first_group = r.begin / per_group;
+  c.groups = (r.end - 1) / per_group - c.first_group + 1;
+  c.kk = g->nodes[n->inputs[0]].out.c / a->groups * a->kernel * a->kernel;
+  c.pixels = plane(n->head_out);
+  c.scratch = (c.kernels + c.groups * c.kk) * c.pixels;
+  return c;
+}
 
 static bool has_weights(const Node *n) { return n->op == OP_CONV || n->op == OP_FC; }
 static bool has_bias(const Node *n) {
@@ -144,6 +196,17 @@ static bool emit_stage(const Ctx *x, int k) {
   switch (s->op) {
   case OP_CONV: {
     const ConvAttrs *a = &s->conv;
+    if (x->gemm) {
+      // cuBLAS's output, channel-major: (channel - FIRST_KERNEL, image, pixel), p.ld
+      // elements per channel (the chunk's images x pixels).
+      fprintf(f,
+              "  constexpr int OUT_H = %lld, OUT_W = %lld;\n"
+              "  constexpr int FIRST_KERNEL = %lld;  // the GEMM's first channel\n"
+              "  return p.g[(c - FIRST_KERNEL) * p.ld + (img * OUT_H + y) * OUT_W + x]%s;\n",
+              (long long)out.h, (long long)out.w, (long long)n->place[x->device].stage[0].begin,
+              a->bias ? " + p.b[c - FIRST_KERNEL]" : "");
+      break;
+    }
     fprintf(f,
             "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
             "  constexpr int IN_PER_GROUP = %lld, OUT_PER_GROUP = %d;\n"
@@ -260,6 +323,13 @@ static bool emit_stage(const Ctx *x, int k) {
 static void emit_params(const Ctx *x, bool restrict_ok) {
   const Node *n = x->n;
   const char *r = restrict_ok ? "__restrict__ " : "", *sep = ",\n    ";
+  if (x->gemm) {
+    fprintf(x->f, "const float *__restrict__ g%sfloat *__restrict__ y%s", sep, sep);
+    if (has_bias(n))
+      fprintf(x->f, "const float *__restrict__ b%s", sep);
+    fputs("int batch", x->f);
+    return;
+  }
   for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
     fprintf(x->f, "const float *%sx%d%s", r, j, sep);
   fprintf(x->f, "float *%sy%s", r, sep);
@@ -324,16 +394,22 @@ static bool emit_node(const Ctx *x, const char *kname) {
   }
   // The pointers every stage may read, gathered so stage functions share one signature.
   fputs("struct Ptrs {\n", f);
-  for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
-    fprintf(f, "  const float *x%d;\n", j);
-  if (reads_own_output(n))
-    fputs("  const float *y;  // the GEMM's output, rewritten in place\n", f);
-  if (n->op == OP_CONV)
-    fputs("  const float *w;\n", f);
+  if (x->gemm) {
+    fputs("  const float *g;  // the conv GEMM's output (scratch)\n"
+          "  long long ld;    // its elements per channel: batch x pixels\n",
+          f);
+  } else {
+    for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
+      fprintf(f, "  const float *x%d;\n", j);
+    if (reads_own_output(n))
+      fputs("  const float *y;  // the GEMM's output, rewritten in place\n", f);
+    if (n->op == OP_CONV)
+      fputs("  const float *w;\n", f);
+  }
   if (has_bias(n))
     fputs("  const float *b;\n", f);
   fputs("};\n\n", f);
-  for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
+  for (int j = 0; j < n->n_inputs && !reads_own_output(n) && !x->gemm; j++)
     emit_loader(x, j);
   for (int k = 0; k <= n->n_epilogue; k++)
     if (!emit_stage(x, k))
@@ -345,10 +421,10 @@ static bool emit_node(const Ctx *x, const char *kname) {
   // Reading and writing the same buffer (in place, or the GEMM's output) rules out
   // __restrict__ on the pointers.
   bool restrict_ok = !pl->in_place && !reads_own_output(n);
-  fprintf(f,
-          "// One thread per output element on this device: image, channel, row, column.\n"
-          "extern \"C\" __global__ void %s(\n    ",
-          kname);
+  const char *what = x->gemm ? "// The epilogue of the conv GEMM (bias and the fused stages), one thread per\n"
+                               "// output element on this device: image, channel, row, column.\n"
+                             : "// One thread per output element on this device: image, channel, row, column.\n";
+  fprintf(f, "%sextern \"C\" __global__ void %s(\n    ", what, kname);
   emit_params(x, restrict_ok);
   fprintf(f,
           ") {\n"
@@ -360,13 +436,17 @@ static bool emit_node(const Ctx *x, const char *kname) {
           x->node, (long long)r.begin, (long long)r.end, (long long)out.h, (long long)out.w,
           (long long)pl->held.begin, (long long)len(pl->held));
   bool first = true;
-  for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++, first = false)
+  if (x->gemm) {
+    fprintf(f, "g, (long long)batch * %lld", (long long)plane(n->head_out));
+    first = false;
+  }
+  for (int j = 0; j < n->n_inputs && !reads_own_output(n) && !x->gemm; j++, first = false)
     fprintf(f, "%sx%d", first ? "" : ", ", j);
   if (reads_own_output(n)) {
     fprintf(f, "%sy", first ? "" : ", ");
     first = false;
   }
-  if (n->op == OP_CONV) {
+  if (n->op == OP_CONV && !x->gemm) {
     fprintf(f, "%sw", first ? "" : ", ");
     first = false;
   }
@@ -386,12 +466,54 @@ static bool emit_node(const Ctx *x, const char *kname) {
   return true;
 }
 
+// The im2col kernel of a conv computed by GEMM: for the chunk's `batch` images, the
+// column matrix of each group the device computes, column-major as cuBLAS reads it
+// (rows: the chunk's pixels, image-major; columns: input channel x kernel row x kernel
+// column), group after group. Zero where the window hangs over the padding.
+static void emit_im2col(const Ctx *x, const char *kname, const ConvGemm *cg) {
+  const Node *n = x->n;
+  const ConvAttrs *a = &n->conv;
+  Shape in = x->g->nodes[n->inputs[0]].out;
+  FILE *f = x->f;
+  fprintf(f, "namespace node%02d_im2col {\n\nstruct Ptrs {\n  const float *x0;\n};\n\n",
+          x->node);
+  emit_loader(x, 0);
+  fprintf(f, "}  // namespace node%02d_im2col\n\n", x->node);
+  fprintf(f,
+          "// im2col for groups [%lld, %lld): one thread per column-matrix element.\n"
+          "extern \"C\" __global__ void %s(\n"
+          "    const float *__restrict__ x0,\n    float *__restrict__ col,\n    int batch) {\n"
+          "  using namespace node%02d_im2col;\n"
+          "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
+          "  constexpr int OUT_H = %lld, OUT_W = %lld, IN_PER_GROUP = %lld;\n"
+          "  constexpr int FIRST_GROUP = %lld, GROUPS = %lld;\n"
+          "  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;\n"
+          "  const Ptrs p = {x0};\n"
+          "  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels\n"
+          "  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;\n"
+          "       i += (long long)gridDim.x * blockDim.x) {\n"
+          "    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld %% KK);\n"
+          "    const long long row = i %% ld, img = row / PIXELS;\n"
+          "    const int pixel = (int)(row %% PIXELS), oy = pixel / OUT_W, ox = pixel %% OUT_W;\n"
+          "    const int ic = kk / (K * K), ky = kk / K %% K, kx = kk %% K;\n"
+          "    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;\n"
+          "    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W\n"
+          "                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)\n"
+          "                 : 0.0f;\n"
+          "  }\n"
+          "}\n\n",
+          (long long)cg->first_group, (long long)(cg->first_group + cg->groups), kname, x->node,
+          (long long)in.h, (long long)in.w, a->kernel, a->stride, a->pad,
+          (long long)n->head_out.h, (long long)n->head_out.w, (long long)(in.c / a->groups),
+          (long long)cg->first_group, (long long)cg->groups);
+}
+
 // ---------------------------------------------------------------- the plan
 
 static RtAddr arena(int64_t per_image, int64_t fixed) {
-  return (RtAddr){RT_SPACE_ARENA, per_image, fixed};
+  return (RtAddr){RT_SPACE_ARENA, per_image, fixed, 0};
 }
-static RtAddr weight(int64_t at) { return (RtAddr){RT_SPACE_WEIGHTS, 0, at}; }
+static RtAddr weight(int64_t at) { return (RtAddr){RT_SPACE_WEIGHTS, 0, at, 0}; }
 
 // Adds the device's slice of a layer's weight or bias for channels r; returns its offset.
 static int64_t add_slice(RtPlan *p, int d, const Node *n, bool bias, Range r) {
@@ -405,8 +527,74 @@ static int64_t add_slice(RtPlan *p, int d, const Node *n, bool bias, Range r) {
   return s.offset;
 }
 
+static bool is_gemm_conv(const Node *n, const CudaOptions *o) {
+  return n->op == OP_CONV && o->conv == CUDA_CONV_GEMM;
+}
+
+// The plan steps of a conv computed by GEMM: one chunk (im2col, a GEMM per group, the
+// epilogue kernel), and their kernels' source.
+static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, int64_t w_at,
+                           int64_t b_at, const char *kname) {
+  const Node *n = &g->nodes[i], *in = &g->nodes[n->inputs[0]];
+  const Placement *pl = &n->place[d], *pi = &in->place[d];
+  Range r0 = pl->stage[0];
+  ConvGemm cg = conv_gemm(g, n, d);
+  int64_t per_group = n->conv.out / n->conv.groups, P = cg.pixels;
+  Ctx x = {g, n, i, d, src, true};
+  char iname[RT_PLAN_NAME + 8];
+  snprintf(iname, sizeof iname, "%s_im2col", kname);
+  if (strlen(iname) >= RT_PLAN_NAME) {
+    error("cuda backend: layer '%s': kernel name too long", n->name);
+    return false;
+  }
+  fprintf(src, "// ---------------------------------------------------------------- %s\n//\n",
+          iname);
+  fprintf(src, "// %s as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),\n"
+               "// a GEMM per group computes channels [%lld, %lld), %s reads them.\n\n",
+          n->name, (long long)r0.begin, (long long)r0.end, kname);
+  emit_im2col(&x, iname, &cg);
+  if (!emit_node(&x, kname))
+    return false;
+  fputc('\n', src);
+
+  RtStep chunk = {.kind = RT_STEP_CHUNK, .device = d, .images = p->dev[d].chunk,
+                  .body = (int)cg.groups + 2};
+  snprintf(chunk.name, sizeof chunk.name, "%s", n->name);
+  rt_plan_add_step(p, &chunk);
+  RtAddr col = {RT_SPACE_SCRATCH, cg.kernels * P, 0, 0};
+  RtStep im = {.kind = RT_STEP_KERNEL, .device = d, .block = CUDA_BLOCK,
+               .work = cg.groups * cg.kk * P, .n_args = 2};
+  snprintf(im.name, sizeof im.name, "%s", iname);
+  im.args[0] = (RtAddr){RT_SPACE_ARENA, pi->offset, 0, len(pi->held) * plane(in->out)};
+  im.args[1] = col;
+  rt_plan_add_step(p, &im);
+  for (int64_t k = 0; k < cg.groups; k++) {
+    int64_t grp = cg.first_group + k;
+    Range r = {grp * per_group > r0.begin ? grp * per_group : r0.begin,
+               (grp + 1) * per_group < r0.end ? (grp + 1) * per_group : r0.end};
+    // out[c][pixel] = sum_kk col[kk][pixel] * W[c][kk]: C (pixels x kernels) = A (pixels x
+    // kk, the columns) * B (kk x kernels, the weights as stored, row-major out x kk).
+    RtStep s = {.kind = RT_STEP_GEMM, .device = d, .transa = 'N', .transb = 'N',
+                .m = {P, 0}, .n = {0, len(r)}, .k = {0, cg.kk},
+                .a = {RT_SPACE_SCRATCH, (cg.kernels + k * cg.kk) * P, 0, 0}, .lda = {P, 0},
+                .b = weight(w_at + (r.begin - r0.begin) * cg.kk), .ldb = {0, cg.kk},
+                .c = {RT_SPACE_SCRATCH, (r.begin - r0.begin) * P, 0, 0}, .ldc = {P, 0}};
+    snprintf(s.name, sizeof s.name, "%s", n->name);
+    rt_plan_add_step(p, &s);
+  }
+  RtStep e = {.kind = RT_STEP_KERNEL, .device = d, .block = CUDA_BLOCK,
+              .work = len(pl->stage[n->n_epilogue]) * plane(n->out)};
+  snprintf(e.name, sizeof e.name, "%s", kname);
+  e.args[e.n_args++] = (RtAddr){RT_SPACE_SCRATCH, 0, 0, 0};
+  e.args[e.n_args++] = (RtAddr){RT_SPACE_ARENA, pl->offset, 0, len(pl->held) * plane(n->out)};
+  if (has_bias(n))
+    e.args[e.n_args++] = weight(b_at);
+  rt_plan_add_step(p, &e);
+  return true;
+}
+
 // The plan steps of node i on device d, and its kernel's source.
-static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p) {
+static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const CudaOptions *o) {
   const Node *n = &g->nodes[i];
   const Placement *pl = &n->place[d];
   Range r0 = pl->stage[0];
@@ -419,6 +607,8 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p) {
   }
   int64_t w_at = has_weights(n) ? add_slice(p, d, n, false, r0) : 0;
   int64_t b_at = has_bias(n) ? add_slice(p, d, n, true, r0) : 0;
+  if (is_gemm_conv(n, o))
+    return plan_conv_gemm(g, i, d, src, p, w_at, b_at, kname);
   if (n->op == OP_FC) {
     const Node *in = &g->nodes[n->inputs[0]];
     const Placement *pi = &in->place[d];
@@ -426,16 +616,17 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p) {
       error("cuda backend: fc '%s' on device %d: its input is not whole there", n->name, d);
       return false;
     }
-    RtStep s = {.kind = RT_STEP_GEMM, .device = d, .m = len(r0), .k = in->out.c,
-                .a = weight(w_at), .lda = in->out.c, .b = arena(pi->offset, 0),
-                .ldb = in->out.c, .c = arena(pl->offset, r0.begin - pl->held.begin),
-                .ldc = len(pl->held)};
+    RtStep s = {.kind = RT_STEP_GEMM, .device = d, .transa = 'T', .transb = 'N',
+                .m = {0, len(r0)}, .n = {1, 0}, .k = {0, in->out.c},
+                .a = weight(w_at), .lda = {0, in->out.c}, .b = arena(pi->offset, 0),
+                .ldb = {0, in->out.c}, .c = arena(pl->offset, r0.begin - pl->held.begin),
+                .ldc = {0, len(pl->held)}};
     snprintf(s.name, sizeof s.name, "%s", n->name);
     rt_plan_add_step(p, &s);
     if (!has_bias(n) && !n->n_epilogue)
       return true;  // nothing left for a kernel
   }
-  Ctx x = {g, n, i, d, src};
+  Ctx x = {g, n, i, d, src, false};
   if (!emit_node(&x, kname))
     return false;
   fputc('\n', src);
@@ -488,7 +679,8 @@ static void plan_io(const Graph *g, RtPlan *p) {
   }
 }
 
-static void emit_header(const Graph *g, int d, const char *how, FILE *f) {
+static void emit_header(const Graph *g, int d, const char *how, const CudaOptions *o,
+                        const RtPlanDevice *dev, FILE *f) {
   char a[64], b[64];
   fprintf(f,
           "// Generated by alexc (compiler/backends/cuda/codegen.c). Do not edit.\n"
@@ -502,6 +694,19 @@ static void emit_header(const Graph *g, int d, const char *how, FILE *f) {
           "// then the batch size; everything else is a constant.\n"
           "//\n",
           g->name, how, d, g->n_devices);
+  if (o->conv == CUDA_CONV_GEMM)
+    fprintf(f,
+            "// Convolutions (--conv gemm): an im2col kernel writes the column matrix of a chunk\n"
+            "// of images to scratch, cuBLAS SGEMM (one per group) computes each conv output\n"
+            "// once, and the conv's kernel is its epilogue (bias + fused ReLU/LRN/pool) reading\n"
+            "// the GEMM output. Scratch: %lld floats per image, %lld images per chunk.\n"
+            "//\n",
+            (long long)dev->scratch, (long long)dev->chunk);
+  else
+    fputs("// Convolutions (--conv direct): computed in the kernels, each conv output\n"
+          "// recomputed wherever a fused stage needs it.\n"
+          "//\n",
+          f);
   for (int i = 1; i < g->n_nodes; i++) {
     const Node *n = &g->nodes[i];
     Range r = n->place[d].stage[n->n_epilogue];
@@ -513,6 +718,13 @@ static void emit_header(const Graph *g, int d, const char *how, FILE *f) {
     for (int k = 0; k < n->n_epilogue && at < (int)sizeof stages; k++)
       at += snprintf(stages + at, sizeof stages - at, "+%s", n->epilogue[k].name);
     Shape in = n->n_inputs ? g->nodes[n->inputs[0]].out : n->out;
+    if (is_gemm_conv(n, o)) {
+      char iname[RT_PLAN_NAME + 8];
+      snprintf(iname, sizeof iname, "%s_im2col", kname);
+      fprintf(f, "//   %-22s %-28s %s -> columns, channels [%lld, %lld)\n", iname, n->name,
+              shape_str(in, a, sizeof a), (long long)n->place[d].stage[0].begin,
+              (long long)n->place[d].stage[0].end);
+    }
     fprintf(f, "//   %-22s %-28s %s -> %s, %s [%lld, %lld)\n", kname, stages,
             shape_str(in, a, sizeof a), shape_str(n->out, b, sizeof b),
             n->out.rank == 1 ? "features" : "channels", (long long)r.begin,
@@ -521,7 +733,8 @@ static void emit_header(const Graph *g, int d, const char *how, FILE *f) {
   fputs("\n#ifndef INFINITY\n#define INFINITY __int_as_float(0x7f800000)\n#endif\n\n", f);
 }
 
-bool cuda_generate(const Graph *g, const char *how, CudaProgram *out) {
+bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, CudaProgram *out) {
+  const CudaOptions o = opts ? *opts : cuda_defaults();
   memset(out, 0, sizeof *out);
   if (!g->planned || !g->n_devices) {
     error("cuda backend: the graph has not been through the passes");
@@ -540,15 +753,30 @@ bool cuda_generate(const Graph *g, const char *how, CudaProgram *out) {
       error("out of memory");
       return false;
     }
-    emit_header(g, d, how, src[d]);
     p->dev[d].arena = g->arena[d];
+    // Scratch: the largest per-image need of a GEMM conv here; as many images per chunk
+    // as the budget holds (at least one).
+    for (int i = 1; i < g->n_nodes; i++) {
+      const Node *n = &g->nodes[i];
+      if (is_gemm_conv(n, &o) && len(n->place[d].stage[n->n_epilogue])) {
+        int64_t need = conv_gemm(g, n, d).scratch;
+        p->dev[d].scratch = need > p->dev[d].scratch ? need : p->dev[d].scratch;
+      }
+    }
+    if (p->dev[d].scratch) {
+      int64_t chunk = o.scratch_bytes / (int64_t)sizeof(float) / p->dev[d].scratch;
+      if (o.max_chunk > 0 && chunk > o.max_chunk)
+        chunk = o.max_chunk;
+      p->dev[d].chunk = chunk > 1 ? chunk : 1;
+    }
+    emit_header(g, d, how, &o, &p->dev[d], src[d]);
   }
   bool ok = true;
   for (int i = 1; i < g->n_nodes && ok; i++) {
     const Node *n = &g->nodes[i];
     for (int d = 0; d < g->n_devices && ok; d++)
       if (len(n->place[d].stage[n->n_epilogue]) && !is_noop(n, d))
-        ok = plan_node(g, i, d, src[d], p);
+        ok = plan_node(g, i, d, src[d], p, &o);
     plan_transfers(g, i, p);
   }
   plan_io(g, p);

@@ -14,15 +14,15 @@ static const float *weight_by_name(void *ctx, const char *tensor) {
   return NULL;
 }
 
-bool cuda_run_graph(const Graph *g, const char *how, const char *arch, const Weights *w,
-                    const float *x, int batch, float *y) {
+bool cuda_run_graph(const Graph *g, const char *how, const CudaOptions *o, const char *arch,
+                    const Weights *w, const float *x, int batch, float *y) {
   // Ask for the driver first: without a GPU there is no point compiling.
   if (!rt_cuda_available()) {
     error("cuda: %s", rt_error());
     return false;
   }
   CudaProgram prog;
-  if (!cuda_generate(g, how, &prog))
+  if (!cuda_generate(g, how, o, &prog))
     return false;
   bool ok = cuda_compile(&prog, arch);
   RtCuda *r = ok ? rt_cuda_open(&prog.plan, weight_by_name, (void *)w) : NULL;

@@ -23,9 +23,9 @@ bool cuda_compile_source(const char *source, const char *name, const char *arch,
   return false;
 }
 
-bool cuda_run_graph(const Graph *g, const char *how, const char *arch, const Weights *w,
-                    const float *x, int batch, float *y) {
-  (void)g, (void)how, (void)arch, (void)w, (void)x, (void)batch, (void)y;
+bool cuda_run_graph(const Graph *g, const char *how, const CudaOptions *o, const char *arch,
+                    const Weights *w, const float *x, int batch, float *y) {
+  (void)g, (void)how, (void)o, (void)arch, (void)w, (void)x, (void)batch, (void)y;
   error("%s", WHY);
   return false;
 }

@@ -8,11 +8,21 @@
 // in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,
 // then the batch size; everything else is a constant.
 //
+// Convolutions (--conv gemm): an im2col kernel writes the column matrix of a chunk
+// of images to scratch, cuBLAS SGEMM (one per group) computes each conv output
+// once, and the conv's kernel is its epilogue (bias + fused ReLU/LRN/pool) reading
+// the GEMM output. Scratch: 1249325 floats per image, 53 images per chunk.
+//
+//   k01_conv1_im2col       conv1                        3x227x227 -> columns, channels [46, 96)
 //   k01_conv1              conv1+relu1+norm1+pool1      3x227x227 -> 96x27x27, channels [48, 96)
+//   k02_conv2_im2col       conv2                        96x27x27 -> columns, channels [128, 256)
 //   k02_conv2              conv2+relu2                  96x27x27 -> 256x27x27, channels [128, 256)
 //   k03_norm2              norm2+pool2                  256x27x27 -> 256x13x13, channels [128, 256)
+//   k04_conv3_im2col       conv3                        256x13x13 -> columns, channels [192, 384)
 //   k04_conv3              conv3+relu3                  256x13x13 -> 384x13x13, channels [192, 384)
+//   k05_conv4_im2col       conv4                        384x13x13 -> columns, channels [192, 384)
 //   k05_conv4              conv4+relu4                  384x13x13 -> 384x13x13, channels [192, 384)
+//   k06_conv5_im2col       conv5                        384x13x13 -> columns, channels [128, 256)
 //   k06_conv5              conv5+relu5+pool5            384x13x13 -> 256x6x6, channels [128, 256)
 //   k07_flatten            flatten                      256x6x6 -> 9216, features [4608, 9216)
 //   k08_fc6                fc6+relu6+drop6              9216 -> 4096, features [2048, 4096)
@@ -22,6 +32,50 @@
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif
+
+// ---------------------------------------------------------------- k01_conv1_im2col
+//
+// conv1 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
+// a GEMM per group computes channels [46, 96), k01_conv1 reads them.
+
+namespace node01_im2col {
+
+struct Ptrs {
+  const float *x0;
+};
+
+// Input 0, 'input' (3x227x227): this device holds channels [0, 3).
+__device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y, int x) {
+  constexpr int HELD_BEGIN = 0, HELD = 3, H = 227, W = 227;
+  return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
+}
+
+}  // namespace node01_im2col
+
+// im2col for groups [0, 1): one thread per column-matrix element.
+extern "C" __global__ void k01_conv1_im2col(
+    const float *__restrict__ x0,
+    float *__restrict__ col,
+    int batch) {
+  using namespace node01_im2col;
+  constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD = 0;
+  constexpr int OUT_H = 55, OUT_W = 55, IN_PER_GROUP = 3;
+  constexpr int FIRST_GROUP = 0, GROUPS = 1;
+  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  const Ptrs p = {x0};
+  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
+    const long long row = i % ld, img = row / PIXELS;
+    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
+    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
+    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                 : 0.0f;
+  }
+}
 
 // ---------------------------------------------------------------- k01_conv1
 //
@@ -37,37 +91,16 @@
 namespace node01 {
 
 struct Ptrs {
-  const float *x0;
-  const float *w;
+  const float *g;  // the conv GEMM's output (scratch)
+  long long ld;    // its elements per channel: batch x pixels
   const float *b;
 };
 
-// Input 0, 'input' (3x227x227): this device holds channels [0, 3).
-__device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int HELD_BEGIN = 0, HELD = 3, H = 227, W = 227;
-  return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
-}
-
 // Stage 0, conv1: conv 3x227x227 -> 96x55x55, 96 kernels 11x11, stride 4, pad 0, groups 1.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD = 0;
-  constexpr int IN_PER_GROUP = 3, OUT_PER_GROUP = 96;
-  constexpr int FIRST_KERNEL = 46;  // this device's weights start there
-  const int group = c / OUT_PER_GROUP;
-  const float *w = p.w + (c - FIRST_KERNEL) * (IN_PER_GROUP * K * K);
-  float acc = p.b[c - FIRST_KERNEL];
-  for (int ic = 0; ic < IN_PER_GROUP; ic++)
-    for (int ky = 0; ky < K; ky++) {
-      const int iy = y * STRIDE - PAD + ky;
-      if (iy < 0 || iy >= IN_H)
-        continue;
-      for (int kx = 0; kx < K; kx++) {
-        const int ix = x * STRIDE - PAD + kx;
-        if (ix >= 0 && ix < IN_W)
-          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];
-      }
-    }
-  return acc;
+  constexpr int OUT_H = 55, OUT_W = 55;
+  constexpr int FIRST_KERNEL = 46;  // the GEMM's first channel
+  return p.g[(c - FIRST_KERNEL) * p.ld + (img * OUT_H + y) * OUT_W + x] + p.b[c - FIRST_KERNEL];
 }
 
 // Stage 1, relu1: relu 96x55x55 -> 96x55x55.
@@ -113,24 +146,68 @@ __device__ __forceinline__ float stage3(const Ptrs &p, long long img, int c, int
 
 }  // namespace node01
 
-// One thread per output element on this device: image, channel, row, column.
+// The epilogue of the conv GEMM (bias and the fused stages), one thread per
+// output element on this device: image, channel, row, column.
 extern "C" __global__ void k01_conv1(
-    const float *__restrict__ x0,
+    const float *__restrict__ g,
     float *__restrict__ y,
-    const float *__restrict__ w,
     const float *__restrict__ b,
     int batch) {
   using namespace node01;
   constexpr int C_BEGIN = 48, C_END = 96, H = 27, W = 27;
   constexpr int HELD_BEGIN = 48, HELD = 48;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {x0, w, b};
+  const Ptrs p = {g, (long long)batch * 3025, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;
     const int e = (int)(i % PER_IMAGE);
     const int c = C_BEGIN + e / (H * W), oy = e / W % H, ox = e % W;
     y[(img * HELD + (c - HELD_BEGIN)) * (H * W) + oy * W + ox] = stage3(p, img, c, oy, ox);
+  }
+}
+
+// ---------------------------------------------------------------- k02_conv2_im2col
+//
+// conv2 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
+// a GEMM per group computes channels [128, 256), k02_conv2 reads them.
+
+namespace node02_im2col {
+
+struct Ptrs {
+  const float *x0;
+};
+
+// Input 0, 'conv1' (96x27x27): this device holds channels [48, 96).
+__device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y, int x) {
+  constexpr int HELD_BEGIN = 48, HELD = 48, H = 27, W = 27;
+  return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
+}
+
+}  // namespace node02_im2col
+
+// im2col for groups [1, 2): one thread per column-matrix element.
+extern "C" __global__ void k02_conv2_im2col(
+    const float *__restrict__ x0,
+    float *__restrict__ col,
+    int batch) {
+  using namespace node02_im2col;
+  constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD = 2;
+  constexpr int OUT_H = 27, OUT_W = 27, IN_PER_GROUP = 48;
+  constexpr int FIRST_GROUP = 1, GROUPS = 1;
+  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  const Ptrs p = {x0};
+  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
+    const long long row = i % ld, img = row / PIXELS;
+    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
+    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
+    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                 : 0.0f;
   }
 }
 
@@ -144,37 +221,16 @@ extern "C" __global__ void k01_conv1(
 namespace node02 {
 
 struct Ptrs {
-  const float *x0;
-  const float *w;
+  const float *g;  // the conv GEMM's output (scratch)
+  long long ld;    // its elements per channel: batch x pixels
   const float *b;
 };
 
-// Input 0, 'conv1' (96x27x27): this device holds channels [48, 96).
-__device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int HELD_BEGIN = 48, HELD = 48, H = 27, W = 27;
-  return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
-}
-
 // Stage 0, conv2: conv 96x27x27 -> 256x27x27, 256 kernels 5x5, stride 1, pad 2, groups 2.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD = 2;
-  constexpr int IN_PER_GROUP = 48, OUT_PER_GROUP = 128;
-  constexpr int FIRST_KERNEL = 128;  // this device's weights start there
-  const int group = c / OUT_PER_GROUP;
-  const float *w = p.w + (c - FIRST_KERNEL) * (IN_PER_GROUP * K * K);
-  float acc = p.b[c - FIRST_KERNEL];
-  for (int ic = 0; ic < IN_PER_GROUP; ic++)
-    for (int ky = 0; ky < K; ky++) {
-      const int iy = y * STRIDE - PAD + ky;
-      if (iy < 0 || iy >= IN_H)
-        continue;
-      for (int kx = 0; kx < K; kx++) {
-        const int ix = x * STRIDE - PAD + kx;
-        if (ix >= 0 && ix < IN_W)
-          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];
-      }
-    }
-  return acc;
+  constexpr int OUT_H = 27, OUT_W = 27;
+  constexpr int FIRST_KERNEL = 128;  // the GEMM's first channel
+  return p.g[(c - FIRST_KERNEL) * p.ld + (img * OUT_H + y) * OUT_W + x] + p.b[c - FIRST_KERNEL];
 }
 
 // Stage 1, relu2: relu 256x27x27 -> 256x27x27.
@@ -185,18 +241,18 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 
 }  // namespace node02
 
-// One thread per output element on this device: image, channel, row, column.
+// The epilogue of the conv GEMM (bias and the fused stages), one thread per
+// output element on this device: image, channel, row, column.
 extern "C" __global__ void k02_conv2(
-    const float *__restrict__ x0,
+    const float *__restrict__ g,
     float *__restrict__ y,
-    const float *__restrict__ w,
     const float *__restrict__ b,
     int batch) {
   using namespace node02;
   constexpr int C_BEGIN = 128, C_END = 256, H = 27, W = 27;
   constexpr int HELD_BEGIN = 126, HELD = 130;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {x0, w, b};
+  const Ptrs p = {g, (long long)batch * 729, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;
@@ -281,6 +337,50 @@ extern "C" __global__ void k03_norm2(
   }
 }
 
+// ---------------------------------------------------------------- k04_conv3_im2col
+//
+// conv3 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
+// a GEMM per group computes channels [192, 384), k04_conv3 reads them.
+
+namespace node04_im2col {
+
+struct Ptrs {
+  const float *x0;
+};
+
+// Input 0, 'norm2' (256x13x13): this device holds channels [0, 256).
+__device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y, int x) {
+  constexpr int HELD_BEGIN = 0, HELD = 256, H = 13, W = 13;
+  return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
+}
+
+}  // namespace node04_im2col
+
+// im2col for groups [0, 1): one thread per column-matrix element.
+extern "C" __global__ void k04_conv3_im2col(
+    const float *__restrict__ x0,
+    float *__restrict__ col,
+    int batch) {
+  using namespace node04_im2col;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 256;
+  constexpr int FIRST_GROUP = 0, GROUPS = 1;
+  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  const Ptrs p = {x0};
+  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
+    const long long row = i % ld, img = row / PIXELS;
+    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
+    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
+    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                 : 0.0f;
+  }
+}
+
 // ---------------------------------------------------------------- k04_conv3
 //
 // conv3: conv 256x13x13 -> 384x13x13, 384 kernels 3x3, stride 1, pad 1, groups 1
@@ -291,37 +391,16 @@ extern "C" __global__ void k03_norm2(
 namespace node04 {
 
 struct Ptrs {
-  const float *x0;
-  const float *w;
+  const float *g;  // the conv GEMM's output (scratch)
+  long long ld;    // its elements per channel: batch x pixels
   const float *b;
 };
 
-// Input 0, 'norm2' (256x13x13): this device holds channels [0, 256).
-__device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int HELD_BEGIN = 0, HELD = 256, H = 13, W = 13;
-  return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
-}
-
 // Stage 0, conv3: conv 256x13x13 -> 384x13x13, 384 kernels 3x3, stride 1, pad 1, groups 1.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-  constexpr int IN_PER_GROUP = 256, OUT_PER_GROUP = 384;
-  constexpr int FIRST_KERNEL = 192;  // this device's weights start there
-  const int group = c / OUT_PER_GROUP;
-  const float *w = p.w + (c - FIRST_KERNEL) * (IN_PER_GROUP * K * K);
-  float acc = p.b[c - FIRST_KERNEL];
-  for (int ic = 0; ic < IN_PER_GROUP; ic++)
-    for (int ky = 0; ky < K; ky++) {
-      const int iy = y * STRIDE - PAD + ky;
-      if (iy < 0 || iy >= IN_H)
-        continue;
-      for (int kx = 0; kx < K; kx++) {
-        const int ix = x * STRIDE - PAD + kx;
-        if (ix >= 0 && ix < IN_W)
-          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];
-      }
-    }
-  return acc;
+  constexpr int OUT_H = 13, OUT_W = 13;
+  constexpr int FIRST_KERNEL = 192;  // the GEMM's first channel
+  return p.g[(c - FIRST_KERNEL) * p.ld + (img * OUT_H + y) * OUT_W + x] + p.b[c - FIRST_KERNEL];
 }
 
 // Stage 1, relu3: relu 384x13x13 -> 384x13x13.
@@ -332,24 +411,68 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 
 }  // namespace node04
 
-// One thread per output element on this device: image, channel, row, column.
+// The epilogue of the conv GEMM (bias and the fused stages), one thread per
+// output element on this device: image, channel, row, column.
 extern "C" __global__ void k04_conv3(
-    const float *__restrict__ x0,
+    const float *__restrict__ g,
     float *__restrict__ y,
-    const float *__restrict__ w,
     const float *__restrict__ b,
     int batch) {
   using namespace node04;
   constexpr int C_BEGIN = 192, C_END = 384, H = 13, W = 13;
   constexpr int HELD_BEGIN = 192, HELD = 192;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {x0, w, b};
+  const Ptrs p = {g, (long long)batch * 169, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;
     const int e = (int)(i % PER_IMAGE);
     const int c = C_BEGIN + e / (H * W), oy = e / W % H, ox = e % W;
     y[(img * HELD + (c - HELD_BEGIN)) * (H * W) + oy * W + ox] = stage1(p, img, c, oy, ox);
+  }
+}
+
+// ---------------------------------------------------------------- k05_conv4_im2col
+//
+// conv4 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
+// a GEMM per group computes channels [192, 384), k05_conv4 reads them.
+
+namespace node05_im2col {
+
+struct Ptrs {
+  const float *x0;
+};
+
+// Input 0, 'conv3' (384x13x13): this device holds channels [192, 384).
+__device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y, int x) {
+  constexpr int HELD_BEGIN = 192, HELD = 192, H = 13, W = 13;
+  return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
+}
+
+}  // namespace node05_im2col
+
+// im2col for groups [1, 2): one thread per column-matrix element.
+extern "C" __global__ void k05_conv4_im2col(
+    const float *__restrict__ x0,
+    float *__restrict__ col,
+    int batch) {
+  using namespace node05_im2col;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
+  constexpr int FIRST_GROUP = 1, GROUPS = 1;
+  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  const Ptrs p = {x0};
+  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
+    const long long row = i % ld, img = row / PIXELS;
+    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
+    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
+    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                 : 0.0f;
   }
 }
 
@@ -363,37 +486,16 @@ extern "C" __global__ void k04_conv3(
 namespace node05 {
 
 struct Ptrs {
-  const float *x0;
-  const float *w;
+  const float *g;  // the conv GEMM's output (scratch)
+  long long ld;    // its elements per channel: batch x pixels
   const float *b;
 };
 
-// Input 0, 'conv3' (384x13x13): this device holds channels [192, 384).
-__device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int HELD_BEGIN = 192, HELD = 192, H = 13, W = 13;
-  return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
-}
-
 // Stage 0, conv4: conv 384x13x13 -> 384x13x13, 384 kernels 3x3, stride 1, pad 1, groups 2.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-  constexpr int IN_PER_GROUP = 192, OUT_PER_GROUP = 192;
-  constexpr int FIRST_KERNEL = 192;  // this device's weights start there
-  const int group = c / OUT_PER_GROUP;
-  const float *w = p.w + (c - FIRST_KERNEL) * (IN_PER_GROUP * K * K);
-  float acc = p.b[c - FIRST_KERNEL];
-  for (int ic = 0; ic < IN_PER_GROUP; ic++)
-    for (int ky = 0; ky < K; ky++) {
-      const int iy = y * STRIDE - PAD + ky;
-      if (iy < 0 || iy >= IN_H)
-        continue;
-      for (int kx = 0; kx < K; kx++) {
-        const int ix = x * STRIDE - PAD + kx;
-        if (ix >= 0 && ix < IN_W)
-          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];
-      }
-    }
-  return acc;
+  constexpr int OUT_H = 13, OUT_W = 13;
+  constexpr int FIRST_KERNEL = 192;  // the GEMM's first channel
+  return p.g[(c - FIRST_KERNEL) * p.ld + (img * OUT_H + y) * OUT_W + x] + p.b[c - FIRST_KERNEL];
 }
 
 // Stage 1, relu4: relu 384x13x13 -> 384x13x13.
@@ -404,24 +506,68 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 
 }  // namespace node05
 
-// One thread per output element on this device: image, channel, row, column.
+// The epilogue of the conv GEMM (bias and the fused stages), one thread per
+// output element on this device: image, channel, row, column.
 extern "C" __global__ void k05_conv4(
-    const float *__restrict__ x0,
+    const float *__restrict__ g,
     float *__restrict__ y,
-    const float *__restrict__ w,
     const float *__restrict__ b,
     int batch) {
   using namespace node05;
   constexpr int C_BEGIN = 192, C_END = 384, H = 13, W = 13;
   constexpr int HELD_BEGIN = 192, HELD = 192;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {x0, w, b};
+  const Ptrs p = {g, (long long)batch * 169, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;
     const int e = (int)(i % PER_IMAGE);
     const int c = C_BEGIN + e / (H * W), oy = e / W % H, ox = e % W;
     y[(img * HELD + (c - HELD_BEGIN)) * (H * W) + oy * W + ox] = stage1(p, img, c, oy, ox);
+  }
+}
+
+// ---------------------------------------------------------------- k06_conv5_im2col
+//
+// conv5 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
+// a GEMM per group computes channels [128, 256), k06_conv5 reads them.
+
+namespace node06_im2col {
+
+struct Ptrs {
+  const float *x0;
+};
+
+// Input 0, 'conv4' (384x13x13): this device holds channels [192, 384).
+__device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y, int x) {
+  constexpr int HELD_BEGIN = 192, HELD = 192, H = 13, W = 13;
+  return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
+}
+
+}  // namespace node06_im2col
+
+// im2col for groups [1, 2): one thread per column-matrix element.
+extern "C" __global__ void k06_conv5_im2col(
+    const float *__restrict__ x0,
+    float *__restrict__ col,
+    int batch) {
+  using namespace node06_im2col;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
+  constexpr int FIRST_GROUP = 1, GROUPS = 1;
+  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  const Ptrs p = {x0};
+  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
+    const long long row = i % ld, img = row / PIXELS;
+    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
+    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
+    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                 : 0.0f;
   }
 }
 
@@ -437,37 +583,16 @@ extern "C" __global__ void k05_conv4(
 namespace node06 {
 
 struct Ptrs {
-  const float *x0;
-  const float *w;
+  const float *g;  // the conv GEMM's output (scratch)
+  long long ld;    // its elements per channel: batch x pixels
   const float *b;
 };
 
-// Input 0, 'conv4' (384x13x13): this device holds channels [192, 384).
-__device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int HELD_BEGIN = 192, HELD = 192, H = 13, W = 13;
-  return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
-}
-
 // Stage 0, conv5: conv 384x13x13 -> 256x13x13, 256 kernels 3x3, stride 1, pad 1, groups 2.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-  constexpr int IN_PER_GROUP = 192, OUT_PER_GROUP = 128;
-  constexpr int FIRST_KERNEL = 128;  // this device's weights start there
-  const int group = c / OUT_PER_GROUP;
-  const float *w = p.w + (c - FIRST_KERNEL) * (IN_PER_GROUP * K * K);
-  float acc = p.b[c - FIRST_KERNEL];
-  for (int ic = 0; ic < IN_PER_GROUP; ic++)
-    for (int ky = 0; ky < K; ky++) {
-      const int iy = y * STRIDE - PAD + ky;
-      if (iy < 0 || iy >= IN_H)
-        continue;
-      for (int kx = 0; kx < K; kx++) {
-        const int ix = x * STRIDE - PAD + kx;
-        if (ix >= 0 && ix < IN_W)
-          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];
-      }
-    }
-  return acc;
+  constexpr int OUT_H = 13, OUT_W = 13;
+  constexpr int FIRST_KERNEL = 128;  // the GEMM's first channel
+  return p.g[(c - FIRST_KERNEL) * p.ld + (img * OUT_H + y) * OUT_W + x] + p.b[c - FIRST_KERNEL];
 }
 
 // Stage 1, relu5: relu 256x13x13 -> 256x13x13.
@@ -495,18 +620,18 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
 
 }  // namespace node06
 
-// One thread per output element on this device: image, channel, row, column.
+// The epilogue of the conv GEMM (bias and the fused stages), one thread per
+// output element on this device: image, channel, row, column.
 extern "C" __global__ void k06_conv5(
-    const float *__restrict__ x0,
+    const float *__restrict__ g,
     float *__restrict__ y,
-    const float *__restrict__ w,
     const float *__restrict__ b,
     int batch) {
   using namespace node06;
   constexpr int C_BEGIN = 128, C_END = 256, H = 6, W = 6;
   constexpr int HELD_BEGIN = 128, HELD = 128;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {x0, w, b};
+  const Ptrs p = {g, (long long)batch * 169, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;

@@ -8,18 +8,28 @@
 // in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,
 // then the batch size; everything else is a constant.
 //
+// Convolutions (--conv gemm): an im2col kernel writes the column matrix of a chunk
+// of images to scratch, cuBLAS SGEMM (one per group) computes each conv output
+// once, and the conv's kernel is its epilogue (bias + fused ReLU/LRN/pool) reading
+// the GEMM output. Scratch: 1936224 floats per image, 34 images per chunk.
+//
+//   k01_conv1_im2col       conv1                        3x227x227 -> columns, channels [0, 96)
 //   k01_conv1              conv1                        3x227x227 -> 96x55x55, channels [0, 96)
 //   k02_relu1              relu1                        96x55x55 -> 96x55x55, channels [0, 96)
 //   k03_norm1              norm1                        96x55x55 -> 96x55x55, channels [0, 96)
 //   k04_pool1              pool1                        96x55x55 -> 96x27x27, channels [0, 96)
+//   k05_conv2_im2col       conv2                        96x27x27 -> columns, channels [0, 256)
 //   k05_conv2              conv2                        96x27x27 -> 256x27x27, channels [0, 256)
 //   k06_relu2              relu2                        256x27x27 -> 256x27x27, channels [0, 256)
 //   k07_norm2              norm2                        256x27x27 -> 256x27x27, channels [0, 256)
 //   k08_pool2              pool2                        256x27x27 -> 256x13x13, channels [0, 256)
+//   k09_conv3_im2col       conv3                        256x13x13 -> columns, channels [0, 384)
 //   k09_conv3              conv3                        256x13x13 -> 384x13x13, channels [0, 384)
 //   k10_relu3              relu3                        384x13x13 -> 384x13x13, channels [0, 384)
+//   k11_conv4_im2col       conv4                        384x13x13 -> columns, channels [0, 384)
 //   k11_conv4              conv4                        384x13x13 -> 384x13x13, channels [0, 384)
 //   k12_relu4              relu4                        384x13x13 -> 384x13x13, channels [0, 384)
+//   k13_conv5_im2col       conv5                        384x13x13 -> columns, channels [0, 256)
 //   k13_conv5              conv5                        384x13x13 -> 256x13x13, channels [0, 256)
 //   k14_relu5              relu5                        256x13x13 -> 256x13x13, channels [0, 256)
 //   k15_pool5              pool5                        256x13x13 -> 256x6x6, channels [0, 256)
@@ -34,17 +44,15 @@
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
-// ---------------------------------------------------------------- k01_conv1
+// ---------------------------------------------------------------- k01_conv1_im2col
 //
-// conv1: conv 3x227x227 -> 96x55x55, 96 kernels 11x11, stride 4, pad 0, groups 1
-//   channels [0, 96) on this device
+// conv1 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
+// a GEMM per group computes channels [0, 96), k01_conv1 reads them.
 
-namespace node01 {
+namespace node01_im2col {
 
 struct Ptrs {
   const float *x0;
-  const float *w;
-  const float *b;
 };
 
 // Input 0, 'input' (3x227x227): this device holds channels [0, 3).
@@ -53,42 +61,67 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
   return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
 }
 
+}  // namespace node01_im2col
+
+// im2col for groups [0, 1): one thread per column-matrix element.
+extern "C" __global__ void k01_conv1_im2col(
+    const float *__restrict__ x0,
+    float *__restrict__ col,
+    int batch) {
+  using namespace node01_im2col;
+  constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD = 0;
+  constexpr int OUT_H = 55, OUT_W = 55, IN_PER_GROUP = 3;
+  constexpr int FIRST_GROUP = 0, GROUPS = 1;
+  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  const Ptrs p = {x0};
+  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
+    const long long row = i % ld, img = row / PIXELS;
+    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
+    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
+    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                 : 0.0f;
+  }
+}
+
+// ---------------------------------------------------------------- k01_conv1
+//
+// conv1: conv 3x227x227 -> 96x55x55, 96 kernels 11x11, stride 4, pad 0, groups 1
+//   channels [0, 96) on this device
+
+namespace node01 {
+
+struct Ptrs {
+  const float *g;  // the conv GEMM's output (scratch)
+  long long ld;    // its elements per channel: batch x pixels
+  const float *b;
+};
+
 // Stage 0, conv1: conv 3x227x227 -> 96x55x55, 96 kernels 11x11, stride 4, pad 0, groups 1.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD = 0;
-  constexpr int IN_PER_GROUP = 3, OUT_PER_GROUP = 96;
-  constexpr int FIRST_KERNEL = 0;  // this device's weights start there
-  const int group = c / OUT_PER_GROUP;
-  const float *w = p.w + (c - FIRST_KERNEL) * (IN_PER_GROUP * K * K);
-  float acc = p.b[c - FIRST_KERNEL];
-  for (int ic = 0; ic < IN_PER_GROUP; ic++)
-    for (int ky = 0; ky < K; ky++) {
-      const int iy = y * STRIDE - PAD + ky;
-      if (iy < 0 || iy >= IN_H)
-        continue;
-      for (int kx = 0; kx < K; kx++) {
-        const int ix = x * STRIDE - PAD + kx;
-        if (ix >= 0 && ix < IN_W)
-          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];
-      }
-    }
-  return acc;
+  constexpr int OUT_H = 55, OUT_W = 55;
+  constexpr int FIRST_KERNEL = 0;  // the GEMM's first channel
+  return p.g[(c - FIRST_KERNEL) * p.ld + (img * OUT_H + y) * OUT_W + x] + p.b[c - FIRST_KERNEL];
 }
 
 }  // namespace node01
 
-// One thread per output element on this device: image, channel, row, column.
+// The epilogue of the conv GEMM (bias and the fused stages), one thread per
+// output element on this device: image, channel, row, column.
 extern "C" __global__ void k01_conv1(
-    const float *__restrict__ x0,
+    const float *__restrict__ g,
     float *__restrict__ y,
-    const float *__restrict__ w,
     const float *__restrict__ b,
     int batch) {
   using namespace node01;
   constexpr int C_BEGIN = 0, C_END = 96, H = 55, W = 55;
   constexpr int HELD_BEGIN = 0, HELD = 96;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {x0, w, b};
+  const Ptrs p = {g, (long long)batch * 3025, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;
@@ -253,17 +286,15 @@ extern "C" __global__ void k04_pool1(
   }
 }
 
-// ---------------------------------------------------------------- k05_conv2
+// ---------------------------------------------------------------- k05_conv2_im2col
 //
-// conv2: conv 96x27x27 -> 256x27x27, 256 kernels 5x5, stride 1, pad 2, groups 2
-//   channels [0, 256) on this device
+// conv2 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
+// a GEMM per group computes channels [0, 256), k05_conv2 reads them.
 
-namespace node05 {
+namespace node05_im2col {
 
 struct Ptrs {
   const float *x0;
-  const float *w;
-  const float *b;
 };
 
 // Input 0, 'pool1' (96x27x27): this device holds channels [0, 96).
@@ -272,42 +303,67 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
   return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
 }
 
+}  // namespace node05_im2col
+
+// im2col for groups [0, 2): one thread per column-matrix element.
+extern "C" __global__ void k05_conv2_im2col(
+    const float *__restrict__ x0,
+    float *__restrict__ col,
+    int batch) {
+  using namespace node05_im2col;
+  constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD = 2;
+  constexpr int OUT_H = 27, OUT_W = 27, IN_PER_GROUP = 48;
+  constexpr int FIRST_GROUP = 0, GROUPS = 2;
+  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  const Ptrs p = {x0};
+  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
+    const long long row = i % ld, img = row / PIXELS;
+    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
+    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
+    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                 : 0.0f;
+  }
+}
+
+// ---------------------------------------------------------------- k05_conv2
+//
+// conv2: conv 96x27x27 -> 256x27x27, 256 kernels 5x5, stride 1, pad 2, groups 2
+//   channels [0, 256) on this device
+
+namespace node05 {
+
+struct Ptrs {
+  const float *g;  // the conv GEMM's output (scratch)
+  long long ld;    // its elements per channel: batch x pixels
+  const float *b;
+};
+
 // Stage 0, conv2: conv 96x27x27 -> 256x27x27, 256 kernels 5x5, stride 1, pad 2, groups 2.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD = 2;
-  constexpr int IN_PER_GROUP = 48, OUT_PER_GROUP = 128;
-  constexpr int FIRST_KERNEL = 0;  // this device's weights start there
-  const int group = c / OUT_PER_GROUP;
-  const float *w = p.w + (c - FIRST_KERNEL) * (IN_PER_GROUP * K * K);
-  float acc = p.b[c - FIRST_KERNEL];
-  for (int ic = 0; ic < IN_PER_GROUP; ic++)
-    for (int ky = 0; ky < K; ky++) {
-      const int iy = y * STRIDE - PAD + ky;
-      if (iy < 0 || iy >= IN_H)
-        continue;
-      for (int kx = 0; kx < K; kx++) {
-        const int ix = x * STRIDE - PAD + kx;
-        if (ix >= 0 && ix < IN_W)
-          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];
-      }
-    }
-  return acc;
+  constexpr int OUT_H = 27, OUT_W = 27;
+  constexpr int FIRST_KERNEL = 0;  // the GEMM's first channel
+  return p.g[(c - FIRST_KERNEL) * p.ld + (img * OUT_H + y) * OUT_W + x] + p.b[c - FIRST_KERNEL];
 }
 
 }  // namespace node05
 
-// One thread per output element on this device: image, channel, row, column.
+// The epilogue of the conv GEMM (bias and the fused stages), one thread per
+// output element on this device: image, channel, row, column.
 extern "C" __global__ void k05_conv2(
-    const float *__restrict__ x0,
+    const float *__restrict__ g,
     float *__restrict__ y,
-    const float *__restrict__ w,
     const float *__restrict__ b,
     int batch) {
   using namespace node05;
   constexpr int C_BEGIN = 0, C_END = 256, H = 27, W = 27;
   constexpr int HELD_BEGIN = 0, HELD = 256;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {x0, w, b};
+  const Ptrs p = {g, (long long)batch * 729, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;
@@ -472,17 +528,15 @@ extern "C" __global__ void k08_pool2(
   }
 }
 
-// ---------------------------------------------------------------- k09_conv3
+// ---------------------------------------------------------------- k09_conv3_im2col
 //
-// conv3: conv 256x13x13 -> 384x13x13, 384 kernels 3x3, stride 1, pad 1, groups 1
-//   channels [0, 384) on this device
+// conv3 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
+// a GEMM per group computes channels [0, 384), k09_conv3 reads them.
 
-namespace node09 {
+namespace node09_im2col {
 
 struct Ptrs {
   const float *x0;
-  const float *w;
-  const float *b;
 };
 
 // Input 0, 'pool2' (256x13x13): this device holds channels [0, 256).
@@ -491,42 +545,67 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
   return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
 }
 
+}  // namespace node09_im2col
+
+// im2col for groups [0, 1): one thread per column-matrix element.
+extern "C" __global__ void k09_conv3_im2col(
+    const float *__restrict__ x0,
+    float *__restrict__ col,
+    int batch) {
+  using namespace node09_im2col;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 256;
+  constexpr int FIRST_GROUP = 0, GROUPS = 1;
+  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  const Ptrs p = {x0};
+  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
+    const long long row = i % ld, img = row / PIXELS;
+    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
+    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
+    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                 : 0.0f;
+  }
+}
+
+// ---------------------------------------------------------------- k09_conv3
+//
+// conv3: conv 256x13x13 -> 384x13x13, 384 kernels 3x3, stride 1, pad 1, groups 1
+//   channels [0, 384) on this device
+
+namespace node09 {
+
+struct Ptrs {
+  const float *g;  // the conv GEMM's output (scratch)
+  long long ld;    // its elements per channel: batch x pixels
+  const float *b;
+};
+
 // Stage 0, conv3: conv 256x13x13 -> 384x13x13, 384 kernels 3x3, stride 1, pad 1, groups 1.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-  constexpr int IN_PER_GROUP = 256, OUT_PER_GROUP = 384;
-  constexpr int FIRST_KERNEL = 0;  // this device's weights start there
-  const int group = c / OUT_PER_GROUP;
-  const float *w = p.w + (c - FIRST_KERNEL) * (IN_PER_GROUP * K * K);
-  float acc = p.b[c - FIRST_KERNEL];
-  for (int ic = 0; ic < IN_PER_GROUP; ic++)
-    for (int ky = 0; ky < K; ky++) {
-      const int iy = y * STRIDE - PAD + ky;
-      if (iy < 0 || iy >= IN_H)
-        continue;
-      for (int kx = 0; kx < K; kx++) {
-        const int ix = x * STRIDE - PAD + kx;
-        if (ix >= 0 && ix < IN_W)
-          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];
-      }
-    }
-  return acc;
+  constexpr int OUT_H = 13, OUT_W = 13;
+  constexpr int FIRST_KERNEL = 0;  // the GEMM's first channel
+  return p.g[(c - FIRST_KERNEL) * p.ld + (img * OUT_H + y) * OUT_W + x] + p.b[c - FIRST_KERNEL];
 }
 
 }  // namespace node09
 
-// One thread per output element on this device: image, channel, row, column.
+// The epilogue of the conv GEMM (bias and the fused stages), one thread per
+// output element on this device: image, channel, row, column.
 extern "C" __global__ void k09_conv3(
-    const float *__restrict__ x0,
+    const float *__restrict__ g,
     float *__restrict__ y,
-    const float *__restrict__ w,
     const float *__restrict__ b,
     int batch) {
   using namespace node09;
   constexpr int C_BEGIN = 0, C_END = 384, H = 13, W = 13;
   constexpr int HELD_BEGIN = 0, HELD = 384;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {x0, w, b};
+  const Ptrs p = {g, (long long)batch * 169, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;
@@ -580,17 +659,15 @@ extern "C" __global__ void k10_relu3(
   }
 }
 
-// ---------------------------------------------------------------- k11_conv4
+// ---------------------------------------------------------------- k11_conv4_im2col
 //
-// conv4: conv 384x13x13 -> 384x13x13, 384 kernels 3x3, stride 1, pad 1, groups 2
-//   channels [0, 384) on this device
+// conv4 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
+// a GEMM per group computes channels [0, 384), k11_conv4 reads them.
 
-namespace node11 {
+namespace node11_im2col {
 
 struct Ptrs {
   const float *x0;
-  const float *w;
-  const float *b;
 };
 
 // Input 0, 'relu3' (384x13x13): this device holds channels [0, 384).
@@ -599,42 +676,67 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
   return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
 }
 
+}  // namespace node11_im2col
+
+// im2col for groups [0, 2): one thread per column-matrix element.
+extern "C" __global__ void k11_conv4_im2col(
+    const float *__restrict__ x0,
+    float *__restrict__ col,
+    int batch) {
+  using namespace node11_im2col;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
+  constexpr int FIRST_GROUP = 0, GROUPS = 2;
+  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  const Ptrs p = {x0};
+  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
+    const long long row = i % ld, img = row / PIXELS;
+    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
+    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
+    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                 : 0.0f;
+  }
+}
+
+// ---------------------------------------------------------------- k11_conv4
+//
+// conv4: conv 384x13x13 -> 384x13x13, 384 kernels 3x3, stride 1, pad 1, groups 2
+//   channels [0, 384) on this device
+
+namespace node11 {
+
+struct Ptrs {
+  const float *g;  // the conv GEMM's output (scratch)
+  long long ld;    // its elements per channel: batch x pixels
+  const float *b;
+};
+
 // Stage 0, conv4: conv 384x13x13 -> 384x13x13, 384 kernels 3x3, stride 1, pad 1, groups 2.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-  constexpr int IN_PER_GROUP = 192, OUT_PER_GROUP = 192;
-  constexpr int FIRST_KERNEL = 0;  // this device's weights start there
-  const int group = c / OUT_PER_GROUP;
-  const float *w = p.w + (c - FIRST_KERNEL) * (IN_PER_GROUP * K * K);
-  float acc = p.b[c - FIRST_KERNEL];
-  for (int ic = 0; ic < IN_PER_GROUP; ic++)
-    for (int ky = 0; ky < K; ky++) {
-      const int iy = y * STRIDE - PAD + ky;
-      if (iy < 0 || iy >= IN_H)
-        continue;
-      for (int kx = 0; kx < K; kx++) {
-        const int ix = x * STRIDE - PAD + kx;
-        if (ix >= 0 && ix < IN_W)
-          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];
-      }
-    }
-  return acc;
+  constexpr int OUT_H = 13, OUT_W = 13;
+  constexpr int FIRST_KERNEL = 0;  // the GEMM's first channel
+  return p.g[(c - FIRST_KERNEL) * p.ld + (img * OUT_H + y) * OUT_W + x] + p.b[c - FIRST_KERNEL];
 }
 
 }  // namespace node11
 
-// One thread per output element on this device: image, channel, row, column.
+// The epilogue of the conv GEMM (bias and the fused stages), one thread per
+// output element on this device: image, channel, row, column.
 extern "C" __global__ void k11_conv4(
-    const float *__restrict__ x0,
+    const float *__restrict__ g,
     float *__restrict__ y,
-    const float *__restrict__ w,
     const float *__restrict__ b,
     int batch) {
   using namespace node11;
   constexpr int C_BEGIN = 0, C_END = 384, H = 13, W = 13;
   constexpr int HELD_BEGIN = 0, HELD = 384;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {x0, w, b};
+  const Ptrs p = {g, (long long)batch * 169, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;
@@ -688,17 +790,15 @@ extern "C" __global__ void k12_relu4(
   }
 }
 
-// ---------------------------------------------------------------- k13_conv5
+// ---------------------------------------------------------------- k13_conv5_im2col
 //
-// conv5: conv 384x13x13 -> 256x13x13, 256 kernels 3x3, stride 1, pad 1, groups 2
-//   channels [0, 256) on this device
+// conv5 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
+// a GEMM per group computes channels [0, 256), k13_conv5 reads them.
 
-namespace node13 {
+namespace node13_im2col {
 
 struct Ptrs {
   const float *x0;
-  const float *w;
-  const float *b;
 };
 
 // Input 0, 'relu4' (384x13x13): this device holds channels [0, 384).
@@ -707,42 +807,67 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
   return p.x0[((img * HELD) + (c - HELD_BEGIN)) * (H * W) + y * W + x];
 }
 
+}  // namespace node13_im2col
+
+// im2col for groups [0, 2): one thread per column-matrix element.
+extern "C" __global__ void k13_conv5_im2col(
+    const float *__restrict__ x0,
+    float *__restrict__ col,
+    int batch) {
+  using namespace node13_im2col;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
+  constexpr int FIRST_GROUP = 0, GROUPS = 2;
+  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  const Ptrs p = {x0};
+  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+       i += (long long)gridDim.x * blockDim.x) {
+    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
+    const long long row = i % ld, img = row / PIXELS;
+    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
+    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
+    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                 : 0.0f;
+  }
+}
+
+// ---------------------------------------------------------------- k13_conv5
+//
+// conv5: conv 384x13x13 -> 256x13x13, 256 kernels 3x3, stride 1, pad 1, groups 2
+//   channels [0, 256) on this device
+
+namespace node13 {
+
+struct Ptrs {
+  const float *g;  // the conv GEMM's output (scratch)
+  long long ld;    // its elements per channel: batch x pixels
+  const float *b;
+};
+
 // Stage 0, conv5: conv 384x13x13 -> 256x13x13, 256 kernels 3x3, stride 1, pad 1, groups 2.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-  constexpr int IN_PER_GROUP = 192, OUT_PER_GROUP = 128;
-  constexpr int FIRST_KERNEL = 0;  // this device's weights start there
-  const int group = c / OUT_PER_GROUP;
-  const float *w = p.w + (c - FIRST_KERNEL) * (IN_PER_GROUP * K * K);
-  float acc = p.b[c - FIRST_KERNEL];
-  for (int ic = 0; ic < IN_PER_GROUP; ic++)
-    for (int ky = 0; ky < K; ky++) {
-      const int iy = y * STRIDE - PAD + ky;
-      if (iy < 0 || iy >= IN_H)
-        continue;
-      for (int kx = 0; kx < K; kx++) {
-        const int ix = x * STRIDE - PAD + kx;
-        if (ix >= 0 && ix < IN_W)
-          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];
-      }
-    }
-  return acc;
+  constexpr int OUT_H = 13, OUT_W = 13;
+  constexpr int FIRST_KERNEL = 0;  // the GEMM's first channel
+  return p.g[(c - FIRST_KERNEL) * p.ld + (img * OUT_H + y) * OUT_W + x] + p.b[c - FIRST_KERNEL];
 }
 
 }  // namespace node13
 
-// One thread per output element on this device: image, channel, row, column.
+// The epilogue of the conv GEMM (bias and the fused stages), one thread per
+// output element on this device: image, channel, row, column.
 extern "C" __global__ void k13_conv5(
-    const float *__restrict__ x0,
+    const float *__restrict__ g,
     float *__restrict__ y,
-    const float *__restrict__ w,
     const float *__restrict__ b,
     int batch) {
   using namespace node13;
   constexpr int C_BEGIN = 0, C_END = 256, H = 13, W = 13;
   constexpr int HELD_BEGIN = 0, HELD = 256;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {x0, w, b};
+  const Ptrs p = {g, (long long)batch * 169, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;
