@@ -99,6 +99,7 @@ typedef struct {
 } Shape;
 
 int64_t shape_elems(Shape s);
+static inline int64_t shape_plane(Shape s) { return s.h * s.w; }  // elements per channel
 // "96x55x55" or "4096"
 char *shape_str(Shape s, char *buf, size_t size);
 
@@ -110,6 +111,8 @@ char *shape_str(Shape s, char *buf, size_t size);
 typedef struct {
   int64_t begin, end;
 } Range;
+
+static inline int64_t range_len(Range r) { return r.end > r.begin ? r.end - r.begin : 0; }
 
 // Where a node runs on one device (filled by the partition pass). Stage 0 is the
 // node's own op (the head), stage k > 0 its k-th fused epilogue op; each stage
@@ -156,6 +159,11 @@ typedef struct Node {
 
   Placement place[MAX_DEVICES];
 } Node;
+
+// The output shape of stage k of a node: 0 is its own op, k > 0 its k-th fused op.
+static inline Shape node_stage_shape(const Node *n, int k) {
+  return k == n->n_epilogue ? n->out : k ? n->epilogue[k - 1].out : n->head_out;
+}
 
 // A copy of channels of a node's output from one device to another, made right
 // after the node runs (filled by the partition pass).

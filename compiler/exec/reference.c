@@ -34,8 +34,6 @@ typedef struct {
   Valid *valid;  // NULL for a view being written
 } View;
 
-static int64_t len(Range r) { return r.end > r.begin ? r.end - r.begin : 0; }
-static int64_t plane(Shape s) { return s.h * s.w; }
 
 static bool is_valid(const View *v, int64_t c) {
   if (!v->valid)
@@ -53,11 +51,11 @@ static float *chan(View v, int img, int64_t c) {
             v.name, (long long)v.held.begin, (long long)v.held.end);
     abort();
   }
-  return v.data + ((int64_t)img * len(v.held) + (c - v.held.begin)) * plane(v.shape);
+  return v.data + ((int64_t)img * range_len(v.held) + (c - v.held.begin)) * shape_plane(v.shape);
 }
 
 static void mark_valid(Valid *v, Range r) {
-  if (len(r) && v->n < MAX_VALID)
+  if (range_len(r) && v->n < MAX_VALID)
     v->r[v->n++] = r;
 }
 
@@ -100,7 +98,7 @@ static void relu(View x, View y, Range r, int batch) {
     for (int64_t c = r.begin; c < r.end; c++) {
       const float *src = chan(x, i, c);
       float *dst = chan(y, i, c);
-      for (int64_t p = 0; p < plane(y.shape); p++)
+      for (int64_t p = 0; p < shape_plane(y.shape); p++)
         dst[p] = src[p] > 0 ? src[p] : 0.0f;
     }
 }
@@ -108,13 +106,13 @@ static void relu(View x, View y, Range r, int batch) {
 // Dropout at inference (identity: training scales by 1/(1-p) when it drops), and
 // flatten, whose (C, H, W) -> C*H*W is the same bytes: both copy channels.
 static void copy_channels(View x, View y, Range r, int batch) {
-  int64_t scale = plane(x.shape) / plane(y.shape);  // flatten: features per channel
+  int64_t scale = shape_plane(x.shape) / shape_plane(y.shape);  // flatten: features per channel
   for (int i = 0; i < batch; i++)
     for (int64_t c = r.begin; c < r.end; c += scale) {
       const float *src = chan(x, i, c / scale);
       float *dst = chan(y, i, c);
       if (src != dst)
-        memmove(dst, src, plane(x.shape) * sizeof(float));
+        memmove(dst, src, shape_plane(x.shape) * sizeof(float));
     }
 }
 
@@ -122,7 +120,7 @@ static void copy_channels(View x, View y, Range r, int batch) {
 // channels centred on i, clipped at the channel (group) edges. No division by size.
 static void lrn(const Node *n, View x, View y, Range r, int batch) {
   const LrnAttrs *a = &n->lrn;
-  int64_t per_group = x.shape.c / a->groups, half = a->size / 2, hw = plane(x.shape);
+  int64_t per_group = x.shape.c / a->groups, half = a->size / 2, hw = shape_plane(x.shape);
   for (int i = 0; i < batch; i++)
     for (int64_t c = r.begin; c < r.end; c++) {
       int64_t g0 = c / per_group * per_group, g1 = g0 + per_group - 1;
@@ -202,7 +200,7 @@ static void concat(const Graph *g, const Node *n, const View *xs, View y, Range 
       int j = 0;
       while (c >= offset + g->nodes[n->inputs[j]].out.c)
         offset += g->nodes[n->inputs[j++]].out.c;
-      memcpy(chan(y, i, c), chan(xs[j], i, c - offset), plane(y.shape) * sizeof(float));
+      memcpy(chan(y, i, c), chan(xs[j], i, c - offset), shape_plane(y.shape) * sizeof(float));
     }
 }
 
@@ -270,7 +268,7 @@ static View node_target(const Exec *e, int i, int d) {
 static void run_on_device(Exec *e, const Weights *w, int i, int d) {
   const Node *n = &e->g->nodes[i];
   const Placement *p = &n->place[d];
-  if (!len(p->stage[n->n_epilogue]))
+  if (!range_len(p->stage[n->n_epilogue]))
     return;
   View xs[64];
   for (int j = 0; j < n->n_inputs && j < 64; j++)
@@ -285,8 +283,8 @@ static void run_on_device(Exec *e, const Weights *w, int i, int d) {
     if (k == n->n_epilogue) {
       y = node_target(e, i, d);
     } else {
-      Shape shape = k ? n->epilogue[k - 1].out : n->head_out;
-      stage_buf[k] = xcalloc(len(p->stage[k]) * plane(shape) * e->batch, sizeof(float));
+      Shape shape = node_stage_shape(n, k);
+      stage_buf[k] = xcalloc(range_len(p->stage[k]) * shape_plane(shape) * e->batch, sizeof(float));
       y = (View){stage_buf[k], shape, p->stage[k], d, s->name, NULL};
     }
     run_stage(e->g, n, s, w, xs, y, p->stage[k], e->batch);
@@ -310,7 +308,7 @@ static void run_transfers(Exec *e, int i) {
     chan(from, 0, tr->range.end - 1);  // the sender must have all of it
     for (int img = 0; img < e->batch; img++)
       memcpy(chan(to, img, tr->range.begin), chan(from, img, tr->range.begin),
-             len(tr->range) * plane(from.shape) * sizeof(float));
+             range_len(tr->range) * shape_plane(from.shape) * sizeof(float));
     mark_valid(&e->valid[i][tr->to], tr->range);
   }
 }
@@ -318,30 +316,30 @@ static void run_transfers(Exec *e, int i) {
 // Copies the whole of node i's output, each channel from the device computing it.
 static void gather(Exec *e, int i, float *out) {
   const Node *n = &e->g->nodes[i];
-  int64_t hw = plane(n->out), c = n->out.c;
+  int64_t hw = shape_plane(n->out), c = n->out.c;
   for (int d = 0; d < e->g->n_devices; d++) {
     Range r = n->place[d].stage[n->n_epilogue];
     if (n->op == OP_INPUT)
       r = d == 0 ? (Range){0, c} : (Range){0, 0};
-    if (!len(r))
+    if (!range_len(r))
       continue;
     View v = node_view(e, i, d);
     for (int img = 0; img < e->batch; img++)
-      memcpy(out + (img * c + r.begin) * hw, chan(v, img, r.begin), len(r) * hw * sizeof(float));
+      memcpy(out + (img * c + r.begin) * hw, chan(v, img, r.begin), range_len(r) * hw * sizeof(float));
   }
 }
 
 static void upload_input(Exec *e, const float *x) {
   const Node *n = &e->g->nodes[0];
-  int64_t hw = plane(n->out);
+  int64_t hw = shape_plane(n->out);
   for (int d = 0; d < e->g->n_devices; d++) {
     Range r = n->place[d].held;
-    if (!len(r))
+    if (!range_len(r))
       continue;
     View v = node_target(e, 0, d);
     for (int img = 0; img < e->batch; img++)
       memcpy(chan(v, img, r.begin), x + (img * n->out.c + r.begin) * hw,
-             len(r) * hw * sizeof(float));
+             range_len(r) * hw * sizeof(float));
     e->valid[0][d] = (Valid){{r}, 1};
   }
 }

@@ -32,10 +32,9 @@ static bool same_shape(Shape a, Shape b) {
   return a.rank == b.rank && a.c == b.c && a.h == b.h && a.w == b.w;
 }
 
-static int64_t len(Range r) { return r.end > r.begin ? r.end - r.begin : 0; }
 
 static bool within(Range inner, Range outer) {
-  return !len(inner) || (inner.begin >= outer.begin && inner.end <= outer.end);
+  return !range_len(inner) || (inner.begin >= outer.begin && inner.end <= outer.end);
 }
 
 // Fused stages: only per-element or per-channel ops, on a conv, fc or lrn head.
@@ -67,17 +66,17 @@ static bool partition_ok(const Graph *g) {
     for (int d = 0; d < g->n_devices; d++) {
       const Placement *p = &n->place[d];
       for (int k = 0; k <= n->n_epilogue; k++) {
-        Shape s = k == n->n_epilogue ? n->out : k ? n->epilogue[k - 1].out : n->head_out;
+        Shape s = node_stage_shape(n, k);
         if (!within(p->stage[k], (Range){0, s.c}))
           return fail(g, i, "a device's channel range lies outside the tensor");
       }
       Range mine = p->stage[n->n_epilogue];
       if (!within(mine, p->held) || !within(p->held, (Range){0, n->out.c}))
         return fail(g, i, "a device does not hold what it computes");
-      covered += len(mine);
+      covered += range_len(mine);
       for (int e = 0; e < g->n_devices && i > 0; e++) {
         Range other = n->place[e].stage[n->n_epilogue];
-        if (e != d && len(mine) && len(other) && mine.begin < other.end && other.begin < mine.end)
+        if (e != d && range_len(mine) && range_len(other) && mine.begin < other.end && other.begin < mine.end)
           return fail(g, i, "two devices compute the same output channels");
       }
     }
@@ -88,7 +87,7 @@ static bool partition_ok(const Graph *g) {
     const Transfer *tr = &g->transfers[t];
     const Node *n = &g->nodes[tr->node];
     if (tr->from == tr->to || !within(tr->range, n->place[tr->from].stage[n->n_epilogue]) ||
-        !within(tr->range, n->place[tr->to].held) || !len(tr->range))
+        !within(tr->range, n->place[tr->to].held) || !range_len(tr->range))
       return fail(g, tr->node, "a transfer moves channels its sender does not compute or its "
                   "receiver does not hold");
   }

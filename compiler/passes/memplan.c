@@ -25,8 +25,6 @@ typedef struct {
   int64_t top;  // arena size so far
 } Arena;
 
-static int64_t len(Range r) { return r.end > r.begin ? r.end - r.begin : 0; }
-static int64_t plane(Shape s) { return s.h * s.w; }
 static int64_t align_up(int64_t v) { return (v + ALIGN - 1) / ALIGN * ALIGN; }
 
 static int by_offset(const void *a, const void *b) {
@@ -67,7 +65,7 @@ static Block *arena_find(Arena *a, int64_t offset) {
   return NULL;
 }
 
-static bool reads_on(const Node *n, int d) { return len(n->place[d].stage[0]) > 0; }
+static bool reads_on(const Node *n, int d) { return range_len(n->place[d].stage[0]) > 0; }
 
 // The last node that reads node i on device d (i itself if none does).
 static int last_use(const Graph *g, int i, int d) {
@@ -81,7 +79,7 @@ static int last_use(const Graph *g, int i, int d) {
   return last;
 }
 
-int64_t node_buffer_elems(const Node *n, int d) { return len(n->place[d].held) * plane(n->out); }
+int64_t node_buffer_elems(const Node *n, int d) { return range_len(n->place[d].held) * shape_plane(n->out); }
 
 // Can node i's output overwrite its input on device d?
 static bool can_share(const Graph *g, int i, int d, const int *last) {
@@ -92,7 +90,7 @@ static bool can_share(const Graph *g, int i, int d, const int *last) {
   const Node *src = &g->nodes[in];
   return in != g->output && src->op != OP_INPUT && last[in] == i &&
          node_buffer_elems(src, d) == node_buffer_elems(n, d) &&
-         src->place[d].held.begin * plane(src->out) == n->place[d].held.begin * plane(n->out);
+         src->place[d].held.begin * shape_plane(src->out) == n->place[d].held.begin * shape_plane(n->out);
 }
 
 static void plan_device(Graph *g, int d) {
@@ -141,7 +139,7 @@ int64_t plan_param_count(const Graph *g, int device) {
     if (!n->n_weight)
       continue;
     int64_t rows = n->op == OP_CONV ? n->conv.out : n->fc.out;
-    int64_t head = len(n->place[device].stage[0]);
+    int64_t head = range_len(n->place[device].stage[0]);
     total += (n->n_weight / rows + (n->n_bias ? 1 : 0)) * head;
   }
   return total;

@@ -20,24 +20,22 @@
 #include "../alexc.h"
 
 static Range rng(int64_t b, int64_t e) { return (Range){b, e}; }
-static int64_t len(Range r) { return r.end > r.begin ? r.end - r.begin : 0; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 static Range hull(Range a, Range b) {
-  if (!len(a))
+  if (!range_len(a))
     return b;
-  if (!len(b))
+  if (!range_len(b))
     return a;
   return rng(min64(a.begin, b.begin), max64(a.end, b.end));
 }
 
 static Range intersect(Range a, Range b) {
   Range r = rng(max64(a.begin, b.begin), min64(a.end, b.end));
-  return len(r) ? r : rng(0, 0);
+  return range_len(r) ? r : rng(0, 0);
 }
 
-static int64_t plane(Shape s) { return s.h * s.w; }
 static int last_stage(const Node *n) { return n->n_epilogue; }
 static Range computed(const Node *n, int d) { return n->place[d].stage[last_stage(n)]; }
 
@@ -52,7 +50,7 @@ static const Node *stage_node(const Node *n, int k) { return k ? &n->epilogue[k 
 // Channels an LRN needs of its input to compute output channels r: the window's
 // halo, clipped at the tensor's (or channel group's) edges.
 static Range lrn_need(const LrnAttrs *a, int64_t channels, Range r) {
-  if (!len(r))
+  if (!range_len(r))
     return r;
   int64_t per_group = channels / a->groups, half = a->size / 2;
   int64_t lo_group = r.begin / per_group * per_group;
@@ -62,7 +60,7 @@ static Range lrn_need(const LrnAttrs *a, int64_t channels, Range r) {
 
 // Channels of input `j` that op `n` needs to compute its output range r.
 static Range input_need(const Graph *g, const Node *n, int j, Range r) {
-  if (!len(r))
+  if (!range_len(r))
     return r;
   Shape in = g->nodes[n->inputs[j]].out;
   switch (n->op) {
@@ -73,13 +71,13 @@ static Range input_need(const Graph *g, const Node *n, int j, Range r) {
   case OP_LRN:
     return lrn_need(&n->lrn, in.c, r);
   case OP_FLATTEN:
-    return rng(r.begin / plane(in), (r.end + plane(in) - 1) / plane(in));
+    return rng(r.begin / shape_plane(in), (r.end + shape_plane(in) - 1) / shape_plane(in));
   case OP_CONCAT: {
     int64_t offset = 0;
     for (int k = 0; k < j; k++)
       offset += g->nodes[n->inputs[k]].out.c;
     Range part = intersect(r, rng(offset, offset + in.c));
-    return len(part) ? rng(part.begin - offset, part.end - offset) : part;
+    return range_len(part) ? rng(part.begin - offset, part.end - offset) : part;
   }
   case OP_FC:
   case OP_SOFTMAX:
@@ -92,7 +90,7 @@ static Range input_need(const Graph *g, const Node *n, int j, Range r) {
 // The range of stage k-1's output that stage k needs to compute r.
 static Range stage_need(const Node *n, int k, Range r) {
   const Node *s = stage_node(n, k);
-  Shape in = k > 1 ? n->epilogue[k - 2].out : n->head_out;
+  Shape in = node_stage_shape(n, k - 1);
   return s->op == OP_LRN ? lrn_need(&s->lrn, in.c, r) : r;
 }
 
@@ -135,7 +133,7 @@ static const char *split_output(const Graph *g, Node *n, Range *out) {
   case OP_FLATTEN:
     for (int d = 0; d < D; d++) {
       Range c = owner(g, n->inputs[0], d);
-      out[d] = rng(c.begin * plane(in), c.end * plane(in));
+      out[d] = rng(c.begin * shape_plane(in), c.end * shape_plane(in));
     }
     return "follows its input's channels";
   default:  // relu, dropout, lrn, maxpool
@@ -152,8 +150,8 @@ static int64_t receive_bytes(const Graph *g, const Node *n, int d, Range r) {
     const Node *in = &g->nodes[n->inputs[j]];
     Range need = input_need(g, n, j, r);
     Range have = in->op == OP_INPUT ? rng(0, in->out.c) : computed(in, d);
-    int64_t missing = len(need) - len(intersect(need, have));
-    bytes += missing * plane(in->out) * 4;
+    int64_t missing = range_len(need) - range_len(intersect(need, have));
+    bytes += missing * shape_plane(in->out) * 4;
   }
   return bytes;
 }
@@ -185,13 +183,13 @@ static bool plan_stages(Graph *g, int i, const Range *out) {
         continue;
       for (int d = 0; d < D && !cut; d++) {
         Range with_halo = n->place[d].stage[0], without = n->place[d].stage[k];
-        if (len(with_halo) == len(without))
+        if (range_len(with_halo) == range_len(without))
           continue;
         halo = true;
         int64_t extra = receive_bytes(g, n, d, with_halo) - receive_bytes(g, n, d, without);
         if (extra > 0) {
           cut = k;
-          int64_t moved = (len(with_halo) - len(without)) * plane(stage_node(n, k - 1)->out) * 4;
+          int64_t moved = (range_len(with_halo) - range_len(without)) * shape_plane(stage_node(n, k - 1)->out) * 4;
           char *msg = format("%s: fusion cut before '%s': recomputing the LRN halo would need "
                              "%lld more bytes/image of input, moving it costs %lld",
                              n->name, stage_node(n, k)->name, (long long)extra, (long long)moved);
@@ -209,7 +207,7 @@ static bool plan_stages(Graph *g, int i, const Range *out) {
 static void add_transfer(Graph *g, int node, int from, int to, Range r) {
   g->transfers = xrealloc(g->transfers, (g->n_transfers + 1) * sizeof *g->transfers);
   g->transfers[g->n_transfers++] =
-      (Transfer){node, from, to, r, len(r) * plane(g->nodes[node].out) * 4};
+      (Transfer){node, from, to, r, range_len(r) * shape_plane(g->nodes[node].out) * 4};
 }
 
 // Channels device d holds of node i but does not compute come from their owners.
@@ -217,12 +215,12 @@ static void plan_transfers(Graph *g, int i) {
   const Node *n = &g->nodes[i];
   for (int d = 0; d < g->n_devices; d++) {
     Range held = n->place[d].held, mine = computed(n, d);
-    Range pieces[2] = {rng(held.begin, len(mine) ? mine.begin : held.end),
-                       rng(len(mine) ? mine.end : held.end, held.end)};
+    Range pieces[2] = {rng(held.begin, range_len(mine) ? mine.begin : held.end),
+                       rng(range_len(mine) ? mine.end : held.end, held.end)};
     for (int p = 0; p < 2; p++)
-      for (int s = 0; s < g->n_devices && len(pieces[p]); s++) {
+      for (int s = 0; s < g->n_devices && range_len(pieces[p]); s++) {
         Range r = intersect(pieces[p], computed(n, s));
-        if (s != d && len(r))
+        if (s != d && range_len(r))
           add_transfer(g, i, s, d, r);
       }
   }

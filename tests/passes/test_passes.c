@@ -121,7 +121,7 @@ static void test_alexnet_partition(bool fuse) {
   // The paper: conv3 and the fully connected layers read both halves.
   CHECK(moved(g, "pool2", 0) == 128 * 13 * 13 * 4 && moved(g, "pool2", 1) == 128 * 13 * 13 * 4);
   CHECK(moved(g, "flatten", 0) == 4608 * 4 && moved(g, "flatten", 1) == 4608 * 4);
-  CHECK(moved(g, fuse ? "drop6" : "drop6", 0) == 2048 * 4);
+  CHECK(moved(g, "drop6", 0) == 2048 * 4);
   CHECK(moved(g, "drop7", 1) == 2048 * 4);
   // The softmax gathers fc8 on device 0.
   CHECK(moved(g, "fc8", 1) == 500 * 4 && moved(g, "fc8", 0) == 0);

@@ -40,12 +40,7 @@
 
 #define WEIGHT_ALIGN 64  // elements (256 bytes) between weight slices
 
-static int64_t len(Range r) { return r.end > r.begin ? r.end - r.begin : 0; }
-static int64_t plane(Shape s) { return s.h * s.w; }
 static const Node *stage_node(const Node *n, int k) { return k ? &n->epilogue[k - 1] : n; }
-static Shape stage_shape(const Node *n, int k) {
-  return k == n->n_epilogue ? n->out : k ? n->epilogue[k - 1].out : n->head_out;
-}
 
 void cuda_kernel_name(const Graph *g, int node, char *buf, size_t size) {
   snprintf(buf, size, "k%02d_%s", node, g->nodes[node].name);
@@ -107,14 +102,14 @@ static ConvGemm conv_gemm(const Graph *g, const Node *n, int d) {
   const ConvAttrs *a = &n->conv;
   Range r = n->place[d].stage[0];
   ConvGemm c = {0};
-  if (!len(r))
+  if (!range_len(r))
     return c;
   int64_t per_group = a->out / a->groups;
-  c.kernels = len(r);
+  c.kernels = range_len(r);
   c.first_group = r.begin / per_group;
   c.groups = (r.end - 1) / per_group - c.first_group + 1;
   c.kk = g->nodes[n->inputs[0]].out.c / a->groups * a->kernel * a->kernel;
-  c.pixels = plane(n->head_out);
+  c.pixels = shape_plane(n->head_out);
   c.scratch = (c.kernels + c.groups * c.kk) * c.pixels;
   return c;
 }
@@ -175,7 +170,7 @@ static void emit_loader(const Ctx *x, int j) {
           "}\n\n",
           j, in->name, (long long)in->out.c, (long long)in->out.h, (long long)in->out.w,
           (long long)pl->held.begin, (long long)pl->held.end, j, (long long)pl->held.begin,
-          (long long)len(pl->held), (long long)in->out.h, (long long)in->out.w, j);
+          (long long)range_len(pl->held), (long long)in->out.h, (long long)in->out.w, j);
 }
 
 // stage<k>(): the value of stage k at (img, c, y, x); `prev` is the stage before.
@@ -183,8 +178,8 @@ static bool emit_stage(const Ctx *x, int k) {
   const Node *n = x->n, *s = stage_node(n, k);
   const Graph *g = x->g;
   FILE *f = x->f;
-  Shape in = k ? stage_shape(n, k - 1) : n->n_inputs ? g->nodes[n->inputs[0]].out : n->out;
-  Shape out = stage_shape(n, k);
+  Shape in = k ? node_stage_shape(n, k - 1) : n->n_inputs ? g->nodes[n->inputs[0]].out : n->out;
+  Shape out = node_stage_shape(n, k);
   char prev[16], fa[40], fb[40], fc[40];
   if (k)
     snprintf(prev, sizeof prev, "stage%d", k - 1);
@@ -235,7 +230,7 @@ static bool emit_stage(const Ctx *x, int k) {
   case OP_FC:
     // The GEMM's result, already in the output buffer; add the bias.
     fprintf(f, "  constexpr int HELD_BEGIN = %lld, HELD = %lld;\n",
-            (long long)n->place[x->device].held.begin, (long long)len(n->place[x->device].held));
+            (long long)n->place[x->device].held.begin, (long long)range_len(n->place[x->device].held));
     if (s->fc.bias)
       fprintf(f,
               "  constexpr int FIRST_KERNEL = %lld;  // this device's bias starts there\n"
@@ -368,8 +363,8 @@ static void emit_softmax(const Ctx *x, const char *kname) {
           "      y[img * OUT_HELD + (k - OUT_HELD_BEGIN)] = expf(v[k] - m) / sum;\n"
           "  }\n"
           "}\n",
-          (long long)n->out.c, (long long)pi->held.begin, (long long)len(pi->held),
-          (long long)po->held.begin, (long long)len(po->held), (long long)r.begin,
+          (long long)n->out.c, (long long)pi->held.begin, (long long)range_len(pi->held),
+          (long long)po->held.begin, (long long)range_len(po->held), (long long)r.begin,
           (long long)r.end);
 }
 
@@ -379,11 +374,11 @@ static bool emit_node(const Ctx *x, const char *kname) {
   FILE *f = x->f;
   fprintf(f, "// ---------------------------------------------------------------- %s\n//\n", kname);
   for (int k = 0; k <= n->n_epilogue; k++) {
-    Shape in = k ? stage_shape(n, k - 1) : n->n_inputs ? x->g->nodes[n->inputs[0]].out : n->out;
+    Shape in = k ? node_stage_shape(n, k - 1) : n->n_inputs ? x->g->nodes[n->inputs[0]].out : n->out;
     fprintf(f, "// %s", k ? "then " : "");
-    describe_stage(f, stage_node(n, k), in, stage_shape(n, k));
+    describe_stage(f, stage_node(n, k), in, node_stage_shape(n, k));
     fprintf(f, "\n//   %s [%lld, %lld) on this device\n",
-            stage_shape(n, k).rank == 1 ? "features" : "channels", (long long)pl->stage[k].begin,
+            node_stage_shape(n, k).rank == 1 ? "features" : "channels", (long long)pl->stage[k].begin,
             (long long)pl->stage[k].end);
   }
   fprintf(f, "\nnamespace node%02d {\n\n", x->node);
@@ -434,10 +429,10 @@ static bool emit_node(const Ctx *x, const char *kname) {
           "  constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;\n"
           "  const Ptrs p = {",
           x->node, (long long)r.begin, (long long)r.end, (long long)out.h, (long long)out.w,
-          (long long)pl->held.begin, (long long)len(pl->held));
+          (long long)pl->held.begin, (long long)range_len(pl->held));
   bool first = true;
   if (x->gemm) {
-    fprintf(f, "g, (long long)batch * %lld", (long long)plane(n->head_out));
+    fprintf(f, "g, (long long)batch * %lld", (long long)shape_plane(n->head_out));
     first = false;
   }
   for (int j = 0; j < n->n_inputs && !reads_own_output(n) && !x->gemm; j++, first = false)
@@ -520,7 +515,7 @@ static int64_t add_slice(RtPlan *p, int d, const Node *n, bool bias, Range r) {
   RtPlanDevice *dev = &p->dev[d];
   int64_t rows = n->op == OP_CONV ? n->conv.out : n->fc.out;
   int64_t per_row = bias ? 1 : n->n_weight / rows;
-  RtWeightSlice s = {.first = r.begin * per_row, .count = len(r) * per_row, .offset = dev->weights};
+  RtWeightSlice s = {.first = r.begin * per_row, .count = range_len(r) * per_row, .offset = dev->weights};
   snprintf(s.tensor, sizeof s.tensor, "%s.%s", n->name, bias ? "bias" : "weight");
   rt_plan_add_slice(p, d, &s);
   dev->weights += (s.count + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
@@ -565,7 +560,7 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
   RtStep im = {.kind = RT_STEP_KERNEL, .device = d, .block = CUDA_BLOCK,
                .work = cg.groups * cg.kk * P, .n_args = 2};
   snprintf(im.name, sizeof im.name, "%s", iname);
-  im.args[0] = (RtAddr){RT_SPACE_ARENA, pi->offset, 0, len(pi->held) * plane(in->out)};
+  im.args[0] = (RtAddr){RT_SPACE_ARENA, pi->offset, 0, range_len(pi->held) * shape_plane(in->out)};
   im.args[1] = col;
   rt_plan_add_step(p, &im);
   for (int64_t k = 0; k < cg.groups; k++) {
@@ -575,7 +570,7 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
     // out[c][pixel] = sum_kk col[kk][pixel] * W[c][kk]: C (pixels x kernels) = A (pixels x
     // kk, the columns) * B (kk x kernels, the weights as stored, row-major out x kk).
     RtStep s = {.kind = RT_STEP_GEMM, .device = d, .transa = 'N', .transb = 'N',
-                .m = {P, 0}, .n = {0, len(r)}, .k = {0, cg.kk},
+                .m = {P, 0}, .n = {0, range_len(r)}, .k = {0, cg.kk},
                 .a = {RT_SPACE_SCRATCH, (cg.kernels + k * cg.kk) * P, 0, 0}, .lda = {P, 0},
                 .b = weight(w_at + (r.begin - r0.begin) * cg.kk), .ldb = {0, cg.kk},
                 .c = {RT_SPACE_SCRATCH, (r.begin - r0.begin) * P, 0, 0}, .ldc = {P, 0}};
@@ -583,10 +578,10 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
     rt_plan_add_step(p, &s);
   }
   RtStep e = {.kind = RT_STEP_KERNEL, .device = d, .block = CUDA_BLOCK,
-              .work = len(pl->stage[n->n_epilogue]) * plane(n->out)};
+              .work = range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out)};
   snprintf(e.name, sizeof e.name, "%s", kname);
   e.args[e.n_args++] = (RtAddr){RT_SPACE_SCRATCH, 0, 0, 0};
-  e.args[e.n_args++] = (RtAddr){RT_SPACE_ARENA, pl->offset, 0, len(pl->held) * plane(n->out)};
+  e.args[e.n_args++] = (RtAddr){RT_SPACE_ARENA, pl->offset, 0, range_len(pl->held) * shape_plane(n->out)};
   if (has_bias(n))
     e.args[e.n_args++] = weight(b_at);
   rt_plan_add_step(p, &e);
@@ -617,10 +612,10 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const 
       return false;
     }
     RtStep s = {.kind = RT_STEP_GEMM, .device = d, .transa = 'T', .transb = 'N',
-                .m = {0, len(r0)}, .n = {1, 0}, .k = {0, in->out.c},
+                .m = {0, range_len(r0)}, .n = {1, 0}, .k = {0, in->out.c},
                 .a = weight(w_at), .lda = {0, in->out.c}, .b = arena(pi->offset, 0),
                 .ldb = {0, in->out.c}, .c = arena(pl->offset, r0.begin - pl->held.begin),
-                .ldc = {0, len(pl->held)}};
+                .ldc = {0, range_len(pl->held)}};
     snprintf(s.name, sizeof s.name, "%s", n->name);
     rt_plan_add_step(p, &s);
     if (!has_bias(n) && !n->n_epilogue)
@@ -632,7 +627,7 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const 
   fputc('\n', src);
   RtStep s = {.kind = RT_STEP_KERNEL, .device = d, .block = CUDA_BLOCK};
   snprintf(s.name, sizeof s.name, "%s", kname);
-  s.work = n->op == OP_SOFTMAX ? 1 : len(pl->stage[n->n_epilogue]) * plane(n->out);
+  s.work = n->op == OP_SOFTMAX ? 1 : range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
   for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
     s.args[s.n_args++] = arena(g->nodes[n->inputs[j]].place[d].offset, 0);
   s.args[s.n_args++] = arena(pl->offset, 0);
@@ -646,7 +641,7 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const 
 
 static void plan_transfers(const Graph *g, int i, RtPlan *p) {
   const Node *n = &g->nodes[i];
-  int64_t P = plane(n->out);
+  int64_t P = shape_plane(n->out);
   for (int t = 0; t < g->n_transfers; t++) {
     const Transfer *tr = &g->transfers[t];
     if (tr->node != i)
@@ -654,10 +649,10 @@ static void plan_transfers(const Graph *g, int i, RtPlan *p) {
     const Placement *from = &n->place[tr->from], *to = &n->place[tr->to];
     RtStep s = {.kind = RT_STEP_TRANSFER, .device = tr->to, .from = tr->from,
                 .src = {arena(from->offset, (tr->range.begin - from->held.begin) * P),
-                        len(from->held) * P},
+                        range_len(from->held) * P},
                 .dst = {arena(to->offset, (tr->range.begin - to->held.begin) * P),
-                        len(to->held) * P},
-                .width = len(tr->range) * P};
+                        range_len(to->held) * P},
+                .width = range_len(tr->range) * P};
     snprintf(s.name, sizeof s.name, "%s", n->name);
     rt_plan_add_step(p, &s);
   }
@@ -665,17 +660,17 @@ static void plan_transfers(const Graph *g, int i, RtPlan *p) {
 
 static void plan_io(const Graph *g, RtPlan *p) {
   const Node *in = &g->nodes[0], *out = &g->nodes[g->output];
-  int64_t Pi = plane(in->out), Po = plane(out->out);
+  int64_t Pi = shape_plane(in->out), Po = shape_plane(out->out);
   for (int d = 0; d < g->n_devices; d++) {
     const Placement *a = &in->place[d], *b = &out->place[d];
-    if (len(a->held))
-      p->dev[d].input = (RtHostCopy){{arena(a->offset, 0), len(a->held) * Pi},
-                                     a->held.begin * Pi, in->out.c * Pi, len(a->held) * Pi};
+    if (range_len(a->held))
+      p->dev[d].input = (RtHostCopy){{arena(a->offset, 0), range_len(a->held) * Pi},
+                                     a->held.begin * Pi, in->out.c * Pi, range_len(a->held) * Pi};
     Range r = b->stage[out->n_epilogue];
-    if (len(r))
+    if (range_len(r))
       p->dev[d].output =
-          (RtHostCopy){{arena(b->offset, (r.begin - b->held.begin) * Po), len(b->held) * Po},
-                       r.begin * Po, out->out.c * Po, len(r) * Po};
+          (RtHostCopy){{arena(b->offset, (r.begin - b->held.begin) * Po), range_len(b->held) * Po},
+                       r.begin * Po, out->out.c * Po, range_len(r) * Po};
   }
 }
 
@@ -710,7 +705,7 @@ static void emit_header(const Graph *g, int d, const char *how, const CudaOption
   for (int i = 1; i < g->n_nodes; i++) {
     const Node *n = &g->nodes[i];
     Range r = n->place[d].stage[n->n_epilogue];
-    if (!len(r) || is_noop(n, d) || (n->op == OP_FC && !has_bias(n) && !n->n_epilogue))
+    if (!range_len(r) || is_noop(n, d) || (n->op == OP_FC && !has_bias(n) && !n->n_epilogue))
       continue;
     char kname[RT_PLAN_NAME], stages[256];
     cuda_kernel_name(g, i, kname, sizeof kname);
@@ -758,7 +753,7 @@ bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, Cud
     // as the budget holds (at least one).
     for (int i = 1; i < g->n_nodes; i++) {
       const Node *n = &g->nodes[i];
-      if (is_gemm_conv(n, &o) && len(n->place[d].stage[n->n_epilogue])) {
+      if (is_gemm_conv(n, &o) && range_len(n->place[d].stage[n->n_epilogue])) {
         int64_t need = conv_gemm(g, n, d).scratch;
         p->dev[d].scratch = need > p->dev[d].scratch ? need : p->dev[d].scratch;
       }
@@ -775,7 +770,7 @@ bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, Cud
   for (int i = 1; i < g->n_nodes && ok; i++) {
     const Node *n = &g->nodes[i];
     for (int d = 0; d < g->n_devices && ok; d++)
-      if (len(n->place[d].stage[n->n_epilogue]) && !is_noop(n, d))
+      if (range_len(n->place[d].stage[n->n_epilogue]) && !is_noop(n, d))
         ok = plan_node(g, i, d, src[d], p, &o);
     plan_transfers(g, i, p);
   }
