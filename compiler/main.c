@@ -16,6 +16,7 @@ static const struct {
     {"run", cmd_run, "run a batch through a network"},
     {"golden", cmd_golden, "record and check golden-output regression tests"},
     {"compile", cmd_compile, "compile for a target (cuda): kernels, NVRTC modules and the plan"},
+    {"bench", cmd_bench, "time a network on the GPU: per layer, fused against unfused"},
 };
 
 static void help(FILE *out) {

@@ -33,6 +33,16 @@
 // chunk's images as images 0.. of the tensor.
 typedef enum { RT_SPACE_ARENA, RT_SPACE_WEIGHTS, RT_SPACE_SCRATCH } RtSpace;
 
+// The arithmetic of the GEMMs (`--precision`); everything else is float32 always.
+//   fp32  cublasSgemm in pedantic math mode: no TF32 anywhere
+//   tf32  float operands, multiplied on TF32 tensor cores (10-bit mantissa), float sums
+//   bf16  bfloat16 operands (weights converted at upload, im2col columns and fc inputs
+//         written as bfloat16), float sums and outputs
+typedef enum { RT_FP32, RT_TF32, RT_BF16 } RtPrecision;
+
+const char *rt_precision_name(RtPrecision p);
+bool rt_parse_precision(const char *name, RtPrecision *out);
+
 typedef struct {
   RtSpace space;
   int64_t per_image, fixed;
@@ -57,7 +67,8 @@ typedef enum { RT_STEP_KERNEL, RT_STEP_GEMM, RT_STEP_TRANSFER, RT_STEP_CHUNK } R
 typedef struct {
   RtStepKind kind;
   int device;                // kernel, gemm: where it runs; transfer: the receiver
-  char name[RT_PLAN_NAME];   // kernel: its symbol; gemm and transfer: the layer (for logs)
+  char name[RT_PLAN_NAME];   // kernel: its symbol; gemm, chunk and transfer: the layer
+  char layer[RT_PLAN_NAME];  // the layer (node) the step belongs to, for timings
 
   // RT_STEP_KERNEL: kernel(args..., int batch); one thread per unit of work,
   // `work` units per image, in blocks of `block` threads (grid-stride loop inside).
@@ -71,7 +82,9 @@ typedef struct {
   // fc:   T, N, m = out, n = batch: y[img][o] = sum_j W[o][j] * x[img][j].
   // conv: N, N, m = pixels of the chunk, n = a group's kernels, k = in/groups * K * K:
   //       out[c][pixel] = sum_kk col[kk][pixel] * W[c][kk] (im2col, channel-major).
+  // prec RT_BF16: A and B hold bfloat16 (C is float either way).
   char transa, transb;
+  RtPrecision prec;
   RtDim m, n, k, lda, ldb, ldc;
   RtAddr a, b, c;
 
@@ -87,12 +100,22 @@ typedef struct {
   int64_t width;
 } RtStep;
 
-// A slice of a named weight tensor copied into a device's weight buffer.
+// A slice of a named weight tensor copied into a device's weight buffer, as float or
+// (a GEMM operand under --precision bf16) converted to bfloat16 at upload.
 typedef struct {
   char tensor[RT_PLAN_NAME];
   int64_t first, count;  // elements of the tensor
-  int64_t offset;        // elements into the device's weight buffer
+  int64_t offset;        // float-sized elements into the device's weight buffer
+  bool bf16;
 } RtWeightSlice;
+
+// Float-sized elements a slice takes in the weight buffer (bf16 packs two per float).
+int64_t rt_slice_slots(const RtWeightSlice *s);
+// Writes the slice of `tensor` (the whole float tensor) to dst, converted as the slice
+// says: rt_slice_slots(s) * 4 bytes.
+void rt_slice_pack(const RtWeightSlice *s, const float *tensor, void *dst);
+// float -> bfloat16 (its top 16 bits), rounded to nearest even; NaN stays NaN.
+uint16_t rt_float_to_bf16(float f);
 
 // Per device: where the input goes and where the output comes from (host side: the
 // full NCHW tensors, `host_offset` + image * host pitch).
@@ -118,6 +141,7 @@ typedef struct {
 typedef struct {
   char network[RT_PLAN_NAME];
   char arch[32];
+  RtPrecision precision;
   int n_devices;
   int64_t in_elems, out_elems;  // per image
   RtPlanDevice dev[RT_PLAN_MAX_DEVICES];
@@ -130,12 +154,21 @@ void rt_plan_free(RtPlan *p);
 void rt_plan_add_step(RtPlan *p, const RtStep *s);
 void rt_plan_add_slice(RtPlan *p, int device, const RtWeightSlice *s);
 
-// The artifact file: a text header ("alexc-cuda-plan 2"), one line per plan item,
+// The artifact file: a text header ("alexc-cuda-plan 3"), one line per plan item,
 // "end", then the modules' bytes. Described in runtime/cuda_plan.c and
 // compiler/backends/cuda/README.md.
 bool rt_plan_save(const RtPlan *p, const char *path);
+// The bytes rt_plan_save writes (*data malloc'd): also the payload of a bundle.
+bool rt_plan_serialize(const RtPlan *p, uint8_t **data, size_t *size);
 bool rt_plan_parse(const uint8_t *data, size_t size, RtPlan *p);
+// Loads a plan file, or a bundle: the shared object `alexc compile -o X.so` writes
+// (recognized by its ELF header), whose exported alexc_model_v1() returns the same
+// bytes. Loading a bundle runs its code (dlopen), so a bundle must be trusted like any
+// shared library; a plan file is only read, by the bounded, checked parser above.
 bool rt_plan_load(const char *path, RtPlan *p);
+// The bundle half of rt_plan_load (runtime/bundle.c): dlopen(RTLD_NOW | RTLD_LOCAL),
+// alexc_model_v1(), rt_plan_parse (which copies everything it keeps), dlclose.
+bool rt_bundle_load(const char *path, RtPlan *p);
 
 // What executing a plan needs from a machine. Device addresses are integers (a
 // CUdeviceptr, or a host pointer in the emulator). Each returns false after rt_fail.
@@ -145,13 +178,17 @@ typedef struct {
   uint64_t scratch[RT_PLAN_MAX_DEVICES];  // rt_plan_scratch_elems() floats; 0 if none
   bool (*launch)(void *ctx, int device, const char *kernel, int64_t grid, int block,
                  const uint64_t *args, int n_args, int batch);
-  // cublasSgemm(transa, transb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc), 'N'/'T'.
-  bool (*gemm)(void *ctx, int device, char transa, char transb, int64_t m, int64_t n,
-               int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b, int64_t ldb,
-               float beta, uint64_t c, int64_t ldc);
+  // cublasSgemm(transa, transb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc), 'N'/'T',
+  // in the step's precision (bf16: a and b hold bfloat16).
+  bool (*gemm)(void *ctx, int device, RtPrecision prec, char transa, char transb, int64_t m,
+               int64_t n, int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b,
+               int64_t ldb, float beta, uint64_t c, int64_t ldc);
   // Copies `height` rows of `width` floats; a device of -1 means host memory.
   bool (*copy)(void *ctx, int dst_device, uint64_t dst, int64_t dst_pitch, int src_device,
                uint64_t src, int64_t src_pitch, int64_t width, int64_t height);
+  // Optional (may be NULL): called before (end false) and after (end true) every run of
+  // a step (once per chunk inside a chunk), for per-layer timings.
+  bool (*mark)(void *ctx, const RtStep *s, bool end);
 } RtPlanOps;
 
 // Blocks of a kernel step for a batch: enough for one thread per work unit, capped
@@ -161,6 +198,10 @@ int64_t rt_plan_grid(const RtStep *s, int batch);
 int64_t rt_plan_scratch_elems(const RtPlan *p, int d, int batch);
 // Uploads x (batch, input), runs every step, downloads y (batch, output).
 bool rt_plan_run(const RtPlan *p, const RtPlanOps *ops, const float *x, int batch, float *y);
+// The three parts of rt_plan_run, for executors that time the steps alone.
+bool rt_plan_upload(const RtPlan *p, const RtPlanOps *ops, const float *x, int batch);
+bool rt_plan_steps(const RtPlan *p, const RtPlanOps *ops, int batch);
+bool rt_plan_download(const RtPlan *p, const RtPlanOps *ops, float *y, int batch);
 
 // ---- the CUDA driver executor (runtime/cuda.c)
 
@@ -169,11 +210,45 @@ typedef struct RtCuda RtCuda;
 // Loads libcuda.so.1 and libcublas; false with rt_error() "no CUDA driver found ..." or
 // "no GPU ..." when this machine cannot run CUDA.
 bool rt_cuda_available(void);
-// Places the plan's logical devices on the GPUs (round robin), loads the modules,
-// allocates weight buffers and uploads each slice from get(ctx, tensor name).
+// The architecture of GPU 0 ("sm_90") and its name; false (rt_error) without a GPU.
+bool rt_cuda_device(char *arch, size_t arch_size, char *name, size_t name_size);
+// Places the plan's logical devices on the GPUs (round robin; two logical devices on
+// one GPU run on two streams of it), loads the modules, allocates weight buffers and
+// uploads each slice from get(ctx, tensor name), converted as the slice says.
 RtCuda *rt_cuda_open(const RtPlan *p, const float *(*get)(void *ctx, const char *tensor),
                      void *ctx);
 bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y);
 void rt_cuda_close(RtCuda *r);
+
+// Timings of one batch (rt_cuda_time), from CUDA events on the GPUs' streams.
+typedef struct {
+  char layer[RT_PLAN_NAME];
+  bool transfer;  // the layer's transfers to other devices (timed on the receiver)
+  int device;     // logical device
+  double ms;    // sum over the layer's steps on that device (chunks included)
+  int steps;    // step runs timed
+} RtLayerTime;
+
+typedef struct {
+  double total_ms;  // first step to last, input already on the GPU, output not yet back
+  RtLayerTime *layers;  // per layer and device, in plan order (per_layer runs only)
+  int n_layers;
+} RtTimes;
+
+// Runs a batch like rt_cuda_run, timing it. per_layer puts events around every step
+// (a little overhead each); without it only the start and the end are recorded.
+bool rt_cuda_time(RtCuda *r, const float *x, int batch, float *y, bool per_layer, RtTimes *t);
+void rt_times_free(RtTimes *t);
+
+// Device memory: what alexc allocated (weights, activation arenas, conv scratch) and
+// what the driver reports in use beyond what was in use before rt_cuda_open (adds
+// modules, cuBLAS workspaces, the contexts' own); per GPU.
+typedef struct {
+  int n_gpus;
+  int64_t alexc_bytes[RT_PLAN_MAX_DEVICES];
+  int64_t used_bytes[RT_PLAN_MAX_DEVICES];
+  char name[RT_PLAN_MAX_DEVICES][128];
+} RtMemory;
+bool rt_cuda_memory(RtCuda *r, RtMemory *m);
 
 #endif

@@ -4,15 +4,20 @@
 // toolkit starts on a machine without a GPU and reports "no CUDA driver found" or
 // "no GPU" instead of failing to load.
 //
-// Logical devices map to GPUs round robin (two logical devices on one GPU share its
-// context). Everything runs on the default stream of each context, in plan order:
-// simple and correct; overlapping the two towers is for later.
+// Logical devices map to GPUs round robin. Each logical device has its own stream
+// (and cuBLAS handle bound to it), so a two-device plan runs its two towers
+// concurrently: on two GPUs, or on two streams of one GPU. The plan's steps are issued
+// in order; ordering between devices exists only at transfers, which the executor
+// turns into event waits both ways (the receiver waits until the sender has produced
+// the data; the sender waits until the copy has read it before its later steps may
+// reuse that memory: the memory plan reuses buffers).
 //
 // Per logical device: a weight buffer (allocated and filled at open), an activation
 // arena and a scratch buffer (im2col columns and conv GEMM output of one chunk of
 // images: rt_plan_scratch_elems), both reallocated when a larger batch arrives. The
 // chunk loops, like every address, are rt_plan_run's (runtime/cuda_plan.c), the same
-// code the CPU emulator of tests/cuda/ runs.
+// code the CPU emulator of tests/cuda/ runs. tests/cuda/fake/ is a CPU stand-in for
+// libcuda and cuBLAS that runs this file's calls with the streams in a random order.
 #define _GNU_SOURCE
 #include <cublas_v2.h>
 #include <cuda.h>
@@ -31,12 +36,18 @@
 // The driver and cuBLAS entry points used here. cuda.h maps some names to versioned
 // symbols (cuMemAlloc -> cuMemAlloc_v2); STR() expands the macro, so dlsym asks for
 // the symbol the header means.
-#define DRIVER_FUNCS(X)                                                                  \
-  X(cuInit) X(cuGetErrorString) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceGetName)   \
-  X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent)           \
-  X(cuCtxSynchronize) X(cuModuleLoadData) X(cuModuleUnload) X(cuModuleGetFunction)      \
-  X(cuMemAlloc) X(cuMemFree) X(cuMemcpy2D) X(cuMemcpy3DPeer) X(cuLaunchKernel)
-#define CUBLAS_FUNCS(X) X(cublasCreate) X(cublasDestroy) X(cublasSetMathMode) X(cublasSgemm)
+#define DRIVER_FUNCS(X)                                                                    \
+  X(cuInit) X(cuGetErrorString) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceGetName)     \
+  X(cuDeviceGetAttribute) X(cuDeviceCanAccessPeer) X(cuDevicePrimaryCtxRetain)            \
+  X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuCtxSynchronize)                     \
+  X(cuCtxEnablePeerAccess) X(cuModuleLoadData) X(cuModuleUnload) X(cuModuleGetFunction)   \
+  X(cuMemAlloc) X(cuMemFree) X(cuMemGetInfo) X(cuMemcpy2D) X(cuMemcpy2DAsync)             \
+  X(cuMemcpy3DPeerAsync) X(cuLaunchKernel) X(cuStreamCreate) X(cuStreamDestroy)           \
+  X(cuStreamSynchronize) X(cuStreamWaitEvent) X(cuEventCreate) X(cuEventDestroy)          \
+  X(cuEventRecord) X(cuEventElapsedTime)
+#define CUBLAS_FUNCS(X)                                                                    \
+  X(cublasCreate) X(cublasDestroy) X(cublasSetStream) X(cublasSetMathMode) X(cublasSgemm) \
+  X(cublasGemmEx)
 
 #define DECLARE(f) __typeof__(&f) f;
 static struct {
@@ -64,24 +75,16 @@ static bool cu_fail(const char *what, CUresult rc) {
 
 static int gpu_count;
 
-bool rt_cuda_available(void) {
-  static bool tried, ok;
-  static char why[512];
-  if (tried) {
-    if (!ok)
-      rt_fail("%s", why);
-    return ok;
-  }
-  tried = true;
+static bool load_libraries(char *why, size_t size) {
   cu.lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
   if (!cu.lib) {
-    snprintf(why, sizeof why, "no CUDA driver found (libcuda.so.1: %s)", dlerror());
-    return rt_fail("%s", why);
+    snprintf(why, size, "no CUDA driver found (libcuda.so.1: %s)", dlerror());
+    return false;
   }
-#define LOAD(lib_, table, f)                                                                 \
-  if (!(table.f = (__typeof__(table.f))dlsym(lib_, STR(f)))) {                              \
-    snprintf(why, sizeof why, "the CUDA driver lacks %s: it is older than this toolkit", STR(f)); \
-    return rt_fail("%s", why);                                                               \
+#define LOAD(lib_, table, f)                                                                \
+  if (!(table.f = (__typeof__(table.f))dlsym(lib_, STR(f)))) {                             \
+    snprintf(why, size, "the CUDA libraries lack %s: they are older than this toolkit", STR(f)); \
+    return false;                                                                           \
   }
 #define LOAD_CU(f) LOAD(cu.lib, cu, f)
   DRIVER_FUNCS(LOAD_CU)
@@ -93,23 +96,47 @@ bool rt_cuda_available(void) {
     if (rc != CUDA_SUCCESS && cu.cuGetErrorString(rc, &msg) != CUDA_SUCCESS)
       msg = NULL;
     if (rc == CUDA_SUCCESS)
-      snprintf(why, sizeof why, "no GPU: the CUDA driver sees no device");
+      snprintf(why, size, "no GPU: the CUDA driver sees no device");
     else
-      snprintf(why, sizeof why, "no GPU: cuInit failed: %s (CUDA error %d)",
+      snprintf(why, size, "no GPU: cuInit failed: %s (CUDA error %d)",
                msg ? msg : "no description", (int)rc);
-    return rt_fail("%s", why);
+    return false;
   }
   const char *names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so"};
   for (size_t i = 0; i < sizeof names / sizeof *names && !blas.lib; i++)
     blas.lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
   if (!blas.lib) {
-    snprintf(why, sizeof why,
-             "cuBLAS not found (libcublas.so.13/12): fc layers and --conv gemm need it");
-    return rt_fail("%s", why);
+    snprintf(why, size, "cuBLAS not found (libcublas.so.13/12): fc layers and --conv gemm need it");
+    return false;
   }
 #define LOAD_BLAS(f) LOAD(blas.lib, blas, f)
   CUBLAS_FUNCS(LOAD_BLAS)
-  ok = true;
+  return true;
+}
+
+bool rt_cuda_available(void) {
+  static bool tried, ok;
+  static char why[512];
+  if (!tried) {
+    tried = true;
+    ok = load_libraries(why, sizeof why);
+  }
+  return ok || rt_fail("%s", why);
+}
+
+bool rt_cuda_device(char *arch, size_t arch_size, char *name, size_t name_size) {
+  CUdevice dev;
+  int major = 0, minor = 0;
+  if (!rt_cuda_available())
+    return false;
+  CU(cu.cuDeviceGet(&dev, 0), "cuDeviceGet");
+  CU(cu.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev),
+     "cuDeviceGetAttribute");
+  CU(cu.cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev),
+     "cuDeviceGetAttribute");
+  snprintf(arch, arch_size, "sm_%d%d", major, minor);
+  if (name && name_size)
+    CU(cu.cuDeviceGetName(name, (int)name_size, dev), "cuDeviceGetName");
   return true;
 }
 
@@ -118,19 +145,34 @@ bool rt_cuda_available(void) {
 typedef struct {
   CUdevice dev;
   CUcontext ctx;
-  cublasHandle_t blas;
-  bool blas_ok;
+  char name[128];
+  size_t used_before;  // device memory in use before we allocated anything
 } Gpu;
+
+// A step run between two timing events (rt_cuda_time with per_layer).
+typedef struct {
+  const RtStep *step;
+  CUevent begin, end;
+} Timed;
 
 struct RtCuda {
   const RtPlan *plan;
   int n_gpus;
   Gpu gpu[RT_PLAN_MAX_DEVICES];
   int gpu_of[RT_PLAN_MAX_DEVICES];  // logical device -> gpu[]
+  // Per logical device:
+  CUstream stream[RT_PLAN_MAX_DEVICES];
+  cublasHandle_t blas[RT_PLAN_MAX_DEVICES];  // bound to that stream
+  CUevent ready[RT_PLAN_MAX_DEVICES];        // "the stream got this far", for waits
   CUmodule module[RT_PLAN_MAX_DEVICES];
   CUdeviceptr arena[RT_PLAN_MAX_DEVICES], weights[RT_PLAN_MAX_DEVICES];
   CUdeviceptr scratch[RT_PLAN_MAX_DEVICES];  // one chunk's im2col columns and conv GEMM output
+  int64_t weight_bytes[RT_PLAN_MAX_DEVICES], arena_bytes[RT_PLAN_MAX_DEVICES];
+  int64_t scratch_bytes[RT_PLAN_MAX_DEVICES];
   int arena_batch;  // the arenas (and scratch buffers) are sized for this many images
+  // Timing (rt_cuda_time): events recorded around steps, reused from run to run.
+  Timed *timed;
+  int n_timed, cap_timed;
 };
 
 static Gpu *gpu(RtCuda *r, int d) { return &r->gpu[r->gpu_of[d]]; }
@@ -154,113 +196,223 @@ static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block
     params[a] = &ptrs[a];
   }
   params[n_args] = &batch;
-  CU(cu.cuLaunchKernel(f, (unsigned)grid, 1, 1, (unsigned)block, 1, 1, 0, NULL, params, NULL),
+  CU(cu.cuLaunchKernel(f, (unsigned)grid, 1, 1, (unsigned)block, 1, 1, 0, r->stream[d], params,
+                       NULL),
      kernel);
   return true;
 }
 
-static bool gemm(void *ctx, int d, char transa, char transb, int64_t m, int64_t n, int64_t k,
-                 float alpha, uint64_t a, int64_t lda, uint64_t b, int64_t ldb, float beta,
-                 uint64_t c, int64_t ldc) {
+static bool blas_ok(cublasStatus_t st, const char *what) {
+  return st == CUBLAS_STATUS_SUCCESS || rt_fail("cuda: %s failed (cuBLAS status %d)", what, (int)st);
+}
+
+// fp32: cublasSgemm in pedantic math mode (no TF32 anywhere); tf32: the same call with
+// TF32 tensor-core math allowed; bf16: cublasGemmEx on bfloat16 A and B with float
+// accumulation and a float C. The math mode is set per call: one handle serves all.
+static bool gemm(void *ctx, int d, RtPrecision prec, char transa, char transb, int64_t m,
+                 int64_t n, int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b,
+                 int64_t ldb, float beta, uint64_t c, int64_t ldc) {
   RtCuda *r = ctx;
   if (!use(r, d))
     return false;
   if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || lda > INT32_MAX || ldb > INT32_MAX ||
       ldc > INT32_MAX)
     return rt_fail("cuda: a GEMM too large for cuBLAS's int sizes");
-  cublasStatus_t st = blas.cublasSgemm(
-      gpu(r, d)->blas, transa == 'T' ? CUBLAS_OP_T : CUBLAS_OP_N,
-      transb == 'T' ? CUBLAS_OP_T : CUBLAS_OP_N, (int)m, (int)n, (int)k, &alpha,
-      (const float *)(uintptr_t)a, (int)lda, (const float *)(uintptr_t)b, (int)ldb, &beta,
-      (float *)(uintptr_t)c, (int)ldc);
-  return st == CUBLAS_STATUS_SUCCESS || rt_fail("cuda: cublasSgemm failed (status %d)", (int)st);
+  cublasHandle_t h = r->blas[d];
+  cublasOperation_t ta = transa == 'T' ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasOperation_t tb = transb == 'T' ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const void *A = (const void *)(uintptr_t)a, *B = (const void *)(uintptr_t)b;
+  float *C = (float *)(uintptr_t)c;
+  if (prec == RT_BF16)
+    return blas_ok(blas.cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode") &&
+           blas_ok(blas.cublasGemmEx(h, ta, tb, (int)m, (int)n, (int)k, &alpha, A, CUDA_R_16BF,
+                                     (int)lda, B, CUDA_R_16BF, (int)ldb, &beta, C, CUDA_R_32F,
+                                     (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                   "cublasGemmEx (bf16)");
+  cublasMath_t mode = prec == RT_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH;
+  return blas_ok(blas.cublasSetMathMode(h, mode), "cublasSetMathMode") &&
+         blas_ok(blas.cublasSgemm(h, ta, tb, (int)m, (int)n, (int)k, &alpha, A, (int)lda, B,
+                                  (int)ldb, &beta, C, (int)ldc),
+                 prec == RT_TF32 ? "cublasSgemm (tf32)" : "cublasSgemm");
 }
 
-// Rows of floats between host and device, or device and device (peer or not).
+// Makes stream `waiter` wait for everything issued so far on logical device `d`'s stream.
+static bool wait_for(RtCuda *r, int waiter, int d) {
+  if (!use(r, d))
+    return false;
+  CU(cu.cuEventRecord(r->ready[d], r->stream[d]), "cuEventRecord");
+  if (!use(r, waiter))
+    return false;
+  CU(cu.cuStreamWaitEvent(r->stream[waiter], r->ready[d], 0), "cuStreamWaitEvent");
+  return true;
+}
+
+static bool copy_between_gpus(RtCuda *r, int dst_dev, uint64_t dst, int64_t dst_pitch,
+                              int src_dev, uint64_t src, int64_t src_pitch, int64_t width,
+                              int64_t height) {
+  size_t f = sizeof(float);
+  CUDA_MEMCPY3D_PEER c = {0};
+  c.srcMemoryType = c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+  c.srcDevice = (CUdeviceptr)src;
+  c.srcContext = gpu(r, src_dev)->ctx;
+  c.srcPitch = src_pitch * f;
+  c.srcHeight = height;
+  c.dstDevice = (CUdeviceptr)dst;
+  c.dstContext = gpu(r, dst_dev)->ctx;
+  c.dstPitch = dst_pitch * f;
+  c.dstHeight = height;
+  c.WidthInBytes = width * f;
+  c.Height = height;
+  c.Depth = 1;
+  CU(cu.cuMemcpy3DPeerAsync(&c, r->stream[dst_dev]), "cuMemcpy3DPeerAsync (transfer between GPUs)");
+  return true;
+}
+
+// Rows of floats between host and device, or device and device (peer or not). Host
+// copies run on the device's stream; a transfer runs on the receiver's, fenced both
+// ways against the sender's (see the top of this file).
 static bool copy(void *ctx, int dst_dev, uint64_t dst, int64_t dst_pitch, int src_dev,
                  uint64_t src, int64_t src_pitch, int64_t width, int64_t height) {
   RtCuda *r = ctx;
   size_t f = sizeof(float);
-  if (dst_dev >= 0 && src_dev >= 0 && r->gpu_of[dst_dev] != r->gpu_of[src_dev]) {
-    CUDA_MEMCPY3D_PEER c = {0};
-    c.srcMemoryType = c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
-    c.srcDevice = (CUdeviceptr)src;
-    c.srcContext = gpu(r, src_dev)->ctx;
+  bool transfer = dst_dev >= 0 && src_dev >= 0;
+  int on = dst_dev >= 0 ? dst_dev : src_dev;  // the stream that runs the copy
+  if (transfer && !wait_for(r, dst_dev, src_dev))
+    return false;
+  if (transfer && r->gpu_of[dst_dev] != r->gpu_of[src_dev]) {
+    if (!copy_between_gpus(r, dst_dev, dst, dst_pitch, src_dev, src, src_pitch, width, height))
+      return false;
+  } else {
+    CUDA_MEMCPY2D c = {0};
+    c.srcMemoryType = src_dev < 0 ? CU_MEMORYTYPE_HOST : CU_MEMORYTYPE_DEVICE;
+    c.dstMemoryType = dst_dev < 0 ? CU_MEMORYTYPE_HOST : CU_MEMORYTYPE_DEVICE;
+    if (src_dev < 0)
+      c.srcHost = (const void *)(uintptr_t)src;
+    else
+      c.srcDevice = (CUdeviceptr)src;
+    if (dst_dev < 0)
+      c.dstHost = (void *)(uintptr_t)dst;
+    else
+      c.dstDevice = (CUdeviceptr)dst;
     c.srcPitch = src_pitch * f;
-    c.srcHeight = height;
-    c.dstDevice = (CUdeviceptr)dst;
-    c.dstContext = gpu(r, dst_dev)->ctx;
     c.dstPitch = dst_pitch * f;
-    c.dstHeight = height;
     c.WidthInBytes = width * f;
     c.Height = height;
-    c.Depth = 1;
-    CU(cu.cuMemcpy3DPeer(&c), "cuMemcpy3DPeer (transfer between GPUs)");
-    return true;
+    if (!use(r, on))
+      return false;
+    CU(cu.cuMemcpy2DAsync(&c, r->stream[on]), "cuMemcpy2DAsync");
   }
-  CUDA_MEMCPY2D c = {0};
-  if (src_dev < 0) {
-    c.srcMemoryType = CU_MEMORYTYPE_HOST;
-    c.srcHost = (const void *)(uintptr_t)src;
-  } else {
-    c.srcMemoryType = CU_MEMORYTYPE_DEVICE;
-    c.srcDevice = (CUdeviceptr)src;
+  return !transfer || wait_for(r, src_dev, dst_dev);
+}
+
+static bool sync_all(RtCuda *r) {
+  for (int d = 0; d < r->plan->n_devices; d++) {
+    if (!use(r, d))
+      return false;
+    CU(cu.cuStreamSynchronize(r->stream[d]), "running the network");
   }
-  if (dst_dev < 0) {
-    c.dstMemoryType = CU_MEMORYTYPE_HOST;
-    c.dstHost = (void *)(uintptr_t)dst;
-  } else {
-    c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
-    c.dstDevice = (CUdeviceptr)dst;
-  }
-  c.srcPitch = src_pitch * f;
-  c.dstPitch = dst_pitch * f;
-  c.WidthInBytes = width * f;
-  c.Height = height;
-  if (!use(r, dst_dev >= 0 ? dst_dev : src_dev))
-    return false;
-  CU(cu.cuMemcpy2D(&c), "cuMemcpy2D");
   return true;
+}
+
+static void free_timing(RtCuda *r) {
+  for (int i = 0; i < r->cap_timed; i++) {
+    if (r->timed[i].begin)
+      cu.cuEventDestroy(r->timed[i].begin);
+    if (r->timed[i].end)
+      cu.cuEventDestroy(r->timed[i].end);
+  }
+  free(r->timed);
+  r->timed = NULL;
+  r->n_timed = r->cap_timed = 0;
+}
+
+static void free_buffer(CUdeviceptr *p, int64_t *bytes) {
+  if (*p)
+    cu.cuMemFree(*p);
+  *p = 0;
+  *bytes = 0;
 }
 
 void rt_cuda_close(RtCuda *r) {
   if (!r)
     return;
   for (int d = 0; d < r->plan->n_devices; d++) {
-    if (use(r, d)) {
-      if (r->arena[d])
-        cu.cuMemFree(r->arena[d]);
-      if (r->weights[d])
-        cu.cuMemFree(r->weights[d]);
-      if (r->scratch[d])
-        cu.cuMemFree(r->scratch[d]);
-      if (r->module[d])
-        cu.cuModuleUnload(r->module[d]);
-    }
+    if (!gpu(r, d)->ctx || !use(r, d))
+      continue;
+    if (r->stream[d])
+      cu.cuStreamSynchronize(r->stream[d]);
+    free_buffer(&r->arena[d], &r->arena_bytes[d]);
+    free_buffer(&r->weights[d], &r->weight_bytes[d]);
+    free_buffer(&r->scratch[d], &r->scratch_bytes[d]);
+    if (r->module[d])
+      cu.cuModuleUnload(r->module[d]);
+    if (r->blas[d])
+      blas.cublasDestroy(r->blas[d]);
+    if (r->ready[d])
+      cu.cuEventDestroy(r->ready[d]);
   }
-  for (int g = 0; g < r->n_gpus; g++) {
-    if (r->gpu[g].blas_ok) {
-      cu.cuCtxSetCurrent(r->gpu[g].ctx);
-      blas.cublasDestroy(r->gpu[g].blas);
-    }
+  free_timing(r);
+  for (int d = 0; d < r->plan->n_devices; d++)
+    if (r->stream[d] && use(r, d))
+      cu.cuStreamDestroy(r->stream[d]);
+  for (int g = 0; g < r->n_gpus; g++)
     if (r->gpu[g].ctx)
       cu.cuDevicePrimaryCtxRelease(r->gpu[g].dev);
-  }
   free(r);
 }
 
 static bool open_gpu(Gpu *g, int ordinal) {
-  char name[128] = "";
   CU(cu.cuDeviceGet(&g->dev, ordinal), "cuDeviceGet");
-  cu.cuDeviceGetName(name, sizeof name, g->dev);
+  cu.cuDeviceGetName(g->name, sizeof g->name, g->dev);
   CU(cu.cuDevicePrimaryCtxRetain(&g->ctx, g->dev), "cuDevicePrimaryCtxRetain");
   CU(cu.cuCtxSetCurrent(g->ctx), "cuCtxSetCurrent");
-  if (blas.cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS)
-    return rt_fail("cuda: cublasCreate failed on GPU %d (%s)", ordinal, name);
-  g->blas_ok = true;
-  // fp32 means fp32: no TF32 tensor-core shortcuts in the fc and conv GEMMs.
-  if (blas.cublasSetMathMode(g->blas, CUBLAS_PEDANTIC_MATH) != CUBLAS_STATUS_SUCCESS)
-    return rt_fail("cuda: cublasSetMathMode failed");
+  size_t free_bytes, total;
+  CU(cu.cuMemGetInfo(&free_bytes, &total), "cuMemGetInfo");
+  g->used_before = total - free_bytes;
+  return true;
+}
+
+// Lets each GPU read the others' memory directly (NVLink or PCIe peer-to-peer) when
+// the hardware allows; transfers work without it too (staged by the driver).
+static bool enable_peers(RtCuda *r) {
+  for (int a = 0; a < r->n_gpus; a++)
+    for (int b = 0; b < r->n_gpus; b++) {
+      int can = 0;
+      if (a == b || cu.cuDeviceCanAccessPeer(&can, r->gpu[a].dev, r->gpu[b].dev) != CUDA_SUCCESS ||
+          !can)
+        continue;
+      CU(cu.cuCtxSetCurrent(r->gpu[a].ctx), "cuCtxSetCurrent");
+      CUresult rc = cu.cuCtxEnablePeerAccess(r->gpu[b].ctx, 0);
+      if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED)
+        return cu_fail("cuCtxEnablePeerAccess", rc);
+    }
+  return true;
+}
+
+static bool upload_weights(RtCuda *r, int d, const float *(*get)(void *, const char *), void *ctx) {
+  const RtPlanDevice *v = &r->plan->dev[d];
+  if (!v->weights)
+    return true;
+  r->weight_bytes[d] = v->weights * (int64_t)sizeof(float);
+  CU(cu.cuMemAlloc(&r->weights[d], r->weight_bytes[d]), "allocating weights");
+  for (int s = 0; s < v->n_slices; s++) {
+    const RtWeightSlice *w = &v->slices[s];
+    const float *data = get(ctx, w->tensor);
+    if (!data)
+      return rt_fail("cuda: no weight tensor '%s'", w->tensor);
+    size_t bytes = rt_slice_slots(w) * sizeof(float);
+    void *packed = malloc(bytes);
+    if (!packed)
+      return rt_fail("out of memory");
+    rt_slice_pack(w, data, packed);
+    CUDA_MEMCPY2D c = {.srcMemoryType = CU_MEMORYTYPE_HOST, .srcHost = packed,
+                       .dstMemoryType = CU_MEMORYTYPE_DEVICE,
+                       .dstDevice = r->weights[d] + w->offset * sizeof(float),
+                       .srcPitch = bytes, .dstPitch = bytes, .WidthInBytes = bytes, .Height = 1};
+    CUresult rc = cu.cuMemcpy2D(&c);
+    free(packed);
+    CU(rc, "uploading weights");
+  }
   return true;
 }
 
@@ -268,24 +420,20 @@ static bool load_device(RtCuda *r, int d, const float *(*get)(void *, const char
   const RtPlanDevice *v = &r->plan->dev[d];
   if (!use(r, d))
     return false;
+  CU(cu.cuStreamCreate(&r->stream[d], CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+  CU(cu.cuEventCreate(&r->ready[d], CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+  if (!blas_ok(blas.cublasCreate(&r->blas[d]), "cublasCreate") ||
+      !blas_ok(blas.cublasSetStream(r->blas[d], r->stream[d]), "cublasSetStream"))
+    return false;
   CUresult rc = v->cubin_size ? cu.cuModuleLoadData(&r->module[d], v->cubin)
                               : CUDA_ERROR_NO_BINARY_FOR_GPU;
   if (rc != CUDA_SUCCESS && v->ptx_size)  // a GPU of another architecture: JIT the PTX
     rc = cu.cuModuleLoadData(&r->module[d], v->ptx);
   if (rc != CUDA_SUCCESS)
     return cu_fail("loading the kernels (built for the plan's --arch)", rc);
-  if (v->weights) {
-    CU(cu.cuMemAlloc(&r->weights[d], v->weights * sizeof(float)), "allocating weights");
-    for (int s = 0; s < v->n_slices; s++) {
-      const RtWeightSlice *w = &v->slices[s];
-      const float *data = get(ctx, w->tensor);
-      if (!data)
-        return rt_fail("cuda: no weight tensor '%s'", w->tensor);
-      if (!copy(r, d, r->weights[d] + w->offset * sizeof(float), w->count, -1,
-                (uint64_t)(uintptr_t)(data + w->first), w->count, w->count, 1))
-        return false;
-    }
-  }
+  if (!upload_weights(r, d, get, ctx))
+    return false;
+  CU(cu.cuCtxSynchronize(), "uploading weights");
   return true;
 }
 
@@ -305,6 +453,7 @@ RtCuda *rt_cuda_open(const RtPlan *p, const float *(*get)(void *ctx, const char 
     ok = open_gpu(&r->gpu[g], g);
   for (int d = 0; d < p->n_devices; d++)
     r->gpu_of[d] = d % r->n_gpus;
+  ok = ok && enable_peers(r);
   for (int d = 0; d < p->n_devices && ok; d++)
     ok = load_device(r, d, get, ctx);
   if (!ok) {
@@ -317,40 +466,188 @@ RtCuda *rt_cuda_open(const RtPlan *p, const float *(*get)(void *ctx, const char 
   return r;
 }
 
-bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y) {
+// Arenas and scratch for `batch` images, reallocated only when the batch grows.
+static bool size_buffers(RtCuda *r, int batch) {
   const RtPlan *p = r->plan;
-  if (batch > r->arena_batch) {
-    for (int d = 0; d < p->n_devices; d++) {
-      if (!use(r, d))
-        return false;
-      if (r->arena[d])
-        cu.cuMemFree(r->arena[d]);
-      r->arena[d] = 0;
-      if (r->scratch[d])
-        cu.cuMemFree(r->scratch[d]);
-      r->scratch[d] = 0;
-      r->arena_batch = 0;
-      if (p->dev[d].arena)
-        CU(cu.cuMemAlloc(&r->arena[d], p->dev[d].arena * batch * sizeof(float)),
-           "allocating activations");
-      int64_t scratch = rt_plan_scratch_elems(p, d, batch);
-      if (scratch)
-        CU(cu.cuMemAlloc(&r->scratch[d], scratch * sizeof(float)),
-           "allocating conv scratch (im2col columns and GEMM output)");
-    }
-    r->arena_batch = batch;
-  }
-  RtPlanOps ops = {.ctx = r, .launch = launch, .gemm = gemm, .copy = copy};
+  if (batch <= r->arena_batch)
+    return true;
+  if (!sync_all(r))
+    return false;
+  r->arena_batch = 0;
   for (int d = 0; d < p->n_devices; d++) {
+    if (!use(r, d))
+      return false;
+    free_buffer(&r->arena[d], &r->arena_bytes[d]);
+    free_buffer(&r->scratch[d], &r->scratch_bytes[d]);
+    int64_t arena = p->dev[d].arena * batch * (int64_t)sizeof(float);
+    int64_t scratch = rt_plan_scratch_elems(p, d, batch) * (int64_t)sizeof(float);
+    if (arena)
+      CU(cu.cuMemAlloc(&r->arena[d], arena), "allocating activations");
+    r->arena_bytes[d] = arena;
+    if (scratch)
+      CU(cu.cuMemAlloc(&r->scratch[d], scratch),
+         "allocating conv scratch (im2col columns and GEMM output)");
+    r->scratch_bytes[d] = scratch;
+  }
+  r->arena_batch = batch;
+  return true;
+}
+
+// The next event pair, made on step s's GPU (events belong to a context, so a pair
+// left from a step on another GPU is replaced).
+static Timed *next_timed(RtCuda *r, const RtStep *s) {
+  if (r->n_timed == r->cap_timed) {
+    int cap = r->cap_timed ? 2 * r->cap_timed : 256;
+    Timed *t = realloc(r->timed, cap * sizeof *t);
+    if (!t) {
+      rt_fail("out of memory");
+      return NULL;
+    }
+    memset(t + r->cap_timed, 0, (cap - r->cap_timed) * sizeof *t);
+    r->timed = t;
+    r->cap_timed = cap;
+  }
+  Timed *t = &r->timed[r->n_timed];
+  if (t->begin && gpu(r, t->step->device) != gpu(r, s->device)) {
+    cu.cuEventDestroy(t->begin);
+    cu.cuEventDestroy(t->end);
+    t->begin = t->end = NULL;
+  }
+  CUresult rc = CUDA_SUCCESS;
+  if (!t->begin && ((rc = cu.cuEventCreate(&t->begin, CU_EVENT_DEFAULT)) != CUDA_SUCCESS ||
+                    (rc = cu.cuEventCreate(&t->end, CU_EVENT_DEFAULT)) != CUDA_SUCCESS)) {
+    cu_fail("cuEventCreate", rc);
+    return NULL;
+  }
+  t->step = s;
+  return t;
+}
+
+// Timing marks: an event pair per step run, recorded on the step's stream.
+static bool mark(void *ctx, const RtStep *s, bool end) {
+  RtCuda *r = ctx;
+  if (!use(r, s->device))
+    return false;
+  Timed *t = end ? &r->timed[r->n_timed] : next_timed(r, s);
+  if (!t)
+    return false;
+  CU(cu.cuEventRecord(end ? t->end : t->begin, r->stream[s->device]), "cuEventRecord");
+  r->n_timed += end;
+  return true;
+}
+
+static RtPlanOps plan_ops(RtCuda *r) {
+  RtPlanOps ops = {.ctx = r, .launch = launch, .gemm = gemm, .copy = copy};
+  for (int d = 0; d < r->plan->n_devices; d++) {
     ops.arena[d] = r->arena[d];
     ops.weights[d] = r->weights[d];
     ops.scratch[d] = r->scratch[d];
   }
-  if (!rt_plan_run(p, &ops, x, batch, y))
+  return ops;
+}
+
+bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y) {
+  if (!size_buffers(r, batch))
     return false;
+  RtPlanOps ops = plan_ops(r);
+  return rt_plan_run(r->plan, &ops, x, batch, y) && sync_all(r);
+}
+
+// Every stream waits for device 0's, and device 0's for every other: a common start
+// and end line for the whole run's two events.
+static bool join_streams(RtCuda *r, bool start) {
+  for (int d = 1; d < r->plan->n_devices; d++)
+    if (!(start ? wait_for(r, d, 0) : wait_for(r, 0, d)))
+      return false;
+  return true;
+}
+
+static RtLayerTime *layer_slot(RtTimes *t, const RtStep *s) {
+  bool transfer = s->kind == RT_STEP_TRANSFER;
+  for (int i = 0; i < t->n_layers; i++)
+    if (t->layers[i].device == s->device && t->layers[i].transfer == transfer &&
+        !strcmp(t->layers[i].layer, s->layer))
+      return &t->layers[i];
+  RtLayerTime *l = realloc(t->layers, (t->n_layers + 1) * sizeof *l);
+  if (!l)
+    return NULL;
+  t->layers = l;
+  l = &t->layers[t->n_layers++];
+  memset(l, 0, sizeof *l);
+  snprintf(l->layer, sizeof l->layer, "%s", s->layer);
+  l->transfer = transfer;
+  l->device = s->device;
+  return l;
+}
+
+static bool collect_layers(RtCuda *r, RtTimes *t) {
+  for (int i = 0; i < r->n_timed; i++) {
+    const Timed *e = &r->timed[i];
+    float ms = 0;
+    if (!use(r, e->step->device))
+      return false;
+    CU(cu.cuEventElapsedTime(&ms, e->begin, e->end), "cuEventElapsedTime");
+    RtLayerTime *l = layer_slot(t, e->step);
+    if (!l)
+      return rt_fail("out of memory");
+    l->ms += ms;
+    l->steps++;
+  }
+  return true;
+}
+
+bool rt_cuda_time(RtCuda *r, const float *x, int batch, float *y, bool per_layer, RtTimes *t) {
+  memset(t, 0, sizeof *t);
+  if (!size_buffers(r, batch))
+    return false;
+  RtPlanOps ops = plan_ops(r);
+  if (per_layer)
+    ops.mark = mark;
+  r->n_timed = 0;
+  CUevent start, stop;
+  if (!use(r, 0))
+    return false;
+  CU(cu.cuEventCreate(&start, CU_EVENT_DEFAULT), "cuEventCreate");
+  CUresult rc = cu.cuEventCreate(&stop, CU_EVENT_DEFAULT);
+  if (rc != CUDA_SUCCESS) {
+    cu.cuEventDestroy(start);
+    return cu_fail("cuEventCreate", rc);
+  }
+  float ms = 0;
+  bool ok = rt_plan_upload(r->plan, &ops, x, batch) && sync_all(r) && use(r, 0);
+  ok = ok && (rc = cu.cuEventRecord(start, r->stream[0])) == CUDA_SUCCESS;
+  ok = ok && join_streams(r, true) && rt_plan_steps(r->plan, &ops, batch) &&
+       join_streams(r, false) && use(r, 0);
+  ok = ok && (rc = cu.cuEventRecord(stop, r->stream[0])) == CUDA_SUCCESS;
+  ok = ok && rt_plan_download(r->plan, &ops, y, batch) && sync_all(r) && use(r, 0);
+  ok = ok && (rc = cu.cuEventElapsedTime(&ms, start, stop)) == CUDA_SUCCESS;
+  if (!ok && rc != CUDA_SUCCESS)
+    cu_fail("timing the run", rc);
+  cu.cuEventDestroy(start);
+  cu.cuEventDestroy(stop);
+  t->total_ms = ms;
+  ok = ok && (!per_layer || collect_layers(r, t));
+  if (!ok)
+    rt_times_free(t);
+  return ok;
+}
+
+void rt_times_free(RtTimes *t) {
+  free(t->layers);
+  memset(t, 0, sizeof *t);
+}
+
+bool rt_cuda_memory(RtCuda *r, RtMemory *m) {
+  memset(m, 0, sizeof *m);
+  m->n_gpus = r->n_gpus;
+  for (int d = 0; d < r->plan->n_devices; d++)
+    m->alexc_bytes[r->gpu_of[d]] += r->weight_bytes[d] + r->arena_bytes[d] + r->scratch_bytes[d];
   for (int g = 0; g < r->n_gpus; g++) {
+    size_t free_bytes, total;
     CU(cu.cuCtxSetCurrent(r->gpu[g].ctx), "cuCtxSetCurrent");
-    CU(cu.cuCtxSynchronize(), "running the network");
+    CU(cu.cuMemGetInfo(&free_bytes, &total), "cuMemGetInfo");
+    m->used_bytes[g] = (int64_t)(total - free_bytes) - (int64_t)r->gpu[g].used_before;
+    snprintf(m->name[g], sizeof m->name[g], "%s", r->gpu[g].name);
   }
   return true;
 }

@@ -3,17 +3,19 @@
 //
 // The artifact is a text header, readable with `head`, then the modules' bytes:
 //
-//   alexc-cuda-plan 2
+//   alexc-cuda-plan 3
 //   network alexnet
 //   arch sm_90
+//   precision fp32                          fp32, tf32 or bf16: the GEMMs' arithmetic
 //   devices 2
 //   io 154587 1000                          input and output elements per image
 //   device 0 arena 1234 weights 5678 scratch 4321 chunk 46 cubin 91011 ptx 121314
-//   slice 0 OFFSET FIRST COUNT TENSOR       weight elements [FIRST, FIRST+COUNT) -> OFFSET
+//   slice 0 OFFSET FIRST COUNT TYPE TENSOR  weight elements [FIRST, FIRST+COUNT) -> OFFSET,
+//                                           TYPE f32, or bf16 (two per float slot)
 //   input 0 ADDR PITCH HOST_OFFSET HOST_PITCH WIDTH
 //   output 0 ADDR PITCH HOST_OFFSET HOST_PITCH WIDTH
-//   kernel 0 NAME WORK BLOCK N ADDR...      one line per step, in execution order
-//   gemm 0 LAYER TA TB M N K A LDA B LDB C LDC
+//   kernel 0 NAME LAYER WORK BLOCK N ADDR...  one line per step, in execution order
+//   gemm 0 LAYER PREC TA TB M N K A LDA B LDB C LDC
 //   chunk 0 LAYER IMAGES STEPS
 //   transfer FROM TO LAYER SRC SRC_PITCH DST DST_PITCH WIDTH
 //   end
@@ -24,7 +26,7 @@
 // (weight element F).
 //
 // `gemm` is cublasSgemm(TA, TB, M, N, K, 1, A, LDA, B, LDB, 0, C, LDC), column-major,
-// TA and TB `N` or `T`; each of M N K LDA LDB LDC is written `Pb+F`: P times the batch
+// in precision PREC (fp32, tf32, or bf16: A and B in bfloat16), TA and TB `N` or `T`; each of M N K LDA LDB LDC is written `Pb+F`: P times the batch
 // (the chunk's image count inside a chunk) plus F. The fc layers use `T N 0b+OUT 1b+0
 // 0b+IN`; a conv with --conv gemm uses `N N PIXb+0 0b+KERNELS 0b+IN*K*K`, the A matrix
 // its im2col columns in scratch (rows: pixels of the chunk's images, columns: input
@@ -49,10 +51,48 @@
 #include "alexrt_cuda.h"
 #include "internal.h"
 
-#define MAGIC "alexc-cuda-plan 2\n"
+#define MAGIC "alexc-cuda-plan 3\n"
 #define MAX_LINE 4096
 #define BIG ((int64_t)1 << 40)
 #define BIG_DIM ((int64_t)1 << 31)
+
+static const char *const PRECISIONS[] = {"fp32", "tf32", "bf16"};
+
+const char *rt_precision_name(RtPrecision p) {
+  return (unsigned)p < 3 ? PRECISIONS[p] : "?";
+}
+
+bool rt_parse_precision(const char *name, RtPrecision *out) {
+  for (int i = 0; i < 3; i++)
+    if (!strcmp(name, PRECISIONS[i])) {
+      *out = (RtPrecision)i;
+      return true;
+    }
+  return false;
+}
+
+uint16_t rt_float_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u)  // NaN: keep it a (quiet) NaN
+    return (uint16_t)((u >> 16) | 0x40u);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+int64_t rt_slice_slots(const RtWeightSlice *s) { return s->bf16 ? (s->count + 1) / 2 : s->count; }
+
+void rt_slice_pack(const RtWeightSlice *s, const float *tensor, void *dst) {
+  const float *src = tensor + s->first;
+  if (!s->bf16) {
+    memcpy(dst, src, s->count * sizeof(float));
+    return;
+  }
+  uint16_t *h = dst;
+  for (int64_t i = 0; i < s->count; i++)
+    h[i] = rt_float_to_bf16(src[i]);
+  if (s->count % 2)
+    h[s->count] = 0;  // the last slot's unused half
+}
 
 void rt_plan_free(RtPlan *p) {
   for (int d = 0; d < RT_PLAN_MAX_DEVICES; d++) {
@@ -107,15 +147,17 @@ static void put_host_copy(FILE *f, const char *what, int d, const RtHostCopy *h)
           h->host_pitch, h->width);
 }
 
-bool rt_plan_save(const RtPlan *p, const char *path) {
+bool rt_plan_serialize(const RtPlan *p, uint8_t **data, size_t *data_size) {
   char *buf = NULL;
   size_t size = 0;
+  *data = NULL;
+  *data_size = 0;
   FILE *f = open_memstream(&buf, &size);
   if (!f)
-    return rt_fail("%s: out of memory", path);
+    return rt_fail("plan: out of memory");
   fputs(MAGIC, f);
-  fprintf(f, "network %s\narch %s\ndevices %d\nio %" PRId64 " %" PRId64 "\n", p->network,
-          p->arch[0] ? p->arch : "none",
+  fprintf(f, "network %s\narch %s\nprecision %s\ndevices %d\nio %" PRId64 " %" PRId64 "\n",
+          p->network, p->arch[0] ? p->arch : "none", rt_precision_name(p->precision),
           p->n_devices, p->in_elems, p->out_elems);
   for (int d = 0; d < p->n_devices; d++) {
     const RtPlanDevice *v = &p->dev[d];
@@ -124,8 +166,9 @@ bool rt_plan_save(const RtPlan *p, const char *path) {
             " cubin %zu ptx %zu\n",
             d, v->arena, v->weights, v->scratch, v->chunk, v->cubin_size, v->ptx_size);
     for (int s = 0; s < v->n_slices; s++)
-      fprintf(f, "slice %d %" PRId64 " %" PRId64 " %" PRId64 " %s\n", d, v->slices[s].offset,
-              v->slices[s].first, v->slices[s].count, v->slices[s].tensor);
+      fprintf(f, "slice %d %" PRId64 " %" PRId64 " %" PRId64 " %s %s\n", d, v->slices[s].offset,
+              v->slices[s].first, v->slices[s].count, v->slices[s].bf16 ? "bf16" : "f32",
+              v->slices[s].tensor);
     put_host_copy(f, "input", d, &v->input);
     put_host_copy(f, "output", d, &v->output);
   }
@@ -133,13 +176,14 @@ bool rt_plan_save(const RtPlan *p, const char *path) {
     const RtStep *s = &p->steps[i];
     switch (s->kind) {
     case RT_STEP_KERNEL:
-      fprintf(f, "kernel %d %s %" PRId64 " %d %d", s->device, s->name, s->work, s->block,
-              s->n_args);
+      fprintf(f, "kernel %d %s %s %" PRId64 " %d %d", s->device, s->name, s->layer, s->work,
+              s->block, s->n_args);
       for (int a = 0; a < s->n_args; a++)
         put_addr(f, s->args[a]);
       break;
     case RT_STEP_GEMM:
-      fprintf(f, "gemm %d %s %c %c", s->device, s->name, s->transa, s->transb);
+      fprintf(f, "gemm %d %s %s %c %c", s->device, s->name, rt_precision_name(s->prec),
+              s->transa, s->transb);
       put_dim(f, s->m);
       put_dim(f, s->n);
       put_dim(f, s->k);
@@ -170,10 +214,23 @@ bool rt_plan_save(const RtPlan *p, const char *path) {
     if (p->dev[d].ptx_size)
       fwrite(p->dev[d].ptx, 1, p->dev[d].ptx_size, f);
   }
-  bool ok = fclose(f) == 0;
-  ok = ok && rt_write_file_atomic(path, buf, size);
-  free(buf);
-  return ok || rt_fail("%s: cannot write the plan", path);
+  if (fclose(f) != 0) {
+    free(buf);
+    return rt_fail("plan: out of memory");
+  }
+  *data = (uint8_t *)buf;
+  *data_size = size;
+  return true;
+}
+
+bool rt_plan_save(const RtPlan *p, const char *path) {
+  uint8_t *data;
+  size_t size;
+  if (!rt_plan_serialize(p, &data, &size))
+    return false;
+  bool ok = rt_write_file_atomic(path, data, size);
+  free(data);
+  return ok;
 }
 
 // ---------------------------------------------------------------- reading
@@ -245,6 +302,8 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
     strcpy(p->arch, t->tok[1]);
     return true;
   }
+  if (!strcmp(w, "precision") && t->n == 2)
+    return rt_parse_precision(t->tok[1], &p->precision);
   if (!strcmp(w, "devices") && t->n == 2 && num(t->tok[1], 1, RT_PLAN_MAX_DEVICES, &v[0])) {
     p->n_devices = (int)v[0];
     return true;
@@ -267,11 +326,14 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
     (*devices_seen)++;
     return true;
   }
-  if (!strcmp(w, "slice") && t->n == 6) {
-    RtWeightSlice s;
+  if (!strcmp(w, "slice") && t->n == 7) {
+    RtWeightSlice s = {0};
     if (!num(t->tok[2], 0, BIG, &s.offset) || !num(t->tok[3], 0, BIG, &s.first) ||
-        !num(t->tok[4], 1, BIG, &s.count) || !name(t->tok[5], s.tensor) ||
-        s.offset + s.count > dev->weights)
+        !num(t->tok[4], 1, BIG, &s.count) || (strcmp(t->tok[5], "f32") && strcmp(t->tok[5], "bf16")) ||
+        !name(t->tok[6], s.tensor))
+      return false;
+    s.bf16 = !strcmp(t->tok[5], "bf16");
+    if (s.offset + rt_slice_slots(&s) > dev->weights)
       return false;
     rt_plan_add_slice(p, d, &s);
     return true;
@@ -283,25 +345,27 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
            num(t->tok[6], 1, BIG, &h->width);
   }
   RtStep s = {.device = d};
-  if (!strcmp(w, "kernel") && t->n >= 6) {
+  if (!strcmp(w, "kernel") && t->n >= 7) {
     s.kind = RT_STEP_KERNEL;
-    if (!name(t->tok[2], s.name) || !num(t->tok[3], 1, BIG, &s.work) ||
-        !num(t->tok[4], 1, 1024, &v[1]) || !num(t->tok[5], 0, RT_PLAN_MAX_ARGS, &v[2]) ||
-        t->n != 6 + v[2])
+    if (!name(t->tok[2], s.name) || !name(t->tok[3], s.layer) || !num(t->tok[4], 1, BIG, &s.work) ||
+        !num(t->tok[5], 1, 1024, &v[1]) || !num(t->tok[6], 0, RT_PLAN_MAX_ARGS, &v[2]) ||
+        t->n != 7 + v[2])
       return false;
     s.block = (int)v[1];
     s.n_args = (int)v[2];
     for (int a = 0; a < s.n_args; a++)
-      if (!addr(t->tok[6 + a], &s.args[a]))
+      if (!addr(t->tok[7 + a], &s.args[a]))
         return false;
-  } else if (!strcmp(w, "gemm") && t->n == 14) {
+    rt_plan_add_step(p, &s);
+    return true;
+  } else if (!strcmp(w, "gemm") && t->n == 15) {
     s.kind = RT_STEP_GEMM;
-    const char *ta = t->tok[3], *tb = t->tok[4];
-    if (!name(t->tok[2], s.name) || strlen(ta) != 1 || strlen(tb) != 1 || !strchr("NT", *ta) ||
-        !strchr("NT", *tb) || !dim(t->tok[5], &s.m) || !dim(t->tok[6], &s.n) ||
-        !dim(t->tok[7], &s.k) || !addr(t->tok[8], &s.a) || !dim(t->tok[9], &s.lda) ||
-        !addr(t->tok[10], &s.b) || !dim(t->tok[11], &s.ldb) || !addr(t->tok[12], &s.c) ||
-        !dim(t->tok[13], &s.ldc))
+    const char *ta = t->tok[4], *tb = t->tok[5];
+    if (!name(t->tok[2], s.name) || !rt_parse_precision(t->tok[3], &s.prec) || strlen(ta) != 1 ||
+        strlen(tb) != 1 || !strchr("NT", *ta) || !strchr("NT", *tb) || !dim(t->tok[6], &s.m) ||
+        !dim(t->tok[7], &s.n) || !dim(t->tok[8], &s.k) || !addr(t->tok[9], &s.a) ||
+        !dim(t->tok[10], &s.lda) || !addr(t->tok[11], &s.b) || !dim(t->tok[12], &s.ldb) ||
+        !addr(t->tok[13], &s.c) || !dim(t->tok[14], &s.ldc))
       return false;
     s.transa = *ta;
     s.transb = *tb;
@@ -323,6 +387,7 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
   } else {
     return false;
   }
+  memcpy(s.layer, s.name, sizeof s.layer);  // a gemm, chunk or transfer is named by its layer
   rt_plan_add_step(p, &s);
   return true;
 }
@@ -380,8 +445,9 @@ bool rt_plan_parse(const uint8_t *data, size_t size, RtPlan *p) {
       scratch = c->a.space == RT_SPACE_SCRATCH || c->b.space == RT_SPACE_SCRATCH ||
                 c->c.space == RT_SPACE_SCRATCH;
     if (scratch && !p->dev[c->device].scratch) {
-      rt_plan_free(p);
-      return rt_fail("plan: step '%s' uses scratch, device %d has none", c->name, c->device);
+      rt_fail("plan: step '%s' uses scratch, device %d has none", c->name, c->device);
+      rt_plan_free(p);  // after the message: c points into p's steps
+      return false;
     }
   }
   for (int i = 0; i < p->n_steps; i++) {
@@ -393,9 +459,10 @@ bool rt_plan_parse(const uint8_t *data, size_t size, RtPlan *p) {
       ok = (p->steps[j].kind == RT_STEP_KERNEL || p->steps[j].kind == RT_STEP_GEMM) &&
            p->steps[j].device == c->device;
     if (!ok) {
-      rt_plan_free(p);
-      return rt_fail("plan: chunk '%s': its %d steps are not kernels and gemms of device %d",
-                     c->name, c->body, c->device);
+      rt_fail("plan: chunk '%s': its %d steps are not kernels and gemms of device %d", c->name,
+              c->body, c->device);
+      rt_plan_free(p);  // after the message: c points into p's steps
+      return false;
     }
     i += c->body;
   }
@@ -422,6 +489,10 @@ bool rt_plan_load(const char *path, RtPlan *p) {
   size_t size;
   if (!rt_read_file(path, RT_MAX_FILE, &data, &size))
     return false;
+  if (size >= 4 && !memcmp(data, "\x7f" "ELF", 4)) {  // a bundle (runtime/bundle.c)
+    free(data);
+    return rt_bundle_load(path, p);
+  }
   bool ok = rt_plan_parse(data, size, p);
   free(data);
   if (!ok) {
@@ -477,7 +548,7 @@ static bool run_step(const RtStep *s, const RtPlanOps *ops, Span sp) {
                        sp.n);
   }
   case RT_STEP_GEMM:
-    return ops->gemm(ops->ctx, d, s->transa, s->transb, extent(s->m, sp), extent(s->n, sp),
+    return ops->gemm(ops->ctx, d, s->prec, s->transa, s->transb, extent(s->m, sp), extent(s->n, sp),
                      extent(s->k, sp), 1.0f, resolve(ops, d, s->a, sp), extent(s->lda, sp),
                      resolve(ops, d, s->b, sp), extent(s->ldb, sp), 0.0f,
                      resolve(ops, d, s->c, sp), extent(s->ldc, sp));
@@ -490,9 +561,15 @@ static bool run_step(const RtStep *s, const RtPlanOps *ops, Span sp) {
   return rt_fail("plan: step '%s' cannot run here", s->name);
 }
 
+// One run of a step, between the executor's timing marks.
+static bool run_marked(const RtStep *s, const RtPlanOps *ops, Span sp) {
+  return (!ops->mark || ops->mark(ops->ctx, s, false)) && run_step(s, ops, sp) &&
+         (!ops->mark || ops->mark(ops->ctx, s, true));
+}
+
 static uint64_t host(const float *p, int64_t offset) { return (uint64_t)(uintptr_t)(p + offset); }
 
-bool rt_plan_run(const RtPlan *p, const RtPlanOps *ops, const float *x, int batch, float *y) {
+bool rt_plan_upload(const RtPlan *p, const RtPlanOps *ops, const float *x, int batch) {
   const Span whole = {batch, 0, batch};
   for (int d = 0; d < p->n_devices; d++) {
     const RtHostCopy *in = &p->dev[d].input;
@@ -500,10 +577,15 @@ bool rt_plan_run(const RtPlan *p, const RtPlanOps *ops, const float *x, int batc
                                 -1, host(x, in->host_offset), in->host_pitch, in->width, batch))
       return false;
   }
+  return true;
+}
+
+bool rt_plan_steps(const RtPlan *p, const RtPlanOps *ops, int batch) {
+  const Span whole = {batch, 0, batch};
   for (int i = 0; i < p->n_steps; i++) {
     const RtStep *s = &p->steps[i];
     if (s->kind != RT_STEP_CHUNK) {
-      if (!run_step(s, ops, whole))
+      if (!run_marked(s, ops, whole))
         return false;
       continue;
     }
@@ -512,11 +594,16 @@ bool rt_plan_run(const RtPlan *p, const RtPlanOps *ops, const float *x, int batc
     for (int first = 0; first < batch; first += (int)s->images) {
       Span sp = {batch, first, batch - first < s->images ? batch - first : (int)s->images};
       for (int j = i + 1; j <= i + s->body; j++)
-        if (!run_step(&p->steps[j], ops, sp))
+        if (!run_marked(&p->steps[j], ops, sp))
           return false;
     }
     i += s->body;
   }
+  return true;
+}
+
+bool rt_plan_download(const RtPlan *p, const RtPlanOps *ops, float *y, int batch) {
+  const Span whole = {batch, 0, batch};
   for (int d = 0; d < p->n_devices; d++) {
     const RtHostCopy *out = &p->dev[d].output;
     if (out->width && !ops->copy(ops->ctx, -1, host(y, out->host_offset), out->host_pitch, d,
@@ -525,4 +612,9 @@ bool rt_plan_run(const RtPlan *p, const RtPlanOps *ops, const float *x, int batc
       return false;
   }
   return true;
+}
+
+bool rt_plan_run(const RtPlan *p, const RtPlanOps *ops, const float *x, int batch, float *y) {
+  return rt_plan_upload(p, ops, x, batch) && rt_plan_steps(p, ops, batch) &&
+         rt_plan_download(p, ops, y, batch);
 }

@@ -2,7 +2,8 @@
 # Installs the Debian packages alexc needs to build and test, if any are missing.
 # Safe to run again: it installs nothing when everything is present.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libyaml-dev libcjson-dev)
+# llvm-14-dev: LLVM's C API, which the compiler uses to write model bundles (.so).
+pkgs=(build-essential cmake pkg-config libyaml-dev libcjson-dev llvm-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -173,3 +173,42 @@ bool compile_graph(Graph *g, const PassOptions *o, char *const *keep, int n_keep
   free(idx);
   return ok;
 }
+
+int cuda_option(const char *cmd, int c, const char *arg, CudaOptions *o, const char **arch) {
+  switch (c) {
+  case CUDA_OPT_ARCH:
+    if (strcmp(arg, "native") != 0 &&
+        (strncmp(arg, "sm_", 3) != 0 || strlen(arg) < 5 || strlen(arg) > 8 ||
+         strspn(arg + 3, "0123456789") != strlen(arg + 3)))
+      return usage_error(cmd, "--arch wants a GPU architecture such as sm_90, or native, not '%s'",
+                         arg);
+    *arch = arg;
+    return 0;
+  case CUDA_OPT_CONV:
+    if (!cuda_parse_conv(arg, &o->conv))
+      return usage_error(cmd, "--conv is 'gemm', 'direct' or 'implicit', not '%s'", arg);
+    return 0;
+  case CUDA_OPT_PRECISION:
+    if (!rt_parse_precision(arg, &o->precision))
+      return usage_error(cmd, "--precision is fp32, tf32 or bf16, not '%s'", arg);
+    return 0;
+  }
+  return -1;
+}
+
+bool resolve_arch(const char *cmd, const char *arch, bool running, char *out, size_t size) {
+  (void)cmd;
+  if (arch && strcmp(arch, "native") != 0) {  // checked by cuda_option
+    snprintf(out, size, "%s", arch);
+    return true;
+  }
+  if (!arch && !running) {
+    snprintf(out, size, "sm_90");
+    return true;
+  }
+  if (!rt_cuda_device(out, size, NULL, 0)) {
+    error("%s%s", arch ? "--arch native: " : "cuda: ", rt_error());
+    return false;
+  }
+  return true;
+}

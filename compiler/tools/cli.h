@@ -5,6 +5,7 @@
 #include <getopt.h>
 
 #include "../alexc.h"
+#include "../backends/cuda/cuda.h"
 
 // Exit codes: 0 ok, 1 error, 2 usage.
 enum { EXIT_OK = 0, EXIT_ERR = 1, EXIT_USAGE = 2 };
@@ -47,6 +48,36 @@ bool save_output(const Graph *g, int node, const float *y, int batch, const char
 // Handles a PASS_LONG_OPTIONS option: 0 if handled, EXIT_USAGE after a message for a
 // bad value, -1 if `c` is not one of them.
 int pass_option(const char *cmd, int c, const char *arg, PassOptions *o);
+
+// Options of the subcommands that target CUDA: --arch, --conv, --precision.
+#define CUDA_OPT_ARCH 1101
+#define CUDA_OPT_CONV 1102
+#define CUDA_OPT_PRECISION 1103
+#define CUDA_LONG_OPTIONS                                   \
+  {"arch", required_argument, 0, CUDA_OPT_ARCH},            \
+      {"conv", required_argument, 0, CUDA_OPT_CONV},        \
+  {                                                         \
+    "precision", required_argument, 0, CUDA_OPT_PRECISION   \
+  }
+#define CUDA_OPTIONS_HELP                                                                   \
+  "  --arch sm_XX|native  GPU architecture of the CUBIN (default: the GPU present when\n"  \
+  "                    running, sm_90 when compiling); the artifact also holds PTX,\n"     \
+  "                    which other GPUs can JIT\n"                                          \
+  "  --precision P     the GEMMs' arithmetic: fp32 (default; no TF32 anywhere), tf32\n"    \
+  "                    (TF32 tensor cores) or bf16 (bfloat16 operands, float sums);\n"    \
+  "                    tf32 and bf16 need --conv gemm\n"                                  \
+  "  --conv S          'gemm' (default): im2col + cuBLAS per group + one kernel for bias\n" \
+  "                    and the fused ReLU/LRN/pool, each conv output computed once (per-\n" \
+  "                    device scratch, at most 256 MiB, images in chunks); 'direct': one\n" \
+  "                    thread per output, the conv recomputed in fused stages;\n"        \
+  "                    'implicit': a tiled implicit-GEMM kernel (no im2col buffer, fp32)\n" \
+  "                    then the same kernel for bias and the fused stages\n"
+
+// Handles a CUDA_LONG_OPTIONS option like pass_option; --arch is stored as given.
+int cuda_option(const char *cmd, int c, const char *arg, CudaOptions *o, const char **arch);
+// The architecture to compile for: `arch` as given (sm_XX, checked by cuda_option), the GPU present for
+// "native" or, with no --arch, when `running`; sm_90 otherwise. False after a message.
+bool resolve_arch(const char *cmd, const char *arch, bool running, char *out, size_t size);
 
 // Runs the passes, keeping the named layers observable; false (message printed) on
 // error, e.g. an unknown layer.

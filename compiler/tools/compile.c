@@ -1,36 +1,54 @@
 // `alexc compile`: a network compiled for a target. For now the target is CUDA: the
 // generated source per device (--emit-source) and the artifact, a plan file holding
-// the steps, the weight slices and the NVRTC-compiled modules (runtime/alexrt_cuda.h).
+// the steps, the weight slices and the NVRTC-compiled modules (runtime/alexrt_cuda.h),
+// or with -o X.so the same bytes inside a shared object (backends/llvm/bundle.h).
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "../backends/cuda/cuda.h"
+#include "../backends/llvm/bundle.h"
 #include "cli.h"
 
 static const char COMPILE_HELP[] =
-    "usage: alexc compile SPEC --target cuda [--arch sm_90] [--precision fp32]\n"
-    "                     [--conv gemm|direct] [--emit-source DIR] [-o OUT]\n"
+    "usage: alexc compile SPEC --target cuda [--arch sm_90|native] [--precision fp32|tf32|bf16]\n"
+    "                     [--conv gemm|direct|implicit] [--emit-source DIR] [-o OUT]\n"
     "\n"
     "Compiles the network for a target: CUDA C++ for every (fused) node, compiled by\n"
     "NVRTC, and the plan that runs it (launches, cuBLAS GEMMs for fc layers, transfers).\n"
     "\n"
-    "  --target cuda       the only compiling target so far\n"
-    "  --arch sm_XX        GPU architecture of the CUBIN (default sm_90); the artifact\n"
-    "                      also holds compute_XX PTX, which newer GPUs can JIT\n"
-    "  --precision fp32    arithmetic precision (fp32 only, so far)\n"
-    "  --conv gemm|direct  how convolutions run: 'gemm' (default): im2col + cuBLAS SGEMM\n"
-    "                      per group + one kernel for bias and the fused ReLU/LRN/pool,\n"
-    "                      each conv output computed once (per-device scratch, at most\n"
-    "                      256 MiB, images in chunks); 'direct': one thread per output,\n"
-    "                      the conv recomputed in the fused stages (no scratch)\n"
-    "  --emit-source DIR   write the generated source as DIR/deviceN.cu (no NVRTC needed)\n"
-    "  -o OUT              write the artifact: a text plan header, then the modules\n"
-    "                      (see runtime/cuda_plan.c); needs NVRTC\n"
+    "  --target cuda     the only compiling target so far\n"
+    CUDA_OPTIONS_HELP
+    "  --emit-source DIR write the generated source as DIR/deviceN.cu (no NVRTC needed)\n"
+    "  -o OUT            write the artifact (needs NVRTC). OUT ending in .so: a shared\n"
+    "                    object holding the plan and the modules, for alexrt and the\n"
+    "                    runtime (built with LLVM, linked by $CC or cc); otherwise the\n"
+    "                    plan file: a text header, then the modules (runtime/cuda_plan.c)\n"
     PASS_OPTIONS_HELP
     "\n"
     "NVRTC results are cached in $ALEXC_CACHE (default ~/.cache/alexc; 'off': no cache).\n";
+
+// -o OUT: a bundle (.so) or the plan file; false after a message.
+static bool write_artifact(const RtPlan *plan, const char *out) {
+  size_t n = strlen(out);
+  if (n < 3 || strcmp(out + n - 3, ".so") != 0) {
+    if (!rt_plan_save(plan, out)) {
+      error("%s", rt_error());
+      return false;
+    }
+    return true;
+  }
+  uint8_t *bytes;
+  size_t size;
+  if (!rt_plan_serialize(plan, &bytes, &size)) {
+    error("%s", rt_error());
+    return false;
+  }
+  bool ok = llvm_write_bundle(bytes, size, out);
+  free(bytes);
+  return ok;
+}
 
 // mkdir -p
 static bool make_dirs(const char *path) {
@@ -51,17 +69,19 @@ static bool make_dirs(const char *path) {
 
 int cmd_compile(int argc, char **argv) {
   static const struct option opts[] = {
-      {"target", required_argument, 0, 'T'},    {"arch", required_argument, 0, 'a'},
-      {"precision", required_argument, 0, 'p'}, {"emit-source", required_argument, 0, 'e'},
-      {"output", required_argument, 0, 'o'},    {"help", no_argument, 0, 'h'},
-      {"conv", required_argument, 0, 'C'},
-      PASS_LONG_OPTIONS,                        {0, 0, 0, 0}};
-  const char *target = NULL, *arch = "sm_90", *emit = NULL, *out = NULL;
+      {"target", required_argument, 0, 'T'}, {"emit-source", required_argument, 0, 'e'},
+      {"output", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'},
+      CUDA_LONG_OPTIONS,                     PASS_LONG_OPTIONS,
+      {0, 0, 0, 0}};
+  const char *target = NULL, *arch_opt = NULL, *emit = NULL, *out = NULL;
+  char arch[16];
   PassOptions passes = pass_defaults();
   CudaOptions cuda = cuda_defaults();
   int c;
   while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
     int rc = pass_option("compile", c, optarg, &passes);
+    if (rc < 0)
+      rc = cuda_option("compile", c, optarg, &cuda, &arch_opt);
     if (rc >= 0) {
       if (rc)
         return rc;
@@ -69,17 +89,8 @@ int cmd_compile(int argc, char **argv) {
     }
     switch (c) {
     case 'T': target = optarg; break;
-    case 'a': arch = optarg; break;
     case 'e': emit = optarg; break;
-    case 'C':
-      if (!cuda_parse_conv(optarg, &cuda.conv))
-        return usage_error("compile", "--conv is 'gemm' or 'direct', not '%s'", optarg);
-      break;
     case 'o': out = optarg; break;
-    case 'p':
-      if (strcmp(optarg, "fp32") != 0)
-        return usage_error("compile", "--precision: only fp32 so far, not '%s'", optarg);
-      break;
     case 'h':
       fputs(COMPILE_HELP, stdout);
       return EXIT_OK;
@@ -94,9 +105,8 @@ int cmd_compile(int argc, char **argv) {
                        target ? target : "");
   if (!out && !emit)
     return usage_error("compile", "nothing to write: give -o OUT and/or --emit-source DIR");
-  if (strncmp(arch, "sm_", 3) != 0 || strlen(arch) < 5 ||
-      strspn(arch + 3, "0123456789") != strlen(arch + 3))
-    return usage_error("compile", "--arch wants a GPU architecture such as sm_90, not '%s'", arch);
+  if (!resolve_arch("compile", arch_opt, false, arch, sizeof arch))
+    return EXIT_ERR;
 
   Graph *g = load_spec(argv[optind]);
   char *layer = g ? g->nodes[g->output].name : NULL;
@@ -119,8 +129,7 @@ int cmd_compile(int argc, char **argv) {
   }
   if (ok && out) {
     ok = cuda_compile(&prog, arch);
-    if (ok && !(ok = rt_plan_save(&prog.plan, out)))
-      error("%s", rt_error());
+    ok = ok && write_artifact(&prog.plan, out);
   }
   if (ok && out) {
     size_t bytes = 0;

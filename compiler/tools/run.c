@@ -8,7 +8,7 @@
 static const char RUN_HELP[] =
     "usage: alexc run SPEC (--weights W.safetensors | --seed S) (--input X.npy | --random N)\n"
     "                 [--output Y.npy] [--layer NAME] [--top K] [--target ref|cuda]\n"
-    "                 [--conv gemm|direct]\n"
+    "                 [--precision fp32|tf32|bf16] [--conv gemm|direct|implicit] [--compare-ref]\n"
     "\n"
     "Runs a batch through the network.\n"
     "\n"
@@ -22,9 +22,11 @@ static const char RUN_HELP[] =
     "  --top K           print the K highest-scoring classes of each image\n"
     "  --target T        the executor: 'ref', the reference executor (the default), or\n"
     "                    'cuda': generated kernels compiled by NVRTC, run on the GPU(s)\n"
-    "  --arch sm_XX      with --target cuda: the GPU architecture (default sm_90)\n"
-    "  --conv S          with --target cuda: 'gemm' (default; im2col + cuBLAS) or 'direct'\n"
-    "                    convolutions (see alexc compile --help)\n"
+    "  --compare-ref     with --target cuda: also run the reference executor and print\n"
+    "                    the largest difference, max|got - want| / max|want|; exit 1 when\n"
+    "                    it exceeds the precision's tolerance (fp32 1e-4, tf32 %g, bf16 %g)\n"
+    "with --target cuda:\n"
+    CUDA_OPTIONS_HELP
     PASS_OPTIONS_HELP;
 
 static void print_top(const Graph *g, int node, const float *y, int batch, int k) {
@@ -48,10 +50,28 @@ static void print_top(const Graph *g, int node, const float *y, int batch, int k
   }
 }
 
+// --compare-ref: the reference executor on the same compiled graph, inputs and weights.
+static bool compare_to_reference(Graph *g, const Weights *w, const float *x, int batch, int node,
+                                 const float *y, RtPrecision precision) {
+  float *want = NULL;
+  if (!ref_run(g, w, x, batch, &node, 1, &want))
+    return false;
+  Compare c = compare(y, want, shape_elems(g->nodes[node].out) * batch);
+  double tolerance = cuda_tolerance(precision);
+  bool ok = c.finite && c.rel <= tolerance;
+  printf("max rel err %.3g against the reference (%s tolerance %g): %s\n", c.rel,
+         rt_precision_name(precision), tolerance, ok ? "OK" : "FAIL");
+  if (!ok)
+    error("--target cuda differs from the reference: max rel err %.3g%s at element %lld",
+          c.rel, c.finite ? "" : " (non-finite values)", (long long)c.at);
+  free(want);
+  return ok;
+}
+
 typedef struct {
   const char *weights, *input, *output, *layer, *target, *arch;
   uint64_t seed, input_seed;
-  bool have_seed;
+  bool have_seed, compare_ref;
   InitScheme scheme;
   int random, top;
   PassOptions passes;
@@ -65,15 +85,16 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
       {"random", required_argument, 0, 'r'},  {"input-seed", required_argument, 0, 'I'},
       {"output", required_argument, 0, 'o'},  {"layer", required_argument, 0, 'l'},
       {"top", required_argument, 0, 't'},     {"target", required_argument, 0, 'T'},
-      {"arch", required_argument, 0, 'A'},    {"help", no_argument, 0, 'h'},
-      {"conv", required_argument, 0, 'C'},
-      PASS_LONG_OPTIONS,
+      {"help", no_argument, 0, 'h'},          {"compare-ref", no_argument, 0, 'R'},
+      CUDA_LONG_OPTIONS,                      PASS_LONG_OPTIONS,
       {0, 0, 0, 0}};
-  *a = (RunArgs){.target = "ref", .arch = "sm_90", .input_seed = 1, .passes = pass_defaults(),
-                   .cuda = cuda_defaults()};
+  *a = (RunArgs){.target = "ref", .input_seed = 1, .passes = pass_defaults(),
+                 .cuda = cuda_defaults()};
   int c;
   while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
     int rc = pass_option("run", c, optarg, &a->passes);
+    if (rc < 0)
+      rc = cuda_option("run", c, optarg, &a->cuda, &a->arch);
     if (rc >= 0) {
       if (rc)
         return rc;
@@ -85,11 +106,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
     case 'o': a->output = optarg; break;
     case 'l': a->layer = optarg; break;
     case 'T': a->target = optarg; break;
-    case 'A': a->arch = optarg; break;
-    case 'C':
-      if (!cuda_parse_conv(optarg, &a->cuda.conv))
-        return usage_error("run", "--conv is 'gemm' or 'direct', not '%s'", optarg);
-      break;
+    case 'R': a->compare_ref = true; break;
     case 's':
       if (!(a->have_seed = parse_u64(optarg, &a->seed)))
         return usage_error("run", "--seed wants an unsigned integer, not '%s'", optarg);
@@ -111,7 +128,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
         return usage_error("run", "--top wants a positive integer, not '%s'", optarg);
       break;
     case 'h':
-      fputs(RUN_HELP, stdout);
+      printf(RUN_HELP, cuda_tolerance(RT_TF32), cuda_tolerance(RT_BF16));
       return -1;
     default:
       return usage_error("run", "unknown option");
@@ -125,6 +142,8 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
     return usage_error("run", "give exactly one of --input and --random");
   if (strcmp(a->target, "ref") != 0 && strcmp(a->target, "cuda") != 0)
     return usage_error("run", "unknown target '%s' (targets: ref, cuda)", a->target);
+  if (a->compare_ref && strcmp(a->target, "cuda") != 0)
+    return usage_error("run", "--compare-ref compares --target cuda against the reference");
   return EXIT_OK;
 }
 
@@ -166,14 +185,18 @@ int cmd_run(int argc, char **argv) {
   else if (ok)
     x = random_input(g, batch, a.input_seed);
   float *y = NULL;
+  char arch[16];
   if (ok && cuda) {
     char *how = cuda_describe_options(&a.passes);
     y = xcalloc(shape_elems(g->nodes[node].out) * batch, sizeof(float));
-    ok = cuda_run_graph(g, how, &a.cuda, a.arch, w, x, batch, y);
+    ok = resolve_arch("run", a.arch, true, arch, sizeof arch) &&
+         cuda_run_graph(g, how, &a.cuda, arch, w, x, batch, y);
     free(how);
   } else if (ok) {
     ok = ref_run(g, w, x, batch, &node, 1, &y);
   }
+  if (ok && a.compare_ref)
+    ok = compare_to_reference(g, w, x, batch, node, y, a.cuda.precision);
   if (ok && a.output)
     ok = save_output(g, node, y, batch, a.output);
   if (ok && a.top)

@@ -39,6 +39,20 @@ expect 0 "--conv gemm" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda
 grep -q "void k01_conv1_im2col(" "$tmp/gemm/device0.cu" || { echo "FAIL: --conv gemm: no im2col kernel"; failures=$((failures + 1)); }
 expect 0 "help" -- "$alexc" compile --help
 contains "--emit-source" "help"
+contains "--precision" "help"
+expect 1 "bf16 with --conv direct" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 --conv direct --emit-source "$tmp/x"
+contains "use --conv gemm" "bf16 with --conv direct"
+expect 0 "tf32 source" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision tf32 --emit-source "$tmp/tf32"
+grep -q "Precision tf32" "$tmp/tf32/device0.cu" || { echo "FAIL: no precision in the source header"; failures=$((failures + 1)); }
+expect 0 "bf16 source" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 --emit-source "$tmp/bf16"
+grep -q "unsigned short to_bf16(float f)" "$tmp/bf16/device0.cu" || { echo "FAIL: no bf16 conversion"; failures=$((failures + 1)); }
+expect 2 "bad --arch for run" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --target cuda --arch ampere
+expect 2 "--compare-ref without cuda" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --compare-ref
+expect 0 "bench help" -- "$alexc" bench --help
+contains "--compare-unfused" "bench help"
+expect 2 "bench without target" -- "$alexc" bench specs/mini-alexnet.yaml
+expect 2 "bench bad batch" -- "$alexc" bench specs/mini-alexnet.yaml --target cuda --batch 0
+expect 1 "bench missing spec" -- "$alexc" bench "$tmp/nope.yaml" --target cuda
 
 expect 0 "emit source, 2 devices" -- "$alexc" compile specs/alexnet-torchvision.yaml --target cuda \
   --devices 2 --emit-source "$tmp/src"
@@ -47,9 +61,13 @@ grep -q 'void k01_features_0(' "$tmp/src/device0.cu" || { echo "FAIL: kernel nam
 
 if "$alexc" compile specs/mini-alexnet.yaml --target cuda -o "$tmp/probe.plan" >/dev/null 2>&1; then
   expect 0 "compile mini-alexnet" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --devices 2 -o "$tmp/m.plan"
-  head -c 17 "$tmp/m.plan" | grep -q "alexc-cuda-plan 2" || { echo "FAIL: artifact header"; failures=$((failures + 1)); }
+  head -c 17 "$tmp/m.plan" | grep -q "alexc-cuda-plan 3" || { echo "FAIL: artifact header"; failures=$((failures + 1)); }
   grep -a -q "^chunk 0 conv1 " "$tmp/m.plan" || { echo "FAIL: no conv chunk in the plan"; failures=$((failures + 1)); }
-  grep -a -q "^gemm 0 conv1 N N " "$tmp/m.plan" || { echo "FAIL: no conv gemm in the plan"; failures=$((failures + 1)); }
+  grep -a -q "^gemm 0 conv1 fp32 N N " "$tmp/m.plan" || { echo "FAIL: no conv gemm in the plan"; failures=$((failures + 1)); }
+  expect 0 "compile bf16" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 -o "$tmp/bf16.plan"
+  grep -a -q "^precision bf16$" "$tmp/bf16.plan" || { echo "FAIL: no precision line"; failures=$((failures + 1)); }
+  grep -a -q "^gemm 0 fc5 bf16 T N " "$tmp/bf16.plan" || { echo "FAIL: no bf16 fc gemm"; failures=$((failures + 1)); }
+  grep -a -q "^slice 0 [0-9]* 0 [0-9]* bf16 conv1.weight$" "$tmp/bf16.plan" || { echo "FAIL: no bf16 weight slice"; failures=$((failures + 1)); }
   n=$(ls "$tmp/cache" | wc -l)
   [ "$n" -ge 4 ] || { echo "FAIL: the NVRTC cache holds $n files, want CUBIN + PTX per device"; failures=$((failures + 1)); }
   expect 0 "compile again (cached)" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --devices 2 -o "$tmp/m2.plan"
@@ -60,10 +78,15 @@ fi
 
 # Without a GPU (this test forces it by hiding the driver), --target cuda explains itself.
 if ! ls /dev/nvidia0 >/dev/null 2>&1; then
-  expect 1 "run --target cuda without a GPU" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --target cuda
-  if ! grep -q -e "no CUDA driver found" -e "no GPU" -e "built without the CUDA toolkit" "$tmp/out"; then
-    echo "FAIL: no clear message:"; cat "$tmp/out"; failures=$((failures + 1))
-  fi
+  for cmd in "run specs/mini-alexnet.yaml --seed 1 --random 1 --target cuda" \
+             "bench specs/mini-alexnet.yaml --target cuda --batch 2" \
+             "compile specs/mini-alexnet.yaml --target cuda --arch native --emit-source $tmp/n"; do
+    # shellcheck disable=SC2086
+    expect 1 "$cmd without a GPU" -- "$alexc" $cmd
+    if ! grep -q -e "no CUDA driver found" -e "no GPU" -e "built without the CUDA toolkit" "$tmp/out"; then
+      echo "FAIL: no clear message:"; cat "$tmp/out"; failures=$((failures + 1))
+    fi
+  done
 fi
 expect 1 "--target cuda with --layer" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --target cuda --layer conv1
 expect 2 "unknown run target" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --target tpu

@@ -1,12 +1,16 @@
 #!/bin/bash
-# On a machine with a GPU: alexc run --target cuda against --target ref on every spec,
-# fused and unfused, on one and two devices (two logical devices may share one GPU),
-# --conv gemm and --conv direct, within 1e-4 relative. Without a CUDA driver or GPU it
-# exits 77 (ctest: skipped).
+# On a machine with a GPU: alexc run --target cuda against the reference executor on
+# every spec, fused and unfused, on one and two devices (two logical devices share a
+# GPU as two streams when there is only one), --conv gemm and direct in fp32, and gemm
+# in tf32 and bf16, each within its precision's tolerance (alexc run --help). Without
+# a CUDA driver or GPU it exits 77 (ctest: skipped).
 #
-# usage: tests/cuda/gpu.sh ALEXC
+# usage: tests/cuda/gpu.sh ALEXC [SPEC...]
 set -u
 alexc=$1
+shift
+specs=("$@")
+[ ${#specs[@]} -gt 0 ] || specs=(specs/*.yaml tests/passes/graphs/*.yaml)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -20,31 +24,39 @@ if [ $? -ne 0 ]; then
   exit 1
 fi
 
-compare() {  # compare GOT WANT: max |got - want| / max |want| <= 1e-4
-  python3 - "$1" "$2" <<'PY'
+# compare GOT WANT TOLERANCE: max |got - want| / max |want|, both .npy (float32).
+compare() {
+  python3 - "$1" "$2" "$3" <<'PY'
 import sys, numpy as np
-got, want = np.load(sys.argv[1]), np.load(sys.argv[2])
+got, want, tol = np.load(sys.argv[1]), np.load(sys.argv[2]), float(sys.argv[3])
 rel = np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
 print(f"max rel err {rel:.3g}")
-sys.exit(0 if got.shape == want.shape and np.isfinite(got).all() and rel <= 1e-4 else 1)
+sys.exit(0 if got.shape == want.shape and np.isfinite(got).all() and rel <= tol else 1)
 PY
 }
 
+tolerance() {  # the limits of compiler/backends/cuda/codegen.c's cuda_tolerance()
+  case $1 in fp32) echo 1e-4 ;; tf32) echo 1e-2 ;; bf16) echo 3e-2 ;; esac
+}
+
 failures=0
-for spec in specs/*.yaml tests/passes/graphs/*.yaml; do
+for spec in "${specs[@]}"; do
   batch=3
-  case $spec in specs/alexnet*) batch=8 ;; esac
+  case $spec in specs/alexnet*) batch=4 ;; esac
+  # The oracle: the reference executor, unfused on one device (the passes do not
+  # change its results: tests/passes/test_equivalence.c).
+  "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch --no-fuse --output "$tmp/ref.npy" || {
+    echo "FAIL: $spec: the reference run"; failures=$((failures + 1)); continue; }
   for opts in "" "--no-fuse" "--devices 2" "--no-fuse --devices 2"; do
-    # shellcheck disable=SC2086
-    "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch $opts --output "$tmp/ref.npy" || {
-      echo "FAIL: $spec $opts: the reference run"; failures=$((failures + 1)); continue; }
-    for conv in gemm direct; do
+    for variant in "gemm fp32" "direct fp32" "gemm tf32" "gemm bf16"; do
+      set -- $variant
       # shellcheck disable=SC2086
       "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch $opts --target cuda \
-        --conv $conv --output "$tmp/gpu.npy" &&
-        result=$(compare "$tmp/gpu.npy" "$tmp/ref.npy")
+        --conv "$1" --precision "$2" --output "$tmp/gpu.npy" &&
+        result=$(compare "$tmp/gpu.npy" "$tmp/ref.npy" "$(tolerance "$2")")
       rc=$?
-      printf '  %-45s %-6s %-24s %s %s\n' "$spec" "$conv" "${opts:-fused}" "${result:-}" "$([ $rc -eq 0 ] && echo OK || echo FAIL)"
+      printf '  %-40s %-6s %-4s %-22s %s %s\n' "$spec" "$1" "$2" "${opts:-fused}" "${result:-}" \
+        "$([ $rc -eq 0 ] && echo OK || echo FAIL)"
       [ $rc -eq 0 ] || failures=$((failures + 1))
       result=
     done

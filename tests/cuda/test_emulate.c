@@ -5,7 +5,9 @@
 // run the plan through the runtime's own interpreter (rt_plan_run) with CPU
 // implementations of kernel launch, GEMM (cublasSgemm's semantics exactly: column-major,
 // transa/transb, lda/ldb/ldc, alpha/beta, its argument checks) and copy. The output
-// must match the reference executor within 1e-4 relative (max|got-want| / max|want|).
+// must match the reference executor within the precision's tolerance (cuda_tolerance():
+// 1e-4 relative, max|got-want| / max|want|, for fp32). tf32 and bf16 variants round the
+// GEMM operands as the tensor cores do.
 //
 // Arenas, scratch and weight buffers start as NaN, so a kernel that reads memory nobody wrote
 // (a missing transfer, a wrong offset or held range) poisons the output. Copies and
@@ -29,8 +31,8 @@
 #include "alexc.h"
 #include "backends/cuda/cuda.h"
 #include "tools/cli.h"
+#include "emu_gemm.h"
 
-#define TOLERANCE 1e-4
 
 static const char *cxx, *emu_header, *workdir;
 
@@ -43,32 +45,46 @@ typedef struct {
   bool big_too;   // run on big nets as well
   CudaConv conv;
   int max_chunk;  // gemm: images per chunk at most (0: as the scratch budget allows)
+  RtPrecision prec;
 } Variant;
 
 #define DIRECT CUDA_CONV_DIRECT
 #define GEMM CUDA_CONV_GEMM
+#define IMPLICIT CUDA_CONV_IMPLICIT
 static const Variant VARIANTS[] = {
-    {"direct-fused", true, 1, 0, 0, false, DIRECT, 0},
-    {"direct-unfused", false, 1, 0, 0, false, DIRECT, 0},
-    {"direct-fused-2dev", true, 2, 0, 0, true, DIRECT, 0},
-    {"direct-unfused-2dev", false, 2, 0, 0, false, DIRECT, 0},
-    {"direct-fused-3dev", true, 3, 0, 0, false, DIRECT, 0},
-    {"direct-fused-grid3", true, 1, 2, 3, false, DIRECT, 0},
-    {"direct-unfused-2dev-grid3", false, 2, 2, 3, false, DIRECT, 0},
-    {"gemm-fused", true, 1, 0, 0, true, GEMM, 0},
-    {"gemm-unfused", false, 1, 0, 0, false, GEMM, 0},
-    {"gemm-fused-2dev", true, 2, 0, 0, true, GEMM, 0},
-    {"gemm-unfused-2dev", false, 2, 0, 0, true, GEMM, 0},
-    {"gemm-fused-3dev", true, 3, 0, 0, false, GEMM, 0},
-    {"gemm-fused-chunk2", true, 1, 3, 0, false, GEMM, 2},
-    {"gemm-unfused-2dev-chunk1-grid3", false, 2, 2, 3, false, GEMM, 1},
+    {"direct-fused", true, 1, 0, 0, false, DIRECT, 0, RT_FP32},
+    {"direct-unfused", false, 1, 0, 0, false, DIRECT, 0, RT_FP32},
+    {"direct-fused-2dev", true, 2, 0, 0, true, DIRECT, 0, RT_FP32},
+    {"direct-unfused-2dev", false, 2, 0, 0, false, DIRECT, 0, RT_FP32},
+    {"direct-fused-3dev", true, 3, 0, 0, false, DIRECT, 0, RT_FP32},
+    {"direct-fused-grid3", true, 1, 2, 3, false, DIRECT, 0, RT_FP32},
+    {"direct-unfused-2dev-grid3", false, 2, 2, 3, false, DIRECT, 0, RT_FP32},
+    {"gemm-fused", true, 1, 0, 0, true, GEMM, 0, RT_FP32},
+    {"gemm-unfused", false, 1, 0, 0, false, GEMM, 0, RT_FP32},
+    {"gemm-fused-2dev", true, 2, 0, 0, true, GEMM, 0, RT_FP32},
+    {"gemm-unfused-2dev", false, 2, 0, 0, true, GEMM, 0, RT_FP32},
+    {"gemm-fused-3dev", true, 3, 0, 0, false, GEMM, 0, RT_FP32},
+    {"gemm-fused-chunk2", true, 1, 3, 0, false, GEMM, 2, RT_FP32},
+    {"gemm-unfused-2dev-chunk1-grid3", false, 2, 2, 3, false, GEMM, 1, RT_FP32},
+    {"gemm-fused-tf32", true, 1, 0, 0, true, GEMM, 0, RT_TF32},
+    {"gemm-unfused-2dev-tf32", false, 2, 0, 0, false, GEMM, 0, RT_TF32},
+    {"gemm-fused-bf16", true, 1, 0, 0, true, GEMM, 0, RT_BF16},
+    {"gemm-unfused-bf16", false, 1, 0, 0, false, GEMM, 0, RT_BF16},
+    {"gemm-fused-2dev-bf16", true, 2, 0, 0, false, GEMM, 0, RT_BF16},
+    {"gemm-fused-3dev-bf16-chunk1", true, 3, 2, 0, false, GEMM, 1, RT_BF16},
+    {"implicit-fused", true, 1, 0, 0, true, IMPLICIT, 0, RT_FP32},
+    {"implicit-unfused", false, 1, 0, 0, false, IMPLICIT, 0, RT_FP32},
+    {"implicit-fused-2dev", true, 2, 0, 0, false, IMPLICIT, 0, RT_FP32},
+    {"implicit-fused-3dev", true, 3, 0, 0, false, IMPLICIT, 0, RT_FP32},
+    {"implicit-fused-chunk2", true, 1, 3, 0, false, IMPLICIT, 2, RT_FP32},
+    {"implicit-fused-grid3", true, 1, 2, 3, false, IMPLICIT, 0, RT_FP32},
+    {"implicit-unfused-2dev-c1-grid3", false, 2, 2, 3, false, IMPLICIT, 1, RT_FP32},
 };
 
 // ---------------------------------------------------------------- the emulated machine
 
 typedef struct {
   void *so[MAX_DEVICES];
-  void (*set_thread[MAX_DEVICES])(unsigned, unsigned, unsigned, unsigned);
   float *arena[MAX_DEVICES], *weights[MAX_DEVICES], *scratch[MAX_DEVICES];
   int64_t arena_elems[MAX_DEVICES], weight_elems[MAX_DEVICES], scratch_elems[MAX_DEVICES];
   const float *x, *y;
@@ -107,90 +123,87 @@ typedef void (*K4)(void *, void *, void *, void *, int);
 typedef void (*K5)(void *, void *, void *, void *, void *, int);
 typedef void (*K6)(void *, void *, void *, void *, void *, void *, int);
 
+// One kernel launch's call, for every thread of every block.
+typedef struct {
+  void *f;
+  int n_args;
+  void *a[6];
+  int batch;
+} KernelCall;
+
+// alexc_emu_run_block's thread: the kernel with its arguments.
+static void call_kernel(void *arg) {
+  const KernelCall *c = arg;
+  void *const *a = c->a;
+  switch (c->n_args) {
+  case 1: ((K1)c->f)(a[0], c->batch); break;
+  case 2: ((K2)c->f)(a[0], a[1], c->batch); break;
+  case 3: ((K3)c->f)(a[0], a[1], a[2], c->batch); break;
+  case 4: ((K4)c->f)(a[0], a[1], a[2], a[3], c->batch); break;
+  case 5: ((K5)c->f)(a[0], a[1], a[2], a[3], a[4], c->batch); break;
+  case 6: ((K6)c->f)(a[0], a[1], a[2], a[3], a[4], a[5], c->batch); break;
+  }
+}
+
+// Every block through cuda_emu.h's alexc_emu_run_block, exported by the kernel's .so:
+// its threads one after another, or as fibers that meet at each __syncthreads().
 static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block,
                    const uint64_t *args, int n_args, int batch) {
   Emu *e = ctx;
-  void *f = dlsym(e->so[d], kernel), *a[6];
-  if (!f || n_args < 1 || n_args > 6) {
+  KernelCall call = {.f = dlsym(e->so[d], kernel), .n_args = n_args, .batch = batch};
+  int (*run_block)(unsigned, unsigned, unsigned, void (*)(void *), void *);
+  *(void **)&run_block = dlsym(e->so[d], "alexc_emu_run_block");
+  if (!call.f || !run_block || n_args < 1 || n_args > 6) {
     fprintf(stderr, "  launch %s on device %d: %s\n", kernel, d,
-            f ? "unsupported argument count" : "no such kernel");
+            !call.f      ? "no such kernel"
+            : !run_block ? "no alexc_emu_run_block (cuda_emu.h)"
+                         : "unsupported argument count");
     e->failed = true;
     return false;
   }
   for (int i = 0; i < n_args; i++) {
-    a[i] = (void *)(uintptr_t)args[i];
+    call.a[i] = (void *)(uintptr_t)args[i];
     if (!check(e, d, args[i], 4, kernel))
       return false;
   }
   if (e->max_grid && grid > e->max_grid)
     grid = e->max_grid;
   for (int64_t bx = 0; bx < grid; bx++)
-    for (int tx = 0; tx < block; tx++) {
-      e->set_thread[d]((unsigned)bx, (unsigned)tx, (unsigned)block, (unsigned)grid);
-      switch (n_args) {
-      case 1: ((K1)f)(a[0], batch); break;
-      case 2: ((K2)f)(a[0], a[1], batch); break;
-      case 3: ((K3)f)(a[0], a[1], a[2], batch); break;
-      case 4: ((K4)f)(a[0], a[1], a[2], a[3], batch); break;
-      case 5: ((K5)f)(a[0], a[1], a[2], a[3], a[4], batch); break;
-      case 6: ((K6)f)(a[0], a[1], a[2], a[3], a[4], a[5], batch); break;
-      }
+    if (run_block((unsigned)bx, (unsigned)block, (unsigned)grid, call_kernel, &call) != 0) {
+      fprintf(stderr, "  launch %s on device %d: block %lld failed\n", kernel, d, (long long)bx);
+      e->failed = true;
+      return false;
     }
   return true;
 }
 
-static int64_t max1(int64_t v) { return v > 1 ? v : 1; }
-
-// cublasSgemm(transa, transb, m, n, k, &alpha, A, lda, B, ldb, &beta, C, ldc), column-major:
-// C = alpha * op(A) * op(B) + beta * C, op(A) m x k, op(B) k x n, accumulating in float as
-// a GPU does. As cuBLAS: invalid sizes fail (CUBLAS_STATUS_INVALID_VALUE), m or n of 0
-// returns at once, and beta = 0 does not read C (so NaN there does not propagate).
-static bool gemm(void *ctx, int d, char ta, char tb, int64_t m, int64_t n, int64_t k,
-                 float alpha, uint64_t a, int64_t lda, uint64_t b, int64_t ldb, float beta,
-                 uint64_t c, int64_t ldc) {
+// The step's GEMM through emu_gemm.h: cublasSgemm's / cublasGemmEx's semantics
+// (column-major, transa/transb, leading dimensions, alpha/beta, argument checks; beta = 0
+// does not read C), TF32 rounding of the operands for tf32, bfloat16 A and B for bf16,
+// accumulating in float as a GPU does. Every operand is bounds-checked.
+static bool gemm(void *ctx, int d, RtPrecision prec, char ta, char tb, int64_t m, int64_t n,
+                 int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b, int64_t ldb,
+                 float beta, uint64_t c, int64_t ldc) {
   Emu *e = ctx;
-  bool tra = ta == 'T', trb = tb == 'T';
-  if ((ta != 'N' && !tra) || (tb != 'N' && !trb) || m < 0 || n < 0 || k < 0 ||
-      lda < max1(tra ? k : m) || ldb < max1(trb ? n : k) || ldc < max1(m) || m > INT32_MAX ||
-      n > INT32_MAX || k > INT32_MAX || lda > INT32_MAX || ldb > INT32_MAX || ldc > INT32_MAX) {
-    fprintf(stderr,
-            "  gemm %c %c m %lld n %lld k %lld lda %lld ldb %lld ldc %lld: "
-            "CUBLAS_STATUS_INVALID_VALUE\n",
-            ta, tb, (long long)m, (long long)n, (long long)k, (long long)lda, (long long)ldb,
-            (long long)ldc);
+  EmuType type = prec == RT_BF16 ? EMU_BF16 : EMU_F32;
+  const char *bad = emu_gemm_check(ta, tb, m, n, k, lda, ldb, ldc);
+  if (!bad && m && n) {
+    bool tra = ta == 'T', trb = tb == 'T';
+    if ((k && !check(e, d, a, emu_operand_bytes(tra ? k : m, tra ? m : k, lda, type), "gemm A")) ||
+        (k && !check(e, d, b, emu_operand_bytes(trb ? n : k, trb ? k : n, ldb, type), "gemm B")) ||
+        !check(e, d, c, emu_operand_bytes(m, n, ldc, EMU_F32), "gemm C"))
+      return false;
+    bad = emu_gemm(ta, tb, m, n, k, alpha, (const void *)(uintptr_t)a, type, lda,
+                   (const void *)(uintptr_t)b, type, ldb, beta, (float *)(uintptr_t)c, ldc,
+                   prec == RT_TF32 ? EMU_MATH_TF32 : EMU_MATH_FP32);
+  }
+  if (bad) {
+    fprintf(stderr, "  gemm %s %c %c m %lld n %lld k %lld lda %lld ldb %lld ldc %lld: %s\n",
+            rt_precision_name(prec), ta, tb, (long long)m, (long long)n, (long long)k,
+            (long long)lda, (long long)ldb, (long long)ldc, bad);
     e->failed = true;
     return false;
   }
-  if (!m || !n)
-    return true;
-  const float *A = (const float *)(uintptr_t)a, *B = (const float *)(uintptr_t)b;
-  float *C = (float *)(uintptr_t)c;
-  if ((k && !check(e, d, a, ((tra ? m : k) - 1) * lda * 4 + (tra ? k : m) * 4, "gemm A")) ||
-      (k && !check(e, d, b, ((trb ? k : n) - 1) * ldb * 4 + (trb ? n : k) * 4, "gemm B")) ||
-      !check(e, d, c, ((n - 1) * ldc + m) * 4, "gemm C"))
-    return false;
-  float *acc = xcalloc(m, sizeof(float));
-  for (int64_t j = 0; j < n; j++) {
-    if (tra) {  // op(A)(i, l) = A[l + i * lda]: dot products along A's columns
-      for (int64_t i = 0; i < m; i++) {
-        float s = 0;
-        for (int64_t l = 0; l < k; l++)
-          s += A[l + i * lda] * B[trb ? j + l * ldb : l + j * ldb];
-        acc[i] = s;
-      }
-    } else {  // op(A)(i, l) = A[i + l * lda]: columns of A scaled and summed
-      for (int64_t i = 0; i < m; i++)
-        acc[i] = 0;
-      for (int64_t l = 0; l < k; l++) {
-        const float bl = B[trb ? j + l * ldb : l + j * ldb], *col = A + l * lda;
-        for (int64_t i = 0; i < m; i++)
-          acc[i] += col[i] * bl;
-      }
-    }
-    for (int64_t i = 0; i < m; i++)
-      C[i + j * ldc] = beta == 0.0f ? alpha * acc[i] : alpha * acc[i] + beta * C[i + j * ldc];
-  }
-  free(acc);
   return true;
 }
 
@@ -245,6 +258,7 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
   CudaOptions co = cuda_defaults();
   co.conv = v->conv;
   co.max_chunk = v->max_chunk;
+  co.precision = v->prec;
   CudaProgram prog;
   if (!g || !run_passes(g, &o) || !cuda_generate(g, v->name, &co, &prog)) {
     graph_free(g);
@@ -279,8 +293,6 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
       fprintf(stderr, "  dlopen %s: %s\n", so, dlerror());
       ok = false;
     }
-    if (ok)
-      *(void **)&e.set_thread[d] = dlsym(e.so[d], "alexc_emu_set_thread");
     free(cu);
     free(so);
     if (!ok)
@@ -306,7 +318,7 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
         ok = false;
         break;
       }
-      memcpy(e.weights[d] + sl->offset, data + sl->first, sl->count * sizeof(float));
+      rt_slice_pack(sl, data, e.weights[d] + sl->offset);
     }
     ops.arena[d] = (uint64_t)(uintptr_t)e.arena[d];
     ops.weights[d] = (uint64_t)(uintptr_t)e.weights[d];
@@ -314,7 +326,7 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
   }
   ok = ok && rt_plan_run(p, &ops, x, batch, y) && !e.failed;
   Compare c = ok ? compare(y, want, out_elems) : (Compare){.rel = INFINITY};
-  ok = ok && c.rel <= TOLERANCE;
+  ok = ok && c.rel <= cuda_tolerance(v->prec);
   int kernels = 0, gemms = 0;
   int64_t scratch = 0;
   for (int i = 0; i < p->n_steps; i++) {

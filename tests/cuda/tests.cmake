@@ -51,3 +51,35 @@ alexc_label(cuda.gpu gpu)
 add_test(NAME cuda.cli COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda/cli.sh ${ALEXC_BIN}
          WORKING_DIRECTORY ${ALEXC_ROOT})
 alexc_label(cuda.cli cuda cli)
+
+# ---------------------------------------------------------------- cuda.fake
+# The real runtime (runtime/cuda.c) run on the CPU: a fake libcuda.so.1 and
+# libcublas.so.13 (tests/cuda/fake/) that alexc dlopens through LD_LIBRARY_PATH, with
+# bounds-checked memory, the generated kernels compiled for the CPU by
+# fake_cuda_prepare, and streams executed lazily in a seeded random order.
+#   cuda.fake             alexc run --target cuda --compare-ref on the fake, small specs
+if(ALEXC_CUDA AND ALEXC_CXX)
+  set(ALEXC_FAKE_CUDA_DIR ${CMAKE_CURRENT_BINARY_DIR}/fake-cuda)
+  add_library(fake_cuda SHARED cuda/fake/fake_cuda.c)
+  target_include_directories(fake_cuda PRIVATE ${ALEXC_CUDA_INCLUDE})
+  target_link_libraries(fake_cuda PRIVATE ${CMAKE_DL_LIBS})
+  # Exactly the names runtime/cuda.c dlopens; the soname is the file name, so the fake
+  # cuBLAS's dependency on libcuda.so.1 resolves to this library, found beside it.
+  set_target_properties(fake_cuda PROPERTIES PREFIX "" OUTPUT_NAME libcuda SUFFIX .so.1
+                        LIBRARY_OUTPUT_DIRECTORY ${ALEXC_FAKE_CUDA_DIR})
+  add_library(fake_cublas SHARED cuda/fake/fake_cublas.c)
+  target_include_directories(fake_cublas PRIVATE ${ALEXC_CUDA_INCLUDE})
+  target_link_libraries(fake_cublas PRIVATE fake_cuda)
+  set_target_properties(fake_cublas PROPERTIES PREFIX "" OUTPUT_NAME libcublas SUFFIX .so.13
+                        LIBRARY_OUTPUT_DIRECTORY ${ALEXC_FAKE_CUDA_DIR}
+                        BUILD_RPATH "$ORIGIN")
+  add_executable(fake_cuda_prepare cuda/fake/prepare.c)
+  target_link_libraries(fake_cuda_prepare PRIVATE alexc_core)
+  add_test(NAME cuda.fake
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda/fake.sh ${ALEXC_BIN}
+                   ${ALEXC_FAKE_CUDA_DIR} $<TARGET_FILE:fake_cuda_prepare> ${ALEXC_CXX}
+                   ${CMAKE_CURRENT_SOURCE_DIR}/cuda/cuda_emu.h
+           WORKING_DIRECTORY ${ALEXC_ROOT})
+  set_tests_properties(cuda.fake PROPERTIES SKIP_RETURN_CODE 77)
+  alexc_label(cuda.fake cuda)
+endif()

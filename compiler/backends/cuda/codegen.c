@@ -70,10 +70,26 @@ typedef struct {
   int node, device;
   FILE *f;
   bool gemm;  // a conv computed by im2col + cuBLAS: this kernel is its epilogue
+  bool bf16;  // GEMM operands in bfloat16 (--precision bf16): im2col writes bf16
 } Ctx;
 
 CudaOptions cuda_defaults(void) {
   return (CudaOptions){.conv = CUDA_CONV_GEMM, .scratch_bytes = CUDA_SCRATCH_BYTES};
+}
+
+// fp32: float sums in another order than the reference's (measured <= 4.4e-6).
+// tf32 and bf16 round every GEMM operand to 10 and 7 mantissa bits (unit roundoff 2^-11
+// and 2^-8); through AlexNet's eight GEMMs that reached 2.8e-3 (tf32) and 8.1e-3 (bf16)
+// at worst over every spec in the CPU emulation, which rounds exactly as the tensor
+// cores' inputs are rounded. The limits are about 3.5x those: wrong data (an offset, a
+// group, a bias) moves outputs by far more (0.78 for a misplaced group's columns).
+double cuda_tolerance(RtPrecision p) {
+  switch (p) {
+  case RT_FP32: return 1e-4;
+  case RT_TF32: return 1e-2;
+  case RT_BF16: return 3e-2;
+  }
+  return 0;
 }
 
 bool cuda_parse_conv(const char *name, CudaConv *out) {
@@ -81,12 +97,16 @@ bool cuda_parse_conv(const char *name, CudaConv *out) {
     *out = CUDA_CONV_GEMM;
   else if (!strcmp(name, "direct"))
     *out = CUDA_CONV_DIRECT;
+  else if (!strcmp(name, "implicit"))
+    *out = CUDA_CONV_IMPLICIT;
   else
     return false;
   return true;
 }
 
-const char *cuda_conv_name(CudaConv c) { return c == CUDA_CONV_GEMM ? "gemm" : "direct"; }
+const char *cuda_conv_name(CudaConv c) {
+  return c == CUDA_CONV_GEMM ? "gemm" : c == CUDA_CONV_IMPLICIT ? "implicit" : "direct";
+}
 
 // A conv on device d computed as im2col + GEMM: its groups there and its scratch.
 typedef struct {
@@ -180,7 +200,7 @@ static bool emit_stage(const Ctx *x, int k) {
   FILE *f = x->f;
   Shape in = k ? node_stage_shape(n, k - 1) : n->n_inputs ? g->nodes[n->inputs[0]].out : n->out;
   Shape out = node_stage_shape(n, k);
-  char prev[16], fa[40], fb[40], fc[40];
+  char prev[24], fa[40], fb[40], fc[40];
   if (k)
     snprintf(prev, sizeof prev, "stage%d", k - 1);
   else
@@ -475,9 +495,9 @@ static void emit_im2col(const Ctx *x, const char *kname, const ConvGemm *cg) {
   emit_loader(x, 0);
   fprintf(f, "}  // namespace node%02d_im2col\n\n", x->node);
   fprintf(f,
-          "// im2col for groups [%lld, %lld): one thread per column-matrix element.\n"
+          "// im2col for groups [%lld, %lld): one thread per column-matrix element%s.\n"
           "extern \"C\" __global__ void %s(\n"
-          "    const float *__restrict__ x0,\n    float *__restrict__ col,\n    int batch) {\n"
+          "    const float *__restrict__ x0,\n    %s *__restrict__ col,\n    int batch) {\n"
           "  using namespace node%02d_im2col;\n"
           "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
           "  constexpr int OUT_H = %lld, OUT_W = %lld, IN_PER_GROUP = %lld;\n"
@@ -492,15 +512,20 @@ static void emit_im2col(const Ctx *x, const char *kname, const ConvGemm *cg) {
           "    const int pixel = (int)(row %% PIXELS), oy = pixel / OUT_W, ox = pixel %% OUT_W;\n"
           "    const int ic = kk / (K * K), ky = kk / K %% K, kx = kk %% K;\n"
           "    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;\n"
-          "    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W\n"
-          "                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)\n"
-          "                 : 0.0f;\n"
+          "    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W\n"
+          "                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)\n"
+          "                        : 0.0f;\n"
+          "%s"
           "  }\n"
           "}\n\n",
-          (long long)cg->first_group, (long long)(cg->first_group + cg->groups), kname, x->node,
+          (long long)cg->first_group, (long long)(cg->first_group + cg->groups),
+          x->bf16 ? " (bfloat16: unsigned short)" : "", kname, x->bf16 ? "unsigned short" : "float", x->node,
           (long long)in.h, (long long)in.w, a->kernel, a->stride, a->pad,
           (long long)n->head_out.h, (long long)n->head_out.w, (long long)(in.c / a->groups),
-          (long long)cg->first_group, (long long)cg->groups);
+          (long long)cg->first_group, (long long)cg->groups, x->bf16 ? "    // Each group's columns start at its float-sized offset (as for fp32), so the\n"
+                    "    // bfloat16 columns of group g sit at element 2 * g * KK * ld.\n"
+                    "    col[i + group * (KK * ld)] = to_bf16(v);\n"
+                  : "    col[i] = v;\n");
 }
 
 // ---------------------------------------------------------------- the plan
@@ -511,31 +536,46 @@ static RtAddr arena(int64_t per_image, int64_t fixed) {
 static RtAddr weight(int64_t at) { return (RtAddr){RT_SPACE_WEIGHTS, 0, at, 0}; }
 
 // Adds the device's slice of a layer's weight or bias for channels r; returns its offset.
-static int64_t add_slice(RtPlan *p, int d, const Node *n, bool bias, Range r) {
+// bf16: the slice is a GEMM operand under --precision bf16, converted at upload.
+// A conv computed by GEMM adds its weights group by group (one slice per GEMM).
+static int64_t add_slice(RtPlan *p, int d, const Node *n, bool bias, Range r, bool bf16) {
   RtPlanDevice *dev = &p->dev[d];
   int64_t rows = n->op == OP_CONV ? n->conv.out : n->fc.out;
   int64_t per_row = bias ? 1 : n->n_weight / rows;
-  RtWeightSlice s = {.first = r.begin * per_row, .count = range_len(r) * per_row, .offset = dev->weights};
+  RtWeightSlice s = {.first = r.begin * per_row, .count = range_len(r) * per_row,
+                     .offset = dev->weights, .bf16 = bf16};
   snprintf(s.tensor, sizeof s.tensor, "%s.%s", n->name, bias ? "bias" : "weight");
   rt_plan_add_slice(p, d, &s);
-  dev->weights += (s.count + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
+  dev->weights += (rt_slice_slots(&s) + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
   return s.offset;
+}
+
+// A step of node n: its name (the kernel's symbol, or the layer) and layer set.
+static RtStep step(RtStepKind kind, int d, const Node *n, const char *name) {
+  RtStep s = {.kind = kind, .device = d, .block = CUDA_BLOCK};
+  snprintf(s.name, sizeof s.name, "%s", name);
+  snprintf(s.layer, sizeof s.layer, "%s", n->name);
+  return s;
 }
 
 static bool is_gemm_conv(const Node *n, const CudaOptions *o) {
   return n->op == OP_CONV && o->conv == CUDA_CONV_GEMM;
 }
 
+static bool is_implicit_conv(const Node *n, const CudaOptions *o) {
+  return n->op == OP_CONV && o->conv == CUDA_CONV_IMPLICIT;
+}
+
 // The plan steps of a conv computed by GEMM: one chunk (im2col, a GEMM per group, the
 // epilogue kernel), and their kernels' source.
-static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, int64_t w_at,
-                           int64_t b_at, const char *kname) {
+static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, int64_t b_at,
+                           const char *kname, RtPrecision prec) {
   const Node *n = &g->nodes[i], *in = &g->nodes[n->inputs[0]];
   const Placement *pl = &n->place[d], *pi = &in->place[d];
   Range r0 = pl->stage[0];
   ConvGemm cg = conv_gemm(g, n, d);
   int64_t per_group = n->conv.out / n->conv.groups, P = cg.pixels;
-  Ctx x = {g, n, i, d, src, true};
+  Ctx x = {g, n, i, d, src, true, prec == RT_BF16};
   char iname[RT_PLAN_NAME + 8];
   snprintf(iname, sizeof iname, "%s_im2col", kname);
   if (strlen(iname) >= RT_PLAN_NAME) {
@@ -544,22 +584,25 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
   }
   fprintf(src, "// ---------------------------------------------------------------- %s\n//\n",
           iname);
-  fprintf(src, "// %s as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),\n"
-               "// a GEMM per group computes channels [%lld, %lld), %s reads them.\n\n",
-          n->name, (long long)r0.begin, (long long)r0.end, kname);
+  static const char *const GEMM[] = {[RT_FP32] = "SGEMM", [RT_TF32] = "SGEMM on TF32 tensor cores",
+                                      [RT_BF16] = "GEMM on bfloat16 operands"};
+  fprintf(src, "// %s as im2col + cuBLAS %s: this kernel writes the column\n"
+               "// matrix (scratch), a GEMM per group computes channels [%lld, %lld), %s\n"
+               "// reads them.\n\n",
+          n->name, GEMM[prec], (long long)r0.begin, (long long)r0.end, kname);
   emit_im2col(&x, iname, &cg);
   if (!emit_node(&x, kname))
     return false;
   fputc('\n', src);
 
-  RtStep chunk = {.kind = RT_STEP_CHUNK, .device = d, .images = p->dev[d].chunk,
-                  .body = (int)cg.groups + 2};
-  snprintf(chunk.name, sizeof chunk.name, "%s", n->name);
+  RtStep chunk = step(RT_STEP_CHUNK, d, n, n->name);
+  chunk.images = p->dev[d].chunk;
+  chunk.body = (int)cg.groups + 2;
   rt_plan_add_step(p, &chunk);
   RtAddr col = {RT_SPACE_SCRATCH, cg.kernels * P, 0, 0};
-  RtStep im = {.kind = RT_STEP_KERNEL, .device = d, .block = CUDA_BLOCK,
-               .work = cg.groups * cg.kk * P, .n_args = 2};
-  snprintf(im.name, sizeof im.name, "%s", iname);
+  RtStep im = step(RT_STEP_KERNEL, d, n, iname);
+  im.work = cg.groups * cg.kk * P;
+  im.n_args = 2;
   im.args[0] = (RtAddr){RT_SPACE_ARENA, pi->offset, 0, range_len(pi->held) * shape_plane(in->out)};
   im.args[1] = col;
   rt_plan_add_step(p, &im);
@@ -569,22 +612,157 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
                (grp + 1) * per_group < r0.end ? (grp + 1) * per_group : r0.end};
     // out[c][pixel] = sum_kk col[kk][pixel] * W[c][kk]: C (pixels x kernels) = A (pixels x
     // kk, the columns) * B (kk x kernels, the weights as stored, row-major out x kk).
-    RtStep s = {.kind = RT_STEP_GEMM, .device = d, .transa = 'N', .transb = 'N',
-                .m = {P, 0}, .n = {0, range_len(r)}, .k = {0, cg.kk},
-                .a = {RT_SPACE_SCRATCH, (cg.kernels + k * cg.kk) * P, 0, 0}, .lda = {P, 0},
-                .b = weight(w_at + (r.begin - r0.begin) * cg.kk), .ldb = {0, cg.kk},
-                .c = {RT_SPACE_SCRATCH, (r.begin - r0.begin) * P, 0, 0}, .ldc = {P, 0}};
-    snprintf(s.name, sizeof s.name, "%s", n->name);
+    // Under bf16 the columns and weights are bfloat16: a group's columns still start at
+    // its float-sized offset (using half of its region). Each group's weights are a
+    // slice of their own, so every B starts aligned whatever the group's size.
+    RtStep s = step(RT_STEP_GEMM, d, n, n->name);
+    s.transa = s.transb = 'N';
+    s.prec = prec;
+    s.m = (RtDim){P, 0};
+    s.n = (RtDim){0, range_len(r)};
+    s.k = (RtDim){0, cg.kk};
+    s.a = (RtAddr){RT_SPACE_SCRATCH, (cg.kernels + k * cg.kk) * P, 0, 0};
+    s.lda = (RtDim){P, 0};
+    s.b = weight(add_slice(p, d, n, false, r, prec == RT_BF16));
+    s.ldb = (RtDim){0, cg.kk};
+    s.c = (RtAddr){RT_SPACE_SCRATCH, (r.begin - r0.begin) * P, 0, 0};
+    s.ldc = (RtDim){P, 0};
     rt_plan_add_step(p, &s);
   }
-  RtStep e = {.kind = RT_STEP_KERNEL, .device = d, .block = CUDA_BLOCK,
-              .work = range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out)};
-  snprintf(e.name, sizeof e.name, "%s", kname);
+  RtStep e = step(RT_STEP_KERNEL, d, n, kname);
+  e.work = range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
   e.args[e.n_args++] = (RtAddr){RT_SPACE_SCRATCH, 0, 0, 0};
   e.args[e.n_args++] = (RtAddr){RT_SPACE_ARENA, pl->offset, 0, range_len(pl->held) * shape_plane(n->out)};
   if (has_bias(n))
     e.args[e.n_args++] = weight(b_at);
   rt_plan_add_step(p, &e);
+  return true;
+}
+
+// The plan steps of a conv computed by the implicit-GEMM kernel (--conv implicit, fp32):
+// one chunk of two kernels, kNN_layer_implicit (implicit.c) writing the conv output of
+// stage[0] to scratch exactly where and how plan_conv_gemm's GEMMs do, then the same
+// epilogue kernel. One weight slice: all of stage[0]'s kernels, as stored. A conv
+// followed by a ReLU or nothing is one kernel step instead, kNN_layer, over the whole
+// batch: bias and ReLU in registers, written to the output buffer.
+static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *p,
+                               int64_t b_at, const char *kname) {
+  const Node *n = &g->nodes[i], *in = &g->nodes[n->inputs[0]];
+  const Placement *pl = &n->place[d], *pi = &in->place[d];
+  int64_t w_at = add_slice(p, d, n, false, pl->stage[0], false);
+  if (cuda_implicit_writes_output(n, d)) {
+    cuda_emit_implicit_conv(src, g, i, d, kname, NULL);
+    RtStep k = step(RT_STEP_KERNEL, d, n, kname);
+    k.work = cuda_implicit_work(n, d);
+    k.block = CUDA_IMPLICIT_THREADS;
+    k.args[k.n_args++] = arena(pi->offset, 0);
+    k.args[k.n_args++] = weight(w_at);
+    if (has_bias(n))
+      k.args[k.n_args++] = weight(b_at);
+    k.args[k.n_args++] = arena(pl->offset, 0);
+    rt_plan_add_step(p, &k);
+    return true;
+  }
+  char cname[RT_PLAN_NAME + 16];
+  snprintf(cname, sizeof cname, "%s_implicit", kname);
+  if (strlen(cname) >= RT_PLAN_NAME) {
+    error("cuda backend: layer '%s': kernel name too long", n->name);
+    return false;
+  }
+  cuda_emit_implicit_conv(src, g, i, d, cname, kname);
+  Ctx x = {g, n, i, d, src, true, false};
+  if (!emit_node(&x, kname))
+    return false;
+  fputc('\n', src);
+
+  RtStep chunk = step(RT_STEP_CHUNK, d, n, n->name);
+  chunk.images = p->dev[d].chunk;
+  chunk.body = 2;
+  rt_plan_add_step(p, &chunk);
+  RtStep k = step(RT_STEP_KERNEL, d, n, cname);
+  k.work = cuda_implicit_work(n, d);
+  k.block = CUDA_IMPLICIT_THREADS;
+  k.n_args = 3;
+  k.args[0] = (RtAddr){RT_SPACE_ARENA, pi->offset, 0, range_len(pi->held) * shape_plane(in->out)};
+  k.args[1] = weight(w_at);
+  k.args[2] = (RtAddr){RT_SPACE_SCRATCH, 0, 0, 0};
+  rt_plan_add_step(p, &k);
+  // The epilogue, as plan_conv_gemm's.
+  RtStep e = step(RT_STEP_KERNEL, d, n, kname);
+  e.work = range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
+  e.args[e.n_args++] = (RtAddr){RT_SPACE_SCRATCH, 0, 0, 0};
+  e.args[e.n_args++] = (RtAddr){RT_SPACE_ARENA, pl->offset, 0, range_len(pl->held) * shape_plane(n->out)};
+  if (has_bias(n))
+    e.args[e.n_args++] = weight(b_at);
+  rt_plan_add_step(p, &e);
+  return true;
+}
+
+// bf16 fc: the kernel that converts the fc's input to bfloat16 in scratch for the GEMM.
+static void emit_fc_to_bf16(FILE *f, const Node *n, int64_t features, const char *kname) {
+  fprintf(f,
+          "// ---------------------------------------------------------------- %s\n//\n"
+          "// %s's input (%lld features per image) as bfloat16 in scratch: cuBLAS's GEMM takes\n"
+          "// both operands in one type, and the weights are bfloat16.\n"
+          "extern \"C\" __global__ void %s(\n"
+          "    const float *__restrict__ x0,\n    unsigned short *__restrict__ xb,\n    int batch) {\n"
+          "  constexpr long long FEATURES = %lld;\n"
+          "  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * FEATURES;\n"
+          "       i += (long long)gridDim.x * blockDim.x)\n"
+          "    xb[i] = to_bf16(x0[i]);\n"
+          "}\n\n",
+          kname, n->name, (long long)features, kname, (long long)features);
+}
+
+// The GEMM of an fc layer, straight into its output buffer: y[img][o] = sum_j W[o][j] *
+// x[img][j]. Under bf16 it runs in chunks, after a kernel that converts x to bfloat16.
+static bool plan_fc_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, int64_t w_at,
+                         const char *kname, RtPrecision prec) {
+  const Node *n = &g->nodes[i], *in = &g->nodes[n->inputs[0]];
+  const Placement *pl = &n->place[d], *pi = &in->place[d];
+  Range r0 = pl->stage[0];
+  int64_t features = in->out.c, held = range_len(pl->held);
+  if (pi->held.begin != 0 || pi->held.end != features) {
+    error("cuda backend: fc '%s' on device %d: its input is not whole there", n->name, d);
+    return false;
+  }
+  RtStep s = step(RT_STEP_GEMM, d, n, n->name);
+  s.transa = 'T';
+  s.transb = 'N';
+  s.prec = prec;
+  s.m = (RtDim){0, range_len(r0)};
+  s.n = (RtDim){1, 0};
+  s.k = (RtDim){0, features};
+  s.a = weight(w_at);
+  s.lda = (RtDim){0, features};
+  s.b = arena(pi->offset, 0);
+  s.ldb = (RtDim){0, features};
+  s.c = arena(pl->offset, r0.begin - pl->held.begin);
+  s.ldc = (RtDim){0, held};
+  if (prec != RT_BF16) {
+    rt_plan_add_step(p, &s);
+    return true;
+  }
+  char cname[RT_PLAN_NAME + 8];
+  snprintf(cname, sizeof cname, "%s_bf16", kname);
+  if (strlen(cname) >= RT_PLAN_NAME) {
+    error("cuda backend: layer '%s': kernel name too long", n->name);
+    return false;
+  }
+  emit_fc_to_bf16(src, n, features, cname);
+  RtStep chunk = step(RT_STEP_CHUNK, d, n, n->name);
+  chunk.images = p->dev[d].chunk;
+  chunk.body = 2;
+  rt_plan_add_step(p, &chunk);
+  RtStep cv = step(RT_STEP_KERNEL, d, n, cname);
+  cv.work = features;
+  cv.n_args = 2;
+  cv.args[0] = (RtAddr){RT_SPACE_ARENA, pi->offset, 0, features};
+  cv.args[1] = (RtAddr){RT_SPACE_SCRATCH, 0, 0, 0};
+  rt_plan_add_step(p, &cv);
+  s.b = cv.args[1];
+  s.c.per_first = held;  // the chunk's images of the output
+  rt_plan_add_step(p, &s);
   return true;
 }
 
@@ -600,33 +778,23 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const 
           RT_PLAN_MAX_ARGS - 3);
     return false;
   }
-  int64_t w_at = has_weights(n) ? add_slice(p, d, n, false, r0) : 0;
-  int64_t b_at = has_bias(n) ? add_slice(p, d, n, true, r0) : 0;
+  int64_t b_at = has_bias(n) ? add_slice(p, d, n, true, r0, false) : 0;
   if (is_gemm_conv(n, o))
-    return plan_conv_gemm(g, i, d, src, p, w_at, b_at, kname);
+    return plan_conv_gemm(g, i, d, src, p, b_at, kname, o->precision);
+  if (is_implicit_conv(n, o))
+    return plan_conv_implicit(g, i, d, src, p, b_at, kname);
+  int64_t w_at = has_weights(n) ? add_slice(p, d, n, false, r0, o->precision == RT_BF16) : 0;
   if (n->op == OP_FC) {
-    const Node *in = &g->nodes[n->inputs[0]];
-    const Placement *pi = &in->place[d];
-    if (pi->held.begin != 0 || pi->held.end != in->out.c) {
-      error("cuda backend: fc '%s' on device %d: its input is not whole there", n->name, d);
+    if (!plan_fc_gemm(g, i, d, src, p, w_at, kname, o->precision))
       return false;
-    }
-    RtStep s = {.kind = RT_STEP_GEMM, .device = d, .transa = 'T', .transb = 'N',
-                .m = {0, range_len(r0)}, .n = {1, 0}, .k = {0, in->out.c},
-                .a = weight(w_at), .lda = {0, in->out.c}, .b = arena(pi->offset, 0),
-                .ldb = {0, in->out.c}, .c = arena(pl->offset, r0.begin - pl->held.begin),
-                .ldc = {0, range_len(pl->held)}};
-    snprintf(s.name, sizeof s.name, "%s", n->name);
-    rt_plan_add_step(p, &s);
     if (!has_bias(n) && !n->n_epilogue)
       return true;  // nothing left for a kernel
   }
-  Ctx x = {g, n, i, d, src, false};
+  Ctx x = {g, n, i, d, src, false, false};
   if (!emit_node(&x, kname))
     return false;
   fputc('\n', src);
-  RtStep s = {.kind = RT_STEP_KERNEL, .device = d, .block = CUDA_BLOCK};
-  snprintf(s.name, sizeof s.name, "%s", kname);
+  RtStep s = step(RT_STEP_KERNEL, d, n, kname);
   s.work = n->op == OP_SOFTMAX ? 1 : range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
   for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
     s.args[s.n_args++] = arena(g->nodes[n->inputs[j]].place[d].offset, 0);
@@ -647,13 +815,13 @@ static void plan_transfers(const Graph *g, int i, RtPlan *p) {
     if (tr->node != i)
       continue;
     const Placement *from = &n->place[tr->from], *to = &n->place[tr->to];
-    RtStep s = {.kind = RT_STEP_TRANSFER, .device = tr->to, .from = tr->from,
-                .src = {arena(from->offset, (tr->range.begin - from->held.begin) * P),
-                        range_len(from->held) * P},
-                .dst = {arena(to->offset, (tr->range.begin - to->held.begin) * P),
-                        range_len(to->held) * P},
-                .width = range_len(tr->range) * P};
-    snprintf(s.name, sizeof s.name, "%s", n->name);
+    RtStep s = step(RT_STEP_TRANSFER, tr->to, n, n->name);
+    s.from = tr->from;
+    s.src = (RtRows){arena(from->offset, (tr->range.begin - from->held.begin) * P),
+                     range_len(from->held) * P};
+    s.dst = (RtRows){arena(to->offset, (tr->range.begin - to->held.begin) * P),
+                     range_len(to->held) * P};
+    s.width = range_len(tr->range) * P;
     rt_plan_add_step(p, &s);
   }
 }
@@ -689,12 +857,27 @@ static void emit_header(const Graph *g, int d, const char *how, const CudaOption
           "// then the batch size; everything else is a constant.\n"
           "//\n",
           g->name, how, d, g->n_devices);
+  static const char *const GEMMS[] = {
+      [RT_FP32] = "GEMMs in fp32 (cublasSgemm, pedantic: no TF32)",
+      [RT_TF32] = "GEMMs on TF32 tensor cores (float operands and sums)",
+      [RT_BF16] = "GEMMs on bfloat16 operands (im2col columns, fc inputs and weights),\n"
+                  "// float sums and outputs"};
+  fprintf(f, "// Precision %s: %s.\n//\n", rt_precision_name(o->precision), GEMMS[o->precision]);
   if (o->conv == CUDA_CONV_GEMM)
     fprintf(f,
             "// Convolutions (--conv gemm): an im2col kernel writes the column matrix of a chunk\n"
-            "// of images to scratch, cuBLAS SGEMM (one per group) computes each conv output\n"
+            "// of images to scratch, cuBLAS (one GEMM per group) computes each conv output\n"
             "// once, and the conv's kernel is its epilogue (bias + fused ReLU/LRN/pool) reading\n"
             "// the GEMM output. Scratch: %lld floats per image, %lld images per chunk.\n"
+            "//\n",
+            (long long)dev->scratch, (long long)dev->chunk);
+  else if (o->conv == CUDA_CONV_IMPLICIT)
+    fprintf(f,
+            "// Convolutions (--conv implicit): a tiled implicit-GEMM kernel (shared memory, no\n"
+            "// im2col buffer) computes each conv output once into scratch, and the conv's\n"
+            "// kernel is its epilogue (bias + fused ReLU/LRN/pool) reading it; a conv with a\n"
+            "// ReLU or nothing after it is the one kernel, adding the bias and the ReLU\n"
+            "// itself. Scratch: %lld floats per image, %lld images per chunk.\n"
             "//\n",
             (long long)dev->scratch, (long long)dev->chunk);
   else
@@ -720,12 +903,29 @@ static void emit_header(const Graph *g, int d, const char *how, const CudaOption
               shape_str(in, a, sizeof a), (long long)n->place[d].stage[0].begin,
               (long long)n->place[d].stage[0].end);
     }
+    if (is_implicit_conv(n, o) && !cuda_implicit_writes_output(n, d)) {
+      char cname[RT_PLAN_NAME + 16];
+      snprintf(cname, sizeof cname, "%s_implicit", kname);
+      fprintf(f, "//   %-22s %-28s %s -> %s, channels [%lld, %lld)\n", cname, n->name,
+              shape_str(in, a, sizeof a), shape_str(n->head_out, b, sizeof b),
+              (long long)n->place[d].stage[0].begin, (long long)n->place[d].stage[0].end);
+    }
     fprintf(f, "//   %-22s %-28s %s -> %s, %s [%lld, %lld)\n", kname, stages,
             shape_str(in, a, sizeof a), shape_str(n->out, b, sizeof b),
             n->out.rank == 1 ? "features" : "channels", (long long)r.begin,
             (long long)r.end);
   }
   fputs("\n#ifndef INFINITY\n#define INFINITY __int_as_float(0x7f800000)\n#endif\n\n", f);
+  if (o->precision == RT_BF16)
+    fputs("// float -> bfloat16 (the float's top 16 bits), rounded to nearest even; NaN stays\n"
+          "// NaN. cuBLAS reads the GEMM operands written with it as CUDA_R_16BF.\n"
+          "__device__ __forceinline__ unsigned short to_bf16(float f) {\n"
+          "  const unsigned u = __float_as_uint(f);\n"
+          "  if ((u & 0x7fffffffu) > 0x7f800000u)\n"
+          "    return (unsigned short)((u >> 16) | 0x40u);\n"
+          "  return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);\n"
+          "}\n\n",
+          f);
 }
 
 bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, CudaProgram *out) {
@@ -735,7 +935,14 @@ bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, Cud
     error("cuda backend: the graph has not been through the passes");
     return false;
   }
+  if (o.precision != RT_FP32 && o.conv != CUDA_CONV_GEMM) {
+    error("cuda backend: --precision %s runs the GEMMs on tensor cores through cuBLAS, but "
+          "--conv %s computes convolutions in fp32 kernels: use --conv gemm",
+          rt_precision_name(o.precision), cuda_conv_name(o.conv));
+    return false;
+  }
   RtPlan *p = &out->plan;
+  p->precision = o.precision;
   snprintf(p->network, sizeof p->network, "%s", g->name);
   p->n_devices = g->n_devices;
   p->in_elems = shape_elems(g->nodes[0].out);
@@ -753,10 +960,16 @@ bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, Cud
     // as the budget holds (at least one).
     for (int i = 1; i < g->n_nodes; i++) {
       const Node *n = &g->nodes[i];
-      if (is_gemm_conv(n, &o) && range_len(n->place[d].stage[n->n_epilogue])) {
-        int64_t need = conv_gemm(g, n, d).scratch;
-        p->dev[d].scratch = need > p->dev[d].scratch ? need : p->dev[d].scratch;
-      }
+      if (!range_len(n->place[d].stage[n->n_epilogue]))
+        continue;
+      int64_t need = is_gemm_conv(n, &o) ? conv_gemm(g, n, d).scratch
+                     // implicit: the conv output of stage[0] alone, no columns
+                     : is_implicit_conv(n, &o) && !cuda_implicit_writes_output(n, d)
+                         ? range_len(n->place[d].stage[0]) * shape_plane(n->head_out)
+                     // bf16 fc: its input converted (half the floats would do; kept simple)
+                     : n->op == OP_FC && o.precision == RT_BF16 ? g->nodes[n->inputs[0]].out.c
+                                                                 : 0;
+      p->dev[d].scratch = need > p->dev[d].scratch ? need : p->dev[d].scratch;
     }
     if (p->dev[d].scratch) {
       int64_t chunk = o.scratch_bytes / (int64_t)sizeof(float) / p->dev[d].scratch;

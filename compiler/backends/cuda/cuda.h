@@ -17,20 +17,45 @@
 //           computed once. Needs per-device scratch (bounded: images go in chunks).
 //   direct  one thread per final output element, the conv recomputed wherever a fused
 //           stage needs it (no scratch, no cuBLAS for convs).
-typedef enum { CUDA_CONV_GEMM, CUDA_CONV_DIRECT } CudaConv;
+//   implicit  one tiled implicit-GEMM kernel (implicit.c; shared memory, no im2col
+//           buffer) writing the conv output where gemm's cuBLAS does, then the same
+//           epilogue kernel; fp32 only. Scratch: the conv output alone.
+typedef enum { CUDA_CONV_GEMM, CUDA_CONV_DIRECT, CUDA_CONV_IMPLICIT } CudaConv;
 
 #define CUDA_SCRATCH_BYTES ((int64_t)256 << 20)  // default per-device scratch budget
 
 typedef struct {
   CudaConv conv;          // default CUDA_CONV_GEMM, for every conv
+  RtPrecision precision;  // the GEMMs' arithmetic (default fp32); tf32/bf16 need conv gemm
   int64_t scratch_bytes;  // per-device scratch budget: sets the images per chunk
   int64_t max_chunk;      // at most this many images per chunk (0: no cap; tests use it)
 } CudaOptions;
 
 CudaOptions cuda_defaults(void);
-// "gemm" / "direct"; false for anything else.
+// The largest max|got - want| / max|want| against the reference executor each precision
+// is held to (tests, `alexc run --compare-ref`). See compiler/backends/cuda/README.md.
+double cuda_tolerance(RtPrecision p);
+// "gemm" / "direct" / "implicit"; false for anything else.
 bool cuda_parse_conv(const char *name, CudaConv *out);
 const char *cuda_conv_name(CudaConv c);
+
+// --conv implicit (implicit.c): the tiled implicit-GEMM kernel `kname` of conv node
+// `node` on device d, computing place[d].stage[0] (LRN halo included) of a chunk's
+// images into scratch, channel-major as the gemm path's cuBLAS writes it, for the
+// epilogue kernel `epilogue`. Its arguments: the input (arena, @ the chunk's first
+// image), the weight slice of stage[0] as stored, the scratch, the batch.
+// When cuda_implicit_writes_output(n, d) (the node is the conv alone or conv + ReLU, no
+// halo, not in place), the kernel is the node's only one instead, over the whole batch:
+// it adds the bias, applies the ReLU and writes the node's output buffer; its arguments
+// are the input, the weights, the bias (if any), the output, the batch; `epilogue` is
+// unused.
+void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const char *kname,
+                             const char *epilogue);
+bool cuda_implicit_writes_output(const Node *n, int d);
+#define CUDA_IMPLICIT_THREADS 256  // its block size
+// Its plan step's `work` per image: CUDA_IMPLICIT_THREADS per block, and blocks for whole
+// pixel tiles of each image, so the launch has at least one block per tile.
+int64_t cuda_implicit_work(const Node *n, int d);
 
 typedef struct {
   RtPlan plan;                    // the steps; modules empty until cuda_compile()
@@ -63,9 +88,21 @@ bool cuda_compile_source(const char *source, const char *name, const char *arch,
                          uint8_t **cubin, size_t *cubin_size, uint8_t **ptx, size_t *ptx_size);
 
 
-// Runs a batch through the network on the GPU(s) (execute.c): generates, compiles
-// (cached), loads the plan with the CUDA runtime, uploads the weights. y is (batch,
-// output). False with a message, e.g. "no CUDA driver found", when it cannot run.
+// A compiled graph loaded on the GPU(s) (execute.c): the program (its plan must outlive
+// the runtime's handle) and the runtime's executor, weights uploaded.
+typedef struct {
+  CudaProgram prog;
+  RtCuda *rt;
+} CudaModel;
+
+// Generates, compiles (cached), loads the plan with the CUDA runtime, uploads the
+// weights. False with a message, e.g. "no CUDA driver found", when it cannot run.
+bool cuda_load_graph(const Graph *g, const char *how, const CudaOptions *o, const char *arch,
+                     const Weights *w, CudaModel *m);
+void cuda_model_free(CudaModel *m);
+
+// Runs a batch through the network on the GPU(s): cuda_load_graph, one batch, free.
+// y is (batch, output).
 bool cuda_run_graph(const Graph *g, const char *how, const CudaOptions *o, const char *arch,
                     const Weights *w, const float *x, int batch, float *y);
 

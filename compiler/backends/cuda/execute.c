@@ -1,5 +1,6 @@
-// `alexc run --target cuda`: generate, compile (cached), and run through the CUDA
-// runtime (runtime/cuda.c), which loads the driver only now, at run time.
+// `alexc run --target cuda` and `alexc bench`: generate, compile (cached), and load the
+// result with the CUDA runtime (runtime/cuda.c), which finds the driver only now, at
+// run time.
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,24 +15,43 @@ static const float *weight_by_name(void *ctx, const char *tensor) {
   return NULL;
 }
 
-bool cuda_run_graph(const Graph *g, const char *how, const CudaOptions *o, const char *arch,
-                    const Weights *w, const float *x, int batch, float *y) {
+bool cuda_load_graph(const Graph *g, const char *how, const CudaOptions *o, const char *arch,
+                     const Weights *w, CudaModel *m) {
+  memset(m, 0, sizeof *m);
   // Ask for the driver first: without a GPU there is no point compiling.
   if (!rt_cuda_available()) {
     error("cuda: %s", rt_error());
     return false;
   }
-  CudaProgram prog;
-  if (!cuda_generate(g, how, o, &prog))
+  if (!cuda_generate(g, how, o, &m->prog))
     return false;
-  bool ok = cuda_compile(&prog, arch);
-  RtCuda *r = ok ? rt_cuda_open(&prog.plan, weight_by_name, (void *)w) : NULL;
-  if (ok && !r)
+  if (!cuda_compile(&m->prog, arch)) {
+    cuda_model_free(m);
+    return false;
+  }
+  m->rt = rt_cuda_open(&m->prog.plan, weight_by_name, (void *)w);
+  if (!m->rt) {
     error("%s", rt_error());
-  ok = r && rt_cuda_run(r, x, batch, y);
-  if (r && !ok)
+    cuda_model_free(m);
+    return false;
+  }
+  return true;
+}
+
+void cuda_model_free(CudaModel *m) {
+  rt_cuda_close(m->rt);
+  cuda_program_free(&m->prog);
+  memset(m, 0, sizeof *m);
+}
+
+bool cuda_run_graph(const Graph *g, const char *how, const CudaOptions *o, const char *arch,
+                    const Weights *w, const float *x, int batch, float *y) {
+  CudaModel m;
+  if (!cuda_load_graph(g, how, o, arch, w, &m))
+    return false;
+  bool ok = rt_cuda_run(m.rt, x, batch, y);
+  if (!ok)
     error("%s", rt_error());
-  rt_cuda_close(r);
-  cuda_program_free(&prog);
+  cuda_model_free(&m);
   return ok;
 }

@@ -1,5 +1,7 @@
 // The CUDA backend's entry points in a build without the CUDA toolkit (ALEXC_CUDA=OFF):
 // code generation still works (it needs no toolkit); compiling and running say why not.
+#include <string.h>
+
 #include "cuda.h"
 
 static const char WHY[] = "this alexc was built without the CUDA toolkit (ALEXC_CUDA=OFF): "
@@ -29,3 +31,13 @@ bool cuda_run_graph(const Graph *g, const char *how, const CudaOptions *o, const
   error("%s", WHY);
   return false;
 }
+
+bool cuda_load_graph(const Graph *g, const char *how, const CudaOptions *o, const char *arch,
+                     const Weights *w, CudaModel *m) {
+  (void)g, (void)how, (void)o, (void)arch, (void)w;
+  memset(m, 0, sizeof *m);
+  error("%s", WHY);
+  return false;
+}
+
+void cuda_model_free(CudaModel *m) { memset(m, 0, sizeof *m); }

@@ -8,8 +8,10 @@
 // in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,
 // then the batch size; everything else is a constant.
 //
+// Precision fp32: GEMMs in fp32 (cublasSgemm, pedantic: no TF32).
+//
 // Convolutions (--conv gemm): an im2col kernel writes the column matrix of a chunk
-// of images to scratch, cuBLAS SGEMM (one per group) computes each conv output
+// of images to scratch, cuBLAS (one GEMM per group) computes each conv output
 // once, and the conv's kernel is its epilogue (bias + fused ReLU/LRN/pool) reading
 // the GEMM output. Scratch: 1249325 floats per image, 53 images per chunk.
 //
@@ -36,8 +38,9 @@
 
 // ---------------------------------------------------------------- k01_conv1_im2col
 //
-// conv1 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
-// a GEMM per group computes channels [0, 50), k01_conv1 reads them.
+// conv1 as im2col + cuBLAS SGEMM: this kernel writes the column
+// matrix (scratch), a GEMM per group computes channels [0, 50), k01_conv1
+// reads them.
 
 namespace node01_im2col {
 
@@ -72,9 +75,10 @@ extern "C" __global__ void k01_conv1_im2col(
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
     const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
-    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                 : 0.0f;
+    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                        : 0.0f;
+    col[i] = v;
   }
 }
 
@@ -170,8 +174,9 @@ extern "C" __global__ void k01_conv1(
 
 // ---------------------------------------------------------------- k02_conv2_im2col
 //
-// conv2 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
-// a GEMM per group computes channels [0, 128), k02_conv2 reads them.
+// conv2 as im2col + cuBLAS SGEMM: this kernel writes the column
+// matrix (scratch), a GEMM per group computes channels [0, 128), k02_conv2
+// reads them.
 
 namespace node02_im2col {
 
@@ -206,9 +211,10 @@ extern "C" __global__ void k02_conv2_im2col(
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
     const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
-    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                 : 0.0f;
+    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                        : 0.0f;
+    col[i] = v;
   }
 }
 
@@ -340,8 +346,9 @@ extern "C" __global__ void k03_norm2(
 
 // ---------------------------------------------------------------- k04_conv3_im2col
 //
-// conv3 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
-// a GEMM per group computes channels [0, 192), k04_conv3 reads them.
+// conv3 as im2col + cuBLAS SGEMM: this kernel writes the column
+// matrix (scratch), a GEMM per group computes channels [0, 192), k04_conv3
+// reads them.
 
 namespace node04_im2col {
 
@@ -376,9 +383,10 @@ extern "C" __global__ void k04_conv3_im2col(
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
     const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
-    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                 : 0.0f;
+    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                        : 0.0f;
+    col[i] = v;
   }
 }
 
@@ -435,8 +443,9 @@ extern "C" __global__ void k04_conv3(
 
 // ---------------------------------------------------------------- k05_conv4_im2col
 //
-// conv4 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
-// a GEMM per group computes channels [0, 192), k05_conv4 reads them.
+// conv4 as im2col + cuBLAS SGEMM: this kernel writes the column
+// matrix (scratch), a GEMM per group computes channels [0, 192), k05_conv4
+// reads them.
 
 namespace node05_im2col {
 
@@ -471,9 +480,10 @@ extern "C" __global__ void k05_conv4_im2col(
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
     const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
-    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                 : 0.0f;
+    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                        : 0.0f;
+    col[i] = v;
   }
 }
 
@@ -530,8 +540,9 @@ extern "C" __global__ void k05_conv4(
 
 // ---------------------------------------------------------------- k06_conv5_im2col
 //
-// conv5 as im2col + cuBLAS SGEMM: this kernel writes the column matrix (scratch),
-// a GEMM per group computes channels [0, 128), k06_conv5 reads them.
+// conv5 as im2col + cuBLAS SGEMM: this kernel writes the column
+// matrix (scratch), a GEMM per group computes channels [0, 128), k06_conv5
+// reads them.
 
 namespace node06_im2col {
 
@@ -566,9 +577,10 @@ extern "C" __global__ void k06_conv5_im2col(
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
     const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
-    col[i] = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                 ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                 : 0.0f;
+    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
+                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
+                        : 0.0f;
+    col[i] = v;
   }
 }
 

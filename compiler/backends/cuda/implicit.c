@@ -1,0 +1,301 @@
+// The implicit-GEMM convolution kernel (--conv implicit): one kernel per conv node and
+// device that computes the convolution as a tiled GEMM without ever storing the im2col
+// column matrix. The input values each tile needs are gathered from the activation
+// buffer as the tile is loaded into shared memory.
+//
+// The kernel writes exactly what the --conv gemm path's cuBLAS writes: the conv output
+// of the chunk's images in scratch, channel-major ((channel - first channel) * M + m,
+// m = image * pixels + pixel, M = the chunk's images x pixels), without the bias. So the
+// node's epilogue kernel (codegen.c: bias, then the fused ReLU/LRN/pool stages) runs
+// unchanged after it, and the plan (codegen.c, plan_conv_implicit) is one chunk of two
+// kernel steps. The tiling is explained in the comment block cuda_emit_implicit_conv
+// writes into the generated source.
+//
+// Except when all the node does after the conv is a ReLU, or nothing (AlexNet's conv3 and
+// conv4 fused; every conv unfused): then the kernel adds the bias, applies the ReLU in
+// registers and writes the node's output buffer itself, over the whole batch; no
+// epilogue kernel, no scratch, no chunks (cuda_implicit_writes_output).
+#include <string.h>
+
+#include "cuda.h"
+
+// The tile sizes, fixed for every conv (tuning them per layer is for a session with a
+// GPU). A block of 16 x 16 threads computes a 64 x 64 tile of the output (pixels x
+// kernels), each thread a 4 x 4 register tile, 16 deep per shared-memory step: a step
+// loads 2 x 16 x 64 floats (8 KiB with padding) and does 64 x 64 x 16 FMAs, 256 per
+// thread against 8 shared-memory reads per 16.
+#define TILE_M 64    // output pixels per block tile
+#define TILE_N 64    // output channels (kernels) per block tile
+#define TILE_K 16    // GEMM depth per shared-memory step
+#define THREAD_M 4   // pixels per thread
+#define THREAD_N 4   // kernels per thread
+#define B_PAD 2      // floats of padding per weight-tile row (no bank conflicts on stores)
+
+_Static_assert((TILE_M / THREAD_M) * (TILE_N / THREAD_N) == CUDA_IMPLICIT_THREADS,
+               "a block has one thread per register tile");
+
+// Where a conv's implicit kernel works on device d: the channels it computes (stage[0],
+// LRN halo included) and the groups they meet.
+typedef struct {
+  Range r;                    // channels computed: the rows of the output, the weight slice
+  int64_t per_group;          // kernels per group
+  int64_t first_group, groups;
+  int64_t n_tiles_per_group;  // TILE_N-wide tiles of the widest group part in r
+  int64_t pixels;             // output pixels per image
+} Implicit;
+
+static Implicit implicit_of(const Node *n, int d) {
+  Implicit t = {.r = n->place[d].stage[0]};
+  t.per_group = n->conv.out / n->conv.groups;
+  t.pixels = shape_plane(n->head_out);
+  if (!range_len(t.r))
+    return t;
+  t.first_group = t.r.begin / t.per_group;
+  t.groups = (t.r.end - 1) / t.per_group - t.first_group + 1;
+  int64_t widest = 0;
+  for (int64_t g = t.first_group; g < t.first_group + t.groups; g++) {
+    int64_t lo = g * t.per_group > t.r.begin ? g * t.per_group : t.r.begin;
+    int64_t hi = (g + 1) * t.per_group < t.r.end ? (g + 1) * t.per_group : t.r.end;
+    widest = hi - lo > widest ? hi - lo : widest;
+  }
+  t.n_tiles_per_group = (widest + TILE_N - 1) / TILE_N;
+  return t;
+}
+
+bool cuda_implicit_writes_output(const Node *n, int d) {
+  const Placement *pl = &n->place[d];
+  Range r0 = pl->stage[0], last = pl->stage[n->n_epilogue];
+  bool relu_or_nothing = n->n_epilogue == 0 || (n->n_epilogue == 1 && n->epilogue[0].op == OP_RELU);
+  return n->op == OP_CONV && relu_or_nothing && !pl->in_place && r0.begin == last.begin &&
+         r0.end == last.end;
+}
+
+int64_t cuda_implicit_work(const Node *n, int d) {
+  Implicit t = implicit_of(n, d);
+  // Whole pixel tiles per image, so that work * batch / block is at least the number of
+  // tiles, ceil(batch * pixels / TILE_M) * N_TILES; the blocks past it find no tile.
+  return (t.pixels + TILE_M - 1) / TILE_M * t.groups * t.n_tiles_per_group * CUDA_IMPLICIT_THREADS;
+}
+
+// The comment block at the head of the kernel: what it computes and how it is tiled.
+static void emit_comment(FILE *f, const Node *n, const Implicit *t, const char *kname,
+                         const char *epilogue, bool writes_output) {
+  fprintf(f, "// ---------------------------------------------------------------- %s\n//\n", kname);
+  if (writes_output)
+    fprintf(f,
+            "// %s as a tiled implicit GEMM (--conv implicit): channels [%lld, %lld) of the\n"
+            "// batch, %swritten straight to the node's output buffer:\n"
+            "// no epilogue kernel, no scratch.\n",
+            n->name, (long long)t->r.begin, (long long)t->r.end,
+            n->n_epilogue ? (n->conv.bias ? "bias and ReLU applied in registers, " : "ReLU applied in registers, ")
+                          : n->conv.bias ? "bias added in registers, " : "");
+  else
+    fprintf(f,
+            "// %s as a tiled implicit GEMM (--conv implicit): channels [%lld, %lld) of the\n"
+            "// chunk's images, without the bias, to scratch, where %s (bias and the fused\n"
+            "// stages) reads them.\n",
+            n->name, (long long)t->r.begin, (long long)t->r.end, epilogue);
+  fputs("//\n"
+        "// Group g's GEMM: out[c][m] = sum over k of A[k][m] * W[c][k], for\n"
+        "//   m   an output pixel of the images, image-major:\n"
+        "//       m = image * PIXELS + oy * OUT_W + ox, M = batch * PIXELS of them;\n"
+        "//   c   a kernel of group g computed here, in [C_BEGIN, C_END);\n"
+        "//   k   the group's depth: input channel ic of the group, kernel row ky and\n"
+        "//       column kx, k = (ic * K + ky) * K + kx, DEPTH of them: the layout of a\n"
+        "//       kernel's weights, so W is the weight slice exactly as stored.\n"
+        "// A is the im2col matrix, never stored: A[k][m] is the input value under tap k\n"
+        "// of pixel m's window, zero where the window hangs over the padding, read from\n"
+        "// the input when a tile of A is loaded.\n"
+        "//\n"
+        "// Tiling. A block computes a tile of BM pixels x BN kernels of one group. It\n"
+        "// walks the depth BK at a time: its threads copy the BK x BM slice of A and the\n"
+        "// BK x BN slice of W into shared memory (out-of-range entries as zeros),\n"
+        "// __syncthreads(), then each thread accumulates its TM x TN register tile with\n"
+        "// BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites\n"
+        "// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels\n"
+        "// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads\n"
+        "// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank\n"
+        "// conflicts, and its stores are runs of 16 consecutive pixels.\n"
+        "//\n"
+        "// Loads. For A, consecutive threads take consecutive pixels of one depth row,\n"
+        "// so a warp reads 32 neighbouring output pixels' taps: consecutive input\n"
+        "// addresses for stride 1, STRIDE apart otherwise. Each thread keeps the same\n"
+        "// pixel for a whole tile, so its window origin is computed once per tile. For\n"
+        "// W, consecutive threads take consecutive depths of one kernel (16 consecutive\n"
+        "// floats of a weight row); the W tile's rows are padded by B_PAD floats so that\n"
+        "// these transposing stores hit 32 different banks.\n"
+        "//\n"
+        "// Grid. Tiles are numbered pixel tile major, kernel tile minor: blocks that run\n"
+        "// together share their input pixels (the gathered operand) in L1/L2. A kernel\n"
+        "// tile is one group's: the groups [FIRST_GROUP, FIRST_GROUP + GROUPS) that\n"
+        "// [C_BEGIN, C_END) meets each get N_TILES_PER_GROUP, enough for the widest part\n"
+        "// of a group computed here (a group cut by this device's range has fewer; its\n"
+        "// surplus tiles are skipped). The plan launches whole pixel tiles per image\n"
+        "// (at least as many blocks as tiles; up to a cap), and blocks loop over tiles\n"
+        "// grid-stride.\n"
+        "//\n"
+        "// fp32 on CUDA cores throughout (--precision fp32 only).\n\n",
+        f);
+}
+
+void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const char *kname,
+                             const char *epilogue) {
+  const Node *n = &g->nodes[node], *in = &g->nodes[n->inputs[0]];
+  const ConvAttrs *a = &n->conv;
+  const Placement *pi = &in->place[d], *pl = &n->place[d];
+  Implicit t = implicit_of(n, d);
+  bool writes_output = cuda_implicit_writes_output(n, d);
+  emit_comment(f, n, &t, kname, epilogue, writes_output);
+  fprintf(f,
+          "namespace node%02d_implicit {\n\n"
+          "// The convolution.\n"
+          "constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
+          "constexpr int OUT_H = %lld, OUT_W = %lld, PIXELS = OUT_H * OUT_W;\n"
+          "constexpr int IN_HELD_BEGIN = %lld, IN_HELD = %lld;  // input channels held here\n"
+          "constexpr int IN_PER_GROUP = %lld, OUT_PER_GROUP = %lld;\n"
+          "constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel\n"
+          "constexpr int C_BEGIN = %lld, C_END = %lld;  // computed here: the weight slice's rows\n"
+          "constexpr int FIRST_GROUP = %lld, GROUPS = %lld;  // the groups [C_BEGIN, C_END) meets\n",
+          node, (long long)in->out.h, (long long)in->out.w, a->kernel, a->stride, a->pad,
+          (long long)n->head_out.h, (long long)n->head_out.w, (long long)pi->held.begin,
+          (long long)range_len(pi->held), (long long)(in->out.c / a->groups),
+          (long long)t.per_group, (long long)t.r.begin, (long long)t.r.end,
+          (long long)t.first_group, (long long)t.groups);
+  if (writes_output)
+    fprintf(f, "constexpr int HELD_BEGIN = %lld, HELD = %lld;  // output channels held here\n",
+            (long long)pl->held.begin, (long long)range_len(pl->held));
+  fprintf(f,
+          "\n"
+          "// The tiling.\n"
+          "constexpr int BM = %d, BN = %d, BK = %d;  // block tile: pixels x kernels, depth step\n"
+          "constexpr int TM = %d, TN = %d;  // thread tile: pixels x kernels\n"
+          "constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;\n"
+          "constexpr int THREADS = THREADS_M * THREADS_N;\n"
+          "constexpr int B_PAD = %d;  // floats after each W tile row\n"
+          "constexpr int N_TILES_PER_GROUP = %lld, N_TILES = GROUPS * N_TILES_PER_GROUP;\n"
+          "constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step\n"
+          "constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;\n"
+          "static_assert(THREADS %% BM == 0 && BK %% A_ROW_STEP == 0 && THREADS %% BK == 0 &&\n"
+          "                  BN %% B_COL_STEP == 0,\n"
+          "              \"the tile loads divide evenly among the threads\");\n\n"
+          "}  // namespace node%02d_implicit\n\n",
+          TILE_M, TILE_N, TILE_K, THREAD_M, THREAD_N, B_PAD, (long long)t.n_tiles_per_group, node);
+
+  fprintf(f,
+          "extern \"C\" __global__ __launch_bounds__(node%02d_implicit::THREADS) void %s(\n"
+          "    const float *__restrict__ x0,\n"
+          "    const float *__restrict__ w,\n",
+          node, kname);
+  if (writes_output)
+    fprintf(f, "%s    float *__restrict__ y,\n", a->bias ? "    const float *__restrict__ b,\n" : "");
+  else
+    fputs("    float *__restrict__ out,\n", f);
+  fprintf(f,
+          "    int batch) {\n"
+          "  using namespace node%02d_implicit;\n"
+          "  __shared__ float a_tile[BK][BM];          // A: input values under the taps\n"
+          "  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels\n"
+          "  const long long M = (long long)batch * PIXELS;%s\n"
+          "  const long long tiles = (M + BM - 1) / BM * N_TILES;\n"
+          "  // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns\n"
+          "  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.\n"
+          "  const int a_m = threadIdx.x %% BM, a_k = threadIdx.x / BM;\n"
+          "  const int b_k = threadIdx.x %% BK, b_n = threadIdx.x / BK;\n"
+          "  const int t_m = threadIdx.x %% THREADS_M, t_n = threadIdx.x / THREADS_M;\n"
+          "  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {\n"
+          "    const long long m0 = tile / N_TILES * BM;\n"
+          "    const int n_tile = (int)(tile %% N_TILES), group = FIRST_GROUP + n_tile / N_TILES_PER_GROUP;\n"
+          "    const int group_begin = group * OUT_PER_GROUP > C_BEGIN ? group * OUT_PER_GROUP : C_BEGIN;\n"
+          "    const int group_end = (group + 1) * OUT_PER_GROUP < C_END ? (group + 1) * OUT_PER_GROUP : C_END;\n"
+          "    const int n0 = group_begin + n_tile %% N_TILES_PER_GROUP * BN;\n"
+          "    const int n_end = n0 + BN < group_end ? n0 + BN : group_end;\n"
+          "    if (n0 >= group_end)\n"
+          "      continue;  // a surplus tile of a cut group: the same for the whole block\n"
+          "\n"
+          "    // The pixel whose taps this thread loads, and where its window starts.\n"
+          "    const long long m = m0 + a_m;\n"
+          "    const bool m_ok = m < M;\n"
+          "    const long long img = m / PIXELS;\n"
+          "    const int pixel = (int)(m %% PIXELS);\n"
+          "    const int iy0 = pixel / OUT_W * STRIDE - PAD, ix0 = pixel %% OUT_W * STRIDE - PAD;\n"
+          "    const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);\n"
+          "\n"
+          "    float acc[TM][TN] = {};\n"
+          "    for (int k0 = 0; k0 < DEPTH; k0 += BK) {\n"
+          "#pragma unroll\n"
+          "      for (int r = 0; r < A_LOADS; r++) {\n"
+          "        const int kr = a_k + A_ROW_STEP * r, k = k0 + kr;\n"
+          "        const int ic = k / (K * K), ky = k / K %% K, kx = k %% K;\n"
+          "        const int iy = iy0 + ky, ix = ix0 + kx;\n"
+          "        a_tile[kr][a_m] = m_ok && k < DEPTH && iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W\n"
+          "                              ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]\n"
+          "                              : 0.0f;\n"
+          "      }\n"
+          "#pragma unroll\n"
+          "      for (int r = 0; r < B_LOADS; r++) {\n"
+          "        const int nr = b_n + B_COL_STEP * r, k = k0 + b_k;\n"
+          "        b_tile[b_k][nr] = n0 + nr < n_end && k < DEPTH\n"
+          "                              ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]\n"
+          "                              : 0.0f;\n"
+          "      }\n"
+          "      __syncthreads();  // the tiles are complete\n"
+          "#pragma unroll\n"
+          "      for (int kr = 0; kr < BK; kr++) {\n"
+          "        float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr\n"
+          "#pragma unroll\n"
+          "        for (int i = 0; i < TM; i++)\n"
+          "          a_frag[i] = a_tile[kr][t_m + THREADS_M * i];\n"
+          "#pragma unroll\n"
+          "        for (int j = 0; j < TN; j++)\n"
+          "          w_frag[j] = b_tile[kr][t_n + THREADS_N * j];\n"
+          "#pragma unroll\n"
+          "        for (int i = 0; i < TM; i++)\n"
+          "#pragma unroll\n"
+          "          for (int j = 0; j < TN; j++)\n"
+          "            acc[i][j] += a_frag[i] * w_frag[j];  // contracted to an FMA\n"
+          "      }\n"
+          "      __syncthreads();  // every thread is done with the tiles\n"
+          "    }\n"
+          "\n",
+          node, writes_output ? "" : "  // also out's elements per channel");
+  if (writes_output) {
+    const char *relu = n->n_epilogue ? n->epilogue[0].name : NULL;
+    fprintf(f,
+            "    // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).\n"
+            "#pragma unroll\n"
+            "    for (int i = 0; i < TM; i++) {\n"
+            "      const long long mm = m0 + t_m + THREADS_M * i;\n"
+            "      if (mm >= M)\n"
+            "        continue;\n"
+            "      const long long out_img = mm / PIXELS;\n"
+            "      const int out_pixel = (int)(mm %% PIXELS);\n"
+            "#pragma unroll\n"
+            "      for (int j = 0; j < TN; j++) {\n"
+            "        const int c = n0 + t_n + THREADS_N * j;\n"
+            "        if (c >= n_end)\n"
+            "          continue;\n"
+            "        const float v = acc[i][j]%s;\n"
+            "        y[(out_img * HELD + (c - HELD_BEGIN)) * PIXELS + out_pixel] = %s;%s%s\n"
+            "      }\n"
+            "    }\n"
+            "  }\n"
+            "}\n\n",
+            a->bias ? " + b[c - C_BEGIN]" : "", relu ? "v > 0.0f ? v : 0.0f" : "v",
+            relu ? "  // " : "", relu ? relu : "");
+  } else {
+    fputs("    // out, channel-major as cuBLAS writes it: (c - C_BEGIN) * M + m.\n"
+          "#pragma unroll\n"
+          "    for (int j = 0; j < TN; j++) {\n"
+          "      const int c = n0 + t_n + THREADS_N * j;\n"
+          "#pragma unroll\n"
+          "      for (int i = 0; i < TM; i++) {\n"
+          "        const long long mm = m0 + t_m + THREADS_M * i;\n"
+          "        if (c < n_end && mm < M)\n"
+          "          out[(c - C_BEGIN) * M + mm] = acc[i][j];\n"
+          "      }\n"
+          "    }\n"
+          "  }\n"
+          "}\n\n",
+          f);
+  }
+}

@@ -1,0 +1,42 @@
+// The CUDA executor's entry points in a runtime built without the CUDA toolkit's
+// headers (ALEXC_CUDA=OFF): the same interface, each call saying why it cannot run.
+#include "alexrt_cuda.h"
+#include "internal.h"
+
+static bool none(void) {
+  return rt_fail("this runtime was built without the CUDA toolkit (ALEXC_CUDA=OFF): "
+                 "it cannot run on a GPU");
+}
+
+bool rt_cuda_available(void) { return none(); }
+
+bool rt_cuda_device(char *arch, size_t arch_size, char *name, size_t name_size) {
+  (void)arch, (void)arch_size, (void)name, (void)name_size;
+  return none();
+}
+
+RtCuda *rt_cuda_open(const RtPlan *p, const float *(*get)(void *ctx, const char *tensor),
+                     void *ctx) {
+  (void)p, (void)get, (void)ctx;
+  none();
+  return NULL;
+}
+
+bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y) {
+  (void)r, (void)x, (void)batch, (void)y;
+  return none();
+}
+
+void rt_cuda_close(RtCuda *r) { (void)r; }
+
+bool rt_cuda_time(RtCuda *r, const float *x, int batch, float *y, bool per_layer, RtTimes *t) {
+  (void)r, (void)x, (void)batch, (void)y, (void)per_layer, (void)t;
+  return none();
+}
+
+void rt_times_free(RtTimes *t) { (void)t; }
+
+bool rt_cuda_memory(RtCuda *r, RtMemory *m) {
+  (void)r, (void)m;
+  return none();
+}

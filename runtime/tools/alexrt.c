@@ -1,0 +1,397 @@
+// alexrt: runs a compiled model with the runtime alone (no LLVM, no libyaml, no
+// spec): the model is the shared object (or plan file) `alexc compile --target cuda
+// -o MODEL` wrote, the weights a safetensors file, the input a .npy batch.
+//
+//   alexrt info MODEL
+//   alexrt run MODEL --weights W.safetensors --input X.npy [--output Y.npy] [--batch-check]
+//
+// The CUDA driver and cuBLAS are found at run time (runtime/cuda.c), so alexrt starts
+// on a machine without a GPU: `info` works, `run` says that no driver or GPU is there.
+// Exit status: 0 ok, 1 error, 2 usage.
+#define _GNU_SOURCE
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alexrt.h"
+#include "alexrt_cuda.h"
+
+enum { EXIT_OK = 0, EXIT_ERR = 1, EXIT_USAGE = 2 };
+
+static const char RUN_HELP[] =
+    "usage: alexrt run MODEL --weights W.safetensors --input X.npy [--output Y.npy]\n"
+    "                  [--batch-check]\n"
+    "\n"
+    "Runs a batch through a compiled model on the GPU(s). MODEL is what 'alexc compile\n"
+    "--target cuda -o MODEL' wrote: a .so bundle or a plan file.\n"
+    "\n"
+    "  --weights FILE   safetensors holding every tensor the model names (float32)\n"
+    "  --input FILE     .npy float32 batch (N, ...) of the model's input size per image,\n"
+    "                   or a single image\n"
+    "  --output FILE    write the output batch as .npy (N, outputs); without it, print\n"
+    "                   each image's top class\n"
+    "  --batch-check    also run every image alone and check it matches the batch run\n"
+    "                   (1e-4 relative): the batch-dependent addressing on the device\n"
+    "\n"
+    "Loading a .so runs its code: run only bundles you trust, as with any library.\n";
+
+static const char INFO_HELP[] =
+    "usage: alexrt info MODEL\n"
+    "\n"
+    "Prints what a compiled model (.so bundle or plan file) holds: the network, the GPU\n"
+    "architecture, devices, steps, and per device the activation arena, weight buffer,\n"
+    "scratch, modules and weight slices. Needs no GPU.\n";
+
+static void help(FILE *out) {
+  fprintf(out, "usage: alexrt COMMAND [ARGS]\n\n"
+               "Runs models compiled by 'alexc compile --target cuda -o MODEL' (.so or plan).\n\n"
+               "commands:\n"
+               "  info     what a model holds: network, arch, devices, steps, memory\n"
+               "  run      run a batch on the GPU(s)\n"
+               "\n'alexrt COMMAND --help' describes each. Exit status: 0 ok, 1 error, 2 usage.\n");
+}
+
+static void error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("alexrt: error: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+static int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int usage_error(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "alexrt %s: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n(see 'alexrt %s --help')\n", cmd);
+  va_end(ap);
+  return EXIT_USAGE;
+}
+
+static bool load_model(const char *path, RtPlan *plan) {
+  if (rt_plan_load(path, plan))
+    return true;
+  error("%s", rt_error());
+  return false;
+}
+
+static double mib(int64_t floats) { return (double)floats * sizeof(float) / (1 << 20); }
+
+// ---------------------------------------------------------------- info
+
+static int cmd_info(int argc, char **argv) {
+  static const struct option opts[] = {{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+  int c;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    if (c != 'h')
+      return usage_error("info", "unknown option");
+    fputs(INFO_HELP, stdout);
+    return EXIT_OK;
+  }
+  if (optind + 1 != argc)
+    return usage_error("info", "expected one MODEL file");
+  const char *path = argv[optind];
+  RtPlan p;
+  if (!load_model(path, &p))
+    return EXIT_ERR;
+  int kinds[4] = {0};
+  for (int i = 0; i < p.n_steps; i++)
+    kinds[p.steps[i].kind]++;
+  printf("model      %s\n", path);
+  printf("network    %s\n", p.network);
+  printf("arch       %s\n", p.arch);
+  printf("precision  %s\n", rt_precision_name(p.precision));
+  printf("devices    %d\n", p.n_devices);
+  printf("steps      %d (%d kernels, %d gemms, %d chunks, %d transfers)\n", p.n_steps,
+         kinds[RT_STEP_KERNEL], kinds[RT_STEP_GEMM], kinds[RT_STEP_CHUNK],
+         kinds[RT_STEP_TRANSFER]);
+  printf("input      %" PRId64 " floats per image\n", p.in_elems);
+  printf("output     %" PRId64 " floats per image\n", p.out_elems);
+  for (int d = 0; d < p.n_devices; d++) {
+    const RtPlanDevice *v = &p.dev[d];
+    printf("device %d   arena %" PRId64 " floats/image (%.2f MiB), weights %" PRId64
+           " floats (%.2f MiB) in %d slices, scratch %" PRId64
+           " floats/image, chunk %" PRId64 " images, cubin %zu bytes, ptx %zu bytes\n",
+           d, v->arena, mib(v->arena), v->weights, mib(v->weights), v->n_slices, v->scratch,
+           v->chunk, v->cubin_size, v->ptx_size);
+  }
+  rt_plan_free(&p);
+  return EXIT_OK;
+}
+
+// ---------------------------------------------------------------- run
+
+// The weight tensors the plan names, read once each as float32.
+typedef struct {
+  char **names;
+  float **data;
+  int n;
+} Weights;
+
+static void weights_free(Weights *w) {
+  for (int i = 0; i < w->n; i++) {
+    free(w->names[i]);
+    free(w->data[i]);
+  }
+  free(w->names);
+  free(w->data);
+}
+
+static const float *weight_by_name(void *ctx, const char *tensor) {
+  const Weights *w = ctx;
+  for (int i = 0; i < w->n; i++)
+    if (!strcmp(w->names[i], tensor))
+      return w->data[i];
+  return NULL;
+}
+
+// Reads every tensor a slice names. A tensor's size must be exactly what its slices
+// cover together (every weight of a layer lands on some device), so a file for
+// another network fails here, before anything reaches a GPU.
+static bool load_weights(const RtPlan *p, const char *path, Weights *w) {
+  memset(w, 0, sizeof *w);
+  RtSafetensors st;
+  if (!rt_st_open(path, &st)) {
+    error("%s", rt_error());
+    return false;
+  }
+  bool ok = true;
+  for (int d = 0; d < p->n_devices && ok; d++)
+    for (int s = 0; s < p->dev[d].n_slices && ok; s++) {
+      const char *name = p->dev[d].slices[s].tensor;
+      if (weight_by_name(w, name))
+        continue;
+      const RtStEntry *e = rt_st_find(&st, name);
+      if (!e) {
+        error("%s: no tensor '%s' (the model needs it)", path, name);
+        ok = false;
+        break;
+      }
+      int64_t need = 0;  // elements the slices of this tensor reach, on every device
+      for (int d2 = 0; d2 < p->n_devices; d2++)
+        for (int s2 = 0; s2 < p->dev[d2].n_slices; s2++) {
+          const RtWeightSlice *ws = &p->dev[d2].slices[s2];
+          if (!strcmp(ws->tensor, name) && ws->first + ws->count > need)
+            need = ws->first + ws->count;
+        }
+      if (e->elems != need) {
+        error("%s: tensor '%s' has %" PRId64 " elements; the model wants %" PRId64, path,
+              name, e->elems, need);
+        ok = false;
+        break;
+      }
+      float *data = malloc((size_t)(e->elems ? e->elems : 1) * sizeof(float));
+      if (!data) {
+        error("%s: out of memory for tensor '%s'", path, name);
+        ok = false;
+        break;
+      }
+      if (!rt_st_read_f32(&st, name, e->rank, e->dims, data)) {
+        error("%s", rt_error());
+        free(data);
+        ok = false;
+        break;
+      }
+      w->names = realloc(w->names, (w->n + 1) * sizeof *w->names);
+      w->data = realloc(w->data, (w->n + 1) * sizeof *w->data);
+      if (!w->names || !w->data) {
+        fprintf(stderr, "alexrt: fatal: out of memory\n");
+        abort();
+      }
+      w->names[w->n] = strdup(name);
+      w->data[w->n++] = data;
+    }
+  rt_st_close(&st);
+  if (!ok)
+    weights_free(w);
+  return ok;
+}
+
+static void shape_str(const RtTensor *t, char *buf, size_t size) {
+  size_t n = (size_t)snprintf(buf, size, "(");
+  for (int i = 0; i < t->rank && n < size; i++)
+    n += (size_t)snprintf(buf + n, size - n, "%s%" PRId64, i ? ", " : "", t->dims[i]);
+  if (n < size)
+    snprintf(buf + n, size - n, ")");
+}
+
+// The batch: (N, ...) with the model's input size per image, or a single image.
+static bool load_input(const RtPlan *p, const char *path, RtTensor *x, int *batch) {
+  if (!rt_npy_load(path, x)) {
+    error("%s", rt_error());
+    return false;
+  }
+  int64_t per = 0;  // elements per image of an (N, ...) batch; N >= 1 bounds the product
+  if (x->rank >= 2 && x->dims[0] >= 1)
+    per = x->elems / x->dims[0];
+  if (per == p->in_elems && x->dims[0] <= (1 << 20)) {
+    *batch = (int)x->dims[0];
+    return true;
+  }
+  if (x->elems == p->in_elems) {
+    *batch = 1;
+    return true;
+  }
+  char s[128];
+  shape_str(x, s, sizeof s);
+  error("%s: input shape %s does not fit the model: it wants (N, ...) with %" PRId64
+        " floats per image, N from 1 to %d",
+        path, s, p->in_elems, 1 << 20);
+  rt_tensor_free(x);
+  return false;
+}
+
+// max |got - want| / max |want|, as the tests measure it; +inf when something is not finite.
+static double rel_err(const float *got, const float *want, int64_t n) {
+  double diff = 0, scale = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (!isfinite(got[i]) || !isfinite(want[i]))
+      return INFINITY;
+    diff = fmax(diff, fabs((double)got[i] - want[i]));
+    scale = fmax(scale, fabs((double)want[i]));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+// Runs every image alone and compares with the batch's output.
+static bool batch_check(RtCuda *r, const RtPlan *p, const float *x, int batch, const float *y) {
+  float *one = malloc((size_t)p->out_elems * sizeof(float));
+  if (!one) {
+    error("out of memory");
+    return false;
+  }
+  double worst = 0;
+  int at = 0;
+  bool ok = true;
+  for (int i = 0; i < batch && ok; i++) {
+    if (!(ok = rt_cuda_run(r, x + (size_t)i * p->in_elems, 1, one))) {
+      error("%s", rt_error());
+      break;
+    }
+    double e = rel_err(one, y + (size_t)i * p->out_elems, p->out_elems);
+    if (!(e <= worst)) {
+      worst = e;
+      at = i;
+    }
+  }
+  free(one);
+  if (!ok)
+    return false;
+  if (!(worst <= 1e-4)) {
+    error("batch check: image %d run alone differs from the batch of %d: max rel err %.3g "
+          "(want <= 1e-4)",
+          at, batch, worst);
+    return false;
+  }
+  printf("batch check: each of the %d image(s) run alone matches the batch run (max rel err "
+         "%.3g)\n",
+         batch, worst);
+  return true;
+}
+
+// Without a GPU (or in a runtime built without CUDA) rt_cuda_open says why not.
+static bool run_model(const RtPlan *p, const Weights *w, const float *x, int batch, float *y,
+                      bool check) {
+  RtCuda *r = rt_cuda_open(p, weight_by_name, (void *)w);
+  if (!r) {
+    error("%s", rt_error());
+    return false;
+  }
+  bool ok = rt_cuda_run(r, x, batch, y);
+  if (!ok)
+    error("%s", rt_error());
+  ok = ok && (!check || batch_check(r, p, x, batch, y));
+  rt_cuda_close(r);
+  return ok;
+}
+
+static int cmd_run(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"weights", required_argument, 0, 'w'}, {"input", required_argument, 0, 'i'},
+      {"output", required_argument, 0, 'o'},  {"batch-check", no_argument, 0, 'b'},
+      {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+  const char *weights = NULL, *input = NULL, *output = NULL;
+  bool check = false;
+  int c;
+  while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'w': weights = optarg; break;
+    case 'i': input = optarg; break;
+    case 'o': output = optarg; break;
+    case 'b': check = true; break;
+    case 'h':
+      fputs(RUN_HELP, stdout);
+      return EXIT_OK;
+    default:
+      return usage_error("run", "unknown option");
+    }
+  }
+  if (optind + 1 != argc)
+    return usage_error("run", "expected one MODEL file");
+  if (!weights || !input)
+    return usage_error("run", "--weights and --input are required");
+
+  RtPlan p;
+  if (!load_model(argv[optind], &p))
+    return EXIT_ERR;
+  Weights w;
+  RtTensor x = {0};
+  int batch = 0;
+  float *y = NULL;
+  bool ok = load_weights(&p, weights, &w);
+  if (ok && !(ok = load_input(&p, input, &x, &batch)))
+    weights_free(&w);
+  if (ok) {
+    y = malloc((size_t)batch * p.out_elems * sizeof(float));
+    if (!(ok = y != NULL))
+      error("out of memory for the output");
+    ok = ok && run_model(&p, &w, x.data, batch, y, check);
+    weights_free(&w);
+  }
+  if (ok && output) {
+    int64_t dims[2] = {batch, p.out_elems};
+    if (!(ok = rt_npy_save(output, y, 2, dims)))
+      error("%s", rt_error());
+  }
+  if (ok && !output) {
+    printf("ran %d image(s) through '%s': %" PRId64 " outputs per image (--output saves them)\n",
+           batch, p.network, p.out_elems);
+    for (int i = 0; i < batch; i++) {
+      const float *yi = y + (size_t)i * p.out_elems;
+      int64_t best = 0;
+      for (int64_t k = 1; k < p.out_elems; k++)
+        if (yi[k] > yi[best])
+          best = k;
+      printf("image %d: top class %" PRId64 " (%.6g)\n", i, best, yi[best]);
+    }
+  }
+  free(y);
+  rt_tensor_free(&x);
+  rt_plan_free(&p);
+  return ok ? EXIT_OK : EXIT_ERR;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    help(stderr);
+    return EXIT_USAGE;
+  }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    help(stdout);
+    return EXIT_OK;
+  }
+  if (!strcmp(argv[1], "info"))
+    return cmd_info(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "run"))
+    return cmd_run(argc - 1, argv + 1);
+  fprintf(stderr, "alexrt: unknown command '%s' (see 'alexrt --help')\n", argv[1]);
+  return EXIT_USAGE;
+}

@@ -1,0 +1,102 @@
+#!/bin/bash
+# The real CUDA runtime (runtime/cuda.c) on the CPU: `alexc run --target cuda
+# --compare-ref` with libcuda and cuBLAS replaced by the fakes of tests/cuda/fake/
+# (found through LD_LIBRARY_PATH), which run the generated kernels compiled for the CPU,
+# check every address against the allocations, and run the streams lazily in a seeded
+# random order. Each case runs with two schedules (ALEXC_FAKE_CUDA_SEED) and, with
+# --devices 2, on one fake GPU (two streams share it) and on two (peer copies).
+#
+# usage: tests/cuda/fake.sh ALEXC FAKE_LIB_DIR PREPARE CXX EMU_HEADER
+#   FAKE_LIB_DIR  the directory holding the fake libcuda.so.1 and libcublas.so.13
+#   PREPARE       fake_cuda_prepare (tests/cuda/fake/prepare.c)
+# Exits 77 (ctest: skipped) when this alexc cannot compile CUDA (no NVRTC).
+set -u
+PRECISIONS="fp32"
+SEEDS="1 2"
+# Every option on the mini-AlexNet; two graphs of tests/passes/ with the split that
+# matters for them (their compiles, NVRTC and g++, are most of the time).
+CASES=(
+  "specs/mini-alexnet.yaml|gemm direct||--no-fuse|--devices 2|--no-fuse --devices 2"
+  "tests/passes/graphs/groups4.yaml|gemm|--devices 2"
+  "tests/passes/graphs/groups4.yaml|direct|--no-fuse --devices 2"
+  "tests/passes/graphs/branch_concat.yaml|gemm|--no-fuse --devices 2"
+  "tests/passes/graphs/branch_concat.yaml|direct|--devices 2"
+)  # SPEC|CONVS|OPTIONS|OPTIONS...
+
+alexc=$1 fake_lib=$2 prepare=$3 cxx=$4 emu_header=$5
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export ALEXC_CACHE=$tmp/cache             # NVRTC results: compile and run share them
+export ALEXC_FAKE_CUDA_MODULES=$tmp/modules  # the CPU builds, by module hash
+
+probe=$("$alexc" compile specs/mini-alexnet.yaml --target cuda -o "$tmp/probe.plan" 2>&1) || {
+  if grep -q -i -e "nvrtc" -e "built without the CUDA toolkit" <<<"$probe"; then
+    echo "SKIP: $probe"
+    exit 77
+  fi
+  echo "FAIL: $probe"
+  exit 1
+}
+
+failures=0 cases=0
+fail() {  # fail WHAT OUTPUT_FILE
+  echo "FAIL: $1"
+  sed 's/^/    /' "$2"
+  failures=$((failures + 1))
+}
+
+# run_case SPEC OPTIONS CONV PRECISION: compile, build the CPU modules, run every
+# GPU count and seed.
+run_case() {
+  local spec=$1 opts=$2 conv=$3 precision=$4 src=$tmp/src plan=$tmp/model.plan gpus seed rc
+  local what="$spec ${opts:-fused} --conv $conv --precision $precision" gpus_list=1 result
+  rm -rf "$src"
+  # shellcheck disable=SC2086
+  "$alexc" compile "$spec" --target cuda $opts --conv "$conv" --precision "$precision" \
+    --emit-source "$src" -o "$plan" >"$tmp/out" 2>&1 &&
+    "$prepare" "$cxx" "$emu_header" "$plan" "$src" "$ALEXC_FAKE_CUDA_MODULES" >>"$tmp/out" 2>&1 ||
+    { fail "$what: compiling" "$tmp/out"; return; }
+  case $opts in *--devices*) gpus_list="1 2" ;; esac
+  for gpus in $gpus_list; do
+    for seed in $SEEDS; do
+      cases=$((cases + 1))
+      # shellcheck disable=SC2086
+      LD_LIBRARY_PATH=$fake_lib ALEXC_FAKE_CUDA_GPUS=$gpus ALEXC_FAKE_CUDA_SEED=$seed \
+        "$alexc" run "$spec" --seed 1 --scheme fan-in --random 3 $opts --target cuda \
+        --conv "$conv" --precision "$precision" --compare-ref >"$tmp/out" 2>&1
+      rc=$?
+      result=$(grep -m1 -o "max rel err [^ ]*" "$tmp/out")
+      printf '  %-38s %-21s %-6s %-4s  %d GPU(s)  seed %s  %-22s %s\n' "$spec" "${opts:-fused}" \
+        "$conv" "$precision" "$gpus" "$seed" "${result:-}" "$([ $rc -eq 0 ] && echo OK || echo FAIL)"
+      [ $rc -eq 0 ] || fail "$what, $gpus fake GPU(s), seed $seed" "$tmp/out"
+    done
+  done
+}
+
+for entry in "${CASES[@]}"; do
+  IFS='|' read -r -a fields <<<"$entry"
+  spec=${fields[0]} convs=${fields[1]}
+  for opts in "${fields[@]:2}"; do
+    for conv in $convs; do
+      for precision in $PRECISIONS; do
+        # tf32 and bf16 are for cuBLAS: --conv direct accepts only fp32
+        [ "$conv" = direct ] && [ "$precision" != fp32 ] && continue
+        run_case "$spec" "$opts" "$conv" "$precision"
+      done
+    done
+  done
+done
+# alexc bench: the timing path (an event pair around every step, cuEventElapsedTime,
+# cuMemGetInfo), fused against unfused, on two fake GPUs; the modules are the fp32 ones
+# built above.
+if "$alexc" bench --help >/dev/null 2>&1; then
+  cases=$((cases + 1))
+  LD_LIBRARY_PATH=$fake_lib ALEXC_FAKE_CUDA_GPUS=2 "$alexc" bench specs/mini-alexnet.yaml \
+    --target cuda --devices 2 --batch 3 --runs 2 --warmup 1 --compare-unfused >"$tmp/out" 2>&1
+  rc=$?
+  printf '  %-38s %-21s %-6s %-4s  2 GPU(s)  seed 1  %-22s %s\n' "alexc bench mini-alexnet" \
+    "--compare-unfused" gemm fp32 "" "$([ $rc -eq 0 ] && echo OK || echo FAIL)"
+  [ $rc -eq 0 ] || fail "alexc bench specs/mini-alexnet.yaml --devices 2 --compare-unfused" "$tmp/out"
+fi
+echo "$cases case(s), $failures failure(s)"
+[ $failures -eq 0 ]
