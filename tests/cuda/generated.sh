@@ -7,7 +7,8 @@
 set -u
 alexc=$1
 update=${2:-}
-variants=("fused" "unfused --no-fuse" "fused-2dev --devices 2" "fused-bf16 --precision bf16")
+variants=("fused" "unfused --no-fuse" "fused-2dev --devices 2" "fused-bf16 --precision bf16"
+          "fused-implicit --conv implicit")
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 status=0

@@ -77,8 +77,8 @@ static const Variant VARIANTS[] = {
     {"implicit-fused-2dev", true, 2, 0, 0, false, IMPLICIT, 0, RT_FP32},
     {"implicit-fused-3dev", true, 3, 0, 0, false, IMPLICIT, 0, RT_FP32},
     {"implicit-fused-chunk2", true, 1, 3, 0, false, IMPLICIT, 2, RT_FP32},
-    {"implicit-fused-grid3", true, 1, 2, 3, false, IMPLICIT, 0, RT_FP32},
-    {"implicit-unfused-2dev-c1-grid3", false, 2, 2, 3, false, IMPLICIT, 1, RT_FP32},
+    {"implicit-fused-2dev-c1-grid3", true, 2, 2, 3, false, IMPLICIT, 1, RT_FP32},
+    {"implicit-unfused-2dev-grid3", false, 2, 2, 3, false, IMPLICIT, 0, RT_FP32},
 };
 
 // ---------------------------------------------------------------- the emulated machine
