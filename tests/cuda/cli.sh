@@ -42,6 +42,11 @@ contains "--emit-source" "help"
 contains "--precision" "help"
 expect 1 "bf16 with --conv direct" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 --conv direct --emit-source "$tmp/x"
 contains "use --conv gemm" "bf16 with --conv direct"
+expect 1 "tf32 with --conv implicit" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision tf32 --conv implicit --emit-source "$tmp/x"
+contains "use --conv gemm" "tf32 with --conv implicit"
+expect 0 "--conv implicit" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv implicit --emit-source "$tmp/implicit"
+grep -q "void k01_conv1_implicit(" "$tmp/implicit/device0.cu" || { echo "FAIL: --conv implicit: no implicit kernel"; failures=$((failures + 1)); }
+if grep -q "_im2col" "$tmp/implicit/device0.cu"; then echo "FAIL: --conv implicit emitted im2col"; failures=$((failures + 1)); fi
 expect 0 "tf32 source" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision tf32 --emit-source "$tmp/tf32"
 grep -q "Precision tf32" "$tmp/tf32/device0.cu" || { echo "FAIL: no precision in the source header"; failures=$((failures + 1)); }
 expect 0 "bf16 source" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 --emit-source "$tmp/bf16"

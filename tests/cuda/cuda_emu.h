@@ -27,7 +27,8 @@
 //
 // alexc_emu_set_thread() (the old interface: set the indices, call the kernel yourself)
 // still works for kernels without barriers; __syncthreads() outside alexc_emu_run_block
-// aborts with a message.
+// aborts with a message. alexc_emu_current_thread() returns threadIdx.x of the thread
+// that ran last, e.g. the one whose fault a SIGSEGV handler caught.
 #ifndef ALEXC_CUDA_EMU_H
 #define ALEXC_CUDA_EMU_H
 
@@ -77,6 +78,9 @@ extern "C" void alexc_emu_set_thread(unsigned block, unsigned thread, unsigned b
   blockDim.x = block_dim;
   gridDim.x = grid_dim;
 }
+
+// The thread that ran last on this OS thread (for a fault report: the one that faulted).
+extern "C" unsigned alexc_emu_current_thread(void) { return threadIdx.x; }
 
 namespace alexc_emu {
 
@@ -251,10 +255,9 @@ extern "C" int alexc_emu_run_block(unsigned block, unsigned block_dim, unsigned 
     return -1;
   }
   b.stacks = (char *)stacks;
-  Block *outer = active;
   active = &b;
   int rc = run(&b);
-  active = outer;
+  active = nullptr;
 #ifdef ALEXC_EMU_ASAN
   // Frames left on the fibers' stacks (every fiber ends inside fiber_main, a stopped
   // block's inside the kernel) leave ASan's redzone marks behind; clear them.

@@ -101,6 +101,8 @@ done
 run_case specs/mini-alexnet.yaml "--devices 2" gemm tf32
 run_case specs/mini-alexnet.yaml "--devices 2" gemm bf16
 run_case specs/mini-alexnet.yaml "--no-fuse" gemm bf16
+# --conv implicit: shared memory and __syncthreads(), fibers in the fake's block runner.
+run_case specs/mini-alexnet.yaml "--devices 2" implicit fp32
 
 if "$alexc" bench --help >/dev/null 2>&1; then
   cases=$((cases + 1))

@@ -30,7 +30,10 @@
 // that output and adds the bias, the fused stages (ReLU, LRN, pool) are the same
 // __device__ functions as above. Each conv output is computed once (by cuBLAS); the
 // epilogue only recomputes the cheap ReLU/LRN at a pool's overlapping windows. With
-// --conv direct, stage 0 is the direct convolution.
+// --conv direct, stage 0 is the direct convolution. With --conv implicit, a tiled
+// implicit-GEMM kernel (implicit.c) replaces im2col + cuBLAS, writing the same scratch
+// for the same epilogue; a conv with only a ReLU (or nothing) after it is that one
+// kernel, bias and ReLU included, writing the node's output.
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdlib.h>
@@ -566,6 +569,20 @@ static bool is_implicit_conv(const Node *n, const CudaOptions *o) {
   return n->op == OP_CONV && o->conv == CUDA_CONV_IMPLICIT;
 }
 
+// The epilogue kernel of a conv whose output a GEMM (cuBLAS or the implicit kernel) left
+// in scratch, channel-major: bias and the fused stages, into the node's output buffer.
+static void add_conv_epilogue(RtPlan *p, int d, const Node *n, const char *kname, int64_t b_at) {
+  const Placement *pl = &n->place[d];
+  RtStep e = step(RT_STEP_KERNEL, d, n, kname);
+  e.work = range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
+  e.args[e.n_args++] = (RtAddr){RT_SPACE_SCRATCH, 0, 0, 0};
+  e.args[e.n_args++] =
+      (RtAddr){RT_SPACE_ARENA, pl->offset, 0, range_len(pl->held) * shape_plane(n->out)};
+  if (has_bias(n))
+    e.args[e.n_args++] = weight(b_at);
+  rt_plan_add_step(p, &e);
+}
+
 // The plan steps of a conv computed by GEMM: one chunk (im2col, a GEMM per group, the
 // epilogue kernel), and their kernels' source.
 static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, int64_t b_at,
@@ -629,13 +646,7 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
     s.ldc = (RtDim){P, 0};
     rt_plan_add_step(p, &s);
   }
-  RtStep e = step(RT_STEP_KERNEL, d, n, kname);
-  e.work = range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
-  e.args[e.n_args++] = (RtAddr){RT_SPACE_SCRATCH, 0, 0, 0};
-  e.args[e.n_args++] = (RtAddr){RT_SPACE_ARENA, pl->offset, 0, range_len(pl->held) * shape_plane(n->out)};
-  if (has_bias(n))
-    e.args[e.n_args++] = weight(b_at);
-  rt_plan_add_step(p, &e);
+  add_conv_epilogue(p, d, n, kname, b_at);
   return true;
 }
 
@@ -687,14 +698,7 @@ static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *
   k.args[1] = weight(w_at);
   k.args[2] = (RtAddr){RT_SPACE_SCRATCH, 0, 0, 0};
   rt_plan_add_step(p, &k);
-  // The epilogue, as plan_conv_gemm's.
-  RtStep e = step(RT_STEP_KERNEL, d, n, kname);
-  e.work = range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
-  e.args[e.n_args++] = (RtAddr){RT_SPACE_SCRATCH, 0, 0, 0};
-  e.args[e.n_args++] = (RtAddr){RT_SPACE_ARENA, pl->offset, 0, range_len(pl->held) * shape_plane(n->out)};
-  if (has_bias(n))
-    e.args[e.n_args++] = weight(b_at);
-  rt_plan_add_step(p, &e);
+  add_conv_epilogue(p, d, n, kname, b_at);
   return true;
 }
 

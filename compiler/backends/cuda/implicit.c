@@ -15,15 +15,13 @@
 // conv4 fused; every conv unfused): then the kernel adds the bias, applies the ReLU in
 // registers and writes the node's output buffer itself, over the whole batch; no
 // epilogue kernel, no scratch, no chunks (cuda_implicit_writes_output).
-#include <string.h>
-
 #include "cuda.h"
 
 // The tile sizes, fixed for every conv (tuning them per layer is for a session with a
 // GPU). A block of 16 x 16 threads computes a 64 x 64 tile of the output (pixels x
 // kernels), each thread a 4 x 4 register tile, 16 deep per shared-memory step: a step
-// loads 2 x 16 x 64 floats (8 KiB with padding) and does 64 x 64 x 16 FMAs, 256 per
-// thread against 8 shared-memory reads per 16.
+// loads 2 x 16 x 64 floats (8.1 KiB with padding) and does 64 x 64 x 16 FMAs, 256 per
+// thread against its 128 shared-memory reads.
 #define TILE_M 64    // output pixels per block tile
 #define TILE_N 64    // output channels (kernels) per block tile
 #define TILE_K 16    // GEMM depth per shared-memory step

@@ -16,7 +16,9 @@
 // - Kernels. cuModuleLoadData cannot run a CUBIN; it hashes the image (FNV-1a 64) and
 //   loads $ALEXC_FAKE_CUDA_MODULES/<hash>.so, the same kernels compiled for the CPU with
 //   tests/cuda/cuda_emu.h (prepare.c builds them), and reads <hash>.cu to count each
-//   kernel's parameters. A launch runs every block and thread one after another. A
+//   kernel's parameters. A launch runs every block and thread one after another (the
+//   threads of a block as fibers of cuda_emu.h's alexc_emu_run_block, so kernels with
+//   __shared__ memory and __syncthreads() run too). A
 //   kernel that touches a guard page (or any unmapped address) is a GPU's illegal
 //   address: reported, and sticky, every later call failing as on a lost context.
 // - Streams, lazily and in a random order. An asynchronous operation (launch, copy,
@@ -39,8 +41,8 @@
 // directory of <hash>.so and <hash>.cu), ALEXC_FAKE_CUDA_SEED (default 1),
 // ALEXC_FAKE_CUDA_VERBOSE=1 (the modules loaded, peak memory per device, work left).
 //
-// Not emulated: real concurrency, CUBIN or PTX execution, shared memory and barriers
-// (the generated kernels use neither), 2D/3D grids and blocks, arrays and textures,
+// Not emulated: real concurrency, CUBIN or PTX execution, dynamic shared memory (static
+// __shared__ arrays and __syncthreads() are), 2D/3D grids and blocks, arrays and textures,
 // contexts other than the primary ones, peer access from kernels (a kernel argument
 // on another device is an error). Single-threaded callers only, like the runtime; the
 // current context is thread-local as in CUDA.
@@ -128,7 +130,10 @@ struct CUmod_st {
   CUcontext ctx;
   void *so;
   char *source;  // the .cu, to count kernel parameters
-  void (*set_thread)(unsigned block, unsigned thread, unsigned block_dim, unsigned grid_dim);
+  // cuda_emu.h's block runner: the block's threads as fibers, so __syncthreads() works.
+  int (*run_block)(unsigned block, unsigned block_dim, unsigned grid_dim, void (*thread)(void *),
+                   void *arg);
+  unsigned (*current_thread)(void);
   struct CUfunc_st *funcs;
   char hash[17];
 };
@@ -1272,9 +1277,10 @@ CUresult cuModuleLoadData(CUmodule *module, const void *image) {
   snprintf(cu_path, sizeof cu_path, "%s/%s.cu", fake.modules, hash);
   char *source = read_text(cu_path);
   void *so = source ? dlopen(so_path, RTLD_NOW | RTLD_LOCAL) : NULL;
-  void *set_thread = so ? dlsym(so, "alexc_emu_set_thread") : NULL;
-  if (!set_thread) {
-    const char *why = !source ? "no .cu" : !so ? dlerror() : "no alexc_emu_set_thread";
+  void *run_block = so ? dlsym(so, "alexc_emu_run_block") : NULL;
+  void *current_thread = so ? dlsym(so, "alexc_emu_current_thread") : NULL;
+  if (!run_block || !current_thread) {
+    const char *why = !source ? "no .cu" : !so ? dlerror() : "no alexc_emu_run_block";
     if (so)
       dlclose(so);
     free(source);
@@ -1285,7 +1291,8 @@ CUresult cuModuleLoadData(CUmodule *module, const void *image) {
   }
   CUmodule m = xmalloc(sizeof *m);
   *m = (struct CUmod_st){.ctx = c, .so = so, .source = source};
-  memcpy(&m->set_thread, &set_thread, sizeof set_thread);
+  memcpy(&m->run_block, &run_block, sizeof run_block);
+  memcpy(&m->current_thread, &current_thread, sizeof current_thread);
   memcpy(m->hash, hash, sizeof hash);
   reserve(&fake.mods, &fake.cap_mods, fake.n_mods + 1, sizeof *fake.mods);
   fake.mods[fake.n_mods++] = m;
@@ -1478,9 +1485,15 @@ static void describe_fault(char *buf, size_t size, uintptr_t p) {
   snprintf(buf, size, "not near any allocation");
 }
 
-// Every thread of every block, one after another: the generated kernels have no shared
-// memory and no barriers, so threads are independent. A fault is the GPU's illegal
-// address: reported, and sticky (every later call fails, as the context is lost).
+static void launch_thread(void *arg) {
+  const Launch *l = arg;
+  call_kernel(l->f->fn, l->f->n_ptr, l->ptr, l->batch);
+}
+
+// Every block, one after another, its threads run by cuda_emu.h's alexc_emu_run_block
+// (one after another too, as fibers switching at __syncthreads()). A fault is the GPU's
+// illegal address: reported, and sticky (every later call fails, as the context is
+// lost); so is a block whose threads disagree about barriers.
 static void run_launch(void *arg) {
   const Launch *l = arg;
   struct sigaction fault = {.sa_sigaction = on_fault, .sa_flags = SA_SIGINFO | SA_NODEFER}, segv,
@@ -1488,14 +1501,19 @@ static void run_launch(void *arg) {
   sigemptyset(&fault.sa_mask);
   sigaction(SIGSEGV, &fault, &segv);
   sigaction(SIGBUS, &fault, &bus);
-  volatile unsigned b = 0, t = 0;
+  volatile unsigned b = 0;
+  unsigned t = 0;
   if (sigsetjmp(fault_jump, 1) == 0) {
     for (b = 0; b < l->grid; b++)
-      for (t = 0; t < l->block; t++) {
-        l->f->mod->set_thread(b, t, l->block, l->grid);
-        call_kernel(l->f->fn, l->f->n_ptr, l->ptr, l->batch);
+      if (l->f->mod->run_block(b, l->block, l->grid, launch_thread, (void *)l) != 0) {
+        fake_cuda_violation("kernel %s (device %d, block %u): its threads disagree about "
+                            "__syncthreads()", l->f->name, l->f->mod->ctx->device, b);
+        fake.sticky = CUDA_ERROR_LAUNCH_FAILED;
+        break;
       }
   } else {
+    // The faulting fiber's stack is left mapped: the context is lost from here on.
+    t = l->f->mod->current_thread();
     char where[200];
     describe_fault(where, sizeof where, (uintptr_t)fault_address);
     fake_cuda_violation("kernel %s (device %d, block %u, thread %u) accessed %p: %s", l->f->name,
@@ -1526,7 +1544,7 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned
   if (gy != 1 || gz != 1 || by != 1 || bz != 1 || shmem || extra)
     return VIOLATION(CUDA_ERROR_NOT_SUPPORTED,
                      "cuLaunchKernel %s: only 1D grids and blocks, no "
-                     "shared memory and no 'extra' are emulated",
+                     "dynamic shared memory and no 'extra' are emulated",
                      f->name);
   if (!gx || !bx || bx > 1024 || gx > INT32_MAX || !params)
     return VIOLATION(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel %s: grid %u, block %u%s", f->name,
