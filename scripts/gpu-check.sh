@@ -8,7 +8,7 @@
 #           scripts/gpu-check.sh run        # or: run quick (AlexNet fp32 only)
 #
 # `run` prints the GPU's name, then: alexc bench of specs/alexnet.yaml at batch 128
-# (fused against unfused, fp32, tf32, bf16; and two devices), PyTorch's peer timings in
+# (fused against unfused, fp32, tf32, bf16; --conv implicit; and two devices), PyTorch's peer timings in
 # the same run (../shared/bench/torch_peers.py, eager and torch.compile), and the GPU
 # correctness test (tests/cuda/gpu.sh: every spec, precision, fused/unfused, 1/2
 # devices, against the reference executor). Everything also lands in $OUT.
@@ -41,6 +41,9 @@ run)
     build-gpu/alexc bench specs/alexnet.yaml --target cuda --batch 128 --precision "$p" \
       --compare-unfused | tee "$out/bench-$p.md" || echo "bench $p FAILED"
   done
+  echo "== alexc bench, fp32, --conv implicit"
+  build-gpu/alexc bench specs/alexnet.yaml --target cuda --batch 128 --conv implicit \
+    --compare-unfused | tee "$out/bench-fp32-implicit.md" || echo "bench implicit FAILED"
   echo "== alexc bench, fp32, 2 devices"
   build-gpu/alexc bench specs/alexnet.yaml --target cuda --batch 128 --devices 2 \
     | tee "$out/bench-fp32-2dev.md" || echo "bench 2 devices FAILED"
