@@ -282,6 +282,11 @@ static void print_table(const BenchArgs *a, Table *t, const Result *res, int con
   printf("\n| images/s |");
   for (int c = 0; c < configs; c++)
     printf(" %.0f |", a->batch / (res[c].total[0] / 1000));
+  // The network's multiply-adds (graph_macs: conv and fc) as 2 flops each, over the
+  // median total: how far a run is from the GPU's peak for its precision.
+  printf("\n| TFLOP/s (2 x %.3g GMAC/image x batch / total) |", graph_macs(t->fused) / 1e9);
+  for (int c = 0; c < configs; c++)
+    printf(" %.2f |", 2.0 * graph_macs(t->fused) * a->batch / (res[c].total[0] / 1000) / 1e12);
   for (int g = 0; g < res[0].mem.n_gpus; g++) {
     printf("\n| GPU %d memory: alexc buffers / in use, MiB |", g);
     for (int c = 0; c < configs; c++)
