@@ -32,6 +32,21 @@ void graph_compact(Graph *g, const bool *keep, const int *replace) {
   free(new_index);
 }
 
+void graph_truncate(Graph *g, int node) {
+  bool *keep = xcalloc(g->n_nodes, sizeof *keep);
+  int *replace = xcalloc(g->n_nodes, sizeof *replace);
+  keep[node] = true;
+  for (int i = node; i >= 0; i--)  // topological: every input comes before its reader
+    for (int j = 0; keep[i] && j < g->nodes[i].n_inputs; j++)
+      keep[g->nodes[i].inputs[j]] = true;
+  for (int i = 0; i < g->n_nodes; i++)
+    replace[i] = node;  // nobody kept reads a removed node; compact wants a target anyway
+  g->output = node;
+  graph_compact(g, keep, replace);
+  free(replace);
+  free(keep);
+}
+
 // Inserts `node` (taking ownership) at index `at`; later nodes and every reference
 // to them shift by one. Returns `at`.
 int graph_insert(Graph *g, int at, Node node) {

@@ -21,6 +21,8 @@ static const char COMPILE_HELP[] =
     "  --target cuda     the only compiling target so far\n"
     CUDA_OPTIONS_HELP
     "  --emit-source DIR write the generated source as DIR/deviceN.cu (no NVRTC needed)\n"
+    "  --layer NAME      compile the network as if it ended at layer NAME (what alexc run\n"
+    "                    --target cuda --layer NAME runs)\n"
     "  -o OUT            write the artifact (needs NVRTC). OUT ending in .so: a shared\n"
     "                    object holding the plan and the modules, for alexrt and the\n"
     "                    runtime (built with LLVM, linked by $CC or cc); otherwise the\n"
@@ -71,9 +73,10 @@ int cmd_compile(int argc, char **argv) {
   static const struct option opts[] = {
       {"target", required_argument, 0, 'T'}, {"emit-source", required_argument, 0, 'e'},
       {"output", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'},
+      {"layer", required_argument, 0, 'l'},
       CUDA_LONG_OPTIONS,                     PASS_LONG_OPTIONS,
       {0, 0, 0, 0}};
-  const char *target = NULL, *arch_opt = NULL, *emit = NULL, *out = NULL;
+  const char *target = NULL, *arch_opt = NULL, *emit = NULL, *out = NULL, *cut_at = NULL;
   char arch[16];
   PassOptions passes = pass_defaults();
   CudaOptions cuda = cuda_defaults();
@@ -91,6 +94,7 @@ int cmd_compile(int argc, char **argv) {
     case 'T': target = optarg; break;
     case 'e': emit = optarg; break;
     case 'o': out = optarg; break;
+    case 'l': cut_at = optarg; break;
     case 'h':
       fputs(COMPILE_HELP, stdout);
       return EXIT_OK;
@@ -109,6 +113,14 @@ int cmd_compile(int argc, char **argv) {
     return EXIT_ERR;
 
   Graph *g = load_spec(argv[optind]);
+  int cut = g && cut_at ? graph_find(g, cut_at) : -1;
+  if (g && cut_at && cut <= 0) {
+    error("network '%s' has no layer '%s' to end at", g->name, cut_at);
+    graph_free(g);
+    return EXIT_ERR;
+  }
+  if (cut > 0)
+    graph_truncate(g, cut);
   char *layer = g ? g->nodes[g->output].name : NULL;
   if (!g || !compile_graph(g, &passes, &layer, 1)) {
     graph_free(g);

@@ -18,7 +18,8 @@ static const char RUN_HELP[] =
     "  --input X.npy     float32 batch (N, C, H, W), or one image (C, H, W)\n"
     "  --random N        instead of --input: N images of N(0,1) noise (--input-seed, default 1)\n"
     "  --output Y.npy    write the output: (N, C, H, W) or (N, features); replaced atomically\n"
-    "  --layer NAME      output this layer instead of the network's last one\n"
+    "  --layer NAME      output this layer instead of the network's last one (with\n"
+    "                    --target cuda: the network is compiled as if it ended there)\n"
     "  --top K           print the K highest-scoring classes of each image\n"
     "  --target T        the executor: 'ref', the reference executor (the default), or\n"
     "                    'cuda': generated kernels compiled by NVRTC, run on the GPU(s)\n"
@@ -157,6 +158,19 @@ int cmd_run(int argc, char **argv) {
     return EXIT_ERR;
   // Weights are made for (or checked against) the spec's graph, before any rewrite.
   Weights *w = a.weights ? weights_load(g, a.weights) : weights_init(g, a.seed, a.scheme);
+  bool cuda = !strcmp(a.target, "cuda");
+  // --target cuda returns a network's output only: cut the network at the layer asked
+  // for (fusion and partition then see that layer as the output; values are the same).
+  int cut = cuda && a.layer ? graph_find(g, a.layer) : -1;
+  if (cut == 0) {
+    error("--target cuda: layer '%s' is the network's input: there is nothing to compute",
+          a.layer);
+    weights_free(w);
+    graph_free(g);
+    return EXIT_ERR;
+  }
+  if (cut > 0)
+    graph_truncate(g, cut);
   char *layer = (char *)(a.layer ? a.layer : g->nodes[g->output].name);
   if (!w || !compile_graph(g, &a.passes, &layer, 1)) {
     weights_free(w);
@@ -164,7 +178,6 @@ int cmd_run(int argc, char **argv) {
     return EXIT_ERR;
   }
   int node = graph_find_value(g, layer);
-  bool cuda = !strcmp(a.target, "cuda");
   if (cuda && node != g->output) {
     error("--target cuda computes the network's output only, not layer '%s'", layer);
     weights_free(w);

@@ -93,7 +93,13 @@ if ! ls /dev/nvidia0 >/dev/null 2>&1; then
     fi
   done
 fi
-expect 1 "--target cuda with --layer" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --target cuda --layer conv1
+expect 1 "compile --layer unknown" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --layer nope --emit-source "$tmp/cut"
+contains "no layer 'nope'" "compile --layer unknown"
+expect 0 "compile --layer pool2" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --layer pool2 --emit-source "$tmp/cut"
+grep -q "k02_conv2" "$tmp/cut/device0.cu" && ! grep -q "conv3" "$tmp/cut/device0.cu" ||
+  { echo "FAIL: compile --layer pool2 does not end the network at pool2"; failures=$((failures + 1)); }
+expect 1 "run --target cuda --layer of the input" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --target cuda --layer input
+contains "is the network's input" "run --target cuda --layer of the input"
 expect 2 "unknown run target" -- "$alexc" run specs/mini-alexnet.yaml --seed 1 --random 1 --target tpu
 
 echo "$failures failure(s)"

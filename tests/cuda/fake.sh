@@ -101,6 +101,10 @@ done
 run_case specs/mini-alexnet.yaml "--devices 2" gemm tf32
 run_case specs/mini-alexnet.yaml "--devices 2" gemm bf16
 run_case specs/mini-alexnet.yaml "--no-fuse" gemm bf16
+# --layer: the network cut at a layer, compiled and compared there.
+run_case specs/mini-alexnet.yaml "--layer norm1 --devices 2" gemm fp32
+run_case specs/mini-alexnet.yaml "--layer conv3 --no-fuse" direct fp32
+run_case specs/mini-alexnet.yaml "--layer fc5" gemm bf16
 # --conv implicit: shared memory and __syncthreads(), fibers in the fake's block runner.
 run_case specs/mini-alexnet.yaml "--devices 2" implicit fp32
 

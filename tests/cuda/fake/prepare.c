@@ -64,9 +64,9 @@ static pid_t start_module(int d, const char *hash) {
   snprintf(src, sizeof src, "%s/device%d.cu", source_dir, d);
   if (!exists(so)) {
     if (asprintf(&cmd,
-                 "cp '%s' '%s.tmp.$$' && mv '%s.tmp.$$' '%s' && "
-                 "%s -std=c++17 -O2 -fPIC -shared -include '%s' -x c++ '%s' -o '%s.tmp.$$' && "
-                 "mv '%s.tmp.$$' '%s'",
+                 "cp '%s' '%s.tmp.'$$ && mv '%s.tmp.'$$ '%s' && "
+                 "%s -std=c++17 -O2 -fPIC -shared -include '%s' -x c++ '%s' -o '%s.tmp.'$$ && "
+                 "mv '%s.tmp.'$$ '%s'",
                  src, cu, cu, cu, cxx, emu_header, src, so, so, so) < 0)
       abort();
     pid = spawn(cmd);
