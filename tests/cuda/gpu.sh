@@ -39,6 +39,22 @@ tolerance() {  # the limits of compiler/backends/cuda/codegen.c's cuda_tolerance
   case $1 in fp32) echo 1e-4 ;; tf32) echo 1e-2 ;; bf16) echo 3e-2 ;; esac
 }
 
+# After a failure: the first layer whose output differs (each layer's network compiled
+# with --layer and compared against the reference there), to say where to look.
+first_bad_layer() {  # first_bad_layer SPEC BATCH CONV PRECISION OPTIONS...
+  local spec=$1 batch=$2 conv=$3 precision=$4 layer
+  shift 4
+  for layer in $("$alexc" check "$spec" | awk 'NR > 3 && $1 ~ /^[A-Za-z_]/ && $1 != "total" { print $1 }'); do
+    # shellcheck disable=SC2068
+    if ! "$alexc" run "$spec" --seed 1 --scheme fan-in --random "$batch" $@ --target cuda \
+      --conv "$conv" --precision "$precision" --layer "$layer" --compare-ref >"$tmp/bisect" 2>&1; then
+      echo "    first layer that differs: $layer ($(grep -m1 -o "max rel err [^ ]*" "$tmp/bisect" || tail -1 "$tmp/bisect"))"
+      return
+    fi
+  done
+  echo "    every layer matches on its own: the difference is in how the network's end is run"
+}
+
 failures=0
 for spec in "${specs[@]}"; do
   batch=3
@@ -57,7 +73,11 @@ for spec in "${specs[@]}"; do
       rc=$?
       printf '  %-40s %-8s %-4s %-22s %s %s\n' "$spec" "$1" "$2" "${opts:-fused}" "${result:-}" \
         "$([ $rc -eq 0 ] && echo OK || echo FAIL)"
-      [ $rc -eq 0 ] || failures=$((failures + 1))
+      if [ $rc -ne 0 ]; then
+        failures=$((failures + 1))
+        # shellcheck disable=SC2086
+        first_bad_layer "$spec" $batch "$1" "$2" $opts
+      fi
       result=
     done
   done
