@@ -100,6 +100,7 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a) {
 typedef struct {
   char label[256];
   bool transfer;
+  int64_t macs;   // per image: the fused node's (0 for transfers)
   double *ms[2];  // [config][run]
   bool seen[2];
 } Row;
@@ -143,6 +144,7 @@ static int row_index(Table *t, const char *layer, bool transfer) {
   memset(r, 0, sizeof *r);
   snprintf(r->label, sizeof r->label, "%s", label);
   r->transfer = transfer;
+  r->macs = node >= 0 && !transfer ? t->fused->nodes[node].macs : 0;
   r->ms[0] = xcalloc(t->runs, sizeof(double));
   r->ms[1] = xcalloc(t->runs, sizeof(double));
   return t->n_rows++;
@@ -252,13 +254,16 @@ static void print_table(const BenchArgs *a, Table *t, const Result *res, int con
          t->fused->name, gpu, arch, a->batch, rt_precision_name(a->cuda.precision),
          cuda_conv_name(a->cuda.conv), a->passes.devices, a->passes.devices > 1 ? "s" : "",
          a->runs, a->warmup);
-  printf("| layer | %s ms |%s%s%s\n", cols[0], configs > 1 ? " " : "", configs > 1 ? cols[1] : "",
-         configs > 1 ? " ms |" : "");
-  printf("|---|---:|%s\n", configs > 1 ? "---:|" : "");
-  double sum[2] = {0, 0};
+  // The last column: the first configuration's multiply-adds (conv and fc, 2 flops
+  // each) per second, to hold against the GPU's peak for the precision.
+  printf("| layer | %s ms |%s%s%s %s TFLOP/s |\n", cols[0], configs > 1 ? " " : "",
+         configs > 1 ? cols[1] : "", configs > 1 ? " ms |" : "", cols[0]);
+  printf("|---|---:|%s---:|\n", configs > 1 ? "---:|" : "");
+  double sum[2] = {0, 0}, batch = a->batch;
   for (int i = 0; i < t->n_rows; i++) {
     Row *r = &t->rows[i];
     printf("| %s |", r->label);
+    double first_ms = 0;
     for (int c = 0; c < configs; c++) {
       if (!r->seen[c]) {
         printf(" - |");
@@ -266,34 +271,36 @@ static void print_table(const BenchArgs *a, Table *t, const Result *res, int con
       }
       double ms = median(r->ms[c], t->runs);
       sum[c] += ms;
+      first_ms = c ? first_ms : ms;
       printf(" %.3f |", ms);
     }
-    printf("\n");
+    if (r->macs && first_ms > 0)
+      printf(" %.2f |\n", 2.0 * r->macs * batch / first_ms / 1e9);
+    else
+      printf(" |\n");
   }
   printf("| sum of layers (events around each step) |");
   for (int c = 0; c < configs; c++)
     printf(" %.3f |", sum[c]);
-  printf("\n| **total** (end to end, median) |");
+  printf(" |\n| **total** (end to end, median) |");
   for (int c = 0; c < configs; c++)
     printf(" **%.3f** |", res[c].total[0]);
-  printf("\n| total, fastest run |");
+  printf(" %.2f |\n| total, fastest run |", 2.0 * graph_macs(t->fused) * batch / res[0].total[0] / 1e9);
   for (int c = 0; c < configs; c++)
     printf(" %.3f |", res[c].total[1]);
-  printf("\n| images/s |");
+  printf(" |\n| images/s |");
   for (int c = 0; c < configs; c++)
-    printf(" %.0f |", a->batch / (res[c].total[0] / 1000));
-  // The network's multiply-adds (graph_macs: conv and fc) as 2 flops each, over the
-  // median total: how far a run is from the GPU's peak for its precision.
-  printf("\n| TFLOP/s (2 x %.3g GMAC/image x batch / total) |", graph_macs(t->fused) / 1e9);
-  for (int c = 0; c < configs; c++)
-    printf(" %.2f |", 2.0 * graph_macs(t->fused) * a->batch / (res[c].total[0] / 1000) / 1e12);
+    printf(" %.0f |", batch / (res[c].total[0] / 1000));
+  printf(" |");
   for (int g = 0; g < res[0].mem.n_gpus; g++) {
     printf("\n| GPU %d memory: alexc buffers / in use, MiB |", g);
     for (int c = 0; c < configs; c++)
       printf(" %.1f / %.1f |", res[c].mem.alexc_bytes[g] / 1048576.0,
              res[c].mem.used_bytes[g] / 1048576.0);
+    printf(" |");
   }
-  printf("\n");
+  printf("\n\n%.3g GMAC per image (alexc check): TFLOP/s = 2 x MACs x batch / time.\n",
+         graph_macs(t->fused) / 1e9);
 }
 
 int cmd_bench(int argc, char **argv) {

@@ -864,8 +864,8 @@ static void emit_header(const Graph *g, int d, const char *how, const CudaOption
   static const char *const GEMMS[] = {
       [RT_FP32] = "GEMMs in fp32 (cublasSgemm, pedantic: no TF32)",
       [RT_TF32] = "GEMMs on TF32 tensor cores (float operands and sums)",
-      [RT_BF16] = "GEMMs on bfloat16 operands (im2col columns, fc inputs and weights),\n"
-                  "// float sums and outputs"};
+      [RT_BF16] = ("GEMMs on bfloat16 operands (im2col columns, fc inputs and weights),\n"
+                   "// float sums and outputs")};
   fprintf(f, "// Precision %s: %s.\n//\n", rt_precision_name(o->precision), GEMMS[o->precision]);
   if (o->conv == CUDA_CONV_GEMM)
     fprintf(f,
