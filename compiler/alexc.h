@@ -335,5 +335,6 @@ int cmd_run(int argc, char **argv);
 int cmd_golden(int argc, char **argv);
 int cmd_compile(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 
 #endif

@@ -17,6 +17,7 @@ static const struct {
     {"golden", cmd_golden, "record and check golden-output regression tests"},
     {"compile", cmd_compile, "compile for a target (cuda): kernels, NVRTC modules and the plan"},
     {"bench", cmd_bench, "time a network on the GPU: per layer, fused against unfused"},
+    {"compare", cmd_compare, "compare two saved outputs (.npy) within a tolerance"},
 };
 
 static void help(FILE *out) {

@@ -5,7 +5,8 @@
 #
 #   here:   scripts/gpu-check.sh prep      # builds build-gpu/alexc (no LLVM), fills build-gpu/devlibs
 #   there:  device run, carry ["build-gpu/alexc", "build-gpu/devlibs"], command:
-#           scripts/gpu-check.sh run        # or: run quick (AlexNet fp32 only)
+#           scripts/gpu-check.sh run        # or: run quick (fp32 benchmarks only)
+#   here, first: scripts/gpu-check.sh rehearse   # the same steps against the fake driver
 #
 # `run` prints the GPU's name, then: alexc bench of specs/alexnet.yaml at batch 128
 # (fused against unfused, fp32, tf32, bf16; --conv implicit; and two devices), PyTorch's peer timings in
@@ -28,37 +29,62 @@ prep)
     echo "note: ../shared/bench/torch_peers.py not found: no peer timings" >&2
   ls -la build-gpu/alexc build-gpu/devlibs
   ;;
-run)
-  export LD_LIBRARY_PATH="$PWD/build-gpu/devlibs:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+run | rehearse)
+  # rehearse: the same steps on this machine, against the fake CUDA driver of
+  # tests/cuda/fake/ (built in build/ by scripts/test.sh or cmake), on the small spec,
+  # so a change to this script or to gpu.sh is tried before the GPU's minutes are spent.
+  alexc=${ALEXC:-build-gpu/alexc}
+  spec=specs/alexnet.yaml batch=128 runs=20 gpu_specs=()
   export ALEXC_CACHE="${TMPDIR:-/tmp}/alexc-cache"
+  if [ "$1" = rehearse ]; then
+    alexc=${ALEXC:-build/alexc} spec=specs/mini-alexnet.yaml batch=4 runs=2
+    gpu_specs=(specs/mini-alexnet.yaml)
+    fake=$(dirname "$alexc")/tests/fake-cuda
+    # No fake driver (a build without the CUDA toolkit): nothing to rehearse with; 77
+    # is ctest's "skipped".
+    [ -f "$fake/libcuda.so.1" ] || { echo "rehearse: no fake driver in $fake" >&2; exit 77; }
+    ALEXC_CACHE=$(mktemp -d)
+    export LD_LIBRARY_PATH="$fake" ALEXC_FAKE_CUDA_MODULES="$ALEXC_CACHE/modules" \
+      ALEXC_FAKE_CUDA_CACHE="$ALEXC_CACHE" ALEXC_FAKE_CUDA_EMU="$PWD/tests/cuda/cuda_emu.h"
+    mkdir -p "$ALEXC_FAKE_CUDA_MODULES"
+  else
+    export LD_LIBRARY_PATH="$PWD/build-gpu/devlibs:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+  fi
   out=${OUT:-$PWD/gpu-check-out}
   mkdir -p "$out"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
   precisions="fp32 tf32 bf16"
   [ "${2:-}" = quick ] && precisions=fp32
+  status=0
+  bench() {  # bench NAME OPTIONS...: one alexc bench table into $out/bench-NAME.md
+    local name=$1
+    shift
+    echo "== alexc bench $*"
+    "$alexc" bench "$spec" --target cuda --batch "$batch" --runs "$runs" "$@" \
+      | tee "$out/bench-$name.md"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench $name FAILED"; status=1; }
+  }
   for p in $precisions; do
-    echo "== alexc bench, $p"
-    build-gpu/alexc bench specs/alexnet.yaml --target cuda --batch 128 --precision "$p" \
-      --compare-unfused | tee "$out/bench-$p.md" || echo "bench $p FAILED"
+    bench "$p" --precision "$p" --compare-unfused
   done
-  echo "== alexc bench, fp32, --conv implicit"
-  build-gpu/alexc bench specs/alexnet.yaml --target cuda --batch 128 --conv implicit \
-    --compare-unfused | tee "$out/bench-fp32-implicit.md" || echo "bench implicit FAILED"
-  echo "== alexc bench, fp32, 2 devices"
-  build-gpu/alexc bench specs/alexnet.yaml --target cuda --batch 128 --devices 2 \
-    | tee "$out/bench-fp32-2dev.md" || echo "bench 2 devices FAILED"
-  if [ -f build-gpu/devlibs/torch_peers.py ]; then
+  bench fp32-implicit --conv implicit --compare-unfused
+  bench fp32-2dev --devices 2
+  if [ "$1" = run ] && [ -f build-gpu/devlibs/torch_peers.py ]; then
     echo "== PyTorch peers"
     # shellcheck disable=SC2086
     python3 build-gpu/devlibs/torch_peers.py --device cuda --batch 128 --precision $precisions \
-      --compile | tee "$out/peers.txt" || echo "peers FAILED"
+      --compile | tee "$out/peers.txt" || { echo "peers FAILED"; status=1; }
   fi
-  [ "${2:-}" = quick ] && exit 0
-  echo "== GPU correctness (tests/cuda/gpu.sh)"
-  bash tests/cuda/gpu.sh build-gpu/alexc | tee "$out/gpu-tests.txt"
+  if [ "${2:-}" != quick ]; then
+    echo "== GPU correctness (tests/cuda/gpu.sh)"
+    bash tests/cuda/gpu.sh "$alexc" "${gpu_specs[@]}" | tee "$out/gpu-tests.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  fi
+  [ "$1" = rehearse ] && rm -rf "$ALEXC_CACHE"
+  exit $status
   ;;
 *)
-  echo "usage: scripts/gpu-check.sh prep | run [quick]" >&2
+  echo "usage: scripts/gpu-check.sh prep | run [quick] | rehearse [quick]" >&2
   exit 2
   ;;
 esac

@@ -83,3 +83,13 @@ if(ALEXC_CUDA AND ALEXC_CXX)
   set_tests_properties(cuda.fake PROPERTIES SKIP_RETURN_CODE 77)
   alexc_label(cuda.fake cuda)
 endif()
+
+# scripts/gpu-check.sh's steps (alexc bench in every precision and layout, tests/cuda/gpu.sh)
+# rehearsed against the fake driver on the small spec, so the script the GPU machine
+# runs has run before its minutes are spent. About a minute: not in the sanitizer job.
+add_test(NAME cuda.rehearse COMMAND ${CMAKE_COMMAND} -E env ALEXC=${ALEXC_BIN}
+                                    OUT=${CMAKE_CURRENT_BINARY_DIR}/rehearse-out
+                                    bash ${PROJECT_SOURCE_DIR}/scripts/gpu-check.sh rehearse
+         WORKING_DIRECTORY ${ALEXC_ROOT})
+set_tests_properties(cuda.rehearse PROPERTIES SKIP_RETURN_CODE 77 LABELS "cuda;slow")
+

@@ -2,10 +2,12 @@
 // compute capability (which the driver can JIT for newer GPUs).
 //
 // Results are cached by content: an FNV-1a hash of the NVRTC version, the options and
-// the source names two files, HASH.cubin and HASH.ptx, in $ALEXC_CACHE (default
-// ~/.cache/alexc; "off" for none), written atomically, so a second compile of the same spec skips
-// NVRTC and two processes racing on one entry both end with a whole file. Each
-// device's source compiles on its own thread.
+// the source names the files HASH.cubin and HASH.ptx in $ALEXC_CACHE (default
+// ~/.cache/alexc; "off" for none), written atomically, so a second compile of the same
+// spec skips NVRTC and two processes racing on one entry both end with a whole file.
+// HASH.cu beside them is the source they came from: for a person reading a CUBIN's
+// disassembly, and for the fake driver of tests/cuda/fake/, which runs a module by
+// compiling its source for the CPU. Each device's source compiles on its own thread.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <nvrtc.h>
@@ -136,6 +138,7 @@ bool cuda_compile_source(const char *source, const char *name, const char *arch,
   char *dir = cache_dir();
   char *cubin_path = dir ? format("%s/%016llx.cubin", dir, (unsigned long long)h) : NULL;
   char *ptx_path = dir ? format("%s/%016llx.ptx", dir, (unsigned long long)h) : NULL;
+  char *cu_path = dir ? format("%s/%016llx.cu", dir, (unsigned long long)h) : NULL;
   bool ok;
   if (dir && read_cached(cubin_path, cubin, cubin_size) && read_cached(ptx_path, ptx, ptx_size)) {
     ok = true;
@@ -145,7 +148,8 @@ bool cuda_compile_source(const char *source, const char *name, const char *arch,
     ok = run_nvrtc(source, name, arch, true, cubin, cubin_size) &&
          run_nvrtc(source, name, virt, false, ptx, ptx_size);
     // A cache that cannot be written is only slower: no error.
-    if (ok && dir && rt_write_file_atomic(cubin_path, *cubin, *cubin_size))
+    if (ok && dir && rt_write_file_atomic(cu_path, source, strlen(source)) &&
+        rt_write_file_atomic(cubin_path, *cubin, *cubin_size))
       rt_write_file_atomic(ptx_path, *ptx, *ptx_size);
   }
   if (!ok) {
@@ -157,6 +161,7 @@ bool cuda_compile_source(const char *source, const char *name, const char *arch,
   free(dir);
   free(cubin_path);
   free(ptx_path);
+  free(cu_path);
   return ok;
 }
 

@@ -38,7 +38,8 @@
 // host's clock when the records happened to run.
 //
 // Environment: ALEXC_FAKE_CUDA_GPUS (1..8, default 1), ALEXC_FAKE_CUDA_MODULES (the
-// directory of <hash>.so and <hash>.cu), ALEXC_FAKE_CUDA_SEED (default 1),
+// directory of <hash>.so and <hash>.cu; with ALEXC_FAKE_CUDA_CACHE and
+// ALEXC_FAKE_CUDA_EMU, missing ones are built from the NVRTC cache's sources), ALEXC_FAKE_CUDA_SEED (default 1),
 // ALEXC_FAKE_CUDA_VERBOSE=1 (the modules loaded, peak memory per device, work left).
 //
 // Not emulated: real concurrency, CUBIN or PTX execution, dynamic shared memory (static
@@ -49,6 +50,7 @@
 #define _GNU_SOURCE
 #include "fake_cuda.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <elf.h>
 #include <inttypes.h>
@@ -1264,6 +1266,65 @@ static char *read_text(const char *path) {
   return buf;
 }
 
+// Without a prepared module: the NVRTC cache ($ALEXC_FAKE_CUDA_CACHE, alexc's
+// $ALEXC_CACHE) keeps each CUBIN and PTX beside the source it came from (KEY.cubin,
+// KEY.ptx, KEY.cu). Find the entry whose CUBIN or PTX is this image and build its source
+// for the CPU into the modules directory as <hash>.so and <hash>.cu, as
+// fake_cuda_prepare would ($ALEXC_FAKE_CUDA_CXX, default g++, with
+// $ALEXC_FAKE_CUDA_EMU, the path of tests/cuda/cuda_emu.h). True if it did.
+static bool same_file_bytes(const char *path, const void *image, size_t size) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return false;
+  bool same = fseek(f, 0, SEEK_END) == 0 && (size_t)ftell(f) == size;
+  if (same) {
+    rewind(f);
+    char *buf = xmalloc(size ? size : 1);
+    same = fread(buf, 1, size, f) == size && memcmp(buf, image, size) == 0;
+    free(buf);
+  }
+  fclose(f);
+  return same;
+}
+
+static bool build_from_cache(const void *image, size_t size, const char *so, const char *cu) {
+  const char *cache = getenv("ALEXC_FAKE_CUDA_CACHE"), *emu = getenv("ALEXC_FAKE_CUDA_EMU");
+  const char *cxx = getenv("ALEXC_FAKE_CUDA_CXX");
+  if (!cache || !*cache || !emu || !*emu)
+    return false;
+  char source[4096], cmd[16384];
+  DIR *dir = opendir(cache);
+  if (!dir)
+    return false;
+  bool found = false;
+  for (struct dirent *e; !found && (e = readdir(dir));) {
+    size_t n = strlen(e->d_name);
+    bool cubin = n > 6 && !strcmp(e->d_name + n - 6, ".cubin");
+    bool ptx = n > 4 && !strcmp(e->d_name + n - 4, ".ptx");
+    if (!cubin && !ptx)
+      continue;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", cache, e->d_name);
+    if (!same_file_bytes(path, image, size))
+      continue;
+    snprintf(source, sizeof source, "%s/%.*s.cu", cache, (int)(n - (cubin ? 6 : 4)), e->d_name);
+    found = access(source, R_OK) == 0;
+  }
+  closedir(dir);
+  if (!found)
+    return false;
+  // Temporaries named by this process's pid, renamed once whole.
+  snprintf(cmd, sizeof cmd,
+           "cp '%s' '%s.tmp.%d' && mv '%s.tmp.%d' '%s' && "
+           "%s -std=c++17 -O1 -fPIC -shared -include '%s' -x c++ '%s' -o '%s.tmp.%d' && "
+           "mv '%s.tmp.%d' '%s'",
+           source, cu, (int)getpid(), cu, (int)getpid(), cu, cxx && *cxx ? cxx : "g++", emu,
+           source, so, (int)getpid(), so, (int)getpid(), so);
+  if (fake.verbose)
+    fprintf(stderr, "fake cuda: building %s from the NVRTC cache's %s\n", so, source);
+  return system(cmd) == 0;
+}
+
 CUresult cuModuleLoadData(CUmodule *module, const void *image) {
   NEED_CONTEXT(c);
   if (!module || !image)
@@ -1275,6 +1336,8 @@ CUresult cuModuleLoadData(CUmodule *module, const void *image) {
   snprintf(hash, sizeof hash, "%016" PRIx64, fnv1a(image, image_size(image)));
   snprintf(so_path, sizeof so_path, "%s/%s.so", fake.modules, hash);
   snprintf(cu_path, sizeof cu_path, "%s/%s.cu", fake.modules, hash);
+  if (access(so_path, R_OK) != 0)
+    build_from_cache(image, image_size(image), so_path, cu_path);
   char *source = read_text(cu_path);
   void *so = source ? dlopen(so_path, RTLD_NOW | RTLD_LOCAL) : NULL;
   void *run_block = so ? dlsym(so, "alexc_emu_run_block") : NULL;
