@@ -5,12 +5,15 @@
 #
 #   here:   scripts/gpu-check.sh prep      # builds build-gpu/alexc (no LLVM), fills build-gpu/devlibs
 #   there:  device run, carry ["build-gpu/alexc", "build-gpu/devlibs"], command:
-#           scripts/gpu-check.sh run        # or: run quick (fp32 benchmarks only)
+#           scripts/gpu-check.sh run bench  # benchmarks and PyTorch peers
+#           scripts/gpu-check.sh run tests  # tests/cuda/gpu.sh; `run` alone = both
+#   (each meant to fit one 10-minute device command; not yet timed on a GPU: use a
+#   timeout that leaves room, and `run quick` first if time is short)
 #   here, first: scripts/gpu-check.sh rehearse   # the same steps against the fake driver
 #
 # `run` prints the GPU's name, then: alexc bench of specs/alexnet.yaml at batch 128
-# (fused against unfused, fp32, tf32, bf16; --conv implicit; and two devices), PyTorch's peer timings in
-# the same run (../shared/bench/torch_peers.py, eager and torch.compile), and the GPU
+# (fused against unfused, fp32, tf32, bf16; --conv implicit; and two devices), PyTorch's
+# peer timings in the same run (../shared/bench/torch_peers.py, eager and torch.compile), and the GPU
 # correctness test (tests/cuda/gpu.sh: every spec, precision, fused/unfused, 1/2
 # devices, against the reference executor). Everything also lands in $OUT.
 set -euo pipefail
@@ -52,9 +55,16 @@ run | rehearse)
   fi
   out=${OUT:-$PWD/gpu-check-out}
   mkdir -p "$out"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" || true
+  fi
+  # What to run: all (default), bench (the benchmarks and the peers), tests (gpu.sh),
+  # quick (fp32 benchmarks and peers only). One command may run 10 minutes at most on
+  # the device machine: `all` may not fit; `bench` and `tests` are two calls that do.
+  what=${2:-all}
+  case $what in all | bench | tests | quick) ;; *) echo "gpu-check: run all|bench|tests|quick" >&2; exit 2 ;; esac
   precisions="fp32 tf32 bf16"
-  [ "${2:-}" = quick ] && precisions=fp32
+  [ "$what" = quick ] && precisions=fp32
   status=0
   bench() {  # bench NAME OPTIONS...: one alexc bench table into $out/bench-NAME.md
     local name=$1
@@ -64,18 +74,20 @@ run | rehearse)
       | tee "$out/bench-$name.md"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench $name FAILED"; status=1; }
   }
-  for p in $precisions; do
-    bench "$p" --precision "$p" --compare-unfused
-  done
-  bench fp32-implicit --conv implicit --compare-unfused
-  bench fp32-2dev --devices 2
-  if [ "$1" = run ] && [ -f build-gpu/devlibs/torch_peers.py ]; then
+  if [ "$what" != tests ]; then
+    for p in $precisions; do
+      bench "$p" --precision "$p" --compare-unfused
+    done
+    bench fp32-implicit --conv implicit --compare-unfused
+    bench fp32-2dev --devices 2
+  fi
+  if [ "$1" = run ] && [ "$what" != tests ] && [ -f build-gpu/devlibs/torch_peers.py ]; then
     echo "== PyTorch peers"
     # shellcheck disable=SC2086
     python3 build-gpu/devlibs/torch_peers.py --device cuda --batch 128 --precision $precisions \
       --compile | tee "$out/peers.txt" || { echo "peers FAILED"; status=1; }
   fi
-  if [ "${2:-}" != quick ]; then
+  if [ "$what" = all ] || [ "$what" = tests ]; then
     echo "== GPU correctness (tests/cuda/gpu.sh)"
     bash tests/cuda/gpu.sh "$alexc" "${gpu_specs[@]}" | tee "$out/gpu-tests.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
@@ -84,7 +96,7 @@ run | rehearse)
   exit $status
   ;;
 *)
-  echo "usage: scripts/gpu-check.sh prep | run [quick] | rehearse [quick]" >&2
+  echo "usage: scripts/gpu-check.sh prep | run [all|bench|tests|quick] | rehearse [same]" >&2
   exit 2
   ;;
 esac
