@@ -1292,7 +1292,7 @@ static bool build_from_cache(const void *image, size_t size, const char *so, con
   const char *cxx = getenv("ALEXC_FAKE_CUDA_CXX");
   if (!cache || !*cache || !emu || !*emu)
     return false;
-  char source[4096], cmd[16384];
+  char source[4096];
   DIR *dir = opendir(cache);
   if (!dir)
     return false;
@@ -1314,15 +1314,19 @@ static bool build_from_cache(const void *image, size_t size, const char *so, con
   if (!found)
     return false;
   // Temporaries named by this process's pid, renamed once whole.
-  snprintf(cmd, sizeof cmd,
-           "cp '%s' '%s.tmp.%d' && mv '%s.tmp.%d' '%s' && "
-           "%s -std=c++17 -O1 -fPIC -shared -include '%s' -x c++ '%s' -o '%s.tmp.%d' && "
-           "mv '%s.tmp.%d' '%s'",
-           source, cu, (int)getpid(), cu, (int)getpid(), cu, cxx && *cxx ? cxx : "g++", emu,
-           source, so, (int)getpid(), so, (int)getpid(), so);
+  char *cmd;
+  if (asprintf(&cmd,
+               "cp '%s' '%s.tmp.%d' && mv '%s.tmp.%d' '%s' && "
+               "%s -std=c++17 -O1 -fPIC -shared -include '%s' -x c++ '%s' -o '%s.tmp.%d' && "
+               "mv '%s.tmp.%d' '%s'",
+               source, cu, (int)getpid(), cu, (int)getpid(), cu, cxx && *cxx ? cxx : "g++", emu,
+               source, so, (int)getpid(), so, (int)getpid(), so) < 0)
+    return false;
   if (fake.verbose)
     fprintf(stderr, "fake cuda: building %s from the NVRTC cache's %s\n", so, source);
-  return system(cmd) == 0;
+  bool ok = system(cmd) == 0;
+  free(cmd);
+  return ok;
 }
 
 CUresult cuModuleLoadData(CUmodule *module, const void *image) {
