@@ -84,7 +84,7 @@ static bool link_module(const char *hash, const char *alias) {
   bool ok = true;
   const char *exts[] = {"so", "cu"};
   for (int i = 0; i < 2 && ok; i++) {
-    char name[32], *link = path_of(alias, exts[i]);
+    char name[192], *link = path_of(alias, exts[i]);
     snprintf(name, sizeof name, "%s.%s", hash, exts[i]);  // relative: the directory may move
     if (!exists(link) && symlink(name, link) != 0 && errno != EEXIST) {
       fprintf(stderr, "fake_cuda_prepare: %s: %s\n", link, strerror(errno));
