@@ -197,8 +197,11 @@ typedef struct {
   float *y;
 } Result;
 
+// Compiles and times one configuration into column `config` of t; with `each`, also
+// layer by layer under its own graph's names (the unfused run's own table).
 static bool bench_config(const BenchArgs *a, const char *spec, bool fuse, Table *t, int config,
-                         const Weights *w, const float *x, const char *arch, Result *res) {
+                         Table *each, const Weights *w, const float *x, const char *arch,
+                         Result *res) {
   Graph *g = load_spec(spec);
   PassOptions o = a->passes;
   if (!fuse)
@@ -211,6 +214,8 @@ static bool bench_config(const BenchArgs *a, const char *spec, bool fuse, Table 
   }
   if (!t->fused)
     t->fused = g;  // kept: the rows' labels come from it
+  if (each && !each->fused)
+    each->fused = g;
   char *how = cuda_describe_options(&o);
   CudaModel m;
   bool ok = cuda_load_graph(g, how, &a->cuda, arch, w, &m);
@@ -230,6 +235,8 @@ static bool bench_config(const BenchArgs *a, const char *spec, bool fuse, Table 
     ok = rt_cuda_time(m.rt, x, a->batch, res->y, true, &times);
     if (ok)
       add_run(t, config, i, &times);
+    if (ok && each)
+      add_run(each, 0, i, &times);
     rt_times_free(&times);
   }
   ok = ok && rt_cuda_memory(m.rt, &res->mem);
@@ -241,7 +248,7 @@ static bool bench_config(const BenchArgs *a, const char *spec, bool fuse, Table 
   }
   free(totals);
   cuda_model_free(&m);
-  if (t->fused != g)
+  if (t->fused != g && (!each || each->fused != g))
     graph_free(g);
   return ok;
 }
@@ -303,6 +310,14 @@ static void print_table(const BenchArgs *a, Table *t, const Result *res, int con
          graph_macs(t->fused) / 1e9);
 }
 
+// One configuration layer by layer (the unfused run: each op alone, as a peer that
+// runs ops one by one would, e.g. to set its LRN beside PyTorch's).
+static void print_layers(Table *t, const char *name) {
+  printf("\n%s, layer by layer:\n\n| layer | ms |\n|---|---:|\n", name);
+  for (int i = 0; i < t->n_rows; i++)
+    printf("| %s | %.3f |\n", t->rows[i].label, median(t->rows[i].ms[0], t->runs));
+}
+
 int cmd_bench(int argc, char **argv) {
   BenchArgs a;
   int rc = parse_bench_args(argc, argv, &a);
@@ -324,14 +339,16 @@ int cmd_bench(int argc, char **argv) {
     error("cuda: %s", rt_error());
   Weights *w = ok ? weights_init(g, a.seed, INIT_FAN_IN) : NULL;
   float *x = ok ? random_input(g, a.batch, 1) : NULL;
-  Table t = {.runs = a.runs};
+  Table t = {.runs = a.runs}, each = {.runs = a.runs};
   char *how = cuda_describe_options(&a.passes);
   Result res[2] = {{.name = how}, {.name = "unfused"}};
   int configs = a.compare_unfused ? 2 : 1;
   for (int c = 0; ok && c < configs; c++)
-    ok = bench_config(&a, spec, c == 0, &t, c, w, x, arch, &res[c]);
+    ok = bench_config(&a, spec, c == 0, &t, c, c == 1 ? &each : NULL, w, x, arch, &res[c]);
   if (ok)
     print_table(&a, &t, res, configs, gpu, arch);
+  if (ok && configs == 2)
+    print_layers(&each, "unfused");
   if (ok && configs == 2) {
     Compare cmp = compare(res[1].y, res[0].y, shape_elems(g->nodes[g->output].out) * a.batch);
     double tol = cuda_tolerance(a.cuda.precision);
@@ -344,7 +361,10 @@ int cmd_bench(int argc, char **argv) {
     free(res[c].y);
   if (t.fused)
     graph_free((Graph *)t.fused);
+  if (each.fused)
+    graph_free((Graph *)each.fused);
   table_free(&t);
+  table_free(&each);
   free(x);
   weights_free(w);
   graph_free(g);
