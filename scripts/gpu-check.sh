@@ -47,6 +47,7 @@ run | rehearse)
     # is ctest's "skipped".
     [ -f "$fake/libcuda.so.1" ] || { echo "rehearse: no fake driver in $fake" >&2; exit 77; }
     ALEXC_CACHE=$(mktemp -d)
+    trap 'rm -rf "$ALEXC_CACHE"' EXIT
     export LD_LIBRARY_PATH="$fake" ALEXC_FAKE_CUDA_MODULES="$ALEXC_CACHE/modules" \
       ALEXC_FAKE_CUDA_CACHE="$ALEXC_CACHE" ALEXC_FAKE_CUDA_EMU="$PWD/tests/cuda/cuda_emu.h"
     mkdir -p "$ALEXC_FAKE_CUDA_MODULES"
@@ -92,7 +93,6 @@ run | rehearse)
     bash tests/cuda/gpu.sh "$alexc" "${gpu_specs[@]}" | tee "$out/gpu-tests.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   fi
-  [ "$1" = rehearse ] && rm -rf "$ALEXC_CACHE"
   exit $status
   ;;
 *)
