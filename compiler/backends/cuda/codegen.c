@@ -932,6 +932,20 @@ static void emit_header(const Graph *g, int d, const char *how, const CudaOption
           f);
 }
 
+// Floats of scratch per image that node n needs on device d (one chunk's worth is
+// allocated: the plan runs these nodes in chunks of images).
+static int64_t scratch_per_image(const Graph *g, const Node *n, int d, const CudaOptions *o) {
+  if (!range_len(n->place[d].stage[n->n_epilogue]))
+    return 0;
+  if (is_gemm_conv(n, o))  // im2col columns and the GEMM's output
+    return conv_gemm(g, n, d).scratch;
+  if (is_implicit_conv(n, o) && !cuda_implicit_writes_output(n, d))  // the conv output alone
+    return range_len(n->place[d].stage[0]) * shape_plane(n->head_out);
+  if (n->op == OP_FC && o->precision == RT_BF16)  // its input as bf16 (half would do)
+    return g->nodes[n->inputs[0]].out.c;
+  return 0;
+}
+
 bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, CudaProgram *out) {
   const CudaOptions o = opts ? *opts : cuda_defaults();
   memset(out, 0, sizeof *out);
@@ -960,19 +974,10 @@ bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, Cud
       return false;
     }
     p->dev[d].arena = g->arena[d];
-    // Scratch: the largest per-image need of a GEMM conv here; as many images per chunk
-    // as the budget holds (at least one).
+    // Scratch: the largest per-image need of a node here; as many images per chunk as
+    // the budget holds (at least one).
     for (int i = 1; i < g->n_nodes; i++) {
-      const Node *n = &g->nodes[i];
-      if (!range_len(n->place[d].stage[n->n_epilogue]))
-        continue;
-      int64_t need = is_gemm_conv(n, &o) ? conv_gemm(g, n, d).scratch
-                     // implicit: the conv output of stage[0] alone, no columns
-                     : is_implicit_conv(n, &o) && !cuda_implicit_writes_output(n, d)
-                         ? range_len(n->place[d].stage[0]) * shape_plane(n->head_out)
-                     // bf16 fc: its input converted (half the floats would do; kept simple)
-                     : n->op == OP_FC && o.precision == RT_BF16 ? g->nodes[n->inputs[0]].out.c
-                                                                 : 0;
+      int64_t need = scratch_per_image(g, &g->nodes[i], d, &o);
       p->dev[d].scratch = need > p->dev[d].scratch ? need : p->dev[d].scratch;
     }
     if (p->dev[d].scratch) {
