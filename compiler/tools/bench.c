@@ -334,7 +334,7 @@ int cmd_bench(int argc, char **argv) {
     return EXIT_ERR;
   }
   char present[16];
-  bool ok = resolve_arch("bench", a.arch, true, arch, sizeof arch);
+  bool ok = resolve_arch(a.arch, true, arch, sizeof arch);
   if (ok && !(ok = rt_cuda_device(present, sizeof present, gpu, sizeof gpu)))
     error("cuda: %s", rt_error());
   Weights *w = ok ? weights_init(g, a.seed, INIT_FAN_IN) : NULL;

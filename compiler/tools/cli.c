@@ -196,8 +196,7 @@ int cuda_option(const char *cmd, int c, const char *arg, CudaOptions *o, const c
   return -1;
 }
 
-bool resolve_arch(const char *cmd, const char *arch, bool running, char *out, size_t size) {
-  (void)cmd;
+bool resolve_arch(const char *arch, bool running, char *out, size_t size) {
   if (arch && strcmp(arch, "native") != 0) {  // checked by cuda_option
     snprintf(out, size, "%s", arch);
     return true;

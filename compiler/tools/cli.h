@@ -77,7 +77,7 @@ int pass_option(const char *cmd, int c, const char *arg, PassOptions *o);
 int cuda_option(const char *cmd, int c, const char *arg, CudaOptions *o, const char **arch);
 // The architecture to compile for: `arch` as given (sm_XX, checked by cuda_option), the GPU present for
 // "native" or, with no --arch, when `running`; sm_90 otherwise. False after a message.
-bool resolve_arch(const char *cmd, const char *arch, bool running, char *out, size_t size);
+bool resolve_arch(const char *arch, bool running, char *out, size_t size);
 
 // Runs the passes, keeping the named layers observable; false (message printed) on
 // error, e.g. an unknown layer.

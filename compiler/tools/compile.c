@@ -109,7 +109,7 @@ int cmd_compile(int argc, char **argv) {
                        target ? target : "");
   if (!out && !emit)
     return usage_error("compile", "nothing to write: give -o OUT and/or --emit-source DIR");
-  if (!resolve_arch("compile", arch_opt, false, arch, sizeof arch))
+  if (!resolve_arch(arch_opt, false, arch, sizeof arch))
     return EXIT_ERR;
 
   Graph *g = load_spec(argv[optind]);

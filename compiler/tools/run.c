@@ -202,7 +202,7 @@ int cmd_run(int argc, char **argv) {
   if (ok && cuda) {
     char *how = cuda_describe_options(&a.passes);
     y = xcalloc(shape_elems(g->nodes[node].out) * batch, sizeof(float));
-    ok = resolve_arch("run", a.arch, true, arch, sizeof arch) &&
+    ok = resolve_arch(a.arch, true, arch, sizeof arch) &&
          cuda_run_graph(g, how, &a.cuda, arch, w, x, batch, y);
     free(how);
   } else if (ok) {
