@@ -49,6 +49,7 @@
 // current context is thread-local as in CUDA.
 #define _GNU_SOURCE
 #include "fake_cuda.h"
+#include "module_hash.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -1209,14 +1210,6 @@ CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned int value, size_t n, CUstrea
 
 // ---------------------------------------------------------------- modules
 
-static uint64_t fnv1a(const void *data, size_t n) {
-  const uint8_t *p = data;
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ p[i]) * 0x100000001b3ull;
-  return h;
-}
-
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 // The size of a module image given only its address: an ELF (CUBIN) ends with the last
@@ -1337,7 +1330,7 @@ CUresult cuModuleLoadData(CUmodule *module, const void *image) {
     return soft_fail(CUDA_ERROR_INVALID_IMAGE,
                      "cuModuleLoadData: ALEXC_FAKE_CUDA_MODULES is not set: no CPU kernels");
   char hash[17], so_path[4096], cu_path[4096];
-  snprintf(hash, sizeof hash, "%016" PRIx64, fnv1a(image, image_size(image)));
+  snprintf(hash, sizeof hash, "%016" PRIx64, fake_module_hash(image, image_size(image)));
   snprintf(so_path, sizeof so_path, "%s/%s.so", fake.modules, hash);
   snprintf(cu_path, sizeof cu_path, "%s/%s.cu", fake.modules, hash);
   if (access(so_path, R_OK) != 0)

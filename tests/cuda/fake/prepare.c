@@ -22,17 +22,9 @@
 
 #include "alexrt.h"
 #include "alexrt_cuda.h"
+#include "module_hash.h"
 
 static const char *cxx, *emu_header, *source_dir, *out_dir;
-
-// The same hash as the fake's cuModuleLoadData.
-static uint64_t fnv1a(const void *data, size_t n) {
-  const uint8_t *p = data;
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ p[i]) * 0x100000001b3ull;
-  return h;
-}
 
 static bool exists(const char *path) {
   struct stat st;
@@ -124,8 +116,8 @@ int main(int argc, char **argv) {
   bool ok = true;
   for (int d = 0; d < plan.n_devices; d++) {
     const RtPlanDevice *v = &plan.dev[d];
-    uint64_t h_cubin = v->cubin_size ? fnv1a(v->cubin, v->cubin_size) : 0,
-             h_ptx = v->ptx_size ? fnv1a(v->ptx, ptx_bytes(v)) : 0;
+    uint64_t h_cubin = v->cubin_size ? fake_module_hash(v->cubin, v->cubin_size) : 0,
+             h_ptx = v->ptx_size ? fake_module_hash(v->ptx, ptx_bytes(v)) : 0;
     snprintf(hash[d], sizeof hash[d], "%016" PRIx64, v->cubin_size ? h_cubin : h_ptx);
     snprintf(alias[d], sizeof alias[d], "%016" PRIx64, v->ptx_size ? h_ptx : h_cubin);
     pid[d] = v->cubin_size || v->ptx_size ? start_module(d, hash[d]) : 0;
