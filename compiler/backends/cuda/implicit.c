@@ -15,6 +15,8 @@
 // conv4 fused; every conv unfused): then the kernel adds the bias, applies the ReLU in
 // registers and writes the node's output buffer itself, over the whole batch; no
 // epilogue kernel, no scratch, no chunks (cuda_implicit_writes_output).
+#include <string.h>
+
 #include "cuda.h"
 
 // The tile sizes, fixed for every conv (tuning them per layer is for a session with a
@@ -136,6 +138,60 @@ static void emit_comment(FILE *f, const Node *n, const Implicit *t, const char *
         f);
 }
 
+// Writes `text` with `indent` before each line but preprocessor lines and empty ones.
+static void emit_indented(FILE *f, const char *indent, const char *text) {
+  for (const char *line = text; *line;) {
+    const char *nl = strchr(line, '\n');
+    size_t len = nl ? (size_t)(nl - line) + 1 : strlen(line);
+    if (*line != '#' && *line != '\n')
+      fputs(indent, f);
+    fwrite(line, 1, len, f);
+    line += len;
+  }
+}
+
+// The GEMM of one block tile: acc[i][j] = the conv at pixel t_m + THREADS_M * i and kernel
+// n0 + t_n + THREADS_N * j of the tile, over the whole depth. Expects the loader's pixel
+// (m_ok, iy0, ix0), the group's input (x_base) and the kernels [n0, n_end) in scope;
+// block-uniform, as its barriers need.
+static const char K_LOOP[] =
+    "float acc[TM][TN] = {};\n"
+    "for (int k0 = 0; k0 < DEPTH; k0 += BK) {\n"
+    "#pragma unroll\n"
+    "  for (int r = 0; r < A_LOADS; r++) {\n"
+    "    const int kr = a_k + A_ROW_STEP * r, k = k0 + kr;\n"
+    "    const int ic = k / (K * K), ky = k / K % K, kx = k % K;\n"
+    "    const int iy = iy0 + ky, ix = ix0 + kx;\n"
+    "    a_tile[kr][a_m] = m_ok && k < DEPTH && iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W\n"
+    "                          ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]\n"
+    "                          : 0.0f;\n"
+    "  }\n"
+    "#pragma unroll\n"
+    "  for (int r = 0; r < B_LOADS; r++) {\n"
+    "    const int nr = b_n + B_COL_STEP * r, k = k0 + b_k;\n"
+    "    b_tile[b_k][nr] = n0 + nr < n_end && k < DEPTH\n"
+    "                          ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]\n"
+    "                          : 0.0f;\n"
+    "  }\n"
+    "  __syncthreads();  // the tiles are complete\n"
+    "#pragma unroll\n"
+    "  for (int kr = 0; kr < BK; kr++) {\n"
+    "    float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr\n"
+    "#pragma unroll\n"
+    "    for (int i = 0; i < TM; i++)\n"
+    "      a_frag[i] = a_tile[kr][t_m + THREADS_M * i];\n"
+    "#pragma unroll\n"
+    "    for (int j = 0; j < TN; j++)\n"
+    "      w_frag[j] = b_tile[kr][t_n + THREADS_N * j];\n"
+    "#pragma unroll\n"
+    "    for (int i = 0; i < TM; i++)\n"
+    "#pragma unroll\n"
+    "      for (int j = 0; j < TN; j++)\n"
+    "        acc[i][j] += a_frag[i] * w_frag[j];  // contracted to an FMA\n"
+    "  }\n"
+    "  __syncthreads();  // every thread is done with the tiles\n"
+    "}\n";
+
 void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const char *kname,
                              const char *epilogue) {
   const Node *n = &g->nodes[node], *in = &g->nodes[n->inputs[0]];
@@ -217,45 +273,10 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
           "    const int pixel = (int)(m %% PIXELS);\n"
           "    const int iy0 = pixel / OUT_W * STRIDE - PAD, ix0 = pixel %% OUT_W * STRIDE - PAD;\n"
           "    const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);\n"
-          "\n"
-          "    float acc[TM][TN] = {};\n"
-          "    for (int k0 = 0; k0 < DEPTH; k0 += BK) {\n"
-          "#pragma unroll\n"
-          "      for (int r = 0; r < A_LOADS; r++) {\n"
-          "        const int kr = a_k + A_ROW_STEP * r, k = k0 + kr;\n"
-          "        const int ic = k / (K * K), ky = k / K %% K, kx = k %% K;\n"
-          "        const int iy = iy0 + ky, ix = ix0 + kx;\n"
-          "        a_tile[kr][a_m] = m_ok && k < DEPTH && iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W\n"
-          "                              ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]\n"
-          "                              : 0.0f;\n"
-          "      }\n"
-          "#pragma unroll\n"
-          "      for (int r = 0; r < B_LOADS; r++) {\n"
-          "        const int nr = b_n + B_COL_STEP * r, k = k0 + b_k;\n"
-          "        b_tile[b_k][nr] = n0 + nr < n_end && k < DEPTH\n"
-          "                              ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]\n"
-          "                              : 0.0f;\n"
-          "      }\n"
-          "      __syncthreads();  // the tiles are complete\n"
-          "#pragma unroll\n"
-          "      for (int kr = 0; kr < BK; kr++) {\n"
-          "        float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr\n"
-          "#pragma unroll\n"
-          "        for (int i = 0; i < TM; i++)\n"
-          "          a_frag[i] = a_tile[kr][t_m + THREADS_M * i];\n"
-          "#pragma unroll\n"
-          "        for (int j = 0; j < TN; j++)\n"
-          "          w_frag[j] = b_tile[kr][t_n + THREADS_N * j];\n"
-          "#pragma unroll\n"
-          "        for (int i = 0; i < TM; i++)\n"
-          "#pragma unroll\n"
-          "          for (int j = 0; j < TN; j++)\n"
-          "            acc[i][j] += a_frag[i] * w_frag[j];  // contracted to an FMA\n"
-          "      }\n"
-          "      __syncthreads();  // every thread is done with the tiles\n"
-          "    }\n"
           "\n",
           node, writes_output ? "" : "  // also out's elements per channel");
+  emit_indented(f, "    ", K_LOOP);
+  fputc('\n', f);
   if (writes_output) {
     const char *relu = n->n_epilogue ? n->epilogue[0].name : NULL;
     fprintf(f,
