@@ -80,6 +80,7 @@ run | rehearse)
       bench "$p" --precision "$p" --compare-unfused
     done
     bench fp32-implicit --conv implicit --compare-unfused
+    bench fp32-convfused --conv fused --compare-unfused
     bench fp32-2dev --devices 2
   fi
   if [ "$1" = run ] && [ "$what" != tests ] && [ -f build-gpu/devlibs/torch_peers.py ]; then

@@ -186,7 +186,7 @@ int cuda_option(const char *cmd, int c, const char *arg, CudaOptions *o, const c
     return 0;
   case CUDA_OPT_CONV:
     if (!cuda_parse_conv(arg, &o->conv))
-      return usage_error(cmd, "--conv is 'gemm', 'direct' or 'implicit', not '%s'", arg);
+      return usage_error(cmd, "--conv is 'gemm', 'direct', 'implicit' or 'fused', not '%s'", arg);
     return 0;
   case CUDA_OPT_PRECISION:
     if (!rt_parse_precision(arg, &o->precision))

@@ -71,7 +71,9 @@ int pass_option(const char *cmd, int c, const char *arg, PassOptions *o);
   "                    device scratch, at most 256 MiB, images in chunks); 'direct': one\n" \
   "                    thread per output, the conv recomputed in fused stages;\n"        \
   "                    'implicit': a tiled implicit-GEMM kernel (no im2col buffer, fp32)\n" \
-  "                    then the same kernel for bias and the fused stages\n"
+  "                    then the same kernel for bias and the fused stages; 'fused': the\n" \
+  "                    whole node in one kernel, the fused stages computed on the conv\n"  \
+  "                    tile in shared memory (fp32, no scratch)\n"
 
 // Handles a CUDA_LONG_OPTIONS option like pass_option; --arch is stored as given.
 int cuda_option(const char *cmd, int c, const char *arg, CudaOptions *o, const char **arch);

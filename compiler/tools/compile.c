@@ -13,7 +13,7 @@
 
 static const char COMPILE_HELP[] =
     "usage: alexc compile SPEC --target cuda [--arch sm_90|native] [--precision fp32|tf32|bf16]\n"
-    "                     [--conv gemm|direct|implicit] [--emit-source DIR] [-o OUT]\n"
+    "                     [--conv gemm|direct|implicit|fused] [--emit-source DIR] [-o OUT]\n"
     "\n"
     "Compiles the network for a target: CUDA C++ for every (fused) node, compiled by\n"
     "NVRTC, and the plan that runs it (launches, cuBLAS GEMMs for fc layers, transfers).\n"

@@ -8,7 +8,7 @@
 static const char RUN_HELP[] =
     "usage: alexc run SPEC (--weights W.safetensors | --seed S) (--input X.npy | --random N)\n"
     "                 [--output Y.npy] [--layer NAME] [--top K] [--target ref|cuda]\n"
-    "                 [--precision fp32|tf32|bf16] [--conv gemm|direct|implicit] [--compare-ref]\n"
+    "                 [--precision fp32|tf32|bf16] [--conv gemm|direct|implicit|fused] [--compare-ref]\n"
     "\n"
     "Runs a batch through the network.\n"
     "\n"

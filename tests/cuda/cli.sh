@@ -47,6 +47,13 @@ contains "use --conv gemm" "tf32 with --conv implicit"
 expect 0 "--conv implicit" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv implicit --emit-source "$tmp/implicit"
 grep -q "void k01_conv1_implicit(" "$tmp/implicit/device0.cu" || { echo "FAIL: --conv implicit: no implicit kernel"; failures=$((failures + 1)); }
 if grep -q "_im2col" "$tmp/implicit/device0.cu"; then echo "FAIL: --conv implicit emitted im2col"; failures=$((failures + 1)); fi
+expect 1 "bf16 with --conv fused" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 --conv fused --emit-source "$tmp/x"
+contains "use --conv gemm" "bf16 with --conv fused"
+expect 2 "bad --conv" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv tiled --emit-source "$tmp/x"
+contains "'implicit' or 'fused'" "bad --conv"
+expect 0 "--conv fused" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv fused --emit-source "$tmp/convfused"
+grep -q "__shared__ float region\[RC \* RP\]" "$tmp/convfused/device0.cu" || { echo "FAIL: --conv fused: no region in shared memory"; failures=$((failures + 1)); }
+if grep -q "_im2col\|_implicit(" "$tmp/convfused/device0.cu"; then echo "FAIL: --conv fused emitted a second conv kernel"; failures=$((failures + 1)); fi
 expect 0 "tf32 source" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision tf32 --emit-source "$tmp/tf32"
 grep -q "Precision tf32" "$tmp/tf32/device0.cu" || { echo "FAIL: no precision in the source header"; failures=$((failures + 1)); }
 expect 0 "bf16 source" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 --emit-source "$tmp/bf16"

@@ -107,6 +107,9 @@ run_case specs/mini-alexnet.yaml "--layer conv3 --no-fuse" direct fp32
 run_case specs/mini-alexnet.yaml "--layer fc5" gemm bf16
 # --conv implicit: shared memory and __syncthreads(), fibers in the fake's block runner.
 run_case specs/mini-alexnet.yaml "--devices 2" implicit fp32
+# --conv fused: the conv node in one kernel, its stages on the tile in shared memory.
+run_case specs/mini-alexnet.yaml "" fused fp32
+run_case specs/mini-alexnet.yaml "--devices 2" fused fp32
 
 if "$alexc" bench --help >/dev/null 2>&1; then
   cases=$((cases + 1))

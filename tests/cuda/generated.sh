@@ -8,7 +8,7 @@ set -u
 alexc=$1
 update=${2:-}
 variants=("fused" "unfused --no-fuse" "fused-2dev --devices 2" "fused-bf16 --precision bf16"
-          "fused-implicit --conv implicit")
+          "fused-implicit --conv implicit" "fused-convfused --conv fused")
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 status=0

@@ -1,7 +1,7 @@
 #!/bin/bash
 # On a machine with a GPU: alexc run --target cuda against the reference executor on
 # every spec, fused and unfused, on one and two devices (two logical devices share a
-# GPU as two streams when there is only one), --conv gemm, direct and implicit in fp32,
+# GPU as two streams when there is only one), --conv gemm, direct, implicit and fused in fp32,
 # and gemm in tf32 and bf16, each within its precision's tolerance (alexc run --help). Without
 # a CUDA driver or GPU it exits 77 (ctest: skipped).
 #
@@ -56,7 +56,7 @@ for spec in "${specs[@]}"; do
   "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch --no-fuse --output "$tmp/ref.npy" || {
     echo "FAIL: $spec: the reference run"; failures=$((failures + 1)); continue; }
   for opts in "" "--no-fuse" "--devices 2" "--no-fuse --devices 2"; do
-    for variant in "gemm fp32" "direct fp32" "implicit fp32" "gemm tf32" "gemm bf16"; do
+    for variant in "gemm fp32" "direct fp32" "implicit fp32" "fused fp32" "gemm tf32" "gemm bf16"; do
       set -- $variant
       # shellcheck disable=SC2086
       "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch $opts --target cuda \

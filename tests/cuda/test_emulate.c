@@ -51,6 +51,7 @@ typedef struct {
 #define DIRECT CUDA_CONV_DIRECT
 #define GEMM CUDA_CONV_GEMM
 #define IMPLICIT CUDA_CONV_IMPLICIT
+#define FUSED CUDA_CONV_FUSED
 static const Variant VARIANTS[] = {
     {"direct-fused", true, 1, 0, 0, false, DIRECT, 0, RT_FP32},
     {"direct-unfused", false, 1, 0, 0, false, DIRECT, 0, RT_FP32},
@@ -79,6 +80,13 @@ static const Variant VARIANTS[] = {
     {"implicit-fused-chunk2", true, 1, 3, 0, false, IMPLICIT, 2, RT_FP32},
     {"implicit-fused-2dev-c1-grid3", true, 2, 2, 3, false, IMPLICIT, 1, RT_FP32},
     {"implicit-unfused-2dev-grid3", false, 2, 2, 3, false, IMPLICIT, 0, RT_FP32},
+    // --conv fused: the whole conv node in one kernel, the stages on the tile.
+    {"convfused-fused", true, 1, 0, 0, true, FUSED, 0, RT_FP32},
+    {"convfused-unfused", false, 1, 0, 0, false, FUSED, 0, RT_FP32},
+    {"convfused-fused-2dev", true, 2, 0, 0, true, FUSED, 0, RT_FP32},
+    {"convfused-fused-3dev", true, 3, 0, 0, false, FUSED, 0, RT_FP32},
+    {"convfused-fused-grid3", true, 1, 2, 3, false, FUSED, 0, RT_FP32},
+    {"convfused-fused-2dev-grid3", true, 2, 3, 3, false, FUSED, 0, RT_FP32},
 };
 
 // ---------------------------------------------------------------- the emulated machine
@@ -354,14 +362,15 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
 }
 
 int main(int argc, char **argv) {
-  if (argc != 5) {
-    fprintf(stderr, "usage: test_emulate CXX EMU_HEADER WORKDIR SPEC\n");
+  if (argc != 5 && argc != 6) {
+    fprintf(stderr, "usage: test_emulate CXX EMU_HEADER WORKDIR SPEC [VARIANT]\n"
+                    "  VARIANT: run only the variants whose name contains it\n");
     return 2;
   }
   cxx = argv[1];
   emu_header = argv[2];
   workdir = argv[3];
-  const char *spec = argv[4];
+  const char *spec = argv[4], *only = argc == 6 ? argv[5] : NULL;
   if (mkdir(workdir, 0755) != 0 && errno != EEXIST) {
     fprintf(stderr, "%s: %s\n", workdir, strerror(errno));
     return 1;
@@ -378,7 +387,7 @@ int main(int argc, char **argv) {
   int failures = 0, runs = 0;
   for (size_t i = 0; i < sizeof VARIANTS / sizeof *VARIANTS; i++) {
     const Variant *v = &VARIANTS[i];
-    if (big && !v->big_too)
+    if ((big && !v->big_too) || (only && !strstr(v->name, only)))
       continue;
     int batch = v->batch ? v->batch : big ? 1 : 3;
     float *x = random_input(g, batch, 3);

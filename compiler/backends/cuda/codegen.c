@@ -74,6 +74,7 @@ typedef struct {
   FILE *f;
   bool gemm;  // a conv computed by im2col + cuBLAS: this kernel is its epilogue
   bool bf16;  // GEMM operands in bfloat16 (--precision bf16): im2col writes bf16
+  bool region;  // --conv fused: stage 0 reads the conv output from the block's region
 } Ctx;
 
 CudaOptions cuda_defaults(void) {
@@ -102,13 +103,17 @@ bool cuda_parse_conv(const char *name, CudaConv *out) {
     *out = CUDA_CONV_DIRECT;
   else if (!strcmp(name, "implicit"))
     *out = CUDA_CONV_IMPLICIT;
+  else if (!strcmp(name, "fused"))
+    *out = CUDA_CONV_FUSED;
   else
     return false;
   return true;
 }
 
 const char *cuda_conv_name(CudaConv c) {
-  return c == CUDA_CONV_GEMM ? "gemm" : c == CUDA_CONV_IMPLICIT ? "implicit" : "direct";
+  static const char *const NAMES[] = {[CUDA_CONV_GEMM] = "gemm", [CUDA_CONV_DIRECT] = "direct",
+                                       [CUDA_CONV_IMPLICIT] = "implicit", [CUDA_CONV_FUSED] = "fused"};
+  return NAMES[c];
 }
 
 // A conv on device d computed as im2col + GEMM: its groups there and its scratch.
@@ -214,6 +219,15 @@ static bool emit_stage(const Ctx *x, int k) {
   switch (s->op) {
   case OP_CONV: {
     const ConvAttrs *a = &s->conv;
+    if (x->region) {
+      // Computed by the fused kernel into the block's shared memory, bias added.
+      fprintf(f,
+              "  using namespace node%02d_fused;\n"
+              "  (void)img;\n"
+              "  return p.region[(c - p.c0) * RP + (y - p.y0) * RW + (x - p.x0)];\n",
+              x->node);
+      break;
+    }
     if (x->gemm) {
       // cuBLAS's output, channel-major: (channel - FIRST_KERNEL, image, pixel), p.ld
       // elements per channel (the chunk's images x pixels).
@@ -391,6 +405,41 @@ static void emit_softmax(const Ctx *x, const char *kname) {
           (long long)r.end);
 }
 
+// namespace nodeNN: struct Ptrs, the pointers every stage may read (gathered so stage
+// functions share one signature), the input loaders and the stage functions.
+static bool emit_stage_functions(const Ctx *x) {
+  const Node *n = x->n;
+  FILE *f = x->f;
+  fprintf(f, "namespace node%02d {\n\n", x->node);
+  fputs("struct Ptrs {\n", f);
+  if (x->region) {
+    fputs("  const float *region;  // the conv output the block computed (shared memory)\n"
+          "  int c0, y0, x0;       // its first channel, row and column\n",
+          f);
+  } else if (x->gemm) {
+    fputs("  const float *g;  // the conv GEMM's output (scratch)\n"
+          "  long long ld;    // its elements per channel: batch x pixels\n",
+          f);
+  } else {
+    for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
+      fprintf(f, "  const float *x%d;\n", j);
+    if (reads_own_output(n))
+      fputs("  const float *y;  // the GEMM's output, rewritten in place\n", f);
+    if (n->op == OP_CONV)
+      fputs("  const float *w;\n", f);
+  }
+  if (has_bias(n) && !x->region)
+    fputs("  const float *b;\n", f);
+  fputs("};\n\n", f);
+  for (int j = 0; j < n->n_inputs && !reads_own_output(n) && !x->gemm && !x->region; j++)
+    emit_loader(x, j);
+  for (int k = 0; k <= n->n_epilogue; k++)
+    if (!emit_stage(x, k))
+      return false;
+  fprintf(f, "}  // namespace node%02d\n\n", x->node);
+  return true;
+}
+
 static bool emit_node(const Ctx *x, const char *kname) {
   const Node *n = x->n;
   const Placement *pl = &n->place[x->device];
@@ -404,35 +453,13 @@ static bool emit_node(const Ctx *x, const char *kname) {
             node_stage_shape(n, k).rank == 1 ? "features" : "channels", (long long)pl->stage[k].begin,
             (long long)pl->stage[k].end);
   }
-  fprintf(f, "\nnamespace node%02d {\n\n", x->node);
+  fputc('\n', f);
   if (n->op == OP_SOFTMAX) {
-    fprintf(f, "}  // namespace node%02d\n\n", x->node);
     emit_softmax(x, kname);
     return true;
   }
-  // The pointers every stage may read, gathered so stage functions share one signature.
-  fputs("struct Ptrs {\n", f);
-  if (x->gemm) {
-    fputs("  const float *g;  // the conv GEMM's output (scratch)\n"
-          "  long long ld;    // its elements per channel: batch x pixels\n",
-          f);
-  } else {
-    for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
-      fprintf(f, "  const float *x%d;\n", j);
-    if (reads_own_output(n))
-      fputs("  const float *y;  // the GEMM's output, rewritten in place\n", f);
-    if (n->op == OP_CONV)
-      fputs("  const float *w;\n", f);
-  }
-  if (has_bias(n))
-    fputs("  const float *b;\n", f);
-  fputs("};\n\n", f);
-  for (int j = 0; j < n->n_inputs && !reads_own_output(n) && !x->gemm; j++)
-    emit_loader(x, j);
-  for (int k = 0; k <= n->n_epilogue; k++)
-    if (!emit_stage(x, k))
-      return false;
-  fprintf(f, "}  // namespace node%02d\n\n", x->node);
+  if (!emit_stage_functions(x))
+    return false;
 
   Shape out = n->out;
   Range r = pl->stage[n->n_epilogue];
@@ -565,8 +592,15 @@ static bool is_gemm_conv(const Node *n, const CudaOptions *o) {
   return n->op == OP_CONV && o->conv == CUDA_CONV_GEMM;
 }
 
-static bool is_implicit_conv(const Node *n, const CudaOptions *o) {
-  return n->op == OP_CONV && o->conv == CUDA_CONV_IMPLICIT;
+// --conv fused computes a conv that cuda_fused_applies() refuses as --conv implicit
+// does: the implicit kernel alone, or (a region too large) with the epilogue kernel.
+static bool is_implicit_conv(const Node *n, int d, const CudaOptions *o) {
+  return n->op == OP_CONV && (o->conv == CUDA_CONV_IMPLICIT ||
+                              (o->conv == CUDA_CONV_FUSED && !cuda_fused_applies(n, d)));
+}
+
+static bool is_fused_conv(const Node *n, int d, const CudaOptions *o) {
+  return o->conv == CUDA_CONV_FUSED && cuda_fused_applies(n, d);
 }
 
 // The epilogue kernel of a conv whose output a GEMM (cuBLAS or the implicit kernel) left
@@ -592,7 +626,7 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
   Range r0 = pl->stage[0];
   ConvGemm cg = conv_gemm(g, n, d);
   int64_t per_group = n->conv.out / n->conv.groups, P = cg.pixels;
-  Ctx x = {g, n, i, d, src, true, prec == RT_BF16};
+  Ctx x = {g, n, i, d, src, true, prec == RT_BF16, false};
   char iname[RT_PLAN_NAME + 8];
   snprintf(iname, sizeof iname, "%s_im2col", kname);
   if (strlen(iname) >= RT_PLAN_NAME) {
@@ -681,7 +715,7 @@ static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *
     return false;
   }
   cuda_emit_implicit_conv(src, g, i, d, cname, kname);
-  Ctx x = {g, n, i, d, src, true, false};
+  Ctx x = {g, n, i, d, src, true, false, false};
   if (!emit_node(&x, kname))
     return false;
   fputc('\n', src);
@@ -699,6 +733,31 @@ static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *
   k.args[2] = (RtAddr){RT_SPACE_SCRATCH, 0, 0, 0};
   rt_plan_add_step(p, &k);
   add_conv_epilogue(p, d, n, kname, b_at);
+  return true;
+}
+
+// The plan step of a conv computed by the fused kernel (--conv fused): one kernel over
+// the whole batch, conv + bias + the fused stages, straight into the output buffer. One
+// weight slice: all of stage[0]'s kernels, as stored.
+static bool plan_conv_fused(const Graph *g, int i, int d, FILE *src, RtPlan *p, int64_t b_at,
+                            const char *kname) {
+  const Node *n = &g->nodes[i], *in = &g->nodes[n->inputs[0]];
+  const Placement *pl = &n->place[d], *pi = &in->place[d];
+  int64_t w_at = add_slice(p, d, n, false, pl->stage[0], false);
+  cuda_emit_fused_head(src, g, i, d, kname);
+  Ctx x = {g, n, i, d, src, false, false, true};
+  if (!emit_stage_functions(&x))
+    return false;
+  cuda_emit_fused_kernel(src, g, i, kname);
+  RtStep k = step(RT_STEP_KERNEL, d, n, kname);
+  k.work = cuda_fused_work(n, d);
+  k.block = CUDA_IMPLICIT_THREADS;
+  k.args[k.n_args++] = arena(pi->offset, 0);
+  k.args[k.n_args++] = weight(w_at);
+  if (has_bias(n))
+    k.args[k.n_args++] = weight(b_at);
+  k.args[k.n_args++] = arena(pl->offset, 0);
+  rt_plan_add_step(p, &k);
   return true;
 }
 
@@ -785,7 +844,9 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const 
   int64_t b_at = has_bias(n) ? add_slice(p, d, n, true, r0, false) : 0;
   if (is_gemm_conv(n, o))
     return plan_conv_gemm(g, i, d, src, p, b_at, kname, o->precision);
-  if (is_implicit_conv(n, o))
+  if (is_fused_conv(n, d, o))
+    return plan_conv_fused(g, i, d, src, p, b_at, kname);
+  if (is_implicit_conv(n, d, o))
     return plan_conv_implicit(g, i, d, src, p, b_at, kname);
   int64_t w_at = has_weights(n) ? add_slice(p, d, n, false, r0, o->precision == RT_BF16) : 0;
   if (n->op == OP_FC) {
@@ -794,7 +855,7 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const 
     if (!has_bias(n) && !n->n_epilogue)
       return true;  // nothing left for a kernel
   }
-  Ctx x = {g, n, i, d, src, false, false};
+  Ctx x = {g, n, i, d, src, false, false, false};
   if (!emit_node(&x, kname))
     return false;
   fputc('\n', src);
@@ -884,6 +945,14 @@ static void emit_header(const Graph *g, int d, const char *how, const CudaOption
             "// itself. Scratch: %lld floats per image, %lld images per chunk.\n"
             "//\n",
             (long long)dev->scratch, (long long)dev->chunk);
+  else if (o->conv == CUDA_CONV_FUSED)
+    fputs("// Convolutions (--conv fused): a conv node is one kernel. A block computes, with\n"
+          "// an implicit GEMM, the conv output its output tile needs (LRN halo and pool\n"
+          "// windows included) into shared memory, then the fused ReLU/LRN/pool from there;\n"
+          "// only the node's output reaches device memory. A conv with a ReLU or nothing\n"
+          "// after it is the one implicit-GEMM kernel, adding the bias and the ReLU itself.\n"
+          "//\n",
+          f);
   else
     fputs("// Convolutions (--conv direct): computed in the kernels, each conv output\n"
           "// recomputed wherever a fused stage needs it.\n"
@@ -907,7 +976,7 @@ static void emit_header(const Graph *g, int d, const char *how, const CudaOption
               shape_str(in, a, sizeof a), (long long)n->place[d].stage[0].begin,
               (long long)n->place[d].stage[0].end);
     }
-    if (is_implicit_conv(n, o) && !cuda_implicit_writes_output(n, d)) {
+    if (is_implicit_conv(n, d, o) && !cuda_implicit_writes_output(n, d)) {
       char cname[RT_PLAN_NAME + 16];
       snprintf(cname, sizeof cname, "%s_implicit", kname);
       fprintf(f, "//   %-22s %-28s %s -> %s, channels [%lld, %lld)\n", cname, n->name,
@@ -939,7 +1008,7 @@ static int64_t scratch_per_image(const Graph *g, const Node *n, int d, const Cud
     return 0;
   if (is_gemm_conv(n, o))  // im2col columns and the GEMM's output
     return conv_gemm(g, n, d).scratch;
-  if (is_implicit_conv(n, o) && !cuda_implicit_writes_output(n, d))  // the conv output alone
+  if (is_implicit_conv(n, d, o) && !cuda_implicit_writes_output(n, d))  // the conv output alone
     return range_len(n->place[d].stage[0]) * shape_plane(n->head_out);
   if (n->op == OP_FC && o->precision == RT_BF16)  // its input as bf16 (half would do)
     return g->nodes[n->inputs[0]].out.c;

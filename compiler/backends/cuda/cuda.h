@@ -20,7 +20,11 @@
 //   implicit  one tiled implicit-GEMM kernel (implicit.c; shared memory, no im2col
 //           buffer) writing the conv output where gemm's cuBLAS does, then the same
 //           epilogue kernel; fp32 only. Scratch: the conv output alone.
-typedef enum { CUDA_CONV_GEMM, CUDA_CONV_DIRECT, CUDA_CONV_IMPLICIT } CudaConv;
+//   fused   the whole node (conv, bias, ReLU, LRN, pool) in one kernel (implicit.c):
+//           a block computes the conv output its output tile needs into shared memory
+//           with implicit's GEMM, then the fused stages from there; fp32 only, no
+//           scratch. A conv with a ReLU or nothing after it is implicit's one kernel.
+typedef enum { CUDA_CONV_GEMM, CUDA_CONV_DIRECT, CUDA_CONV_IMPLICIT, CUDA_CONV_FUSED } CudaConv;
 
 #define CUDA_SCRATCH_BYTES ((int64_t)256 << 20)  // default per-device scratch budget
 
@@ -35,7 +39,7 @@ CudaOptions cuda_defaults(void);
 // The largest max|got - want| / max|want| against the reference executor each precision
 // is held to (tests, `alexc run --compare-ref`). See compiler/backends/cuda/README.md.
 double cuda_tolerance(RtPrecision p);
-// "gemm" / "direct" / "implicit"; false for anything else.
+// "gemm" / "direct" / "implicit" / "fused"; false for anything else.
 bool cuda_parse_conv(const char *name, CudaConv *out);
 const char *cuda_conv_name(CudaConv c);
 
@@ -56,6 +60,31 @@ bool cuda_implicit_writes_output(const Node *n, int d);
 // Its plan step's `work` per image: CUDA_IMPLICIT_THREADS per block, and blocks for whole
 // pixel tiles of each image, so the launch has at least one block per tile.
 int64_t cuda_implicit_work(const Node *n, int d);
+
+// --conv fused (implicit.c). A block's tile of the node's output on device d, and the
+// region of the conv output (stage 0) it needs: channels [c - halo, c + tc + halo) for a
+// tile starting at channel c, rows [y * y_scale + y_shift, + rh) for one starting at row
+// y (columns alike). tc == 0 when no tile's region fits in shared memory.
+typedef struct {
+  int tc, th, tw;              // the output tile: channels x rows x columns
+  int c_tiles, y_tiles, x_tiles;  // tiles per image
+  int halo;                    // channels the LRNs read on each side
+  int rc, rh, rw;              // the region: channels x rows x columns
+  int y_scale, y_shift, x_scale, x_shift;
+} CudaFusedTile;
+CudaFusedTile cuda_fused_tile(const Node *n, int d);
+// Whether conv node n on device d is one tiled kernel under --conv fused: its fused
+// stages are ReLU, dropout, LRN and max-pool (what the fusion pass makes), its region
+// fits, and it is not the simpler implicit kernel that writes its output.
+bool cuda_fused_applies(const Node *n, int d);
+// Its source: the comment and constants (namespace nodeNN_fused), before the node's
+// stage functions (codegen.c, whose stage 0 reads the region: struct Ptrs {region,
+// c0, y0, x0}), then the kernel `kname` calling them. Arguments: the input, the
+// weight slice of stage[0], the bias (if any), the output, the batch.
+void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *kname);
+void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname);
+// Its plan step's `work` per image: a block (CUDA_IMPLICIT_THREADS) per tile.
+int64_t cuda_fused_work(const Node *n, int d);
 
 typedef struct {
   RtPlan plan;                    // the steps; modules empty until cuda_compile()

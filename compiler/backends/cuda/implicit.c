@@ -318,3 +318,254 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
           f);
   }
 }
+
+// ---------------------------------------------------------------- --conv fused
+//
+// The whole node in one kernel: a block computes a tile of the node's final output
+// (channels x rows x columns of one image). It first computes, with the GEMM above,
+// the region of the conv output that tile depends on (the LRNs' channel halo, the
+// pools' windows) into shared memory, bias added; then its threads compute the tile's
+// outputs with the node's stage functions (codegen.c), whose stage 0 reads that region.
+// Nothing but the final output goes to device memory.
+
+// The region in shared memory is at most this many floats: 32 KiB, with the GEMM's
+// tiles 40.3 KiB, under the 48 KiB of static shared memory a block may have.
+#define FUSED_REGION_FLOATS 8192
+
+// Rows (or columns) of the conv output that `len` consecutive rows of the node's output
+// depend on: each pool, last to first, widens a run of len to (len - 1) * S + K.
+static int region_len(const Node *n, int len) {
+  for (int k = n->n_epilogue; k >= 1; k--) {
+    const Node *s = &n->epilogue[k - 1];
+    if (s->op == OP_MAXPOOL)
+      len = (len - 1) * s->pool.stride + s->pool.kernel;
+  }
+  return len;
+}
+
+// GEMM tiles (BN kernels wide) that the kernel loop of one channel tile runs: the
+// region's channels [c0, c0 + rc) that this device computes, split at group borders.
+static int64_t channel_units(const Node *n, int d, int64_t c0, int64_t rc) {
+  Range r0 = n->place[d].stage[0];
+  int64_t per_group = n->conv.out / n->conv.groups, units = 0;
+  int64_t lo = c0 > r0.begin ? c0 : r0.begin, hi = c0 + rc < r0.end ? c0 + rc : r0.end;
+  while (lo < hi) {
+    int64_t group_end = (lo / per_group + 1) * per_group;
+    int64_t end = lo + TILE_N < group_end ? lo + TILE_N : group_end;
+    lo = end < hi ? end : hi;
+    units++;
+  }
+  return units;
+}
+
+// The tile size: the one that runs the fewest BM x BN GEMM tiles over an image (the
+// region's recomputed halo, partial tiles and group splits all count), among those
+// whose region fits FUSED_REGION_FLOATS; on a tie, the fewest blocks. A model, not a
+// measurement: a session with a GPU should check it per layer.
+CudaFusedTile cuda_fused_tile(const Node *n, int d) {
+  CudaFusedTile t = {.y_scale = 1, .x_scale = 1};
+  for (int k = n->n_epilogue; k >= 1; k--) {
+    const Node *s = &n->epilogue[k - 1];
+    if (s->op == OP_LRN)
+      t.halo += s->lrn.size / 2;
+    if (s->op == OP_MAXPOOL) {  // a tile row y starts region row y * S - P
+      t.y_shift = t.y_shift * s->pool.stride - s->pool.pad;
+      t.y_scale *= s->pool.stride;
+    }
+  }
+  t.x_scale = t.y_scale;
+  t.x_shift = t.y_shift;
+  Range out = n->place[d].stage[n->n_epilogue];
+  int channels = (int)range_len(out), h = (int)n->out.h, w = (int)n->out.w;
+  int64_t best = INT64_MAX, best_tiles = INT64_MAX;
+  for (int tc = 1; tc <= channels; tc++) {
+    int rc = tc + 2 * t.halo, c_tiles = (channels + tc - 1) / tc;
+    int64_t units = 0;
+    for (int c = 0; c < c_tiles; c++)
+      units += channel_units(n, d, out.begin + (int64_t)c * tc - t.halo, rc);
+    for (int th = 1; th <= h && (int64_t)rc * region_len(n, th) <= FUSED_REGION_FLOATS; th++)
+      for (int tw = 1; tw <= w; tw++) {
+        int rh = region_len(n, th), rw = region_len(n, tw);
+        if ((int64_t)rc * rh * rw > FUSED_REGION_FLOATS)
+          break;
+        int64_t spatial = (int64_t)((h + th - 1) / th) * ((w + tw - 1) / tw);
+        int64_t cost = units * spatial * ((rh * rw + TILE_M - 1) / TILE_M);
+        int64_t tiles = c_tiles * spatial;
+        if (cost < best || (cost == best && tiles < best_tiles)) {
+          best = cost;
+          best_tiles = tiles;
+          t.tc = tc, t.th = th, t.tw = tw, t.rc = rc, t.rh = rh, t.rw = rw;
+          t.c_tiles = c_tiles, t.y_tiles = (h + th - 1) / th, t.x_tiles = (w + tw - 1) / tw;
+        }
+      }
+  }
+  return t;
+}
+
+bool cuda_fused_applies(const Node *n, int d) {
+  if (n->op != OP_CONV || cuda_implicit_writes_output(n, d))
+    return false;
+  for (int k = 0; k < n->n_epilogue; k++) {
+    OpKind op = n->epilogue[k].op;
+    if (op != OP_RELU && op != OP_DROPOUT && op != OP_LRN && op != OP_MAXPOOL)
+      return false;
+  }
+  return cuda_fused_tile(n, d).tc > 0;
+}
+
+int64_t cuda_fused_work(const Node *n, int d) {
+  CudaFusedTile t = cuda_fused_tile(n, d);
+  return (int64_t)t.c_tiles * t.y_tiles * t.x_tiles * CUDA_IMPLICIT_THREADS;
+}
+
+static void emit_fused_comment(FILE *f, const Node *n, const CudaFusedTile *t, const char *kname) {
+  fprintf(f, "// ---------------------------------------------------------------- %s\n//\n", kname);
+  fprintf(f, "// %s", n->name);
+  for (int k = 0; k < n->n_epilogue; k++)
+    fprintf(f, "+%s", n->epilogue[k].name);
+  fprintf(f,
+          " in one kernel (--conv fused). A block computes a tile\n"
+          "// of the output: TC channels x TH rows x TW columns of one image. For it, the\n"
+          "// conv's output over the region the tile depends on, RC channels (the LRN halo,\n"
+          "// %d on each side) x RH rows x RW columns (the pools' windows), is computed\n"
+          "// into shared memory with the bias added, as an implicit GEMM (the input under\n"
+          "// each tap gathered as it is loaded, as in --conv implicit): BM region pixels\n"
+          "// by BN of its channels at a time (split where a group ends), the threads\n"
+          "// loading BK-deep slices of the input and the weights into shared memory and\n"
+          "// each accumulating a TM x TN register tile. After a barrier\n"
+          "// the block's threads compute the tile's outputs from the region with the\n"
+          "// stage functions above. Only the output reaches device memory.\n"
+          "// Neighbouring tiles share their halo, which each computes: the tile\n"
+          "// size is chosen to run the fewest GEMM tiles per image (a model; see\n"
+          "// implicit.c, cuda_fused_tile).\n"
+          "//\n"
+          "// fp32 on CUDA cores throughout (--precision fp32 only).\n\n",
+          t->halo);
+}
+
+void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *kname) {
+  const Node *n = &g->nodes[node], *in = &g->nodes[n->inputs[0]];
+  const ConvAttrs *a = &n->conv;
+  const Placement *pi = &in->place[d], *pl = &n->place[d];
+  CudaFusedTile t = cuda_fused_tile(n, d);
+  Range r0 = pl->stage[0], out = pl->stage[n->n_epilogue];
+  emit_fused_comment(f, n, &t, kname);
+  fprintf(f,
+          "namespace node%02d_fused {\n\n"
+          "// The convolution.\n"
+          "constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
+          "constexpr int CONV_H = %lld, CONV_W = %lld;  // its output\n"
+          "constexpr int IN_HELD_BEGIN = %lld, IN_HELD = %lld;  // input channels held here\n"
+          "constexpr int IN_PER_GROUP = %lld, OUT_PER_GROUP = %lld;\n"
+          "constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel\n"
+          "constexpr int C_BEGIN = %lld, C_END = %lld;  // computed here: the weight slice's rows\n"
+          "\n"
+          "// The node's output: channels [OUT_BEGIN, OUT_END) computed here, of HELD held.\n"
+          "constexpr int OUT_BEGIN = %lld, OUT_END = %lld, OUT_H = %lld, OUT_W = %lld;\n"
+          "constexpr int HELD_BEGIN = %lld, HELD = %lld;\n"
+          "\n"
+          "// The output tile, and the region of the conv output it needs, which starts\n"
+          "// HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.\n"
+          "constexpr int TC = %d, TH = %d, TW = %d;\n"
+          "constexpr int C_TILES = %d, Y_TILES = %d, X_TILES = %d;\n"
+          "constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;\n"
+          "constexpr int HALO = %d, RC = %d, RH = %d, RW = %d, RP = RH * RW;\n"
+          "constexpr int Y_SCALE = %d, Y_SHIFT = %d, X_SCALE = %d, X_SHIFT = %d;\n"
+          "\n"
+          "// The GEMM's tiling.\n"
+          "constexpr int BM = %d, BN = %d, BK = %d;  // block tile: pixels x kernels, depth step\n"
+          "constexpr int TM = %d, TN = %d;  // thread tile: pixels x kernels\n"
+          "constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;\n"
+          "constexpr int THREADS = THREADS_M * THREADS_N;\n"
+          "constexpr int B_PAD = %d;  // floats after each W tile row\n"
+          "constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step\n"
+          "constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;\n"
+          "static_assert(THREADS %% BM == 0 && BK %% A_ROW_STEP == 0 && THREADS %% BK == 0 &&\n"
+          "                  BN %% B_COL_STEP == 0,\n"
+          "              \"the tile loads divide evenly among the threads\");\n\n"
+          "}  // namespace node%02d_fused\n\n",
+          node, (long long)in->out.h, (long long)in->out.w, a->kernel, a->stride, a->pad,
+          (long long)n->head_out.h, (long long)n->head_out.w, (long long)pi->held.begin,
+          (long long)range_len(pi->held), (long long)(in->out.c / a->groups),
+          (long long)(a->out / a->groups), (long long)r0.begin, (long long)r0.end,
+          (long long)out.begin, (long long)out.end, (long long)n->out.h, (long long)n->out.w,
+          (long long)pl->held.begin, (long long)range_len(pl->held), t.tc, t.th, t.tw,
+          t.c_tiles, t.y_tiles, t.x_tiles, t.halo, t.rc, t.rh, t.rw, t.y_scale, t.y_shift,
+          t.x_scale, t.x_shift, TILE_M, TILE_N, TILE_K, THREAD_M, THREAD_N, B_PAD, node);
+}
+
+void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname) {
+  const Node *n = &g->nodes[node];
+  const ConvAttrs *a = &n->conv;
+  fprintf(f,
+          "extern \"C\" __global__ __launch_bounds__(node%02d_fused::THREADS) void %s(\n"
+          "    const float *__restrict__ x0,\n"
+          "    const float *__restrict__ w,\n"
+          "%s"
+          "    float *__restrict__ y,\n"
+          "    int batch) {\n"
+          "  using namespace node%02d_fused;\n"
+          "  __shared__ float a_tile[BK][BM];          // A: input values under the taps\n"
+          "  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels\n"
+          "  __shared__ float region[RC * RP];         // the conv output: channel, row, column\n"
+          "  const long long tiles = (long long)batch * TILES_PER_IMAGE;\n"
+          "  // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns\n"
+          "  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.\n"
+          "  const int a_m = threadIdx.x %% BM, a_k = threadIdx.x / BM;\n"
+          "  const int b_k = threadIdx.x %% BK, b_n = threadIdx.x / BK;\n"
+          "  const int t_m = threadIdx.x %% THREADS_M, t_n = threadIdx.x / THREADS_M;\n"
+          "  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {\n"
+          "    // Tiles are numbered image, row, column, channel (channel tiles of the same\n"
+          "    // pixels run together and share their input in L1/L2).\n"
+          "    const long long img = tile / TILES_PER_IMAGE;\n"
+          "    const int in_image = (int)(tile %% TILES_PER_IMAGE);\n"
+          "    const int oc0 = OUT_BEGIN + in_image %% C_TILES * TC;\n"
+          "    const int ox0 = in_image / C_TILES %% X_TILES * TW;\n"
+          "    const int oy0 = in_image / (C_TILES * X_TILES) * TH;\n"
+          "    const int rc0 = oc0 - HALO, ry0 = oy0 * Y_SCALE + Y_SHIFT, rx0 = ox0 * X_SCALE + X_SHIFT;\n"
+          "    // The region's channels computed here (the others are never read).\n"
+          "    const int c_lo = rc0 > C_BEGIN ? rc0 : C_BEGIN, c_hi = rc0 + RC < C_END ? rc0 + RC : C_END;\n"
+          "\n"
+          "    for (int m0 = 0; m0 < RP; m0 += BM) {\n"
+          "      // The region pixel whose taps this thread loads, and where its window starts;\n"
+          "      // pixels outside the conv output (the region hangs over an edge) load zeros.\n"
+          "      const int m = m0 + a_m, oy = ry0 + m / RW, ox = rx0 + m %% RW;\n"
+          "      const bool m_ok = m < RP && oy >= 0 && oy < CONV_H && ox >= 0 && ox < CONV_W;\n"
+          "      const int iy0 = oy * STRIDE - PAD, ix0 = ox * STRIDE - PAD;\n"
+          "      for (int n0 = c_lo; n0 < c_hi;) {\n"
+          "        const int group = n0 / OUT_PER_GROUP;\n"
+          "        const int group_end = (group + 1) * OUT_PER_GROUP < c_hi ? (group + 1) * OUT_PER_GROUP : c_hi;\n"
+          "        const int n_end = n0 + BN < group_end ? n0 + BN : group_end;  // at most BN, of one group\n"
+          "        const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);\n",
+          node, kname, a->bias ? "    const float *__restrict__ b,\n" : "", node);
+  emit_indented(f, "        ", K_LOOP);
+  fprintf(f,
+          "        // Into the region%s.\n"
+          "#pragma unroll\n"
+          "        for (int j = 0; j < TN; j++) {\n"
+          "          const int c = n0 + t_n + THREADS_N * j;\n"
+          "#pragma unroll\n"
+          "          for (int i = 0; i < TM; i++) {\n"
+          "            const int mm = m0 + t_m + THREADS_M * i;\n"
+          "            if (c < n_end && mm < RP)\n"
+          "              region[(c - rc0) * RP + mm] = acc[i][j]%s;\n"
+          "          }\n"
+          "        }\n"
+          "        n0 = n_end;\n"
+          "      }\n"
+          "    }\n"
+          "    __syncthreads();  // the region is complete\n"
+          "\n"
+          "    const node%02d::Ptrs p = {region, rc0, ry0, rx0};\n"
+          "    for (int e = threadIdx.x; e < TC * TH * TW; e += THREADS) {\n"
+          "      const int c = oc0 + e / (TH * TW), oy = oy0 + e / TW %% TH, ox = ox0 + e %% TW;\n"
+          "      if (c < OUT_END && oy < OUT_H && ox < OUT_W)\n"
+          "        y[((img * HELD + (c - HELD_BEGIN)) * OUT_H + oy) * OUT_W + ox] = node%02d::stage%d(p, img, c, oy, ox);\n"
+          "    }\n"
+          "    // No barrier needed here: the next tile writes the region only after its\n"
+          "    // GEMM's first barrier, which each thread reaches after these reads.\n"
+          "  }\n"
+          "}\n\n",
+          a->bias ? ", with the bias" : "", a->bias ? " + b[c - C_BEGIN]" : "", node, node,
+          n->n_epilogue);
+}

@@ -839,10 +839,6 @@ extern "C" __global__ void k09_fc8(
 // prob: softmax 1000 -> 1000
 //   features [0, 1000) on this device
 
-namespace node10 {
-
-}  // namespace node10
-
 // One thread per image: the normaliser needs the whole vector, and a vector
 // of 1000 is small next to the layers before it.
 extern "C" __global__ void k10_prob(

@@ -1207,10 +1207,6 @@ extern "C" __global__ void k23_fc8(
 // prob: softmax 1000 -> 1000
 //   features [0, 1000) on this device
 
-namespace node24 {
-
-}  // namespace node24
-
 // One thread per image: the normaliser needs the whole vector, and a vector
 // of 1000 is small next to the layers before it.
 extern "C" __global__ void k24_prob(
