@@ -71,6 +71,7 @@ typedef struct {
   int halo;                    // channels the LRNs read on each side
   int rc, rh, rw;              // the region: channels x rows x columns
   int y_scale, y_shift, x_scale, x_shift;
+  int64_t gemm_tiles;          // BM x BN GEMM tiles per image (the choice's cost)
 } CudaFusedTile;
 CudaFusedTile cuda_fused_tile(const Node *n, int d);
 // Whether conv node n on device d is one tiled kernel under --conv fused: its fused

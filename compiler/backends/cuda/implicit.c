@@ -393,6 +393,7 @@ CudaFusedTile cuda_fused_tile(const Node *n, int d) {
         int64_t tiles = c_tiles * spatial;
         if (cost < best || (cost == best && tiles < best_tiles)) {
           best = cost;
+          t.gemm_tiles = cost;
           best_tiles = tiles;
           t.tc = tc, t.th = th, t.tw = tw, t.rc = rc, t.rh = rh, t.rw = rw;
           t.c_tiles = c_tiles, t.y_tiles = (h + th - 1) / th, t.x_tiles = (w + tw - 1) / tw;
@@ -418,7 +419,9 @@ int64_t cuda_fused_work(const Node *n, int d) {
   return (int64_t)t.c_tiles * t.y_tiles * t.x_tiles * CUDA_IMPLICIT_THREADS;
 }
 
-static void emit_fused_comment(FILE *f, const Node *n, const CudaFusedTile *t, const char *kname) {
+static void emit_fused_comment(FILE *f, const Node *n, int d, const CudaFusedTile *t,
+                               const char *kname) {
+  int64_t needed = range_len(n->place[d].stage[0]) * shape_plane(n->head_out);
   fprintf(f, "// ---------------------------------------------------------------- %s\n//\n", kname);
   fprintf(f, "// %s", n->name);
   for (int k = 0; k < n->n_epilogue; k++)
@@ -437,10 +440,13 @@ static void emit_fused_comment(FILE *f, const Node *n, const CudaFusedTile *t, c
           "// stage functions above. Only the output reaches device memory.\n"
           "// Neighbouring tiles share their halo, which each computes: the tile\n"
           "// size is chosen to run the fewest GEMM tiles per image (a model; see\n"
-          "// implicit.c, cuda_fused_tile).\n"
+          "// implicit.c, cuda_fused_tile). Here %lld GEMM tiles of %d x %d per image, which\n"
+          "// the %lld conv outputs this device needs would fill to %.0f%%: the rest is\n"
+          "// halo that neighbouring tiles both compute, and partial tiles.\n"
           "//\n"
           "// fp32 on CUDA cores throughout (--precision fp32 only).\n\n",
-          t->halo);
+          t->halo, (long long)t->gemm_tiles, TILE_M, TILE_N, (long long)needed,
+          100.0 * (double)needed / ((double)t->gemm_tiles * TILE_M * TILE_N));
 }
 
 void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *kname) {
@@ -449,7 +455,7 @@ void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *
   const Placement *pi = &in->place[d], *pl = &n->place[d];
   CudaFusedTile t = cuda_fused_tile(n, d);
   Range r0 = pl->stage[0], out = pl->stage[n->n_epilogue];
-  emit_fused_comment(f, n, &t, kname);
+  emit_fused_comment(f, n, d, &t, kname);
   fprintf(f,
           "namespace node%02d_fused {\n\n"
           "// The convolution.\n"
