@@ -42,13 +42,13 @@ contains "--emit-source" "help"
 contains "--precision" "help"
 expect 1 "bf16 with --conv direct" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 --conv direct --emit-source "$tmp/x"
 contains "use --conv gemm" "bf16 with --conv direct"
-expect 1 "tf32 with --conv implicit" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision tf32 --conv implicit --emit-source "$tmp/x"
-contains "use --conv gemm" "tf32 with --conv implicit"
+expect 1 "tf32 with --conv direct" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision tf32 --conv direct --emit-source "$tmp/x"
+contains "use --conv gemm, implicit or fused" "tf32 with --conv direct"
+expect 0 "tf32 with --conv implicit" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision tf32 --conv implicit --emit-source "$tmp/implicit-tf32"
+grep -q "wmma::mma_sync" "$tmp/implicit-tf32/device0.cu" || { echo "FAIL: --conv implicit --precision tf32: no tensor-core GEMM"; failures=$((failures + 1)); }
 expect 0 "--conv implicit" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv implicit --emit-source "$tmp/implicit"
 grep -q "void k01_conv1_implicit(" "$tmp/implicit/device0.cu" || { echo "FAIL: --conv implicit: no implicit kernel"; failures=$((failures + 1)); }
 if grep -q "_im2col" "$tmp/implicit/device0.cu"; then echo "FAIL: --conv implicit emitted im2col"; failures=$((failures + 1)); fi
-expect 1 "bf16 with --conv fused" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 --conv fused --emit-source "$tmp/x"
-contains "use --conv gemm" "bf16 with --conv fused"
 expect 2 "bad --conv" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv tiled --emit-source "$tmp/x"
 contains "'implicit' or 'fused'" "bad --conv"
 expect 0 "--conv fused" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv fused --emit-source "$tmp/convfused"

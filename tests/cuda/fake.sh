@@ -110,6 +110,9 @@ run_case specs/mini-alexnet.yaml "--devices 2" implicit fp32
 # --conv fused: the conv node in one kernel, its stages on the tile in shared memory.
 run_case specs/mini-alexnet.yaml "" fused fp32
 run_case specs/mini-alexnet.yaml "--devices 2" fused fp32
+# Tensor cores in the generated kernels: wmma through the emulated <mma.h>.
+run_case specs/mini-alexnet.yaml "--devices 2" fused tf32
+run_case specs/mini-alexnet.yaml "--no-fuse" implicit bf16
 
 if "$alexc" bench --help >/dev/null 2>&1; then
   cases=$((cases + 1))

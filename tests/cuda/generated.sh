@@ -8,7 +8,8 @@ set -u
 alexc=$1
 update=${2:-}
 variants=("fused" "unfused --no-fuse" "fused-2dev --devices 2" "fused-bf16 --precision bf16"
-          "fused-implicit --conv implicit" "fused-convfused --conv fused")
+          "fused-implicit --conv implicit" "fused-convfused --conv fused"
+          "fused-convfused-tf32 --conv fused --precision tf32")
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 status=0

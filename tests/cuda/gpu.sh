@@ -1,9 +1,10 @@
 #!/bin/bash
 # On a machine with a GPU: alexc run --target cuda against the reference executor on
 # every spec, fused and unfused, on one and two devices (two logical devices share a
-# GPU as two streams when there is only one), --conv gemm, direct, implicit and fused in fp32,
-# and gemm in tf32 and bf16, each within its precision's tolerance (alexc run --help). Without
-# a CUDA driver or GPU it exits 77 (ctest: skipped).
+# GPU as two streams when there is only one): --conv gemm, direct, implicit and fused in
+# fp32; gemm, implicit and fused on tensor cores in tf32; gemm and fused in bf16; each
+# within its precision's tolerance (alexc run --help). Without a CUDA driver or GPU it
+# exits 77 (ctest: skipped).
 #
 # usage: tests/cuda/gpu.sh ALEXC [SPEC...]
 set -u
@@ -56,7 +57,8 @@ for spec in "${specs[@]}"; do
   "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch --no-fuse --output "$tmp/ref.npy" || {
     echo "FAIL: $spec: the reference run"; failures=$((failures + 1)); continue; }
   for opts in "" "--no-fuse" "--devices 2" "--no-fuse --devices 2"; do
-    for variant in "gemm fp32" "direct fp32" "implicit fp32" "fused fp32" "gemm tf32" "gemm bf16"; do
+    for variant in "gemm fp32" "direct fp32" "implicit fp32" "fused fp32" "gemm tf32" \
+                   "implicit tf32" "fused tf32" "fused bf16" "gemm bf16"; do
       set -- $variant
       # shellcheck disable=SC2086
       "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch $opts --target cuda \

@@ -32,6 +32,7 @@
 #include "backends/cuda/cuda.h"
 #include "tools/cli.h"
 #include "emu_gemm.h"
+#include "fake/module_hash.h"  // emu_dir_len
 
 
 static const char *cxx, *emu_header, *workdir;
@@ -87,6 +88,13 @@ static const Variant VARIANTS[] = {
     {"convfused-fused-3dev", true, 3, 0, 0, false, FUSED, 0, RT_FP32},
     {"convfused-fused-grid3", true, 1, 2, 3, false, FUSED, 0, RT_FP32},
     {"convfused-fused-2dev-grid3", true, 2, 3, 3, false, FUSED, 0, RT_FP32},
+    // Tensor cores in the generated kernels (wmma; cuda_emu's emulated <mma.h>).
+    {"implicit-fused-tf32", true, 1, 0, 0, false, IMPLICIT, 0, RT_TF32},
+    {"implicit-unfused-2dev-bf16", false, 2, 0, 0, false, IMPLICIT, 0, RT_BF16},
+    {"convfused-fused-tf32", true, 1, 0, 0, false, FUSED, 0, RT_TF32},
+    {"convfused-fused-2dev-tf32", true, 2, 0, 0, false, FUSED, 0, RT_TF32},
+    {"convfused-fused-bf16", true, 1, 0, 0, false, FUSED, 0, RT_BF16},
+    {"convfused-fused-3dev-bf16-grid3", true, 3, 2, 3, false, FUSED, 0, RT_BF16},
 };
 
 // ---------------------------------------------------------------- the emulated machine
@@ -239,9 +247,10 @@ static bool build_so(const char *source, const char *path_cu, const char *path_s
 #else
   const char *san = "";
 #endif
+  // -I: the emulated <mma.h> (tensor-core kernels) beside cuda_emu.h.
   char *cmd = format("%s -std=c++17 -O2 -fPIC -shared -Wall -Wno-unknown-pragmas -Werror %s "
-                     "-include %s -x c++ %s -o %s",
-                     cxx, san, emu_header, path_cu, path_so);
+                     "-I %.*semu_include -include %s -x c++ %s -o %s",
+                     cxx, san, emu_dir_len(emu_header), emu_header, emu_header, path_cu, path_so);
   int rc = system(cmd);
   if (rc != 0)
     fprintf(stderr, "  failed (%d): %s\n", rc, cmd);

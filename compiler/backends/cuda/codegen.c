@@ -691,12 +691,12 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
 // followed by a ReLU or nothing is one kernel step instead, kNN_layer, over the whole
 // batch: bias and ReLU in registers, written to the output buffer.
 static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *p,
-                               int64_t b_at, const char *kname) {
+                               int64_t b_at, const char *kname, RtPrecision prec) {
   const Node *n = &g->nodes[i], *in = &g->nodes[n->inputs[0]];
   const Placement *pl = &n->place[d], *pi = &in->place[d];
   int64_t w_at = add_slice(p, d, n, false, pl->stage[0], false);
   if (cuda_implicit_writes_output(n, d)) {
-    cuda_emit_implicit_conv(src, g, i, d, kname, NULL);
+    cuda_emit_implicit_conv(src, g, i, d, kname, NULL, prec);
     RtStep k = step(RT_STEP_KERNEL, d, n, kname);
     k.work = cuda_implicit_work(n, d);
     k.block = CUDA_IMPLICIT_THREADS;
@@ -714,7 +714,7 @@ static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *
     error("cuda backend: layer '%s': kernel name too long", n->name);
     return false;
   }
-  cuda_emit_implicit_conv(src, g, i, d, cname, kname);
+  cuda_emit_implicit_conv(src, g, i, d, cname, kname, prec);
   Ctx x = {g, n, i, d, src, true, false, false};
   if (!emit_node(&x, kname))
     return false;
@@ -740,15 +740,15 @@ static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *
 // the whole batch, conv + bias + the fused stages, straight into the output buffer. One
 // weight slice: all of stage[0]'s kernels, as stored.
 static bool plan_conv_fused(const Graph *g, int i, int d, FILE *src, RtPlan *p, int64_t b_at,
-                            const char *kname) {
+                            const char *kname, RtPrecision prec) {
   const Node *n = &g->nodes[i], *in = &g->nodes[n->inputs[0]];
   const Placement *pl = &n->place[d], *pi = &in->place[d];
   int64_t w_at = add_slice(p, d, n, false, pl->stage[0], false);
-  cuda_emit_fused_head(src, g, i, d, kname);
+  cuda_emit_fused_head(src, g, i, d, kname, prec);
   Ctx x = {g, n, i, d, src, false, false, true};
   if (!emit_stage_functions(&x))
     return false;
-  cuda_emit_fused_kernel(src, g, i, kname);
+  cuda_emit_fused_kernel(src, g, i, kname, prec);
   RtStep k = step(RT_STEP_KERNEL, d, n, kname);
   k.work = cuda_fused_work(n, d);
   k.block = CUDA_IMPLICIT_THREADS;
@@ -845,9 +845,9 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const 
   if (is_gemm_conv(n, o))
     return plan_conv_gemm(g, i, d, src, p, b_at, kname, o->precision);
   if (is_fused_conv(n, d, o))
-    return plan_conv_fused(g, i, d, src, p, b_at, kname);
+    return plan_conv_fused(g, i, d, src, p, b_at, kname, o->precision);
   if (is_implicit_conv(n, d, o))
-    return plan_conv_implicit(g, i, d, src, p, b_at, kname);
+    return plan_conv_implicit(g, i, d, src, p, b_at, kname, o->precision);
   int64_t w_at = has_weights(n) ? add_slice(p, d, n, false, r0, o->precision == RT_BF16) : 0;
   if (n->op == OP_FC) {
     if (!plan_fc_gemm(g, i, d, src, p, w_at, kname, o->precision))
@@ -927,7 +927,15 @@ static void emit_header(const Graph *g, int d, const char *how, const CudaOption
       [RT_TF32] = "GEMMs on TF32 tensor cores (float operands and sums)",
       [RT_BF16] = ("GEMMs on bfloat16 operands (im2col columns, fc inputs and weights),\n"
                    "// float sums and outputs")};
-  fprintf(f, "// Precision %s: %s.\n//\n", rt_precision_name(o->precision), GEMMS[o->precision]);
+  if (o->conv == CUDA_CONV_GEMM || o->precision == RT_FP32)
+    fprintf(f, "// Precision %s: %s.\n//\n", rt_precision_name(o->precision), GEMMS[o->precision]);
+  else
+    fprintf(f,
+            "// Precision %s: the convolutions' GEMMs on tensor cores in the kernels below\n"
+            "// (wmma; operands rounded to %s as they are stored in shared memory, float\n"
+            "// sums), the fc GEMMs in cuBLAS (%s).\n//\n",
+            rt_precision_name(o->precision), o->precision == RT_TF32 ? "tf32" : "bfloat16",
+            o->precision == RT_TF32 ? "TF32 tensor-core math" : "bfloat16 operands, float sums");
   if (o->conv == CUDA_CONV_GEMM)
     fprintf(f,
             "// Convolutions (--conv gemm): an im2col kernel writes the column matrix of a chunk\n"
@@ -989,6 +997,8 @@ static void emit_header(const Graph *g, int d, const char *how, const CudaOption
             (long long)r.end);
   }
   fputs("\n#ifndef INFINITY\n#define INFINITY __int_as_float(0x7f800000)\n#endif\n\n", f);
+  if (o->precision != RT_FP32 && o->conv != CUDA_CONV_GEMM)
+    fputs("#include <mma.h>  // the tensor cores' warp matrix functions\nnamespace wmma = nvcuda::wmma;\n\n", f);
   if (o->precision == RT_BF16)
     fputs("// float -> bfloat16 (the float's top 16 bits), rounded to nearest even; NaN stays\n"
           "// NaN. cuBLAS reads the GEMM operands written with it as CUDA_R_16BF.\n"
@@ -1022,10 +1032,10 @@ bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, Cud
     error("cuda backend: the graph has not been through the passes");
     return false;
   }
-  if (o.precision != RT_FP32 && o.conv != CUDA_CONV_GEMM) {
-    error("cuda backend: --precision %s runs the GEMMs on tensor cores through cuBLAS, but "
-          "--conv %s computes convolutions in fp32 kernels: use --conv gemm",
-          rt_precision_name(o.precision), cuda_conv_name(o.conv));
+  if (o.precision != RT_FP32 && o.conv == CUDA_CONV_DIRECT) {
+    error("cuda backend: --precision %s runs the GEMMs on tensor cores, but --conv direct "
+          "computes convolutions as fp32 sums: use --conv gemm, implicit or fused",
+          rt_precision_name(o.precision));
     return false;
   }
   RtPlan *p = &out->plan;

@@ -54,7 +54,7 @@ const char *cuda_conv_name(CudaConv c);
 // are the input, the weights, the bias (if any), the output, the batch; `epilogue` is
 // unused.
 void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const char *kname,
-                             const char *epilogue);
+                             const char *epilogue, RtPrecision prec);
 bool cuda_implicit_writes_output(const Node *n, int d);
 #define CUDA_IMPLICIT_THREADS 256  // its block size
 // Its plan step's `work` per image: CUDA_IMPLICIT_THREADS per block, and blocks for whole
@@ -82,8 +82,10 @@ bool cuda_fused_applies(const Node *n, int d);
 // stage functions (codegen.c, whose stage 0 reads the region: struct Ptrs {region,
 // c0, y0, x0}), then the kernel `kname` calling them. Arguments: the input, the
 // weight slice of stage[0], the bias (if any), the output, the batch.
-void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *kname);
-void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname);
+void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *kname,
+                          RtPrecision prec);
+void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname,
+                            RtPrecision prec);
 // Its plan step's `work` per image: a block (CUDA_IMPLICIT_THREADS) per tile.
 int64_t cuda_fused_work(const Node *n, int d);
 

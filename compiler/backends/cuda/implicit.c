@@ -29,7 +29,9 @@
 #define TILE_K 16    // GEMM depth per shared-memory step
 #define THREAD_M 4   // pixels per thread
 #define THREAD_N 4   // kernels per thread
-#define B_PAD 2      // floats of padding per weight-tile row (no bank conflicts on stores)
+// Elements of padding per weight-tile row: 2 floats (no bank conflicts on the stores);
+// with tensor cores a row must stay a multiple of 16 bytes long (wmma's ldm).
+static int b_pad(RtPrecision p) { return p == RT_FP32 ? 2 : p == RT_TF32 ? 4 : 8; }
 
 _Static_assert((TILE_M / THREAD_M) * (TILE_N / THREAD_N) == CUDA_IMPLICIT_THREADS,
                "a block has one thread per register tile");
@@ -77,9 +79,21 @@ int64_t cuda_implicit_work(const Node *n, int d) {
   return (t.pixels + TILE_M - 1) / TILE_M * t.groups * t.n_tiles_per_group * CUDA_IMPLICIT_THREADS;
 }
 
+// The last lines of a kernel's head comment: where its arithmetic runs.
+static void emit_precision_note(FILE *f, RtPrecision prec) {
+  if (prec == RT_FP32)
+    fputs("// fp32 on CUDA cores throughout.\n\n", f);
+  else
+    fprintf(f,
+            "// The GEMM on tensor cores (--precision %s): its operands %s as they\n"
+            "// are stored in shared memory, float accumulators; everything else in float.\n\n",
+            rt_precision_name(prec),
+            prec == RT_TF32 ? "rounded to tf32" : "rounded to bfloat16");
+}
+
 // The comment block at the head of the kernel: what it computes and how it is tiled.
 static void emit_comment(FILE *f, const Node *n, const Implicit *t, const char *kname,
-                         const char *epilogue, bool writes_output) {
+                         const char *epilogue, bool writes_output, RtPrecision prec) {
   fprintf(f, "// ---------------------------------------------------------------- %s\n//\n", kname);
   if (writes_output)
     fprintf(f,
@@ -133,9 +147,9 @@ static void emit_comment(FILE *f, const Node *n, const Implicit *t, const char *
         "// surplus tiles are skipped). The plan launches whole pixel tiles per image\n"
         "// (at least as many blocks as tiles; up to a cap), and blocks loop over tiles\n"
         "// grid-stride.\n"
-        "//\n"
-        "// fp32 on CUDA cores throughout (--precision fp32 only).\n\n",
+        "//\n",
         f);
+  emit_precision_note(f, prec);
 }
 
 // Writes `text` with `indent` before each line but preprocessor lines and empty ones.
@@ -153,27 +167,37 @@ static void emit_indented(FILE *f, const char *indent, const char *text) {
 // The GEMM of one block tile: acc[i][j] = the conv at pixel t_m + THREADS_M * i and kernel
 // n0 + t_n + THREADS_N * j of the tile, over the whole depth. Expects the loader's pixel
 // (m_ok, iy0, ix0), the group's input (x_base) and the kernels [n0, n_end) in scope;
-// block-uniform, as its barriers need.
-static const char K_LOOP[] =
-    "float acc[TM][TN] = {};\n"
+// block-uniform, as its barriers need. fp32: FMAs on the CUDA cores, each thread its
+// register tile. tf32/bf16: the operands rounded as they are stored in shared memory,
+// each warp multiplying 16 x 16 fragments on the tensor cores (wmma), the accumulators
+// then passed through shared memory into the fp32 path's acc[i][j].
+static const char FMA_INIT[] = "float acc[TM][TN] = {};\n";
+static const char MMA_INIT[] =
+    "wmma::fragment<wmma::accumulator, 16, 16, WK, float> acc_frag[FRAGS_N];\n"
+    "#pragma unroll\n"
+    "for (int f = 0; f < FRAGS_N; f++)\n"
+    "  wmma::fill_fragment(acc_frag[f], 0.0f);\n";
+// The tile loads; %s and %s wrap the loaded values (to_operand() with tensor cores).
+static const char LOADS[] =
     "for (int k0 = 0; k0 < DEPTH; k0 += BK) {\n"
     "#pragma unroll\n"
     "  for (int r = 0; r < A_LOADS; r++) {\n"
     "    const int kr = a_k + A_ROW_STEP * r, k = k0 + kr;\n"
-    "    const int ic = k / (K * K), ky = k / K % K, kx = k % K;\n"
+    "    const int ic = k / (K * K), ky = k / K %% K, kx = k %% K;\n"
     "    const int iy = iy0 + ky, ix = ix0 + kx;\n"
-    "    a_tile[kr][a_m] = m_ok && k < DEPTH && iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W\n"
+    "    a_tile[kr][a_m] = %sm_ok && k < DEPTH && iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W\n"
     "                          ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]\n"
-    "                          : 0.0f;\n"
+    "                          : 0.0f%s;\n"
     "  }\n"
     "#pragma unroll\n"
     "  for (int r = 0; r < B_LOADS; r++) {\n"
     "    const int nr = b_n + B_COL_STEP * r, k = k0 + b_k;\n"
-    "    b_tile[b_k][nr] = n0 + nr < n_end && k < DEPTH\n"
+    "    b_tile[b_k][nr] = %sn0 + nr < n_end && k < DEPTH\n"
     "                          ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]\n"
-    "                          : 0.0f;\n"
+    "                          : 0.0f%s;\n"
     "  }\n"
-    "  __syncthreads();  // the tiles are complete\n"
+    "  __syncthreads();  // the tiles are complete\n";
+static const char FMA_STEP[] =
     "#pragma unroll\n"
     "  for (int kr = 0; kr < BK; kr++) {\n"
     "    float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr\n"
@@ -188,18 +212,124 @@ static const char K_LOOP[] =
     "#pragma unroll\n"
     "      for (int j = 0; j < TN; j++)\n"
     "        acc[i][j] += a_frag[i] * w_frag[j];  // contracted to an FMA\n"
-    "  }\n"
+    "  }\n";
+static const char MMA_STEP[] =
+    "#pragma unroll\n"
+    "  for (int kk = 0; kk < BK; kk += WK) {\n"
+    "    // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...\n"
+    "    wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;\n"
+    "    wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);\n"
+    "#pragma unroll\n"
+    "    for (int f = 0; f < FRAGS_N; f++) {\n"
+    "      wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;\n"
+    "      wmma::load_matrix_sync(b_frag, &b_tile[kk][(warp_n * FRAGS_N + f) * 16], BN + B_PAD);\n"
+    "      wmma::mma_sync(acc_frag[f], a_frag, b_frag, acc_frag[f]);\n"
+    "    }\n"
+    "  }\n";
+static const char STEP_END[] =
     "  __syncthreads();  // every thread is done with the tiles\n"
     "}\n";
+static const char MMA_TO_ACC[] =
+    "// The warps' accumulators, through shared memory (c_tile, over the operand tiles),\n"
+    "// into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel\n"
+    "// t_n + THREADS_N * j.\n"
+    "#pragma unroll\n"
+    "for (int f = 0; f < FRAGS_N; f++)\n"
+    "  wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], BM,\n"
+    "                          wmma::mem_col_major);\n"
+    "__syncthreads();  // c_tile is complete\n"
+    "float acc[TM][TN];\n"
+    "#pragma unroll\n"
+    "for (int i = 0; i < TM; i++)\n"
+    "#pragma unroll\n"
+    "  for (int j = 0; j < TN; j++)\n"
+    "    acc[i][j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];\n"
+    "__syncthreads();  // c_tile is read: the next operand tiles may overwrite it\n";
+
+static void emit_k_loop(FILE *f, const char *indent, RtPrecision prec) {
+  bool tc = prec != RT_FP32;
+  const char *open = tc ? "to_operand(" : "", *close = tc ? ")" : "";
+  char loads[sizeof LOADS + 64];
+  snprintf(loads, sizeof loads, LOADS, open, close, open, close);
+  emit_indented(f, indent, tc ? MMA_INIT : FMA_INIT);
+  emit_indented(f, indent, loads);
+  emit_indented(f, indent, tc ? MMA_STEP : FMA_STEP);
+  emit_indented(f, indent, STEP_END);
+  if (tc)
+    emit_indented(f, indent, MMA_TO_ACC);
+}
+
+// The tiling's constants (inside the kernel's namespace): the block, thread and, with
+// tensor cores, warp tiles and the operand type.
+static void emit_tiling(FILE *f, RtPrecision prec) {
+  fprintf(f,
+          "// The GEMM's tiling.\n"
+          "constexpr int BM = %d, BN = %d, BK = %d;  // block tile: pixels x kernels, depth step\n"
+          "constexpr int TM = %d, TN = %d;  // thread tile: pixels x kernels\n"
+          "constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;\n"
+          "constexpr int THREADS = THREADS_M * THREADS_N;\n"
+          "constexpr int B_PAD = %d;  // elements after each W tile row\n"
+          "constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step\n"
+          "constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;\n"
+          "static_assert(THREADS %% BM == 0 && BK %% A_ROW_STEP == 0 && THREADS %% BK == 0 &&\n"
+          "                  BN %% B_COL_STEP == 0,\n"
+          "              \"the tile loads divide evenly among the threads\");\n",
+          TILE_M, TILE_N, TILE_K, THREAD_M, THREAD_N, b_pad(prec));
+  if (prec == RT_FP32)
+    return;
+  bool tf32 = prec == RT_TF32;
+  fprintf(f,
+          "\n"
+          "// Tensor cores (--precision %s): a warp computes 16 pixels x FRAGS_N x 16 kernels,\n"
+          "// 16 x 16 x WK at a time; the operands are stored in shared memory %s.\n"
+          "using Operand = %s;\n"
+          "using OperandPrecision = %s;\n"
+          "constexpr int WK = %d;\n"
+          "__device__ __forceinline__ Operand to_operand(float v) { return %s(v); }\n"
+          "constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M;\n"
+          "constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp\n"
+          "static_assert(WARPS %% WARPS_M == 0 && BN %% (16 * WARPS_N) == 0 && BK %% WK == 0,\n"
+          "              \"the warps tile the block tile\");\n"
+          "// Shared memory for the operand tiles, reused for the accumulators (c_tile).\n"
+          "constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);\n"
+          "constexpr int GEMM_SMEM = OPERAND_BYTES > 4 * BM * BN ? OPERAND_BYTES : 4 * BM * BN;\n",
+          rt_precision_name(prec),
+          tf32 ? "rounded to tf32 (float storage)" : "as bfloat16",
+          tf32 ? "float" : "__nv_bfloat16", tf32 ? "wmma::precision::tf32" : "__nv_bfloat16",
+          tf32 ? 8 : 16, tf32 ? "wmma::__float_to_tf32" : "__float2bfloat16");
+}
+
+// The kernel's shared operand tiles and its threads' roles in loading and computing.
+static void emit_gemm_preamble(FILE *f, RtPrecision prec) {
+  if (prec == RT_FP32)
+    fputs("  __shared__ float a_tile[BK][BM];          // A: input values under the taps\n"
+          "  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels\n",
+          f);
+  else
+    fputs("  __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];\n"
+          "  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);  // A\n"
+          "  Operand(*const b_tile)[BN + B_PAD] =  // W, transposed: depth x kernels\n"
+          "      reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);\n"
+          "  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);  // kernel, pixel\n",
+          f);
+  fputs("  // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns\n"
+        "  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.\n"
+        "  const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;\n"
+        "  const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;\n"
+        "  const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;\n",
+        f);
+  if (prec != RT_FP32)
+    fputs("  const int warp = threadIdx.x / 32, warp_m = warp % WARPS_M, warp_n = warp / WARPS_M;\n", f);
+}
 
 void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const char *kname,
-                             const char *epilogue) {
+                             const char *epilogue, RtPrecision prec) {
   const Node *n = &g->nodes[node], *in = &g->nodes[n->inputs[0]];
   const ConvAttrs *a = &n->conv;
   const Placement *pi = &in->place[d], *pl = &n->place[d];
   Implicit t = implicit_of(n, d);
   bool writes_output = cuda_implicit_writes_output(n, d);
-  emit_comment(f, n, &t, kname, epilogue, writes_output);
+  emit_comment(f, n, &t, kname, epilogue, writes_output, prec);
   fprintf(f,
           "namespace node%02d_implicit {\n\n"
           "// The convolution.\n"
@@ -218,22 +348,10 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
   if (writes_output)
     fprintf(f, "constexpr int HELD_BEGIN = %lld, HELD = %lld;  // output channels held here\n",
             (long long)pl->held.begin, (long long)range_len(pl->held));
-  fprintf(f,
-          "\n"
-          "// The tiling.\n"
-          "constexpr int BM = %d, BN = %d, BK = %d;  // block tile: pixels x kernels, depth step\n"
-          "constexpr int TM = %d, TN = %d;  // thread tile: pixels x kernels\n"
-          "constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;\n"
-          "constexpr int THREADS = THREADS_M * THREADS_N;\n"
-          "constexpr int B_PAD = %d;  // floats after each W tile row\n"
-          "constexpr int N_TILES_PER_GROUP = %lld, N_TILES = GROUPS * N_TILES_PER_GROUP;\n"
-          "constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step\n"
-          "constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;\n"
-          "static_assert(THREADS %% BM == 0 && BK %% A_ROW_STEP == 0 && THREADS %% BK == 0 &&\n"
-          "                  BN %% B_COL_STEP == 0,\n"
-          "              \"the tile loads divide evenly among the threads\");\n\n"
-          "}  // namespace node%02d_implicit\n\n",
-          TILE_M, TILE_N, TILE_K, THREAD_M, THREAD_N, B_PAD, (long long)t.n_tiles_per_group, node);
+  fprintf(f, "constexpr int N_TILES_PER_GROUP = %lld, N_TILES = GROUPS * N_TILES_PER_GROUP;\n\n",
+          (long long)t.n_tiles_per_group);
+  emit_tiling(f, prec);
+  fprintf(f, "\n}  // namespace node%02d_implicit\n\n", node);
 
   fprintf(f,
           "extern \"C\" __global__ __launch_bounds__(node%02d_implicit::THREADS) void %s(\n"
@@ -244,18 +362,11 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
     fprintf(f, "%s    float *__restrict__ y,\n", a->bias ? "    const float *__restrict__ b,\n" : "");
   else
     fputs("    float *__restrict__ out,\n", f);
+  fprintf(f, "    int batch) {\n  using namespace node%02d_implicit;\n", node);
+  emit_gemm_preamble(f, prec);
   fprintf(f,
-          "    int batch) {\n"
-          "  using namespace node%02d_implicit;\n"
-          "  __shared__ float a_tile[BK][BM];          // A: input values under the taps\n"
-          "  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels\n"
           "  const long long M = (long long)batch * PIXELS;%s\n"
           "  const long long tiles = (M + BM - 1) / BM * N_TILES;\n"
-          "  // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns\n"
-          "  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.\n"
-          "  const int a_m = threadIdx.x %% BM, a_k = threadIdx.x / BM;\n"
-          "  const int b_k = threadIdx.x %% BK, b_n = threadIdx.x / BK;\n"
-          "  const int t_m = threadIdx.x %% THREADS_M, t_n = threadIdx.x / THREADS_M;\n"
           "  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {\n"
           "    const long long m0 = tile / N_TILES * BM;\n"
           "    const int n_tile = (int)(tile %% N_TILES), group = FIRST_GROUP + n_tile / N_TILES_PER_GROUP;\n"
@@ -274,8 +385,8 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
           "    const int iy0 = pixel / OUT_W * STRIDE - PAD, ix0 = pixel %% OUT_W * STRIDE - PAD;\n"
           "    const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);\n"
           "\n",
-          node, writes_output ? "" : "  // also out's elements per channel");
-  emit_indented(f, "    ", K_LOOP);
+          writes_output ? "" : "  // also out's elements per channel");
+  emit_k_loop(f, "    ", prec);
   fputc('\n', f);
   if (writes_output) {
     const char *relu = n->n_epilogue ? n->epilogue[0].name : NULL;
@@ -328,9 +439,10 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
 // outputs with the node's stage functions (codegen.c), whose stage 0 reads that region.
 // Nothing but the final output goes to device memory.
 
-// The region in shared memory is at most this many floats: 32 KiB, with the GEMM's
-// tiles 40.3 KiB, under the 48 KiB of static shared memory a block may have.
-#define FUSED_REGION_FLOATS 8192
+// The region in shared memory is at most this many floats: 30 KiB; with the GEMM's
+// shared memory (8.3 KiB of operand tiles in fp32, 16 KiB with tensor cores, whose
+// accumulators pass through it) under the 48 KiB of static shared memory a block may have.
+#define FUSED_REGION_FLOATS 7680
 
 // Rows (or columns) of the conv output that `len` consecutive rows of the node's output
 // depend on: each pool, last to first, widens a run of len to (len - 1) * S + K.
@@ -420,7 +532,7 @@ int64_t cuda_fused_work(const Node *n, int d) {
 }
 
 static void emit_fused_comment(FILE *f, const Node *n, int d, const CudaFusedTile *t,
-                               const char *kname) {
+                               const char *kname, RtPrecision prec) {
   int64_t needed = range_len(n->place[d].stage[0]) * shape_plane(n->head_out);
   fprintf(f, "// ---------------------------------------------------------------- %s\n//\n", kname);
   fprintf(f, "// %s", n->name);
@@ -443,19 +555,20 @@ static void emit_fused_comment(FILE *f, const Node *n, int d, const CudaFusedTil
           "// implicit.c, cuda_fused_tile). Here %lld GEMM tiles of %d x %d per image, which\n"
           "// the %lld conv outputs this device needs would fill to %.0f%%: the rest is\n"
           "// halo that neighbouring tiles both compute, and partial tiles.\n"
-          "//\n"
-          "// fp32 on CUDA cores throughout (--precision fp32 only).\n\n",
+          "//\n",
           t->halo, (long long)t->gemm_tiles, TILE_M, TILE_N, (long long)needed,
           100.0 * (double)needed / ((double)t->gemm_tiles * TILE_M * TILE_N));
+  emit_precision_note(f, prec);
 }
 
-void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *kname) {
+void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *kname,
+                          RtPrecision prec) {
   const Node *n = &g->nodes[node], *in = &g->nodes[n->inputs[0]];
   const ConvAttrs *a = &n->conv;
   const Placement *pi = &in->place[d], *pl = &n->place[d];
   CudaFusedTile t = cuda_fused_tile(n, d);
   Range r0 = pl->stage[0], out = pl->stage[n->n_epilogue];
-  emit_fused_comment(f, n, d, &t, kname);
+  emit_fused_comment(f, n, d, &t, kname, prec);
   fprintf(f,
           "namespace node%02d_fused {\n\n"
           "// The convolution.\n"
@@ -477,19 +590,7 @@ void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *
           "constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;\n"
           "constexpr int HALO = %d, RC = %d, RH = %d, RW = %d, RP = RH * RW;\n"
           "constexpr int Y_SCALE = %d, Y_SHIFT = %d, X_SCALE = %d, X_SHIFT = %d;\n"
-          "\n"
-          "// The GEMM's tiling.\n"
-          "constexpr int BM = %d, BN = %d, BK = %d;  // block tile: pixels x kernels, depth step\n"
-          "constexpr int TM = %d, TN = %d;  // thread tile: pixels x kernels\n"
-          "constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;\n"
-          "constexpr int THREADS = THREADS_M * THREADS_N;\n"
-          "constexpr int B_PAD = %d;  // floats after each W tile row\n"
-          "constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step\n"
-          "constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;\n"
-          "static_assert(THREADS %% BM == 0 && BK %% A_ROW_STEP == 0 && THREADS %% BK == 0 &&\n"
-          "                  BN %% B_COL_STEP == 0,\n"
-          "              \"the tile loads divide evenly among the threads\");\n\n"
-          "}  // namespace node%02d_fused\n\n",
+          "\n",
           node, (long long)in->out.h, (long long)in->out.w, a->kernel, a->stride, a->pad,
           (long long)n->head_out.h, (long long)n->head_out.w, (long long)pi->held.begin,
           (long long)range_len(pi->held), (long long)(in->out.c / a->groups),
@@ -497,10 +598,13 @@ void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *
           (long long)out.begin, (long long)out.end, (long long)n->out.h, (long long)n->out.w,
           (long long)pl->held.begin, (long long)range_len(pl->held), t.tc, t.th, t.tw,
           t.c_tiles, t.y_tiles, t.x_tiles, t.halo, t.rc, t.rh, t.rw, t.y_scale, t.y_shift,
-          t.x_scale, t.x_shift, TILE_M, TILE_N, TILE_K, THREAD_M, THREAD_N, B_PAD, node);
+          t.x_scale, t.x_shift);
+  emit_tiling(f, prec);
+  fprintf(f, "\n}  // namespace node%02d_fused\n\n", node);
 }
 
-void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname) {
+void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname,
+                            RtPrecision prec) {
   const Node *n = &g->nodes[node];
   const ConvAttrs *a = &n->conv;
   fprintf(f,
@@ -510,16 +614,12 @@ void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname
           "%s"
           "    float *__restrict__ y,\n"
           "    int batch) {\n"
-          "  using namespace node%02d_fused;\n"
-          "  __shared__ float a_tile[BK][BM];          // A: input values under the taps\n"
-          "  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels\n"
-          "  __shared__ float region[RC * RP];         // the conv output: channel, row, column\n"
-          "  const long long tiles = (long long)batch * TILES_PER_IMAGE;\n"
-          "  // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns\n"
-          "  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.\n"
-          "  const int a_m = threadIdx.x %% BM, a_k = threadIdx.x / BM;\n"
-          "  const int b_k = threadIdx.x %% BK, b_n = threadIdx.x / BK;\n"
-          "  const int t_m = threadIdx.x %% THREADS_M, t_n = threadIdx.x / THREADS_M;\n"
+          "  using namespace node%02d_fused;\n",
+          node, kname, a->bias ? "    const float *__restrict__ b,\n" : "", node);
+  emit_gemm_preamble(f, prec);
+  fputs("  __shared__ float region[RC * RP];  // the conv output: channel, row, column\n"
+        "  const long long tiles = (long long)batch * TILES_PER_IMAGE;\n", f);
+  fprintf(f,
           "  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {\n"
           "    // Tiles are numbered image, row, column, channel (channel tiles of the same\n"
           "    // pixels run together and share their input in L1/L2).\n"
@@ -542,9 +642,8 @@ void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname
           "        const int group = n0 / OUT_PER_GROUP;\n"
           "        const int group_end = (group + 1) * OUT_PER_GROUP < c_hi ? (group + 1) * OUT_PER_GROUP : c_hi;\n"
           "        const int n_end = n0 + BN < group_end ? n0 + BN : group_end;  // at most BN, of one group\n"
-          "        const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);\n",
-          node, kname, a->bias ? "    const float *__restrict__ b,\n" : "", node);
-  emit_indented(f, "        ", K_LOOP);
+          "        const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);\n");
+  emit_k_loop(f, "        ", prec);
   fprintf(f,
           "        // Into the region%s.\n"
           "#pragma unroll\n"

@@ -1,10 +1,11 @@
 // NVRTC: generated CUDA C++ -> CUBIN for one architecture, plus PTX for the same
 // compute capability (which the driver can JIT for newer GPUs).
 //
-// Results are cached by content: an FNV-1a hash of the NVRTC version, the options and
-// the source names the files HASH.cubin and HASH.ptx in $ALEXC_CACHE (default
-// ~/.cache/alexc; "off" for none), written atomically, so a second compile of the same
-// spec skips NVRTC and two processes racing on one entry both end with a whole file.
+// Results are cached by content: an FNV-1a hash of the NVRTC version, the options (the
+// include directory among them) and the source names the files HASH.cubin and HASH.ptx
+// in $ALEXC_CACHE (default ~/.cache/alexc; "off" for none), written atomically, so a
+// second compile of the same spec skips NVRTC and two processes racing on one entry
+// both end with a whole file.
 // HASH.cu beside them is the source they came from: for a person reading a CUBIN's
 // disassembly, and for the fake driver of tests/cuda/fake/, which runs a module by
 // compiling its source for the CPU. Each device's source compiles on its own thread.
@@ -74,6 +75,17 @@ static int first_error_line(const char *log, const char *name) {
   return 0;
 }
 
+#ifndef ALEXC_CUDA_INCLUDE_DIR
+#define ALEXC_CUDA_INCLUDE_DIR "/usr/local/cuda/include"
+#endif
+
+// "-I DIR" for the toolkit's headers (the tensor-core kernels include <mma.h>):
+// $CUDA_HOME/include when CUDA_HOME is set, else where the build found cuda.h. Owned.
+static char *include_option(void) {
+  const char *home = getenv("CUDA_HOME");
+  return home && *home ? format("-I%s/include", home) : format("-I%s", ALEXC_CUDA_INCLUDE_DIR);
+}
+
 // One NVRTC run; on failure prints the log and the failing source lines.
 static bool run_nvrtc(const char *source, const char *name, const char *arch, bool want_cubin,
                       uint8_t **out, size_t *out_size) {
@@ -83,9 +95,9 @@ static bool run_nvrtc(const char *source, const char *name, const char *arch, bo
     error("nvrtc: %s: %s", name, nvrtcGetErrorString(rc));
     return false;
   }
-  char *arch_opt = format("--gpu-architecture=%s", arch);
-  const char *opts[] = {arch_opt, "-std=c++17"};
-  rc = nvrtcCompileProgram(prog, 2, opts);
+  char *arch_opt = format("--gpu-architecture=%s", arch), *include = include_option();
+  const char *opts[] = {arch_opt, "-std=c++17", include};
+  rc = nvrtcCompileProgram(prog, 3, opts);
   size_t log_size = 0;
   nvrtcGetProgramLogSize(prog, &log_size);
   char *log = xcalloc(log_size + 1, 1);
@@ -111,6 +123,7 @@ static bool run_nvrtc(const char *source, const char *name, const char *arch, bo
   }
   free(log);
   free(arch_opt);
+  free(include);
   nvrtcDestroyProgram(&prog);
   return ok;
 }
@@ -130,9 +143,11 @@ bool cuda_compile_source(const char *source, const char *name, const char *arch,
   char *virt = format("compute_%s", arch + 3);
   int major = 0, minor = 0;
   nvrtcVersion(&major, &minor);
-  char version[64];
-  int vlen = snprintf(version, sizeof version, "nvrtc %d.%d -std=c++17 %s", major, minor, arch);
-  uint64_t h = fnv1a(0xcbf29ce484222325ull, version, vlen + 1);
+  char *include = include_option();
+  char *version = format("nvrtc %d.%d -std=c++17 %s %s", major, minor, include, arch);
+  uint64_t h = fnv1a(0xcbf29ce484222325ull, version, strlen(version) + 1);
+  free(version);
+  free(include);
   h = fnv1a(h, source, strlen(source));
 
   char *dir = cache_dir();

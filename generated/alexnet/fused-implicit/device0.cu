@@ -77,7 +77,7 @@
 // (at least as many blocks as tiles; up to a cap), and blocks loop over tiles
 // grid-stride.
 //
-// fp32 on CUDA cores throughout (--precision fp32 only).
+// fp32 on CUDA cores throughout.
 
 namespace node01_implicit {
 
@@ -89,14 +89,14 @@ constexpr int IN_PER_GROUP = 3, OUT_PER_GROUP = 96;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 96;  // computed here: the weight slice's rows
 constexpr int FIRST_GROUP = 0, GROUPS = 1;  // the groups [C_BEGIN, C_END) meets
+constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
-// The tiling.
+// The GEMM's tiling.
 constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
 constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // floats after each W tile row
-constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int B_PAD = 2;  // elements after each W tile row
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
@@ -113,13 +113,13 @@ extern "C" __global__ __launch_bounds__(node01_implicit::THREADS) void k01_conv1
   using namespace node01_implicit;
   __shared__ float a_tile[BK][BM];          // A: input values under the taps
   __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
-  const long long M = (long long)batch * PIXELS;  // also out's elements per channel
-  const long long tiles = (M + BM - 1) / BM * N_TILES;
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
+  const long long M = (long long)batch * PIXELS;  // also out's elements per channel
+  const long long tiles = (M + BM - 1) / BM * N_TILES;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const long long m0 = tile / N_TILES * BM;
     const int n_tile = (int)(tile % N_TILES), group = FIRST_GROUP + n_tile / N_TILES_PER_GROUP;
@@ -323,7 +323,7 @@ extern "C" __global__ void k01_conv1(
 // (at least as many blocks as tiles; up to a cap), and blocks loop over tiles
 // grid-stride.
 //
-// fp32 on CUDA cores throughout (--precision fp32 only).
+// fp32 on CUDA cores throughout.
 
 namespace node02_implicit {
 
@@ -335,14 +335,14 @@ constexpr int IN_PER_GROUP = 48, OUT_PER_GROUP = 128;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 256;  // computed here: the weight slice's rows
 constexpr int FIRST_GROUP = 0, GROUPS = 2;  // the groups [C_BEGIN, C_END) meets
+constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
-// The tiling.
+// The GEMM's tiling.
 constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
 constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // floats after each W tile row
-constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int B_PAD = 2;  // elements after each W tile row
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
@@ -359,13 +359,13 @@ extern "C" __global__ __launch_bounds__(node02_implicit::THREADS) void k02_conv2
   using namespace node02_implicit;
   __shared__ float a_tile[BK][BM];          // A: input values under the taps
   __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
-  const long long M = (long long)batch * PIXELS;  // also out's elements per channel
-  const long long tiles = (M + BM - 1) / BM * N_TILES;
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
+  const long long M = (long long)batch * PIXELS;  // also out's elements per channel
+  const long long tiles = (M + BM - 1) / BM * N_TILES;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const long long m0 = tile / N_TILES * BM;
     const int n_tile = (int)(tile % N_TILES), group = FIRST_GROUP + n_tile / N_TILES_PER_GROUP;
@@ -569,7 +569,7 @@ extern "C" __global__ void k02_conv2(
 // (at least as many blocks as tiles; up to a cap), and blocks loop over tiles
 // grid-stride.
 //
-// fp32 on CUDA cores throughout (--precision fp32 only).
+// fp32 on CUDA cores throughout.
 
 namespace node03_implicit {
 
@@ -582,14 +582,14 @@ constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's rows
 constexpr int FIRST_GROUP = 0, GROUPS = 1;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
+constexpr int N_TILES_PER_GROUP = 6, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
-// The tiling.
+// The GEMM's tiling.
 constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
 constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // floats after each W tile row
-constexpr int N_TILES_PER_GROUP = 6, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int B_PAD = 2;  // elements after each W tile row
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
@@ -607,13 +607,13 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
   using namespace node03_implicit;
   __shared__ float a_tile[BK][BM];          // A: input values under the taps
   __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
-  const long long M = (long long)batch * PIXELS;
-  const long long tiles = (M + BM - 1) / BM * N_TILES;
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
+  const long long M = (long long)batch * PIXELS;
+  const long long tiles = (M + BM - 1) / BM * N_TILES;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const long long m0 = tile / N_TILES * BM;
     const int n_tile = (int)(tile % N_TILES), group = FIRST_GROUP + n_tile / N_TILES_PER_GROUP;
@@ -733,7 +733,7 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
 // (at least as many blocks as tiles; up to a cap), and blocks loop over tiles
 // grid-stride.
 //
-// fp32 on CUDA cores throughout (--precision fp32 only).
+// fp32 on CUDA cores throughout.
 
 namespace node04_implicit {
 
@@ -746,14 +746,14 @@ constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's rows
 constexpr int FIRST_GROUP = 0, GROUPS = 2;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
+constexpr int N_TILES_PER_GROUP = 3, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
-// The tiling.
+// The GEMM's tiling.
 constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
 constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // floats after each W tile row
-constexpr int N_TILES_PER_GROUP = 3, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int B_PAD = 2;  // elements after each W tile row
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
@@ -771,13 +771,13 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
   using namespace node04_implicit;
   __shared__ float a_tile[BK][BM];          // A: input values under the taps
   __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
-  const long long M = (long long)batch * PIXELS;
-  const long long tiles = (M + BM - 1) / BM * N_TILES;
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
+  const long long M = (long long)batch * PIXELS;
+  const long long tiles = (M + BM - 1) / BM * N_TILES;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const long long m0 = tile / N_TILES * BM;
     const int n_tile = (int)(tile % N_TILES), group = FIRST_GROUP + n_tile / N_TILES_PER_GROUP;
@@ -897,7 +897,7 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
 // (at least as many blocks as tiles; up to a cap), and blocks loop over tiles
 // grid-stride.
 //
-// fp32 on CUDA cores throughout (--precision fp32 only).
+// fp32 on CUDA cores throughout.
 
 namespace node05_implicit {
 
@@ -909,14 +909,14 @@ constexpr int IN_PER_GROUP = 192, OUT_PER_GROUP = 128;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 256;  // computed here: the weight slice's rows
 constexpr int FIRST_GROUP = 0, GROUPS = 2;  // the groups [C_BEGIN, C_END) meets
+constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
-// The tiling.
+// The GEMM's tiling.
 constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
 constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // floats after each W tile row
-constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int B_PAD = 2;  // elements after each W tile row
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
@@ -933,13 +933,13 @@ extern "C" __global__ __launch_bounds__(node05_implicit::THREADS) void k05_conv5
   using namespace node05_implicit;
   __shared__ float a_tile[BK][BM];          // A: input values under the taps
   __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
-  const long long M = (long long)batch * PIXELS;  // also out's elements per channel
-  const long long tiles = (M + BM - 1) / BM * N_TILES;
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
+  const long long M = (long long)batch * PIXELS;  // also out's elements per channel
+  const long long tiles = (M + BM - 1) / BM * N_TILES;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const long long m0 = tile / N_TILES * BM;
     const int n_tile = (int)(tile % N_TILES), group = FIRST_GROUP + n_tile / N_TILES_PER_GROUP;

@@ -1310,10 +1310,10 @@ static bool build_from_cache(const void *image, size_t size, const char *so, con
   char *cmd;
   if (asprintf(&cmd,
                "cp '%s' '%s.tmp.%d' && mv '%s.tmp.%d' '%s' && "
-               "%s -std=c++17 -O1 -fPIC -shared -include '%s' -x c++ '%s' -o '%s.tmp.%d' && "
-               "mv '%s.tmp.%d' '%s'",
-               source, cu, (int)getpid(), cu, (int)getpid(), cu, cxx && *cxx ? cxx : "g++", emu,
-               source, so, (int)getpid(), so, (int)getpid(), so) < 0)
+               "%s -std=c++17 -O1 -fPIC -shared -I '%.*semu_include' -include '%s' -x c++ '%s' "
+               "-o '%s.tmp.%d' && mv '%s.tmp.%d' '%s'",
+               source, cu, (int)getpid(), cu, (int)getpid(), cu, cxx && *cxx ? cxx : "g++",
+               emu_dir_len(emu), emu, emu, source, so, (int)getpid(), so, (int)getpid(), so) < 0)
     return false;
   if (fake.verbose)
     fprintf(stderr, "fake cuda: building %s from the NVRTC cache's %s\n", so, source);

@@ -57,9 +57,10 @@ static pid_t start_module(int d, const char *hash) {
   if (!exists(so)) {
     if (asprintf(&cmd,
                  "cp '%s' '%s.tmp.'$$ && mv '%s.tmp.'$$ '%s' && "
-                 "%s -std=c++17 -O2 -fPIC -shared -include '%s' -x c++ '%s' -o '%s.tmp.'$$ && "
-                 "mv '%s.tmp.'$$ '%s'",
-                 src, cu, cu, cu, cxx, emu_header, src, so, so, so) < 0)
+                 "%s -std=c++17 -O2 -fPIC -shared -I '%.*semu_include' -include '%s' -x c++ '%s' "
+                 "-o '%s.tmp.'$$ && mv '%s.tmp.'$$ '%s'",
+                 src, cu, cu, cu, cxx, emu_dir_len(emu_header), emu_header, emu_header, src, so,
+                 so, so) < 0)
       abort();
     pid = spawn(cmd);
   }
