@@ -12,7 +12,8 @@
 #   here, first: scripts/gpu-check.sh rehearse   # the same steps against the fake driver
 #
 # `run` prints the GPU's name, then: alexc bench of specs/alexnet.yaml at batch 128
-# (fused against unfused, fp32, tf32, bf16; --conv implicit; and two devices), PyTorch's
+# (fused against unfused, fp32, tf32, bf16; --conv implicit and fused, in fp32 and on
+# tensor cores; and two devices), PyTorch's
 # peer timings in the same run (../shared/bench/torch_peers.py, eager and torch.compile), and the GPU
 # correctness test (tests/cuda/gpu.sh: every spec, precision, fused/unfused, 1/2
 # devices, against the reference executor). Everything also lands in $OUT.
@@ -53,6 +54,11 @@ run | rehearse)
     mkdir -p "$ALEXC_FAKE_CUDA_MODULES"
   else
     export LD_LIBRARY_PATH="$PWD/build-gpu/devlibs:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    # NVRTC's headers (<mma.h> for the tensor-core kernels) from this machine's toolkit.
+    if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
+      CUDA_HOME=$(dirname "$(dirname "$(command -v nvcc)")")
+      export CUDA_HOME
+    fi
   fi
   out=${OUT:-$PWD/gpu-check-out}
   mkdir -p "$out"
@@ -81,6 +87,11 @@ run | rehearse)
     done
     bench fp32-implicit --conv implicit --compare-unfused
     bench fp32-convfused --conv fused --compare-unfused
+    if [ "$what" != quick ]; then  # tensor cores in the generated kernels
+      bench tf32-implicit --conv implicit --precision tf32 --compare-unfused
+      bench tf32-convfused --conv fused --precision tf32 --compare-unfused
+      bench bf16-convfused --conv fused --precision bf16 --compare-unfused
+    fi
     bench fp32-2dev --devices 2
   fi
   if [ "$1" = run ] && [ "$what" != tests ] && [ -f build-gpu/devlibs/torch_peers.py ]; then

@@ -65,7 +65,7 @@ int pass_option(const char *cmd, int c, const char *arg, PassOptions *o);
   "                    which other GPUs can JIT\n"                                          \
   "  --precision P     the GEMMs' arithmetic: fp32 (default; no TF32 anywhere), tf32\n"    \
   "                    (TF32 tensor cores) or bf16 (bfloat16 operands, float sums);\n"    \
-  "                    tf32 and bf16 need --conv gemm\n"                                  \
+  "                    not with --conv direct\n"                                          \
   "  --conv S          'gemm' (default): im2col + cuBLAS per group + one kernel for bias\n" \
   "                    and the fused ReLU/LRN/pool, each conv output computed once (per-\n" \
   "                    device scratch, at most 256 MiB, images in chunks); 'direct': one\n" \

@@ -19,18 +19,20 @@
 //           stage needs it (no scratch, no cuBLAS for convs).
 //   implicit  one tiled implicit-GEMM kernel (implicit.c; shared memory, no im2col
 //           buffer) writing the conv output where gemm's cuBLAS does, then the same
-//           epilogue kernel; fp32 only. Scratch: the conv output alone.
+//           epilogue kernel. Scratch: the conv output alone.
 //   fused   the whole node (conv, bias, ReLU, LRN, pool) in one kernel (implicit.c):
 //           a block computes the conv output its output tile needs into shared memory
-//           with implicit's GEMM, then the fused stages from there; fp32 only, no
-//           scratch. A conv with a ReLU or nothing after it is implicit's one kernel.
+//           with implicit's GEMM, then the fused stages from there; no scratch. A
+//           conv with a ReLU or nothing after it is implicit's one kernel.
+// implicit and fused run their GEMM on the CUDA cores in fp32 and on the tensor cores
+// (wmma) in tf32 and bf16; direct is fp32 only.
 typedef enum { CUDA_CONV_GEMM, CUDA_CONV_DIRECT, CUDA_CONV_IMPLICIT, CUDA_CONV_FUSED } CudaConv;
 
 #define CUDA_SCRATCH_BYTES ((int64_t)256 << 20)  // default per-device scratch budget
 
 typedef struct {
   CudaConv conv;          // default CUDA_CONV_GEMM, for every conv
-  RtPrecision precision;  // the GEMMs' arithmetic (default fp32); tf32/bf16 need conv gemm
+  RtPrecision precision;  // the GEMMs' arithmetic (default fp32); not tf32/bf16 with direct
   int64_t scratch_bytes;  // per-device scratch budget: sets the images per chunk
   int64_t max_chunk;      // at most this many images per chunk (0: no cap; tests use it)
 } CudaOptions;
