@@ -11,7 +11,8 @@
 // EMU_MATH_TF32 rounds every A and B element to TF32 (10 explicit mantissa bits, round
 // to nearest even) before multiplying, as cuBLAS's TF32 tensor-op math does; the
 // products and the sums stay float. Header-only (static functions), so each test
-// links its own copy and needs no library.
+// links its own copy and needs no library; C and C++ (emu_include/mma.h uses its
+// rounding functions).
 #ifndef ALEXC_EMU_GEMM_H
 #define ALEXC_EMU_GEMM_H
 
@@ -111,8 +112,10 @@ static inline const char *emu_gemm(char ta, char tb, int64_t m, int64_t n, int64
   int tra = ta == 'T', trb = tb == 'T';
   // acc: one column of the result; bcol: op(B)'s column j; acol: a column of A.
   int64_t acol_len = tra ? k : m;
-  float *acc = calloc((size_t)m, sizeof(float)), *bcol = calloc((size_t)emu_max1(k), sizeof(float)),
-        *acol = calloc((size_t)emu_max1(acol_len), sizeof(float));
+  // (Casts: the emulated <mma.h> includes this header in C++.)
+  float *acc = (float *)calloc((size_t)m, sizeof(float));
+  float *bcol = (float *)calloc((size_t)emu_max1(k), sizeof(float));
+  float *acol = (float *)calloc((size_t)emu_max1(acol_len), sizeof(float));
   if (!acc || !bcol || !acol) {
     free(acc);
     free(bcol);

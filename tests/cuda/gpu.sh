@@ -34,36 +34,39 @@ tolerance() {  # the limits of compiler/backends/cuda/codegen.c's cuda_tolerance
 
 # After a failure: the first layer whose output differs (each layer's network compiled
 # with --layer and compared against the reference there), to say where to look.
-first_bad_layer() {  # first_bad_layer SPEC BATCH CONV PRECISION OPTIONS...
-  local spec=$1 batch=$2 conv=$3 precision=$4 layer
-  shift 4
+first_bad_layer() {  # first_bad_layer DIR SPEC BATCH CONV PRECISION OPTIONS...
+  local dir=$1 spec=$2 batch=$3 conv=$4 precision=$5 layer
+  shift 5
   for layer in $("$alexc" check "$spec" | awk 'NR > 3 && $1 ~ /^[A-Za-z_]/ && $1 != "total" { print $1 }'); do
     # shellcheck disable=SC2068
     if ! "$alexc" run "$spec" --seed 1 --scheme fan-in --random "$batch" $@ --target cuda \
-      --conv "$conv" --precision "$precision" --layer "$layer" --compare-ref >"$tmp/bisect" 2>&1; then
-      echo "    first layer that differs: $layer ($(grep -m1 -o "max rel err [^ ]*" "$tmp/bisect" || tail -1 "$tmp/bisect"))"
+      --conv "$conv" --precision "$precision" --layer "$layer" --compare-ref >"$dir/bisect" 2>&1; then
+      echo "    first layer that differs: $layer ($(grep -m1 -o "max rel err [^ ]*" "$dir/bisect" || tail -1 "$dir/bisect"))"
       return
     fi
   done
   echo "    every layer matches on its own: the difference is in how the network's end is run"
 }
 
-failures=0
-for spec in "${specs[@]}"; do
-  batch=3
+# Every variant of one spec, its files in DIR; prints a line per variant and exits with
+# the number of failures.
+check_spec() {  # check_spec SPEC DIR
+  local spec=$1 dir=$2 batch=3 failures=0 opts variant rc result
   case $spec in specs/alexnet*) batch=4 ;; esac
+  mkdir -p "$dir"
   # The oracle: the reference executor, unfused on one device (the passes do not
   # change its results: tests/passes/test_equivalence.c).
-  "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch --no-fuse --output "$tmp/ref.npy" || {
-    echo "FAIL: $spec: the reference run"; failures=$((failures + 1)); continue; }
+  "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch --no-fuse --output "$dir/ref.npy" || {
+    echo "FAIL: $spec: the reference run"; return 1; }
   for opts in "" "--no-fuse" "--devices 2" "--no-fuse --devices 2"; do
     for variant in "gemm fp32" "direct fp32" "implicit fp32" "fused fp32" "gemm tf32" \
                    "implicit tf32" "fused tf32" "fused bf16" "gemm bf16"; do
       set -- $variant
+      result=
       # shellcheck disable=SC2086
       "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch $opts --target cuda \
-        --conv "$1" --precision "$2" --output "$tmp/gpu.npy" &&
-        result=$(compare "$tmp/gpu.npy" "$tmp/ref.npy" "$(tolerance "$2")" | sed 's/ (.*//'
+        --conv "$1" --precision "$2" --output "$dir/gpu.npy" &&
+        result=$(compare "$dir/gpu.npy" "$dir/ref.npy" "$(tolerance "$2")" | sed 's/ (.*//'
                  exit "${PIPESTATUS[0]}")
       rc=$?
       printf '  %-40s %-8s %-4s %-22s %s %s\n' "$spec" "$1" "$2" "${opts:-fused}" "${result:-}" \
@@ -71,11 +74,28 @@ for spec in "${specs[@]}"; do
       if [ $rc -ne 0 ]; then
         failures=$((failures + 1))
         # shellcheck disable=SC2086
-        first_bad_layer "$spec" $batch "$1" "$2" $opts
+        first_bad_layer "$dir" "$spec" $batch "$1" "$2" $opts
       fi
-      result=
     done
   done
+  return $((failures < 255 ? failures : 255))
+}
+
+# The specs run side by side ($ALEXC_GPU_TEST_JOBS at a time, default 4: each run is
+# mostly NVRTC and host work, and the GPU has room for several), their reports printed
+# in order once all are done.
+jobs_max=${ALEXC_GPU_TEST_JOBS:-4}
+for i in "${!specs[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do
+    wait -n || true
+  done
+  { check_spec "${specs[$i]}" "$tmp/$i" >"$tmp/$i.log" 2>&1; echo $? >"$tmp/$i.rc"; } &
+done
+wait
+failures=0
+for i in "${!specs[@]}"; do
+  cat "$tmp/$i.log"
+  failures=$((failures + $(cat "$tmp/$i.rc" 2>/dev/null || echo 1)))
 done
 echo "$failures failure(s)"
 [ $failures -eq 0 ]

@@ -684,7 +684,24 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
   return true;
 }
 
-// The plan steps of a conv computed by the implicit-GEMM kernel (--conv implicit, fp32):
+// The plan step of a conv node computed by one kernel over the whole batch (the implicit
+// kernel that writes the output, or the fused kernel): a block of CUDA_IMPLICIT_THREADS,
+// arguments input, weights, bias (if any), output.
+static void add_whole_conv_step(RtPlan *p, const Graph *g, int i, int d, const char *kname,
+                                int64_t work, int64_t w_at, int64_t b_at) {
+  const Node *n = &g->nodes[i], *in = &g->nodes[n->inputs[0]];
+  RtStep k = step(RT_STEP_KERNEL, d, n, kname);
+  k.work = work;
+  k.block = CUDA_IMPLICIT_THREADS;
+  k.args[k.n_args++] = arena(in->place[d].offset, 0);
+  k.args[k.n_args++] = weight(w_at);
+  if (has_bias(n))
+    k.args[k.n_args++] = weight(b_at);
+  k.args[k.n_args++] = arena(n->place[d].offset, 0);
+  rt_plan_add_step(p, &k);
+}
+
+// The plan steps of a conv computed by the implicit-GEMM kernel (--conv implicit):
 // one chunk of two kernels, kNN_layer_implicit (implicit.c) writing the conv output of
 // stage[0] to scratch exactly where and how plan_conv_gemm's GEMMs do, then the same
 // epilogue kernel. One weight slice: all of stage[0]'s kernels, as stored. A conv
@@ -697,15 +714,7 @@ static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *
   int64_t w_at = add_slice(p, d, n, false, pl->stage[0], false);
   if (cuda_implicit_writes_output(n, d)) {
     cuda_emit_implicit_conv(src, g, i, d, kname, NULL, prec);
-    RtStep k = step(RT_STEP_KERNEL, d, n, kname);
-    k.work = cuda_implicit_work(n, d);
-    k.block = CUDA_IMPLICIT_THREADS;
-    k.args[k.n_args++] = arena(pi->offset, 0);
-    k.args[k.n_args++] = weight(w_at);
-    if (has_bias(n))
-      k.args[k.n_args++] = weight(b_at);
-    k.args[k.n_args++] = arena(pl->offset, 0);
-    rt_plan_add_step(p, &k);
+    add_whole_conv_step(p, g, i, d, kname, cuda_implicit_work(n, d), w_at, b_at);
     return true;
   }
   char cname[RT_PLAN_NAME + 16];
@@ -741,23 +750,15 @@ static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *
 // weight slice: all of stage[0]'s kernels, as stored.
 static bool plan_conv_fused(const Graph *g, int i, int d, FILE *src, RtPlan *p, int64_t b_at,
                             const char *kname, RtPrecision prec) {
-  const Node *n = &g->nodes[i], *in = &g->nodes[n->inputs[0]];
-  const Placement *pl = &n->place[d], *pi = &in->place[d];
+  const Node *n = &g->nodes[i];
+  const Placement *pl = &n->place[d];
   int64_t w_at = add_slice(p, d, n, false, pl->stage[0], false);
   cuda_emit_fused_head(src, g, i, d, kname, prec);
   Ctx x = {g, n, i, d, src, false, false, true};
   if (!emit_stage_functions(&x))
     return false;
   cuda_emit_fused_kernel(src, g, i, kname, prec);
-  RtStep k = step(RT_STEP_KERNEL, d, n, kname);
-  k.work = cuda_fused_work(n, d);
-  k.block = CUDA_IMPLICIT_THREADS;
-  k.args[k.n_args++] = arena(pi->offset, 0);
-  k.args[k.n_args++] = weight(w_at);
-  if (has_bias(n))
-    k.args[k.n_args++] = weight(b_at);
-  k.args[k.n_args++] = arena(pl->offset, 0);
-  rt_plan_add_step(p, &k);
+  add_whole_conv_step(p, g, i, d, kname, cuda_fused_work(n, d), w_at, b_at);
   return true;
 }
 

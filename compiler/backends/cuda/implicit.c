@@ -177,7 +177,8 @@ static const char MMA_INIT[] =
     "#pragma unroll\n"
     "for (int f = 0; f < FRAGS_N; f++)\n"
     "  wmma::fill_fragment(acc_frag[f], 0.0f);\n";
-// The tile loads; %s and %s wrap the loaded values (to_operand() with tensor cores).
+// The tile loads; each %s...%s wraps a loaded value (to_operand() with tensor cores), and
+// each %*s indents the continuation lines under it.
 static const char LOADS[] =
     "for (int k0 = 0; k0 < DEPTH; k0 += BK) {\n"
     "#pragma unroll\n"
@@ -186,15 +187,15 @@ static const char LOADS[] =
     "    const int ic = k / (K * K), ky = k / K %% K, kx = k %% K;\n"
     "    const int iy = iy0 + ky, ix = ix0 + kx;\n"
     "    a_tile[kr][a_m] = %sm_ok && k < DEPTH && iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W\n"
-    "                          ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]\n"
-    "                          : 0.0f%s;\n"
+    "                      %*s    ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]\n"
+    "                      %*s    : 0.0f%s;\n"
     "  }\n"
     "#pragma unroll\n"
     "  for (int r = 0; r < B_LOADS; r++) {\n"
     "    const int nr = b_n + B_COL_STEP * r, k = k0 + b_k;\n"
     "    b_tile[b_k][nr] = %sn0 + nr < n_end && k < DEPTH\n"
-    "                          ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]\n"
-    "                          : 0.0f%s;\n"
+    "                      %*s    ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]\n"
+    "                      %*s    : 0.0f%s;\n"
     "  }\n"
     "  __syncthreads();  // the tiles are complete\n";
 static const char FMA_STEP[] =
@@ -249,8 +250,9 @@ static const char MMA_TO_ACC[] =
 static void emit_k_loop(FILE *f, const char *indent, RtPrecision prec) {
   bool tc = prec != RT_FP32;
   const char *open = tc ? "to_operand(" : "", *close = tc ? ")" : "";
-  char loads[sizeof LOADS + 64];
-  snprintf(loads, sizeof loads, LOADS, open, close, open, close);
+  int w = (int)strlen(open);
+  char loads[sizeof LOADS + 128];
+  snprintf(loads, sizeof loads, LOADS, open, w, "", w, "", close, open, w, "", w, "", close);
   emit_indented(f, indent, tc ? MMA_INIT : FMA_INIT);
   emit_indented(f, indent, loads);
   emit_indented(f, indent, tc ? MMA_STEP : FMA_STEP);
@@ -307,10 +309,12 @@ static void emit_gemm_preamble(FILE *f, RtPrecision prec) {
           f);
   else
     fputs("  __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];\n"
-          "  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);  // A\n"
-          "  Operand(*const b_tile)[BN + B_PAD] =  // W, transposed: depth x kernels\n"
+          "  // A: input values under the taps, W: transposed, depth x kernels; then the\n"
+          "  // accumulators, kernels x pixels.\n"
+          "  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);\n"
+          "  Operand(*const b_tile)[BN + B_PAD] =\n"
           "      reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);\n"
-          "  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);  // kernel, pixel\n",
+          "  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);\n",
           f);
   fputs("  // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns\n"
         "  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.\n"
@@ -322,28 +326,40 @@ static void emit_gemm_preamble(FILE *f, RtPrecision prec) {
     fputs("  const int warp = threadIdx.x / 32, warp_m = warp % WARPS_M, warp_n = warp / WARPS_M;\n", f);
 }
 
-void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const char *kname,
-                             const char *epilogue, RtPrecision prec) {
+// "// The convolution." and its constants, in both kernels' namespaces: sizes, the input
+// channels held here, groups, depth, the channels computed here (stage[0], the weight
+// slice's rows). The caller adds the output's size, under its kernel's names.
+static void emit_conv_constants(FILE *f, const Graph *g, int node, int d) {
   const Node *n = &g->nodes[node], *in = &g->nodes[n->inputs[0]];
   const ConvAttrs *a = &n->conv;
-  const Placement *pi = &in->place[d], *pl = &n->place[d];
-  Implicit t = implicit_of(n, d);
-  bool writes_output = cuda_implicit_writes_output(n, d);
-  emit_comment(f, n, &t, kname, epilogue, writes_output, prec);
+  const Placement *pi = &in->place[d];
+  Range r0 = n->place[d].stage[0];
   fprintf(f,
-          "namespace node%02d_implicit {\n\n"
           "// The convolution.\n"
           "constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
-          "constexpr int OUT_H = %lld, OUT_W = %lld, PIXELS = OUT_H * OUT_W;\n"
           "constexpr int IN_HELD_BEGIN = %lld, IN_HELD = %lld;  // input channels held here\n"
           "constexpr int IN_PER_GROUP = %lld, OUT_PER_GROUP = %lld;\n"
           "constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel\n"
-          "constexpr int C_BEGIN = %lld, C_END = %lld;  // computed here: the weight slice's rows\n"
-          "constexpr int FIRST_GROUP = %lld, GROUPS = %lld;  // the groups [C_BEGIN, C_END) meets\n",
-          node, (long long)in->out.h, (long long)in->out.w, a->kernel, a->stride, a->pad,
-          (long long)n->head_out.h, (long long)n->head_out.w, (long long)pi->held.begin,
-          (long long)range_len(pi->held), (long long)(in->out.c / a->groups),
-          (long long)t.per_group, (long long)t.r.begin, (long long)t.r.end,
+          "constexpr int C_BEGIN = %lld, C_END = %lld;  // computed here: the weight slice's rows\n",
+          (long long)in->out.h, (long long)in->out.w, a->kernel, a->stride, a->pad,
+          (long long)pi->held.begin, (long long)range_len(pi->held),
+          (long long)(in->out.c / a->groups), (long long)(a->out / a->groups),
+          (long long)r0.begin, (long long)r0.end);
+}
+
+void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const char *kname,
+                             const char *epilogue, RtPrecision prec) {
+  const Node *n = &g->nodes[node];
+  const ConvAttrs *a = &n->conv;
+  const Placement *pl = &n->place[d];
+  Implicit t = implicit_of(n, d);
+  bool writes_output = cuda_implicit_writes_output(n, d);
+  emit_comment(f, n, &t, kname, epilogue, writes_output, prec);
+  fprintf(f, "namespace node%02d_implicit {\n\n", node);
+  emit_conv_constants(f, g, node, d);
+  fprintf(f, "constexpr int OUT_H = %lld, OUT_W = %lld, PIXELS = OUT_H * OUT_W;  // its output\n",
+          (long long)n->head_out.h, (long long)n->head_out.w);
+  fprintf(f, "constexpr int FIRST_GROUP = %lld, GROUPS = %lld;  // the groups [C_BEGIN, C_END) meets\n",
           (long long)t.first_group, (long long)t.groups);
   if (writes_output)
     fprintf(f, "constexpr int HELD_BEGIN = %lld, HELD = %lld;  // output channels held here\n",
@@ -563,21 +579,15 @@ static void emit_fused_comment(FILE *f, const Node *n, int d, const CudaFusedTil
 
 void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *kname,
                           RtPrecision prec) {
-  const Node *n = &g->nodes[node], *in = &g->nodes[n->inputs[0]];
-  const ConvAttrs *a = &n->conv;
-  const Placement *pi = &in->place[d], *pl = &n->place[d];
+  const Node *n = &g->nodes[node];
+  const Placement *pl = &n->place[d];
   CudaFusedTile t = cuda_fused_tile(n, d);
-  Range r0 = pl->stage[0], out = pl->stage[n->n_epilogue];
+  Range out = pl->stage[n->n_epilogue];
   emit_fused_comment(f, n, d, &t, kname, prec);
+  fprintf(f, "namespace node%02d_fused {\n\n", node);
+  emit_conv_constants(f, g, node, d);
   fprintf(f,
-          "namespace node%02d_fused {\n\n"
-          "// The convolution.\n"
-          "constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
           "constexpr int CONV_H = %lld, CONV_W = %lld;  // its output\n"
-          "constexpr int IN_HELD_BEGIN = %lld, IN_HELD = %lld;  // input channels held here\n"
-          "constexpr int IN_PER_GROUP = %lld, OUT_PER_GROUP = %lld;\n"
-          "constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel\n"
-          "constexpr int C_BEGIN = %lld, C_END = %lld;  // computed here: the weight slice's rows\n"
           "\n"
           "// The node's output: channels [OUT_BEGIN, OUT_END) computed here, of HELD held.\n"
           "constexpr int OUT_BEGIN = %lld, OUT_END = %lld, OUT_H = %lld, OUT_W = %lld;\n"
@@ -591,11 +601,7 @@ void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *
           "constexpr int HALO = %d, RC = %d, RH = %d, RW = %d, RP = RH * RW;\n"
           "constexpr int Y_SCALE = %d, Y_SHIFT = %d, X_SCALE = %d, X_SHIFT = %d;\n"
           "\n",
-          node, (long long)in->out.h, (long long)in->out.w, a->kernel, a->stride, a->pad,
-          (long long)n->head_out.h, (long long)n->head_out.w, (long long)pi->held.begin,
-          (long long)range_len(pi->held), (long long)(in->out.c / a->groups),
-          (long long)(a->out / a->groups), (long long)r0.begin, (long long)r0.end,
-          (long long)out.begin, (long long)out.end, (long long)n->out.h, (long long)n->out.w,
+          (long long)n->head_out.h, (long long)n->head_out.w, (long long)out.begin, (long long)out.end, (long long)n->out.h, (long long)n->out.w,
           (long long)pl->held.begin, (long long)range_len(pl->held), t.tc, t.th, t.tw,
           t.c_tiles, t.y_tiles, t.x_tiles, t.halo, t.rc, t.rh, t.rw, t.y_scale, t.y_shift,
           t.x_scale, t.x_shift);

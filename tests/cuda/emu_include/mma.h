@@ -24,31 +24,15 @@
 
 #include <type_traits>
 
+#include "../emu_gemm.h"  // the bit casts and bfloat16 rounding the cuBLAS emulation uses
+
 struct __nv_bfloat16 {
   unsigned short bits;
 };
 
-static inline unsigned emu_mma_bits(float f) {
-  unsigned u;
-  memcpy(&u, &f, sizeof u);
-  return u;
-}
-
-static inline float emu_mma_float(unsigned u) {
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-
 // Round to nearest even; NaN stays NaN (cuda_bf16.h's __float2bfloat16).
-static inline __nv_bfloat16 __float2bfloat16(float f) {
-  unsigned u = emu_mma_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u)
-    return {(unsigned short)((u >> 16) | 0x40u)};
-  return {(unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
-}
-
-static inline float __bfloat162float(__nv_bfloat16 h) { return emu_mma_float((unsigned)h.bits << 16); }
+static inline __nv_bfloat16 __float2bfloat16(float f) { return {emu_float_to_bf16(f)}; }
+static inline float __bfloat162float(__nv_bfloat16 h) { return emu_bf16_to_float(h.bits); }
 
 namespace nvcuda {
 namespace wmma {
@@ -65,16 +49,16 @@ enum layout_t { mem_row_major, mem_col_major };
 
 // cvt.rna.tf32.f32: round to nearest at mantissa bit 13, ties away from zero.
 static inline float __float_to_tf32(float f) {
-  unsigned u = emu_mma_bits(f);
+  uint32_t u = emu_bits(f);
   if ((u & 0x7f800000u) == 0x7f800000u)
     return f;
-  return emu_mma_float((u + 0x1000u) & ~0x1fffu);
+  return emu_float((u + 0x1000u) & ~0x1fffu);
 }
 
 template <class T> struct storage_of { using type = T; };
 template <> struct storage_of<precision::tf32> { using type = float; };
 
-static inline float operand_value(float v) { return emu_mma_float(emu_mma_bits(v) & ~0x1fffu); }
+static inline float operand_value(float v) { return emu_float(emu_bits(v) & ~0x1fffu); }
 static inline float operand_value(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment {
