@@ -52,6 +52,8 @@ run | rehearse)
     export LD_LIBRARY_PATH="$fake" ALEXC_FAKE_CUDA_MODULES="$ALEXC_CACHE/modules" \
       ALEXC_FAKE_CUDA_CACHE="$ALEXC_CACHE" ALEXC_FAKE_CUDA_EMU="$PWD/tests/cuda/cuda_emu.h"
     mkdir -p "$ALEXC_FAKE_CUDA_MODULES"
+    # gpu.sh's script on two of its variants: each one is a g++ build of the kernels here.
+    export ALEXC_GPU_TEST_VARIANTS="gemm fp32,fused tf32"
   else
     export LD_LIBRARY_PATH="$PWD/build-gpu/devlibs:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
     # NVRTC's headers (<mma.h> for the tensor-core kernels) from this machine's toolkit.

@@ -59,8 +59,7 @@ check_spec() {  # check_spec SPEC DIR
   "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch --no-fuse --output "$dir/ref.npy" || {
     echo "FAIL: $spec: the reference run"; return 1; }
   for opts in "" "--no-fuse" "--devices 2" "--no-fuse --devices 2"; do
-    for variant in "gemm fp32" "direct fp32" "implicit fp32" "fused fp32" "gemm tf32" \
-                   "implicit tf32" "fused tf32" "fused bf16" "gemm bf16"; do
+    for variant in "${variants[@]}"; do
       set -- $variant
       result=
       # shellcheck disable=SC2086
@@ -80,6 +79,14 @@ check_spec() {  # check_spec SPEC DIR
   done
   return $((failures < 255 ? failures : 255))
 }
+
+# --conv and --precision pairs: every one, or $ALEXC_GPU_TEST_VARIANTS ("gemm fp32,fused
+# tf32": the rehearsal against the fake driver runs a few, each costing a CPU build).
+variants=("gemm fp32" "direct fp32" "implicit fp32" "fused fp32" "gemm tf32" "implicit tf32"
+          "fused tf32" "fused bf16" "gemm bf16")
+if [ -n "${ALEXC_GPU_TEST_VARIANTS:-}" ]; then
+  IFS=, read -r -a variants <<<"$ALEXC_GPU_TEST_VARIANTS"
+fi
 
 # The specs run side by side ($ALEXC_GPU_TEST_JOBS at a time, default 4: each run is
 # mostly NVRTC and host work, and the GPU has room for several), their reports printed

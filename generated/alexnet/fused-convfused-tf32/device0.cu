@@ -61,11 +61,11 @@ namespace node01_fused {
 
 // The convolution.
 constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD = 0;
-constexpr int CONV_H = 55, CONV_W = 55;  // its output
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 3;  // input channels held here
 constexpr int IN_PER_GROUP = 3, OUT_PER_GROUP = 96;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 96;  // computed here: the weight slice's rows
+constexpr int CONV_H = 55, CONV_W = 55;  // its output
 
 // The node's output: channels [OUT_BEGIN, OUT_END) computed here, of HELD held.
 constexpr int OUT_BEGIN = 0, OUT_END = 96, OUT_H = 27, OUT_W = 27;
@@ -172,10 +172,12 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
     int batch) {
   using namespace node01_fused;
   __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);  // A
-  Operand(*const b_tile)[BN + B_PAD] =  // W, transposed: depth x kernels
+  // A: input values under the taps, W: transposed, depth x kernels; then the
+  // accumulators, kernels x pixels.
+  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);
+  Operand(*const b_tile)[BN + B_PAD] =
       reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);  // kernel, pixel
+  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
@@ -218,15 +220,15 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
             const int ic = k / (K * K), ky = k / K % K, kx = k % K;
             const int iy = iy0 + ky, ix = ix0 + kx;
             a_tile[kr][a_m] = to_operand(m_ok && k < DEPTH && iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                                  ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]
-                                  : 0.0f);
+                                             ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]
+                                             : 0.0f);
           }
 #pragma unroll
           for (int r = 0; r < B_LOADS; r++) {
             const int nr = b_n + B_COL_STEP * r, k = k0 + b_k;
             b_tile[b_k][nr] = to_operand(n0 + nr < n_end && k < DEPTH
-                                  ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]
-                                  : 0.0f);
+                                             ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]
+                                             : 0.0f);
           }
           __syncthreads();  // the tiles are complete
 #pragma unroll
@@ -311,11 +313,11 @@ namespace node02_fused {
 
 // The convolution.
 constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD = 2;
-constexpr int CONV_H = 27, CONV_W = 27;  // its output
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 96;  // input channels held here
 constexpr int IN_PER_GROUP = 48, OUT_PER_GROUP = 128;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 256;  // computed here: the weight slice's rows
+constexpr int CONV_H = 27, CONV_W = 27;  // its output
 
 // The node's output: channels [OUT_BEGIN, OUT_END) computed here, of HELD held.
 constexpr int OUT_BEGIN = 0, OUT_END = 256, OUT_H = 13, OUT_W = 13;
@@ -422,10 +424,12 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
     int batch) {
   using namespace node02_fused;
   __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);  // A
-  Operand(*const b_tile)[BN + B_PAD] =  // W, transposed: depth x kernels
+  // A: input values under the taps, W: transposed, depth x kernels; then the
+  // accumulators, kernels x pixels.
+  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);
+  Operand(*const b_tile)[BN + B_PAD] =
       reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);  // kernel, pixel
+  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
@@ -468,15 +472,15 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
             const int ic = k / (K * K), ky = k / K % K, kx = k % K;
             const int iy = iy0 + ky, ix = ix0 + kx;
             a_tile[kr][a_m] = to_operand(m_ok && k < DEPTH && iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                                  ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]
-                                  : 0.0f);
+                                             ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]
+                                             : 0.0f);
           }
 #pragma unroll
           for (int r = 0; r < B_LOADS; r++) {
             const int nr = b_n + B_COL_STEP * r, k = k0 + b_k;
             b_tile[b_k][nr] = to_operand(n0 + nr < n_end && k < DEPTH
-                                  ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]
-                                  : 0.0f);
+                                             ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]
+                                             : 0.0f);
           }
           __syncthreads();  // the tiles are complete
 #pragma unroll
@@ -586,11 +590,11 @@ namespace node03_implicit {
 
 // The convolution.
 constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 256;  // input channels held here
 constexpr int IN_PER_GROUP = 256, OUT_PER_GROUP = 384;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's rows
+constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 1;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
 constexpr int N_TILES_PER_GROUP = 6, N_TILES = GROUPS * N_TILES_PER_GROUP;
@@ -631,10 +635,12 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
     int batch) {
   using namespace node03_implicit;
   __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);  // A
-  Operand(*const b_tile)[BN + B_PAD] =  // W, transposed: depth x kernels
+  // A: input values under the taps, W: transposed, depth x kernels; then the
+  // accumulators, kernels x pixels.
+  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);
+  Operand(*const b_tile)[BN + B_PAD] =
       reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);  // kernel, pixel
+  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
@@ -672,15 +678,15 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
         const int ic = k / (K * K), ky = k / K % K, kx = k % K;
         const int iy = iy0 + ky, ix = ix0 + kx;
         a_tile[kr][a_m] = to_operand(m_ok && k < DEPTH && iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                              ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]
-                              : 0.0f);
+                                         ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]
+                                         : 0.0f);
       }
 #pragma unroll
       for (int r = 0; r < B_LOADS; r++) {
         const int nr = b_n + B_COL_STEP * r, k = k0 + b_k;
         b_tile[b_k][nr] = to_operand(n0 + nr < n_end && k < DEPTH
-                              ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]
-                              : 0.0f);
+                                         ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]
+                                         : 0.0f);
       }
       __syncthreads();  // the tiles are complete
 #pragma unroll
@@ -784,11 +790,11 @@ namespace node04_implicit {
 
 // The convolution.
 constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 384;  // input channels held here
 constexpr int IN_PER_GROUP = 192, OUT_PER_GROUP = 192;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's rows
+constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 2;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
 constexpr int N_TILES_PER_GROUP = 3, N_TILES = GROUPS * N_TILES_PER_GROUP;
@@ -829,10 +835,12 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
     int batch) {
   using namespace node04_implicit;
   __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);  // A
-  Operand(*const b_tile)[BN + B_PAD] =  // W, transposed: depth x kernels
+  // A: input values under the taps, W: transposed, depth x kernels; then the
+  // accumulators, kernels x pixels.
+  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);
+  Operand(*const b_tile)[BN + B_PAD] =
       reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);  // kernel, pixel
+  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
@@ -870,15 +878,15 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
         const int ic = k / (K * K), ky = k / K % K, kx = k % K;
         const int iy = iy0 + ky, ix = ix0 + kx;
         a_tile[kr][a_m] = to_operand(m_ok && k < DEPTH && iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                              ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]
-                              : 0.0f);
+                                         ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]
+                                         : 0.0f);
       }
 #pragma unroll
       for (int r = 0; r < B_LOADS; r++) {
         const int nr = b_n + B_COL_STEP * r, k = k0 + b_k;
         b_tile[b_k][nr] = to_operand(n0 + nr < n_end && k < DEPTH
-                              ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]
-                              : 0.0f);
+                                         ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]
+                                         : 0.0f);
       }
       __syncthreads();  // the tiles are complete
 #pragma unroll
@@ -957,11 +965,11 @@ namespace node05_fused {
 
 // The convolution.
 constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-constexpr int CONV_H = 13, CONV_W = 13;  // its output
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 384;  // input channels held here
 constexpr int IN_PER_GROUP = 192, OUT_PER_GROUP = 128;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 256;  // computed here: the weight slice's rows
+constexpr int CONV_H = 13, CONV_W = 13;  // its output
 
 // The node's output: channels [OUT_BEGIN, OUT_END) computed here, of HELD held.
 constexpr int OUT_BEGIN = 0, OUT_END = 256, OUT_H = 6, OUT_W = 6;
@@ -1050,10 +1058,12 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
     int batch) {
   using namespace node05_fused;
   __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);  // A
-  Operand(*const b_tile)[BN + B_PAD] =  // W, transposed: depth x kernels
+  // A: input values under the taps, W: transposed, depth x kernels; then the
+  // accumulators, kernels x pixels.
+  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);
+  Operand(*const b_tile)[BN + B_PAD] =
       reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);  // kernel, pixel
+  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
@@ -1096,15 +1106,15 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
             const int ic = k / (K * K), ky = k / K % K, kx = k % K;
             const int iy = iy0 + ky, ix = ix0 + kx;
             a_tile[kr][a_m] = to_operand(m_ok && k < DEPTH && iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                                  ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]
-                                  : 0.0f);
+                                             ? x0[x_base + (ic * IN_H + iy) * IN_W + ix]
+                                             : 0.0f);
           }
 #pragma unroll
           for (int r = 0; r < B_LOADS; r++) {
             const int nr = b_n + B_COL_STEP * r, k = k0 + b_k;
             b_tile[b_k][nr] = to_operand(n0 + nr < n_end && k < DEPTH
-                                  ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]
-                                  : 0.0f);
+                                             ? w[(long long)(n0 + nr - C_BEGIN) * DEPTH + k]
+                                             : 0.0f);
           }
           __syncthreads();  // the tiles are complete
 #pragma unroll

@@ -55,11 +55,11 @@ namespace node01_fused {
 
 // The convolution.
 constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD = 0;
-constexpr int CONV_H = 55, CONV_W = 55;  // its output
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 3;  // input channels held here
 constexpr int IN_PER_GROUP = 3, OUT_PER_GROUP = 96;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 96;  // computed here: the weight slice's rows
+constexpr int CONV_H = 55, CONV_W = 55;  // its output
 
 // The node's output: channels [OUT_BEGIN, OUT_END) computed here, of HELD held.
 constexpr int OUT_BEGIN = 0, OUT_END = 96, OUT_H = 27, OUT_W = 27;
@@ -271,11 +271,11 @@ namespace node02_fused {
 
 // The convolution.
 constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD = 2;
-constexpr int CONV_H = 27, CONV_W = 27;  // its output
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 96;  // input channels held here
 constexpr int IN_PER_GROUP = 48, OUT_PER_GROUP = 128;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 256;  // computed here: the weight slice's rows
+constexpr int CONV_H = 27, CONV_W = 27;  // its output
 
 // The node's output: channels [OUT_BEGIN, OUT_END) computed here, of HELD held.
 constexpr int OUT_BEGIN = 0, OUT_END = 256, OUT_H = 13, OUT_W = 13;
@@ -512,11 +512,11 @@ namespace node03_implicit {
 
 // The convolution.
 constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 256;  // input channels held here
 constexpr int IN_PER_GROUP = 256, OUT_PER_GROUP = 384;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's rows
+constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 1;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
 constexpr int N_TILES_PER_GROUP = 6, N_TILES = GROUPS * N_TILES_PER_GROUP;
@@ -676,11 +676,11 @@ namespace node04_implicit {
 
 // The convolution.
 constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 384;  // input channels held here
 constexpr int IN_PER_GROUP = 192, OUT_PER_GROUP = 192;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's rows
+constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 2;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
 constexpr int N_TILES_PER_GROUP = 3, N_TILES = GROUPS * N_TILES_PER_GROUP;
@@ -815,11 +815,11 @@ namespace node05_fused {
 
 // The convolution.
 constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
-constexpr int CONV_H = 13, CONV_W = 13;  // its output
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 384;  // input channels held here
 constexpr int IN_PER_GROUP = 192, OUT_PER_GROUP = 128;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 256;  // computed here: the weight slice's rows
+constexpr int CONV_H = 13, CONV_W = 13;  // its output
 
 // The node's output: channels [OUT_BEGIN, OUT_END) computed here, of HELD held.
 constexpr int OUT_BEGIN = 0, OUT_END = 256, OUT_H = 6, OUT_W = 6;
