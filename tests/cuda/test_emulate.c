@@ -91,7 +91,7 @@ static const Variant VARIANTS[] = {
     // Tensor cores in the generated kernels (wmma; cuda_emu's emulated <mma.h>).
     {"implicit-fused-tf32", true, 1, 0, 0, false, IMPLICIT, 0, RT_TF32},
     {"implicit-unfused-2dev-bf16", false, 2, 0, 0, false, IMPLICIT, 0, RT_BF16},
-    {"convfused-fused-tf32", true, 1, 0, 0, false, FUSED, 0, RT_TF32},
+    {"convfused-fused-tf32", true, 1, 0, 0, true, FUSED, 0, RT_TF32},
     {"convfused-fused-2dev-tf32", true, 2, 0, 0, false, FUSED, 0, RT_TF32},
     {"convfused-fused-bf16", true, 1, 0, 0, false, FUSED, 0, RT_BF16},
     {"convfused-fused-3dev-bf16-grid3", true, 3, 2, 3, false, FUSED, 0, RT_BF16},

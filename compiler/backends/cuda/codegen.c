@@ -596,11 +596,11 @@ static bool is_gemm_conv(const Node *n, const CudaOptions *o) {
 // does: the implicit kernel alone, or (a region too large) with the epilogue kernel.
 static bool is_implicit_conv(const Node *n, int d, const CudaOptions *o) {
   return n->op == OP_CONV && (o->conv == CUDA_CONV_IMPLICIT ||
-                              (o->conv == CUDA_CONV_FUSED && !cuda_fused_applies(n, d)));
+                              (o->conv == CUDA_CONV_FUSED && !cuda_fused_applies(n, d, o->precision)));
 }
 
 static bool is_fused_conv(const Node *n, int d, const CudaOptions *o) {
-  return o->conv == CUDA_CONV_FUSED && cuda_fused_applies(n, d);
+  return o->conv == CUDA_CONV_FUSED && cuda_fused_applies(n, d, o->precision);
 }
 
 // The epilogue kernel of a conv whose output a GEMM (cuBLAS or the implicit kernel) left
@@ -714,7 +714,7 @@ static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *
   int64_t w_at = add_slice(p, d, n, false, pl->stage[0], false);
   if (cuda_implicit_writes_output(n, d)) {
     cuda_emit_implicit_conv(src, g, i, d, kname, NULL, prec);
-    add_whole_conv_step(p, g, i, d, kname, cuda_implicit_work(n, d), w_at, b_at);
+    add_whole_conv_step(p, g, i, d, kname, cuda_implicit_work(n, d, prec), w_at, b_at);
     return true;
   }
   char cname[RT_PLAN_NAME + 16];
@@ -734,7 +734,7 @@ static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *
   chunk.body = 2;
   rt_plan_add_step(p, &chunk);
   RtStep k = step(RT_STEP_KERNEL, d, n, cname);
-  k.work = cuda_implicit_work(n, d);
+  k.work = cuda_implicit_work(n, d, prec);
   k.block = CUDA_IMPLICIT_THREADS;
   k.n_args = 3;
   k.args[0] = (RtAddr){RT_SPACE_ARENA, pi->offset, 0, range_len(pi->held) * shape_plane(in->out)};
@@ -758,7 +758,7 @@ static bool plan_conv_fused(const Graph *g, int i, int d, FILE *src, RtPlan *p, 
   if (!emit_stage_functions(&x))
     return false;
   cuda_emit_fused_kernel(src, g, i, kname, prec);
-  add_whole_conv_step(p, g, i, d, kname, cuda_fused_work(n, d), w_at, b_at);
+  add_whole_conv_step(p, g, i, d, kname, cuda_fused_work(n, d, prec), w_at, b_at);
   return true;
 }
 

@@ -61,7 +61,7 @@ bool cuda_implicit_writes_output(const Node *n, int d);
 #define CUDA_IMPLICIT_THREADS 256  // its block size
 // Its plan step's `work` per image: CUDA_IMPLICIT_THREADS per block, and blocks for whole
 // pixel tiles of each image, so the launch has at least one block per tile.
-int64_t cuda_implicit_work(const Node *n, int d);
+int64_t cuda_implicit_work(const Node *n, int d, RtPrecision prec);
 
 // --conv fused (implicit.c). A block's tile of the node's output on device d, and the
 // region of the conv output (stage 0) it needs: channels [c - halo, c + tc + halo) for a
@@ -73,13 +73,14 @@ typedef struct {
   int halo;                    // channels the LRNs read on each side
   int rc, rh, rw;              // the region: channels x rows x columns
   int y_scale, y_shift, x_scale, x_shift;
-  int64_t gemm_tiles;          // BM x BN GEMM tiles per image (the choice's cost)
+  int bn;                      // kernels per GEMM tile (the pixels: 64)
+  int64_t gemm_tiles;          // 64 x bn GEMM tiles per image
 } CudaFusedTile;
-CudaFusedTile cuda_fused_tile(const Node *n, int d);
+CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec);
 // Whether conv node n on device d is one tiled kernel under --conv fused: its fused
 // stages are ReLU, dropout, LRN and max-pool (what the fusion pass makes), its region
 // fits, and it is not the simpler implicit kernel that writes its output.
-bool cuda_fused_applies(const Node *n, int d);
+bool cuda_fused_applies(const Node *n, int d, RtPrecision prec);
 // Its source: the comment and constants (namespace nodeNN_fused), before the node's
 // stage functions (codegen.c, whose stage 0 reads the region: struct Ptrs {region,
 // c0, y0, x0}), then the kernel `kname` calling them. Arguments: the input, the
@@ -89,7 +90,7 @@ void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *
 void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname,
                             RtPrecision prec);
 // Its plan step's `work` per image: a block (CUDA_IMPLICIT_THREADS) per tile.
-int64_t cuda_fused_work(const Node *n, int d);
+int64_t cuda_fused_work(const Node *n, int d, RtPrecision prec);
 
 typedef struct {
   RtPlan plan;                    // the steps; modules empty until cuda_compile()

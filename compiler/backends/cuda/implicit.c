@@ -19,22 +19,50 @@
 
 #include "cuda.h"
 
-// The tile sizes, fixed for every conv (tuning them per layer is for a session with a
-// GPU). A block of 16 x 16 threads computes a 64 x 64 tile of the output (pixels x
-// kernels), each thread a 4 x 4 register tile, 16 deep per shared-memory step: a step
-// loads 2 x 16 x 64 floats (8.1 KiB with padding) and does 64 x 64 x 16 FMAs, 256 per
-// thread against its 128 shared-memory reads.
-#define TILE_M 64    // output pixels per block tile
-#define TILE_N 64    // output channels (kernels) per block tile
-#define TILE_K 16    // GEMM depth per shared-memory step
-#define THREAD_M 4   // pixels per thread
-#define THREAD_N 4   // kernels per thread
+// The tiling. A block of 16 x 16 threads computes a tile of 64 pixels x BN kernels,
+// each thread a 4 x TN register tile (BN = 16 TN), 16 deep per shared-memory step: a
+// step loads 16 x (64 + BN) values and does 64 x BN x 16 FMAs. BN is chosen per kernel
+// (choose_bn, cuda_fused_tile) to fit the kernels a tile covers: AlexNet's conv1 has 96
+// (BN 96), its groups 128 or 192 (BN 128, 96). Tuning the rest per layer is for a
+// session with a GPU.
+#define TILE_M 64     // output pixels per block tile
+#define TILE_K 16     // GEMM depth per shared-memory step
+#define THREAD_M 4    // pixels per thread
+#define THREADS_N (CUDA_IMPLICIT_THREADS / (TILE_M / THREAD_M))  // threads along the kernels
+#define MAX_TN 8      // kernels per thread at most: BN <= 128, 32 accumulators
 // Elements of padding per weight-tile row: 2 floats (no bank conflicts on the stores);
 // with tensor cores a row must stay a multiple of 16 bytes long (wmma's ldm).
 static int b_pad(RtPrecision p) { return p == RT_FP32 ? 2 : p == RT_TF32 ? 4 : 8; }
 
-_Static_assert((TILE_M / THREAD_M) * (TILE_N / THREAD_N) == CUDA_IMPLICIT_THREADS,
+_Static_assert(CUDA_IMPLICIT_THREADS % (TILE_M / THREAD_M) == 0,
                "a block has one thread per register tile");
+
+// The BN a precision allows: any multiple of THREADS_N on the CUDA cores; with tensor
+// cores whole 16-wide fragments for each of the 2 warps along the kernels (WARPS_N).
+static int bn_step(RtPrecision p) { return p == RT_FP32 ? THREADS_N : 2 * 16; }
+
+// Bytes of static shared memory the GEMM needs: its operand tiles, which tensor cores
+// also use for the accumulators (64 x BN floats) once the depth loop is done.
+static int gemm_smem(RtPrecision p, int bn) {
+  int element = p == RT_BF16 ? 2 : 4;
+  int operands = element * TILE_K * (TILE_M + bn + b_pad(p));
+  int accumulators = p == RT_FP32 ? 0 : 4 * TILE_M * bn;
+  return operands > accumulators ? operands : accumulators;
+}
+
+// The BN for tiles of `width` kernels: the fewest padded kernels, then the widest.
+static int choose_bn(int64_t width, RtPrecision p) {
+  int best = bn_step(p);
+  int64_t best_padded = INT64_MAX;
+  for (int bn = bn_step(p); bn <= THREADS_N * MAX_TN; bn += bn_step(p)) {
+    int64_t padded = (width + bn - 1) / bn * bn;
+    if (padded <= best_padded) {
+      best_padded = padded;
+      best = bn;
+    }
+  }
+  return best;
+}
 
 // Where a conv's implicit kernel works on device d: the channels it computes (stage[0],
 // LRN halo included) and the groups they meet.
@@ -42,11 +70,12 @@ typedef struct {
   Range r;                    // channels computed: the rows of the output, the weight slice
   int64_t per_group;          // kernels per group
   int64_t first_group, groups;
-  int64_t n_tiles_per_group;  // TILE_N-wide tiles of the widest group part in r
+  int bn;                     // kernels per block tile
+  int64_t n_tiles_per_group;  // BN-wide tiles of the widest group part in r
   int64_t pixels;             // output pixels per image
 } Implicit;
 
-static Implicit implicit_of(const Node *n, int d) {
+static Implicit implicit_of(const Node *n, int d, RtPrecision prec) {
   Implicit t = {.r = n->place[d].stage[0]};
   t.per_group = n->conv.out / n->conv.groups;
   t.pixels = shape_plane(n->head_out);
@@ -60,7 +89,8 @@ static Implicit implicit_of(const Node *n, int d) {
     int64_t hi = (g + 1) * t.per_group < t.r.end ? (g + 1) * t.per_group : t.r.end;
     widest = hi - lo > widest ? hi - lo : widest;
   }
-  t.n_tiles_per_group = (widest + TILE_N - 1) / TILE_N;
+  t.bn = choose_bn(widest, prec);
+  t.n_tiles_per_group = (widest + t.bn - 1) / t.bn;
   return t;
 }
 
@@ -72,8 +102,8 @@ bool cuda_implicit_writes_output(const Node *n, int d) {
          r0.end == last.end;
 }
 
-int64_t cuda_implicit_work(const Node *n, int d) {
-  Implicit t = implicit_of(n, d);
+int64_t cuda_implicit_work(const Node *n, int d, RtPrecision prec) {
+  Implicit t = implicit_of(n, d, prec);
   // Whole pixel tiles per image, so that work * batch / block is at least the number of
   // tiles, ceil(batch * pixels / TILE_M) * N_TILES; the blocks past it find no tile.
   return (t.pixels + TILE_M - 1) / TILE_M * t.groups * t.n_tiles_per_group * CUDA_IMPLICIT_THREADS;
@@ -263,7 +293,7 @@ static void emit_k_loop(FILE *f, const char *indent, RtPrecision prec) {
 
 // The tiling's constants (inside the kernel's namespace): the block, thread and, with
 // tensor cores, warp tiles and the operand type.
-static void emit_tiling(FILE *f, RtPrecision prec) {
+static void emit_tiling(FILE *f, RtPrecision prec, int bn) {
   fprintf(f,
           "// The GEMM's tiling.\n"
           "constexpr int BM = %d, BN = %d, BK = %d;  // block tile: pixels x kernels, depth step\n"
@@ -276,7 +306,7 @@ static void emit_tiling(FILE *f, RtPrecision prec) {
           "static_assert(THREADS %% BM == 0 && BK %% A_ROW_STEP == 0 && THREADS %% BK == 0 &&\n"
           "                  BN %% B_COL_STEP == 0,\n"
           "              \"the tile loads divide evenly among the threads\");\n",
-          TILE_M, TILE_N, TILE_K, THREAD_M, THREAD_N, b_pad(prec));
+          TILE_M, bn, TILE_K, THREAD_M, bn / THREADS_N, b_pad(prec));
   if (prec == RT_FP32)
     return;
   bool tf32 = prec == RT_TF32;
@@ -352,7 +382,7 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
   const Node *n = &g->nodes[node];
   const ConvAttrs *a = &n->conv;
   const Placement *pl = &n->place[d];
-  Implicit t = implicit_of(n, d);
+  Implicit t = implicit_of(n, d, prec);
   bool writes_output = cuda_implicit_writes_output(n, d);
   emit_comment(f, n, &t, kname, epilogue, writes_output, prec);
   fprintf(f, "namespace node%02d_implicit {\n\n", node);
@@ -366,7 +396,7 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
             (long long)pl->held.begin, (long long)range_len(pl->held));
   fprintf(f, "constexpr int N_TILES_PER_GROUP = %lld, N_TILES = GROUPS * N_TILES_PER_GROUP;\n\n",
           (long long)t.n_tiles_per_group);
-  emit_tiling(f, prec);
+  emit_tiling(f, prec, t.bn);
   fprintf(f, "\n}  // namespace node%02d_implicit\n\n", node);
 
   fprintf(f,
@@ -455,10 +485,8 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
 // outputs with the node's stage functions (codegen.c), whose stage 0 reads that region.
 // Nothing but the final output goes to device memory.
 
-// The region in shared memory is at most this many floats: 30 KiB; with the GEMM's
-// shared memory (8.3 KiB of operand tiles in fp32, 16 KiB with tensor cores, whose
-// accumulators pass through it) under the 48 KiB of static shared memory a block may have.
-#define FUSED_REGION_FLOATS 7680
+// The static shared memory a block may have: the region and the GEMM's (gemm_smem) share it.
+#define SMEM_LIMIT (48 * 1024)
 
 // Rows (or columns) of the conv output that `len` consecutive rows of the node's output
 // depend on: each pool, last to first, widens a run of len to (len - 1) * S + K.
@@ -473,24 +501,32 @@ static int region_len(const Node *n, int len) {
 
 // GEMM tiles (BN kernels wide) that the kernel loop of one channel tile runs: the
 // region's channels [c0, c0 + rc) that this device computes, split at group borders.
-static int64_t channel_units(const Node *n, int d, int64_t c0, int64_t rc) {
+static int64_t channel_units(const Node *n, int d, int64_t c0, int64_t rc, int bn) {
   Range r0 = n->place[d].stage[0];
   int64_t per_group = n->conv.out / n->conv.groups, units = 0;
   int64_t lo = c0 > r0.begin ? c0 : r0.begin, hi = c0 + rc < r0.end ? c0 + rc : r0.end;
   while (lo < hi) {
     int64_t group_end = (lo / per_group + 1) * per_group;
-    int64_t end = lo + TILE_N < group_end ? lo + TILE_N : group_end;
+    int64_t end = lo + bn < group_end ? lo + bn : group_end;
     lo = end < hi ? end : hi;
     units++;
   }
   return units;
 }
 
-// The tile size: the one that runs the fewest BM x BN GEMM tiles over an image (the
+// The cost of one 64 x BN GEMM tile in the fused kernel's model, in kernel columns:
+// BN columns of FMAs, plus a fixed part for what a tile does whatever its width, which
+// is gathering its 64 pixels' inputs (index arithmetic per element) and reading them
+// from shared memory. An estimate (per depth step a thread issues 4 TN FMAs, 4 + TN
+// shared-memory reads and about 5 instructions of loads; scaled, TN = BN / 16 columns
+// cost BN + 27): it keeps the model from trading a full tile for many thin ones.
+#define TILE_FIXED_COST 32
+
+// The tile size and BN: those whose GEMM tiles cost the least over an image (the
 // region's recomputed halo, partial tiles and group splits all count), among those
-// whose region fits FUSED_REGION_FLOATS; on a tie, the fewest blocks. A model, not a
-// measurement: a session with a GPU should check it per layer.
-CudaFusedTile cuda_fused_tile(const Node *n, int d) {
+// whose region fits in shared memory beside the GEMM's; on a tie, the fewest blocks. A
+// model, not a measurement: a session with a GPU should check it per layer.
+CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec) {
   CudaFusedTile t = {.y_scale = 1, .x_scale = 1};
   for (int k = n->n_epilogue; k >= 1; k--) {
     const Node *s = &n->epilogue[k - 1];
@@ -506,32 +542,35 @@ CudaFusedTile cuda_fused_tile(const Node *n, int d) {
   Range out = n->place[d].stage[n->n_epilogue];
   int channels = (int)range_len(out), h = (int)n->out.h, w = (int)n->out.w;
   int64_t best = INT64_MAX, best_tiles = INT64_MAX;
-  for (int tc = 1; tc <= channels; tc++) {
-    int rc = tc + 2 * t.halo, c_tiles = (channels + tc - 1) / tc;
-    int64_t units = 0;
-    for (int c = 0; c < c_tiles; c++)
-      units += channel_units(n, d, out.begin + (int64_t)c * tc - t.halo, rc);
-    for (int th = 1; th <= h && (int64_t)rc * region_len(n, th) <= FUSED_REGION_FLOATS; th++)
-      for (int tw = 1; tw <= w; tw++) {
-        int rh = region_len(n, th), rw = region_len(n, tw);
-        if ((int64_t)rc * rh * rw > FUSED_REGION_FLOATS)
-          break;
-        int64_t spatial = (int64_t)((h + th - 1) / th) * ((w + tw - 1) / tw);
-        int64_t cost = units * spatial * ((rh * rw + TILE_M - 1) / TILE_M);
-        int64_t tiles = c_tiles * spatial;
-        if (cost < best || (cost == best && tiles < best_tiles)) {
-          best = cost;
-          t.gemm_tiles = cost;
-          best_tiles = tiles;
-          t.tc = tc, t.th = th, t.tw = tw, t.rc = rc, t.rh = rh, t.rw = rw;
-          t.c_tiles = c_tiles, t.y_tiles = (h + th - 1) / th, t.x_tiles = (w + tw - 1) / tw;
+  for (int bn = bn_step(prec); bn <= THREADS_N * MAX_TN; bn += bn_step(prec)) {
+    int64_t region_max = (SMEM_LIMIT - gemm_smem(prec, bn)) / (int64_t)sizeof(float);
+    for (int tc = 1; tc <= channels; tc++) {
+      int rc = tc + 2 * t.halo, c_tiles = (channels + tc - 1) / tc;
+      int64_t units = 0;  // BN-wide GEMM tiles over the channels of every channel tile
+      for (int c = 0; c < c_tiles; c++)
+        units += channel_units(n, d, out.begin + (int64_t)c * tc - t.halo, rc, bn);
+      for (int th = 1; th <= h && (int64_t)rc * region_len(n, th) <= region_max; th++)
+        for (int tw = 1; tw <= w; tw++) {
+          int rh = region_len(n, th), rw = region_len(n, tw);
+          if ((int64_t)rc * rh * rw > region_max)
+            break;
+          int64_t spatial = (int64_t)((h + th - 1) / th) * ((w + tw - 1) / tw);
+          int64_t gemm_tiles = units * spatial * ((rh * rw + TILE_M - 1) / TILE_M);
+          int64_t cost = gemm_tiles * (bn + TILE_FIXED_COST), tiles = c_tiles * spatial;
+          if (cost < best || (cost == best && tiles < best_tiles)) {
+            best = cost;
+            best_tiles = tiles;
+            t.bn = bn, t.gemm_tiles = gemm_tiles;
+            t.tc = tc, t.th = th, t.tw = tw, t.rc = rc, t.rh = rh, t.rw = rw;
+            t.c_tiles = c_tiles, t.y_tiles = (h + th - 1) / th, t.x_tiles = (w + tw - 1) / tw;
+          }
         }
-      }
+    }
   }
   return t;
 }
 
-bool cuda_fused_applies(const Node *n, int d) {
+bool cuda_fused_applies(const Node *n, int d, RtPrecision prec) {
   if (n->op != OP_CONV || cuda_implicit_writes_output(n, d))
     return false;
   for (int k = 0; k < n->n_epilogue; k++) {
@@ -539,11 +578,11 @@ bool cuda_fused_applies(const Node *n, int d) {
     if (op != OP_RELU && op != OP_DROPOUT && op != OP_LRN && op != OP_MAXPOOL)
       return false;
   }
-  return cuda_fused_tile(n, d).tc > 0;
+  return cuda_fused_tile(n, d, prec).tc > 0;
 }
 
-int64_t cuda_fused_work(const Node *n, int d) {
-  CudaFusedTile t = cuda_fused_tile(n, d);
+int64_t cuda_fused_work(const Node *n, int d, RtPrecision prec) {
+  CudaFusedTile t = cuda_fused_tile(n, d, prec);
   return (int64_t)t.c_tiles * t.y_tiles * t.x_tiles * CUDA_IMPLICIT_THREADS;
 }
 
@@ -572,8 +611,8 @@ static void emit_fused_comment(FILE *f, const Node *n, int d, const CudaFusedTil
           "// the %lld conv outputs this device needs would fill to %.0f%%: the rest is\n"
           "// halo that neighbouring tiles both compute, and partial tiles.\n"
           "//\n",
-          t->halo, (long long)t->gemm_tiles, TILE_M, TILE_N, (long long)needed,
-          100.0 * (double)needed / ((double)t->gemm_tiles * TILE_M * TILE_N));
+          t->halo, (long long)t->gemm_tiles, TILE_M, t->bn, (long long)needed,
+          100.0 * (double)needed / ((double)t->gemm_tiles * TILE_M * t->bn));
   emit_precision_note(f, prec);
 }
 
@@ -581,7 +620,7 @@ void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *
                           RtPrecision prec) {
   const Node *n = &g->nodes[node];
   const Placement *pl = &n->place[d];
-  CudaFusedTile t = cuda_fused_tile(n, d);
+  CudaFusedTile t = cuda_fused_tile(n, d, prec);
   Range out = pl->stage[n->n_epilogue];
   emit_fused_comment(f, n, d, &t, kname, prec);
   fprintf(f, "namespace node%02d_fused {\n\n", node);
@@ -605,7 +644,7 @@ void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *
           (long long)pl->held.begin, (long long)range_len(pl->held), t.tc, t.th, t.tw,
           t.c_tiles, t.y_tiles, t.x_tiles, t.halo, t.rc, t.rh, t.rw, t.y_scale, t.y_shift,
           t.x_scale, t.x_shift);
-  emit_tiling(f, prec);
+  emit_tiling(f, prec, t.bn);
   fprintf(f, "\n}  // namespace node%02d_fused\n\n", node);
 }
 

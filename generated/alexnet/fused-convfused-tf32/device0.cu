@@ -50,8 +50,8 @@ namespace wmma = nvcuda::wmma;
 // stage functions above. Only the output reaches device memory.
 // Neighbouring tiles share their halo, which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 126 GEMM tiles of 64 x 64 per image, which
-// the 290400 conv outputs this device needs would fill to 56%: the rest is
+// implicit.c, cuda_fused_tile). Here 81 GEMM tiles of 64 x 96 per image, which
+// the 290400 conv outputs this device needs would fill to 58%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // The GEMM on tensor cores (--precision tf32): its operands rounded to tf32 as they
@@ -73,15 +73,15 @@ constexpr int HELD_BEGIN = 0, HELD = 96;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 96, TH = 3, TW = 4;
-constexpr int C_TILES = 1, Y_TILES = 9, X_TILES = 7;
+constexpr int TC = 96, TH = 1, TW = 9;
+constexpr int C_TILES = 1, Y_TILES = 27, X_TILES = 3;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 100, RH = 7, RW = 9, RP = RH * RW;
+constexpr int HALO = 2, RC = 100, RH = 3, RW = 19, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 4;  // elements after each W tile row
@@ -597,11 +597,11 @@ constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's ro
 constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 1;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
-constexpr int N_TILES_PER_GROUP = 6, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int N_TILES_PER_GROUP = 3, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 4;  // elements after each W tile row
@@ -797,11 +797,11 @@ constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's ro
 constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 2;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
-constexpr int N_TILES_PER_GROUP = 3, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 4;  // elements after each W tile row
@@ -954,8 +954,8 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
 // stage functions above. Only the output reaches device memory.
 // Neighbouring tiles share their halo, which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 16 GEMM tiles of 64 x 64 per image, which
-// the 43264 conv outputs this device needs would fill to 66%: the rest is
+// implicit.c, cuda_fused_tile). Here 24 GEMM tiles of 64 x 32 per image, which
+// the 43264 conv outputs this device needs would fill to 88%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // The GEMM on tensor cores (--precision tf32): its operands rounded to tf32 as they
@@ -977,15 +977,15 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 64, TH = 3, TW = 6;
-constexpr int C_TILES = 4, Y_TILES = 2, X_TILES = 1;
+constexpr int TC = 32, TH = 6, TW = 6;
+constexpr int C_TILES = 8, Y_TILES = 1, X_TILES = 1;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 0, RC = 64, RH = 7, RW = 13, RP = RH * RW;
+constexpr int HALO = 0, RC = 32, RH = 13, RW = 13, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 32, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 2;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 4;  // elements after each W tile row

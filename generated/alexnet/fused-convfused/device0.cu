@@ -45,8 +45,8 @@
 // stage functions above. Only the output reaches device memory.
 // Neighbouring tiles share their halo, which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 126 GEMM tiles of 64 x 64 per image, which
-// the 290400 conv outputs this device needs would fill to 56%: the rest is
+// implicit.c, cuda_fused_tile). Here 63 GEMM tiles of 64 x 96 per image, which
+// the 290400 conv outputs this device needs would fill to 75%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // fp32 on CUDA cores throughout.
@@ -74,8 +74,8 @@ constexpr int HALO = 2, RC = 100, RH = 7, RW = 9, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 2;  // elements after each W tile row
@@ -261,8 +261,8 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
 // stage functions above. Only the output reaches device memory.
 // Neighbouring tiles share their halo, which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 105 GEMM tiles of 64 x 64 per image, which
-// the 186624 conv outputs this device needs would fill to 43%: the rest is
+// implicit.c, cuda_fused_tile). Here 105 GEMM tiles of 64 x 48 per image, which
+// the 186624 conv outputs this device needs would fill to 58%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // fp32 on CUDA cores throughout.
@@ -283,15 +283,15 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 130, TH = 2, TW = 5;
-constexpr int C_TILES = 2, Y_TILES = 7, X_TILES = 3;
+constexpr int TC = 44, TH = 3, TW = 13;
+constexpr int C_TILES = 6, Y_TILES = 5, X_TILES = 1;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 134, RH = 5, RW = 11, RP = RH * RW;
+constexpr int HALO = 2, RC = 48, RH = 7, RW = 27, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 48, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 3;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 2;  // elements after each W tile row
@@ -519,11 +519,11 @@ constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's ro
 constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 1;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
-constexpr int N_TILES_PER_GROUP = 6, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int N_TILES_PER_GROUP = 3, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 2;  // elements after each W tile row
@@ -683,11 +683,11 @@ constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's ro
 constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 2;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
-constexpr int N_TILES_PER_GROUP = 3, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 2;  // elements after each W tile row
@@ -805,7 +805,7 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
 // stage functions above. Only the output reaches device memory.
 // Neighbouring tiles share their halo, which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 16 GEMM tiles of 64 x 64 per image, which
+// implicit.c, cuda_fused_tile). Here 8 GEMM tiles of 64 x 128 per image, which
 // the 43264 conv outputs this device needs would fill to 66%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
@@ -827,15 +827,15 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 64, TH = 3, TW = 6;
-constexpr int C_TILES = 4, Y_TILES = 2, X_TILES = 1;
+constexpr int TC = 128, TH = 3, TW = 3;
+constexpr int C_TILES = 2, Y_TILES = 2, X_TILES = 2;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 0, RC = 64, RH = 7, RW = 13, RP = RH * RW;
+constexpr int HALO = 0, RC = 128, RH = 7, RW = 7, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 2;  // elements after each W tile row

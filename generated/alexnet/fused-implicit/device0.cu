@@ -89,11 +89,11 @@ constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 96;  // computed here: the weight slice's rows
 constexpr int OUT_H = 55, OUT_W = 55, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 1;  // the groups [C_BEGIN, C_END) meets
-constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int N_TILES_PER_GROUP = 1, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 2;  // elements after each W tile row
@@ -335,11 +335,11 @@ constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 256;  // computed here: the weight slice's rows
 constexpr int OUT_H = 27, OUT_W = 27, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 2;  // the groups [C_BEGIN, C_END) meets
-constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int N_TILES_PER_GROUP = 1, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 2;  // elements after each W tile row
@@ -582,11 +582,11 @@ constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's ro
 constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 1;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
-constexpr int N_TILES_PER_GROUP = 6, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int N_TILES_PER_GROUP = 3, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 2;  // elements after each W tile row
@@ -746,11 +746,11 @@ constexpr int C_BEGIN = 0, C_END = 384;  // computed here: the weight slice's ro
 constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 2;  // the groups [C_BEGIN, C_END) meets
 constexpr int HELD_BEGIN = 0, HELD = 384;  // output channels held here
-constexpr int N_TILES_PER_GROUP = 3, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 2;  // elements after each W tile row
@@ -909,11 +909,11 @@ constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
 constexpr int C_BEGIN = 0, C_END = 256;  // computed here: the weight slice's rows
 constexpr int OUT_H = 13, OUT_W = 13, PIXELS = OUT_H * OUT_W;  // its output
 constexpr int FIRST_GROUP = 0, GROUPS = 2;  // the groups [C_BEGIN, C_END) meets
-constexpr int N_TILES_PER_GROUP = 2, N_TILES = GROUPS * N_TILES_PER_GROUP;
+constexpr int N_TILES_PER_GROUP = 1, N_TILES = GROUPS * N_TILES_PER_GROUP;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 2;  // elements after each W tile row
