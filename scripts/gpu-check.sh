@@ -38,10 +38,10 @@ run | rehearse)
   # tests/cuda/fake/ (built in build/ by scripts/test.sh or cmake), on the small spec,
   # so a change to this script or to gpu.sh is tried before the GPU's minutes are spent.
   alexc=${ALEXC:-build-gpu/alexc}
-  spec=specs/alexnet.yaml batch=128 runs=20 gpu_specs=()
+  spec=specs/alexnet.yaml batch=128 runs=20 warmup=3 gpu_specs=()
   export ALEXC_CACHE="${TMPDIR:-/tmp}/alexc-cache"
   if [ "$1" = rehearse ]; then
-    alexc=${ALEXC:-build/alexc} spec=specs/mini-alexnet.yaml batch=4 runs=2
+    alexc=${ALEXC:-build/alexc} spec=specs/mini-alexnet.yaml batch=4 runs=2 warmup=1
     gpu_specs=(specs/mini-alexnet.yaml)
     fake=$(dirname "$alexc")/tests/fake-cuda
     # No fake driver (a build without the CUDA toolkit): nothing to rehearse with; 77
@@ -79,7 +79,7 @@ run | rehearse)
     local name=$1
     shift
     echo "== alexc bench $*"
-    "$alexc" bench "$spec" --target cuda --batch "$batch" --runs "$runs" "$@" \
+    "$alexc" bench "$spec" --target cuda --batch "$batch" --runs "$runs" --warmup "$warmup" "$@" \
       | tee "$out/bench-$name.md"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench $name FAILED"; status=1; }
   }
