@@ -256,10 +256,12 @@ static bool bench_config(const BenchArgs *a, const char *spec, bool fuse, Table 
 static void print_table(const BenchArgs *a, Table *t, const Result *res, int configs,
                         const char *gpu, const char *arch) {
   const char *cols[2] = {res[0].name, configs > 1 ? res[1].name : NULL};
+  char conv[256];
+  cuda_describe_conv(&a->cuda, conv, sizeof conv);
   printf("%s on %s (%s), batch %d, %s, --conv %s, %d device%s: median of %d runs after %d "
          "warm-up\n\n",
          t->fused->name, gpu, arch, a->batch, rt_precision_name(a->cuda.precision),
-         cuda_conv_name(a->cuda.conv), a->passes.devices, a->passes.devices > 1 ? "s" : "",
+         conv, a->passes.devices, a->passes.devices > 1 ? "s" : "",
          a->runs, a->warmup);
   // The last column: the first configuration's multiply-adds (conv and fc, 2 flops
   // each) per second, to hold against the GPU's peak for the precision.

@@ -184,10 +184,12 @@ int cuda_option(const char *cmd, int c, const char *arg, CudaOptions *o, const c
                          arg);
     *arch = arg;
     return 0;
-  case CUDA_OPT_CONV:
-    if (!cuda_parse_conv(arg, &o->conv))
-      return usage_error(cmd, "--conv is 'gemm', 'direct', 'implicit' or 'fused', not '%s'", arg);
+  case CUDA_OPT_CONV: {
+    char err[256];
+    if (!cuda_parse_conv_option(arg, o, err, sizeof err))
+      return usage_error(cmd, "%s", err);
     return 0;
+  }
   case CUDA_OPT_PRECISION:
     if (!rt_parse_precision(arg, &o->precision))
       return usage_error(cmd, "--precision is fp32, tf32 or bf16, not '%s'", arg);

@@ -70,10 +70,11 @@ int pass_option(const char *cmd, int c, const char *arg, PassOptions *o);
   "                    and the fused ReLU/LRN/pool, each conv output computed once (per-\n" \
   "                    device scratch, at most 256 MiB, images in chunks); 'direct': one\n" \
   "                    thread per output, the conv recomputed in fused stages;\n"        \
-  "                    'implicit': a tiled implicit-GEMM kernel (no im2col buffer, fp32)\n" \
+  "                    'implicit': a tiled implicit-GEMM kernel (no im2col buffer)\n"      \
   "                    then the same kernel for bias and the fused stages; 'fused': the\n" \
   "                    whole node in one kernel, the fused stages computed on the conv\n"  \
-  "                    tile in shared memory (fp32, no scratch)\n"
+  "                    tile in shared memory (no scratch). Per layer: a list such as\n"  \
+  "                    'gemm,conv1=fused,conv2=fused' (the default first; gemm if none)\n"
 
 // Handles a CUDA_LONG_OPTIONS option like pass_option; --arch is stored as given.
 int cuda_option(const char *cmd, int c, const char *arg, CudaOptions *o, const char **arch);

@@ -50,10 +50,20 @@ expect 0 "--conv implicit" -- "$alexc" compile specs/mini-alexnet.yaml --target 
 grep -q "void k01_conv1_implicit(" "$tmp/implicit/device0.cu" || { echo "FAIL: --conv implicit: no implicit kernel"; failures=$((failures + 1)); }
 if grep -q "_im2col" "$tmp/implicit/device0.cu"; then echo "FAIL: --conv implicit emitted im2col"; failures=$((failures + 1)); fi
 expect 2 "bad --conv" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv tiled --emit-source "$tmp/x"
-contains "'implicit' or 'fused'" "bad --conv"
+contains "wants gemm, direct, implicit or fused" "bad --conv"
 expect 0 "--conv fused" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv fused --emit-source "$tmp/convfused"
 grep -q "__shared__ float region\[RC \* RP\]" "$tmp/convfused/device0.cu" || { echo "FAIL: --conv fused: no region in shared memory"; failures=$((failures + 1)); }
 if grep -q "_im2col\|_implicit(" "$tmp/convfused/device0.cu"; then echo "FAIL: --conv fused emitted a second conv kernel"; failures=$((failures + 1)); fi
+# Per-layer --conv: conv1 fused, the other convs im2col + cuBLAS.
+expect 0 "--conv per layer" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv gemm,conv1=fused --emit-source "$tmp/perlayer"
+grep -q "__shared__ float region\[RC \* RP\]" "$tmp/perlayer/device0.cu" || { echo "FAIL: --conv gemm,conv1=fused: conv1 not fused"; failures=$((failures + 1)); }
+grep -q "k01_conv1_im2col" "$tmp/perlayer/device0.cu" && { echo "FAIL: --conv gemm,conv1=fused: conv1 has an im2col"; failures=$((failures + 1)); }
+grep -q "_im2col(" "$tmp/perlayer/device0.cu" || { echo "FAIL: --conv gemm,conv1=fused: no conv through cuBLAS"; failures=$((failures + 1)); }
+expect 1 "--conv unknown layer" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv gemm,conv9=fused --emit-source "$tmp/x"
+contains "no conv layer 'conv9'" "--conv unknown layer"
+expect 2 "--conv malformed list" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv gemm,,conv1=fused --emit-source "$tmp/x"
+expect 1 "--conv direct layer with tf32" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv gemm,conv1=direct --precision tf32 --emit-source "$tmp/x"
+contains "layer 'conv1'" "--conv direct layer with tf32"
 expect 0 "tf32 source" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision tf32 --emit-source "$tmp/tf32"
 grep -q "Precision tf32" "$tmp/tf32/device0.cu" || { echo "FAIL: no precision in the source header"; failures=$((failures + 1)); }
 expect 0 "bf16 source" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 --emit-source "$tmp/bf16"

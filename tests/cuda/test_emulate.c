@@ -47,6 +47,7 @@ typedef struct {
   CudaConv conv;
   int max_chunk;  // gemm: images per chunk at most (0: as the scratch budget allows)
   RtPrecision prec;
+  const char *first_conv;  // the first conv layer's strategy, if not `conv` (--conv L=S)
 } Variant;
 
 #define DIRECT CUDA_CONV_DIRECT
@@ -54,47 +55,50 @@ typedef struct {
 #define IMPLICIT CUDA_CONV_IMPLICIT
 #define FUSED CUDA_CONV_FUSED
 static const Variant VARIANTS[] = {
-    {"direct-fused", true, 1, 0, 0, false, DIRECT, 0, RT_FP32},
-    {"direct-unfused", false, 1, 0, 0, false, DIRECT, 0, RT_FP32},
-    {"direct-fused-2dev", true, 2, 0, 0, true, DIRECT, 0, RT_FP32},
-    {"direct-unfused-2dev", false, 2, 0, 0, false, DIRECT, 0, RT_FP32},
-    {"direct-fused-3dev", true, 3, 0, 0, false, DIRECT, 0, RT_FP32},
-    {"direct-fused-grid3", true, 1, 2, 3, false, DIRECT, 0, RT_FP32},
-    {"direct-unfused-2dev-grid3", false, 2, 2, 3, false, DIRECT, 0, RT_FP32},
-    {"gemm-fused", true, 1, 0, 0, true, GEMM, 0, RT_FP32},
-    {"gemm-unfused", false, 1, 0, 0, false, GEMM, 0, RT_FP32},
-    {"gemm-fused-2dev", true, 2, 0, 0, true, GEMM, 0, RT_FP32},
-    {"gemm-unfused-2dev", false, 2, 0, 0, true, GEMM, 0, RT_FP32},
-    {"gemm-fused-3dev", true, 3, 0, 0, false, GEMM, 0, RT_FP32},
-    {"gemm-fused-chunk2", true, 1, 3, 0, false, GEMM, 2, RT_FP32},
-    {"gemm-unfused-2dev-chunk1-grid3", false, 2, 2, 3, false, GEMM, 1, RT_FP32},
-    {"gemm-fused-tf32", true, 1, 0, 0, true, GEMM, 0, RT_TF32},
-    {"gemm-unfused-2dev-tf32", false, 2, 0, 0, false, GEMM, 0, RT_TF32},
-    {"gemm-fused-bf16", true, 1, 0, 0, true, GEMM, 0, RT_BF16},
-    {"gemm-unfused-bf16", false, 1, 0, 0, false, GEMM, 0, RT_BF16},
-    {"gemm-fused-2dev-bf16", true, 2, 0, 0, false, GEMM, 0, RT_BF16},
-    {"gemm-fused-3dev-bf16-chunk1", true, 3, 2, 0, false, GEMM, 1, RT_BF16},
-    {"implicit-fused", true, 1, 0, 0, true, IMPLICIT, 0, RT_FP32},
-    {"implicit-unfused", false, 1, 0, 0, false, IMPLICIT, 0, RT_FP32},
-    {"implicit-fused-2dev", true, 2, 0, 0, false, IMPLICIT, 0, RT_FP32},
-    {"implicit-fused-3dev", true, 3, 0, 0, false, IMPLICIT, 0, RT_FP32},
-    {"implicit-fused-chunk2", true, 1, 3, 0, false, IMPLICIT, 2, RT_FP32},
-    {"implicit-fused-2dev-c1-grid3", true, 2, 2, 3, false, IMPLICIT, 1, RT_FP32},
-    {"implicit-unfused-2dev-grid3", false, 2, 2, 3, false, IMPLICIT, 0, RT_FP32},
+    {"direct-fused", true, 1, 0, 0, false, DIRECT, 0, RT_FP32, NULL},
+    {"direct-unfused", false, 1, 0, 0, false, DIRECT, 0, RT_FP32, NULL},
+    {"direct-fused-2dev", true, 2, 0, 0, true, DIRECT, 0, RT_FP32, NULL},
+    {"direct-unfused-2dev", false, 2, 0, 0, false, DIRECT, 0, RT_FP32, NULL},
+    {"direct-fused-3dev", true, 3, 0, 0, false, DIRECT, 0, RT_FP32, NULL},
+    {"direct-fused-grid3", true, 1, 2, 3, false, DIRECT, 0, RT_FP32, NULL},
+    {"direct-unfused-2dev-grid3", false, 2, 2, 3, false, DIRECT, 0, RT_FP32, NULL},
+    {"gemm-fused", true, 1, 0, 0, true, GEMM, 0, RT_FP32, NULL},
+    {"gemm-unfused", false, 1, 0, 0, false, GEMM, 0, RT_FP32, NULL},
+    {"gemm-fused-2dev", true, 2, 0, 0, true, GEMM, 0, RT_FP32, NULL},
+    {"gemm-unfused-2dev", false, 2, 0, 0, true, GEMM, 0, RT_FP32, NULL},
+    {"gemm-fused-3dev", true, 3, 0, 0, false, GEMM, 0, RT_FP32, NULL},
+    {"gemm-fused-chunk2", true, 1, 3, 0, false, GEMM, 2, RT_FP32, NULL},
+    {"gemm-unfused-2dev-chunk1-grid3", false, 2, 2, 3, false, GEMM, 1, RT_FP32, NULL},
+    {"gemm-fused-tf32", true, 1, 0, 0, true, GEMM, 0, RT_TF32, NULL},
+    {"gemm-unfused-2dev-tf32", false, 2, 0, 0, false, GEMM, 0, RT_TF32, NULL},
+    {"gemm-fused-bf16", true, 1, 0, 0, true, GEMM, 0, RT_BF16, NULL},
+    {"gemm-unfused-bf16", false, 1, 0, 0, false, GEMM, 0, RT_BF16, NULL},
+    {"gemm-fused-2dev-bf16", true, 2, 0, 0, false, GEMM, 0, RT_BF16, NULL},
+    {"gemm-fused-3dev-bf16-chunk1", true, 3, 2, 0, false, GEMM, 1, RT_BF16, NULL},
+    {"implicit-fused", true, 1, 0, 0, true, IMPLICIT, 0, RT_FP32, NULL},
+    {"implicit-unfused", false, 1, 0, 0, false, IMPLICIT, 0, RT_FP32, NULL},
+    {"implicit-fused-2dev", true, 2, 0, 0, false, IMPLICIT, 0, RT_FP32, NULL},
+    {"implicit-fused-3dev", true, 3, 0, 0, false, IMPLICIT, 0, RT_FP32, NULL},
+    {"implicit-fused-chunk2", true, 1, 3, 0, false, IMPLICIT, 2, RT_FP32, NULL},
+    {"implicit-fused-2dev-c1-grid3", true, 2, 2, 3, false, IMPLICIT, 1, RT_FP32, NULL},
+    {"implicit-unfused-2dev-grid3", false, 2, 2, 3, false, IMPLICIT, 0, RT_FP32, NULL},
     // --conv fused: the whole conv node in one kernel, the stages on the tile.
-    {"convfused-fused", true, 1, 0, 0, true, FUSED, 0, RT_FP32},
-    {"convfused-unfused", false, 1, 0, 0, false, FUSED, 0, RT_FP32},
-    {"convfused-fused-2dev", true, 2, 0, 0, true, FUSED, 0, RT_FP32},
-    {"convfused-fused-3dev", true, 3, 0, 0, false, FUSED, 0, RT_FP32},
-    {"convfused-fused-grid3", true, 1, 2, 3, false, FUSED, 0, RT_FP32},
-    {"convfused-fused-2dev-grid3", true, 2, 3, 3, false, FUSED, 0, RT_FP32},
+    {"convfused-fused", true, 1, 0, 0, true, FUSED, 0, RT_FP32, NULL},
+    {"convfused-unfused", false, 1, 0, 0, false, FUSED, 0, RT_FP32, NULL},
+    {"convfused-fused-2dev", true, 2, 0, 0, true, FUSED, 0, RT_FP32, NULL},
+    {"convfused-fused-3dev", true, 3, 0, 0, false, FUSED, 0, RT_FP32, NULL},
+    {"convfused-fused-grid3", true, 1, 2, 3, false, FUSED, 0, RT_FP32, NULL},
+    {"convfused-fused-2dev-grid3", true, 2, 3, 3, false, FUSED, 0, RT_FP32, NULL},
     // Tensor cores in the generated kernels (wmma; cuda_emu's emulated <mma.h>).
-    {"implicit-fused-tf32", true, 1, 0, 0, false, IMPLICIT, 0, RT_TF32},
-    {"implicit-unfused-2dev-bf16", false, 2, 0, 0, false, IMPLICIT, 0, RT_BF16},
-    {"convfused-fused-tf32", true, 1, 0, 0, true, FUSED, 0, RT_TF32},
-    {"convfused-fused-2dev-tf32", true, 2, 0, 0, false, FUSED, 0, RT_TF32},
-    {"convfused-fused-bf16", true, 1, 0, 0, false, FUSED, 0, RT_BF16},
-    {"convfused-fused-3dev-bf16-grid3", true, 3, 2, 3, false, FUSED, 0, RT_BF16},
+    {"implicit-fused-tf32", true, 1, 0, 0, false, IMPLICIT, 0, RT_TF32, NULL},
+    {"implicit-unfused-2dev-bf16", false, 2, 0, 0, false, IMPLICIT, 0, RT_BF16, NULL},
+    {"convfused-fused-tf32", true, 1, 0, 0, true, FUSED, 0, RT_TF32, NULL},
+    {"convfused-fused-2dev-tf32", true, 2, 0, 0, false, FUSED, 0, RT_TF32, NULL},
+    {"convfused-fused-bf16", true, 1, 0, 0, false, FUSED, 0, RT_BF16, NULL},
+    {"convfused-fused-3dev-bf16-grid3", true, 3, 2, 3, false, FUSED, 0, RT_BF16, NULL},
+    // Per-layer choices (--conv gemm,conv1=direct): the first conv computed otherwise.
+    {"mixed-gemm-first-direct", true, 1, 0, 0, false, GEMM, 0, RT_FP32, "direct"},
+    {"mixed-implicit-first-fused-2dev-tf32", true, 2, 0, 0, false, IMPLICIT, 0, RT_TF32, "fused"},
 };
 
 // ---------------------------------------------------------------- the emulated machine
@@ -274,6 +278,18 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
     o.fuse[i] = v->fuse;
   CudaOptions co = cuda_defaults();
   co.conv = v->conv;
+  for (int i = 1; g && i < g->n_nodes && v->first_conv; i++)
+    if (g->nodes[i].op == OP_CONV) {
+      char list[128], err[256];
+      snprintf(list, sizeof list, "%s,%s=%s", cuda_conv_name(v->conv), g->nodes[i].name,
+               v->first_conv);
+      if (!cuda_parse_conv_option(list, &co, err, sizeof err)) {
+        fprintf(stderr, "  %s: %s\n", v->name, err);
+        graph_free(g);
+        return false;
+      }
+      break;
+    }
   co.max_chunk = v->max_chunk;
   co.precision = v->prec;
   CudaProgram prog;

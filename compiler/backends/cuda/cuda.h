@@ -29,9 +29,17 @@
 typedef enum { CUDA_CONV_GEMM, CUDA_CONV_DIRECT, CUDA_CONV_IMPLICIT, CUDA_CONV_FUSED } CudaConv;
 
 #define CUDA_SCRATCH_BYTES ((int64_t)256 << 20)  // default per-device scratch budget
+#define CUDA_MAX_LAYER_CONVS 16                  // per-layer --conv choices at most
 
 typedef struct {
-  CudaConv conv;          // default CUDA_CONV_GEMM, for every conv
+  char layer[64];  // a conv layer's name
+  CudaConv conv;
+} CudaLayerConv;
+
+typedef struct {
+  CudaConv conv;          // default CUDA_CONV_GEMM, for every conv without a choice below
+  int n_layer_convs;      // --conv conv1=fused,...: the layers computed otherwise
+  CudaLayerConv layer_conv[CUDA_MAX_LAYER_CONVS];
   RtPrecision precision;  // the GEMMs' arithmetic (default fp32); not tf32/bf16 with direct
   int64_t scratch_bytes;  // per-device scratch budget: sets the images per chunk
   int64_t max_chunk;      // at most this many images per chunk (0: no cap; tests use it)
@@ -44,6 +52,14 @@ double cuda_tolerance(RtPrecision p);
 // "gemm" / "direct" / "implicit" / "fused"; false for anything else.
 bool cuda_parse_conv(const char *name, CudaConv *out);
 const char *cuda_conv_name(CudaConv c);
+// --conv's argument into o: a strategy for every conv ("fused"), or a comma-separated
+// list of a default and LAYER=STRATEGY choices ("gemm,conv1=fused,conv2=fused"; with no
+// default, gemm). False with a message in err (size bytes) for anything else.
+bool cuda_parse_conv_option(const char *arg, CudaOptions *o, char *err, size_t size);
+// How conv node n is computed under o: its layer's choice, else the default.
+CudaConv cuda_conv_of(const CudaOptions *o, const Node *n);
+// o's --conv as cuda_parse_conv_option reads it ("gemm,conv1=fused"), at most size bytes.
+void cuda_describe_conv(const CudaOptions *o, char *buf, size_t size);
 
 // --conv implicit (implicit.c): the tiled implicit-GEMM kernel `kname` of conv node
 // `node` on device d, computing place[d].stage[0] (LRN halo included) of a chunk's
