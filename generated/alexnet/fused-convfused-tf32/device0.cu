@@ -8,9 +8,9 @@
 // in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,
 // then the batch size; everything else is a constant.
 //
-// Precision tf32: the convolutions' GEMMs on tensor cores in the kernels below
-// (wmma; operands rounded to tf32 as they are stored in shared memory, float
-// sums), the fc GEMMs in cuBLAS (TF32 tensor-core math).
+// Precision tf32: the implicit and fused convolutions' GEMMs on tensor cores in the
+// kernels below (wmma; operands rounded to tf32 as they are stored in shared
+// memory, float sums), the other GEMMs in cuBLAS (TF32 tensor-core math).
 //
 // Convolutions (--conv fused): a conv node is one kernel. A block computes, with
 // an implicit GEMM, the conv output its output tile needs (LRN halo and pool
