@@ -54,6 +54,20 @@ contains "wants gemm, direct, implicit or fused" "bad --conv"
 expect 0 "--conv fused" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv fused --emit-source "$tmp/convfused"
 grep -q "__shared__ float region\[RC \* RP\]" "$tmp/convfused/device0.cu" || { echo "FAIL: --conv fused: no region in shared memory"; failures=$((failures + 1)); }
 if grep -q "_im2col\|_implicit(" "$tmp/convfused/device0.cu"; then echo "FAIL: --conv fused emitted a second conv kernel"; failures=$((failures + 1)); fi
+# --conv fused falls back to implicit + epilogue kernel when no tile's region fits in
+# shared memory (an LRN over 1023 channels and an 11x11 pool need 1023 x 121 floats).
+cat >"$tmp/wide.yaml" <<'YAML'
+name: wide
+input: {channels: 1, height: 24, width: 24}
+layers:
+  - {name: conv1, op: conv, out: 8, kernel: 3}
+  - {name: relu1, op: relu}
+  - {name: norm1, op: lrn, size: 1023, alpha: 1e-4, beta: 0.75, k: 2}
+  - {name: pool1, op: maxpool, kernel: 11, stride: 1}
+YAML
+expect 0 "--conv fused fallback" -- "$alexc" compile "$tmp/wide.yaml" --target cuda --conv fused --emit-source "$tmp/wide"
+grep -q "void k01_conv1_implicit(" "$tmp/wide/device0.cu" || { echo "FAIL: --conv fused: no fallback to the implicit kernel"; failures=$((failures + 1)); }
+
 # Per-layer --conv: conv1 fused, the other convs im2col + cuBLAS.
 expect 0 "--conv per layer" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv gemm,conv1=fused --emit-source "$tmp/perlayer"
 grep -q "__shared__ float region\[RC \* RP\]" "$tmp/perlayer/device0.cu" || { echo "FAIL: --conv gemm,conv1=fused: conv1 not fused"; failures=$((failures + 1)); }
