@@ -171,7 +171,9 @@ int cmd_run(int argc, char **argv) {
   }
   if (cut > 0)
     graph_truncate(g, cut);
-  char *layer = (char *)(a.layer ? a.layer : g->nodes[g->output].name);
+  // A copy: fusion frees the names of the nodes it folds into others, the output's too.
+  char name[256], *layer = name;
+  snprintf(name, sizeof name, "%s", a.layer ? a.layer : g->nodes[g->output].name);
   if (!w || !compile_graph(g, &a.passes, &layer, 1)) {
     weights_free(w);
     graph_free(g);

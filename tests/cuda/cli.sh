@@ -68,6 +68,15 @@ YAML
 expect 0 "--conv fused fallback" -- "$alexc" compile "$tmp/wide.yaml" --target cuda --conv fused --emit-source "$tmp/wide"
 grep -q "void k01_conv1_implicit(" "$tmp/wide/device0.cu" || { echo "FAIL: --conv fused: no fallback to the implicit kernel"; failures=$((failures + 1)); }
 
+# Its output, pool1, is fused into conv1's node: run must still know the layer's name
+# (it read freed memory once). Without a GPU it then stops at the driver.
+"$alexc" run "$tmp/wide.yaml" --seed 1 --random 1 --target cuda >"$tmp/out" 2>&1
+if grep -q "output only, not layer" "$tmp/out"; then
+  echo "FAIL: run --target cuda lost its output layer's name:"; cat "$tmp/out"; failures=$((failures + 1))
+else
+  echo "ok: run --target cuda with the output layer fused away"
+fi
+
 # Per-layer --conv: conv1 fused, the other convs im2col + cuBLAS.
 expect 0 "--conv per layer" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv gemm,conv1=fused --emit-source "$tmp/perlayer"
 grep -q "__shared__ float region\[RC \* RP\]" "$tmp/perlayer/device0.cu" || { echo "FAIL: --conv gemm,conv1=fused: conv1 not fused"; failures=$((failures + 1)); }
