@@ -42,11 +42,12 @@ _Static_assert(CUDA_IMPLICIT_THREADS % (TILE_M / THREAD_M) == 0,
 static int bn_step(RtPrecision p) { return p == RT_FP32 ? THREADS_N : 2 * 16; }
 
 // Bytes of static shared memory the GEMM needs: its operand tiles, which tensor cores
-// also use for the accumulators (64 x BN floats) once the depth loop is done.
+// also use for the accumulators once the depth loop is done (64 x BN / 2 floats: half
+// the tile at a time, MMA_TO_ACC).
 static int gemm_smem(RtPrecision p, int bn) {
   int element = p == RT_BF16 ? 2 : 4;
   int operands = element * TILE_K * (TILE_M + bn + b_pad(p));
-  int accumulators = p == RT_FP32 ? 0 : 4 * TILE_M * bn;
+  int accumulators = p == RT_FP32 ? 0 : 4 * TILE_M * bn / 2;
   return operands > accumulators ? operands : accumulators;
 }
 
@@ -263,19 +264,24 @@ static const char STEP_END[] =
 static const char MMA_TO_ACC[] =
     "// The warps' accumulators, through shared memory (c_tile, over the operand tiles),\n"
     "// into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel\n"
-    "// t_n + THREADS_N * j.\n"
-    "#pragma unroll\n"
-    "for (int f = 0; f < FRAGS_N; f++)\n"
-    "  wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], BM,\n"
-    "                          wmma::mem_col_major);\n"
-    "__syncthreads();  // c_tile is complete\n"
+    "// t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so\n"
+    "// that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.\n"
     "float acc[TM][TN];\n"
     "#pragma unroll\n"
-    "for (int i = 0; i < TM; i++)\n"
+    "for (int pass = 0; pass < WARPS_N; pass++) {\n"
+    "  if (warp_n == pass) {\n"
     "#pragma unroll\n"
-    "  for (int j = 0; j < TN; j++)\n"
-    "    acc[i][j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];\n"
-    "__syncthreads();  // c_tile is read: the next operand tiles may overwrite it\n";
+    "    for (int f = 0; f < FRAGS_N; f++)\n"
+    "      wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);\n"
+    "  }\n"
+    "  __syncthreads();  // this pass's c_tile is complete\n"
+    "#pragma unroll\n"
+    "  for (int i = 0; i < TM; i++)\n"
+    "#pragma unroll\n"
+    "    for (int j = 0; j < FRAGS_N; j++)\n"
+    "      acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];\n"
+    "  __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it\n"
+    "}\n";
 
 static void emit_k_loop(FILE *f, const char *indent, RtPrecision prec) {
   bool tc = prec != RT_FP32;
@@ -322,9 +328,11 @@ static void emit_tiling(FILE *f, RtPrecision prec, int bn) {
           "constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp\n"
           "static_assert(WARPS %% WARPS_M == 0 && BN %% (16 * WARPS_N) == 0 && BK %% WK == 0,\n"
           "              \"the warps tile the block tile\");\n"
-          "// Shared memory for the operand tiles, reused for the accumulators (c_tile).\n"
+          "// Shared memory for the operand tiles, reused for the accumulators (c_tile), a\n"
+          "// column of warps' at a time.\n"
           "constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);\n"
-          "constexpr int GEMM_SMEM = OPERAND_BYTES > 4 * BM * BN ? OPERAND_BYTES : 4 * BM * BN;\n",
+          "constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);\n"
+          "constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;\n",
           rt_precision_name(prec),
           tf32 ? "rounded to tf32 (float storage)" : "as bfloat16",
           tf32 ? "float" : "__nv_bfloat16", tf32 ? "wmma::precision::tf32" : "__nv_bfloat16",

@@ -50,8 +50,8 @@ namespace wmma = nvcuda::wmma;
 // stage functions above. Only the output reaches device memory.
 // Neighbouring tiles share their halo, which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 81 GEMM tiles of 64 x 96 per image, which
-// the 290400 conv outputs this device needs would fill to 58%: the rest is
+// implicit.c, cuda_fused_tile). Here 63 GEMM tiles of 64 x 96 per image, which
+// the 290400 conv outputs this device needs would fill to 75%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // The GEMM on tensor cores (--precision tf32): its operands rounded to tf32 as they
@@ -73,10 +73,10 @@ constexpr int HELD_BEGIN = 0, HELD = 96;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 96, TH = 1, TW = 9;
-constexpr int C_TILES = 1, Y_TILES = 27, X_TILES = 3;
+constexpr int TC = 96, TH = 3, TW = 4;
+constexpr int C_TILES = 1, Y_TILES = 9, X_TILES = 7;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 100, RH = 3, RW = 19, RP = RH * RW;
+constexpr int HALO = 2, RC = 100, RH = 7, RW = 9, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
@@ -101,9 +101,11 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
+// column of warps' at a time.
 constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int GEMM_SMEM = OPERAND_BYTES > 4 * BM * BN ? OPERAND_BYTES : 4 * BM * BN;
+constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 }  // namespace node01_fused
 
@@ -247,19 +249,24 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
         }
         // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
         // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-        // t_n + THREADS_N * j.
-#pragma unroll
-        for (int f = 0; f < FRAGS_N; f++)
-          wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], BM,
-                                  wmma::mem_col_major);
-        __syncthreads();  // c_tile is complete
+        // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
+        // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
         float acc[TM][TN];
 #pragma unroll
-        for (int i = 0; i < TM; i++)
+        for (int pass = 0; pass < WARPS_N; pass++) {
+          if (warp_n == pass) {
 #pragma unroll
-          for (int j = 0; j < TN; j++)
-            acc[i][j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-        __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
+            for (int f = 0; f < FRAGS_N; f++)
+              wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
+          }
+          __syncthreads();  // this pass's c_tile is complete
+#pragma unroll
+          for (int i = 0; i < TM; i++)
+#pragma unroll
+            for (int j = 0; j < FRAGS_N; j++)
+              acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
+          __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+        }
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
@@ -302,8 +309,8 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
 // stage functions above. Only the output reaches device memory.
 // Neighbouring tiles share their halo, which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 105 GEMM tiles of 64 x 64 per image, which
-// the 186624 conv outputs this device needs would fill to 43%: the rest is
+// implicit.c, cuda_fused_tile). Here 150 GEMM tiles of 64 x 32 per image, which
+// the 186624 conv outputs this device needs would fill to 61%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // The GEMM on tensor cores (--precision tf32): its operands rounded to tf32 as they
@@ -325,15 +332,15 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 130, TH = 2, TW = 5;
-constexpr int C_TILES = 2, Y_TILES = 7, X_TILES = 3;
+constexpr int TC = 52, TH = 3, TW = 13;
+constexpr int C_TILES = 5, Y_TILES = 5, X_TILES = 1;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 134, RH = 5, RW = 11, RP = RH * RW;
+constexpr int HALO = 2, RC = 56, RH = 7, RW = 27, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 64, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 4;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 32, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 2;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 4;  // elements after each W tile row
@@ -353,9 +360,11 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
+// column of warps' at a time.
 constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int GEMM_SMEM = OPERAND_BYTES > 4 * BM * BN ? OPERAND_BYTES : 4 * BM * BN;
+constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 }  // namespace node02_fused
 
@@ -499,19 +508,24 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
         }
         // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
         // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-        // t_n + THREADS_N * j.
-#pragma unroll
-        for (int f = 0; f < FRAGS_N; f++)
-          wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], BM,
-                                  wmma::mem_col_major);
-        __syncthreads();  // c_tile is complete
+        // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
+        // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
         float acc[TM][TN];
 #pragma unroll
-        for (int i = 0; i < TM; i++)
+        for (int pass = 0; pass < WARPS_N; pass++) {
+          if (warp_n == pass) {
 #pragma unroll
-          for (int j = 0; j < TN; j++)
-            acc[i][j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-        __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
+            for (int f = 0; f < FRAGS_N; f++)
+              wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
+          }
+          __syncthreads();  // this pass's c_tile is complete
+#pragma unroll
+          for (int i = 0; i < TM; i++)
+#pragma unroll
+            for (int j = 0; j < FRAGS_N; j++)
+              acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
+          __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+        }
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
@@ -621,9 +635,11 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
+// column of warps' at a time.
 constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int GEMM_SMEM = OPERAND_BYTES > 4 * BM * BN ? OPERAND_BYTES : 4 * BM * BN;
+constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 }  // namespace node03_implicit
 
@@ -705,19 +721,24 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
     }
     // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
     // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-    // t_n + THREADS_N * j.
-#pragma unroll
-    for (int f = 0; f < FRAGS_N; f++)
-      wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], BM,
-                              wmma::mem_col_major);
-    __syncthreads();  // c_tile is complete
+    // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
+    // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
     float acc[TM][TN];
 #pragma unroll
-    for (int i = 0; i < TM; i++)
+    for (int pass = 0; pass < WARPS_N; pass++) {
+      if (warp_n == pass) {
 #pragma unroll
-      for (int j = 0; j < TN; j++)
-        acc[i][j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-    __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
+        for (int f = 0; f < FRAGS_N; f++)
+          wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
+      }
+      __syncthreads();  // this pass's c_tile is complete
+#pragma unroll
+      for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < FRAGS_N; j++)
+          acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
+      __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+    }
 
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
@@ -821,9 +842,11 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
+// column of warps' at a time.
 constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int GEMM_SMEM = OPERAND_BYTES > 4 * BM * BN ? OPERAND_BYTES : 4 * BM * BN;
+constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 }  // namespace node04_implicit
 
@@ -905,19 +928,24 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
     }
     // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
     // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-    // t_n + THREADS_N * j.
-#pragma unroll
-    for (int f = 0; f < FRAGS_N; f++)
-      wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], BM,
-                              wmma::mem_col_major);
-    __syncthreads();  // c_tile is complete
+    // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
+    // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
     float acc[TM][TN];
 #pragma unroll
-    for (int i = 0; i < TM; i++)
+    for (int pass = 0; pass < WARPS_N; pass++) {
+      if (warp_n == pass) {
 #pragma unroll
-      for (int j = 0; j < TN; j++)
-        acc[i][j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-    __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
+        for (int f = 0; f < FRAGS_N; f++)
+          wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
+      }
+      __syncthreads();  // this pass's c_tile is complete
+#pragma unroll
+      for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < FRAGS_N; j++)
+          acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
+      __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+    }
 
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
@@ -954,8 +982,8 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
 // stage functions above. Only the output reaches device memory.
 // Neighbouring tiles share their halo, which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 24 GEMM tiles of 64 x 32 per image, which
-// the 43264 conv outputs this device needs would fill to 88%: the rest is
+// implicit.c, cuda_fused_tile). Here 8 GEMM tiles of 64 x 128 per image, which
+// the 43264 conv outputs this device needs would fill to 66%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // The GEMM on tensor cores (--precision tf32): its operands rounded to tf32 as they
@@ -977,15 +1005,15 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 32, TH = 6, TW = 6;
-constexpr int C_TILES = 8, Y_TILES = 1, X_TILES = 1;
+constexpr int TC = 128, TH = 3, TW = 3;
+constexpr int C_TILES = 2, Y_TILES = 2, X_TILES = 2;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 0, RC = 32, RH = 13, RW = 13, RP = RH * RW;
+constexpr int HALO = 0, RC = 128, RH = 7, RW = 7, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 32, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 2;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 4;  // elements after each W tile row
@@ -1005,9 +1033,11 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
+// column of warps' at a time.
 constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int GEMM_SMEM = OPERAND_BYTES > 4 * BM * BN ? OPERAND_BYTES : 4 * BM * BN;
+constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 }  // namespace node05_fused
 
@@ -1133,19 +1163,24 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
         }
         // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
         // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-        // t_n + THREADS_N * j.
-#pragma unroll
-        for (int f = 0; f < FRAGS_N; f++)
-          wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], BM,
-                                  wmma::mem_col_major);
-        __syncthreads();  // c_tile is complete
+        // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
+        // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
         float acc[TM][TN];
 #pragma unroll
-        for (int i = 0; i < TM; i++)
+        for (int pass = 0; pass < WARPS_N; pass++) {
+          if (warp_n == pass) {
 #pragma unroll
-          for (int j = 0; j < TN; j++)
-            acc[i][j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-        __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
+            for (int f = 0; f < FRAGS_N; f++)
+              wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
+          }
+          __syncthreads();  // this pass's c_tile is complete
+#pragma unroll
+          for (int i = 0; i < TM; i++)
+#pragma unroll
+            for (int j = 0; j < FRAGS_N; j++)
+              acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
+          __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+        }
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
