@@ -114,8 +114,6 @@ int64_t rt_slice_slots(const RtWeightSlice *s);
 // Writes the slice of `tensor` (the whole float tensor) to dst, converted as the slice
 // says: rt_slice_slots(s) * 4 bytes.
 void rt_slice_pack(const RtWeightSlice *s, const float *tensor, void *dst);
-// float -> bfloat16 (its top 16 bits), rounded to nearest even; NaN stays NaN.
-uint16_t rt_float_to_bf16(float f);
 
 // Per device: where the input goes and where the output comes from (host side: the
 // full NCHW tensors, `host_offset` + image * host pitch).
@@ -166,9 +164,6 @@ bool rt_plan_parse(const uint8_t *data, size_t size, RtPlan *p);
 // bytes. Loading a bundle runs its code (dlopen), so a bundle must be trusted like any
 // shared library; a plan file is only read, by the bounded, checked parser above.
 bool rt_plan_load(const char *path, RtPlan *p);
-// The bundle half of rt_plan_load (runtime/bundle.c): dlopen(RTLD_NOW | RTLD_LOCAL),
-// alexc_model_v1(), rt_plan_parse (which copies everything it keeps), dlclose.
-bool rt_bundle_load(const char *path, RtPlan *p);
 
 // What executing a plan needs from a machine. Device addresses are integers (a
 // CUdeviceptr, or a host pointer in the emulator). Each returns false after rt_fail.
@@ -223,10 +218,10 @@ void rt_cuda_close(RtCuda *r);
 // Timings of one batch (rt_cuda_time), from CUDA events on the GPUs' streams.
 typedef struct {
   char layer[RT_PLAN_NAME];
-  bool transfer;  // the layer's transfers to other devices (timed on the receiver)
+  bool transfer;  // the layer's transfers to other devices (timed on the receiver, from
+                  // before its wait for the sender: waiting for the other tower included)
   int device;     // logical device
   double ms;    // sum over the layer's steps on that device (chunks included)
-  int steps;    // step runs timed
 } RtLayerTime;
 
 typedef struct {
@@ -241,13 +236,12 @@ bool rt_cuda_time(RtCuda *r, const float *x, int batch, float *y, bool per_layer
 void rt_times_free(RtTimes *t);
 
 // Device memory: what alexc allocated (weights, activation arenas, conv scratch) and
-// what the driver reports in use beyond what was in use before rt_cuda_open (adds
-// modules, cuBLAS workspaces, the contexts' own); per GPU.
+// what the driver reports in use beyond what was in use once the GPU's context was
+// current (adds modules, streams, cuBLAS handles and workspaces, alexc's buffers); per GPU.
 typedef struct {
   int n_gpus;
   int64_t alexc_bytes[RT_PLAN_MAX_DEVICES];
   int64_t used_bytes[RT_PLAN_MAX_DEVICES];
-  char name[RT_PLAN_MAX_DEVICES][128];
 } RtMemory;
 bool rt_cuda_memory(RtCuda *r, RtMemory *m);
 

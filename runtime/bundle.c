@@ -13,7 +13,6 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <elf.h>
-#include <errno.h>
 #include <link.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,42 +28,31 @@ typedef const unsigned char *(*Entry)(unsigned long long *size);
 
 // dlopen trusts a file's headers: a bundle cut short (a partial copy or download)
 // gets segments mapped past its end, and the loader dies of SIGBUS touching them. So
-// first check that the ELF header and every segment lie inside the file. Files of
-// another class or machine are left to dlopen, which refuses them with a message.
-static bool check_elf(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return rt_fail("%s: cannot open: %s", path, strerror(errno));
+// first check, in the file's bytes, that the ELF header and every segment lie inside
+// the file. Files of another class or machine are left to dlopen, which refuses them
+// with a message.
+static bool check_elf(const char *path, const uint8_t *data, size_t size) {
   ElfW(Ehdr) eh;
-  bool ok = fseek(f, 0, SEEK_END) == 0;
-  long size = ok ? ftell(f) : -1;
-  ok = size >= 0 && fseek(f, 0, SEEK_SET) == 0;
-  if (ok && (size < (long)sizeof eh || fread(&eh, sizeof eh, 1, f) != 1)) {
-    fclose(f);
-    return rt_fail("%s: cannot load the bundle: a truncated ELF file (%ld bytes)", path, size);
-  }
-  if (ok && (eh.e_ident[EI_CLASS] != (sizeof(void *) == 8 ? ELFCLASS64 : ELFCLASS32) ||
-             eh.e_phentsize != sizeof(ElfW(Phdr)))) {
-    fclose(f);
+  if (size < sizeof eh)
+    return rt_fail("%s: cannot load the bundle: a truncated ELF file (%zu bytes)", path, size);
+  memcpy(&eh, data, sizeof eh);
+  if (eh.e_ident[EI_CLASS] != (sizeof(void *) == 8 ? ELFCLASS64 : ELFCLASS32) ||
+      eh.e_phentsize != sizeof(ElfW(Phdr)))
     return true;  // dlopen explains
-  }
-  uint64_t end = (uint64_t)size;
-  ok = ok && eh.e_phoff <= end && eh.e_phnum <= (end - eh.e_phoff) / sizeof(ElfW(Phdr)) &&
-       fseek(f, (long)eh.e_phoff, SEEK_SET) == 0;
+  bool ok = eh.e_phoff <= size && eh.e_phnum <= (size - eh.e_phoff) / sizeof(ElfW(Phdr));
   for (int i = 0; ok && i < eh.e_phnum; i++) {
     ElfW(Phdr) ph;
-    ok = fread(&ph, sizeof ph, 1, f) == 1 && ph.p_offset <= end &&
-         ph.p_filesz <= end - ph.p_offset;
+    memcpy(&ph, data + eh.e_phoff + i * sizeof ph, sizeof ph);
+    ok = ph.p_offset <= size && ph.p_filesz <= size - ph.p_offset;
   }
-  fclose(f);
   return ok || rt_fail("%s: cannot load the bundle: truncated or damaged (its ELF headers "
                        "point past its end)",
                        path);
 }
 
-bool rt_bundle_load(const char *path, RtPlan *p) {
+bool rt_bundle_load(const char *path, const uint8_t *data, size_t size, RtPlan *p) {
   memset(p, 0, sizeof *p);
-  if (!check_elf(path))
+  if (!check_elf(path, data, size))
     return false;
   // A name without a '/' would make dlopen search the library path: say where it is.
   size_t n = strlen(path);
@@ -84,12 +72,12 @@ bool rt_bundle_load(const char *path, RtPlan *p) {
     dlclose(h);
     return rt_fail("%s: not an alexc model (no " ENTRY ")", path);
   }
-  unsigned long long size = 0;
-  const unsigned char *data = entry(&size);
+  unsigned long long plan_size = 0;
+  const unsigned char *plan = entry(&plan_size);
   bool ok;
-  if (!data || !size || size > RT_MAX_FILE)
-    ok = rt_fail("%s: " ENTRY " returned no model (%llu bytes)", path, size);
-  else if (!(ok = rt_plan_parse(data, (size_t)size, p))) {
+  if (!plan || !plan_size || plan_size > RT_MAX_FILE)
+    ok = rt_fail("%s: " ENTRY " returned no model (%llu bytes)", path, plan_size);
+  else if (!(ok = rt_plan_parse(plan, (size_t)plan_size, p))) {
     char why[512];
     snprintf(why, sizeof why, "%s", rt_error());
     rt_fail("%s: %s", path, why);

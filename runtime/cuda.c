@@ -145,8 +145,7 @@ bool rt_cuda_device(char *arch, size_t arch_size, char *name, size_t name_size) 
 typedef struct {
   CUdevice dev;
   CUcontext ctx;
-  char name[128];
-  size_t used_before;  // device memory in use before we allocated anything
+  size_t used_before;  // device memory in use once the primary context was current
 } Gpu;
 
 // A step run between two timing events (rt_cuda_time with per_layer).
@@ -167,8 +166,8 @@ struct RtCuda {
   CUmodule module[RT_PLAN_MAX_DEVICES];
   CUdeviceptr arena[RT_PLAN_MAX_DEVICES], weights[RT_PLAN_MAX_DEVICES];
   CUdeviceptr scratch[RT_PLAN_MAX_DEVICES];  // one chunk's im2col columns and conv GEMM output
-  int64_t weight_bytes[RT_PLAN_MAX_DEVICES], arena_bytes[RT_PLAN_MAX_DEVICES];
-  int64_t scratch_bytes[RT_PLAN_MAX_DEVICES];
+  cublasMath_t math[RT_PLAN_MAX_DEVICES];    // the mode blas[d] is in (set when it changes)
+  bool math_set[RT_PLAN_MAX_DEVICES];
   int arena_batch;  // the arenas (and scratch buffers) are sized for this many images
   // Timing (rt_cuda_time): events recorded around steps, reused from run to run.
   Timed *timed;
@@ -206,9 +205,21 @@ static bool blas_ok(cublasStatus_t st, const char *what) {
   return st == CUBLAS_STATUS_SUCCESS || rt_fail("cuda: %s failed (cuBLAS status %d)", what, (int)st);
 }
 
+// Puts logical device d's cuBLAS handle in `mode`, unless it is already.
+static bool set_math(RtCuda *r, int d, cublasMath_t mode) {
+  if (r->math_set[d] && r->math[d] == mode)
+    return true;
+  if (!blas_ok(blas.cublasSetMathMode(r->blas[d], mode), "cublasSetMathMode"))
+    return false;
+  r->math[d] = mode;
+  r->math_set[d] = true;
+  return true;
+}
+
 // fp32: cublasSgemm in pedantic math mode (no TF32 anywhere); tf32: the same call with
 // TF32 tensor-core math allowed; bf16: cublasGemmEx on bfloat16 A and B with float
-// accumulation and a float C. The math mode is set per call: one handle serves all.
+// accumulation and a float C. One handle serves all: its math mode is set when a GEMM
+// needs another than the last.
 static bool gemm(void *ctx, int d, RtPrecision prec, char transa, char transb, int64_t m,
                  int64_t n, int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b,
                  int64_t ldb, float beta, uint64_t c, int64_t ldc) {
@@ -223,15 +234,16 @@ static bool gemm(void *ctx, int d, RtPrecision prec, char transa, char transb, i
   cublasOperation_t tb = transb == 'T' ? CUBLAS_OP_T : CUBLAS_OP_N;
   const void *A = (const void *)(uintptr_t)a, *B = (const void *)(uintptr_t)b;
   float *C = (float *)(uintptr_t)c;
+  if (!set_math(r, d, prec == RT_BF16   ? CUBLAS_DEFAULT_MATH
+                     : prec == RT_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                       : CUBLAS_PEDANTIC_MATH))
+    return false;
   if (prec == RT_BF16)
-    return blas_ok(blas.cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode") &&
-           blas_ok(blas.cublasGemmEx(h, ta, tb, (int)m, (int)n, (int)k, &alpha, A, CUDA_R_16BF,
+    return blas_ok(blas.cublasGemmEx(h, ta, tb, (int)m, (int)n, (int)k, &alpha, A, CUDA_R_16BF,
                                      (int)lda, B, CUDA_R_16BF, (int)ldb, &beta, C, CUDA_R_32F,
                                      (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                    "cublasGemmEx (bf16)");
-  cublasMath_t mode = prec == RT_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH;
-  return blas_ok(blas.cublasSetMathMode(h, mode), "cublasSetMathMode") &&
-         blas_ok(blas.cublasSgemm(h, ta, tb, (int)m, (int)n, (int)k, &alpha, A, (int)lda, B,
+  return blas_ok(blas.cublasSgemm(h, ta, tb, (int)m, (int)n, (int)k, &alpha, A, (int)lda, B,
                                   (int)ldb, &beta, C, (int)ldc),
                  prec == RT_TF32 ? "cublasSgemm (tf32)" : "cublasSgemm");
 }
@@ -326,11 +338,10 @@ static void free_timing(RtCuda *r) {
   r->n_timed = r->cap_timed = 0;
 }
 
-static void free_buffer(CUdeviceptr *p, int64_t *bytes) {
+static void free_buffer(CUdeviceptr *p) {
   if (*p)
     cu.cuMemFree(*p);
   *p = 0;
-  *bytes = 0;
 }
 
 void rt_cuda_close(RtCuda *r) {
@@ -341,9 +352,9 @@ void rt_cuda_close(RtCuda *r) {
       continue;
     if (r->stream[d])
       cu.cuStreamSynchronize(r->stream[d]);
-    free_buffer(&r->arena[d], &r->arena_bytes[d]);
-    free_buffer(&r->weights[d], &r->weight_bytes[d]);
-    free_buffer(&r->scratch[d], &r->scratch_bytes[d]);
+    free_buffer(&r->arena[d]);
+    free_buffer(&r->weights[d]);
+    free_buffer(&r->scratch[d]);
     if (r->module[d])
       cu.cuModuleUnload(r->module[d]);
     if (r->blas[d])
@@ -363,7 +374,6 @@ void rt_cuda_close(RtCuda *r) {
 
 static bool open_gpu(Gpu *g, int ordinal) {
   CU(cu.cuDeviceGet(&g->dev, ordinal), "cuDeviceGet");
-  cu.cuDeviceGetName(g->name, sizeof g->name, g->dev);
   CU(cu.cuDevicePrimaryCtxRetain(&g->ctx, g->dev), "cuDevicePrimaryCtxRetain");
   CU(cu.cuCtxSetCurrent(g->ctx), "cuCtxSetCurrent");
   size_t free_bytes, total;
@@ -393,19 +403,22 @@ static bool upload_weights(RtCuda *r, int d, const float *(*get)(void *, const c
   const RtPlanDevice *v = &r->plan->dev[d];
   if (!v->weights)
     return true;
-  r->weight_bytes[d] = v->weights * (int64_t)sizeof(float);
-  CU(cu.cuMemAlloc(&r->weights[d], r->weight_bytes[d]), "allocating weights");
+  CU(cu.cuMemAlloc(&r->weights[d], v->weights * sizeof(float)), "allocating weights");
   for (int s = 0; s < v->n_slices; s++) {
     const RtWeightSlice *w = &v->slices[s];
     const float *data = get(ctx, w->tensor);
     if (!data)
       return rt_fail("cuda: no weight tensor '%s'", w->tensor);
+    // A float slice goes up as it is; a bf16 one is converted into a buffer first. The
+    // copy is synchronous, so that buffer may be freed after it.
     size_t bytes = rt_slice_slots(w) * sizeof(float);
-    void *packed = malloc(bytes);
-    if (!packed)
+    void *packed = w->bf16 ? malloc(bytes) : NULL;
+    if (w->bf16 && !packed)
       return rt_fail("out of memory");
-    rt_slice_pack(w, data, packed);
-    CUDA_MEMCPY2D c = {.srcMemoryType = CU_MEMORYTYPE_HOST, .srcHost = packed,
+    if (packed)
+      rt_slice_pack(w, data, packed);
+    CUDA_MEMCPY2D c = {.srcMemoryType = CU_MEMORYTYPE_HOST,
+                       .srcHost = packed ? packed : (const void *)(data + w->first),
                        .dstMemoryType = CU_MEMORYTYPE_DEVICE,
                        .dstDevice = r->weights[d] + w->offset * sizeof(float),
                        .srcPitch = bytes, .dstPitch = bytes, .WidthInBytes = bytes, .Height = 1};
@@ -477,17 +490,15 @@ static bool size_buffers(RtCuda *r, int batch) {
   for (int d = 0; d < p->n_devices; d++) {
     if (!use(r, d))
       return false;
-    free_buffer(&r->arena[d], &r->arena_bytes[d]);
-    free_buffer(&r->scratch[d], &r->scratch_bytes[d]);
+    free_buffer(&r->arena[d]);
+    free_buffer(&r->scratch[d]);
     int64_t arena = p->dev[d].arena * batch * (int64_t)sizeof(float);
     int64_t scratch = rt_plan_scratch_elems(p, d, batch) * (int64_t)sizeof(float);
     if (arena)
       CU(cu.cuMemAlloc(&r->arena[d], arena), "allocating activations");
-    r->arena_bytes[d] = arena;
     if (scratch)
       CU(cu.cuMemAlloc(&r->scratch[d], scratch),
          "allocating conv scratch (im2col columns and GEMM output)");
-    r->scratch_bytes[d] = scratch;
   }
   r->arena_batch = batch;
   return true;
@@ -591,7 +602,6 @@ static bool collect_layers(RtCuda *r, RtTimes *t) {
     if (!l)
       return rt_fail("out of memory");
     l->ms += ms;
-    l->steps++;
   }
   return true;
 }
@@ -640,14 +650,16 @@ void rt_times_free(RtTimes *t) {
 bool rt_cuda_memory(RtCuda *r, RtMemory *m) {
   memset(m, 0, sizeof *m);
   m->n_gpus = r->n_gpus;
-  for (int d = 0; d < r->plan->n_devices; d++)
-    m->alexc_bytes[r->gpu_of[d]] += r->weight_bytes[d] + r->arena_bytes[d] + r->scratch_bytes[d];
+  const RtPlan *p = r->plan;
+  for (int d = 0; d < p->n_devices; d++)  // as upload_weights and size_buffers allocate
+    m->alexc_bytes[r->gpu_of[d]] +=
+        (p->dev[d].weights + p->dev[d].arena * r->arena_batch +
+         rt_plan_scratch_elems(p, d, r->arena_batch)) * (int64_t)sizeof(float);
   for (int g = 0; g < r->n_gpus; g++) {
     size_t free_bytes, total;
     CU(cu.cuCtxSetCurrent(r->gpu[g].ctx), "cuCtxSetCurrent");
     CU(cu.cuMemGetInfo(&free_bytes, &total), "cuMemGetInfo");
     m->used_bytes[g] = (int64_t)(total - free_bytes) - (int64_t)r->gpu[g].used_before;
-    snprintf(m->name[g], sizeof m->name[g], "%s", r->gpu[g].name);
   }
   return true;
 }

@@ -71,7 +71,8 @@ bool rt_parse_precision(const char *name, RtPrecision *out) {
   return false;
 }
 
-uint16_t rt_float_to_bf16(float f) {
+// float -> bfloat16 (its top 16 bits), rounded to nearest even; NaN stays NaN.
+static uint16_t float_to_bf16(float f) {
   uint32_t u;
   memcpy(&u, &f, sizeof u);
   if ((u & 0x7fffffffu) > 0x7f800000u)  // NaN: keep it a (quiet) NaN
@@ -89,7 +90,7 @@ void rt_slice_pack(const RtWeightSlice *s, const float *tensor, void *dst) {
   }
   uint16_t *h = dst;
   for (int64_t i = 0; i < s->count; i++)
-    h[i] = rt_float_to_bf16(src[i]);
+    h[i] = float_to_bf16(src[i]);
   if (s->count % 2)
     h[s->count] = 0;  // the last slot's unused half
 }
@@ -490,8 +491,9 @@ bool rt_plan_load(const char *path, RtPlan *p) {
   if (!rt_read_file(path, RT_MAX_FILE, &data, &size))
     return false;
   if (size >= 4 && !memcmp(data, "\x7f" "ELF", 4)) {  // a bundle (runtime/bundle.c)
+    bool ok = rt_bundle_load(path, data, size, p);
     free(data);
-    return rt_bundle_load(path, p);
+    return ok;
   }
   bool ok = rt_plan_parse(data, size, p);
   free(data);

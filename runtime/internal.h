@@ -3,7 +3,10 @@
 #define ALEXRT_INTERNAL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+
+#include "alexrt_cuda.h"
 
 // Sets rt_error() and returns false.
 bool rt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -12,5 +15,10 @@ bool rt_checked_elems(int rank, const int64_t *dims, int64_t *elems);
 
 // Largest file the runtime reads: bigger than any AlexNet-family weight file.
 #define RT_MAX_FILE ((size_t)8 << 30)
+
+// The bundle half of rt_plan_load (runtime/bundle.c), given the file's bytes (data,
+// size) to check its ELF headers against: dlopen(RTLD_NOW | RTLD_LOCAL),
+// alexc_model_v1(), rt_plan_parse (which copies everything it keeps), dlclose.
+bool rt_bundle_load(const char *path, const uint8_t *data, size_t size, RtPlan *p);
 
 #endif
