@@ -111,37 +111,31 @@ bool cuda_parse_conv(const char *name, CudaConv *out) {
 }
 
 bool cuda_parse_conv_option(const char *arg, CudaOptions *o, char *err, size_t size) {
-  static const char *const WANT = "--conv wants gemm, direct, implicit or fused, or a list "
-                                  "such as 'gemm,conv1=fused'";
-  char *list = strdup(arg), *save = NULL;
+  char *list = strdup(arg), *rest = list;
   bool ok = list != NULL;
   o->conv = CUDA_CONV_GEMM;
   o->n_layer_convs = 0;
-  for (char *item = list ? strtok_r(list, ",", &save) : NULL; item && ok;
-       item = strtok_r(NULL, ",", &save)) {
+  // strsep, not strtok: an empty item ("gemm,,conv1=fused", "gemm,") is an error too.
+  for (char *item; ok && (item = strsep(&rest, ",")) != NULL;) {
     char *eq = strchr(item, '=');
     if (!eq) {
       ok = cuda_parse_conv(item, &o->conv);
-      if (!ok)
-        snprintf(err, size, "%s, not '%s'", WANT, item);
-      continue;
-    }
-    *eq = '\0';
-    CudaLayerConv *c = &o->layer_conv[o->n_layer_convs];
-    if (o->n_layer_convs == CUDA_MAX_LAYER_CONVS) {
+    } else if (o->n_layer_convs == CUDA_MAX_LAYER_CONVS) {
       snprintf(err, size, "--conv: at most %d layer choices", CUDA_MAX_LAYER_CONVS);
-      ok = false;
-    } else if (!*item || strlen(item) >= sizeof c->layer || !cuda_parse_conv(eq + 1, &c->conv)) {
-      snprintf(err, size, "%s, not '%s=%s'", WANT, item, eq + 1);
-      ok = false;
+      free(list);
+      return false;
     } else {
-      snprintf(c->layer, sizeof c->layer, "%s", item);
-      o->n_layer_convs++;
+      CudaLayerConv *c = &o->layer_conv[o->n_layer_convs];
+      *eq = '\0';
+      ok = *item && strlen(item) < sizeof c->layer && cuda_parse_conv(eq + 1, &c->conv);
+      if (ok)
+        snprintf(c->layer, sizeof c->layer, "%s", item);
+      o->n_layer_convs += ok;
+      *eq = '=';  // the item as given, for the message
     }
-  }
-  if (ok && (!*arg || arg[strlen(arg) - 1] == ',' || strstr(arg, ",,") || *arg == ',')) {
-    snprintf(err, size, "%s, not '%s'", WANT, arg);
-    ok = false;
+    if (!ok)
+      snprintf(err, size, "--conv wants gemm, direct, implicit or fused, or a list such as "
+                          "'gemm,conv1=fused', not '%s'", *item ? item : arg);
   }
   free(list);
   return ok;
@@ -631,6 +625,19 @@ static int64_t add_slice(RtPlan *p, int d, const Node *n, bool bias, Range r, bo
   return s.offset;
 }
 
+// The name of a node's second kernel, kname + suffix ("k01_conv1_im2col"), into out
+// (RT_PLAN_NAME bytes). False after a message if it is too long for a plan step.
+static bool kernel_name_with(const Node *n, const char *kname, const char *suffix, char *out) {
+  size_t a = strlen(kname), b = strlen(suffix);
+  if (a + b >= RT_PLAN_NAME) {
+    error("cuda backend: layer '%s': kernel name too long", n->name);
+    return false;
+  }
+  memcpy(out, kname, a);
+  memcpy(out + a, suffix, b + 1);
+  return true;
+}
+
 // A step of node n: its name (the kernel's symbol, or the layer) and layer set.
 static RtStep step(RtStepKind kind, int d, const Node *n, const char *name) {
   RtStep s = {.kind = kind, .device = d, .block = CUDA_BLOCK};
@@ -680,12 +687,9 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
   ConvGemm cg = conv_gemm(g, n, d);
   int64_t per_group = n->conv.out / n->conv.groups, P = cg.pixels;
   Ctx x = {g, n, i, d, src, true, prec == RT_BF16, false};
-  char iname[RT_PLAN_NAME + 8];
-  snprintf(iname, sizeof iname, "%s_im2col", kname);
-  if (strlen(iname) >= RT_PLAN_NAME) {
-    error("cuda backend: layer '%s': kernel name too long", n->name);
+  char iname[RT_PLAN_NAME];
+  if (!kernel_name_with(n, kname, "_im2col", iname))
     return false;
-  }
   fprintf(src, "// ---------------------------------------------------------------- %s\n//\n",
           iname);
   static const char *const GEMM[] = {[RT_FP32] = "SGEMM", [RT_TF32] = "SGEMM on TF32 tensor cores",
@@ -770,12 +774,9 @@ static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *
     add_whole_conv_step(p, g, i, d, kname, cuda_implicit_work(n, d, prec), w_at, b_at);
     return true;
   }
-  char cname[RT_PLAN_NAME + 16];
-  snprintf(cname, sizeof cname, "%s_implicit", kname);
-  if (strlen(cname) >= RT_PLAN_NAME) {
-    error("cuda backend: layer '%s': kernel name too long", n->name);
+  char cname[RT_PLAN_NAME];
+  if (!kernel_name_with(n, kname, "_implicit", cname))
     return false;
-  }
   cuda_emit_implicit_conv(src, g, i, d, cname, kname, prec);
   Ctx x = {g, n, i, d, src, true, false, false};
   if (!emit_node(&x, kname))
@@ -860,12 +861,9 @@ static bool plan_fc_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, int
     rt_plan_add_step(p, &s);
     return true;
   }
-  char cname[RT_PLAN_NAME + 8];
-  snprintf(cname, sizeof cname, "%s_bf16", kname);
-  if (strlen(cname) >= RT_PLAN_NAME) {
-    error("cuda backend: layer '%s': kernel name too long", n->name);
+  char cname[RT_PLAN_NAME];
+  if (!kernel_name_with(n, kname, "_bf16", cname))
     return false;
-  }
   emit_fc_to_bf16(src, n, features, cname);
   RtStep chunk = step(RT_STEP_CHUNK, d, n, n->name);
   chunk.images = p->dev[d].chunk;
