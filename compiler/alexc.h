@@ -201,7 +201,7 @@ int graph_find(const Graph *g, const char *name);  // -1 if absent
 // Rewriting (ir/rewrite.c), for passes.
 void graph_compact(Graph *g, const bool *keep, const int *replace);
 // Cuts the network at `node`: keeps it and what it depends on, and makes it the output
-// (alexc run --layer with --target cuda, which returns only a network's output).
+// (alexc run and compile --layer with --target cuda, which return only a network's output).
 void graph_truncate(Graph *g, int node);
 int graph_insert(Graph *g, int at, Node node);
 int graph_cut_fused(Graph *g, int i, int k);

@@ -51,9 +51,7 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a) {
                    .cuda = cuda_defaults()};
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-    int rc = pass_option("bench", c, optarg, &a->passes);
-    if (rc < 0)
-      rc = cuda_option("bench", c, optarg, &a->cuda, &a->arch);
+    int rc = target_option("bench", c, optarg, &a->passes, &a->cuda, &a->arch);
     if (rc >= 0) {
       if (rc)
         return rc;
@@ -329,16 +327,13 @@ int cmd_bench(int argc, char **argv) {
   Graph *g = load_spec(spec);
   if (!g)
     return EXIT_ERR;
-  char arch[16], gpu[128] = "";
-  if (!rt_cuda_available()) {
+  // The GPU present (its absence is the error), and the architecture to compile for.
+  char arch[16], gpu[128] = "", present[16];
+  bool ok = rt_cuda_device(present, sizeof present, gpu, sizeof gpu);
+  if (!ok)
     error("cuda: %s", rt_error());
-    graph_free(g);
-    return EXIT_ERR;
-  }
-  char present[16];
-  bool ok = resolve_arch(a.arch, true, arch, sizeof arch);
-  if (ok && !(ok = rt_cuda_device(present, sizeof present, gpu, sizeof gpu)))
-    error("cuda: %s", rt_error());
+  else
+    snprintf(arch, sizeof arch, "%s", a.arch && strcmp(a.arch, "native") ? a.arch : present);
   Weights *w = ok ? weights_init(g, a.seed, INIT_FAN_IN) : NULL;
   float *x = ok ? random_input(g, a.batch, 1) : NULL;
   Table t = {.runs = a.runs}, each = {.runs = a.runs};

@@ -156,6 +156,27 @@ int pass_option(const char *cmd, int c, const char *arg, PassOptions *o) {
   }
 }
 
+int target_option(const char *cmd, int c, const char *arg, PassOptions *p, CudaOptions *o,
+                  const char **arch) {
+  int rc = pass_option(cmd, c, arg, p);
+  return rc < 0 ? cuda_option(cmd, c, arg, o, arch) : rc;
+}
+
+bool cut_at_layer(Graph *g, const char *layer) {
+  int cut = graph_find(g, layer);
+  if (cut < 0) {
+    error("network '%s' has no layer '%s'", g->name, layer);
+    return false;
+  }
+  if (cut == 0) {
+    error("--target cuda: layer '%s' is the network's input: there is nothing to compute",
+          layer);
+    return false;
+  }
+  graph_truncate(g, cut);
+  return true;
+}
+
 bool compile_graph(Graph *g, const PassOptions *o, char *const *keep, int n_keep) {
   int *idx = xcalloc(n_keep, sizeof(int));
   bool ok = true;

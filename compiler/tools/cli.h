@@ -78,10 +78,16 @@ int pass_option(const char *cmd, int c, const char *arg, PassOptions *o);
 
 // Handles a CUDA_LONG_OPTIONS option like pass_option; --arch is stored as given.
 int cuda_option(const char *cmd, int c, const char *arg, CudaOptions *o, const char **arch);
+// pass_option, then cuda_option: the options of the commands that compile for a target.
+int target_option(const char *cmd, int c, const char *arg, PassOptions *p, CudaOptions *o,
+                  const char **arch);
 // The architecture to compile for: `arch` as given (sm_XX, checked by cuda_option), the GPU present for
 // "native" or, with no --arch, when `running`; sm_90 otherwise. False after a message.
 bool resolve_arch(const char *arch, bool running, char *out, size_t size);
 
+// --layer with --target cuda (run, compile): cuts g at `layer` (graph_truncate), which
+// becomes its output. False (message printed) for an unknown layer or the input.
+bool cut_at_layer(Graph *g, const char *layer);
 // Runs the passes, keeping the named layers observable; false (message printed) on
 // error, e.g. an unknown layer.
 bool compile_graph(Graph *g, const PassOptions *o, char *const *keep, int n_keep);

@@ -82,9 +82,7 @@ int cmd_compile(int argc, char **argv) {
   CudaOptions cuda = cuda_defaults();
   int c;
   while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-    int rc = pass_option("compile", c, optarg, &passes);
-    if (rc < 0)
-      rc = cuda_option("compile", c, optarg, &cuda, &arch_opt);
+    int rc = target_option("compile", c, optarg, &passes, &cuda, &arch_opt);
     if (rc >= 0) {
       if (rc)
         return rc;
@@ -113,14 +111,10 @@ int cmd_compile(int argc, char **argv) {
     return EXIT_ERR;
 
   Graph *g = load_spec(argv[optind]);
-  int cut = g && cut_at ? graph_find(g, cut_at) : -1;
-  if (g && cut_at && cut <= 0) {
-    error("network '%s' has no layer '%s' to end at", g->name, cut_at);
+  if (g && cut_at && !cut_at_layer(g, cut_at)) {
     graph_free(g);
     return EXIT_ERR;
   }
-  if (cut > 0)
-    graph_truncate(g, cut);
   char *layer = g ? g->nodes[g->output].name : NULL;
   if (!g || !compile_graph(g, &passes, &layer, 1)) {
     graph_free(g);

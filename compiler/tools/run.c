@@ -93,9 +93,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
                  .cuda = cuda_defaults()};
   int c;
   while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-    int rc = pass_option("run", c, optarg, &a->passes);
-    if (rc < 0)
-      rc = cuda_option("run", c, optarg, &a->cuda, &a->arch);
+    int rc = target_option("run", c, optarg, &a->passes, &a->cuda, &a->arch);
     if (rc >= 0) {
       if (rc)
         return rc;
@@ -161,16 +159,11 @@ int cmd_run(int argc, char **argv) {
   bool cuda = !strcmp(a.target, "cuda");
   // --target cuda returns a network's output only: cut the network at the layer asked
   // for (fusion and partition then see that layer as the output; values are the same).
-  int cut = cuda && a.layer ? graph_find(g, a.layer) : -1;
-  if (cut == 0) {
-    error("--target cuda: layer '%s' is the network's input: there is nothing to compute",
-          a.layer);
+  if (cuda && a.layer && !cut_at_layer(g, a.layer)) {
     weights_free(w);
     graph_free(g);
     return EXIT_ERR;
   }
-  if (cut > 0)
-    graph_truncate(g, cut);
   // A copy: fusion frees the names of the nodes it folds into others, the output's too.
   char name[256], *layer = name;
   snprintf(name, sizeof name, "%s", a.layer ? a.layer : g->nodes[g->output].name);
