@@ -164,6 +164,9 @@ bool rt_plan_parse(const uint8_t *data, size_t size, RtPlan *p);
 // bytes. Loading a bundle runs its code (dlopen), so a bundle must be trusted like any
 // shared library; a plan file is only read, by the bounded, checked parser above.
 bool rt_plan_load(const char *path, RtPlan *p);
+// The symbol a bundle exports: const unsigned char *alexc_model_v1(unsigned long long
+// *size), the plan file's bytes. The version in the name is the bundle format's.
+#define RT_BUNDLE_ENTRY "alexc_model_v1"
 
 // What executing a plan needs from a machine. Device addresses are integers (a
 // CUdeviceptr, or a host pointer in the emulator). Each returns false after rt_fail.

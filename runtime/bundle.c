@@ -22,7 +22,7 @@
 #include "alexrt_cuda.h"
 #include "internal.h"
 
-#define ENTRY "alexc_model_v1"
+#define ENTRY RT_BUNDLE_ENTRY
 
 typedef const unsigned char *(*Entry)(unsigned long long *size);
 

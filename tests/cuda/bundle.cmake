@@ -4,7 +4,7 @@
 #                 (the compiled-model half skips without NVRTC); on the fake CUDA driver,
 #                 alexrt run against the reference executor
 add_executable(test_bundle cuda/test_bundle.c)
-target_link_libraries(test_bundle PRIVATE alexrt ${CMAKE_DL_LIBS} m)
+target_link_libraries(test_bundle PRIVATE alexrt)
 # With the fake CUDA driver (tests/cuda/tests.cmake), alexrt run runs on the CPU too.
 set(ALEXC_BUNDLE_FAKE_ARGS)
 if(TARGET fake_cuda_prepare)

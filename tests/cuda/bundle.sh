@@ -214,7 +214,7 @@ if [ -n "$fake_lib" ]; then
         "$tmp/fake$devices.so" --weights "$tmp/w.safetensors" --input "$tmp/x.npy" \
         --output "$tmp/y.npy" --batch-check
       grep -q "batch check: each of the 3 image(s)" "$tmp/out" || fail "no batch check: $(cat "$tmp/out")"
-      expect 0 "its output is the reference's" -- "$test_bundle" --compare "$tmp/y.npy" "$tmp/ref.npy"
+      expect 0 "its output is the reference's" -- "$alexc" compare "$tmp/y.npy" "$tmp/ref.npy"
     done
   done
   expect 0 "run on the fake driver, top classes" -- env LD_LIBRARY_PATH="$fake_lib" "$alexrt" \

@@ -5,10 +5,7 @@
 // rt_plan_load kept nothing that points into it.
 //
 // usage: test_bundle PLAN MODEL.so
-//        test_bundle --compare GOT.npy WANT.npy   same shape, max |got - want| / max |want|
-//                                                 <= 1e-4 (for alexrt run's output)
 #include <dlfcn.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,32 +24,7 @@ static bool same(const uint8_t *a, size_t na, const uint8_t *b, size_t nb) {
   return na == nb && !memcmp(a, b, na);
 }
 
-static int compare(const char *got_path, const char *want_path) {
-  RtTensor got, want;
-  if (!rt_npy_load(got_path, &got) || !rt_npy_load(want_path, &want)) {
-    fprintf(stderr, "%s\n", rt_error());
-    return 1;
-  }
-  bool ok = got.rank == want.rank && got.elems == want.elems;
-  for (int i = 0; ok && i < got.rank; i++)
-    ok = got.dims[i] == want.dims[i];
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; ok && i < got.elems; i++) {
-    ok = isfinite(got.data[i]);
-    diff = fmax(diff, fabs((double)got.data[i] - want.data[i]));
-    scale = fmax(scale, fabs((double)want.data[i]));
-  }
-  double rel = scale > 0 ? diff / scale : diff;
-  ok = ok && rel <= 1e-4;
-  printf("%s: %s against %s: max rel err %.3g\n", ok ? "ok" : "FAIL", got_path, want_path, rel);
-  rt_tensor_free(&got);
-  rt_tensor_free(&want);
-  return ok ? 0 : 1;
-}
-
 int main(int argc, char **argv) {
-  if (argc == 4 && !strcmp(argv[1], "--compare"))
-    return compare(argv[2], argv[3]);
   if (argc != 3) {
     fprintf(stderr, "usage: test_bundle PLAN MODEL.so\n");
     return 2;
@@ -73,7 +45,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   const unsigned char *(*entry)(unsigned long long *) =
-      (const unsigned char *(*)(unsigned long long *))dlsym(h, "alexc_model_v1");
+      (const unsigned char *(*)(unsigned long long *))dlsym(h, RT_BUNDLE_ENTRY);
   check(entry != NULL, "the bundle exports alexc_model_v1");
   if (entry) {
     unsigned long long size = 0;

@@ -2,10 +2,10 @@
 //
 // The module is two symbols:
 //
-//   @payload = private constant [N x i8] c"...", section ".rodata", align 16
+//   @alexc_payload = private constant [N x i8] c"...", section ".rodata", align 16
 //   define i8* @alexc_model_v1(i64* %size) nounwind {
 //     store i64 N, i64* %size
-//     ret i8* getelementptr inbounds ([N x i8], [N x i8]* @payload, i64 0, i64 0)
+//     ret i8* getelementptr inbounds ([N x i8], [N x i8]* @alexc_payload, i64 0, i64 0)
 //   }
 //
 // LLVM emits it as an ELF object for the host (PIC, so it can go into a .so); the
@@ -48,7 +48,7 @@ static LLVMModuleRef build_module(LLVMContextRef ctx, const uint8_t *payload, si
 
   LLVMTypeRef params[] = {LLVMPointerType(i64, 0)};
   LLVMTypeRef fty = LLVMFunctionType(LLVMPointerType(i8, 0), params, 1, 0);
-  LLVMValueRef f = LLVMAddFunction(m, LLVM_BUNDLE_ENTRY, fty);
+  LLVMValueRef f = LLVMAddFunction(m, RT_BUNDLE_ENTRY, fty);
   LLVMSetLinkage(f, LLVMExternalLinkage);
   LLVMSetVisibility(f, LLVMDefaultVisibility);
   const char *attr = "nounwind";

@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LLVM_BUNDLE_ENTRY "alexc_model_v1"
+#include "alexrt_cuda.h"  // RT_BUNDLE_ENTRY: the runtime looks the plan up by that name
 
 // Writes the bundle to `path`: emits an object file for the host (LLVM's default
 // target triple, PIC), links it with the system C compiler ($CC, default cc) as
