@@ -79,9 +79,12 @@ run | rehearse)
     local name=$1
     shift
     echo "== alexc bench $*"
-    "$alexc" bench "$spec" --target cuda --batch "$batch" --runs "$runs" --warmup "$warmup" "$@" \
-      | tee "$out/bench-$name.md"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench $name FAILED"; status=1; }
+    # In an `if`: under set -e a failing pipeline would end the script without a word.
+    if ! "$alexc" bench "$spec" --target cuda --batch "$batch" --runs "$runs" --warmup "$warmup" \
+      "$@" | tee "$out/bench-$name.md"; then
+      echo "bench $name FAILED"
+      status=1
+    fi
   }
   if [ "$what" != tests ]; then
     for p in $precisions; do
@@ -104,8 +107,7 @@ run | rehearse)
   fi
   if [ "$what" = all ] || [ "$what" = tests ]; then
     echo "== GPU correctness (tests/cuda/gpu.sh)"
-    bash tests/cuda/gpu.sh "$alexc" "${gpu_specs[@]}" | tee "$out/gpu-tests.txt"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    bash tests/cuda/gpu.sh "$alexc" "${gpu_specs[@]}" | tee "$out/gpu-tests.txt" || status=1
   fi
   exit $status
   ;;

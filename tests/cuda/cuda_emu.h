@@ -25,10 +25,9 @@
 // barriers they reached (on a GPU, a hang or undefined behaviour). Under AddressSanitizer
 // the stack switches are announced to it (__sanitizer_start/finish_switch_fiber).
 //
-// alexc_emu_set_thread() (the old interface: set the indices, call the kernel yourself)
-// still works for kernels without barriers; __syncthreads() outside alexc_emu_run_block
-// aborts with a message. alexc_emu_current_thread() returns threadIdx.x of the thread
-// that ran last, e.g. the one whose fault a SIGSEGV handler caught.
+// __syncthreads() outside alexc_emu_run_block aborts with a message.
+// alexc_emu_current_thread() returns threadIdx.x of the thread that ran last, e.g. the
+// one whose fault a SIGSEGV handler caught.
 #ifndef ALEXC_CUDA_EMU_H
 #define ALEXC_CUDA_EMU_H
 
@@ -39,6 +38,8 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
+
+#include "emu_gemm.h"  // emu_bits
 
 #if defined(__SANITIZE_ADDRESS__)
 #define ALEXC_EMU_ASAN 1
@@ -64,16 +65,11 @@ struct dim3 {
 };
 
 // The bit-cast intrinsic the bfloat16 conversion uses (--precision bf16).
-static inline unsigned __float_as_uint(float f) {
-  unsigned u;
-  memcpy(&u, &f, sizeof u);
-  return u;
-}
+static inline unsigned __float_as_uint(float f) { return emu_bits(f); }
 
 static thread_local dim3 blockIdx, threadIdx, blockDim, gridDim;
 
-extern "C" void alexc_emu_set_thread(unsigned block, unsigned thread, unsigned block_dim,
-                                     unsigned grid_dim) {
+static void set_thread(unsigned block, unsigned thread, unsigned block_dim, unsigned grid_dim) {
   blockIdx.x = block;
   threadIdx.x = thread;
   blockDim.x = block_dim;
@@ -146,7 +142,7 @@ static bool resume(Block *b, unsigned t) {
     makecontext(&f->context, fiber_main, 0);
     f->started = true;
   }
-  alexc_emu_set_thread(b->block, t, b->block_dim, b->grid_dim);
+  set_thread(b->block, t, b->block_dim, b->grid_dim);
   b->current = t;
 #ifdef ALEXC_EMU_ASAN
   __sanitizer_start_switch_fiber(&b->scheduler_fake_stack, f->stack, STACK_BYTES);
@@ -202,7 +198,7 @@ static int run(Block *b) {
   if (b->fibers[0].finished) {  // no barrier: the other threads are independent calls
     b->direct = true;
     for (unsigned t = 1; t < b->block_dim; t++) {
-      alexc_emu_set_thread(b->block, t, b->block_dim, b->grid_dim);
+      set_thread(b->block, t, b->block_dim, b->grid_dim);
       b->direct_barriers = 0;
       b->thread(b->arg);
       if (b->direct_barriers) {

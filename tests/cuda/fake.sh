@@ -92,9 +92,6 @@ for entry in "${CASES[@]}"; do
   done
 done
 
-# alexc bench: the timing path (an event pair around every step, cuEventElapsedTime,
-# cuMemGetInfo), fused against unfused, on two fake GPUs; the modules are the fp32 ones
-# built above.
 # tf32 and bf16 (cublasSgemm with TF32 math, cublasGemmEx on bfloat16; weights
 # converted at upload; fc inputs converted in chunks) on a few cases: the full matrix
 # in every precision would double the run time.
@@ -114,14 +111,15 @@ run_case specs/mini-alexnet.yaml "--devices 2" fused fp32
 run_case specs/mini-alexnet.yaml "--devices 2" fused tf32
 run_case specs/mini-alexnet.yaml "--no-fuse" implicit bf16
 
-if "$alexc" bench --help >/dev/null 2>&1; then
-  cases=$((cases + 1))
-  LD_LIBRARY_PATH=$fake_lib ALEXC_FAKE_CUDA_GPUS=2 "$alexc" bench specs/mini-alexnet.yaml \
-    --target cuda --devices 2 --batch 3 --runs 2 --warmup 1 --compare-unfused >"$tmp/out" 2>&1
-  rc=$?
-  printf '  %-38s %-21s %-6s %-4s  2 GPU(s)  seed 1  %-22s %s\n' "alexc bench mini-alexnet" \
-    "--compare-unfused" gemm fp32 "" "$(verdict $rc)"
-  [ $rc -eq 0 ] || fail "alexc bench mini-alexnet --devices 2 --compare-unfused" "$tmp/out"
-fi
+# alexc bench: the timing path (an event pair around every step, cuEventElapsedTime,
+# cuMemGetInfo), fused against unfused, on two fake GPUs; the modules are the fp32 ones
+# built above.
+cases=$((cases + 1))
+LD_LIBRARY_PATH=$fake_lib ALEXC_FAKE_CUDA_GPUS=2 "$alexc" bench specs/mini-alexnet.yaml \
+  --target cuda --devices 2 --batch 3 --runs 2 --warmup 1 --compare-unfused >"$tmp/out" 2>&1
+rc=$?
+printf '  %-38s %-21s %-6s %-4s  2 GPU(s)  seed 1  %-22s %s\n' "alexc bench mini-alexnet" \
+  "--compare-unfused" gemm fp32 "" "$(verdict $rc)"
+[ $rc -eq 0 ] || fail "alexc bench mini-alexnet --devices 2 --compare-unfused" "$tmp/out"
 echo "$cases case(s), $failures failure(s)"
 [ $failures -eq 0 ]

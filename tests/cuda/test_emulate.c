@@ -1,10 +1,11 @@
 // The CUDA backend checked without a GPU, in the manner of ggml's test-backend-ops:
-// for each spec and variant (fused or not, one or two devices, --conv direct or gemm),
-// generate the CUDA
-// source, compile it with g++ as C++ (cuda_emu.h stands in for the CUDA headers), and
-// run the plan through the runtime's own interpreter (rt_plan_run) with CPU
-// implementations of kernel launch, GEMM (cublasSgemm's semantics exactly: column-major,
-// transa/transb, lda/ldb/ldc, alpha/beta, its argument checks) and copy. The output
+// for each spec and variant (fused or not; one to three devices; --conv direct, gemm,
+// implicit, fused or a per-layer mix; fp32, tf32 or bf16), generate the CUDA source,
+// compile it with g++ as C++ (cuda_emu.h and emu_include/mma.h stand in for the CUDA
+// headers), and run the plan through the runtime's own interpreter (rt_plan_run) with
+// CPU implementations of kernel launch, GEMM (emu_gemm.h: cublasSgemm's and
+// cublasGemmEx's semantics: column-major, transa/transb, lda/ldb/ldc, alpha/beta, their
+// argument checks) and copy. The output
 // must match the reference executor within the precision's tolerance (cuda_tolerance():
 // 1e-4 relative, max|got-want| / max|want|, for fp32). tf32 and bf16 variants round the
 // GEMM operands as the tensor cores do.
@@ -19,7 +20,7 @@
 // The plan runs as the artifact file carries it (saved and loaded back), so the file
 // format is checked along with it.
 //
-// usage: test_emulate CXX EMU_HEADER WORKDIR SPEC
+// usage: test_emulate CXX EMU_HEADER WORKDIR SPEC [VARIANT]   (VARIANT: a name filter)
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -425,6 +426,10 @@ int main(int argc, char **argv) {
     free(x);
   }
   printf("%d variant(s) of '%s' emulated, %d failure(s)\n", runs, g->name, failures);
+  if (only && !runs) {
+    fprintf(stderr, "no variant's name contains '%s'\n", only);
+    failures++;
+  }
   weights_free(w);
   graph_free(g);
   return failures ? 1 : 0;
