@@ -9,7 +9,7 @@ static const char COMPARE_HELP[] =
     "\n"
     "Prints the largest difference between two float32 .npy files of one shape, relative\n"
     "to the largest value expected: max|got - want| / max|want|, and where it is. Exit 1\n"
-    "when the shapes differ, GOT holds NaN or infinity, or the difference exceeds T\n"
+    "when the shapes differ, either holds NaN or infinity, or the difference exceeds T\n"
     "(default 1e-4, the fp32 tolerance of alexc run --compare-ref; tf32 1e-2, bf16 3e-2).\n";
 
 int cmd_compare(int argc, char **argv) {
