@@ -136,12 +136,24 @@ typedef struct {
   size_t ptx_size;
 } RtPlanDevice;
 
+// A tensor's shape per image: (C, H, W), or (features) at rank 1. The batch is
+// the run's.
+#define RT_SHAPE_RANK 3  // at most
+typedef struct {
+  int rank;
+  int64_t dims[RT_SHAPE_RANK];
+} RtShape;
+
+int64_t rt_shape_elems(RtShape s);
+// "3x227x227" or "1000", as the plan file writes it.
+void rt_shape_str(RtShape s, char *buf, size_t size);
+
 typedef struct {
   char network[RT_PLAN_NAME];
   char arch[32];
   RtPrecision precision;
   int n_devices;
-  int64_t in_elems, out_elems;  // per image
+  RtShape in, out;  // the network's input and output, per image
   RtPlanDevice dev[RT_PLAN_MAX_DEVICES];
   RtStep *steps;
   int n_steps;
@@ -152,7 +164,7 @@ void rt_plan_free(RtPlan *p);
 void rt_plan_add_step(RtPlan *p, const RtStep *s);
 void rt_plan_add_slice(RtPlan *p, int device, const RtWeightSlice *s);
 
-// The artifact file: a text header ("alexc-cuda-plan 3"), one line per plan item,
+// The artifact file: a text header ("alexc-cuda-plan 4"), one line per plan item,
 // "end", then the modules' bytes. Described in runtime/cuda_plan.c and
 // compiler/backends/cuda/README.md.
 bool rt_plan_save(const RtPlan *p, const char *path);

@@ -3,12 +3,12 @@
 //
 // The artifact is a text header, readable with `head`, then the modules' bytes:
 //
-//   alexc-cuda-plan 3
+//   alexc-cuda-plan 4
 //   network alexnet
 //   arch sm_90
 //   precision fp32                          fp32, tf32 or bf16: the GEMMs' arithmetic
 //   devices 2
-//   io 154587 1000                          input and output elements per image
+//   io 3x227x227 1000                       input and output shapes per image
 //   device 0 arena 1234 weights 5678 scratch 4321 chunk 46 cubin 91011 ptx 121314
 //   slice 0 OFFSET FIRST COUNT TYPE TENSOR  weight elements [FIRST, FIRST+COUNT) -> OFFSET,
 //                                           TYPE f32, or bf16 (two per float slot)
@@ -42,6 +42,7 @@
 // is one chunk: the im2col kernel, a gemm per group the device computes, and the
 // epilogue kernel (bias, then the fused ReLU, LRN and pool) writing the node's output.
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,7 +52,9 @@
 #include "alexrt_cuda.h"
 #include "internal.h"
 
-#define MAGIC "alexc-cuda-plan 3\n"
+#define MAGIC_ANY "alexc-cuda-plan "  // then the format: an old plan is not junk
+#define FORMAT "4"
+#define MAGIC MAGIC_ANY FORMAT "\n"
 #define MAX_LINE 4096
 #define BIG ((int64_t)1 << 40)
 #define BIG_DIM ((int64_t)1 << 31)
@@ -69,6 +72,20 @@ bool rt_parse_precision(const char *name, RtPrecision *out) {
       return true;
     }
   return false;
+}
+
+int64_t rt_shape_elems(RtShape s) {
+  int64_t n = 1;
+  for (int i = 0; i < s.rank; i++)
+    n *= s.dims[i];
+  return n;
+}
+
+void rt_shape_str(RtShape s, char *buf, size_t size) {
+  size_t n = 0;
+  buf[0] = 0;
+  for (int i = 0; i < s.rank && n < size; i++)
+    n += (size_t)snprintf(buf + n, size - n, "%s%" PRId64, i ? "x" : "", s.dims[i]);
 }
 
 // float -> bfloat16 (its top 16 bits), rounded to nearest even; NaN stays NaN.
@@ -157,9 +174,12 @@ bool rt_plan_serialize(const RtPlan *p, uint8_t **data, size_t *data_size) {
   if (!f)
     return rt_fail("plan: out of memory");
   fputs(MAGIC, f);
-  fprintf(f, "network %s\narch %s\nprecision %s\ndevices %d\nio %" PRId64 " %" PRId64 "\n",
-          p->network, p->arch[0] ? p->arch : "none", rt_precision_name(p->precision),
-          p->n_devices, p->in_elems, p->out_elems);
+  char in[64], out[64];
+  rt_shape_str(p->in, in, sizeof in);
+  rt_shape_str(p->out, out, sizeof out);
+  fprintf(f, "network %s\narch %s\nprecision %s\ndevices %d\nio %s %s\n", p->network,
+          p->arch[0] ? p->arch : "none", rt_precision_name(p->precision), p->n_devices, in,
+          out);
   for (int d = 0; d < p->n_devices; d++) {
     const RtPlanDevice *v = &p->dev[d];
     fprintf(f,
@@ -284,6 +304,25 @@ static bool dim(const char *s, RtDim *d) {
   return true;
 }
 
+// "3x227x227": 1 to RT_SHAPE_RANK dimensions, each and their product at most BIG.
+static bool shape(const char *s, RtShape *out) {
+  char buf[64];
+  if (strlen(s) >= sizeof buf)
+    return false;
+  strcpy(buf, s);
+  RtShape r = {0};
+  int64_t elems = 1;
+  char *rest = buf, *dim;
+  while ((dim = strsep(&rest, "x"))) {
+    if (r.rank == RT_SHAPE_RANK || !num(dim, 1, BIG, &r.dims[r.rank]) ||
+        r.dims[r.rank] > BIG / elems)
+      return false;
+    elems *= r.dims[r.rank++];
+  }
+  *out = r;
+  return true;
+}
+
 static bool name(const char *s, char *out) {
   size_t n = strlen(s);
   if (!n || n >= RT_PLAN_NAME)
@@ -310,7 +349,7 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
     return true;
   }
   if (!strcmp(w, "io") && t->n == 3)
-    return num(t->tok[1], 1, BIG, &p->in_elems) && num(t->tok[2], 1, BIG, &p->out_elems);
+    return shape(t->tok[1], &p->in) && shape(t->tok[2], &p->out);
   if (t->n < 2 || !p->n_devices || !num(t->tok[1], 0, p->n_devices - 1, &v[0]))
     return false;
   int d = (int)v[0];
@@ -408,8 +447,16 @@ static uint8_t *copy_blob(const uint8_t *src, size_t n) {
 bool rt_plan_parse(const uint8_t *data, size_t size, RtPlan *p) {
   memset(p, 0, sizeof *p);
   size_t at = strlen(MAGIC);
-  if (size < at || memcmp(data, MAGIC, at) != 0)
+  if (size < at || memcmp(data, MAGIC, at) != 0) {
+    size_t any = strlen(MAGIC_ANY), digits = 0;
+    while (any + digits < size && digits < 8 && isdigit(data[any + digits]))
+      digits++;
+    if (digits && !memcmp(data, MAGIC_ANY, any))
+      return rt_fail("a plan of format %.*s; this runtime reads format " FORMAT
+                     ": compile the model again with this alexc",
+                     (int)digits, (const char *)data + any);
     return rt_fail("not an alexc CUDA plan (no '%.*s' header)", (int)at - 1, MAGIC);
+  }
   int line_no = 1, devices_seen = 0;
   char line[MAX_LINE];
   for (;;) {
@@ -432,7 +479,7 @@ bool rt_plan_parse(const uint8_t *data, size_t size, RtPlan *p) {
       return rt_fail("plan line %d: malformed", line_no);
     }
   }
-  if (!p->n_devices || devices_seen != p->n_devices || !p->in_elems) {
+  if (!p->n_devices || devices_seen != p->n_devices || !p->in.rank) {
     rt_plan_free(p);
     return rt_fail("plan: incomplete header (devices, io)");
   }

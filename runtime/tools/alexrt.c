@@ -21,6 +21,7 @@
 #include "alexrt_cuda.h"
 
 enum { EXIT_OK = 0, EXIT_ERR = 1, EXIT_USAGE = 2 };
+enum { MAX_BATCH = 1 << 20 };  // images in one input file
 
 static const char RUN_HELP[] =
     "usage: alexrt run MODEL --weights W.safetensors --input X.npy [--output Y.npy]\n"
@@ -30,10 +31,10 @@ static const char RUN_HELP[] =
     "--target cuda -o MODEL' wrote: a .so bundle or a plan file.\n"
     "\n"
     "  --weights FILE   safetensors holding every tensor the model names (float32)\n"
-    "  --input FILE     .npy float32 batch (N, ...) of the model's input size per image,\n"
-    "                   or a single image\n"
-    "  --output FILE    write the output batch as .npy (N, outputs); without it, print\n"
-    "                   each image's top class\n"
+    "  --input FILE     .npy float32 batch (N, C, H, W) of the model's input shape per\n"
+    "                   image ('alexrt info' shows it), or one image (C, H, W)\n"
+    "  --output FILE    write the output batch as .npy (N, the output's shape); without\n"
+    "                   it, print each image's top class\n"
     "  --batch-check    also run every image alone and check it matches the batch run\n"
     "                   (1e-4 relative): the batch-dependent addressing on the device\n"
     "\n"
@@ -113,8 +114,11 @@ static int cmd_info(int argc, char **argv) {
   printf("steps      %d (%d kernels, %d gemms, %d chunks, %d transfers)\n", p.n_steps,
          kinds[RT_STEP_KERNEL], kinds[RT_STEP_GEMM], kinds[RT_STEP_CHUNK],
          kinds[RT_STEP_TRANSFER]);
-  printf("input      %" PRId64 " floats per image\n", p.in_elems);
-  printf("output     %" PRId64 " floats per image\n", p.out_elems);
+  char in[64], out[64];
+  rt_shape_str(p.in, in, sizeof in);
+  rt_shape_str(p.out, out, sizeof out);
+  printf("input      %s (%" PRId64 " floats per image)\n", in, rt_shape_elems(p.in));
+  printf("output     %s (%" PRId64 " floats per image)\n", out, rt_shape_elems(p.out));
   for (int d = 0; d < p.n_devices; d++) {
     const RtPlanDevice *v = &p.dev[d];
     printf("device %d   arena %" PRId64 " floats/image (%.2f MiB), weights %" PRId64
@@ -215,36 +219,48 @@ static bool load_weights(const RtPlan *p, const char *path, Weights *w) {
   return ok;
 }
 
-static void shape_str(const RtTensor *t, char *buf, size_t size) {
+// "(2, 3, 227, 227)"
+static void shape_str(int rank, const int64_t *dims, char *buf, size_t size) {
   size_t n = (size_t)snprintf(buf, size, "(");
-  for (int i = 0; i < t->rank && n < size; i++)
-    n += (size_t)snprintf(buf + n, size - n, "%s%" PRId64, i ? ", " : "", t->dims[i]);
+  for (int i = 0; i < rank && n < size; i++)
+    n += (size_t)snprintf(buf + n, size - n, "%s%" PRId64, i ? ", " : "", dims[i]);
   if (n < size)
     snprintf(buf + n, size - n, ")");
 }
 
-// The batch: (N, ...) with the model's input size per image, or a single image.
+// True when x's last dimensions are the shape s.
+static bool ends_with(const RtTensor *x, RtShape s) {
+  if (x->rank < s.rank)
+    return false;
+  for (int i = 0; i < s.rank; i++)
+    if (x->dims[x->rank - s.rank + i] != s.dims[i])
+      return false;
+  return true;
+}
+
+// The batch: (N, C, H, W) with the model's input shape per image, or one image (C, H, W).
+// The shape must match, not only the size: (N, H, W, C) has as many floats, in
+// another layout.
 static bool load_input(const RtPlan *p, const char *path, RtTensor *x, int *batch) {
   if (!rt_npy_load(path, x)) {
     error("%s", rt_error());
     return false;
   }
-  int64_t per = 0;  // elements per image of an (N, ...) batch; N >= 1 bounds the product
-  if (x->rank >= 2 && x->dims[0] >= 1)
-    per = x->elems / x->dims[0];
-  if (per == p->in_elems && x->dims[0] <= (1 << 20)) {
-    *batch = (int)x->dims[0];
-    return true;
-  }
-  if (x->elems == p->in_elems) {
+  if (ends_with(x, p->in) && x->rank == p->in.rank) {
     *batch = 1;
     return true;
   }
-  char s[128];
-  shape_str(x, s, sizeof s);
-  error("%s: input shape %s does not fit the model: it wants (N, ...) with %" PRId64
-        " floats per image, N from 1 to %d",
-        path, s, p->in_elems, 1 << 20);
+  if (ends_with(x, p->in) && x->rank == p->in.rank + 1 && x->dims[0] >= 1 &&
+      x->dims[0] <= MAX_BATCH) {
+    *batch = (int)x->dims[0];
+    return true;
+  }
+  char got[128], want[128];
+  shape_str(x->rank, x->dims, got, sizeof got);
+  shape_str(p->in.rank, p->in.dims, want, sizeof want);
+  error("%s: input shape %s does not fit the model: it wants (N, %s with N from 1 to %d, "
+        "or one image %s",
+        path, got, want + 1, MAX_BATCH, want);
   rt_tensor_free(x);
   return false;
 }
@@ -263,7 +279,8 @@ static double rel_err(const float *got, const float *want, int64_t n) {
 
 // Runs every image alone and compares with the batch's output.
 static bool batch_check(RtCuda *r, const RtPlan *p, const float *x, int batch, const float *y) {
-  float *one = malloc((size_t)p->out_elems * sizeof(float));
+  int64_t in_elems = rt_shape_elems(p->in), out_elems = rt_shape_elems(p->out);
+  float *one = malloc((size_t)out_elems * sizeof(float));
   if (!one) {
     error("out of memory");
     return false;
@@ -272,11 +289,11 @@ static bool batch_check(RtCuda *r, const RtPlan *p, const float *x, int batch, c
   int at = 0;
   bool ok = true;
   for (int i = 0; i < batch && ok; i++) {
-    if (!(ok = rt_cuda_run(r, x + (size_t)i * p->in_elems, 1, one))) {
+    if (!(ok = rt_cuda_run(r, x + (size_t)i * in_elems, 1, one))) {
       error("%s", rt_error());
       break;
     }
-    double e = rel_err(one, y + (size_t)i * p->out_elems, p->out_elems);
+    double e = rel_err(one, y + (size_t)i * out_elems, out_elems);
     if (!(e <= worst)) {
       worst = e;
       at = i;
@@ -346,28 +363,30 @@ static int cmd_run(int argc, char **argv) {
   RtTensor x = {0};
   int batch = 0;
   float *y = NULL;
+  int64_t out_elems = rt_shape_elems(p.out);
   bool ok = load_weights(&p, weights, &w);
   if (ok && !(ok = load_input(&p, input, &x, &batch)))
     weights_free(&w);
   if (ok) {
-    y = malloc((size_t)batch * p.out_elems * sizeof(float));
+    y = malloc((size_t)batch * out_elems * sizeof(float));
     if (!(ok = y != NULL))
       error("out of memory for the output");
     ok = ok && run_model(&p, &w, x.data, batch, y, check);
     weights_free(&w);
   }
   if (ok && output) {
-    int64_t dims[2] = {batch, p.out_elems};
-    if (!(ok = rt_npy_save(output, y, 2, dims)))
+    int64_t dims[1 + RT_SHAPE_RANK] = {batch};  // (N, the output's shape per image)
+    memcpy(dims + 1, p.out.dims, (size_t)p.out.rank * sizeof dims[0]);
+    if (!(ok = rt_npy_save(output, y, 1 + p.out.rank, dims)))
       error("%s", rt_error());
   }
   if (ok && !output) {
     printf("ran %d image(s) through '%s': %" PRId64 " outputs per image (--output saves them)\n",
-           batch, p.network, p.out_elems);
+           batch, p.network, out_elems);
     for (int i = 0; i < batch; i++) {
-      const float *yi = y + (size_t)i * p.out_elems;
+      const float *yi = y + (size_t)i * out_elems;
       int64_t best = 0;
-      for (int64_t k = 1; k < p.out_elems; k++)
+      for (int64_t k = 1; k < out_elems; k++)
         if (yi[k] > yi[best])
           best = k;
       printf("image %d: top class %" PRId64 " (%.6g)\n", i, best, yi[best]);

@@ -180,7 +180,12 @@ one_error alexrt "no tensor 'fc6\.\(weight\|bias\)' (the model needs it)" "missi
 expect 1 "run: a weight tensor of the wrong size" -- "$alexrt" run "$m" --weights "$tmp/narrow.safetensors" --input "$tmp/x.npy"
 one_error alexrt "tensor 'conv1\.\(weight' has 400 elements; the model wants 800\|bias' has 16 elements; the model wants 32\)" "wrong size"
 expect 1 "run: an input of the wrong size" -- "$alexrt" run "$m" --weights "$tmp/w.safetensors" --input "$tmp/big.npy"
-one_error alexrt "input shape (2, 1, 32, 32) does not fit the model: it wants (N, ...) with 784" "input size"
+one_error alexrt "input shape (2, 1, 32, 32) does not fit the model: it wants (N, 1, 28, 28) with N from 1 to 1048576, or one image (1, 28, 28)" "input size"
+# As many floats as the model wants, in another layout (N, H, W, C): refused, not reread.
+LC_ALL=C sed 's/(3, 1, 28, 28)/(3, 28, 28, 1)/' "$tmp/x.npy" >"$tmp/nhwc.npy"
+cmp -s "$tmp/x.npy" "$tmp/nhwc.npy" && fail "nhwc.npy: the header was not rewritten"
+expect 1 "run: an input in NHWC" -- "$alexrt" run "$m" --weights "$tmp/w.safetensors" --input "$tmp/nhwc.npy"
+one_error alexrt "input shape (3, 28, 28, 1) does not fit the model" "NHWC input"
 expect 1 "run: no weights file" -- "$alexrt" run "$m" --weights "$tmp/none.safetensors" --input "$tmp/x.npy"
 one_error alexrt "cannot open" "no weights file"
 expect 1 "run: weights that are not safetensors" -- "$alexrt" run "$m" --weights "$tmp/x.npy" --input "$tmp/x.npy"

@@ -310,11 +310,11 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
   }
   free(plan_path);
   const RtPlan *p = &loaded;
-  int64_t out_elems = p->out_elems * batch;
+  int64_t out_elems = rt_shape_elems(p->out) * batch;
   float *y = xcalloc(out_elems, sizeof(float));
   for (int64_t i = 0; i < out_elems; i++)
     y[i] = NAN;
-  Emu e = {.x = x, .y = y, .x_elems = p->in_elems * batch, .y_elems = out_elems,
+  Emu e = {.x = x, .y = y, .x_elems = rt_shape_elems(p->in) * batch, .y_elems = out_elems,
            .max_grid = v->max_grid};
   RtPlanOps ops = {.ctx = &e, .launch = launch, .gemm = gemm, .copy = copy};
   bool ok = true;

@@ -943,6 +943,10 @@ static void plan_transfers(const Graph *g, int i, RtPlan *p) {
   }
 }
 
+static RtShape rt_shape(Shape s) {
+  return s.rank == 3 ? (RtShape){3, {s.c, s.h, s.w}} : (RtShape){1, {s.c}};
+}
+
 static void plan_io(const Graph *g, RtPlan *p) {
   const Node *in = &g->nodes[0], *out = &g->nodes[g->output];
   int64_t Pi = shape_plane(in->out), Po = shape_plane(out->out);
@@ -1136,8 +1140,8 @@ bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, Cud
   p->precision = o.precision;
   snprintf(p->network, sizeof p->network, "%s", g->name);
   p->n_devices = g->n_devices;
-  p->in_elems = shape_elems(g->nodes[0].out);
-  p->out_elems = shape_elems(g->nodes[g->output].out);
+  p->in = rt_shape(g->nodes[0].out);
+  p->out = rt_shape(g->nodes[g->output].out);
   FILE *src[MAX_DEVICES];
   size_t size[MAX_DEVICES];
   for (int d = 0; d < g->n_devices; d++) {
