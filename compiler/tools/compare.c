@@ -5,15 +5,20 @@
 #include "cli.h"
 
 static const char COMPARE_HELP[] =
-    "usage: alexc compare GOT.npy WANT.npy [--tolerance T]\n"
+    "usage: alexc compare GOT.npy WANT.npy [--tolerance T | --precision P]\n"
     "\n"
     "Prints the largest difference between two float32 .npy files of one shape, relative\n"
     "to the largest value expected: max|got - want| / max|want|, and where it is. Exit 1\n"
-    "when the shapes differ, either holds NaN or infinity, or the difference exceeds T\n"
-    "(default 1e-4, the fp32 tolerance of alexc run --compare-ref; tf32 1e-2, bf16 3e-2).\n";
+    "when the shapes differ, either holds NaN or infinity, or the difference exceeds the\n"
+    "tolerance.\n"
+    "\n"
+    "  --tolerance T    the limit (default %g)\n"
+    "  --precision P    the limit alexc run --compare-ref uses at precision P: fp32 %g,\n"
+    "                   tf32 %g, bf16 %g\n";
 
 int cmd_compare(int argc, char **argv) {
   static const struct option opts[] = {{"tolerance", required_argument, 0, 't'},
+                                       {"precision", required_argument, 0, 'p'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   double tolerance = cuda_tolerance(RT_FP32);
@@ -26,8 +31,16 @@ int cmd_compare(int argc, char **argv) {
       if (!*optarg || *end || !(tolerance >= 0))
         return usage_error("compare", "--tolerance wants a number >= 0, not '%s'", optarg);
       break;
+    case 'p': {
+      RtPrecision p;
+      if (!rt_parse_precision(optarg, &p))
+        return usage_error("compare", "--precision is fp32, tf32 or bf16, not '%s'", optarg);
+      tolerance = cuda_tolerance(p);
+      break;
+    }
     case 'h':
-      fputs(COMPARE_HELP, stdout);
+      printf(COMPARE_HELP, cuda_tolerance(RT_FP32), cuda_tolerance(RT_FP32),
+             cuda_tolerance(RT_TF32), cuda_tolerance(RT_BF16));
       return EXIT_OK;
     default:
       return usage_error("compare", "unknown option");

@@ -58,4 +58,33 @@ if "$alexc" run "$spec" --weights "$tmp/alex.safetensors" --random 1 2>"$tmp/err
 fi
 grep -q "alex.safetensors: tensor 'conv1.weight' has shape \[96, 3, 11, 11\], want \[8, 3, 3, 3\]" "$tmp/err" ||
   fail "weights message: $(cat "$tmp/err")"
+# compare: the tolerance given, or a precision's (alexc run --compare-ref's limits).
+npy() {  # npy FILE VALUES...: a float32 .npy of shape (number of values,)
+  perl -e 'my $f = shift; my $h = "{\x27descr\x27: \x27<f4\x27, \x27fortran_order\x27: False, " .
+             "\x27shape\x27: (" . scalar(@ARGV) . ",), }";
+           $h .= " " x (63 - (10 + length $h) % 64) . "\n";
+           open(my $o, ">", $f) or die "$f: $!"; binmode $o;
+           print $o "\x93NUMPY\x01\x00", pack("v", length $h), $h, pack("f<*", @ARGV);' "$@"
+}
+npy "$tmp/want.npy" 1 2 4
+npy "$tmp/got.npy" 1 2 4.08    # 0.08 / 4 = 2e-2: over tf32's 1e-2, under bf16's 3e-2
+npy "$tmp/short.npy" 1 2
+npy "$tmp/nan.npy" 1 NaN 4
+compare_rc() {  # compare_rc WANT_RC ARGS...
+  local want=$1 rc=0
+  shift
+  "$alexc" compare "$@" >"$tmp/out" 2>&1 || rc=$?
+  [ $rc -eq "$want" ] || fail "alexc compare $*: exit $rc, want $want: $(cat "$tmp/out")"
+}
+compare_rc 0 "$tmp/want.npy" "$tmp/want.npy"
+grep -q "^max rel err 0 .*tolerance 0.0001): OK" "$tmp/out" || fail "compare output: $(cat "$tmp/out")"
+compare_rc 1 "$tmp/got.npy" "$tmp/want.npy"
+compare_rc 1 "$tmp/got.npy" "$tmp/want.npy" --precision tf32
+compare_rc 0 "$tmp/got.npy" "$tmp/want.npy" --precision bf16
+compare_rc 0 "$tmp/got.npy" "$tmp/want.npy" --tolerance 0.03
+compare_rc 1 "$tmp/short.npy" "$tmp/want.npy"
+grep -q "different shapes" "$tmp/out" || fail "compare of two shapes: $(cat "$tmp/out")"
+compare_rc 1 "$tmp/nan.npy" "$tmp/want.npy" --tolerance 1e9
+compare_rc 2 "$tmp/got.npy" "$tmp/want.npy" --precision fp16
+"$alexc" compare --help | grep -q "tf32 0.01, bf16 0.03" || fail "compare --help limits"
 echo "cli smoke: ok"

@@ -25,12 +25,9 @@ if [ $? -ne 0 ]; then
   exit 1
 fi
 
-# compare GOT WANT TOLERANCE: max |got - want| / max |want| (alexc compare).
-compare() { "$alexc" compare "$1" "$2" --tolerance "$3"; }
-
-tolerance() {  # the limits of compiler/backends/cuda/codegen.c's cuda_tolerance()
-  case $1 in fp32) echo 1e-4 ;; tf32) echo 1e-2 ;; bf16) echo 3e-2 ;; esac
-}
+# compare GOT WANT PRECISION: max |got - want| / max |want| against the precision's
+# tolerance (alexc compare --precision).
+compare() { "$alexc" compare "$1" "$2" --precision "$3"; }
 
 # After a failure: the first layer whose output differs (each layer's network compiled
 # with --layer and compared against the reference there), to say where to look.
@@ -65,7 +62,7 @@ check_spec() {  # check_spec SPEC DIR
       # shellcheck disable=SC2086
       "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch $opts --target cuda \
         --conv "$1" --precision "$2" --output "$dir/gpu.npy" &&
-        result=$(compare "$dir/gpu.npy" "$dir/ref.npy" "$(tolerance "$2")" | sed 's/ (.*//'
+        result=$(compare "$dir/gpu.npy" "$dir/ref.npy" "$2" | sed 's/ (.*//'
                  exit "${PIPESTATUS[0]}")
       rc=$?
       printf '  %-40s %-8s %-4s %-22s %s %s\n' "$spec" "$1" "$2" "${opts:-fused}" "${result:-}" \
