@@ -1,11 +1,14 @@
-// Every generated .cu file compiles with NVRTC for sm_90 (no GPU needed). Exit 77
-// (ctest: skipped) in a build without NVRTC.
+// Every generated .cu file compiles with NVRTC for sm_90 (no GPU needed), and a source
+// that does not compile is reported with its failing line in context. Exit 77 (ctest:
+// skipped) in a build without NVRTC.
 //
 // usage: test_nvrtc DIR    (every *.cu under DIR)
 #define _GNU_SOURCE
 #include <ftw.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "alexc.h"
 #include "backends/cuda/cuda.h"
@@ -25,6 +28,47 @@ static int collect(const char *path, const struct stat *st, int type, struct FTW
 
 static int by_name(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+// A kernel with an error on line 6: the failure must show that line, marked, among
+// its neighbours (what a user sees when generated code, or a hand edit, is wrong).
+static bool compile_error_shows_the_line(void) {
+  static const char source[] = "// broken on purpose\n"
+                               "extern \"C\" __global__ void k(float *x) {\n"
+                               "  int i = threadIdx.x;\n"
+                               "  x[i] = 1.0f;\n"
+                               "  x[i] += 2.0f;\n"
+                               "  x[i] = no_such_name;\n"
+                               "}\n";
+  char path[] = "/tmp/alexc-test-nvrtc-XXXXXX";
+  int fd = mkstemp(path), saved = dup(STDERR_FILENO);
+  if (fd < 0 || saved < 0)
+    return false;
+  fflush(stderr);
+  dup2(fd, STDERR_FILENO);
+  uint8_t *cubin = NULL, *ptx = NULL;
+  size_t cubin_size, ptx_size;
+  bool compiled = cuda_compile_source(source, "broken.cu", "sm_90", &cubin, &cubin_size, &ptx,
+                                      &ptx_size);
+  fflush(stderr);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  close(fd);
+  uint8_t *log = NULL;
+  size_t size = 0;
+  bool read = rt_read_file(path, (size_t)1 << 20, &log, &size);
+  unlink(path);
+  const char *text = read ? (const char *)log : "";
+  bool ok = !compiled && strstr(text, "broken.cu, around line 6:") &&
+            strstr(text, ">    6 |   x[i] = no_such_name;") &&
+            strstr(text, "     3 |   int i = threadIdx.x;") && !strstr(text, "    2 | extern");
+  printf("  %-50s %s\n", "a compile error, shown in context", ok ? "OK" : "FAIL");
+  if (!ok)
+    printf("%s\n", text);
+  free(cubin);
+  free(ptx);
+  free(log);
+  return ok;
 }
 
 int main(int argc, char **argv) {
@@ -58,6 +102,7 @@ int main(int argc, char **argv) {
     free(files[i]);
   }
   free(files);
-  printf("%d file(s), %d failure(s)\n", n_files, failures);
+  failures += !compile_error_shows_the_line();
+  printf("%d file(s) and a broken source, %d failure(s)\n", n_files, failures);
   return failures ? 1 : 0;
 }
