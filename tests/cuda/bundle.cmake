@@ -7,8 +7,8 @@ add_executable(test_bundle cuda/test_bundle.c)
 target_link_libraries(test_bundle PRIVATE alexrt)
 # With the fake CUDA driver (tests/cuda/tests.cmake), alexrt run runs on the CPU too.
 set(ALEXC_BUNDLE_FAKE_ARGS)
-if(TARGET fake_cuda_prepare)
-  set(ALEXC_BUNDLE_FAKE_ARGS ${ALEXC_FAKE_CUDA_DIR} $<TARGET_FILE:fake_cuda_prepare> ${ALEXC_CXX}
+if(TARGET fake_cuda)
+  set(ALEXC_BUNDLE_FAKE_ARGS ${ALEXC_FAKE_CUDA_DIR} ${ALEXC_CXX}
                              ${CMAKE_CURRENT_SOURCE_DIR}/cuda/cuda_emu.h)
 endif()
 add_test(NAME cuda.bundle

@@ -8,10 +8,10 @@
 # runs a bundle on the CPU: its output against the reference executor, --batch-check.
 # The checks that need a compiled model skip (exit 77 at the end) without NVRTC.
 #
-# usage: tests/cuda/bundle.sh ALEXC ALEXRT TEST_BUNDLE [FAKE_LIB_DIR PREPARE CXX EMU_HEADER]
+# usage: tests/cuda/bundle.sh ALEXC ALEXRT TEST_BUNDLE [FAKE_LIB_DIR CXX EMU_HEADER]
 set -u
 alexc=$1 alexrt=$2 test_bundle=$3
-fake_lib=${4:-} prepare=${5:-} cxx=${6:-} emu_header=${7:-}
+fake_lib=${4:-} cxx=${5:-} emu_header=${6:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export ALEXC_CACHE=$tmp/cache
@@ -138,6 +138,10 @@ one_error alexrt "cannot load the bundle" "truncated bundle"
 head -c 3000 "$tmp/m1.plan" >"$tmp/cut.plan"
 expect 1 "info: a truncated plan" -- "$alexrt" info "$tmp/cut.plan"
 one_error alexrt "cut short" "truncated plan"
+# A plan of an older format says so.
+sed '1s/^alexc-cuda-plan [0-9]*$/alexc-cuda-plan 3/' "$tmp/m1.plan" >"$tmp/old.plan"
+expect 1 "info: a plan of an older format" -- "$alexrt" info "$tmp/old.plan"
+one_error alexrt "a plan of format 3; this runtime reads format [0-9]*: compile the model again" "old plan"
 { head -n 1 "$tmp/m1.plan"; echo "network x"; echo "frobnicate 1 2 3"; } >"$tmp/bad.plan"
 expect 1 "info: a plan with a garbage line" -- "$alexrt" info "$tmp/bad.plan"
 one_error alexrt "malformed" "garbage line"
@@ -203,15 +207,15 @@ fi
 
 # On the fake driver: the bundle's output is the reference executor's.
 if [ -n "$fake_lib" ]; then
-  export ALEXC_FAKE_CUDA_MODULES=$tmp/modules
+  # The fake builds the kernels for the CPU from the sources in alexc's NVRTC cache.
+  export ALEXC_CACHE=$tmp/cache ALEXC_FAKE_CUDA_CACHE=$tmp/cache
+  export ALEXC_FAKE_CUDA_MODULES=$tmp/modules ALEXC_FAKE_CUDA_EMU=$emu_header
+  export ALEXC_FAKE_CUDA_CXX=$cxx
   "$alexc" run specs/mini-alexnet.yaml --weights "$tmp/w.safetensors" --input "$tmp/x.npy" \
     --output "$tmp/ref.npy" >/dev/null || fail "the reference run"
   for devices in 1 2; do
     expect 0 "compile for the fake driver, $devices device(s)" -- "$alexc" compile \
-      specs/mini-alexnet.yaml --target cuda --devices $devices --emit-source "$tmp/src$devices" \
-      -o "$tmp/fake$devices.so"
-    expect 0 "prepare the CPU modules" -- "$prepare" "$cxx" "$emu_header" "$tmp/fake$devices.so" \
-      "$tmp/src$devices" "$ALEXC_FAKE_CUDA_MODULES"
+      specs/mini-alexnet.yaml --target cuda --devices $devices -o "$tmp/fake$devices.so"
     for gpus in $(seq 1 $devices); do
       rm -f "$tmp/y.npy"
       expect 0 "run on the fake driver, $devices device(s), $gpus GPU(s)" -- \

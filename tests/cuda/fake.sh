@@ -6,9 +6,10 @@
 # random order. Each case runs with two schedules (ALEXC_FAKE_CUDA_SEED) and, with
 # --devices 2, on one fake GPU (two streams share it) and on two (peer copies).
 #
-# usage: tests/cuda/fake.sh ALEXC FAKE_LIB_DIR PREPARE CXX EMU_HEADER
+# usage: tests/cuda/fake.sh ALEXC FAKE_LIB_DIR CXX EMU_HEADER
 #   FAKE_LIB_DIR  the directory holding the fake libcuda.so.1 and libcublas.so.13
-#   PREPARE       fake_cuda_prepare (tests/cuda/fake/prepare.c)
+#   CXX, EMU_HEADER  the fake builds each module for the CPU with CXX and cuda_emu.h,
+#                 from the source alexc's NVRTC cache keeps
 # Exits 77 (ctest: skipped) when this alexc cannot compile CUDA (no NVRTC).
 set -u
 PRECISIONS="fp32"
@@ -23,11 +24,13 @@ CASES=(
   "tests/passes/graphs/branch_concat.yaml|direct|--devices 2"
 )  # SPEC|CONVS|OPTIONS|OPTIONS...
 
-alexc=$1 fake_lib=$2 prepare=$3 cxx=$4 emu_header=$5
+alexc=$1 fake_lib=$2 cxx=$3 emu_header=$4
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-export ALEXC_CACHE=$tmp/cache             # NVRTC results: compile and run share them
-export ALEXC_FAKE_CUDA_MODULES=$tmp/modules  # the CPU builds, by module hash
+export ALEXC_CACHE=$tmp/cache                # NVRTC results: compile and run share them
+export ALEXC_FAKE_CUDA_MODULES=$tmp/modules  # the CPU builds, by module hash, made from
+export ALEXC_FAKE_CUDA_CACHE=$ALEXC_CACHE    # the cache's sources
+export ALEXC_FAKE_CUDA_EMU=$emu_header ALEXC_FAKE_CUDA_CXX=$cxx
 
 probe=$("$alexc" compile specs/mini-alexnet.yaml --target cuda -o "$tmp/probe.plan" 2>&1) || {
   if grep -q -e "built without the CUDA toolkit" -e "NVRTC and the CUDA runtime are not available" \
@@ -47,17 +50,14 @@ fail() {  # fail WHAT OUTPUT_FILE
   failures=$((failures + 1))
 }
 
-# run_case SPEC OPTIONS CONV PRECISION: compile, build the CPU modules, run every
-# GPU count and seed.
+# run_case SPEC OPTIONS CONV PRECISION: compile (filling the cache the fake builds the
+# CPU modules from), run every GPU count and seed.
 run_case() {
-  local spec=$1 opts=$2 conv=$3 precision=$4 src=$tmp/src plan=$tmp/model.plan gpus seed rc
+  local spec=$1 opts=$2 conv=$3 precision=$4 plan=$tmp/model.plan gpus seed rc
   local what="$spec ${opts:-fused} --conv $conv --precision $precision" gpus_list=1 result
-  rm -rf "$src"
   # shellcheck disable=SC2086
   if ! "$alexc" compile "$spec" --target cuda $opts --conv "$conv" --precision "$precision" \
-    --emit-source "$src" -o "$plan" >"$tmp/out" 2>&1 ||
-    ! "$prepare" "$cxx" "$emu_header" "$plan" "$src" "$ALEXC_FAKE_CUDA_MODULES" \
-      >>"$tmp/out" 2>&1; then
+    -o "$plan" >"$tmp/out" 2>&1; then
     fail "$what: compiling" "$tmp/out"
     return
   fi

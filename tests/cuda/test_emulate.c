@@ -33,7 +33,7 @@
 #include "backends/cuda/cuda.h"
 #include "tools/cli.h"
 #include "emu_gemm.h"
-#include "fake/module_hash.h"  // emu_dir_len
+#include "emu_module.h"
 
 
 static const char *cxx, *emu_header, *workdir;
@@ -252,10 +252,11 @@ static bool build_so(const char *source, const char *path_cu, const char *path_s
 #else
   const char *san = "";
 #endif
-  // -I: the emulated <mma.h> (tensor-core kernels) beside cuda_emu.h.
-  char *cmd = format("%s -std=c++17 -O2 -fPIC -shared -Wall -Wno-unknown-pragmas -Werror %s "
-                     "-I %.*semu_include -include %s -x c++ %s -o %s",
-                     cxx, san, emu_dir_len(emu_header), emu_header, emu_header, path_cu, path_so);
+  char *flags = format("-O2 -Wall -Wno-unknown-pragmas -Werror %s", san);
+  char *cmd = emu_build_command(cxx, flags, emu_header, path_cu, path_so);
+  free(flags);
+  if (!cmd)
+    abort();
   int rc = system(cmd);
   if (rc != 0)
     fprintf(stderr, "  failed (%d): %s\n", rc, cmd);

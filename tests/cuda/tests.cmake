@@ -55,8 +55,8 @@ alexc_label(cuda.cli cuda cli)
 # ---------------------------------------------------------------- cuda.fake
 # The real runtime (runtime/cuda.c) run on the CPU: a fake libcuda.so.1 and
 # libcublas.so.13 (tests/cuda/fake/) that alexc dlopens through LD_LIBRARY_PATH, with
-# bounds-checked memory, the generated kernels compiled for the CPU by
-# fake_cuda_prepare, and streams executed lazily in a seeded random order.
+# bounds-checked memory, the generated kernels compiled for the CPU from the NVRTC
+# cache's sources, and streams executed lazily in a seeded random order.
 #   cuda.fake             alexc run --target cuda --compare-ref on the fake, small specs
 if(ALEXC_CUDA AND ALEXC_CXX)
   set(ALEXC_FAKE_CUDA_DIR ${CMAKE_CURRENT_BINARY_DIR}/fake-cuda)
@@ -73,11 +73,9 @@ if(ALEXC_CUDA AND ALEXC_CXX)
   set_target_properties(fake_cublas PROPERTIES PREFIX "" OUTPUT_NAME libcublas SUFFIX .so.13
                         LIBRARY_OUTPUT_DIRECTORY ${ALEXC_FAKE_CUDA_DIR}
                         BUILD_RPATH "$ORIGIN")
-  add_executable(fake_cuda_prepare cuda/fake/prepare.c)
-  target_link_libraries(fake_cuda_prepare PRIVATE alexc_core)
   add_test(NAME cuda.fake
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda/fake.sh ${ALEXC_BIN}
-                   ${ALEXC_FAKE_CUDA_DIR} $<TARGET_FILE:fake_cuda_prepare> ${ALEXC_CXX}
+                   ${ALEXC_FAKE_CUDA_DIR} ${ALEXC_CXX}
                    ${CMAKE_CURRENT_SOURCE_DIR}/cuda/cuda_emu.h
            WORKING_DIRECTORY ${ALEXC_ROOT})
   set_tests_properties(cuda.fake PROPERTIES SKIP_RETURN_CODE 77)

@@ -15,7 +15,7 @@
 //   process exits 1 at the end even if the caller ignored the error (report_at_exit).
 // - Kernels. cuModuleLoadData cannot run a CUBIN; it hashes the image (FNV-1a 64) and
 //   loads $ALEXC_FAKE_CUDA_MODULES/<hash>.so, the same kernels compiled for the CPU with
-//   tests/cuda/cuda_emu.h (prepare.c builds them), and reads <hash>.cu to count each
+//   tests/cuda/cuda_emu.h (built from the NVRTC cache, below), and reads <hash>.cu to count each
 //   kernel's parameters. A launch runs every block and thread one after another (the
 //   threads of a block as fibers of cuda_emu.h's alexc_emu_run_block, so kernels with
 //   __shared__ memory and __syncthreads() run too). A
@@ -39,8 +39,9 @@
 //
 // Environment: ALEXC_FAKE_CUDA_GPUS (1..8, default 1), ALEXC_FAKE_CUDA_MODULES (the
 // directory of <hash>.so and <hash>.cu; with ALEXC_FAKE_CUDA_CACHE and
-// ALEXC_FAKE_CUDA_EMU, missing ones are built from the NVRTC cache's sources), ALEXC_FAKE_CUDA_SEED (default 1),
-// ALEXC_FAKE_CUDA_VERBOSE=1 (the modules loaded, peak memory per device, work left).
+// ALEXC_FAKE_CUDA_EMU, missing ones are built from the NVRTC cache's sources),
+// ALEXC_FAKE_CUDA_SEED (default 1), ALEXC_FAKE_CUDA_VERBOSE=1 (the modules loaded, peak
+// memory per device, work left).
 //
 // Not emulated: real concurrency, CUBIN or PTX execution, dynamic shared memory (static
 // __shared__ arrays and __syncthreads() are), 2D/3D grids and blocks, arrays and textures,
@@ -49,11 +50,12 @@
 // current context is thread-local as in CUDA.
 #define _GNU_SOURCE
 #include "fake_cuda.h"
-#include "module_hash.h"
+#include "../emu_module.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
 #include <elf.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -61,6 +63,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -180,12 +183,15 @@ static void reserve(void *v, int *cap, int n, size_t size) {
   *cap = c;
 }
 
+static void out_of_memory(void) {
+  fprintf(stderr, "fake cuda: out of host memory\n");
+  abort();
+}
+
 static void *xmalloc(size_t n) {
   void *p = calloc(1, n ? n : 1);
-  if (!p) {
-    fprintf(stderr, "fake cuda: out of host memory\n");
-    abort();
-  }
+  if (!p)
+    out_of_memory();
   return p;
 }
 
@@ -204,7 +210,7 @@ void fake_cuda_violation(const char *fmt, ...) {
 // A misuse the runtime must not commit: printed, counted, returned.
 #define VIOLATION(code, ...) (fake_cuda_violation(__VA_ARGS__), (code))
 
-// A failure a correct caller may meet and handle (a module that was not prepared):
+// A failure a correct caller may meet and handle (a module with no CPU build):
 // printed and returned, not counted.
 static CUresult soft_fail(CUresult code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -1259,12 +1265,12 @@ static char *read_text(const char *path) {
   return buf;
 }
 
-// Without a prepared module: the NVRTC cache ($ALEXC_FAKE_CUDA_CACHE, alexc's
+// A module not built yet: the NVRTC cache ($ALEXC_FAKE_CUDA_CACHE, alexc's
 // $ALEXC_CACHE) keeps each CUBIN and PTX beside the source it came from (KEY.cubin,
 // KEY.ptx, KEY.cu). Find the entry whose CUBIN or PTX is this image and build its source
-// for the CPU into the modules directory as <hash>.so and <hash>.cu, as
-// fake_cuda_prepare would ($ALEXC_FAKE_CUDA_CXX, default g++, with
-// $ALEXC_FAKE_CUDA_EMU, the path of tests/cuda/cuda_emu.h). True if it did.
+// for the CPU into the modules directory as <hash>.so and <hash>.cu
+// ($ALEXC_FAKE_CUDA_CXX, default g++, with $ALEXC_FAKE_CUDA_EMU, the path of
+// tests/cuda/cuda_emu.h). True if it did.
 static bool same_file_bytes(const char *path, const void *image, size_t size) {
   FILE *f = fopen(path, "rb");
   if (!f)
@@ -1304,17 +1310,18 @@ static bool build_from_cache(const void *image, size_t size, const char *so, con
     found = access(source, R_OK) == 0;
   }
   closedir(dir);
-  if (!found)
+  if (!found || (mkdir(fake.modules, 0755) != 0 && errno != EEXIST))
     return false;
   // Temporaries named by this process's pid, renamed once whole.
-  char *cmd;
-  if (asprintf(&cmd,
-               "cp '%s' '%s.tmp.%d' && mv '%s.tmp.%d' '%s' && "
-               "%s -std=c++17 -O1 -fPIC -shared -I '%.*semu_include' -include '%s' -x c++ '%s' "
-               "-o '%s.tmp.%d' && mv '%s.tmp.%d' '%s'",
-               source, cu, (int)getpid(), cu, (int)getpid(), cu, cxx && *cxx ? cxx : "g++",
-               emu_dir_len(emu), emu, emu, source, so, (int)getpid(), so, (int)getpid(), so) < 0)
-    return false;
+  char *tmp_so, *build, *cmd;
+  int pid = (int)getpid();
+  if (asprintf(&tmp_so, "%s.tmp.%d", so, pid) < 0 ||
+      !(build = emu_build_command(cxx && *cxx ? cxx : "g++", "-O1", emu, source, tmp_so)) ||
+      asprintf(&cmd, "cp '%s' '%s.tmp.%d' && mv '%s.tmp.%d' '%s' && %s && mv '%s' '%s'", source,
+               cu, pid, cu, pid, cu, build, tmp_so, so) < 0)
+    out_of_memory();
+  free(tmp_so);
+  free(build);
   if (fake.verbose)
     fprintf(stderr, "fake cuda: building %s from the NVRTC cache's %s\n", so, source);
   bool ok = system(cmd) == 0;
@@ -1346,7 +1353,8 @@ CUresult cuModuleLoadData(CUmodule *module, const void *image) {
     free(source);
     return soft_fail(
         CUDA_ERROR_INVALID_IMAGE,
-        "cuModuleLoadData: no CPU build of module %s in %s (%s): run fake_cuda_prepare", hash,
+        "cuModuleLoadData: no CPU build of module %s in %s (%s): is it in "
+        "$ALEXC_FAKE_CUDA_CACHE, with $ALEXC_FAKE_CUDA_EMU set?", hash,
         fake.modules, why);
   }
   CUmodule m = xmalloc(sizeof *m);
