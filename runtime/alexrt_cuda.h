@@ -136,9 +136,9 @@ typedef struct {
   size_t ptx_size;
 } RtPlanDevice;
 
-// A tensor's shape per image: (C, H, W), or (features) at rank 1. The batch is
-// the run's.
-#define RT_SHAPE_RANK 3  // at most
+// A shape: an activation's per image, (C, H, W) or (features), the batch being the
+// run's; or a weight tensor's, as PyTorch lays it out ((out, in/groups, k, k), (out, in)).
+#define RT_SHAPE_RANK 4  // at most
 typedef struct {
   int rank;
   int64_t dims[RT_SHAPE_RANK];
@@ -148,12 +148,20 @@ int64_t rt_shape_elems(RtShape s);
 // "3x227x227" or "1000", as the plan file writes it.
 void rt_shape_str(RtShape s, char *buf, size_t size);
 
+// A weight tensor the model reads, by name, and the shape its file must give it.
+typedef struct {
+  char name[RT_PLAN_NAME];
+  RtShape shape;
+} RtPlanTensor;
+
 typedef struct {
   char network[RT_PLAN_NAME];
   char arch[32];
   RtPrecision precision;
   int n_devices;
   RtShape in, out;  // the network's input and output, per image
+  RtPlanTensor *tensors;  // every weight tensor the slices name
+  int n_tensors;
   RtPlanDevice dev[RT_PLAN_MAX_DEVICES];
   RtStep *steps;
   int n_steps;
@@ -163,6 +171,9 @@ void rt_plan_free(RtPlan *p);
 // Appends a step / slice (copies it).
 void rt_plan_add_step(RtPlan *p, const RtStep *s);
 void rt_plan_add_slice(RtPlan *p, int device, const RtWeightSlice *s);
+void rt_plan_add_tensor(RtPlan *p, const char *name, RtShape shape);
+// The tensor called `name`, or NULL.
+const RtPlanTensor *rt_plan_tensor(const RtPlan *p, const char *name);
 
 // The artifact file: a text header ("alexc-cuda-plan 4"), one line per plan item,
 // "end", then the modules' bytes. Described in runtime/cuda_plan.c and

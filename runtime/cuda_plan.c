@@ -9,6 +9,7 @@
 //   precision fp32                          fp32, tf32 or bf16: the GEMMs' arithmetic
 //   devices 2
 //   io 3x227x227 1000                       input and output shapes per image
+//   tensor conv1.weight 96x3x11x11          a weight tensor the slices read, its shape
 //   device 0 arena 1234 weights 5678 scratch 4321 chunk 46 cubin 91011 ptx 121314
 //   slice 0 OFFSET FIRST COUNT TYPE TENSOR  weight elements [FIRST, FIRST+COUNT) -> OFFSET,
 //                                           TYPE f32, or bf16 (two per float slot)
@@ -119,6 +120,7 @@ void rt_plan_free(RtPlan *p) {
     free(p->dev[d].ptx);
   }
   free(p->steps);
+  free(p->tensors);
   memset(p, 0, sizeof *p);
 }
 
@@ -140,6 +142,20 @@ void rt_plan_add_slice(RtPlan *p, int device, const RtWeightSlice *s) {
   RtPlanDevice *d = &p->dev[device];
   d->slices = grow(d->slices, d->n_slices + 1, sizeof *d->slices);
   d->slices[d->n_slices++] = *s;
+}
+
+void rt_plan_add_tensor(RtPlan *p, const char *name, RtShape shape) {
+  p->tensors = grow(p->tensors, p->n_tensors + 1, sizeof *p->tensors);
+  RtPlanTensor *t = &p->tensors[p->n_tensors++];
+  snprintf(t->name, sizeof t->name, "%s", name);
+  t->shape = shape;
+}
+
+const RtPlanTensor *rt_plan_tensor(const RtPlan *p, const char *name) {
+  for (int i = 0; i < p->n_tensors; i++)
+    if (!strcmp(p->tensors[i].name, name))
+      return &p->tensors[i];
+  return NULL;
 }
 
 // ---------------------------------------------------------------- writing
@@ -180,6 +196,11 @@ bool rt_plan_serialize(const RtPlan *p, uint8_t **data, size_t *data_size) {
   fprintf(f, "network %s\narch %s\nprecision %s\ndevices %d\nio %s %s\n", p->network,
           p->arch[0] ? p->arch : "none", rt_precision_name(p->precision), p->n_devices, in,
           out);
+  for (int i = 0; i < p->n_tensors; i++) {
+    char shape[96];
+    rt_shape_str(p->tensors[i].shape, shape, sizeof shape);
+    fprintf(f, "tensor %s %s\n", p->tensors[i].name, shape);
+  }
   for (int d = 0; d < p->n_devices; d++) {
     const RtPlanDevice *v = &p->dev[d];
     fprintf(f,
@@ -350,6 +371,14 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
   }
   if (!strcmp(w, "io") && t->n == 3)
     return shape(t->tok[1], &p->in) && shape(t->tok[2], &p->out);
+  if (!strcmp(w, "tensor") && t->n == 3) {
+    RtPlanTensor tensor;
+    if (!name(t->tok[1], tensor.name) || !shape(t->tok[2], &tensor.shape) ||
+        rt_plan_tensor(p, tensor.name))
+      return false;
+    rt_plan_add_tensor(p, tensor.name, tensor.shape);
+    return true;
+  }
   if (t->n < 2 || !p->n_devices || !num(t->tok[1], 0, p->n_devices - 1, &v[0]))
     return false;
   int d = (int)v[0];
@@ -373,7 +402,9 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
         !name(t->tok[6], s.tensor))
       return false;
     s.bf16 = !strcmp(t->tok[5], "bf16");
-    if (s.offset + rt_slice_slots(&s) > dev->weights)
+    const RtPlanTensor *tensor = rt_plan_tensor(p, s.tensor);  // declared before, and holds it
+    if (s.offset + rt_slice_slots(&s) > dev->weights || !tensor ||
+        s.first + s.count > rt_shape_elems(tensor->shape))
       return false;
     rt_plan_add_slice(p, d, &s);
     return true;

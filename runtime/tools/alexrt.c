@@ -119,6 +119,10 @@ static int cmd_info(int argc, char **argv) {
   rt_shape_str(p.out, out, sizeof out);
   printf("input      %s (%" PRId64 " floats per image)\n", in, rt_shape_elems(p.in));
   printf("output     %s (%" PRId64 " floats per image)\n", out, rt_shape_elems(p.out));
+  int64_t params = 0;
+  for (int i = 0; i < p.n_tensors; i++)
+    params += rt_shape_elems(p.tensors[i].shape);
+  printf("weights    %d tensors, %" PRId64 " parameters\n", p.n_tensors, params);
   for (int d = 0; d < p.n_devices; d++) {
     const RtPlanDevice *v = &p.dev[d];
     printf("device %d   arena %" PRId64 " floats/image (%.2f MiB), weights %" PRId64
@@ -157,9 +161,18 @@ static const float *weight_by_name(void *ctx, const char *tensor) {
   return NULL;
 }
 
-// Reads every tensor a slice names. A tensor's size must be exactly what its slices
-// cover together (every weight of a layer lands on some device), so a file for
-// another network fails here, before anything reaches a GPU.
+// "(2, 3, 227, 227)", or "(32,)" as Python writes a 1-tuple
+static void shape_str(int rank, const int64_t *dims, char *buf, size_t size) {
+  size_t n = (size_t)snprintf(buf, size, "(");
+  for (int i = 0; i < rank && n < size; i++)
+    n += (size_t)snprintf(buf + n, size - n, "%s%" PRId64, i ? ", " : "", dims[i]);
+  if (n < size)
+    snprintf(buf + n, size - n, rank == 1 ? ",)" : ")");
+}
+
+// Reads every tensor a slice names. Each must have the shape the plan gives it, so a
+// file for another network, or one laid out another way, fails here, before anything
+// reaches a GPU.
 static bool load_weights(const RtPlan *p, const char *path, Weights *w) {
   memset(w, 0, sizeof *w);
   RtSafetensors st;
@@ -179,16 +192,13 @@ static bool load_weights(const RtPlan *p, const char *path, Weights *w) {
         ok = false;
         break;
       }
-      int64_t need = 0;  // elements the slices of this tensor reach, on every device
-      for (int d2 = 0; d2 < p->n_devices; d2++)
-        for (int s2 = 0; s2 < p->dev[d2].n_slices; s2++) {
-          const RtWeightSlice *ws = &p->dev[d2].slices[s2];
-          if (!strcmp(ws->tensor, name) && ws->first + ws->count > need)
-            need = ws->first + ws->count;
-        }
-      if (e->elems != need) {
-        error("%s: tensor '%s' has %" PRId64 " elements; the model wants %" PRId64, path,
-              name, e->elems, need);
+      const RtPlanTensor *want = rt_plan_tensor(p, name);  // rt_plan_load checked it is there
+      if (e->rank != want->shape.rank ||
+          memcmp(e->dims, want->shape.dims, (size_t)e->rank * sizeof e->dims[0])) {
+        char got_s[128], want_s[128];
+        shape_str(e->rank, e->dims, got_s, sizeof got_s);
+        shape_str(want->shape.rank, want->shape.dims, want_s, sizeof want_s);
+        error("%s: tensor '%s' has shape %s; the model wants %s", path, name, got_s, want_s);
         ok = false;
         break;
       }
@@ -217,15 +227,6 @@ static bool load_weights(const RtPlan *p, const char *path, Weights *w) {
   if (!ok)
     weights_free(w);
   return ok;
-}
-
-// "(2, 3, 227, 227)"
-static void shape_str(int rank, const int64_t *dims, char *buf, size_t size) {
-  size_t n = (size_t)snprintf(buf, size, "(");
-  for (int i = 0; i < rank && n < size; i++)
-    n += (size_t)snprintf(buf + n, size - n, "%s%" PRId64, i ? ", " : "", dims[i]);
-  if (n < size)
-    snprintf(buf + n, size - n, ")");
 }
 
 // True when x's last dimensions are the shape s.

@@ -119,6 +119,9 @@ for devices in 1 2; do
   grep -q "^devices *$devices" "$tmp/info.so" || fail "info: devices"
   grep -q "^network *mini_alexnet" "$tmp/info.so" || fail "info: network"
   grep -q "^device 0 *arena" "$tmp/info.so" || fail "info: device 0"
+  grep -q "^input *1x28x28 (784 floats per image)" "$tmp/info.so" || fail "info: input"
+  # alexc check's parameter count of mini-alexnet
+  grep -q "^weights *12 tensors, 161578 parameters" "$tmp/info.so" || fail "info: weights"
   expect 0 "info plan" -- "$alexrt" info "$plan"
   tail -n +2 "$tmp/out" >"$tmp/info.plan"
   cmp -s "$tmp/info.so" "$tmp/info.plan" || { fail "info differs:"; diff "$tmp/info.so" "$tmp/info.plan"; }
@@ -139,9 +142,16 @@ head -c 3000 "$tmp/m1.plan" >"$tmp/cut.plan"
 expect 1 "info: a truncated plan" -- "$alexrt" info "$tmp/cut.plan"
 one_error alexrt "cut short" "truncated plan"
 # A plan of an older format says so.
-sed '1s/^alexc-cuda-plan [0-9]*$/alexc-cuda-plan 3/' "$tmp/m1.plan" >"$tmp/old.plan"
+LC_ALL=C sed '1s/^alexc-cuda-plan [0-9]*$/alexc-cuda-plan 3/' "$tmp/m1.plan" >"$tmp/old.plan"
 expect 1 "info: a plan of an older format" -- "$alexrt" info "$tmp/old.plan"
 one_error alexrt "a plan of format 3; this runtime reads format [0-9]*: compile the model again" "old plan"
+# A slice of a tensor the plan does not declare, or beyond its shape.
+LC_ALL=C sed '/^tensor conv1.weight /d' "$tmp/m1.plan" >"$tmp/undeclared.plan"
+expect 1 "info: a slice of an undeclared tensor" -- "$alexrt" info "$tmp/undeclared.plan"
+one_error alexrt "plan line [0-9]*: malformed" "undeclared tensor"
+LC_ALL=C sed 's/^tensor conv1.weight .*/tensor conv1.weight 2x1x5x5/' "$tmp/m1.plan" >"$tmp/small.plan"
+expect 1 "info: a slice beyond its tensor" -- "$alexrt" info "$tmp/small.plan"
+one_error alexrt "plan line [0-9]*: malformed" "slice beyond its tensor"
 { head -n 1 "$tmp/m1.plan"; echo "network x"; echo "frobnicate 1 2 3"; } >"$tmp/bad.plan"
 expect 1 "info: a plan with a garbage line" -- "$alexrt" info "$tmp/bad.plan"
 one_error alexrt "malformed" "garbage line"
@@ -182,7 +192,13 @@ m=$tmp/m2.so
 expect 1 "run: a weight tensor missing" -- "$alexrt" run "$m" --weights "$tmp/renamed.safetensors" --input "$tmp/x.npy"
 one_error alexrt "no tensor 'fc6\.\(weight\|bias\)' (the model needs it)" "missing tensor"
 expect 1 "run: a weight tensor of the wrong size" -- "$alexrt" run "$m" --weights "$tmp/narrow.safetensors" --input "$tmp/x.npy"
-one_error alexrt "tensor 'conv1\.\(weight' has 400 elements; the model wants 800\|bias' has 16 elements; the model wants 32\)" "wrong size"
+one_error alexrt "tensor 'conv1\.\(weight' has shape (16, 1, 5, 5); the model wants (32, 1, 5, 5)\|bias' has shape (16,); the model wants (32,)\)" "wrong size"
+# As many elements as the model wants, transposed (an fc weight stored (in, out)): refused.
+LC_ALL=C sed 's/"fc6.weight":{"dtype":"F32","shape":\[10,256\]/"fc6.weight":{"dtype":"F32","shape":[256,10]/' \
+  "$tmp/w.safetensors" >"$tmp/transposed.safetensors"
+cmp -s "$tmp/w.safetensors" "$tmp/transposed.safetensors" && fail "transposed.safetensors: the header was not rewritten"
+expect 1 "run: a weight tensor transposed" -- "$alexrt" run "$m" --weights "$tmp/transposed.safetensors" --input "$tmp/x.npy"
+one_error alexrt "tensor 'fc6\.weight' has shape (256, 10); the model wants (10, 256)" "transposed weight"
 expect 1 "run: an input of the wrong size" -- "$alexrt" run "$m" --weights "$tmp/w.safetensors" --input "$tmp/big.npy"
 one_error alexrt "input shape (2, 1, 32, 32) does not fit the model: it wants (N, 1, 28, 28) with N from 1 to 1048576, or one image (1, 28, 28)" "input size"
 # As many floats as the model wants, in another layout (N, H, W, C): refused, not reread.

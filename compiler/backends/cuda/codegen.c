@@ -947,6 +947,20 @@ static RtShape rt_shape(Shape s) {
   return s.rank == 3 ? (RtShape){3, {s.c, s.h, s.w}} : (RtShape){1, {s.c}};
 }
 
+// The weight tensors and their shapes, so a runtime can refuse a file whose tensor
+// has the right size in another layout (an fc weight stored (in, out)).
+static void plan_tensors(const Graph *g, RtPlan *p) {
+  int n = graph_params_list(g, NULL);
+  ParamInfo *info = xcalloc(n ? n : 1, sizeof *info);
+  graph_params_list(g, info);
+  for (int i = 0; i < n; i++) {
+    RtShape shape = {.rank = info[i].rank};
+    memcpy(shape.dims, info[i].dims, (size_t)info[i].rank * sizeof shape.dims[0]);
+    rt_plan_add_tensor(p, info[i].name, shape);
+  }
+  free(info);
+}
+
 static void plan_io(const Graph *g, RtPlan *p) {
   const Node *in = &g->nodes[0], *out = &g->nodes[g->output];
   int64_t Pi = shape_plane(in->out), Po = shape_plane(out->out);
@@ -1142,6 +1156,7 @@ bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, Cud
   p->n_devices = g->n_devices;
   p->in = rt_shape(g->nodes[0].out);
   p->out = rt_shape(g->nodes[g->output].out);
+  plan_tensors(g, p);
   FILE *src[MAX_DEVICES];
   size_t size[MAX_DEVICES];
   for (int d = 0; d < g->n_devices; d++) {
