@@ -256,12 +256,13 @@ static bool load_input(const RtPlan *p, const char *path, RtTensor *x, int *batc
     *batch = (int)x->dims[0];
     return true;
   }
-  char got[128], want[128];
+  char got[128], one[128];
   shape_str(x->rank, x->dims, got, sizeof got);
-  shape_str(p->in.rank, p->in.dims, want, sizeof want);
-  error("%s: input shape %s does not fit the model: it wants (N, %s with N from 1 to %d, "
+  shape_str(p->in.rank, p->in.dims, one, sizeof one);
+  int inner = (int)strlen(one) - 2 - (p->in.rank == 1);  // "(3, 227, 227)" less "(" and ")"
+  error("%s: input shape %s does not fit the model: it wants (N, %.*s) with N from 1 to %d, "
         "or one image %s",
-        path, got, want + 1, MAX_BATCH, want);
+        path, got, inner, one + 1, MAX_BATCH, one);
   rt_tensor_free(x);
   return false;
 }
