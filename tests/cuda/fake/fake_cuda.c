@@ -15,8 +15,8 @@
 //   process exits 1 at the end even if the caller ignored the error (report_at_exit).
 // - Kernels. cuModuleLoadData cannot run a CUBIN; it hashes the image (FNV-1a 64) and
 //   loads $ALEXC_FAKE_CUDA_MODULES/<hash>.so, the same kernels compiled for the CPU with
-//   tests/cuda/cuda_emu.h (built from the NVRTC cache, below), and reads <hash>.cu to count each
-//   kernel's parameters. A launch runs every block and thread one after another (the
+//   tests/cuda/cuda_emu.h (built from the NVRTC cache's source: build_from_cache), and
+//   reads <hash>.cu to count each kernel's parameters. A launch runs every block and thread one after another (the
 //   threads of a block as fibers of cuda_emu.h's alexc_emu_run_block, so kernels with
 //   __shared__ memory and __syncthreads() run too). A
 //   kernel that touches a guard page (or any unmapped address) is a GPU's illegal
