@@ -16,10 +16,10 @@
 // - Kernels. cuModuleLoadData cannot run a CUBIN; it hashes the image (FNV-1a 64) and
 //   loads $ALEXC_FAKE_CUDA_MODULES/<hash>.so, the same kernels compiled for the CPU with
 //   tests/cuda/cuda_emu.h (built from the NVRTC cache's source: build_from_cache), and
-//   reads <hash>.cu to count each kernel's parameters. A launch runs every block and thread one after another (the
-//   threads of a block as fibers of cuda_emu.h's alexc_emu_run_block, so kernels with
-//   __shared__ memory and __syncthreads() run too). A
-//   kernel that touches a guard page (or any unmapped address) is a GPU's illegal
+//   reads <hash>.cu to count each kernel's parameters. A launch runs every block and
+//   thread one after another (the threads of a block as fibers of cuda_emu.h's
+//   alexc_emu_run_block, so kernels with __shared__ memory and __syncthreads() run
+//   too). A kernel that touches a guard page (or any unmapped address) is a GPU's illegal
 //   address: reported, and sticky, every later call failing as on a lost context.
 // - Streams, lazily and in a random order. An asynchronous operation (launch, copy,
 //   memset, GEMM, event record, wait on an event) is queued on its stream and runs only
