@@ -183,7 +183,7 @@ static void reserve(void *v, int *cap, int n, size_t size) {
   *cap = c;
 }
 
-static void out_of_memory(void) {
+static _Noreturn void out_of_memory(void) {
   fprintf(stderr, "fake cuda: out of host memory\n");
   abort();
 }
