@@ -242,6 +242,18 @@ if [ -n "$fake_lib" ]; then
       expect 0 "its output is the reference's" -- "$alexc" compare "$tmp/y.npy" "$tmp/ref.npy"
     done
   done
+  # A network cut at a conv layer: the output is saved in its shape, (N, C, H, W).
+  expect 0 "compile cut at conv2" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda \
+    --layer conv2 -o "$tmp/conv2.plan"
+  "$alexc" run specs/mini-alexnet.yaml --weights "$tmp/w.safetensors" --input "$tmp/x.npy" \
+    --layer conv2 --output "$tmp/ref-conv2.npy" >/dev/null || fail "the reference run to conv2"
+  expect 0 "run cut at conv2 on the fake driver" -- env LD_LIBRARY_PATH="$fake_lib" "$alexrt" \
+    run "$tmp/conv2.plan" --weights "$tmp/w.safetensors" --input "$tmp/x.npy" \
+    --output "$tmp/y-conv2.npy"
+  head -c 128 "$tmp/y-conv2.npy" | grep -aq "'shape': (3, 64, 13, 13)" ||
+    fail "the conv2 output is not saved as (3, 64, 13, 13)"
+  expect 0 "its output is the reference's at conv2" -- "$alexc" compare "$tmp/y-conv2.npy" \
+    "$tmp/ref-conv2.npy"
   expect 0 "run on the fake driver, top classes" -- env LD_LIBRARY_PATH="$fake_lib" "$alexrt" \
     run "$tmp/fake1.so" --weights "$tmp/w.safetensors" --input "$tmp/x.npy"
   [ "$(grep -c "^image [0-2]: top class" "$tmp/out")" -eq 3 ] || fail "top classes: $(cat "$tmp/out")"
