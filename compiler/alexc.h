@@ -84,10 +84,12 @@ typedef struct {
   double p;
 } DropoutAttrs;
 
-// How a layer's parameters are initialised: weights ~ N(0, weight_std), biases = bias.
+// How a layer's parameters are initialised: weights ~ N(0, weight_std), biases
+// ~ N(bias, bias_std) (all equal to bias when bias_std is 0, the default).
 typedef struct {
   double weight_std;
   double bias;
+  double bias_std;
 } InitRule;
 
 // ---------------------------------------------------------------- IR

@@ -58,15 +58,27 @@ static int64_t fan_in(const ParamInfo *p) {
   return f;
 }
 
+// A bias tensor: all `rule->bias`, plus N(0, bias_std) noise from the tensor's own
+// stream when the rule asks for it; all zero without a rule (the fan-in scheme).
+// Noise is drawn only when bias_std > 0, so a rule without it gives the same bytes
+// as before bias_std existed.
+static void init_bias(float *dst, const ParamInfo *p, uint64_t seed, const InitRule *rule) {
+  if (rule && rule->bias_std > 0)
+    fill_normal(dst, p->elems, seed, p->name, rule->bias_std);
+  else
+    memset(dst, 0, p->elems * sizeof *dst);
+  float b = rule ? (float)rule->bias : 0.0f;
+  for (int64_t j = 0; j < p->elems; j++)
+    dst[j] += b;
+}
+
 Weights *weights_init(const Graph *g, uint64_t seed, InitScheme scheme) {
   Weights *w = weights_alloc(g);
   for (int i = 0; i < w->n; i++) {
     const ParamInfo *p = &w->info[i];
     const InitRule *rule = &g->nodes[p->node].init;
     if (p->is_bias) {
-      float b = scheme == INIT_SPEC ? (float)rule->bias : 0.0f;
-      for (int64_t j = 0; j < p->elems; j++)
-        w->data[i][j] = b;
+      init_bias(w->data[i], p, seed, scheme == INIT_SPEC ? rule : NULL);
     } else {
       double std = scheme == INIT_SPEC ? rule->weight_std : sqrt(2.0 / (double)fan_in(p));
       fill_normal(w->data[i], p->elems, seed, p->name, std);

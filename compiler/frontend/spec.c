@@ -333,11 +333,12 @@ static bool check_name(Ctx *cx, yaml_node_t *v, const char *s, const char *what)
 // ---------------------------------------------------------------- network header
 
 static bool parse_init(Ctx *cx, yaml_node_t *v, const char *what, InitRule *rule) {
-  static const char *const keys[] = {"weight_std", "bias", NULL};
+  static const char *const keys[] = {"weight_std", "bias", "bias_std", NULL};
   if (!need_map(cx, v, what) || !check_keys(cx, v, keys, what, OP_COUNT))
     return false;
   return get_number(cx, v, "weight_std", what, false, 0, 1e6, &rule->weight_std) &&
-         get_number(cx, v, "bias", what, false, -1e6, 1e6, &rule->bias);
+         get_number(cx, v, "bias", what, false, -1e6, 1e6, &rule->bias) &&
+         get_number(cx, v, "bias_std", what, false, 0, 1e6, &rule->bias_std);
 }
 
 static bool parse_input(Ctx *cx, yaml_node_t *v, Graph *g) {
@@ -685,7 +686,7 @@ static Graph *build_graph(Ctx *cx, yaml_node_t *root) {
     error_at(loc_of(cx, desc), "'description' must be a string, not %s", describe(desc));
     return NULL;
   }
-  InitRule init = {.weight_std = 0.01, .bias = 0};  // the paper's defaults
+  InitRule init = {.weight_std = 0.01, .bias = 0, .bias_std = 0};  // the paper's defaults
   yaml_node_t *init_v = lookup(cx, root, "init");
   if (init_v && !parse_init(cx, init_v, "the network's init", &init))
     return NULL;

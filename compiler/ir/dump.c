@@ -28,8 +28,12 @@ static void dump_attrs(const Node *n, FILE *out) {
   default:
     break;
   }
-  if (n->n_weight)
-    fprintf(out, " init=(std=%.9g bias=%.9g)", n->init.weight_std, n->init.bias);
+  if (n->n_weight) {
+    fprintf(out, " init=(std=%.9g bias=%.9g", n->init.weight_std, n->init.bias);
+    if (n->init.bias_std != 0)  // printed only when set, so older dumps read the same
+      fprintf(out, " bias_std=%.9g", n->init.bias_std);
+    fputc(')', out);
+  }
 }
 
 static void dump_range(Range r, FILE *out) {

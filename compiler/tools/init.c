@@ -13,8 +13,9 @@ static const char INIT_HELP[] =
     "\n"
     "  --seed S          unsigned integer seed (required)\n"
     "  -o, --output W    file to write (replaced atomically)\n"
-    "  --scheme spec     each layer's init rule from the spec (default: the paper's\n"
-    "                    N(0, 0.01) weights and the spec's bias constants)\n"
+    "  --scheme spec     each layer's init rule from the spec (default): weights\n"
+    "                    N(0, weight_std), biases N(bias, bias_std); without a rule,\n"
+    "                    the paper's N(0, 0.01) weights and zero biases\n"
     "  --scheme fan-in   N(0, sqrt(2/fan_in)) weights, zero biases: activations stay\n"
     "                    O(1) through deep nets, which makes golden tests sensitive\n";
 

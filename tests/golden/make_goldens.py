@@ -84,8 +84,9 @@ class Case:
             self.spec_file, self.spec_text = None, textwrap.dedent(spec).lstrip()
 
 
-# The small nets use `init: spec` with an explicit non-zero bias, so that bias
-# addition is exercised: the fan-in scheme sets every bias to zero. The real specs use
+# The small nets use `init: spec` with a non-zero bias, so that bias addition is
+# exercised: the fan-in scheme sets every bias to zero. Where a net has biases, they
+# differ per channel (`bias_std`), so a bias read from the wrong channel shows too. The real specs use
 # fan-in, whose N(0, sqrt(2/fan_in)) weights keep activations O(1) through AlexNet (the
 # paper's N(0, 0.01) would shrink the signal until the input hardly mattered).
 CASES = [
@@ -127,7 +128,7 @@ CASES = [
         # Grouped convolution, 2 groups: out channels 0-1 see input channels 0-2 only.
         name: conv_groups2
         input: {channels: 6, height: 7, width: 7}
-        init: {weight_std: 0.2, bias: 0.1}
+        init: {weight_std: 0.2, bias: 0.1, bias_std: 0.1}
         layers:
           - {name: conv, op: conv, out: 4, kernel: 3, pad: 1, groups: 2}
         """, ["conv"], seed=121, input_seed=122, init="spec"),
@@ -136,10 +137,10 @@ CASES = [
         # group differ, so mixing up the two strides of the weight tensor shows).
         name: conv_groups4
         input: {channels: 8, height: 6, width: 6}
-        init: {weight_std: 0.25, bias: -0.2}
+        init: {weight_std: 0.25, bias: -0.2, bias_std: 0.2}
         layers:
           - {name: conv, op: conv, out: 12, kernel: 3, groups: 4}
-        """, ["conv"], seed=131, input_seed=132, init="spec"),
+        """, ["conv"], seed=131, input_seed=132, init="spec", decoys=["bias_first_channel"]),
     Case("pool_overlap", """
         # Overlapping max pooling (kernel 3, stride 2) as in AlexNet. 12 does not fit a
         # whole number of windows: floor((12 - 3) / 2) + 1 = 5, the last column unread.
@@ -169,7 +170,7 @@ CASES = [
         # gives floor((8 + 2 - 5) / 3) + 1 = 2.
         name: conv_pad
         input: {channels: 3, height: 6, width: 6}
-        init: {weight_std: 0.2, bias: 0.05}
+        init: {weight_std: 0.2, bias: 0.05, bias_std: 0.1}
         layers:
           - {name: conv_same, op: conv, out: 4, kernel: 5, pad: 2}
           - {name: conv_wide, op: conv, out: 3, kernel: 3, pad: 2}
@@ -180,7 +181,7 @@ CASES = [
         # floor((10 - 3) / 4) + 1 = 2 outputs per side; rows/columns 7-9 are never read.
         name: stride_uneven
         input: {channels: 3, height: 10, width: 10}
-        init: {weight_std: 0.3, bias: 0.1}
+        init: {weight_std: 0.3, bias: 0.1, bias_std: 0.1}
         layers:
           - {name: conv_s4, op: conv, out: 4, kernel: 3, stride: 4, inputs: input}
           - {name: pool_s4, op: maxpool, kernel: 3, stride: 4, inputs: input}
@@ -190,11 +191,12 @@ CASES = [
         # 1x1 convolutions: a per-pixel matrix product; then 1x1 with stride 2 (7 -> 4).
         name: conv_1x1
         input: {channels: 5, height: 7, width: 7}
-        init: {weight_std: 0.4, bias: 0.1}
+        init: {weight_std: 0.4, bias: 0.1, bias_std: 0.2}
         layers:
           - {name: conv_1x1, op: conv, out: 3, kernel: 1}
           - {name: conv_1x1_s2, op: conv, out: 2, kernel: 1, stride: 2}
-        """, ["conv_1x1", "conv_1x1_s2"], seed=181, input_seed=182, init="spec"),
+        """, ["conv_1x1", "conv_1x1_s2"], seed=181, input_seed=182, init="spec",
+         decoys=["bias_first_channel"]),
     Case("no_bias", """
         # Layers without bias: the weights file has no conv.bias or fc.bias tensor and
         # the executor must not read one. The network's bias rule (0.5) would show if a
@@ -212,7 +214,7 @@ CASES = [
         # them, so its channel order is [a (4), input (3), b (2)].
         name: branch_concat
         input: {channels: 3, height: 6, width: 6}
-        init: {weight_std: 0.3, bias: 0.1}
+        init: {weight_std: 0.3, bias: 0.1, bias_std: 0.1}
         layers:
           - {name: a, op: conv, out: 4, kernel: 3, pad: 1, inputs: input}
           - {name: b, op: conv, out: 2, kernel: 1, inputs: input}
@@ -222,15 +224,17 @@ CASES = [
     Case("flatten_fc_softmax", """
         # Flatten of a non-square CxHxW (order matters), fc, softmax. The fc weights are
         # large so that the logits reach the hundreds: exp() of them overflows float32
-        # unless softmax subtracts the maximum first.
+        # unless softmax subtracts the maximum first. The biases are large enough too
+        # that one read from the wrong output shows.
         name: flatten_fc_softmax
         input: {channels: 4, height: 3, width: 2}
-        init: {weight_std: 30, bias: 0.5}
+        init: {weight_std: 30, bias: 0.5, bias_std: 40}
         layers:
           - {name: flatten, op: flatten}
           - {name: fc, op: fc, out: 10}
           - {name: prob, op: softmax}
-        """, ["fc", "prob"], batch=3, seed=211, input_seed=212, init="spec"),
+        """, ["fc", "prob"], batch=3, seed=211, input_seed=212, init="spec",
+         decoys=["bias_first_channel"]),
 ]
 
 
@@ -274,6 +278,16 @@ def maxpool(x, kernel, stride, pad, variant):
     return F.max_pool2d(x, kernel, stride, padding=pad, ceil_mode=False)
 
 
+def bias_of(params, layer, variant):
+    """The layer's bias tensor, or None when the spec says it has none."""
+    b = params.get(layer["name"] + ".bias")
+    if (b is not None) != layer.get("bias", True):
+        sys.exit(f"layer {layer['name']}: bias tensor presence disagrees with the spec")
+    if b is not None and "bias_first_channel" in variant:  # the mistake: one bias for all
+        b = b[:1].expand_as(b)
+    return b
+
+
 def run_spec(spec, params, x, variant=()):
     """Runs a parsed spec on input x; returns {layer name: output tensor}, 'input' included.
 
@@ -290,10 +304,7 @@ def run_spec(spec, params, x, variant=()):
         a = xs[0]
         if op == "conv":
             w = params[name + ".weight"]
-            b = params.get(name + ".bias")
-            if (b is not None) != layer.get("bias", True):
-                sys.exit(f"layer {name}: bias tensor presence disagrees with the spec")
-            y = F.conv2d(a, w, b, stride=int(layer.get("stride", 1)),
+            y = F.conv2d(a, w, bias_of(params, layer, variant), stride=int(layer.get("stride", 1)),
                          padding=int(layer.get("pad", 0)), groups=int(layer.get("groups", 1)))
         elif op == "relu":
             y = F.relu(a)
@@ -304,10 +315,7 @@ def run_spec(spec, params, x, variant=()):
             y = maxpool(a, int(layer["kernel"]), int(layer["stride"]), int(layer.get("pad", 0)),
                         variant)
         elif op == "fc":
-            b = params.get(name + ".bias")
-            if (b is not None) != layer.get("bias", True):
-                sys.exit(f"layer {name}: bias tensor presence disagrees with the spec")
-            y = F.linear(a, params[name + ".weight"], b)
+            y = F.linear(a, params[name + ".weight"], bias_of(params, layer, variant))
         elif op == "dropout":  # inference: the identity
             y = a
         elif op == "flatten":

@@ -130,11 +130,36 @@ static void test_init_is_deterministic(void) {
   graph_free(g);
 }
 
+// bias_std draws each bias from N(bias, bias_std), from the tensor's own stream.
+static void test_init_bias_std(void) {
+  Graph *g = spec("name: t\ninput: {channels: 3, height: 8, width: 8}\n"
+                  "layers:\n  - {name: c, op: conv, out: 64, kernel: 3,"
+                  " init: {bias: 2, bias_std: 0.5}}\n");
+  Weights *a = weights_init(g, 42, INIT_SPEC), *b = weights_init(g, 42, INIT_SPEC);
+  Weights *f = weights_init(g, 42, INIT_FAN_IN);
+  const float *bias = weights_get(a, "c", true);
+  CHECK(!memcmp(bias, weights_get(b, "c", true), 64 * sizeof(float)));
+  double sum = 0, ss = 0;
+  for (int i = 0; i < 64; i++) {
+    sum += bias[i];
+    ss += (bias[i] - 2.0) * (bias[i] - 2.0);
+  }
+  CHECK(bias[0] != bias[1]);
+  CHECK(fabs(sum / 64 - 2) < 0.25);             // 4 standard errors of the mean
+  CHECK(fabs(sqrt(ss / 64) - 0.5) < 0.5 * 0.3);  // sample std within 30%
+  CHECK(weights_get(f, "c", true)[5] == 0.0f);   // fan-in ignores the rule
+  weights_free(a);
+  weights_free(b);
+  weights_free(f);
+  graph_free(g);
+}
+
 int main(void) {
   test_conv();
   test_grouped_conv();
   test_lrn_edges();
   test_pool_softmax_concat();
   test_init_is_deterministic();
+  test_init_bias_std();
   TEST_MAIN_END();
 }
