@@ -16,9 +16,9 @@
 set -u
 alexc=$1
 shift
-compile_only=
+compile_arch=
 if [ "${1:-}" = --compile-only ]; then
-  compile_only=sm_90
+  compile_arch=sm_90
   shift
 fi
 specs=("$@")
@@ -26,9 +26,9 @@ specs=("$@")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-if [ -n "$compile_only" ]; then
+if [ -n "$compile_arch" ]; then
   export ALEXC_CACHE=$tmp/cache  # variants share their identical kernels, not other runs'
-  probe=$("$alexc" compile specs/mini-alexnet.yaml --target cuda --arch "$compile_only" \
+  probe=$("$alexc" compile specs/mini-alexnet.yaml --target cuda --arch "$compile_arch" \
     -o "$tmp/probe.plan" 2>&1)
   rc=$?
 else
@@ -65,59 +65,45 @@ first_bad_layer() {  # first_bad_layer DIR SPEC BATCH CONV PRECISION OPTIONS...
   echo "    every layer matches on its own: the difference is in how the network's end is run"
 }
 
-# --compile-only: every variant of one spec compiled for $compile_only, its artifacts in
-# DIR; prints a line per variant and exits with the number of failures.
-compile_spec() {  # compile_spec SPEC DIR
-  local spec=$1 dir=$2 failures=0 opts variant
-  for opts in "" "--no-fuse" "--devices 2" "--no-fuse --devices 2"; do
-    for variant in "${variants[@]}"; do
-      # shellcheck disable=SC2086  # "CONV PRECISION" splits into $1 and $2
-      set -- $variant
-      # shellcheck disable=SC2086
-      if "$alexc" compile "$spec" --target cuda --arch "$compile_only" $opts --conv "$1" \
-        --precision "$2" -o "$dir/model.plan" >/dev/null 2>"$dir/err"; then
-        printf '  %-40s %-8s %-4s %-22s compiled\n' "$spec" "$1" "$2" "${opts:-fused}"
-      else
-        failures=$((failures + 1))
-        printf '  %-40s %-8s %-4s %-22s FAIL\n' "$spec" "$1" "$2" "${opts:-fused}"
-        sed 's/^/    /' "$dir/err" | head -20
-      fi
-    done
-  done
-  return $((failures < 255 ? failures : 255))
-}
-
-# Every variant of one spec, its files in DIR; prints a line per variant and exits with
-# the number of failures.
+# Every variant of one spec, its files in DIR: run and compared with the reference, or
+# with --compile-only compiled for $compile_arch. Prints a line per variant and exits
+# with the number of failures.
 check_spec() {  # check_spec SPEC DIR
   local spec=$1 dir=$2 batch=3 failures=0 opts variant rc result
   case $spec in specs/alexnet*) batch=4 ;; esac
   mkdir -p "$dir"
-  if [ -n "$compile_only" ]; then
-    compile_spec "$spec" "$dir"
-    return
-  fi
   # The oracle: the reference executor, unfused on one device (the passes do not
   # change its results: tests/passes/test_equivalence.c).
-  "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch --no-fuse --output "$dir/ref.npy" || {
-    echo "FAIL: $spec: the reference run"; return 1; }
+  if [ -z "$compile_arch" ]; then
+    "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch --no-fuse --output "$dir/ref.npy" || {
+      echo "FAIL: $spec: the reference run"; return 1; }
+  fi
   for opts in "" "--no-fuse" "--devices 2" "--no-fuse --devices 2"; do
     for variant in "${variants[@]}"; do
       # shellcheck disable=SC2086  # "CONV PRECISION" splits into $1 and $2
       set -- $variant
       result=
       # shellcheck disable=SC2086
-      "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch $opts --target cuda \
-        --conv "$1" --precision "$2" --output "$dir/gpu.npy" &&
-        result=$(compare "$dir/gpu.npy" "$dir/ref.npy" "$2" | sed 's/ (.*//'
-                 exit "${PIPESTATUS[0]}")
+      if [ -n "$compile_arch" ]; then
+        "$alexc" compile "$spec" --target cuda --arch "$compile_arch" $opts --conv "$1" \
+          --precision "$2" -o "$dir/model.plan" >/dev/null 2>"$dir/err" && result=compiled
+      else
+        "$alexc" run "$spec" --seed 1 --scheme fan-in --random $batch $opts --target cuda \
+          --conv "$1" --precision "$2" --output "$dir/gpu.npy" &&
+          result=$(compare "$dir/gpu.npy" "$dir/ref.npy" "$2" | sed 's/ (.*//'
+                   exit "${PIPESTATUS[0]}")
+      fi
       rc=$?
       printf '  %-40s %-8s %-4s %-22s %s %s\n' "$spec" "$1" "$2" "${opts:-fused}" "${result:-}" \
         "$([ $rc -eq 0 ] && echo OK || echo FAIL)"
       if [ $rc -ne 0 ]; then
         failures=$((failures + 1))
-        # shellcheck disable=SC2086
-        first_bad_layer "$dir" "$spec" $batch "$1" "$2" $opts
+        if [ -n "$compile_arch" ]; then
+          sed 's/^/    /' "$dir/err" | head -20
+        else
+          # shellcheck disable=SC2086
+          first_bad_layer "$dir" "$spec" $batch "$1" "$2" $opts
+        fi
       fi
     done
   done

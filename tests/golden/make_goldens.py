@@ -86,9 +86,10 @@ class Case:
 
 # The small nets use `init: spec` with a non-zero bias, so that bias addition is
 # exercised: the fan-in scheme sets every bias to zero. Where a net has biases, they
-# differ per channel (`bias_std`), so a bias read from the wrong channel shows too. The real specs use
-# fan-in, whose N(0, sqrt(2/fan_in)) weights keep activations O(1) through AlexNet (the
-# paper's N(0, 0.01) would shrink the signal until the input hardly mattered).
+# differ per channel (`bias_std`), so a bias read from the wrong channel shows too.
+# The real specs use fan-in, whose N(0, sqrt(2/fan_in)) weights keep activations O(1)
+# through AlexNet (the paper's N(0, 0.01) would shrink the signal until the input
+# hardly mattered).
 CASES = [
     # ------------------------------------------------------------ the real networks
     # Batch 1 for the big nets: the reference executor takes ~2 s per image (more under
