@@ -3,7 +3,9 @@
 # Safe to run again: it installs nothing when everything is present.
 set -euo pipefail
 # llvm-14-dev: LLVM's C API, which the compiler uses to write model bundles (.so).
-pkgs=(build-essential cmake pkg-config libyaml-dev libcjson-dev llvm-14-dev)
+# libjpeg62-turbo-dev, libpng-dev: the runtime decodes photos to classify (runtime/image.c).
+pkgs=(build-essential cmake pkg-config libyaml-dev libcjson-dev llvm-14-dev
+      libjpeg62-turbo-dev libpng-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../backends/cpu/cpu.h"
 #include "../backends/cuda/cuda.h"
 #include "cli.h"
 
@@ -77,6 +78,7 @@ typedef struct {
   int random, top;
   PassOptions passes;
   CudaOptions cuda;
+  CpuOptions cpu;
 } RunArgs;
 
 static int parse_run_args(int argc, char **argv, RunArgs *a) {
@@ -87,6 +89,7 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
       {"output", required_argument, 0, 'o'},  {"layer", required_argument, 0, 'l'},
       {"top", required_argument, 0, 't'},     {"target", required_argument, 0, 'T'},
       {"help", no_argument, 0, 'h'},          {"compare-ref", no_argument, 0, 'R'},
+      {"cpu", required_argument, 0, 'C'},     {"threads", required_argument, 0, 'N'},
       CUDA_LONG_OPTIONS,                      PASS_LONG_OPTIONS,
       {0, 0, 0, 0}};
   *a = (RunArgs){.target = "ref", .input_seed = 1, .passes = pass_defaults(),
@@ -106,6 +109,11 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
     case 'l': a->layer = optarg; break;
     case 'T': a->target = optarg; break;
     case 'R': a->compare_ref = true; break;
+    case 'C': a->cpu.cpu = optarg; break;
+    case 'N':
+      if (!parse_int_in(optarg, 1, 256, &a->cpu.threads))
+        return usage_error("run", "--threads wants a number from 1 to 256, not '%s'", optarg);
+      break;
     case 's':
       if (!(a->have_seed = parse_u64(optarg, &a->seed)))
         return usage_error("run", "--seed wants an unsigned integer, not '%s'", optarg);
@@ -139,10 +147,10 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
     return usage_error("run", "give exactly one of --weights and --seed");
   if (!a->input == !a->random)
     return usage_error("run", "give exactly one of --input and --random");
-  if (strcmp(a->target, "ref") != 0 && strcmp(a->target, "cuda") != 0)
-    return usage_error("run", "unknown target '%s' (targets: ref, cuda)", a->target);
-  if (a->compare_ref && strcmp(a->target, "cuda") != 0)
-    return usage_error("run", "--compare-ref compares --target cuda against the reference");
+  if (strcmp(a->target, "ref") != 0 && strcmp(a->target, "cuda") != 0 && strcmp(a->target, "cpu") != 0)
+    return usage_error("run", "unknown target '%s' (targets: ref, cpu, cuda)", a->target);
+  if (a->compare_ref && !strcmp(a->target, "ref"))
+    return usage_error("run", "--compare-ref compares --target cpu or cuda against the reference");
   return EXIT_OK;
 }
 
@@ -200,6 +208,9 @@ int cmd_run(int argc, char **argv) {
     ok = resolve_arch(a.arch, true, arch, sizeof arch) &&
          cuda_run_graph(g, how, &a.cuda, arch, w, x, batch, y);
     free(how);
+  } else if (ok && !strcmp(a.target, "cpu")) {
+    y = xcalloc(shape_elems(g->nodes[node].out) * batch, sizeof(float));
+    ok = cpu_run_graph(g, node, &a.cpu, w, x, batch, y);
   } else if (ok) {
     ok = ref_run(g, w, x, batch, &node, 1, &y);
   }

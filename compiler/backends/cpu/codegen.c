@@ -1,0 +1,112 @@
+// The CPU target's schedule: which kernel runs where, and the copies between them.
+//
+// The program follows the graph's order, as the reference executor does: the input is
+// copied to every device that holds some of it; then, node by node, each device that
+// computes part of the node runs its kernel, the node's transfers copy channels between
+// device arenas, and the wanted node's channels are gathered into the caller's output
+// as soon as they exist (the memory plan may reuse its buffers afterwards).
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu.h"
+
+// k_<index>_<name>_d<device>, the name reduced to [A-Za-z0-9_]: spec names may hold
+// '.' and '-', which are not C identifiers (the header a bundle ships names them too).
+static void kernel_symbol(const Graph *g, int i, int d, char *out, size_t size) {
+  char name[64];
+  size_t n = 0;
+  for (const char *s = g->nodes[i].name; *s && n + 1 < sizeof name; s++)
+    name[n++] = isalnum((unsigned char)*s) ? *s : '_';
+  name[n] = 0;
+  snprintf(out, size, "k_%d_%s_d%d", i, name, d);
+}
+
+static RtCpuStep *add_step(RtCpuProgram *p, int *cap) {
+  if (p->n_steps == *cap) {
+    *cap = *cap ? 2 * *cap : 64;
+    p->steps = xrealloc(p->steps, *cap * sizeof *p->steps);
+  }
+  RtCpuStep *s = &p->steps[p->n_steps++];
+  *s = (RtCpuStep){.pack = -1};
+  return s;
+}
+
+// A copy of channels r of node n's output, per image: from device `from` (or the
+// caller's input, -1) to device `to` (or the caller's output, -1).
+static void add_copy(RtCpuProgram *p, int *cap, const Node *n, int from, int to, Range r) {
+  if (!range_len(r))
+    return;
+  int64_t plane = shape_plane(n->out), whole = shape_elems(n->out);
+  RtCpuStep *s = add_step(p, cap);
+  s->kind = RT_CPU_COPY;
+  s->n = range_len(r) * plane;
+  const Placement *pf = from >= 0 ? &n->place[from] : NULL, *pt = to >= 0 ? &n->place[to] : NULL;
+  s->from = pf ? (RtCpuPlace){from, pf->offset, range_len(pf->held) * plane,
+                              (r.begin - pf->held.begin) * plane}
+               : (RtCpuPlace){-1, 0, whole, r.begin * plane};
+  s->to = pt ? (RtCpuPlace){to, pt->offset, range_len(pt->held) * plane,
+                            (r.begin - pt->held.begin) * plane}
+             : (RtCpuPlace){-1, 0, whole, r.begin * plane};
+}
+
+static void add_run(RtCpuProgram *p, int *cap, LLVMModuleRef m, const CpuTarget *t,
+                    const Graph *g, int i, int d) {
+  RtCpuStep *s = add_step(p, cap);
+  s->kind = RT_CPU_RUN;
+  s->device = d;
+  kernel_symbol(g, i, d, s->symbol, sizeof s->symbol);
+  CpuKernelInfo info;
+  cpu_emit_kernel(m, t, g, i, d, s->symbol, &info);
+  s->items = info.items;
+  s->per_image = info.per_image;
+  s->scratch = info.scratch;
+  if (info.has_pack) {
+    p->packs = xrealloc(p->packs, (p->n_packs + 1) * sizeof *p->packs);
+    p->packs[p->n_packs] = info.pack;
+    s->pack = p->n_packs++;
+  }
+}
+
+bool cpu_codegen(const Graph *g, int want, const CpuTarget *t, LLVMContextRef ctx,
+                 LLVMModuleRef *module, RtCpuProgram *p) {
+  if (!g->planned || g->n_devices < 1 || g->n_devices > 8) {
+    error("cpu: the graph must be planned (fuse, partition, memplan) before code generation");
+    return false;
+  }
+  LLVMModuleRef m = LLVMModuleCreateWithNameInContext(g->name, ctx);
+  *p = (RtCpuProgram){.n_devices = g->n_devices};
+  for (int d = 0; d < g->n_devices; d++)
+    p->arena[d] = g->arena[d];
+  p->in_elems = shape_elems(g->nodes[0].out);
+  p->out_elems = shape_elems(g->nodes[want].out);
+  int cap = 0;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const Node *n = &g->nodes[i];
+    for (int d = 0; d < g->n_devices; d++) {
+      if (i == 0)
+        add_copy(p, &cap, n, -1, d, n->place[d].held);
+      else if (range_len(n->place[d].stage[n->n_epilogue]))
+        add_run(p, &cap, m, t, g, i, d);
+    }
+    for (int k = 0; k < g->n_transfers; k++)
+      if (g->transfers[k].node == i)
+        add_copy(p, &cap, n, g->transfers[k].from, g->transfers[k].to, g->transfers[k].range);
+    if (i == want)
+      for (int d = 0; d < g->n_devices; d++)
+        add_copy(p, &cap, n, d, -1,
+                 i == 0 ? (d ? (Range){0, 0} : n->place[0].held) : n->place[d].stage[n->n_epilogue]);
+  }
+  *module = m;
+  return true;
+}
+
+void cpu_program_free(RtCpuProgram *p) {
+  for (int i = 0; i < p->n_packs; i++) {
+    free(p->packs[i].oc_begin);
+    free(p->packs[i].n_oc);
+  }
+  free(p->packs);
+  free(p->steps);
+  *p = (RtCpuProgram){0};
+}

@@ -1,0 +1,85 @@
+// alexrt_cpu.h — the CPU target's program and its executor (runtime/cpu.c).
+//
+// The compiler (compiler/backends/cpu/) turns a compiled graph into native kernels, one
+// per node and logical device, and a program: a list of steps the executor walks in
+// order. A step either runs a kernel over a range of work items, split across a thread
+// pool, or copies a block of floats per image between buffers (the input upload, the
+// partition's transfers, the output gather). The executor knows no op: what a kernel
+// computes is compiled into it.
+//
+// Memory is one arena per logical device, sized and laid out by the memory plan
+// (elements per image, times the batch); a kernel gets its device's arena, its packed
+// weights and a scratch area of its own thread.
+#ifndef ALEXRT_CPU_H
+#define ALEXRT_CPU_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+// A generated kernel: work items [begin, end) of the batch; items are images times
+// row bands (convolutions, pooling, LRN) or output blocks (fully connected).
+typedef void (*RtCpuKernel)(float *arena, const float *weights, float *scratch, int64_t batch,
+                            int64_t begin, int64_t end);
+
+// The place of a block of floats: device `dev`'s arena (-1: the caller's input for a
+// source, the caller's output for a destination), image i at off*batch + i*stride + rel.
+typedef struct {
+  int dev;
+  int64_t off, stride, rel;
+} RtCpuPlace;
+
+// How a kernel's weights are packed at load: `blocks` blocks of `width` output channels,
+// each [k][width] (channel oc_begin[b] + lane at lane; lanes past n_oc[b] are zeros),
+// then the biases [blocks][width]. A conv weight (out, in/groups, kh, kw) has
+// k = in/groups*kh*kw; an fc weight (out, in) has k = in.
+typedef struct {
+  char weight[160], bias[160];  // tensor names; bias "" when the layer has none
+  int64_t k;
+  int width, blocks;
+  int64_t *oc_begin;
+  int *n_oc;
+} RtCpuPack;
+
+typedef enum { RT_CPU_RUN, RT_CPU_COPY } RtCpuStepKind;
+
+typedef struct {
+  RtCpuStepKind kind;
+  // RT_CPU_RUN
+  char symbol[96];
+  RtCpuKernel fn;
+  int device;
+  int64_t items;    // work items per image (per_image) or in all
+  bool per_image;
+  int64_t scratch;  // floats of scratch each thread needs
+  int pack;         // index into packs, -1: no weights
+  // RT_CPU_COPY: n floats per image
+  RtCpuPlace from, to;
+  int64_t n;
+} RtCpuStep;
+
+typedef struct {
+  int n_devices;
+  int64_t arena[8];          // elements per image, per device
+  int64_t in_elems, out_elems;  // per image
+  RtCpuStep *steps;
+  int n_steps;
+  RtCpuPack *packs;
+  int n_packs;
+} RtCpuProgram;
+
+// Weights by tensor name ("conv1.weight"); NULL if absent.
+typedef const float *(*RtCpuWeightFn)(void *ctx, const char *name);
+
+typedef struct RtCpuModel RtCpuModel;
+
+// Packs the program's weights and starts `threads` threads (0: one per core). The
+// program must outlive the model. NULL, with rt_error() set, on failure.
+RtCpuModel *rt_cpu_load(const RtCpuProgram *p, RtCpuWeightFn get, void *ctx, int threads);
+// Runs a batch: x is (batch, in_elems), y (batch, out_elems).
+bool rt_cpu_run(RtCpuModel *m, const float *x, int64_t batch, float *y);
+// Microseconds each step took in the last rt_cpu_run (n_steps of them), for `bench`.
+const double *rt_cpu_step_times(const RtCpuModel *m);
+int rt_cpu_threads(const RtCpuModel *m);
+void rt_cpu_free(RtCpuModel *m);
+
+#endif

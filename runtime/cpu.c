@@ -1,0 +1,244 @@
+// The CPU target's executor: packs weights once, then walks the program's steps. A run
+// step's work items are split into contiguous ranges, one per thread of a small pool;
+// the pool meets at a barrier after every step, since the next step reads what this one
+// wrote. Copies are done by the calling thread (they are small: transfers and the edges).
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "alexrt.h"
+#include "alexrt_cpu.h"
+#include "internal.h"
+
+#define MAX_THREADS 256
+
+struct RtCpuModel {
+  const RtCpuProgram *p;
+  float **packed;  // per pack
+  int threads;
+  float **scratch;  // per thread
+  int64_t scratch_size;
+  double *times;
+
+  // The pool: workers 1..threads-1; the caller is thread 0.
+  pthread_t *workers;
+  pthread_mutex_t lock;
+  pthread_cond_t start, done;
+  unsigned generation;  // bumped to start a step
+  int pending;          // workers still running the step
+  bool quit;
+  // The step being run.
+  const RtCpuStep *step;
+  float *arena;
+  int64_t batch, total;
+};
+
+static double now_us(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
+}
+
+// Thread t's share of the step's items: a contiguous range, sizes differing by at most one.
+static void run_share(RtCpuModel *m, int t) {
+  int64_t per = m->total / m->threads, extra = m->total % m->threads;
+  int64_t begin = t * per + (t < extra ? t : extra);
+  int64_t end = begin + per + (t < extra);
+  if (begin < end) {
+    const RtCpuStep *s = m->step;
+    s->fn(m->arena, s->pack >= 0 ? m->packed[s->pack] : NULL, m->scratch[t], m->batch, begin,
+          end);
+  }
+}
+
+static void *worker(void *arg) {
+  RtCpuModel *m = arg;
+  pthread_mutex_lock(&m->lock);
+  int t = 0;
+  for (int i = 1; i < m->threads; i++)
+    if (pthread_equal(m->workers[i], pthread_self()))
+      t = i;
+  unsigned seen = 0;  // the generation when the pool started: a step may begin before we run
+  for (;;) {
+    while (m->generation == seen && !m->quit)
+      pthread_cond_wait(&m->start, &m->lock);
+    if (m->quit)
+      break;
+    seen = m->generation;
+    pthread_mutex_unlock(&m->lock);
+    run_share(m, t);
+    pthread_mutex_lock(&m->lock);
+    if (--m->pending == 0)
+      pthread_cond_signal(&m->done);
+  }
+  pthread_mutex_unlock(&m->lock);
+  return NULL;
+}
+
+static void run_step(RtCpuModel *m, const RtCpuStep *s, float *arena, int64_t batch) {
+  m->step = s;
+  m->arena = arena;
+  m->batch = batch;
+  m->total = s->per_image ? s->items * batch : s->items;
+  if (m->threads > 1) {
+    pthread_mutex_lock(&m->lock);
+    m->pending = m->threads - 1;
+    m->generation++;
+    pthread_cond_broadcast(&m->start);
+    pthread_mutex_unlock(&m->lock);
+  }
+  run_share(m, 0);
+  if (m->threads > 1) {
+    pthread_mutex_lock(&m->lock);
+    while (m->pending)
+      pthread_cond_wait(&m->done, &m->lock);
+    pthread_mutex_unlock(&m->lock);
+  }
+}
+
+// ---------------------------------------------------------------- weights
+
+static bool pack_weights(const RtCpuPack *k, RtCpuWeightFn get, void *ctx, float *dst) {
+  const float *w = get(ctx, k->weight), *b = k->bias[0] ? get(ctx, k->bias) : NULL;
+  if (!w || (k->bias[0] && !b))
+    return rt_fail("no tensor '%s' among the weights", !w ? k->weight : k->bias);
+  for (int blk = 0; blk < k->blocks; blk++) {
+    float *out = dst + blk * k->k * k->width;
+    for (int lane = 0; lane < k->n_oc[blk]; lane++) {
+      const float *row = w + (k->oc_begin[blk] + lane) * k->k;
+      for (int64_t i = 0; i < k->k; i++)
+        out[i * k->width + lane] = row[i];
+    }
+    float *bias = dst + k->blocks * k->k * k->width + blk * k->width;
+    for (int lane = 0; b && lane < k->n_oc[blk]; lane++)
+      bias[lane] = b[k->oc_begin[blk] + lane];
+  }
+  return true;
+}
+
+static int default_threads(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (int)n;
+}
+
+RtCpuModel *rt_cpu_load(const RtCpuProgram *p, RtCpuWeightFn get, void *ctx, int threads) {
+  if (threads <= 0)
+    threads = default_threads();
+  if (threads > MAX_THREADS) {
+    rt_fail("%d threads is more than the limit of %d", threads, MAX_THREADS);
+    return NULL;
+  }
+  RtCpuModel *m = calloc(1, sizeof *m);
+  if (!m) {
+    rt_fail("out of memory");
+    return NULL;
+  }
+  m->p = p;
+  m->threads = threads;
+  m->packed = calloc(p->n_packs ? p->n_packs : 1, sizeof *m->packed);
+  m->times = calloc(p->n_steps ? p->n_steps : 1, sizeof *m->times);
+  bool ok = m->packed && m->times;
+  for (int i = 0; ok && i < p->n_packs; i++) {
+    const RtCpuPack *k = &p->packs[i];
+    size_t n = (size_t)k->blocks * k->width * (k->k + 1);
+    ok = (m->packed[i] = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)) != NULL;
+    if (ok) {
+      memset(m->packed[i], 0, n * sizeof(float));
+      ok = pack_weights(k, get, ctx, m->packed[i]);
+    } else {
+      rt_fail("out of memory packing '%s'", k->weight);
+    }
+  }
+  for (int i = 0; i < p->n_steps; i++)
+    if (p->steps[i].kind == RT_CPU_RUN && p->steps[i].scratch > m->scratch_size)
+      m->scratch_size = p->steps[i].scratch;
+  m->scratch = ok ? calloc(threads, sizeof *m->scratch) : NULL;
+  ok = ok && m->scratch;
+  for (int t = 0; ok && t < threads; t++)
+    ok = (m->scratch[t] = aligned_alloc(64, ((size_t)m->scratch_size * 4 + 64) / 64 * 64)) != NULL;
+  if (ok && threads > 1) {
+    m->workers = calloc(threads, sizeof *m->workers);
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->start, NULL);
+    pthread_cond_init(&m->done, NULL);
+    // Hold the lock while starting workers, so each finds its own index in `workers`.
+    pthread_mutex_lock(&m->lock);
+    int started = 1;
+    for (; ok && started < threads; started++)
+      ok = pthread_create(&m->workers[started], NULL, worker, m) == 0;
+    pthread_mutex_unlock(&m->lock);
+    if (!ok) {
+      rt_fail("cannot start %d threads", threads);
+      m->threads = started - 1;  // rt_cpu_free joins those that started
+    }
+  }
+  if (!ok && !rt_error()[0])
+    rt_fail("out of memory");
+  if (!ok) {
+    rt_cpu_free(m);
+    return NULL;
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------- running
+
+static float *place(const RtCpuPlace *pl, float **arena, const float *x, float *y, int64_t batch,
+                    int64_t img, bool is_source) {
+  float *base = pl->dev >= 0 ? arena[pl->dev] + pl->off * batch
+                             : is_source ? (float *)x : y;
+  return base + img * pl->stride + pl->rel;
+}
+
+bool rt_cpu_run(RtCpuModel *m, const float *x, int64_t batch, float *y) {
+  const RtCpuProgram *p = m->p;
+  float *arena[8] = {0};
+  bool ok = true;
+  for (int d = 0; d < p->n_devices && ok; d++)
+    ok = (arena[d] = aligned_alloc(64, ((size_t)(p->arena[d] * batch) * 4 + 64) / 64 * 64)) != NULL;
+  if (!ok)
+    rt_fail("out of memory for a batch of %lld", (long long)batch);
+  for (int i = 0; ok && i < p->n_steps; i++) {
+    const RtCpuStep *s = &p->steps[i];
+    double t0 = now_us();
+    if (s->kind == RT_CPU_RUN) {
+      run_step(m, s, arena[s->device], batch);
+    } else {
+      for (int64_t img = 0; img < batch; img++)
+        memmove(place(&s->to, arena, x, y, batch, img, false),
+                place(&s->from, arena, x, y, batch, img, true), s->n * sizeof(float));
+    }
+    m->times[i] = now_us() - t0;
+  }
+  for (int d = 0; d < p->n_devices; d++)
+    free(arena[d]);
+  return ok;
+}
+
+const double *rt_cpu_step_times(const RtCpuModel *m) { return m->times; }
+int rt_cpu_threads(const RtCpuModel *m) { return m->threads; }
+
+void rt_cpu_free(RtCpuModel *m) {
+  if (!m)
+    return;
+  if (m->workers) {
+    pthread_mutex_lock(&m->lock);
+    m->quit = true;
+    pthread_cond_broadcast(&m->start);
+    pthread_mutex_unlock(&m->lock);
+    for (int t = 1; t < m->threads; t++)
+      pthread_join(m->workers[t], NULL);
+    free(m->workers);
+  }
+  for (int i = 0; m->packed && i < m->p->n_packs; i++)
+    free(m->packed[i]);
+  for (int t = 0; m->scratch && t < m->threads; t++)
+    free(m->scratch[t]);
+  free(m->scratch);
+  free(m->packed);
+  free(m->times);
+  free(m);
+}
