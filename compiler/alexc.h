@@ -337,6 +337,7 @@ int cmd_run(int argc, char **argv);
 int cmd_golden(int argc, char **argv);
 int cmd_compile(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_bench_cpu(int argc, char **argv);  // bench --target cpu
 int cmd_compare(int argc, char **argv);
 
 #endif

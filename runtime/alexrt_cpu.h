@@ -44,6 +44,7 @@ typedef enum { RT_CPU_RUN, RT_CPU_COPY } RtCpuStepKind;
 
 typedef struct {
   RtCpuStepKind kind;
+  int node;  // the graph node it runs or whose output it copies (for timings)
   // RT_CPU_RUN
   char symbol[96];
   RtCpuKernel fn;
@@ -77,6 +78,9 @@ typedef struct RtCpuModel RtCpuModel;
 RtCpuModel *rt_cpu_load(const RtCpuProgram *p, RtCpuWeightFn get, void *ctx, int threads);
 // Runs a batch: x is (batch, in_elems), y (batch, out_elems).
 bool rt_cpu_run(RtCpuModel *m, const float *x, int64_t batch, float *y);
+// Runs one kernel over items [0, items) on the pool, with no arena and no weights: for
+// probes (at least 1024 floats of scratch per thread).
+void rt_cpu_parallel(RtCpuModel *m, RtCpuKernel fn, int64_t items, int64_t batch);
 // Microseconds each step took in the last rt_cpu_run (n_steps of them), for `bench`.
 const double *rt_cpu_step_times(const RtCpuModel *m);
 int rt_cpu_threads(const RtCpuModel *m);

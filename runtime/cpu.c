@@ -22,6 +22,8 @@ struct RtCpuModel {
   float **scratch;  // per thread
   int64_t scratch_size;
   double *times;
+  float *arenas[8];      // kept between runs (fresh pages would fault in every run)
+  int64_t arena_batch;   // the batch they are sized for
 
   // The pool: workers 1..threads-1; the caller is thread 0.
   pthread_t *workers;
@@ -155,6 +157,8 @@ RtCpuModel *rt_cpu_load(const RtCpuProgram *p, RtCpuWeightFn get, void *ctx, int
   for (int i = 0; i < p->n_steps; i++)
     if (p->steps[i].kind == RT_CPU_RUN && p->steps[i].scratch > m->scratch_size)
       m->scratch_size = p->steps[i].scratch;
+  if (m->scratch_size < 1024)
+    m->scratch_size = 1024;
   m->scratch = ok ? calloc(threads, sizeof *m->scratch) : NULL;
   ok = ok && m->scratch;
   for (int t = 0; ok && t < threads; t++)
@@ -193,14 +197,26 @@ static float *place(const RtCpuPlace *pl, float **arena, const float *x, float *
   return base + img * pl->stride + pl->rel;
 }
 
+// The arenas for a batch: the last ones if they are large enough.
+static bool ensure_arenas(RtCpuModel *m, int64_t batch) {
+  if (batch <= m->arena_batch)
+    return true;
+  for (int d = 0; d < m->p->n_devices; d++) {
+    free(m->arenas[d]);
+    m->arenas[d] = aligned_alloc(64, ((size_t)(m->p->arena[d] * batch) * 4 + 64) / 64 * 64);
+    if (!m->arenas[d]) {
+      m->arena_batch = 0;
+      return rt_fail("out of memory for a batch of %lld", (long long)batch);
+    }
+  }
+  m->arena_batch = batch;
+  return true;
+}
+
 bool rt_cpu_run(RtCpuModel *m, const float *x, int64_t batch, float *y) {
   const RtCpuProgram *p = m->p;
-  float *arena[8] = {0};
-  bool ok = true;
-  for (int d = 0; d < p->n_devices && ok; d++)
-    ok = (arena[d] = aligned_alloc(64, ((size_t)(p->arena[d] * batch) * 4 + 64) / 64 * 64)) != NULL;
-  if (!ok)
-    rt_fail("out of memory for a batch of %lld", (long long)batch);
+  bool ok = ensure_arenas(m, batch);
+  float **arena = m->arenas;
   for (int i = 0; ok && i < p->n_steps; i++) {
     const RtCpuStep *s = &p->steps[i];
     double t0 = now_us();
@@ -213,9 +229,12 @@ bool rt_cpu_run(RtCpuModel *m, const float *x, int64_t batch, float *y) {
     }
     m->times[i] = now_us() - t0;
   }
-  for (int d = 0; d < p->n_devices; d++)
-    free(arena[d]);
   return ok;
+}
+
+void rt_cpu_parallel(RtCpuModel *m, RtCpuKernel fn, int64_t items, int64_t batch) {
+  RtCpuStep s = {.kind = RT_CPU_RUN, .fn = fn, .items = items, .pack = -1};
+  run_step(m, &s, NULL, batch);
 }
 
 const double *rt_cpu_step_times(const RtCpuModel *m) { return m->times; }
@@ -237,6 +256,8 @@ void rt_cpu_free(RtCpuModel *m) {
     free(m->packed[i]);
   for (int t = 0; m->scratch && t < m->threads; t++)
     free(m->scratch[t]);
+  for (int d = 0; d < 8; d++)
+    free(m->arenas[d]);
   free(m->scratch);
   free(m->packed);
   free(m->times);

@@ -319,6 +319,10 @@ static void print_layers(Table *t, const char *name) {
 }
 
 int cmd_bench(int argc, char **argv) {
+  for (int i = 1; i < argc; i++)
+    if ((!strcmp(argv[i], "--target") && i + 1 < argc && !strcmp(argv[i + 1], "cpu")) ||
+        !strcmp(argv[i], "--target=cpu"))
+      return cmd_bench_cpu(argc, argv);
   BenchArgs a;
   int rc = parse_bench_args(argc, argv, &a);
   if (rc)

@@ -34,12 +34,13 @@ static RtCpuStep *add_step(RtCpuProgram *p, int *cap) {
 
 // A copy of channels r of node n's output, per image: from device `from` (or the
 // caller's input, -1) to device `to` (or the caller's output, -1).
-static void add_copy(RtCpuProgram *p, int *cap, const Node *n, int from, int to, Range r) {
+static void add_copy(RtCpuProgram *p, int *cap, const Graph *g, const Node *n, int from, int to, Range r) {
   if (!range_len(r))
     return;
   int64_t plane = shape_plane(n->out), whole = shape_elems(n->out);
   RtCpuStep *s = add_step(p, cap);
   s->kind = RT_CPU_COPY;
+  s->node = (int)(n - g->nodes);
   s->n = range_len(r) * plane;
   const Placement *pf = from >= 0 ? &n->place[from] : NULL, *pt = to >= 0 ? &n->place[to] : NULL;
   s->from = pf ? (RtCpuPlace){from, pf->offset, range_len(pf->held) * plane,
@@ -54,6 +55,7 @@ static void add_run(RtCpuProgram *p, int *cap, LLVMModuleRef m, const CpuTarget 
                     const Graph *g, int i, int d) {
   RtCpuStep *s = add_step(p, cap);
   s->kind = RT_CPU_RUN;
+  s->node = i;
   s->device = d;
   kernel_symbol(g, i, d, s->symbol, sizeof s->symbol);
   CpuKernelInfo info;
@@ -85,16 +87,16 @@ bool cpu_codegen(const Graph *g, int want, const CpuTarget *t, LLVMContextRef ct
     const Node *n = &g->nodes[i];
     for (int d = 0; d < g->n_devices; d++) {
       if (i == 0)
-        add_copy(p, &cap, n, -1, d, n->place[d].held);
+        add_copy(p, &cap, g, n, -1, d, n->place[d].held);
       else if (range_len(n->place[d].stage[n->n_epilogue]))
         add_run(p, &cap, m, t, g, i, d);
     }
     for (int k = 0; k < g->n_transfers; k++)
       if (g->transfers[k].node == i)
-        add_copy(p, &cap, n, g->transfers[k].from, g->transfers[k].to, g->transfers[k].range);
+        add_copy(p, &cap, g, n, g->transfers[k].from, g->transfers[k].to, g->transfers[k].range);
     if (i == want)
       for (int d = 0; d < g->n_devices; d++)
-        add_copy(p, &cap, n, d, -1,
+        add_copy(p, &cap, g, n, d, -1,
                  i == 0 ? (d ? (Range){0, 0} : n->place[0].held) : n->place[d].stage[n->n_epilogue]);
   }
   *module = m;

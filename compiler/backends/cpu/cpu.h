@@ -52,6 +52,10 @@ typedef struct {
 // Adds `symbol`, the kernel computing node i of g on device d, to module m.
 void cpu_emit_kernel(LLVMModuleRef m, const CpuTarget *t, const Graph *g, int i, int d,
                      const char *symbol, CpuKernelInfo *info);
+// Adds the FMA peak probe (a kernel: each item runs `batch` iterations of 16 FMA chains;
+// FLOPs per item = batch * 16 * 2 * vector; needs 16 * vector floats of scratch).
+void cpu_emit_probe(LLVMModuleRef m, const CpuTarget *t, const char *symbol);
+#define CPU_PROBE_SYMBOL "alexc_fma_probe"
 
 // ---- jit.c
 
@@ -66,10 +70,19 @@ typedef struct CpuJit CpuJit;
 // callable. NULL after a message.
 CpuJit *cpu_jit(const Graph *g, int want, const CpuOptions *o);
 const RtCpuProgram *cpu_jit_program(const CpuJit *j);
+// The peak probe compiled with the kernels (see cpu_emit_probe).
+RtCpuKernel cpu_jit_probe(const CpuJit *j);
 const CpuTarget *cpu_jit_target(const CpuJit *j);
 void cpu_jit_free(CpuJit *j);
 // Writes the optimised module as DIR/<graph>.ll. False after a message.
 bool cpu_emit_llvm(const Graph *g, int want, const CpuOptions *o, const char *dir);
+
+// Weights by tensor name, for rt_cpu_load (ctx is a Weights *).
+const float *cpu_weight_by_name(void *ctx, const char *name);
+
+// The largest relative difference (compare()) from the reference the CPU target allows
+// in fp32: its sums are float (the reference's double), in another order.
+#define CPU_TOLERANCE 1e-5
 
 // Runs a batch through the compiled graph with the given weights: y is (batch, want's
 // shape). False after a message.

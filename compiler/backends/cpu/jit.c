@@ -146,6 +146,7 @@ static LLVMModuleRef build(const Graph *g, int want, const CpuTarget *t, LLVMTar
   LLVMModuleRef m;
   if (!cpu_codegen(g, want, t, ctx, &m, program))
     return NULL;
+  cpu_emit_probe(m, t, CPU_PROBE_SYMBOL);
   if (!optimise(m, tm)) {
     LLVMDisposeModule(m);
     cpu_program_free(program);
@@ -158,7 +159,10 @@ struct CpuJit {
   CpuTarget target;
   RtCpuProgram program;
   LLVMOrcLLJITRef jit;
+  RtCpuKernel probe;
 };
+
+RtCpuKernel cpu_jit_probe(const CpuJit *j) { return j->probe; }
 
 const RtCpuProgram *cpu_jit_program(const CpuJit *j) { return &j->program; }
 const CpuTarget *cpu_jit_target(const CpuJit *j) { return &j->target; }
@@ -190,6 +194,10 @@ static bool load_object(CpuJit *j, LLVMMemoryBufferRef obj) {
       return false;
     s->fn = (RtCpuKernel)(uintptr_t)addr;
   }
+  LLVMOrcExecutorAddress addr = 0;
+  if (!consume_error(LLVMOrcLLJITLookup(j->jit, &addr, CPU_PROBE_SYMBOL), CPU_PROBE_SYMBOL))
+    return false;
+  j->probe = (RtCpuKernel)(uintptr_t)addr;
   return true;
 }
 
@@ -262,7 +270,7 @@ bool cpu_emit_llvm(const Graph *g, int want, const CpuOptions *o, const char *di
 
 // ---------------------------------------------------------------- running
 
-static const float *weight_by_name(void *ctx, const char *name) {
+const float *cpu_weight_by_name(void *ctx, const char *name) {
   const Weights *w = ctx;
   for (int i = 0; i < w->n; i++)
     if (!strcmp(w->info[i].name, name))
@@ -275,7 +283,7 @@ bool cpu_run_graph(const Graph *g, int want, const CpuOptions *o, const Weights 
   CpuJit *j = cpu_jit(g, want, o);
   if (!j)
     return false;
-  RtCpuModel *m = rt_cpu_load(&j->program, weight_by_name, (void *)w, o->threads);
+  RtCpuModel *m = rt_cpu_load(&j->program, cpu_weight_by_name, (void *)w, o->threads);
   bool ok = m && rt_cpu_run(m, x, batch, y);
   if (!ok)
     error("cpu: %s", rt_error());

@@ -234,13 +234,24 @@ static bool has_pool(const Plan *p) {
   return false;
 }
 
+static bool has_lrn(const Plan *p) {
+  for (int k = 1; k < p->n; k++)
+    if (p->st[k].op->op == OP_LRN)
+      return true;
+  return false;
+}
+
 // Bands: one output row per item, unless a pool's overlapping windows would make every
 // band recompute conv rows; then a few bands per image (an even number, so that two
 // threads share a single image evenly), at most 7 pooled rows each (one conv row in 15
 // recomputed).
 static void plan_bands(Plan *p) {
   int64_t h = p->st[p->n - 1].out.h;
-  if (has_pool(p) && p->st[0].op->op == OP_CONV) {
+  if (p->st[0].op->op == OP_CONV && !has_lrn(p)) {
+    // Two bands per image: each block's weight panel serves half an image of rows
+    // from cache (one band per row would stream every panel from memory per row).
+    p->band = (h + 1) / 2;
+  } else if (has_pool(p) && p->st[0].op->op == OP_CONV) {
     int64_t chunks = 2 * ((h + 13) / 14);
     p->band = (h + chunks - 1) / chunks;
   } else {
@@ -462,83 +473,97 @@ static void emit_conv(Cg *c, const Plan *p, const Stage *s, const Acc *src, cons
 
 // ---------------------------------------------------------------- fully connected
 
-// y[i][oc] for a register block of nb images [i0, i0 + nb): one weight vector per input
-// feature, broadcast against each image's feature.
+// y[i][oc] for a register block of nb images [i0, i0 + nb) and nv vectors of output
+// features: per input feature, nv weight vectors against each image's feature broadcast.
 static void fc_micro(Cg *c, const Stage *s, LLVMValueRef x, int64_t x_stride, LLVMValueRef i0,
-                     int64_t nb, LLVMValueRef panel, LLVMValueRef bias, LLVMValueRef tile) {
-  int64_t k_in = s->in.c;
-  LLVMValueRef accs[32];
-  for (int64_t j = 0; j < nb; j++) {
-    accs[j] = entry_alloca(c, c->vec, "acc");
-    LLVMBuildStore(c->b, LLVMConstNull(c->vec), accs[j]);
-  }
+                     int nv, int64_t nb, LLVMValueRef panel, LLVMValueRef bias, LLVMValueRef tile) {
+  int64_t k_in = s->in.c, width = nv * c->vw;
+  LLVMValueRef accs[2][32];
+  for (int v = 0; v < nv; v++)
+    for (int64_t j = 0; j < nb; j++) {
+      accs[v][j] = entry_alloca(c, c->vec, "acc");
+      LLVMBuildStore(c->b, LLVMConstNull(c->vec), accs[v][j]);
+    }
   LLVMValueRef xi = at(c, x, mulk(c, i0, x_stride));
   Loop lk;
   LLVMValueRef k = loop_begin(c, &lk, k64(c, 0), k64(c, k_in), "k");
-  LLVMValueRef wv = vload(c, at(c, panel, mulk(c, k, c->vw)));
+  LLVMValueRef wv[2];
+  for (int v = 0; v < nv; v++)
+    wv[v] = vload(c, at(c, panel, addk(c, mulk(c, k, width), v * c->vw)));
   for (int64_t j = 0; j < nb; j++) {
     LLVMValueRef xv = splat(c, load(c, at(c, xi, addk(c, k, j * x_stride))));
-    LLVMValueRef acc = LLVMBuildLoad2(c->b, c->vec, accs[j], "");
-    LLVMBuildStore(c->b, fma_v(c, wv, xv, acc), accs[j]);
+    for (int v = 0; v < nv; v++) {
+      LLVMValueRef acc = LLVMBuildLoad2(c->b, c->vec, accs[v][j], "");
+      LLVMBuildStore(c->b, fma_v(c, wv[v], xv, acc), accs[v][j]);
+    }
   }
   loop_end(c, &lk);
-  LLVMValueRef b = vload(c, bias);
-  for (int64_t j = 0; j < nb; j++) {
-    LLVMValueRef r = LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, c->vec, accs[j], ""), b, "");
-    vstore(c, s->relu ? relu(c, r) : r, atk(c, tile, j * c->vw));
+  for (int v = 0; v < nv; v++) {
+    LLVMValueRef b = vload(c, atk(c, bias, v * c->vw));
+    for (int64_t j = 0; j < nb; j++) {
+      LLVMValueRef r = LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, c->vec, accs[v][j], ""), b, "");
+      vstore(c, s->relu ? relu(c, r) : r, atk(c, tile, j * width + v * c->vw));
+    }
   }
 }
 
 // Copies the tile's nb x lanes results to y[i0 + j][oc + lane].
-static void fc_store(Cg *c, LLVMValueRef tile, int64_t nb, LLVMValueRef lanes, LLVMValueRef y,
-                     int64_t y_stride, LLVMValueRef i0, LLVMValueRef oc) {
+static void fc_store(Cg *c, LLVMValueRef tile, int64_t width, int64_t nb, LLVMValueRef lanes,
+                     LLVMValueRef y, int64_t y_stride, LLVMValueRef i0, LLVMValueRef oc) {
   Loop ll, lj;
   LLVMValueRef lane = loop_begin(c, &ll, k64(c, 0), lanes, "lane");
   LLVMValueRef j = loop_begin(c, &lj, k64(c, 0), k64(c, nb), "img");
-  store(c, load(c, at(c, tile, add(c, mulk(c, j, c->vw), lane))),
+  store(c, load(c, at(c, tile, add(c, mulk(c, j, width), lane))),
         at(c, y, add(c, mulk(c, add(c, i0, j), y_stride), add(c, oc, lane))));
   loop_end(c, &lj);
   loop_end(c, &ll);
 }
 
-// An fc node: items are blocks of one vector of output features, each over the whole
-// batch, so a block's weights are read from memory once per batch.
+// An fc node: items are blocks of nv vectors of output features, each over the whole
+// batch, so a block's weights come from memory once per batch. The batch goes in
+// register blocks of nb images, then 8, 4, 2 and 1 for what is left.
 static void emit_fc(Cg *c, const Plan *p, LLVMValueRef arena, LLVMValueRef weights,
                     LLVMValueRef batch, LLVMValueRef begin, LLVMValueRef end, int registers,
                     CpuKernelInfo *info) {
   const Stage *s = &p->st[0];
   const Node *in = &p->g->nodes[p->node->inputs[0]];
   Range in_held = in->place[p->d].held, out_held = p->node->place[p->d].held;
-  int64_t k_in = s->in.c, blocks = (range_len(s->r) + c->vw - 1) / c->vw;
-  describe_pack(p->node, k_in, c->vw, blocks, info);
+  int nv = range_len(s->r) > c->vw ? 2 : 1;
+  int64_t width = nv * c->vw, k_in = s->in.c, blocks = (range_len(s->r) + width - 1) / width;
+  describe_pack(p->node, k_in, (int)width, blocks, info);
   for (int64_t b = 0; b < blocks; b++) {
-    info->pack.oc_begin[b] = s->r.begin + b * c->vw;
-    info->pack.n_oc[b] = (int)(s->r.end - info->pack.oc_begin[b] < c->vw
-                                   ? s->r.end - info->pack.oc_begin[b] : c->vw);
+    info->pack.oc_begin[b] = s->r.begin + b * width;
+    int64_t left = s->r.end - info->pack.oc_begin[b];
+    info->pack.n_oc[b] = (int)(left < width ? left : width);
   }
   info->items = blocks;
   info->per_image = false;
-  int64_t nb = registers - 8;
+  int64_t nb = (registers - 6) / nv;
   // x[i][k] and y[i][oc], the features in whole-tensor coordinates.
   LLVMValueRef x = at(c, arena, addk(c, mulk(c, batch, in->place[p->d].offset), -in_held.begin));
   LLVMValueRef y = at(c, arena, addk(c, mulk(c, batch, p->node->place[p->d].offset), -out_held.begin));
-  LLVMValueRef tile = stack_floats(c, 32 * c->vw, "tile");
-  Loop lb, li, lt;
+  LLVMValueRef tile = stack_floats(c, 32 * width, "tile");
+  Loop lb;
   LLVMValueRef blk = loop_begin(c, &lb, begin, end, "block");
-  LLVMValueRef oc = addk(c, mulk(c, blk, c->vw), s->r.begin);
-  LLVMValueRef lanes = smin(c, k64(c, c->vw), sub(c, k64(c, s->r.end), oc));
-  LLVMValueRef panel = at(c, weights, mulk(c, blk, k_in * c->vw));
-  LLVMValueRef bias = at(c, weights, addk(c, mulk(c, blk, c->vw), blocks * k_in * c->vw));
-  LLVMValueRef full = LLVMBuildSDiv(c->b, batch, k64(c, nb), "");
-  LLVMValueRef ib = loop_begin(c, &li, k64(c, 0), full, "images");
-  LLVMValueRef i0 = mulk(c, ib, nb);
-  fc_micro(c, s, x, range_len(in_held), i0, nb, panel, bias, tile);
-  fc_store(c, tile, nb, lanes, y, range_len(out_held), i0, oc);
-  loop_end(c, &li);
-  LLVMValueRef i = loop_begin(c, &lt, mulk(c, full, nb), batch, "image");
-  fc_micro(c, s, x, range_len(in_held), i, 1, panel, bias, tile);
-  fc_store(c, tile, 1, lanes, y, range_len(out_held), i, oc);
-  loop_end(c, &lt);
+  LLVMValueRef oc = addk(c, mulk(c, blk, width), s->r.begin);
+  LLVMValueRef lanes = smin(c, k64(c, width), sub(c, k64(c, s->r.end), oc));
+  LLVMValueRef panel = at(c, weights, mulk(c, blk, k_in * width));
+  LLVMValueRef bias = at(c, weights, addk(c, mulk(c, blk, width), blocks * k_in * width));
+  LLVMValueRef done = k64(c, 0);
+  int64_t sizes[] = {nb, 8, 4, 2, 1};
+  for (int k = 0; k < 5; k++) {
+    if (k && sizes[k] >= nb)
+      continue;
+    int64_t n = sizes[k];
+    Loop li;
+    LLVMValueRef count = LLVMBuildSDiv(c->b, sub(c, batch, done), k64(c, n), "");
+    LLVMValueRef ib = loop_begin(c, &li, k64(c, 0), count, "images");
+    LLVMValueRef i0 = add(c, done, mulk(c, ib, n));
+    fc_micro(c, s, x, range_len(in_held), i0, nv, n, panel, bias, tile);
+    fc_store(c, tile, width, n, lanes, y, range_len(out_held), i0, oc);
+    loop_end(c, &li);
+    done = add(c, done, mulk(c, count, n));
+  }
   loop_end(c, &lb);
 }
 
@@ -830,6 +855,44 @@ void cpu_emit_kernel(LLVMModuleRef m, const CpuTarget *t, const Graph *g, int i,
     break;
   }
   }
+  LLVMBuildRetVoid(c.b);
+  LLVMDisposeBuilder(c.b);
+}
+
+// ---------------------------------------------------------------- the FMA peak probe
+
+// A kernel that does nothing but FMAs: each item runs `batch` iterations of 16
+// independent vector FMA chains (enough to cover the FMA latency on any x86 core), then
+// stores the chains to scratch so none is optimised away. `alexc bench` runs one item
+// per thread to measure the machine's peak with the same code generator.
+void cpu_emit_probe(LLVMModuleRef m, const CpuTarget *t, const char *symbol) {
+  LLVMContextRef ctx = LLVMGetModuleContext(m);
+  Cg c = {.ctx = ctx, .m = m, .vw = t->vector};
+  c.i64 = LLVMInt64TypeInContext(ctx);
+  c.f32 = LLVMFloatTypeInContext(ctx);
+  c.pf32 = LLVMPointerType(c.f32, 0);
+  c.vec = LLVMVectorType(c.f32, (unsigned)t->vector);
+  c.pvec = LLVMPointerType(c.vec, 0);
+  LLVMTypeRef params[] = {c.pf32, c.pf32, c.pf32, c.i64, c.i64, c.i64};
+  c.fn = LLVMAddFunction(m, symbol, LLVMFunctionType(LLVMVoidTypeInContext(ctx), params, 6, 0));
+  c.entry = LLVMAppendBasicBlockInContext(ctx, c.fn, "entry");
+  c.b = LLVMCreateBuilderInContext(ctx);
+  LLVMPositionBuilderAtEnd(c.b, c.entry);
+  LLVMValueRef scratch = LLVMGetParam(c.fn, 2), iters = LLVMGetParam(c.fn, 3);
+  enum { CHAINS = 16 };
+  LLVMValueRef acc[CHAINS];
+  LLVMValueRef a = splat(&c, kf(&c, 0.999999f)), b = splat(&c, kf(&c, 1e-7f));
+  for (int k = 0; k < CHAINS; k++) {
+    acc[k] = entry_alloca(&c, c.vec, "chain");
+    LLVMBuildStore(c.b, splat(&c, kf(&c, (double)k)), acc[k]);
+  }
+  Loop l;
+  loop_begin(&c, &l, k64(&c, 0), iters, "i");
+  for (int k = 0; k < CHAINS; k++)
+    LLVMBuildStore(c.b, fma_v(&c, LLVMBuildLoad2(c.b, c.vec, acc[k], ""), a, b), acc[k]);
+  loop_end(&c, &l);
+  for (int k = 0; k < CHAINS; k++)
+    vstore(&c, LLVMBuildLoad2(c.b, c.vec, acc[k], ""), atk(&c, scratch, k * c.vw));
   LLVMBuildRetVoid(c.b);
   LLVMDisposeBuilder(c.b);
 }
