@@ -22,9 +22,10 @@ typedef void (*RtCpuKernel)(float *arena, const float *weights, float *scratch, 
                             int64_t begin, int64_t end);
 
 // The place of a block of floats: device `dev`'s arena (-1: the caller's input for a
-// source, the caller's output for a destination), image i at off*batch + i*stride + rel.
+// source, the caller's output number `out` for a destination), image i at
+// off*batch + i*stride + rel.
 typedef struct {
-  int dev;
+  int dev, out;
   int64_t off, stride, rel;
 } RtCpuPlace;
 
@@ -61,7 +62,9 @@ typedef struct {
 typedef struct {
   int n_devices;
   int64_t arena[8];          // elements per image, per device
-  int64_t in_elems, out_elems;  // per image
+  int64_t in_elems;   // per image
+  int n_outputs;
+  int64_t *out_elems;  // per output, per image
   RtCpuStep *steps;
   int n_steps;
   RtCpuPack *packs;
@@ -76,8 +79,8 @@ typedef struct RtCpuModel RtCpuModel;
 // Packs the program's weights and starts `threads` threads (0: one per core). The
 // program must outlive the model. NULL, with rt_error() set, on failure.
 RtCpuModel *rt_cpu_load(const RtCpuProgram *p, RtCpuWeightFn get, void *ctx, int threads);
-// Runs a batch: x is (batch, in_elems), y (batch, out_elems).
-bool rt_cpu_run(RtCpuModel *m, const float *x, int64_t batch, float *y);
+// Runs a batch: x is (batch, in_elems), y[k] (batch, out_elems[k]).
+bool rt_cpu_run(RtCpuModel *m, const float *x, int64_t batch, float **y);
 // Runs one kernel over items [0, items) on the pool, with no arena and no weights: for
 // probes (at least 1024 floats of scratch per thread).
 void rt_cpu_parallel(RtCpuModel *m, RtCpuKernel fn, int64_t items, int64_t batch);

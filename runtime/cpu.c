@@ -190,10 +190,10 @@ RtCpuModel *rt_cpu_load(const RtCpuProgram *p, RtCpuWeightFn get, void *ctx, int
 
 // ---------------------------------------------------------------- running
 
-static float *place(const RtCpuPlace *pl, float **arena, const float *x, float *y, int64_t batch,
-                    int64_t img, bool is_source) {
+static float *place(const RtCpuPlace *pl, float **arena, const float *x, float **y,
+                    int64_t batch, int64_t img, bool is_source) {
   float *base = pl->dev >= 0 ? arena[pl->dev] + pl->off * batch
-                             : is_source ? (float *)x : y;
+                             : is_source ? (float *)x : y[pl->out];
   return base + img * pl->stride + pl->rel;
 }
 
@@ -213,7 +213,7 @@ static bool ensure_arenas(RtCpuModel *m, int64_t batch) {
   return true;
 }
 
-bool rt_cpu_run(RtCpuModel *m, const float *x, int64_t batch, float *y) {
+bool rt_cpu_run(RtCpuModel *m, const float *x, int64_t batch, float **y) {
   const RtCpuProgram *p = m->p;
   bool ok = ensure_arenas(m, batch);
   float **arena = m->arenas;

@@ -139,7 +139,7 @@ static bool bench_config(const Args *a, const char *spec, bool fuse, const Graph
   if (!fuse)
     for (int i = 0; i < FUSE_COUNT; i++)
       o.fuse[i] = false;
-  CpuJit *j = g && run_passes(g, &o) ? cpu_jit(g, g->output, &a->cpu) : NULL;
+  CpuJit *j = g && run_passes(g, &o) ? cpu_jit(g, &g->output, 1, &a->cpu) : NULL;
   const RtCpuProgram *p = j ? cpu_jit_program(j) : NULL;
   RtCpuModel *m = p ? rt_cpu_load(p, cpu_weight_by_name, (void *)w, a->cpu.threads) : NULL;
   if (j && !m)
@@ -152,7 +152,7 @@ static bool bench_config(const Args *a, const char *spec, bool fuse, const Graph
   double *steps = ok ? xcalloc((size_t)a->runs * fused->n_nodes, sizeof(double)) : NULL;
   for (int r = 0; ok && r < a->warmup + a->runs; r++) {
     double t0 = now_ms();
-    ok = rt_cpu_run(m, x, a->batch, res->y);
+    ok = rt_cpu_run(m, x, a->batch, &res->y);
     if (r < a->warmup)
       continue;
     totals[r - a->warmup] = now_ms() - t0;

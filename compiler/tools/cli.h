@@ -5,6 +5,7 @@
 #include <getopt.h>
 
 #include "../alexc.h"
+#include "../backends/cpu/cpu.h"
 #include "../backends/cuda/cuda.h"
 
 // Exit codes: 0 ok, 1 error, 2 usage.
@@ -91,6 +92,26 @@ bool cut_at_layer(Graph *g, const char *layer);
 // Runs the passes, keeping the named layers observable; false (message printed) on
 // error, e.g. an unknown layer.
 bool compile_graph(Graph *g, const PassOptions *o, char *const *keep, int n_keep);
+
+// ---- targets (targets.c)
+
+typedef struct {
+  CpuOptions cpu;
+} TargetOptions;
+
+// A target: how it runs a batch through a compiled graph, writing the outputs of nodes
+// want[k] to out[k] as ref_run does (allocated). `run` is NULL for a target that runs
+// only through its own command path (cuda: run and bench). `tolerance` is its fp32 limit
+// against the reference on values before a softmax (0 for the reference itself).
+typedef struct {
+  const char *name, *help;
+  bool (*run)(Graph *g, const Weights *w, const float *x, int batch, const int *want,
+              int n_want, const TargetOptions *o, float **out);
+  double tolerance;
+} Target;
+
+const Target *target_find(const char *name);  // NULL if unknown
+const char *target_names(void);               // "ref, cpu, cuda"
 
 // Relative error used by golden checks: max |got - want| / max |want|.
 typedef struct {

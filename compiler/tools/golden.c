@@ -18,7 +18,8 @@
 
 static const char GOLDEN_HELP[] =
     "usage: alexc golden record SPEC --seed S -o DIR [options]\n"
-    "       alexc golden check DIR [--target ref] [--no-fuse] [--fuse=LIST] [--devices N]\n"
+    "       alexc golden check DIR [--target ref|cpu] [--cpu NAME] [--threads N] [--no-fuse]\n"
+    "                          [--fuse=LIST] [--devices N]\n"
     "\n"
     "record: runs SPEC with weights initialised from seed S and writes DIR/golden.yaml,\n"
     "        DIR/spec.yaml and one LAYER.npy per recorded output.\n"
@@ -226,15 +227,17 @@ static bool check_output(const Graph *g, int node, const float *got, int batch, 
 // Compiles g keeping `layers` observable, runs it, and returns their outputs in
 // outs (and their nodes in nodes); false (message printed) on error.
 static bool run_layers(Graph *g, const Weights *w, const PassOptions *passes, char *const *layers,
-                       int n, const float *x, int batch, int *nodes, float **outs) {
+                       int n, const float *x, int batch, const Target *t,
+                       const TargetOptions *o, int *nodes, float **outs) {
   if (!compile_graph(g, passes, layers, n))
     return false;
   for (int k = 0; k < n; k++)
     nodes[k] = graph_find_value(g, layers[k]);
-  return ref_run(g, w, x, batch, nodes, n, outs);
+  return t->run(g, w, x, batch, nodes, n, o, outs);
 }
 
-static int golden_check(const char *dir, const char *target, const PassOptions *passes) {
+static int golden_check(const char *dir, const char *target, const PassOptions *passes,
+                        const TargetOptions *topts) {
   char *mpath = join(dir, "golden.yaml");
   Manifest m;
   if (!manifest_read(mpath, &m)) {
@@ -264,7 +267,8 @@ static int golden_check(const char *dir, const char *target, const PassOptions *
     Weights *w = weights_init(g, m.seed, m.scheme);
     int nodes[MAX_OUTPUTS];
     float *outs[MAX_OUTPUTS] = {0};
-    ok = run_layers(g, w, passes, m.layer, m.n_outputs, x, batch, nodes, outs);
+    ok = run_layers(g, w, passes, m.layer, m.n_outputs, x, batch, target_find(target), topts,
+                    nodes, outs);
     for (int k = 0; ok && k < m.n_outputs; k++)
       ok = check_output(g, nodes[k], outs[k], batch, dir, &m, k) && ok;
     for (int k = 0; k < m.n_outputs; k++)
@@ -380,7 +384,9 @@ static int golden_record(const RecordArgs *a) {
     ok = load_input(g, a->input, &x, &args.batch);
   else if (ok)
     x = random_input(g, a->batch, a->input_seed);
-  ok = ok && run_layers(g, w, &passes, names, n, x, args.batch, nodes, outs);
+  TargetOptions none = {0};  // goldens are recorded by the oracle
+  ok = ok && run_layers(g, w, &passes, names, n, x, args.batch, target_find("ref"), &none, nodes,
+                        outs);
   for (int i = 0; ok && i < n; i++) {
     char *path = format("%s/%s.npy", a->dir, names[i]);
     ok = save_output(g, nodes[i], outs[i], args.batch, path);
@@ -459,9 +465,11 @@ static int parse_record(int argc, char **argv, RecordArgs *a) {
 }
 
 static int parse_check(int argc, char **argv, const char **dir, const char **target,
-                       PassOptions *passes) {
+                       PassOptions *passes, TargetOptions *topts) {
   static const struct option opts[] = {{"target", required_argument, 0, 'T'},
                                        {"help", no_argument, 0, 'h'},
+                                       {"cpu", required_argument, 0, 'C'},
+                                       {"threads", required_argument, 0, 'N'},
                                        PASS_LONG_OPTIONS,
                                        {0, 0, 0, 0}};
   *target = "ref";
@@ -475,6 +483,12 @@ static int parse_check(int argc, char **argv, const char **dir, const char **tar
       continue;
     if (c == 'T')
       *target = optarg;
+    else if (c == 'C')
+      topts->cpu.cpu = optarg;
+    else if (c == 'N' && !parse_int_in(optarg, 1, 256, &topts->cpu.threads))
+      return usage_error("golden check", "--threads wants 1 to 256, not '%s'", optarg);
+    else if (c == 'N')
+      continue;
     else if (c == 'h') {
       fputs(GOLDEN_HELP, stdout);
       return -1;
@@ -483,8 +497,9 @@ static int parse_check(int argc, char **argv, const char **dir, const char **tar
   }
   if (optind + 1 != argc)
     return usage_error("golden check", "expected one golden directory");
-  if (strcmp(*target, "ref") != 0)
-    return usage_error("golden check", "unknown target '%s' (targets: ref)", *target);
+  const Target *t = target_find(*target);
+  if (!t || !t->run)
+    return usage_error("golden check", "unknown target '%s' (targets: ref, cpu)", *target);
   *dir = argv[optind];
   return EXIT_OK;
 }
@@ -503,8 +518,9 @@ int cmd_golden(int argc, char **argv) {
   if (!strcmp(argv[1], "check")) {
     const char *dir = NULL, *target = NULL;
     PassOptions passes;
-    rc = parse_check(argc - 1, argv + 1, &dir, &target, &passes);
-    return rc ? (rc < 0 ? EXIT_OK : rc) : golden_check(dir, target, &passes);
+    TargetOptions topts = {0};
+    rc = parse_check(argc - 1, argv + 1, &dir, &target, &passes, &topts);
+    return rc ? (rc < 0 ? EXIT_OK : rc) : golden_check(dir, target, &passes, &topts);
   }
   return usage_error("golden", "unknown subcommand '%s' (record or check)", argv[1]);
 }

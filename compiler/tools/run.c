@@ -209,8 +209,7 @@ int cmd_run(int argc, char **argv) {
          cuda_run_graph(g, how, &a.cuda, arch, w, x, batch, y);
     free(how);
   } else if (ok && !strcmp(a.target, "cpu")) {
-    y = xcalloc(shape_elems(g->nodes[node].out) * batch, sizeof(float));
-    ok = cpu_run_graph(g, node, &a.cpu, w, x, batch, y);
+    ok = cpu_run_graph(g, w, x, batch, &node, 1, &a.cpu, &y);
   } else if (ok) {
     ok = ref_run(g, w, x, batch, &node, 1, &y);
   }

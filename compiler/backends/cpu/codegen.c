@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu.h"
+#include "backend.h"
 
 // k_<index>_<name>_d<device>, the name reduced to [A-Za-z0-9_]: spec names may hold
 // '.' and '-', which are not C identifiers (the header a bundle ships names them too).
@@ -34,7 +34,8 @@ static RtCpuStep *add_step(RtCpuProgram *p, int *cap) {
 
 // A copy of channels r of node n's output, per image: from device `from` (or the
 // caller's input, -1) to device `to` (or the caller's output, -1).
-static void add_copy(RtCpuProgram *p, int *cap, const Graph *g, const Node *n, int from, int to, Range r) {
+static void add_copy(RtCpuProgram *p, int *cap, const Graph *g, const Node *n, int from, int to,
+                     int out, Range r) {
   if (!range_len(r))
     return;
   int64_t plane = shape_plane(n->out), whole = shape_elems(n->out);
@@ -43,12 +44,12 @@ static void add_copy(RtCpuProgram *p, int *cap, const Graph *g, const Node *n, i
   s->node = (int)(n - g->nodes);
   s->n = range_len(r) * plane;
   const Placement *pf = from >= 0 ? &n->place[from] : NULL, *pt = to >= 0 ? &n->place[to] : NULL;
-  s->from = pf ? (RtCpuPlace){from, pf->offset, range_len(pf->held) * plane,
+  s->from = pf ? (RtCpuPlace){from, 0, pf->offset, range_len(pf->held) * plane,
                               (r.begin - pf->held.begin) * plane}
-               : (RtCpuPlace){-1, 0, whole, r.begin * plane};
-  s->to = pt ? (RtCpuPlace){to, pt->offset, range_len(pt->held) * plane,
+               : (RtCpuPlace){-1, 0, 0, whole, r.begin * plane};
+  s->to = pt ? (RtCpuPlace){to, 0, pt->offset, range_len(pt->held) * plane,
                             (r.begin - pt->held.begin) * plane}
-             : (RtCpuPlace){-1, 0, whole, r.begin * plane};
+             : (RtCpuPlace){-1, out, 0, whole, r.begin * plane};
 }
 
 static void add_run(RtCpuProgram *p, int *cap, LLVMModuleRef m, const CpuTarget *t,
@@ -70,8 +71,8 @@ static void add_run(RtCpuProgram *p, int *cap, LLVMModuleRef m, const CpuTarget 
   }
 }
 
-bool cpu_codegen(const Graph *g, int want, const CpuTarget *t, LLVMContextRef ctx,
-                 LLVMModuleRef *module, RtCpuProgram *p) {
+bool cpu_codegen(const Graph *g, const int *want, int n_want, const CpuTarget *t,
+                 LLVMContextRef ctx, LLVMModuleRef *module, RtCpuProgram *p) {
   if (!g->planned || g->n_devices < 1 || g->n_devices > 8) {
     error("cpu: the graph must be planned (fuse, partition, memplan) before code generation");
     return false;
@@ -81,23 +82,29 @@ bool cpu_codegen(const Graph *g, int want, const CpuTarget *t, LLVMContextRef ct
   for (int d = 0; d < g->n_devices; d++)
     p->arena[d] = g->arena[d];
   p->in_elems = shape_elems(g->nodes[0].out);
-  p->out_elems = shape_elems(g->nodes[want].out);
+  p->n_outputs = n_want;
+  p->out_elems = xcalloc(n_want ? n_want : 1, sizeof *p->out_elems);
+  for (int k = 0; k < n_want; k++)
+    p->out_elems[k] = shape_elems(g->nodes[want[k]].out);
   int cap = 0;
   for (int i = 0; i < g->n_nodes; i++) {
     const Node *n = &g->nodes[i];
     for (int d = 0; d < g->n_devices; d++) {
       if (i == 0)
-        add_copy(p, &cap, g, n, -1, d, n->place[d].held);
+        add_copy(p, &cap, g, n, -1, d, 0, n->place[d].held);
       else if (range_len(n->place[d].stage[n->n_epilogue]))
         add_run(p, &cap, m, t, g, i, d);
     }
     for (int k = 0; k < g->n_transfers; k++)
       if (g->transfers[k].node == i)
-        add_copy(p, &cap, g, n, g->transfers[k].from, g->transfers[k].to, g->transfers[k].range);
-    if (i == want)
-      for (int d = 0; d < g->n_devices; d++)
-        add_copy(p, &cap, g, n, d, -1,
-                 i == 0 ? (d ? (Range){0, 0} : n->place[0].held) : n->place[d].stage[n->n_epilogue]);
+        add_copy(p, &cap, g, n, g->transfers[k].from, g->transfers[k].to, 0,
+                 g->transfers[k].range);
+    for (int k = 0; k < n_want; k++)
+      if (want[k] == i)
+        for (int d = 0; d < g->n_devices; d++)
+          add_copy(p, &cap, g, n, d, -1, k,
+                   i == 0 ? (d ? (Range){0, 0} : n->place[0].held)
+                          : n->place[d].stage[n->n_epilogue]);
   }
   *module = m;
   return true;
@@ -110,5 +117,6 @@ void cpu_program_free(RtCpuProgram *p) {
   }
   free(p->packs);
   free(p->steps);
+  free(p->out_elems);
   *p = (RtCpuProgram){0};
 }

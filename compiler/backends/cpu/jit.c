@@ -14,7 +14,7 @@
 #include <llvm-c/Target.h>
 #include <llvm-c/Transforms/PassBuilder.h>
 
-#include "cpu.h"
+#include "backend.h"
 
 // The CPUs --cpu accepts: the x86-64 levels, which every x86 CPU of the last decade
 // meets one of. Each names what the host must have to run its code.
@@ -140,11 +140,11 @@ static bool optimise(LLVMModuleRef m, LLVMTargetMachineRef tm) {
   return ok;
 }
 
-// The module for node `want` of g, optimised for the target; NULL after a message.
-static LLVMModuleRef build(const Graph *g, int want, const CpuTarget *t, LLVMTargetMachineRef tm,
-                           LLVMContextRef ctx, RtCpuProgram *program) {
+// The module for nodes `want` of g, optimised for the target; NULL after a message.
+static LLVMModuleRef build(const Graph *g, const int *want, int n_want, const CpuTarget *t,
+                           LLVMTargetMachineRef tm, LLVMContextRef ctx, RtCpuProgram *program) {
   LLVMModuleRef m;
-  if (!cpu_codegen(g, want, t, ctx, &m, program))
+  if (!cpu_codegen(g, want, n_want, t, ctx, &m, program))
     return NULL;
   cpu_emit_probe(m, t, CPU_PROBE_SYMBOL);
   if (!optimise(m, tm)) {
@@ -201,7 +201,7 @@ static bool load_object(CpuJit *j, LLVMMemoryBufferRef obj) {
   return true;
 }
 
-CpuJit *cpu_jit(const Graph *g, int want, const CpuOptions *o) {
+CpuJit *cpu_jit(const Graph *g, const int *want, int n_want, const CpuOptions *o) {
   CpuJit *j = xcalloc(1, sizeof *j);
   LLVMTargetMachineRef tm;
   if (!cpu_target(o->cpu, &j->target, &tm)) {
@@ -209,7 +209,7 @@ CpuJit *cpu_jit(const Graph *g, int want, const CpuOptions *o) {
     return NULL;
   }
   LLVMContextRef ctx = LLVMContextCreate();
-  LLVMModuleRef m = build(g, want, &j->target, tm, ctx, &j->program);
+  LLVMModuleRef m = build(g, want, n_want, &j->target, tm, ctx, &j->program);
   LLVMMemoryBufferRef obj = NULL;
   char *msg = NULL;
   bool ok = m != NULL;
@@ -243,14 +243,14 @@ void cpu_jit_free(CpuJit *j) {
   free(j);
 }
 
-bool cpu_emit_llvm(const Graph *g, int want, const CpuOptions *o, const char *dir) {
+bool cpu_emit_llvm(const Graph *g, const CpuOptions *o, const char *dir) {
   CpuTarget t;
   LLVMTargetMachineRef tm;
   if (!cpu_target(o->cpu, &t, &tm))
     return false;
   LLVMContextRef ctx = LLVMContextCreate();
   RtCpuProgram program;
-  LLVMModuleRef m = build(g, want, &t, tm, ctx, &program);
+  LLVMModuleRef m = build(g, &g->output, 1, &t, tm, ctx, &program);
   bool ok = m != NULL;
   if (ok) {
     char *path = format("%s/%s.ll", dir, g->name), *text = LLVMPrintModuleToString(m);
@@ -278,13 +278,15 @@ const float *cpu_weight_by_name(void *ctx, const char *name) {
   return NULL;
 }
 
-bool cpu_run_graph(const Graph *g, int want, const CpuOptions *o, const Weights *w,
-                   const float *x, int batch, float *y) {
-  CpuJit *j = cpu_jit(g, want, o);
+bool cpu_run_graph(const Graph *g, const Weights *w, const float *x, int batch, const int *want,
+                   int n_want, const CpuOptions *o, float **out) {
+  CpuJit *j = cpu_jit(g, want, n_want, o);
   if (!j)
     return false;
+  for (int k = 0; k < n_want; k++)
+    out[k] = xcalloc(shape_elems(g->nodes[want[k]].out) * batch, sizeof(float));
   RtCpuModel *m = rt_cpu_load(&j->program, cpu_weight_by_name, (void *)w, o->threads);
-  bool ok = m && rt_cpu_run(m, x, batch, y);
+  bool ok = m && rt_cpu_run(m, x, batch, out);
   if (!ok)
     error("cpu: %s", rt_error());
   rt_cpu_free(m);

@@ -22,7 +22,7 @@
 
 #include <llvm-c/Core.h>
 
-#include "cpu.h"
+#include "backend.h"
 
 // ---------------------------------------------------------------- IR building helpers
 
