@@ -337,7 +337,9 @@ int cmd_run(int argc, char **argv);
 int cmd_golden(int argc, char **argv);
 int cmd_compile(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
-int cmd_bench_cpu(int argc, char **argv);  // bench --target cpu
+int cmd_bench_cpu(int argc, char **argv);    // bench --target cpu
+int cmd_compile_cpu(int argc, char **argv);  // compile --target cpu
+int cmd_build(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 
 #endif

@@ -15,8 +15,9 @@ static const struct {
     {"input", cmd_input, "write a random input batch (.npy)"},
     {"run", cmd_run, "run a batch through a network"},
     {"golden", cmd_golden, "record and check golden-output regression tests"},
-    {"compile", cmd_compile, "compile for a target (cuda): kernels, NVRTC modules and the plan"},
-    {"bench", cmd_bench, "time a network on the GPU: per layer, fused against unfused"},
+    {"compile", cmd_compile, "compile for a target (cpu: a .so and header; cuda: NVRTC modules and plan)"},
+    {"build", cmd_build, "build a standalone executable that classifies photos (CPU)"},
+    {"bench", cmd_bench, "time a network (cpu or cuda): per layer, fused against unfused"},
     {"compare", cmd_compare, "compare two saved outputs (.npy) within a tolerance"},
 };
 

@@ -74,6 +74,22 @@ typedef struct {
 // Weights by tensor name ("conv1.weight"); NULL if absent.
 typedef const float *(*RtCpuWeightFn)(void *ctx, const char *name);
 
+// The program as text (runtime/cpu_program.c), as a compiled model carries it, with the
+// ISA its kernels need and the input's and each output's per-image (C, H, W). Returns a
+// malloc'd string.
+char *rt_cpu_program_text(const RtCpuProgram *p, const char *isa, const int64_t in_shape[3],
+                          const int64_t (*out_shapes)[3]);
+// Parses it, bounding and checking every record; kernels (fn) are left NULL. False, with
+// rt_error() set, for a malformed program. isa needs 16 bytes.
+bool rt_cpu_program_parse(const char *text, size_t size, RtCpuProgram *p, char *isa,
+                          size_t isa_size, int64_t in_shape[3], int64_t (*out_shapes)[3],
+                          int max_outputs);
+void rt_cpu_program_free(RtCpuProgram *p);
+
+// Whether this CPU runs code of `isa` ("avx512", "avx2", "sse2"): the executor must not
+// start kernels that would stop on an illegal instruction.
+bool rt_cpu_host_has(const char *isa);
+
 typedef struct RtCpuModel RtCpuModel;
 
 // Packs the program's weights and starts `threads` threads (0: one per core). The

@@ -121,6 +121,16 @@ static bool pack_weights(const RtCpuPack *k, RtCpuWeightFn get, void *ctx, float
   return true;
 }
 
+bool rt_cpu_host_has(const char *isa) {
+  __builtin_cpu_init();
+  if (!strcmp(isa, "avx512"))
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  if (!strcmp(isa, "avx2"))
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return !strcmp(isa, "sse2");
+}
+
 static int default_threads(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (int)n;

@@ -113,6 +113,9 @@ typedef struct {
 const Target *target_find(const char *name);  // NULL if unknown
 const char *target_names(void);               // "ref, cpu, cuda"
 
+// mkdir -p; false after a message.
+bool make_dirs(const char *path);
+
 // Relative error used by golden checks: max |got - want| / max |want|.
 typedef struct {
   double rel, abs;

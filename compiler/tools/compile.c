@@ -52,8 +52,7 @@ static bool write_artifact(const RtPlan *plan, const char *out) {
   return ok;
 }
 
-// mkdir -p
-static bool make_dirs(const char *path) {
+bool make_dirs(const char *path) {
   char *dir = xstrdup(path);
   bool ok = true;
   for (char *s = dir + 1; ok && *s; s++)
@@ -70,6 +69,10 @@ static bool make_dirs(const char *path) {
 }
 
 int cmd_compile(int argc, char **argv) {
+  for (int i = 1; i < argc; i++)
+    if ((!strcmp(argv[i], "--target") && i + 1 < argc && !strcmp(argv[i + 1], "cpu")) ||
+        !strcmp(argv[i], "--target=cpu"))
+      return cmd_compile_cpu(argc, argv);
   static const struct option opts[] = {
       {"target", required_argument, 0, 'T'}, {"emit-source", required_argument, 0, 'e'},
       {"output", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'},

@@ -51,3 +51,6 @@ foreach(_manifest ${_golden_manifests})
            WORKING_DIRECTORY ${ALEXC_ROOT})
   alexc_label(golden.cpu_avx2.${_case} cpu golden)
 endforeach()
+
+# alexc build / compile --target cpu as a user runs them (tests/cpu/build.sh).
+alexc_shell_test(cpu.build cpu/build.sh cpu cli)

@@ -41,5 +41,7 @@ void cpu_emit_probe(LLVMModuleRef m, const CpuTarget *t, const char *symbol);
 // Chooses the target machine for `cpu` (see CpuOptions). False after a message.
 bool cpu_target(const char *cpu, CpuTarget *t, LLVMTargetMachineRef *tm);
 void cpu_target_free(CpuTarget *t);
+// Verifies the module and runs the O3 pipeline for tm. False after a message.
+bool cpu_optimise(LLVMModuleRef m, LLVMTargetMachineRef tm);
 
 #endif

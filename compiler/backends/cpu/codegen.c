@@ -110,13 +110,4 @@ bool cpu_codegen(const Graph *g, const int *want, int n_want, const CpuTarget *t
   return true;
 }
 
-void cpu_program_free(RtCpuProgram *p) {
-  for (int i = 0; i < p->n_packs; i++) {
-    free(p->packs[i].oc_begin);
-    free(p->packs[i].n_oc);
-  }
-  free(p->packs);
-  free(p->steps);
-  free(p->out_elems);
-  *p = (RtCpuProgram){0};
-}
+void cpu_program_free(RtCpuProgram *p) { rt_cpu_program_free(p); }

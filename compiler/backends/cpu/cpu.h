@@ -52,6 +52,16 @@ const float *cpu_weight_by_name(void *ctx, const char *name);
 // in fp32: its sums are float (the reference's double), in another order.
 #define CPU_TOLERANCE 1e-5
 
+// ---- aot.c
+
+// alexc compile --target cpu -o PATH.so: the model as a shared object (program text and
+// kernel table, see aot.c), and with `header` a C header describing it.
+bool cpu_write_so(const Graph *g, const CpuOptions *o, const char *path, const char *header);
+// alexc build: a standalone executable that classifies photos, linked with the runtime
+// and main found in runner_dir (libalexrt.a, libalexc_classify.a).
+bool cpu_write_executable(const Graph *g, const CpuOptions *o, const char *path,
+                          const char *runner_dir);
+
 // Runs a batch through the compiled graph with the given weights, as ref_run does: the
 // outputs of nodes want[k] to out[k] (allocated, (batch, node shape)). False after a
 // message.

@@ -92,13 +92,7 @@ void cpu_target_free(CpuTarget *t) {
 }
 
 bool cpu_host_can_run(const CpuTarget *t) {
-  __builtin_cpu_init();
-  bool ok = true;
-  if (!strcmp(t->isa, "avx512"))
-    ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-  else if (!strcmp(t->isa, "avx2"))
-    ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  bool ok = rt_cpu_host_has(t->isa);
   if (!ok)
     error("cpu: code for '%s' needs %s, which this CPU does not have (try --cpu x86-64-v3 or "
           "x86-64)", t->cpu, t->isa);
@@ -118,7 +112,7 @@ static bool consume_error(LLVMErrorRef e, const char *what) {
 
 // Verifies and optimises the module for tm: the O3 pipeline (SROA promotes the
 // accumulators to registers, the loop vectoriser takes the row loops of LRN and pooling).
-static bool optimise(LLVMModuleRef m, LLVMTargetMachineRef tm) {
+bool cpu_optimise(LLVMModuleRef m, LLVMTargetMachineRef tm) {
   char *msg = NULL;
   if (LLVMVerifyModule(m, LLVMReturnStatusAction, &msg)) {
     error("cpu: the generated module does not verify (a compiler bug): %s", msg ? msg : "");
@@ -147,7 +141,7 @@ static LLVMModuleRef build(const Graph *g, const int *want, int n_want, const Cp
   if (!cpu_codegen(g, want, n_want, t, ctx, &m, program))
     return NULL;
   cpu_emit_probe(m, t, CPU_PROBE_SYMBOL);
-  if (!optimise(m, tm)) {
+  if (!cpu_optimise(m, tm)) {
     LLVMDisposeModule(m);
     cpu_program_free(program);
     return NULL;

@@ -22,3 +22,13 @@ int cmd_bench_cpu(int argc, char **argv) {
   (void)argc, (void)argv;
   return no_llvm() ? 0 : 1;
 }
+
+int cmd_compile_cpu(int argc, char **argv) {
+  (void)argc, (void)argv;
+  return no_llvm() ? 0 : 1;
+}
+
+int cmd_build(int argc, char **argv) {
+  (void)argc, (void)argv;
+  return no_llvm() ? 0 : 1;
+}

@@ -123,21 +123,22 @@ static bool write_file(const char *tmp, const char *path, const void *data, size
   return ok;
 }
 
-// Runs `$CC -shared -nostdlib -o so obj` ($CC split at blanks; default cc).
+// Runs `$CC -shared -nostdlib -o so obj`.
 static bool link_shared(const char *obj, const char *so, const char *path) {
+  const char *args[] = {"-shared", "-nostdlib", "-o", so, obj};
+  return llvm_cc(args, 5, path);
+}
+
+bool llvm_cc(const char *const *args, int n_args, const char *path) {
   const char *env = getenv("CC");
   char *cc = xstrdup(env && strspn(env, " \t") < strlen(env) ? env : "cc");
-  char *argv[64];
+  char *argv[128];
   int argc = 0;
   char *save = NULL;
-  for (char *w = strtok_r(cc, " \t", &save); w && argc < 58; w = strtok_r(NULL, " \t", &save))
+  for (char *w = strtok_r(cc, " \t", &save); w && argc < 32; w = strtok_r(NULL, " \t", &save))
     argv[argc++] = w;
-  char shared[] = "-shared", nostdlib[] = "-nostdlib", o[] = "-o";
-  argv[argc++] = shared;
-  argv[argc++] = nostdlib;
-  argv[argc++] = o;
-  argv[argc++] = (char *)so;
-  argv[argc++] = (char *)obj;
+  for (int i = 0; i < n_args && argc < 126; i++)
+    argv[argc++] = (char *)args[i];
   argv[argc] = NULL;
 
   char command[4096];
@@ -158,7 +159,7 @@ static bool link_shared(const char *obj, const char *so, const char *path) {
     error("%s: cannot run the linker '%s' (exit 127; set $CC to a C compiler): %s", path,
           argv[0], command);
   else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    error("%s: linking the bundle failed (%s %d): %s", path,
+    error("%s: linking failed (%s %d): %s", path,
           WIFEXITED(status) ? "exit status" : "signal",
           WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), command);
   else
