@@ -8,7 +8,7 @@
 
 static const char RUN_HELP[] =
     "usage: alexc run SPEC (--weights W.safetensors | --seed S) (--input X.npy | --random N)\n"
-    "                 [--output Y.npy] [--layer NAME] [--top K] [--target ref|cuda]\n"
+    "                 [--output Y.npy] [--layer NAME] [--top K] [--target ref|cpu|cuda]\n"
     "                 [--precision fp32|tf32|bf16] [--conv gemm|direct|implicit|fused] [--compare-ref]\n"
     "\n"
     "Runs a batch through the network.\n"
@@ -22,11 +22,15 @@ static const char RUN_HELP[] =
     "  --layer NAME      output this layer instead of the network's last one (with\n"
     "                    --target cuda: the network is compiled as if it ended there)\n"
     "  --top K           print the K highest-scoring classes of each image\n"
-    "  --target T        the executor: 'ref', the reference executor (the default), or\n"
-    "                    'cuda': generated kernels compiled by NVRTC, run on the GPU(s)\n"
-    "  --compare-ref     with --target cuda: also run the reference executor and print\n"
+    "  --target T        the executor: 'ref', the reference executor (the default), 'cpu':\n"
+    "                    native code through LLVM, JIT-compiled for this CPU, or 'cuda':\n"
+    "                    generated kernels compiled by NVRTC, run on the GPU(s)\n"
+    "  --compare-ref     with --target cpu or cuda: also run the reference executor and print\n"
     "                    the largest difference, max|got - want| / max|want|; exit 1 when\n"
     "                    it exceeds the precision's tolerance (fp32 1e-4, tf32 %g, bf16 %g)\n"
+    "with --target cpu:\n"
+    "  --cpu NAME        native (default), x86-64, x86-64-v2, x86-64-v3 (AVX2), x86-64-v4\n"
+    "  --threads N       threads (default: one per core)\n"
     "with --target cuda:\n"
     CUDA_OPTIONS_HELP
     PASS_OPTIONS_HELP;
