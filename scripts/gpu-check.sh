@@ -26,7 +26,9 @@ prep)
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DALEXC_LLVM=OFF >/dev/null
   cmake --build build-gpu -j"$(nproc)" --target alexc
   mkdir -p build-gpu/devlibs
-  for lib in libyaml-0.so.2 libcjson.so.1; do
+  # The shared libraries alexc needs that the device machine may lack (the runtime decodes
+  # photos with libjpeg and libpng).
+  for lib in libyaml-0.so.2 libcjson.so.1 libjpeg.so.62 libpng16.so.16; do
     cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l { print $NF; exit }')" build-gpu/devlibs/
   done
   cp ../shared/bench/torch_peers.py build-gpu/devlibs/ 2>/dev/null ||
