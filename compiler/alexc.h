@@ -39,6 +39,13 @@ void *xrealloc(void *p, size_t size);
 char *xstrdup(const char *s);
 char *format(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+// FNV-1a, for content hashes (compile caches); start with h = FNV_OFFSET.
+#define FNV_OFFSET 0xcbf29ce484222325ull
+uint64_t fnv1a(uint64_t h, const void *data, size_t n);
+// The compile cache's directory, created if missing: $ALEXC_CACHE, default
+// ~/.cache/alexc; NULL when there is none ($ALEXC_CACHE=off, no HOME, not writable).
+char *cache_dir(void);
+
 // ---------------------------------------------------------------- ops
 
 typedef enum {

@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
 
 #include "alexc.h"
 
@@ -50,4 +52,32 @@ char *format(const char *fmt, ...) {
     buf = NULL;
   va_end(ap);
   return check_alloc(buf);
+}
+
+uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+  const uint8_t *p = data;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+char *cache_dir(void) {
+  const char *env = getenv("ALEXC_CACHE"), *home = getenv("HOME");
+  if (env && !strcmp(env, "off"))
+    return NULL;
+  char *dir = env && *env ? xstrdup(env) : home && *home ? format("%s/.cache/alexc", home) : NULL;
+  if (!dir)
+    return NULL;
+  // mkdir -p
+  for (char *s = dir + 1; *s; s++)
+    if (*s == '/') {
+      *s = 0;
+      mkdir(dir, 0755);
+      *s = '/';
+    }
+  if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+    free(dir);
+    return NULL;
+  }
+  return dir;
 }

@@ -35,6 +35,8 @@ foreach(_group specs graphs good golden)
     add_test(NAME cpu.equivalence.${_group}.${_name} COMMAND test_cpu ${_cpu_mode} ${_spec}
              WORKING_DIRECTORY ${ALEXC_ROOT})
     alexc_label(cpu.equivalence.${_group}.${_name} cpu)
+    set_property(TEST cpu.equivalence.${_group}.${_name} PROPERTY ENVIRONMENT
+                 ALEXC_CACHE=${CMAKE_BINARY_DIR}/cache)
   endforeach()
 endforeach()
 

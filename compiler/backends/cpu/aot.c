@@ -15,73 +15,33 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <llvm-c/Analysis.h>
-
 #include "../llvm/bundle.h"
 #include "backend.h"
 
-// The program text and the kernel table, added to module m.
-static void add_exports(LLVMModuleRef m, const RtCpuProgram *p, const char *text) {
-  LLVMContextRef ctx = LLVMGetModuleContext(m);
-  LLVMTypeRef i8 = LLVMInt8TypeInContext(ctx), i64 = LLVMInt64TypeInContext(ctx);
-  size_t size = strlen(text);
-  LLVMValueRef data = LLVMConstStringInContext(ctx, text, (unsigned)size, 0);  // NUL-terminated
-  LLVMValueRef g = LLVMAddGlobal(m, LLVMTypeOf(data), "alexc_cpu_program_text");
-  LLVMSetInitializer(g, data);
-  LLVMSetGlobalConstant(g, 1);
-  LLVMSetLinkage(g, LLVMPrivateLinkage);
-  LLVMTypeRef pi64 = LLVMPointerType(i64, 0);
-  LLVMValueRef f = LLVMAddFunction(m, "alexc_cpu_program_v1",
-                                   LLVMFunctionType(LLVMPointerType(i8, 0), &pi64, 1, 0));
-  LLVMBuilderRef b = LLVMCreateBuilderInContext(ctx);
-  LLVMPositionBuilderAtEnd(b, LLVMAppendBasicBlockInContext(ctx, f, "entry"));
-  LLVMBuildStore(b, LLVMConstInt(i64, size, 0), LLVMGetParam(f, 0));
-  LLVMValueRef zero = LLVMConstInt(i64, 0, 0), idx[] = {zero, zero};
-  LLVMBuildRet(b, LLVMConstInBoundsGEP2(LLVMTypeOf(data), g, idx, 2));
-  LLVMDisposeBuilder(b);
-
-  int n = 0;
-  for (int i = 0; i < p->n_steps; i++)
-    n += p->steps[i].kind == RT_CPU_RUN;
-  LLVMTypeRef ptr = LLVMPointerType(i8, 0);
-  LLVMValueRef *fns = xcalloc(n ? n : 1, sizeof *fns);
-  for (int i = 0, k = 0; i < p->n_steps; i++)
-    if (p->steps[i].kind == RT_CPU_RUN)
-      fns[k++] = LLVMConstBitCast(LLVMGetNamedFunction(m, p->steps[i].symbol), ptr);
-  LLVMValueRef table = LLVMConstArray(ptr, fns, (unsigned)n);
-  LLVMValueRef t = LLVMAddGlobal(m, LLVMTypeOf(table), "alexc_cpu_kernels_v1");
-  LLVMSetInitializer(t, table);
-  LLVMSetGlobalConstant(t, 1);
-  free(fns);
+// The model's object code written to obj_path; false after a message. *hash is the
+// object's content hash (a linked result can be cached under it).
+static bool model_object(const Graph *g, const CpuOptions *o, const char *obj_path, CpuTarget *t,
+                         uint64_t *hash) {
+  uint8_t *obj;
+  size_t size;
+  if (!cpu_object(g, &g->output, 1, o, t, &obj, &size))
+    return false;
+  *hash = fnv1a(FNV_OFFSET, obj, size);
+  bool ok = rt_write_file_atomic(obj_path, obj, size);
+  if (!ok)
+    error("%s", rt_error());
+  free(obj);
+  return ok;
 }
 
-// The model's object code and program; false after a message.
-static bool model_object(const Graph *g, const CpuOptions *o, const char *obj_path,
-                         RtCpuProgram *program, CpuTarget *t) {
-  LLVMTargetMachineRef tm;
-  if (!cpu_target(o->cpu, t, &tm))
+// Copies a cached file to `to`; false if there is none.
+static bool from_cache(const char *cached, const char *to) {
+  uint8_t *data;
+  size_t size;
+  if (!cached || !rt_read_file(cached, (size_t)1 << 30, &data, &size))
     return false;
-  LLVMContextRef ctx = LLVMContextCreate();
-  LLVMModuleRef m;
-  bool ok = cpu_codegen(g, &g->output, 1, t, ctx, &m, program);
-  if (ok) {
-    const Node *in = &g->nodes[0], *out = &g->nodes[g->output];
-    int64_t in_shape[3] = {in->out.c, in->out.h, in->out.w};
-    int64_t out_shape[1][3] = {{out->out.c, out->out.h, out->out.w}};
-    char *text = rt_cpu_program_text(program, t->isa, in_shape, out_shape);
-    add_exports(m, program, text);
-    free(text);
-    ok = cpu_optimise(m, tm);
-    char *msg = NULL;
-    if (ok && LLVMTargetMachineEmitToFile(tm, m, (char *)obj_path, LLVMObjectFile, &msg)) {
-      error("cpu: writing the object file failed: %s", msg ? msg : "");
-      ok = false;
-    }
-    LLVMDisposeMessage(msg);
-    LLVMDisposeModule(m);
-  }
-  LLVMContextDispose(ctx);
-  LLVMDisposeTargetMachine(tm);
+  bool ok = rt_write_file_atomic(to, data, size);
+  free(data);
   return ok;
 }
 
@@ -139,16 +99,21 @@ static bool finish(bool ok, const char *tmp, const char *path) {
 
 bool cpu_write_so(const Graph *g, const CpuOptions *o, const char *path, const char *header) {
   char *obj = temp_beside(path, ".o"), *so = temp_beside(path, ".so");
-  RtCpuProgram program;
-  CpuTarget t;
-  bool ok = model_object(g, o, obj, &program, &t);
-  if (ok) {
+  CpuTarget t = {0};
+  uint64_t hash = 0;
+  bool ok = model_object(g, o, obj, &t, &hash);
+  // Linking is most of a repeated compile's time: the linked object is cached too.
+  char *dir = cache_dir(), *cached = dir ? format("%s/%016llx.so", dir, (unsigned long long)hash) : NULL;
+  if (ok && !from_cache(cached, so)) {
     const char *args[] = {"-shared", "-o", so, obj, "-lm"};
     ok = llvm_cc(args, 5, path);
-    cpu_program_free(&program);
+    if (ok && cached)
+      from_cache(so, cached);
   }
   remove(obj);
   ok = finish(ok, so, path);
+  free(cached);
+  free(dir);
   if (ok && header)
     ok = write_header(g, &t, path, header);
   if (t.features)
@@ -163,13 +128,13 @@ bool cpu_write_executable(const Graph *g, const CpuOptions *o, const char *path,
   char *obj = temp_beside(path, ".o"), *exe = temp_beside(path, ".exe");
   char *runner = format("%s/libalexc_classify.a", runner_dir);
   char *runtime = format("%s/libalexrt.a", runner_dir);
-  RtCpuProgram program;
   CpuTarget t = {0};
   bool ok = access(runner, R_OK) == 0 && access(runtime, R_OK) == 0;
   if (!ok)
     error("%s: the runtime to link is missing (%s, %s): build alexc with cmake first", path,
           runner, runtime);
-  ok = ok && model_object(g, o, obj, &program, &t);
+  uint64_t hash;
+  ok = ok && model_object(g, o, obj, &t, &hash);
   if (ok) {
     // The libraries the runtime needs, as the build found them (ALEXC_RUNTIME_LIBS).
     const char *args[64] = {"-o", exe, obj, runner, runtime};
@@ -179,7 +144,6 @@ bool cpu_write_executable(const Graph *g, const CpuOptions *o, const char *path,
       args[n++] = w;
     ok = llvm_cc(args, n, path);
     free(libs);
-    cpu_program_free(&program);
   }
   remove(obj);
   ok = finish(ok, exe, path);

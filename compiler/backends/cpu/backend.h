@@ -41,6 +41,11 @@ void cpu_emit_probe(LLVMModuleRef m, const CpuTarget *t, const char *symbol);
 // Chooses the target machine for `cpu` (see CpuOptions). False after a message.
 bool cpu_target(const char *cpu, CpuTarget *t, LLVMTargetMachineRef *tm);
 void cpu_target_free(CpuTarget *t);
+// The model's object code for nodes `want` of g: from the cache ($ALEXC_CACHE, keyed
+// by a hash of this alexc, the target and the compiled graph), or compiled and cached.
+// Fills t (free with cpu_target_free). False after a message.
+bool cpu_object(const Graph *g, const int *want, int n_want, const CpuOptions *o, CpuTarget *t,
+                uint8_t **obj, size_t *size);
 // Verifies the module and runs the O3 pipeline for tm. False after a message.
 bool cpu_optimise(LLVMModuleRef m, LLVMTargetMachineRef tm);
 

@@ -1,5 +1,8 @@
 // The CPU target's schedule: which kernel runs where, and the copies between them.
 //
+// The module exports the program as text and the kernels as a table (see aot.c), so the
+// JIT and a compiled model load the same object the same way.
+//
 // The program follows the graph's order, as the reference executor does: the input is
 // copied to every device that holds some of it; then, node by node, each device that
 // computes part of the node runs its kernel, the node's transfers copy channels between
@@ -71,6 +74,41 @@ static void add_run(RtCpuProgram *p, int *cap, LLVMModuleRef m, const CpuTarget 
   }
 }
 
+// The program text and the kernel table, added to module m.
+static void add_exports(LLVMModuleRef m, const RtCpuProgram *p, const char *text) {
+  LLVMContextRef ctx = LLVMGetModuleContext(m);
+  LLVMTypeRef i8 = LLVMInt8TypeInContext(ctx), i64 = LLVMInt64TypeInContext(ctx);
+  size_t size = strlen(text);
+  LLVMValueRef data = LLVMConstStringInContext(ctx, text, (unsigned)size, 0);  // NUL-terminated
+  LLVMValueRef g = LLVMAddGlobal(m, LLVMTypeOf(data), "alexc_cpu_program_text");
+  LLVMSetInitializer(g, data);
+  LLVMSetGlobalConstant(g, 1);
+  LLVMSetLinkage(g, LLVMPrivateLinkage);
+  LLVMTypeRef pi64 = LLVMPointerType(i64, 0);
+  LLVMValueRef f = LLVMAddFunction(m, "alexc_cpu_program_v1",
+                                   LLVMFunctionType(LLVMPointerType(i8, 0), &pi64, 1, 0));
+  LLVMBuilderRef b = LLVMCreateBuilderInContext(ctx);
+  LLVMPositionBuilderAtEnd(b, LLVMAppendBasicBlockInContext(ctx, f, "entry"));
+  LLVMBuildStore(b, LLVMConstInt(i64, size, 0), LLVMGetParam(f, 0));
+  LLVMValueRef zero = LLVMConstInt(i64, 0, 0), idx[] = {zero, zero};
+  LLVMBuildRet(b, LLVMConstInBoundsGEP2(LLVMTypeOf(data), g, idx, 2));
+  LLVMDisposeBuilder(b);
+
+  int n = 0;
+  for (int i = 0; i < p->n_steps; i++)
+    n += p->steps[i].kind == RT_CPU_RUN;
+  LLVMTypeRef ptr = LLVMPointerType(i8, 0);
+  LLVMValueRef *fns = xcalloc(n ? n : 1, sizeof *fns);
+  for (int i = 0, k = 0; i < p->n_steps; i++)
+    if (p->steps[i].kind == RT_CPU_RUN)
+      fns[k++] = LLVMConstBitCast(LLVMGetNamedFunction(m, p->steps[i].symbol), ptr);
+  LLVMValueRef table = LLVMConstArray(ptr, fns, (unsigned)n);
+  LLVMValueRef t = LLVMAddGlobal(m, LLVMTypeOf(table), "alexc_cpu_kernels_v1");
+  LLVMSetInitializer(t, table);
+  LLVMSetGlobalConstant(t, 1);
+  free(fns);
+}
+
 bool cpu_codegen(const Graph *g, const int *want, int n_want, const CpuTarget *t,
                  LLVMContextRef ctx, LLVMModuleRef *module, RtCpuProgram *p) {
   if (!g->planned || g->n_devices < 1 || g->n_devices > 8) {
@@ -106,6 +144,16 @@ bool cpu_codegen(const Graph *g, const int *want, int n_want, const CpuTarget *t
                    i == 0 ? (d ? (Range){0, 0} : n->place[0].held)
                           : n->place[d].stage[n->n_epilogue]);
   }
+  int64_t in_shape[3] = {g->nodes[0].out.c, g->nodes[0].out.h, g->nodes[0].out.w};
+  int64_t (*out_shapes)[3] = xcalloc(n_want ? n_want : 1, sizeof *out_shapes);
+  for (int k = 0; k < n_want; k++) {
+    Shape s = g->nodes[want[k]].out;
+    out_shapes[k][0] = s.c, out_shapes[k][1] = s.h, out_shapes[k][2] = s.w;
+  }
+  char *text = rt_cpu_program_text(p, t->isa, in_shape, (const int64_t(*)[3])out_shapes);
+  add_exports(m, p, text);
+  free(text);
+  free(out_shapes);
   *module = m;
   return true;
 }

@@ -134,20 +134,132 @@ bool cpu_optimise(LLVMModuleRef m, LLVMTargetMachineRef tm) {
   return ok;
 }
 
-// The module for nodes `want` of g, optimised for the target; NULL after a message.
-static LLVMModuleRef build(const Graph *g, const int *want, int n_want, const CpuTarget *t,
-                           LLVMTargetMachineRef tm, LLVMContextRef ctx, RtCpuProgram *program) {
-  LLVMModuleRef m;
-  if (!cpu_codegen(g, want, n_want, t, ctx, &m, program))
-    return NULL;
-  cpu_emit_probe(m, t, CPU_PROBE_SYMBOL);
-  if (!cpu_optimise(m, tm)) {
-    LLVMDisposeModule(m);
-    cpu_program_free(program);
-    return NULL;
-  }
-  return m;
+// ---------------------------------------------------------------- the object, cached
+
+// Everything code generation reads of the compiled graph, hashed field by field (not
+// as raw structs: padding bytes are not data).
+static uint64_t hash_i64(uint64_t h, int64_t v) { return fnv1a(h, &v, sizeof v); }
+static uint64_t hash_f64(uint64_t h, double v) { return fnv1a(h, &v, sizeof v); }
+static uint64_t hash_str(uint64_t h, const char *s) { return fnv1a(h, s, strlen(s) + 1); }
+static uint64_t hash_shape(uint64_t h, Shape s) {
+  return hash_i64(hash_i64(hash_i64(hash_i64(h, s.rank), s.c), s.h), s.w);
 }
+
+static uint64_t hash_op(uint64_t h, const Node *n) {
+  h = hash_str(hash_i64(h, n->op), n->name);
+  h = hash_shape(h, n->out);
+  const int64_t ints[] = {n->conv.out, n->conv.kernel, n->conv.stride, n->conv.pad,
+                          n->conv.groups, n->conv.bias, n->lrn.size, n->lrn.groups,
+                          n->pool.kernel, n->pool.stride, n->pool.pad, n->fc.out, n->fc.bias};
+  for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
+    h = hash_i64(h, ints[i]);
+  return hash_f64(hash_f64(hash_f64(h, n->lrn.alpha), n->lrn.beta), n->lrn.k);
+}
+
+static uint64_t hash_graph(uint64_t h, const Graph *g, const int *want, int n_want) {
+  h = hash_i64(hash_i64(h, g->n_nodes), g->n_devices);
+  for (int i = 0; i < g->n_nodes; i++) {
+    const Node *n = &g->nodes[i];
+    h = hash_shape(hash_op(h, n), n->head_out);
+    for (int k = 0; k < n->n_inputs; k++)
+      h = hash_i64(h, n->inputs[k]);
+    h = hash_i64(h, n->n_epilogue);
+    for (int k = 0; k < n->n_epilogue; k++)
+      h = hash_op(h, &n->epilogue[k]);
+    for (int d = 0; d < g->n_devices; d++) {
+      const Placement *p = &n->place[d];
+      for (int k = 0; k <= n->n_epilogue; k++)
+        h = hash_i64(hash_i64(h, p->stage[k].begin), p->stage[k].end);
+      h = hash_i64(hash_i64(hash_i64(h, p->held.begin), p->held.end), p->offset);
+    }
+  }
+  for (int t = 0; t < g->n_transfers; t++) {
+    const Transfer *x = &g->transfers[t];
+    h = hash_i64(hash_i64(hash_i64(hash_i64(hash_i64(h, x->node), x->from), x->to),
+                          x->range.begin), x->range.end);
+  }
+  for (int d = 0; d < g->n_devices; d++)
+    h = hash_i64(h, g->arena[d]);
+  for (int k = 0; k < n_want; k++)
+    h = hash_i64(h, want[k]);
+  return h;
+}
+
+// This alexc itself: a cache entry made by another build of the code generator must not
+// be taken for ours. Hashing our own executable is simple and cannot go stale.
+static uint64_t hash_self(uint64_t h) {
+  static uint64_t self;
+  static bool done;
+  if (!done) {
+    uint8_t *data;
+    size_t size;
+    self = rt_read_file("/proc/self/exe", (size_t)1 << 30, &data, &size) ? fnv1a(FNV_OFFSET, data, size)
+                                                                        : 0;
+    if (self)
+      free(data);
+    done = true;
+  }
+  return hash_i64(h, (int64_t)self);
+}
+
+// Compiles the module (kernels, program, probe) and emits its object; false after a message.
+static bool compile_object(const Graph *g, const int *want, int n_want, const CpuTarget *t,
+                           LLVMTargetMachineRef tm, uint8_t **obj, size_t *size) {
+  LLVMContextRef ctx = LLVMContextCreate();
+  LLVMModuleRef m;
+  RtCpuProgram program;
+  bool ok = cpu_codegen(g, want, n_want, t, ctx, &m, &program);
+  if (ok) {
+    cpu_program_free(&program);  // the module holds it as text
+    cpu_emit_probe(m, t, CPU_PROBE_SYMBOL);
+    ok = cpu_optimise(m, tm);
+    LLVMMemoryBufferRef buf = NULL;
+    char *msg = NULL;
+    if (ok && LLVMTargetMachineEmitToMemoryBuffer(tm, m, LLVMObjectFile, &msg, &buf)) {
+      error("cpu: emitting machine code failed: %s", msg ? msg : "");
+      ok = false;
+    }
+    LLVMDisposeMessage(msg);
+    if (ok) {
+      *size = LLVMGetBufferSize(buf);
+      *obj = xcalloc(*size, 1);
+      memcpy(*obj, LLVMGetBufferStart(buf), *size);
+      LLVMDisposeMemoryBuffer(buf);
+    }
+    LLVMDisposeModule(m);
+  }
+  LLVMContextDispose(ctx);
+  return ok;
+}
+
+bool cpu_object(const Graph *g, const int *want, int n_want, const CpuOptions *o, CpuTarget *t,
+                uint8_t **obj, size_t *size) {
+  LLVMTargetMachineRef tm;
+  if (!cpu_target(o->cpu, t, &tm))
+    return false;
+  uint64_t h = hash_str(hash_self(FNV_OFFSET), "alexc-cpu-object-1");
+  h = hash_graph(hash_str(hash_str(h, t->cpu), t->features), g, want, n_want);
+  char *dir = cache_dir();
+  char *path = dir ? format("%s/%016llx.cpu.o", dir, (unsigned long long)h) : NULL;
+  bool ok = path && rt_read_file(path, (size_t)1 << 30, obj, size);
+  if (ok && (*size < 64 || memcmp(*obj, "\177ELF", 4) != 0)) {  // not ours after all: rebuild
+    free(*obj);
+    ok = false;
+  }
+  if (!ok) {
+    ok = compile_object(g, want, n_want, t, tm, obj, size);
+    if (ok && path)
+      rt_write_file_atomic(path, *obj, *size);  // a cache that cannot be written is only slower
+  }
+  LLVMDisposeTargetMachine(tm);
+  free(path);
+  free(dir);
+  if (!ok)
+    cpu_target_free(t);
+  return ok;
+}
+
+// ---------------------------------------------------------------- the JIT
 
 struct CpuJit {
   CpuTarget target;
@@ -157,69 +269,62 @@ struct CpuJit {
 };
 
 RtCpuKernel cpu_jit_probe(const CpuJit *j) { return j->probe; }
-
 const RtCpuProgram *cpu_jit_program(const CpuJit *j) { return &j->program; }
 const CpuTarget *cpu_jit_target(const CpuJit *j) { return &j->target; }
 
+static bool lookup(CpuJit *j, const char *name, LLVMOrcExecutorAddress *addr) {
+  return consume_error(LLVMOrcLLJITLookup(j->jit, addr, name), name);
+}
+
 // Loads the object into a fresh LLJIT whose symbols resolve against this process (libm's
-// exp and pow, memcpy) and looks every kernel up.
-static bool load_object(CpuJit *j, LLVMMemoryBufferRef obj) {
-  if (!consume_error(LLVMOrcCreateLLJIT(&j->jit, NULL), "starting the JIT")) {
-    LLVMDisposeMemoryBuffer(obj);
+// exp and pow, memcpy), then reads the program out of it as a compiled model's runtime
+// does: its text, parsed and checked, and its kernel table.
+static bool load_object(CpuJit *j, const uint8_t *obj, size_t size) {
+  if (!consume_error(LLVMOrcCreateLLJIT(&j->jit, NULL), "starting the JIT"))
     return false;
-  }
   LLVMOrcJITDylibRef lib = LLVMOrcLLJITGetMainJITDylib(j->jit);
   LLVMOrcDefinitionGeneratorRef gen;
   if (!consume_error(LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(
                          &gen, LLVMOrcLLJITGetGlobalPrefix(j->jit), NULL, NULL),
-                     "resolving symbols")) {
-    LLVMDisposeMemoryBuffer(obj);
+                     "resolving symbols"))
     return false;
-  }
   LLVMOrcJITDylibAddGenerator(lib, gen);
-  if (!consume_error(LLVMOrcLLJITAddObjectFile(j->jit, lib, obj), "loading the object"))
+  LLVMMemoryBufferRef buf =
+      LLVMCreateMemoryBufferWithMemoryRangeCopy((const char *)obj, size, "alexc-cpu-model");
+  if (!consume_error(LLVMOrcLLJITAddObjectFile(j->jit, lib, buf), "loading the object"))
     return false;
-  for (int i = 0; i < j->program.n_steps; i++) {
-    RtCpuStep *s = &j->program.steps[i];
-    if (s->kind != RT_CPU_RUN)
-      continue;
-    LLVMOrcExecutorAddress addr = 0;
-    if (!consume_error(LLVMOrcLLJITLookup(j->jit, &addr, s->symbol), s->symbol))
-      return false;
-    s->fn = (RtCpuKernel)(uintptr_t)addr;
+  LLVMOrcExecutorAddress text_fn = 0, table = 0, probe = 0;
+  if (!lookup(j, "alexc_cpu_program_v1", &text_fn) || !lookup(j, "alexc_cpu_kernels_v1", &table) ||
+      !lookup(j, CPU_PROBE_SYMBOL, &probe))
+    return false;
+  unsigned long long text_size = 0;
+  const char *text = ((const char *(*)(unsigned long long *))(uintptr_t)text_fn)(&text_size);
+  char isa[16];
+  int64_t in_shape[3], out_shapes[256][3];
+  if (!rt_cpu_program_parse(text, text_size, &j->program, isa, sizeof isa, in_shape, out_shapes,
+                            256)) {
+    error("cpu: the compiled program does not parse (a compiler bug): %s", rt_error());
+    return false;
   }
-  LLVMOrcExecutorAddress addr = 0;
-  if (!consume_error(LLVMOrcLLJITLookup(j->jit, &addr, CPU_PROBE_SYMBOL), CPU_PROBE_SYMBOL))
-    return false;
-  j->probe = (RtCpuKernel)(uintptr_t)addr;
+  const RtCpuKernel *kernels = (const RtCpuKernel *)(uintptr_t)table;
+  for (int i = 0, k = 0; i < j->program.n_steps; i++)
+    if (j->program.steps[i].kind == RT_CPU_RUN)
+      j->program.steps[i].fn = kernels[k++];
+  j->probe = (RtCpuKernel)(uintptr_t)probe;
   return true;
 }
 
 CpuJit *cpu_jit(const Graph *g, const int *want, int n_want, const CpuOptions *o) {
   CpuJit *j = xcalloc(1, sizeof *j);
-  LLVMTargetMachineRef tm;
-  if (!cpu_target(o->cpu, &j->target, &tm)) {
+  uint8_t *obj = NULL;
+  size_t size = 0;
+  bool ok = cpu_object(g, want, n_want, o, &j->target, &obj, &size);
+  if (!ok) {
     free(j);
     return NULL;
   }
-  LLVMContextRef ctx = LLVMContextCreate();
-  LLVMModuleRef m = build(g, want, n_want, &j->target, tm, ctx, &j->program);
-  LLVMMemoryBufferRef obj = NULL;
-  char *msg = NULL;
-  bool ok = m != NULL;
-  if (ok && LLVMTargetMachineEmitToMemoryBuffer(tm, m, LLVMObjectFile, &msg, &obj)) {
-    error("cpu: emitting machine code failed: %s", msg ? msg : "");
-    ok = false;
-  }
-  LLVMDisposeMessage(msg);
-  if (m)
-    LLVMDisposeModule(m);
-  LLVMContextDispose(ctx);
-  LLVMDisposeTargetMachine(tm);
-  if (ok && cpu_host_can_run(&j->target))
-    ok = load_object(j, obj);  // which owns obj from here
-  else if (obj)
-    LLVMDisposeMemoryBuffer(obj), ok = false;
+  ok = cpu_host_can_run(&j->target) && load_object(j, obj, size);
+  free(obj);
   if (!ok) {
     cpu_jit_free(j);
     return NULL;
@@ -244,17 +349,18 @@ bool cpu_emit_llvm(const Graph *g, const CpuOptions *o, const char *dir) {
     return false;
   LLVMContextRef ctx = LLVMContextCreate();
   RtCpuProgram program;
-  LLVMModuleRef m = build(g, &g->output, 1, &t, tm, ctx, &program);
-  bool ok = m != NULL;
+  LLVMModuleRef m;
+  bool ok = cpu_codegen(g, &g->output, 1, &t, ctx, &m, &program);
   if (ok) {
+    cpu_program_free(&program);
+    ok = cpu_optimise(m, tm);
     char *path = format("%s/%s.ll", dir, g->name), *text = LLVMPrintModuleToString(m);
-    ok = rt_write_file_atomic(path, text, strlen(text));
+    ok = ok && rt_write_file_atomic(path, text, strlen(text));
     if (!ok)
       error("%s", rt_error());
     LLVMDisposeMessage(text);
     free(path);
     LLVMDisposeModule(m);
-    cpu_program_free(&program);
   }
   LLVMContextDispose(ctx);
   LLVMDisposeTargetMachine(tm);

@@ -21,35 +21,6 @@
 
 bool cuda_have_nvrtc(void) { return true; }
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
-  const uint8_t *p = data;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ p[i]) * 0x100000001b3ull;
-  return h;
-}
-
-// The cache directory (created if missing), or NULL when there is none to use.
-static char *cache_dir(void) {
-  const char *env = getenv("ALEXC_CACHE"), *home = getenv("HOME");
-  if (env && !strcmp(env, "off"))
-    return NULL;
-  char *dir = env && *env ? xstrdup(env) : home && *home ? format("%s/.cache/alexc", home) : NULL;
-  if (!dir)
-    return NULL;
-  // mkdir -p
-  for (char *s = dir + 1; *s; s++)
-    if (*s == '/') {
-      *s = 0;
-      mkdir(dir, 0755);
-      *s = '/';
-    }
-  if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-    free(dir);
-    return NULL;
-  }
-  return dir;
-}
-
 // Prints the source lines around `line` (1-based), marking it.
 static void print_context(const char *source, const char *name, int line) {
   fprintf(stderr, "%s, around line %d:\n", name, line);
@@ -145,7 +116,7 @@ bool cuda_compile_source(const char *source, const char *name, const char *arch,
   nvrtcVersion(&major, &minor);
   char *include = include_option();
   char *version = format("nvrtc %d.%d -std=c++17 %s %s", major, minor, include, arch);
-  uint64_t h = fnv1a(0xcbf29ce484222325ull, version, strlen(version) + 1);
+  uint64_t h = fnv1a(FNV_OFFSET, version, strlen(version) + 1);
   free(version);
   free(include);
   h = fnv1a(h, source, strlen(source));
