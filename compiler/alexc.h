@@ -169,6 +169,12 @@ typedef struct Node {
   Placement place[MAX_DEVICES];
 } Node;
 
+// The buffer a node's output has on device d: its held channels, in elements per image.
+int64_t node_buffer_elems(const Node *n, int d);
+
+// Stage k of a node: 0 is the node's own op, k > 0 its k-th fused op.
+static inline const Node *node_stage(const Node *n, int k) { return k ? &n->epilogue[k - 1] : n; }
+
 // The output shape of stage k of a node: 0 is its own op, k > 0 its k-th fused op.
 static inline Shape node_stage_shape(const Node *n, int k) {
   return k == n->n_epilogue ? n->out : k ? n->epilogue[k - 1].out : n->head_out;
@@ -307,6 +313,8 @@ const char *pass_names(void);  // "fuse, partition, memplan"
 
 // Runs the pipeline: fuse, partition, memplan, with the verifier after each pass.
 bool run_passes(Graph *g, const PassOptions *opts);
+// The plain plan: one device, nothing fused (what the reference runs as the oracle).
+bool plan_plain(Graph *g);
 
 // The passes, one file each under passes/.
 bool pass_fuse(Graph *g, const PassOptions *opts);
@@ -317,21 +325,20 @@ bool pass_memplan(Graph *g, const PassOptions *opts);
 int64_t plan_peak_bytes(const Graph *g, int device, int batch);
 int64_t plan_param_count(const Graph *g, int device);
 int64_t plan_bytes_in(const Graph *g, int device);  // bytes received per image
-// Buffer sizes the memory plan gives a node on a device, in elements per image.
-int64_t node_buffer_elems(const Node *n, int device);
+
 
 // ---------------------------------------------------------------- reference executor
 
-// Runs the graph on a batch. `x` is (batch, input shape). Executes fused nodes stage
-// by stage and partitioned graphs device by device, each logical device with its own
-// buffers (allocated from the memory plan) and explicit transfers between them.
-// A graph that has not been through the passes is planned for one device first.
-// Writes the outputs of the nodes in `want` (full tensors, gathered from the devices)
-// to out[i], each (batch, node shape), allocated; the caller frees them.
-bool ref_run(Graph *g, const Weights *w, const float *x, int batch, const int *want, int n_want,
-             float **out);
+// Runs a planned graph (run_passes, or plan_plain) on a batch, without changing it.
+// `x` is (batch, input shape). Executes fused nodes stage by stage and partitioned
+// graphs device by device, each logical device with its own buffers (allocated from
+// the memory plan) and explicit transfers between them. Writes the outputs of the nodes
+// in `want` (full tensors, gathered from the devices) to out[i], each (batch, node
+// shape), allocated; the caller frees them.
+bool ref_run(const Graph *g, const Weights *w, const float *x, int batch, const int *want,
+             int n_want, float **out);
 // Convenience: runs and returns the network output (batch, output shape).
-float *ref_run_output(Graph *g, const Weights *w, const float *x, int batch);
+float *ref_run_output(const Graph *g, const Weights *w, const float *x, int batch);
 
 // ---------------------------------------------------------------- CLI
 

@@ -243,7 +243,7 @@ static void run_stage(const Graph *g, const Node *node, const Node *s, const Wei
 // ---------------------------------------------------------------- the plan
 
 typedef struct {
-  Graph *g;
+  const Graph *g;
   int batch;
   float *arena[MAX_DEVICES];
   Valid (*valid)[MAX_DEVICES];  // per node and device
@@ -344,12 +344,12 @@ static void upload_input(Exec *e, const float *x) {
   }
 }
 
-bool ref_run(Graph *g, const Weights *w, const float *x, int batch, const int *want, int n_want,
-             float **out) {
+bool ref_run(const Graph *g, const Weights *w, const float *x, int batch, const int *want,
+             int n_want, float **out) {
   if (!g->planned) {
-    PassOptions o = pass_defaults();
-    if (!pass_partition(g, &o) || !pass_memplan(g, &o))
-      return false;
+    error("internal error: the reference executor needs a planned graph (run_passes or "
+          "plan_plain first)");
+    return false;
   }
   Exec e = {g, batch, {0}, xcalloc(g->n_nodes, sizeof *e.valid)};
   for (int d = 0; d < g->n_devices; d++)
@@ -373,7 +373,7 @@ bool ref_run(Graph *g, const Weights *w, const float *x, int batch, const int *w
   return true;
 }
 
-float *ref_run_output(Graph *g, const Weights *w, const float *x, int batch) {
+float *ref_run_output(const Graph *g, const Weights *w, const float *x, int batch) {
   float *y = NULL;
   int want = g->output;
   return ref_run(g, w, x, batch, &want, 1, &y) ? y : NULL;

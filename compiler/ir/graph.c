@@ -25,6 +25,10 @@ OpKind op_from_name(const char *name) {
 
 int64_t shape_elems(Shape s) { return s.c * s.h * s.w; }
 
+int64_t node_buffer_elems(const Node *n, int d) {
+  return range_len(n->place[d].held) * shape_plane(n->out);
+}
+
 char *shape_str(Shape s, char *buf, size_t size) {
   if (s.rank == 1)
     snprintf(buf, size, "%lld", (long long)s.c);

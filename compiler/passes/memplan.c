@@ -79,7 +79,6 @@ static int last_use(const Graph *g, int i, int d) {
   return last;
 }
 
-int64_t node_buffer_elems(const Node *n, int d) { return range_len(n->place[d].held) * shape_plane(n->out); }
 
 // Can node i's output overwrite its input on device d?
 static bool can_share(const Graph *g, int i, int d, const int *last) {

@@ -45,8 +45,6 @@ static Range even(int64_t n, int d, int devices) {
 }
 
 // The op of stage k of a node: the head for k = 0, else the epilogue's.
-static const Node *stage_node(const Node *n, int k) { return k ? &n->epilogue[k - 1] : n; }
-
 // Channels an LRN needs of its input to compute output channels r: the window's
 // halo, clipped at the tensor's (or channel group's) edges.
 static Range lrn_need(const LrnAttrs *a, int64_t channels, Range r) {
@@ -89,7 +87,7 @@ static Range input_need(const Graph *g, const Node *n, int j, Range r) {
 
 // The range of stage k-1's output that stage k needs to compute r.
 static Range stage_need(const Node *n, int k, Range r) {
-  const Node *s = stage_node(n, k);
+  const Node *s = node_stage(n, k);
   Shape in = node_stage_shape(n, k - 1);
   return s->op == OP_LRN ? lrn_need(&s->lrn, in.c, r) : r;
 }
@@ -179,7 +177,7 @@ static bool plan_stages(Graph *g, int i, const Range *out) {
     int cut = 0;
     bool halo = false;
     for (int k = last_stage(n); k > 0 && !cut; k--) {
-      if (stage_node(n, k)->op != OP_LRN)
+      if (node_stage(n, k)->op != OP_LRN)
         continue;
       for (int d = 0; d < D && !cut; d++) {
         Range with_halo = n->place[d].stage[0], without = n->place[d].stage[k];
@@ -189,10 +187,10 @@ static bool plan_stages(Graph *g, int i, const Range *out) {
         int64_t extra = receive_bytes(g, n, d, with_halo) - receive_bytes(g, n, d, without);
         if (extra > 0) {
           cut = k;
-          int64_t moved = (range_len(with_halo) - range_len(without)) * shape_plane(stage_node(n, k - 1)->out) * 4;
+          int64_t moved = (range_len(with_halo) - range_len(without)) * shape_plane(node_stage(n, k - 1)->out) * 4;
           char *msg = format("%s: fusion cut before '%s': recomputing the LRN halo would need "
                              "%lld more bytes/image of input, moving it costs %lld",
-                             n->name, stage_node(n, k)->name, (long long)extra, (long long)moved);
+                             n->name, node_stage(n, k)->name, (long long)extra, (long long)moved);
           note(g, msg);
           free(msg);
         }

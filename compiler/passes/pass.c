@@ -94,3 +94,12 @@ bool run_passes(Graph *g, const PassOptions *opts) {
   }
   return true;
 }
+
+bool plan_plain(Graph *g) {
+  if (g->planned)
+    return true;
+  PassOptions o = pass_defaults();
+  for (int i = 0; i < FUSE_COUNT; i++)
+    o.fuse[i] = false;
+  return run_passes(g, &o);
+}

@@ -19,6 +19,7 @@ static float **ref_all(Graph *g, const Weights *w, const float *x, int batch) {
   float **out = xcalloc(g->n_nodes, sizeof(float *));
   for (int i = 0; i < g->n_nodes; i++)
     want[i] = i;
+  CHECK(plan_plain(g));
   CHECK(ref_run(g, w, x, batch, want, g->n_nodes, out));
   free(want);
   return out;

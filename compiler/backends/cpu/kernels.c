@@ -201,7 +201,7 @@ static void plan_stages(const Graph *g, const Node *n, int d, Plan *p) {
   *p = (Plan){.g = g, .node = n, .d = d};
   Shape in = n->n_inputs ? g->nodes[n->inputs[0]].out : n->out;
   for (int k = 0; k <= n->n_epilogue; k++) {
-    const Node *op = k ? &n->epilogue[k - 1] : n;
+    const Node *op = node_stage(n, k);
     Shape out = node_stage_shape(n, k);
     Range r = n->place[d].stage[k];
     Stage *prev = p->n ? &p->st[p->n - 1] : NULL;

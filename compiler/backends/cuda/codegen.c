@@ -43,8 +43,6 @@
 
 #define WEIGHT_ALIGN 64  // elements (256 bytes) between weight slices
 
-static const Node *stage_node(const Node *n, int k) { return k ? &n->epilogue[k - 1] : n; }
-
 void cuda_kernel_name(const Graph *g, int node, char *buf, size_t size) {
   snprintf(buf, size, "k%02d_%s", node, g->nodes[node].name);
   for (char *s = buf + 1; *s; s++)
@@ -248,7 +246,7 @@ static void emit_loader(const Ctx *x, int j) {
 
 // stage<k>(): the value of stage k at (img, c, y, x); `prev` is the stage before.
 static bool emit_stage(const Ctx *x, int k) {
-  const Node *n = x->n, *s = stage_node(n, k);
+  const Node *n = x->n, *s = node_stage(n, k);
   const Graph *g = x->g;
   FILE *f = x->f;
   Shape in = k ? node_stage_shape(n, k - 1) : n->n_inputs ? g->nodes[n->inputs[0]].out : n->out;
@@ -493,7 +491,7 @@ static bool emit_node(const Ctx *x, const char *kname) {
   for (int k = 0; k <= n->n_epilogue; k++) {
     Shape in = k ? node_stage_shape(n, k - 1) : n->n_inputs ? x->g->nodes[n->inputs[0]].out : n->out;
     fprintf(f, "// %s", k ? "then " : "");
-    describe_stage(f, stage_node(n, k), in, node_stage_shape(n, k));
+    describe_stage(f, node_stage(n, k), in, node_stage_shape(n, k));
     fprintf(f, "\n//   %s [%lld, %lld) on this device\n",
             node_stage_shape(n, k).rank == 1 ? "features" : "channels", (long long)pl->stage[k].begin,
             (long long)pl->stage[k].end);
