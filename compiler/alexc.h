@@ -112,6 +112,9 @@ static inline int64_t shape_plane(Shape s) { return s.h * s.w; }  // elements pe
 // "96x55x55" or "4096"
 char *shape_str(Shape s, char *buf, size_t size);
 
+// Per-image tensors must stay indexable with 32-bit ints in generated kernels.
+#define MAX_ELEMS ((int64_t)1 << 31)
+
 #define MAX_EPILOGUE 4
 #define MAX_DEVICES 8
 
@@ -205,6 +208,28 @@ typedef struct {
   bool planned;
   int64_t arena[MAX_DEVICES];
 } Graph;
+
+// ---------------------------------------------------------------- the op table (ir/ops.c)
+
+typedef struct {
+  const char *name;                // as specs write it
+  int min_inputs, max_inputs;      // arity; max -1: any number
+  const char *const *keys;         // spec keys besides name, op, inputs (NULL-terminated)
+  // Shape inference: sets n->out (and parameter and MAC counts) from the input's shape,
+  // or reports the error at the layer and returns false.
+  bool (*infer)(const Graph *g, Node *n, Shape in);
+  // The channels of input j (of shape `in`) needed for output channels r (not empty).
+  Range (*input_need)(const Graph *g, const Node *n, int j, Shape in, Range r);
+  bool per_channel;                // output channel c depends on input channel c alone
+} OpInfo;
+
+const OpInfo *op_info(OpKind op);
+bool op_arity_ok(OpKind op, int n_inputs);
+// What node n needs of input j to compute output channels r: op_info's, for a non-empty r.
+Range op_input_need(const Graph *g, const Node *n, int j, Range r);
+// An LRN's halo: the input channels its windows over output channels r read, clipped at
+// the tensor's (or channel group's) edges.
+Range lrn_input_need(const LrnAttrs *a, int64_t channels, Range r);
 
 Graph *graph_new(const char *name);
 void graph_free(Graph *g);

@@ -360,29 +360,8 @@ static bool parse_input(Ctx *cx, yaml_node_t *v, Graph *g) {
 
 static const char *const COMMON_KEYS[] = {"name", "op", "inputs"};
 
-// The keys each op accepts besides COMMON_KEYS (NULL-terminated).
-static const char *const *op_keys(OpKind op) {
-  static const char *const conv[] = {"out", "kernel", "stride", "pad", "groups", "bias", "init", NULL};
-  static const char *const lrn[] = {"size", "alpha", "beta", "k", "groups", NULL};
-  static const char *const pool[] = {"kernel", "stride", "pad", NULL};
-  static const char *const fc[] = {"out", "bias", "init", NULL};
-  static const char *const dropout[] = {"p", NULL};
-  static const char *const none[] = {NULL};
-  switch (op) {
-  case OP_CONV:
-    return conv;
-  case OP_LRN:
-    return lrn;
-  case OP_MAXPOOL:
-    return pool;
-  case OP_FC:
-    return fc;
-  case OP_DROPOUT:
-    return dropout;
-  default:
-    return none;
-  }
-}
+// The keys each op accepts besides COMMON_KEYS (NULL-terminated): the op table's.
+static const char *const *op_keys(OpKind op) { return op_info(op)->keys; }
 
 static bool check_layer_keys(Ctx *cx, yaml_node_t *map, OpKind op, const char *what) {
   const char *allowed[24];

@@ -11,17 +11,6 @@ static bool fail(const Graph *g, int i, const char *what) {
   return false;
 }
 
-static bool arity_ok(const Node *n) {
-  switch (n->op) {
-  case OP_INPUT:
-    return n->n_inputs == 0;
-  case OP_CONCAT:
-    return n->n_inputs >= 2;
-  default:
-    return n->n_inputs == 1;
-  }
-}
-
 static bool shape_ok(Shape s) {
   if (s.rank == 1)
     return s.c > 0 && s.h == 1 && s.w == 1;
@@ -103,7 +92,7 @@ bool graph_verify(const Graph *g) {
     const Node *n = &g->nodes[i];
     if (n->op < 0 || n->op >= OP_COUNT || (i > 0 && n->op == OP_INPUT))
       return fail(g, i, "bad op");
-    if (!arity_ok(n))
+    if (!op_arity_ok(n->op, n->n_inputs))
       return fail(g, i, "wrong number of inputs for its op");
     for (int j = 0; j < n->n_inputs; j++)
       if (n->inputs[j] < 0 || n->inputs[j] >= i)

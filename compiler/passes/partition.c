@@ -45,51 +45,11 @@ static Range even(int64_t n, int d, int devices) {
 }
 
 // The op of stage k of a node: the head for k = 0, else the epilogue's.
-// Channels an LRN needs of its input to compute output channels r: the window's
-// halo, clipped at the tensor's (or channel group's) edges.
-static Range lrn_need(const LrnAttrs *a, int64_t channels, Range r) {
-  if (!range_len(r))
-    return r;
-  int64_t per_group = channels / a->groups, half = a->size / 2;
-  int64_t lo_group = r.begin / per_group * per_group;
-  int64_t hi_group = (r.end - 1) / per_group * per_group + per_group;
-  return rng(max64(r.begin - half, lo_group), min64(r.end + half, hi_group));
-}
-
-// Channels of input `j` that op `n` needs to compute its output range r.
-static Range input_need(const Graph *g, const Node *n, int j, Range r) {
-  if (!range_len(r))
-    return r;
-  Shape in = g->nodes[n->inputs[j]].out;
-  switch (n->op) {
-  case OP_CONV: {
-    int64_t opg = n->conv.out / n->conv.groups, ipg = in.c / n->conv.groups;
-    return rng(r.begin / opg * ipg, ((r.end - 1) / opg + 1) * ipg);
-  }
-  case OP_LRN:
-    return lrn_need(&n->lrn, in.c, r);
-  case OP_FLATTEN:
-    return rng(r.begin / shape_plane(in), (r.end + shape_plane(in) - 1) / shape_plane(in));
-  case OP_CONCAT: {
-    int64_t offset = 0;
-    for (int k = 0; k < j; k++)
-      offset += g->nodes[n->inputs[k]].out.c;
-    Range part = intersect(r, rng(offset, offset + in.c));
-    return range_len(part) ? rng(part.begin - offset, part.end - offset) : part;
-  }
-  case OP_FC:
-  case OP_SOFTMAX:
-    return rng(0, in.c);
-  default:  // relu, dropout, maxpool: channel for channel
-    return r;
-  }
-}
-
 // The range of stage k-1's output that stage k needs to compute r.
 static Range stage_need(const Node *n, int k, Range r) {
   const Node *s = node_stage(n, k);
   Shape in = node_stage_shape(n, k - 1);
-  return s->op == OP_LRN ? lrn_need(&s->lrn, in.c, r) : r;
+  return s->op == OP_LRN ? lrn_input_need(&s->lrn, in.c, r) : r;
 }
 
 // The channels each device treats as its own share of node `i`'s output.
@@ -146,7 +106,7 @@ static int64_t receive_bytes(const Graph *g, const Node *n, int d, Range r) {
   int64_t bytes = 0;
   for (int j = 0; j < n->n_inputs; j++) {
     const Node *in = &g->nodes[n->inputs[j]];
-    Range need = input_need(g, n, j, r);
+    Range need = op_input_need(g, n, j, r);
     Range have = in->op == OP_INPUT ? rng(0, in->out.c) : computed(in, d);
     int64_t missing = range_len(need) - range_len(intersect(need, have));
     bytes += missing * shape_plane(in->out) * 4;
@@ -260,7 +220,7 @@ bool pass_partition(Graph *g, const PassOptions *opts) {
     for (int d = 0; d < D; d++)
       for (int j = 0; j < n->n_inputs; j++) {
         Placement *p = &g->nodes[n->inputs[j]].place[d];
-        p->held = hull(p->held, input_need(g, n, j, n->place[d].stage[0]));
+        p->held = hull(p->held, op_input_need(g, n, j, n->place[d].stage[0]));
       }
   }
   for (int i = 0; i < g->n_nodes; i++)

@@ -106,7 +106,7 @@ bool cpu_write_so(const Graph *g, const CpuOptions *o, const char *path, const c
   char *dir = cache_dir(), *cached = dir ? format("%s/%016llx.so", dir, (unsigned long long)hash) : NULL;
   if (ok && !from_cache(cached, so)) {
     const char *args[] = {"-shared", "-o", so, obj, "-lm"};
-    ok = llvm_cc(args, 5, path);
+    ok = llvm_cc(args, 5, path, "the model");
     if (ok && cached)
       from_cache(so, cached);
   }
@@ -142,7 +142,7 @@ bool cpu_write_executable(const Graph *g, const CpuOptions *o, const char *path,
     char *libs = xstrdup(ALEXC_RUNTIME_LIBS), *save = NULL;
     for (char *w = strtok_r(libs, " ;", &save); w && n < 60; w = strtok_r(NULL, " ;", &save))
       args[n++] = w;
-    ok = llvm_cc(args, n, path);
+    ok = llvm_cc(args, n, path, "the executable");
     free(libs);
   }
   remove(obj);

@@ -126,10 +126,10 @@ static bool write_file(const char *tmp, const char *path, const void *data, size
 // Runs `$CC -shared -nostdlib -o so obj`.
 static bool link_shared(const char *obj, const char *so, const char *path) {
   const char *args[] = {"-shared", "-nostdlib", "-o", so, obj};
-  return llvm_cc(args, 5, path);
+  return llvm_cc(args, 5, path, "the bundle");
 }
 
-bool llvm_cc(const char *const *args, int n_args, const char *path) {
+bool llvm_cc(const char *const *args, int n_args, const char *path, const char *what) {
   const char *env = getenv("CC");
   char *cc = xstrdup(env && strspn(env, " \t") < strlen(env) ? env : "cc");
   char *argv[128];
@@ -159,7 +159,7 @@ bool llvm_cc(const char *const *args, int n_args, const char *path) {
     error("%s: cannot run the linker '%s' (exit 127; set $CC to a C compiler): %s", path,
           argv[0], command);
   else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    error("%s: linking failed (%s %d): %s", path,
+    error("%s: linking %s failed (%s %d): %s", path, what,
           WIFEXITED(status) ? "exit status" : "signal",
           WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), command);
   else

@@ -26,7 +26,7 @@
 bool llvm_write_bundle(const uint8_t *payload, size_t size, const char *path);
 
 // Runs the system C compiler ($CC split at blanks, default cc) with `args`, to link
-// `path`; false after one message naming the command that failed.
-bool llvm_cc(const char *const *args, int n_args, const char *path);
+// `path` (`what`: "the bundle"); false after one message naming the command that failed.
+bool llvm_cc(const char *const *args, int n_args, const char *path, const char *what);
 
 #endif
