@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dlfcn.h>
+
 #include "../backends/cpu/cpu.h"
 #include "cli.h"
 
@@ -29,6 +31,8 @@ static const char HELP[] =
     "  --runs R          timed runs (default 10)\n"
     "  --warmup W        untimed runs first (default 2)\n"
     "  --compare-unfused also compile without fusion; checks that the outputs agree\n"
+    "  --gemm            also time OpenBLAS's sgemm (libopenblas.so.0, loaded at run time)\n"
+    "                    on each conv and fc layer's GEMM shapes, beside the layer\n"
     "  --threads N       threads (default: one per core)\n"
     "  --cpu NAME        native (default), x86-64, x86-64-v2, x86-64-v3 (AVX2), x86-64-v4\n"
     "  --seed S          weights from seed S (default 1; times do not depend on values)\n"
@@ -36,7 +40,7 @@ static const char HELP[] =
 
 typedef struct {
   int batch, runs, warmup;
-  bool compare_unfused;
+  bool compare_unfused, gemm;
   uint64_t seed;
   PassOptions passes;
   CpuOptions cpu;
@@ -48,6 +52,7 @@ static int parse_args(int argc, char **argv, Args *a) {
       {"runs", required_argument, 0, 'r'},   {"warmup", required_argument, 0, 'w'},
       {"seed", required_argument, 0, 's'},   {"compare-unfused", no_argument, 0, 'u'},
       {"threads", required_argument, 0, 'N'}, {"cpu", required_argument, 0, 'C'},
+      {"gemm", no_argument, 0, 'g'},
       {"help", no_argument, 0, 'h'},         PASS_LONG_OPTIONS,
       {0, 0, 0, 0}};
   *a = (Args){.batch = 16, .runs = 10, .warmup = 2, .seed = 1, .passes = pass_defaults()};
@@ -62,6 +67,7 @@ static int parse_args(int argc, char **argv, Args *a) {
     switch (c) {
     case 'T': break;  // cmd_bench chose this target
     case 'u': a->compare_unfused = true; break;
+    case 'g': a->gemm = true; break;
     case 'C': a->cpu.cpu = optarg; break;
     case 'N':
       if (!parse_int_in(optarg, 1, 256, &a->cpu.threads))
@@ -188,6 +194,89 @@ static bool bench_config(const Args *a, const char *spec, bool fuse, const Graph
   return ok;
 }
 
+// ---------------------------------------------------------------- OpenBLAS beside us
+
+// cblas_sgemm and friends, from the OpenBLAS the system has (Debian: libopenblas0).
+typedef void (*SgemmFn)(int order, int ta, int tb, int m, int n, int k, float alpha,
+                        const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                        int ldc);
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111 };
+
+// One conv or fc layer as GEMMs: `count` of M x N x K (a conv: one per group, N its
+// output pixels of the whole batch, as im2col would make them).
+typedef struct {
+  int64_t count, m, n, k;
+} GemmShape;
+
+static GemmShape gemm_shape(const Graph *g, const Node *n, int batch) {
+  Shape in = g->nodes[n->inputs[0]].out;
+  if (n->op == OP_FC)
+    return (GemmShape){1, n->fc.out, batch, in.c};
+  const ConvAttrs *a = &n->conv;
+  return (GemmShape){a->groups, a->out / a->groups, shape_plane(n->head_out) * batch,
+                     in.c / a->groups * a->kernel * a->kernel};
+}
+
+// Median ms of `runs` sgemm calls on the shape (after one warm-up).
+static double time_sgemm(SgemmFn sgemm, GemmShape s, int runs) {
+  float *a = xcalloc(s.m * s.k, sizeof(float)), *b = xcalloc(s.k * s.n, sizeof(float));
+  float *c = xcalloc(s.m * s.n, sizeof(float));
+  for (int64_t i = 0; i < s.m * s.k; i++)
+    a[i] = (float)(i % 7) * 0.1f;
+  for (int64_t i = 0; i < s.k * s.n; i++)
+    b[i] = (float)(i % 5) * 0.1f;
+  double *ms = xcalloc(runs, sizeof(double));
+  for (int r = -1; r < runs; r++) {
+    double t0 = now_ms();
+    for (int64_t g = 0; g < s.count; g++)
+      sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, (int)s.m, (int)s.n, (int)s.k, 1.0f,
+            a, (int)s.k, b, (int)s.n, 0.0f, c, (int)s.n);
+    if (r >= 0)
+      ms[r] = now_ms() - t0;
+  }
+  double med = median(ms, runs);
+  free(ms);
+  free(a);
+  free(b);
+  free(c);
+  return med;
+}
+
+static void print_gemm_table(const Args *a, const Graph *fused, const Result *res, int threads) {
+  void *lib = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
+  SgemmFn sgemm = lib ? (SgemmFn)dlsym(lib, "cblas_sgemm") : NULL;
+  if (!sgemm) {
+    printf("\n(--gemm: no OpenBLAS here: %s; Debian: apt-get install libopenblas0)\n",
+           lib ? "no cblas_sgemm in libopenblas.so.0" : dlerror());
+    if (lib)
+      dlclose(lib);
+    return;
+  }
+  void (*set_threads)(int) = (void (*)(int))dlsym(lib, "openblas_set_num_threads");
+  char *(*corename)(void) = (char *(*)(void))dlsym(lib, "openblas_get_corename");
+  if (set_threads)
+    set_threads(threads);
+  const char *coretype = getenv("OPENBLAS_CORETYPE");
+  printf("\nOpenBLAS sgemm on each layer's GEMMs (kernel: %s%s%s, %d threads), beside the alexc "
+         "layer (fused epilogue included):\n\n",
+         corename ? corename() : "?", coretype ? ", OPENBLAS_CORETYPE=" : "",
+         coretype ? coretype : "", threads);
+  printf("| layer | GEMMs (count x M x N x K) | OpenBLAS ms | OpenBLAS GFLOP/s | alexc ms | "
+         "alexc / OpenBLAS time |\n|---|---|---:|---:|---:|---:|\n");
+  for (int i = 1; i < fused->n_nodes; i++) {
+    const Node *n = &fused->nodes[i];
+    if (n->op != OP_CONV && n->op != OP_FC)
+      continue;
+    GemmShape s = gemm_shape(fused, n, a->batch);
+    double ms = time_sgemm(sgemm, s, a->runs);
+    double flops = 2.0 * s.count * s.m * s.n * s.k;
+    printf("| %s | %lld x %lld x %lld x %lld | %.3f | %.1f | %.3f | %.2f |\n", n->name,
+           (long long)s.count, (long long)s.m, (long long)s.n, (long long)s.k, ms,
+           flops / (ms * 1e6), res->row_ms[i], res->row_ms[i] / ms);
+  }
+  dlclose(lib);
+}
+
 static void cpu_model_name(char *out, size_t size) {
   snprintf(out, size, "unknown CPU");
   FILE *f = fopen("/proc/cpuinfo", "r");
@@ -258,6 +347,8 @@ int cmd_bench_cpu(int argc, char **argv) {
   int threads = a.cpu.threads ? a.cpu.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
   if (ok)
     print_tables(&a, fused, res, configs, peak, &target, threads);
+  if (ok && a.gemm)
+    print_gemm_table(&a, fused, &res[0], threads);
   if (ok && configs == 2) {
     Compare cmp = compare(res[1].y, res[0].y, shape_elems(g->nodes[g->output].out) * a.batch);
     printf("\nfused and unfused outputs: max rel diff %.3g (tolerance %g)\n", cmp.rel,
