@@ -31,11 +31,14 @@ typedef struct {
 
 // How a kernel's weights are packed at load: `blocks` blocks of `width` output channels,
 // each [k][width] (channel oc_begin[b] + lane at lane; lanes past n_oc[b] are zeros),
-// then the biases [blocks][width]. A conv weight (out, in/groups, kh, kw) has
-// k = in/groups*kh*kw; an fc weight (out, in) has k = in.
+// then the biases [blocks][width] (float). A conv weight (out, in/groups, kh, kw) has
+// k = in/groups*kh*kw; an fc weight (out, in) has k = in. With bf16, a block is
+// [kp/2][width] pairs of bfloat16 (k and k+1 of a lane in one 32-bit word, the even one
+// low), kp = k rounded up to 32, zeros past k: what AVX512_BF16's vdpbf16ps multiplies.
 typedef struct {
   char weight[160], bias[160];  // tensor names; bias "" when the layer has none
   int64_t k;
+  bool bf16;
   int width, blocks;
   int64_t *oc_begin;
   int *n_oc;
@@ -71,6 +74,11 @@ typedef struct {
   int n_packs;
 } RtCpuProgram;
 
+// Floats a pack takes in memory (weights, then biases).
+int64_t rt_cpu_pack_floats(const RtCpuPack *k);
+// k rounded up for a bf16 pack: a whole number of 32-element chunks.
+static inline int64_t rt_cpu_bf16_k(int64_t k) { return (k + 31) / 32 * 32; }
+
 // Weights by tensor name ("conv1.weight"); NULL if absent.
 typedef const float *(*RtCpuWeightFn)(void *ctx, const char *name);
 
@@ -89,6 +97,8 @@ void rt_cpu_program_free(RtCpuProgram *p);
 // Whether this CPU runs code of `isa` ("avx512", "avx2", "sse2"): the executor must not
 // start kernels that would stop on an illegal instruction.
 bool rt_cpu_host_has(const char *isa);
+// Whether it has AVX512_BF16 (what --precision bf16 needs).
+bool rt_cpu_host_has_bf16(void);
 
 typedef struct RtCpuModel RtCpuModel;
 

@@ -103,18 +103,49 @@ static void run_step(RtCpuModel *m, const RtCpuStep *s, float *arena, int64_t ba
 
 // ---------------------------------------------------------------- weights
 
+int64_t rt_cpu_pack_floats(const RtCpuPack *k) {
+  int64_t rows = k->bf16 ? rt_cpu_bf16_k(k->k) / 2 : k->k;
+  return (int64_t)k->blocks * k->width * (rows + 1);
+}
+
+// float -> bfloat16, rounding to nearest even (as vcvtne2ps2bf16 does); NaN stays NaN.
+static uint16_t to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    return (uint16_t)((u >> 16) | 0x40);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+static void pack_bf16(const RtCpuPack *k, const float *w, float *dst) {
+  int64_t pairs = rt_cpu_bf16_k(k->k) / 2;
+  uint32_t *out = (uint32_t *)dst;
+  for (int blk = 0; blk < k->blocks; blk++)
+    for (int lane = 0; lane < k->n_oc[blk]; lane++) {
+      const float *row = w + (k->oc_begin[blk] + lane) * k->k;
+      for (int64_t q = 0; q < pairs; q++) {
+        uint32_t lo = 2 * q < k->k ? to_bf16(row[2 * q]) : 0;
+        uint32_t hi = 2 * q + 1 < k->k ? to_bf16(row[2 * q + 1]) : 0;
+        out[((int64_t)blk * pairs + q) * k->width + lane] = lo | hi << 16;
+      }
+    }
+}
+
 static bool pack_weights(const RtCpuPack *k, RtCpuWeightFn get, void *ctx, float *dst) {
   const float *w = get(ctx, k->weight), *b = k->bias[0] ? get(ctx, k->bias) : NULL;
   if (!w || (k->bias[0] && !b))
     return rt_fail("no tensor '%s' among the weights", !w ? k->weight : k->bias);
+  int64_t rows = k->bf16 ? rt_cpu_bf16_k(k->k) / 2 : k->k;
+  if (k->bf16)
+    pack_bf16(k, w, dst);
   for (int blk = 0; blk < k->blocks; blk++) {
     float *out = dst + blk * k->k * k->width;
-    for (int lane = 0; lane < k->n_oc[blk]; lane++) {
+    for (int lane = 0; !k->bf16 && lane < k->n_oc[blk]; lane++) {
       const float *row = w + (k->oc_begin[blk] + lane) * k->k;
       for (int64_t i = 0; i < k->k; i++)
         out[i * k->width + lane] = row[i];
     }
-    float *bias = dst + k->blocks * k->k * k->width + blk * k->width;
+    float *bias = dst + k->blocks * rows * k->width + blk * k->width;
     for (int lane = 0; b && lane < k->n_oc[blk]; lane++)
       bias[lane] = b[k->oc_begin[blk] + lane];
   }
@@ -129,6 +160,13 @@ bool rt_cpu_host_has(const char *isa) {
   if (!strcmp(isa, "avx2"))
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return !strcmp(isa, "sse2");
+}
+
+bool rt_cpu_host_has_bf16(void) {
+  // cpuid leaf 7, subleaf 1, eax bit 5 (GCC 12's __builtin_cpu_supports has no name for it).
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(1));
+  return rt_cpu_host_has("avx512") && (a >> 5 & 1);
 }
 
 static int default_threads(void) {
@@ -155,7 +193,7 @@ RtCpuModel *rt_cpu_load(const RtCpuProgram *p, RtCpuWeightFn get, void *ctx, int
   bool ok = m->packed && m->times;
   for (int i = 0; ok && i < p->n_packs; i++) {
     const RtCpuPack *k = &p->packs[i];
-    size_t n = (size_t)k->blocks * k->width * (k->k + 1);
+    size_t n = (size_t)rt_cpu_pack_floats(k);
     ok = (m->packed[i] = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)) != NULL;
     if (ok) {
       memset(m->packed[i], 0, n * sizeof(float));

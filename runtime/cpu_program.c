@@ -6,7 +6,7 @@
 //   input 3 227 227                 per-image input shape (C, H, W)
 //   output 1000 1 1                 per-image shape of each output, in order
 //   devices 1 1234567               logical devices, then each arena (floats per image)
-//   pack conv1.weight conv1.bias 363 32 3 0:32 32:32 64:32     (bias '-': none)
+//   pack conv1.weight conv1.bias f32 363 32 3 0:32 32:32 64:32  (bias '-': none; or bf16)
 //   run NODE DEVICE ITEMS PER_IMAGE SCRATCH PACK                (PACK -1: none)
 //   copy NODE DEV OUT OFF STRIDE REL DEV OUT OFF STRIDE REL N
 //
@@ -60,8 +60,8 @@ char *rt_cpu_program_text(const RtCpuProgram *p, const char *isa, const int64_t 
   append(&b, &len, &cap, "\n");
   for (int i = 0; i < p->n_packs; i++) {
     const RtCpuPack *k = &p->packs[i];
-    append(&b, &len, &cap, "pack %s %s %lld %d %d", k->weight, k->bias[0] ? k->bias : "-",
-           (long long)k->k, k->width, k->blocks);
+    append(&b, &len, &cap, "pack %s %s %s %lld %d %d", k->weight, k->bias[0] ? k->bias : "-",
+           k->bf16 ? "bf16" : "f32", (long long)k->k, k->width, k->blocks);
     for (int j = 0; j < k->blocks; j++)
       append(&b, &len, &cap, " %lld:%d", (long long)k->oc_begin[j], k->n_oc[j]);
     append(&b, &len, &cap, "\n");
@@ -147,11 +147,14 @@ bool rt_cpu_program_parse(const char *text, size_t size, RtCpuProgram *p, char *
       ok = p->n_packs < MAX_PACKS;
       RtCpuPack k = {0};
       long long kk;
+      char type[8];
       int n = 0, used = 0;
-      ok = ok && sscanf(rest, "%159s %159s %lld %d %d%n", k.weight, k.bias, &kk, &k.width,
-                        &k.blocks, &n) == 5 && kk > 0 && kk < (1LL << 31) && k.width > 0 &&
-           k.width <= 64 && k.blocks > 0 && k.blocks <= MAX_BLOCKS;
+      ok = ok && sscanf(rest, "%159s %159s %7s %lld %d %d%n", k.weight, k.bias, type, &kk,
+                        &k.width, &k.blocks, &n) == 6 && kk > 0 && kk < (1LL << 31) &&
+           k.width > 0 && k.width <= 64 && k.blocks > 0 && k.blocks <= MAX_BLOCKS &&
+           (!strcmp(type, "f32") || !strcmp(type, "bf16"));
       k.k = kk;
+      k.bf16 = ok && !strcmp(type, "bf16");
       if (ok && !strcmp(k.bias, "-"))
         k.bias[0] = 0;
       if (ok) {

@@ -153,8 +153,9 @@ static int parse_run_args(int argc, char **argv, RunArgs *a) {
     return usage_error("run", "give exactly one of --input and --random");
   if (strcmp(a->target, "ref") != 0 && strcmp(a->target, "cuda") != 0 && strcmp(a->target, "cpu") != 0)
     return usage_error("run", "unknown target '%s' (targets: ref, cpu, cuda)", a->target);
-  if (!strcmp(a->target, "cpu") && a->cuda.precision != RT_FP32)
-    return usage_error("run", "--target cpu computes in fp32 only (bf16 is not implemented yet)");
+  if (!strcmp(a->target, "cpu") && a->cuda.precision == RT_TF32)
+    return usage_error("run", "--target cpu has fp32 and bf16, not tf32 (a GPU's format)");
+  a->cpu.bf16 = a->cuda.precision == RT_BF16;
   if (a->compare_ref && !strcmp(a->target, "ref"))
     return usage_error("run", "--compare-ref compares --target cpu or cuda against the reference");
   return EXIT_OK;

@@ -38,8 +38,9 @@ void cpu_emit_probe(LLVMModuleRef m, const CpuTarget *t, const char *symbol);
 
 // ---- jit.c
 
-// Chooses the target machine for `cpu` (see CpuOptions). False after a message.
-bool cpu_target(const char *cpu, CpuTarget *t, LLVMTargetMachineRef *tm);
+// Chooses the target machine for o->cpu, and whether its fc layers use bf16 (o->bf16;
+// an error when the target lacks AVX512_BF16). False after a message.
+bool cpu_target(const CpuOptions *o, CpuTarget *t, LLVMTargetMachineRef *tm);
 void cpu_target_free(CpuTarget *t);
 // The model's object code for nodes `want` of g: from the cache ($ALEXC_CACHE, keyed
 // by a hash of this alexc, the target and the compiled graph), or compiled and cached.

@@ -17,6 +17,7 @@
 typedef struct {
   const char *cpu;  // NULL or "native": the host; else x86-64, x86-64-v2, -v3, -v4
   int threads;      // 0: one per core
+  bool bf16;        // fc layers with bfloat16 weights and inputs, float sums (AVX512_BF16)
 } CpuOptions;
 
 // What the generated code may use, derived from the target machine.
@@ -26,6 +27,7 @@ typedef struct {
   int vector;      // floats per vector register: 16 (AVX-512), 8 (AVX2), 4 (SSE)
   int registers;   // vector registers: 32 or 16
   const char *isa; // "avx512", "avx2" or "sse2": what the host must have to run it
+  bool bf16;       // fc layers in bf16 (asked for, and the target has AVX512_BF16)
 } CpuTarget;
 
 // ---- jit.c
@@ -49,8 +51,10 @@ bool cpu_emit_llvm(const Graph *g, const CpuOptions *o, const char *dir);
 const float *cpu_weight_by_name(void *ctx, const char *name);
 
 // The largest relative difference (compare()) from the reference the CPU target allows
-// in fp32: its sums are float (the reference's double), in another order.
+// in fp32: its sums are float (the reference's double), in another order. With bf16 fc
+// layers, CPU_BF16_TOLERANCE (measured: see tests/cpu/test_cpu.c).
 #define CPU_TOLERANCE 1e-5
+#define CPU_BF16_TOLERANCE 1e-2
 
 // ---- aot.c
 

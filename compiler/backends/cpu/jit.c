@@ -38,7 +38,8 @@ static void target_from_features(CpuTarget *t) {
     t->vector = 4, t->registers = 16, t->isa = "sse2";
 }
 
-bool cpu_target(const char *cpu, CpuTarget *t, LLVMTargetMachineRef *tm) {
+bool cpu_target(const CpuOptions *o, CpuTarget *t, LLVMTargetMachineRef *tm) {
+  const char *cpu = o->cpu;
   *t = (CpuTarget){0};
   if (LLVMInitializeNativeTarget() || LLVMInitializeNativeAsmPrinter()) {
     error("cpu: this LLVM cannot generate code for the host (no native target)");
@@ -75,6 +76,14 @@ bool cpu_target(const char *cpu, CpuTarget *t, LLVMTargetMachineRef *tm) {
     cpu_target_free(t);
     return false;
   }
+  if (o->bf16 && !strstr(t->features, "+avx512bf16")) {
+    error("cpu: --precision bf16 needs AVX512_BF16, which %s does not have", host ?
+          "this CPU" : t->cpu);
+    LLVMDisposeMessage(triple);
+    cpu_target_free(t);
+    return false;
+  }
+  t->bf16 = o->bf16;
   *tm = LLVMCreateTargetMachine(target, triple, t->cpu, t->features, LLVMCodeGenLevelAggressive,
                                 LLVMRelocPIC, LLVMCodeModelDefault);
   LLVMDisposeMessage(triple);
@@ -235,10 +244,10 @@ static bool compile_object(const Graph *g, const int *want, int n_want, const Cp
 bool cpu_object(const Graph *g, const int *want, int n_want, const CpuOptions *o, CpuTarget *t,
                 uint8_t **obj, size_t *size) {
   LLVMTargetMachineRef tm;
-  if (!cpu_target(o->cpu, t, &tm))
+  if (!cpu_target(o, t, &tm))
     return false;
   uint64_t h = hash_str(hash_self(FNV_OFFSET), "alexc-cpu-object-1");
-  h = hash_graph(hash_str(hash_str(h, t->cpu), t->features), g, want, n_want);
+  h = hash_graph(hash_i64(hash_str(hash_str(h, t->cpu), t->features), t->bf16), g, want, n_want);
   char *dir = cache_dir();
   char *path = dir ? format("%s/%016llx.cpu.o", dir, (unsigned long long)h) : NULL;
   bool ok = path && rt_read_file(path, (size_t)1 << 30, obj, size);
@@ -345,7 +354,7 @@ void cpu_jit_free(CpuJit *j) {
 bool cpu_emit_llvm(const Graph *g, const CpuOptions *o, const char *dir) {
   CpuTarget t;
   LLVMTargetMachineRef tm;
-  if (!cpu_target(o->cpu, &t, &tm))
+  if (!cpu_target(o, &t, &tm))
     return false;
   LLVMContextRef ctx = LLVMContextCreate();
   RtCpuProgram program;

@@ -507,6 +507,88 @@ static void fc_micro(Cg *c, const Stage *s, LLVMValueRef x, int64_t x_stride, LL
   }
 }
 
+// The bf16 micro-kernel (AVX512_BF16, one vector of 16 outputs): per chunk of 32 input
+// features, each image's chunk is rounded to bf16 pairs in a register (vcvtne2ps2bf16),
+// then for each of the 16 pairs vdpbf16ps multiplies the panel's pair vector by the
+// image's pair, broadcast, adding both products to the float sums. A last partial chunk
+// is read with a mask (the panel holds zeros there; the input must not be read past).
+static void fc_micro_bf16(Cg *c, const Stage *s, LLVMValueRef x, int64_t x_stride,
+                          LLVMValueRef i0, int64_t nb, LLVMValueRef panel, LLVMValueRef bias,
+                          LLVMValueRef tile) {
+  int64_t k_in = s->in.c, chunks = rt_cpu_bf16_k(k_in) / 32;
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(c->ctx), vi32 = LLVMVectorType(i32, 16);
+  LLVMTypeRef i1 = LLVMInt1TypeInContext(c->ctx);
+  LLVMValueRef accs[32];
+  for (int64_t j = 0; j < nb; j++) {
+    accs[j] = entry_alloca(c, c->vec, "acc");
+    LLVMBuildStore(c->b, LLVMConstNull(c->vec), accs[j]);
+  }
+  LLVMValueRef xi = at(c, x, mulk(c, i0, x_stride));
+  LLVMModuleRef m = c->m;
+  LLVMTypeRef cvt_ty = LLVMFunctionType(LLVMVectorType(LLVMInt16TypeInContext(c->ctx), 32),
+                                        (LLVMTypeRef[]){c->vec, c->vec}, 2, 0);
+  LLVMValueRef cvt = LLVMGetNamedFunction(m, "llvm.x86.avx512bf16.cvtne2ps2bf16.512");
+  if (!cvt)
+    cvt = LLVMAddFunction(m, "llvm.x86.avx512bf16.cvtne2ps2bf16.512", cvt_ty);
+  LLVMTypeRef dp_ty = LLVMFunctionType(c->vec, (LLVMTypeRef[]){c->vec, vi32, vi32}, 3, 0);
+  LLVMValueRef dp = LLVMGetNamedFunction(m, "llvm.x86.avx512bf16.dpbf16ps.512");
+  if (!dp)
+    dp = LLVMAddFunction(m, "llvm.x86.avx512bf16.dpbf16ps.512", dp_ty);
+  // Loads 16 features from p; in the last chunk only the first `valid` (masked).
+  int64_t tail = k_in - (chunks - 1) * 32;
+  for (int part = 0; part < 2; part++) {  // whole chunks in a loop, then the last one
+    bool last = part == 1;
+    Loop lk;
+    LLVMValueRef kc = last ? k64(c, chunks - 1)
+                           : loop_begin(c, &lk, k64(c, 0), k64(c, tail == 32 ? chunks : chunks - 1), "chunk");
+    if (last && tail == 32)
+      break;
+    LLVMValueRef k0 = mulk(c, kc, 32), xv[32];
+    for (int64_t j = 0; j < nb; j++) {
+      LLVMValueRef halves[2];
+      for (int h = 0; h < 2; h++) {
+        LLVMValueRef p = at(c, xi, addk(c, k0, j * x_stride + 16 * h));
+        if (!last) {
+          halves[h] = vload(c, p);
+          continue;
+        }
+        LLVMValueRef bits[16];
+        for (int e = 0; e < 16; e++)
+          bits[e] = LLVMConstInt(i1, 16 * h + e < tail, 0);
+        LLVMValueRef args[] = {LLVMBuildBitCast(c->b, p, c->pvec, ""),
+                               LLVMConstInt(i32, 4, 0), LLVMConstVector(bits, 16),
+                               LLVMConstNull(c->vec)};
+        LLVMTypeRef tys[] = {c->vec, c->pvec};
+        unsigned id = LLVMLookupIntrinsicID("llvm.masked.load", 16);
+        LLVMValueRef f = LLVMGetIntrinsicDeclaration(m, id, tys, 2);
+        halves[h] = LLVMBuildCall2(c->b, LLVMIntrinsicGetType(c->ctx, id, tys, 2), f, args, 4, "");
+      }
+      LLVMValueRef pair_args[] = {halves[1], halves[0]};  // the second operand fills the low words
+      xv[j] = LLVMBuildBitCast(c->b, LLVMBuildCall2(c->b, cvt_ty, cvt, pair_args, 2, ""), vi32, "");
+    }
+    for (int q = 0; q < 16; q++) {
+      LLVMValueRef wp = at(c, panel, mulk(c, addk(c, mulk(c, kc, 16), q), 16));
+      LLVMValueRef w = LLVMBuildLoad2(c->b, vi32, LLVMBuildBitCast(c->b, wp, LLVMPointerType(vi32, 0), ""), "");
+      LLVMSetAlignment(w, 4);
+      LLVMValueRef mask[16];
+      for (int e = 0; e < 16; e++)
+        mask[e] = LLVMConstInt(i32, q, 0);
+      for (int64_t j = 0; j < nb; j++) {
+        LLVMValueRef xb = LLVMBuildShuffleVector(c->b, xv[j], LLVMGetUndef(vi32), LLVMConstVector(mask, 16), "");
+        LLVMValueRef args[] = {LLVMBuildLoad2(c->b, c->vec, accs[j], ""), w, xb};
+        LLVMBuildStore(c->b, LLVMBuildCall2(c->b, dp_ty, dp, args, 3, ""), accs[j]);
+      }
+    }
+    if (!last)
+      loop_end(c, &lk);
+  }
+  LLVMValueRef b = vload(c, bias);
+  for (int64_t j = 0; j < nb; j++) {
+    LLVMValueRef r = LLVMBuildFAdd(c->b, LLVMBuildLoad2(c->b, c->vec, accs[j], ""), b, "");
+    vstore(c, s->relu ? relu(c, r) : r, atk(c, tile, j * 16));
+  }
+}
+
 // Copies the tile's nb x lanes results to y[i0 + j][oc + lane].
 static void fc_store(Cg *c, LLVMValueRef tile, int64_t width, int64_t nb, LLVMValueRef lanes,
                      LLVMValueRef y, int64_t y_stride, LLVMValueRef i0, LLVMValueRef oc) {
@@ -524,13 +606,16 @@ static void fc_store(Cg *c, LLVMValueRef tile, int64_t width, int64_t nb, LLVMVa
 // register blocks of nb images, then 8, 4, 2 and 1 for what is left.
 static void emit_fc(Cg *c, const Plan *p, LLVMValueRef arena, LLVMValueRef weights,
                     LLVMValueRef batch, LLVMValueRef begin, LLVMValueRef end, int registers,
-                    CpuKernelInfo *info) {
+                    bool bf16, CpuKernelInfo *info) {
   const Stage *s = &p->st[0];
   const Node *in = &p->g->nodes[p->node->inputs[0]];
   Range in_held = in->place[p->d].held, out_held = p->node->place[p->d].held;
-  int nv = range_len(s->r) > c->vw ? 2 : 1;
+  bf16 = bf16 && c->vw == 16;
+  int nv = !bf16 && range_len(s->r) > c->vw ? 2 : 1;
   int64_t width = nv * c->vw, k_in = s->in.c, blocks = (range_len(s->r) + width - 1) / width;
   describe_pack(p->node, k_in, (int)width, blocks, info);
+  info->pack.bf16 = bf16;
+  int64_t rows = bf16 ? rt_cpu_bf16_k(k_in) / 2 : k_in;  // panel rows: features or pairs
   for (int64_t b = 0; b < blocks; b++) {
     info->pack.oc_begin[b] = s->r.begin + b * width;
     int64_t left = s->r.end - info->pack.oc_begin[b];
@@ -538,7 +623,7 @@ static void emit_fc(Cg *c, const Plan *p, LLVMValueRef arena, LLVMValueRef weigh
   }
   info->items = blocks;
   info->per_image = false;
-  int64_t nb = (registers - 6) / nv;
+  int64_t nb = bf16 ? 12 : (registers - 6) / nv;  // bf16: sums, converted inputs, a panel row
   // x[i][k] and y[i][oc], the features in whole-tensor coordinates.
   LLVMValueRef x = at(c, arena, addk(c, mulk(c, batch, in->place[p->d].offset), -in_held.begin));
   LLVMValueRef y = at(c, arena, addk(c, mulk(c, batch, p->node->place[p->d].offset), -out_held.begin));
@@ -547,8 +632,8 @@ static void emit_fc(Cg *c, const Plan *p, LLVMValueRef arena, LLVMValueRef weigh
   LLVMValueRef blk = loop_begin(c, &lb, begin, end, "block");
   LLVMValueRef oc = addk(c, mulk(c, blk, width), s->r.begin);
   LLVMValueRef lanes = smin(c, k64(c, width), sub(c, k64(c, s->r.end), oc));
-  LLVMValueRef panel = at(c, weights, mulk(c, blk, k_in * width));
-  LLVMValueRef bias = at(c, weights, addk(c, mulk(c, blk, width), blocks * k_in * width));
+  LLVMValueRef panel = at(c, weights, mulk(c, blk, rows * width));
+  LLVMValueRef bias = at(c, weights, addk(c, mulk(c, blk, width), blocks * rows * width));
   LLVMValueRef done = k64(c, 0);
   int64_t sizes[] = {nb, 8, 4, 2, 1};
   for (int k = 0; k < 5; k++) {
@@ -559,7 +644,10 @@ static void emit_fc(Cg *c, const Plan *p, LLVMValueRef arena, LLVMValueRef weigh
     LLVMValueRef count = LLVMBuildSDiv(c->b, sub(c, batch, done), k64(c, n), "");
     LLVMValueRef ib = loop_begin(c, &li, k64(c, 0), count, "images");
     LLVMValueRef i0 = add(c, done, mulk(c, ib, n));
-    fc_micro(c, s, x, range_len(in_held), i0, nv, n, panel, bias, tile);
+    if (bf16)
+      fc_micro_bf16(c, s, x, range_len(in_held), i0, n, panel, bias, tile);
+    else
+      fc_micro(c, s, x, range_len(in_held), i0, nv, n, panel, bias, tile);
     fc_store(c, tile, width, n, lanes, y, range_len(out_held), i0, oc);
     loop_end(c, &li);
     done = add(c, done, mulk(c, count, n));
@@ -830,7 +918,7 @@ void cpu_emit_kernel(LLVMModuleRef m, const CpuTarget *t, const Graph *g, int i,
   *info = (CpuKernelInfo){.items = 1, .per_image = true};
   switch (p.st[0].op->op) {
   case OP_FC:
-    emit_fc(&c, &p, arena, weights, batch, begin, end, t->registers, info);
+    emit_fc(&c, &p, arena, weights, batch, begin, end, t->registers, t->bf16, info);
     break;
   case OP_CONV:
   case OP_LRN:
