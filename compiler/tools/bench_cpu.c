@@ -35,6 +35,8 @@ static const char HELP[] =
     "                    on each conv and fc layer's GEMM shapes, beside the layer\n"
     "  --threads N       threads (default: one per core)\n"
     "  --cpu NAME        native (default), x86-64, x86-64-v2, x86-64-v3 (AVX2), x86-64-v4\n"
+    "  --precision P     fp32 (default) or bf16: fc layers with bfloat16 weights and inputs,\n"
+    "                    float sums (needs AVX512_BF16)\n"
     "  --seed S          weights from seed S (default 1; times do not depend on values)\n"
     PASS_OPTIONS_HELP;
 
@@ -52,7 +54,7 @@ static int parse_args(int argc, char **argv, Args *a) {
       {"runs", required_argument, 0, 'r'},   {"warmup", required_argument, 0, 'w'},
       {"seed", required_argument, 0, 's'},   {"compare-unfused", no_argument, 0, 'u'},
       {"threads", required_argument, 0, 'N'}, {"cpu", required_argument, 0, 'C'},
-      {"gemm", no_argument, 0, 'g'},
+      {"gemm", no_argument, 0, 'g'},         {"precision", required_argument, 0, 'p'},
       {"help", no_argument, 0, 'h'},         PASS_LONG_OPTIONS,
       {0, 0, 0, 0}};
   *a = (Args){.batch = 16, .runs = 10, .warmup = 2, .seed = 1, .passes = pass_defaults()};
@@ -68,6 +70,12 @@ static int parse_args(int argc, char **argv, Args *a) {
     case 'T': break;  // cmd_bench chose this target
     case 'u': a->compare_unfused = true; break;
     case 'g': a->gemm = true; break;
+    case 'p':
+      if (strcmp(optarg, "fp32") && strcmp(optarg, "bf16"))
+        return usage_error("bench", "--precision on the cpu target is fp32 or bf16, not '%s'",
+                           optarg);
+      a->cpu.bf16 = !strcmp(optarg, "bf16");
+      break;
     case 'C': a->cpu.cpu = optarg; break;
     case 'N':
       if (!parse_int_in(optarg, 1, 256, &a->cpu.threads))
@@ -180,9 +188,11 @@ static bool bench_config(const Args *a, const char *spec, bool fuse, const Graph
     double t0 = now_ms();
     rt_cpu_parallel(m, cpu_jit_probe(j), threads, iters);
     double ms = now_ms() - t0;
-    *peak = (double)threads * iters * 16 * 2 * cpu_jit_target(j)->vector / (ms * 1e6);
+    const CpuTarget *t = cpu_jit_target(j);
+    *peak = (double)threads * iters * cpu_probe_chains(t) * 2 * t->vector / (ms * 1e6);
     *target = *cpu_jit_target(j);
     target->features = NULL;  // owned by the JIT
+    target->bf16 = a->cpu.bf16;
   }
   if (!ok && m)
     error("cpu: %s", rt_error());
@@ -295,8 +305,8 @@ static void print_tables(const Args *a, const Graph *fused, const Result *res, i
                          double peak, const CpuTarget *t, int threads) {
   char model[256];
   cpu_model_name(model, sizeof model);
-  printf("CPU: %s (LLVM: %s, %s code), %d threads; batch %d; median of %d runs\n", model,
-         t->cpu, t->isa, threads, a->batch, a->runs);
+  printf("CPU: %s (LLVM: %s, %s code%s), %d threads; batch %d; median of %d runs\n", model,
+         t->cpu, t->isa, t->bf16 ? ", bf16 fc layers" : "", threads, a->batch, a->runs);
   printf("FMA peak measured here: %.1f GFLOP/s\n\n", peak);
   printf("| layer | fused ms | GFLOP/s | %% of peak |%s\n", configs == 2 ? " unfused ms | fused gain |" : "");
   printf("|---|---:|---:|---:|%s\n", configs == 2 ? "---:|---:|" : "");
@@ -351,9 +361,9 @@ int cmd_bench_cpu(int argc, char **argv) {
     print_gemm_table(&a, fused, &res[0], threads);
   if (ok && configs == 2) {
     Compare cmp = compare(res[1].y, res[0].y, shape_elems(g->nodes[g->output].out) * a.batch);
-    printf("\nfused and unfused outputs: max rel diff %.3g (tolerance %g)\n", cmp.rel,
-           CPU_TOLERANCE);
-    if (!(ok = cmp.finite && cmp.rel <= CPU_TOLERANCE))
+    double tol = a.cpu.bf16 ? CPU_BF16_TOLERANCE : CPU_TOLERANCE;
+    printf("\nfused and unfused outputs: max rel diff %.3g (tolerance %g)\n", cmp.rel, tol);
+    if (!(ok = cmp.finite && cmp.rel <= tol))
       error("fused and unfused outputs differ");
   }
   for (int c = 0; c < 2; c++) {

@@ -31,8 +31,10 @@ typedef struct {
 // Adds `symbol`, the kernel computing node i of g on device d, to module m.
 void cpu_emit_kernel(LLVMModuleRef m, const CpuTarget *t, const Graph *g, int i, int d,
                      const char *symbol, CpuKernelInfo *info);
-// Adds the FMA peak probe (a kernel: each item runs `batch` iterations of 16 FMA chains;
-// FLOPs per item = batch * 16 * 2 * vector; needs 16 * vector floats of scratch).
+// Adds the FMA peak probe (a kernel: each item runs `batch` iterations of cpu_probe_chains
+// FMA chains; FLOPs per item = batch * chains * 2 * vector; needs 16 * vector floats of
+// scratch).
+
 void cpu_emit_probe(LLVMModuleRef m, const CpuTarget *t, const char *symbol);
 #define CPU_PROBE_SYMBOL "alexc_fma_probe"
 

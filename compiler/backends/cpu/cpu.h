@@ -30,6 +30,9 @@ typedef struct {
   bool bf16;       // fc layers in bf16 (asked for, and the target has AVX512_BF16)
 } CpuTarget;
 
+// FMA chains the peak probe runs per thread (see cpu_emit_probe in backend.h).
+static inline int cpu_probe_chains(const CpuTarget *t) { return t->registers >= 32 ? 16 : 12; }
+
 // ---- jit.c
 
 // Whether this machine can run code for t; false after a message naming what is missing.

@@ -313,9 +313,12 @@ static int conv_segments(const Stage *s, int vw, ConvSegment *out, int max) {
 }
 
 // Accumulator columns (pixels) per block: what fits in the registers beside nv weight
-// vectors and a broadcast, balanced over the row (55 = 5 x 11 rather than 4 x 13 + 3).
+// vectors and the broadcasts, balanced over the row (55 = 5 x 11 rather than 4 x 13 + 3).
+// With AVX-512's 32 registers, 8 are left free: LLVM's scheduler hoists broadcasts, and
+// 26 accumulators (13-pixel rows) spilled; 24 at most ran conv3-5 about 15% faster
+// (bench, batch 16). AVX2's 16 registers are best with 10 accumulators (measured too).
 static int64_t conv_nw(int64_t width, int nv, int registers) {
-  int64_t most = (registers - 6) / nv;
+  int64_t most = (registers - (registers >= 32 ? 8 : 6)) / nv;
   if (most < 1)
     most = 1;
   int64_t pieces = (width + most - 1) / most;
@@ -949,7 +952,7 @@ void cpu_emit_kernel(LLVMModuleRef m, const CpuTarget *t, const Graph *g, int i,
 
 // ---------------------------------------------------------------- the FMA peak probe
 
-// A kernel that does nothing but FMAs: each item runs `batch` iterations of 16
+// A kernel that does nothing but FMAs: each item runs `batch` iterations of 12 or 16
 // independent vector FMA chains (enough to cover the FMA latency on any x86 core), then
 // stores the chains to scratch so none is optimised away. `alexc bench` runs one item
 // per thread to measure the machine's peak with the same code generator.
@@ -967,8 +970,11 @@ void cpu_emit_probe(LLVMModuleRef m, const CpuTarget *t, const char *symbol) {
   c.b = LLVMCreateBuilderInContext(ctx);
   LLVMPositionBuilderAtEnd(c.b, c.entry);
   LLVMValueRef scratch = LLVMGetParam(c.fn, 2), iters = LLVMGetParam(c.fn, 3);
-  enum { CHAINS = 16 };
-  LLVMValueRef acc[CHAINS];
+  // Enough chains to cover the FMA latency on two pipes, few enough to stay in registers
+  // (16 with AVX-512, 12 with 16 registers: the constants need two).
+  enum { CHAINS_MAX = 16 };
+  int CHAINS = cpu_probe_chains(t);
+  LLVMValueRef acc[CHAINS_MAX];
   LLVMValueRef a = splat(&c, kf(&c, 0.999999f)), b = splat(&c, kf(&c, 1e-7f));
   for (int k = 0; k < CHAINS; k++) {
     acc[k] = entry_alloca(&c, c.vec, "chain");
