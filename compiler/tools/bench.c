@@ -42,9 +42,8 @@ typedef struct {
 
 static int parse_bench_args(int argc, char **argv, BenchArgs *a) {
   static const struct option opts[] = {
-      {"target", required_argument, 0, 'T'}, {"batch", required_argument, 0, 'b'},
-      {"runs", required_argument, 0, 'r'},   {"warmup", required_argument, 0, 'w'},
-      {"seed", required_argument, 0, 's'},   {"compare-unfused", no_argument, 0, 'u'},
+      {"target", required_argument, 0, 'T'}, BENCH_LONG_OPTIONS,
+      {"compare-unfused", no_argument, 0, 'u'},
       {"help", no_argument, 0, 'h'},         CUDA_LONG_OPTIONS,
       PASS_LONG_OPTIONS,                     {0, 0, 0, 0}};
   *a = (BenchArgs){.batch = 128, .runs = 20, .warmup = 3, .seed = 1, .passes = pass_defaults(),
@@ -52,6 +51,8 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a) {
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     int rc = target_option("bench", c, optarg, &a->passes, &a->cuda, &a->arch);
+    if (rc < 0)
+      rc = bench_option(c, optarg, &a->batch, &a->runs, &a->warmup, &a->seed);
     if (rc >= 0) {
       if (rc)
         return rc;
@@ -60,22 +61,6 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a) {
     switch (c) {
     case 'T': a->target = optarg; break;
     case 'u': a->compare_unfused = true; break;
-    case 'b':
-      if (!parse_int_in(optarg, 1, 65536, &a->batch))
-        return usage_error("bench", "--batch wants 1 to 65536, not '%s'", optarg);
-      break;
-    case 'r':
-      if (!parse_int_in(optarg, 1, 100000, &a->runs))
-        return usage_error("bench", "--runs wants a positive count, not '%s'", optarg);
-      break;
-    case 'w':
-      if (!parse_int_in(optarg, 0, 100000, &a->warmup))
-        return usage_error("bench", "--warmup wants a count, not '%s'", optarg);
-      break;
-    case 's':
-      if (!parse_u64(optarg, &a->seed))
-        return usage_error("bench", "--seed wants an unsigned integer, not '%s'", optarg);
-      break;
     case 'h':
       fputs(BENCH_HELP, stdout);
       return -1;
@@ -166,16 +151,6 @@ static void add_run(Table *t, int config, int run, const RtTimes *times) {
   }
   free(sum);
   free(row);
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 static void table_free(Table *t) {

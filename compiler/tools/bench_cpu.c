@@ -50,9 +50,8 @@ typedef struct {
 
 static int parse_args(int argc, char **argv, Args *a) {
   static const struct option opts[] = {
-      {"target", required_argument, 0, 'T'}, {"batch", required_argument, 0, 'b'},
-      {"runs", required_argument, 0, 'r'},   {"warmup", required_argument, 0, 'w'},
-      {"seed", required_argument, 0, 's'},   {"compare-unfused", no_argument, 0, 'u'},
+      {"target", required_argument, 0, 'T'}, BENCH_LONG_OPTIONS,
+      {"compare-unfused", no_argument, 0, 'u'},
       {"threads", required_argument, 0, 'N'}, {"cpu", required_argument, 0, 'C'},
       {"gemm", no_argument, 0, 'g'},         {"precision", required_argument, 0, 'p'},
       {"help", no_argument, 0, 'h'},         PASS_LONG_OPTIONS,
@@ -61,6 +60,8 @@ static int parse_args(int argc, char **argv, Args *a) {
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     int rc = pass_option("bench", c, optarg, &a->passes);
+    if (rc < 0)
+      rc = bench_option(c, optarg, &a->batch, &a->runs, &a->warmup, &a->seed);
     if (rc >= 0) {
       if (rc)
         return rc;
@@ -81,22 +82,6 @@ static int parse_args(int argc, char **argv, Args *a) {
       if (!parse_int_in(optarg, 1, 256, &a->cpu.threads))
         return usage_error("bench", "--threads wants 1 to 256, not '%s'", optarg);
       break;
-    case 'b':
-      if (!parse_int_in(optarg, 1, 65536, &a->batch))
-        return usage_error("bench", "--batch wants 1 to 65536, not '%s'", optarg);
-      break;
-    case 'r':
-      if (!parse_int_in(optarg, 1, 100000, &a->runs))
-        return usage_error("bench", "--runs wants a positive count, not '%s'", optarg);
-      break;
-    case 'w':
-      if (!parse_int_in(optarg, 0, 100000, &a->warmup))
-        return usage_error("bench", "--warmup wants a count, not '%s'", optarg);
-      break;
-    case 's':
-      if (!parse_u64(optarg, &a->seed))
-        return usage_error("bench", "--seed wants an unsigned integer, not '%s'", optarg);
-      break;
     case 'h':
       fputs(HELP, stdout);
       return -1;
@@ -113,16 +98,6 @@ static double now_ms(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 // The fused graph's node holding layer `name` (itself or in its epilogue); 0 if none.

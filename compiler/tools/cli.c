@@ -234,3 +234,32 @@ bool resolve_arch(const char *arch, bool running, char *out, size_t size) {
   }
   return true;
 }
+
+int bench_option(int c, const char *arg, int *batch, int *runs, int *warmup, uint64_t *seed) {
+  switch (c) {
+  case 'b':
+    return parse_int_in(arg, 1, 65536, batch)
+               ? 0 : usage_error("bench", "--batch wants 1 to 65536, not '%s'", arg);
+  case 'r':
+    return parse_int_in(arg, 1, 100000, runs)
+               ? 0 : usage_error("bench", "--runs wants a positive count, not '%s'", arg);
+  case 'w':
+    return parse_int_in(arg, 0, 100000, warmup)
+               ? 0 : usage_error("bench", "--warmup wants a count, not '%s'", arg);
+  case 's':
+    return parse_u64(arg, seed)
+               ? 0 : usage_error("bench", "--seed wants an unsigned integer, not '%s'", arg);
+  default:
+    return -1;
+  }
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+double median(double *v, int n) {
+  qsort(v, n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}

@@ -113,6 +113,18 @@ typedef struct {
 const Target *target_find(const char *name);  // NULL if unknown
 const char *target_names(void);               // "ref, cpu, cuda"
 
+// ---- options both bench targets take (cli.c)
+
+#define BENCH_LONG_OPTIONS                                                       \
+  {"batch", required_argument, 0, 'b'}, {"runs", required_argument, 0, 'r'},     \
+      {"warmup", required_argument, 0, 'w'}, {                                   \
+    "seed", required_argument, 0, 's'                                            \
+  }
+// Handles --batch, --runs, --warmup, --seed like pass_option (0, EXIT_USAGE, or -1).
+int bench_option(int c, const char *arg, int *batch, int *runs, int *warmup, uint64_t *seed);
+// The median of v[0..n) (sorts v).
+double median(double *v, int n);
+
 // mkdir -p; false after a message.
 bool make_dirs(const char *path);
 

@@ -887,8 +887,9 @@ static void emit_banded(Cg *c, Plan *p, LLVMValueRef arena, LLVMValueRef weights
   loop_end(c, &li);
 }
 
-void cpu_emit_kernel(LLVMModuleRef m, const CpuTarget *t, const Graph *g, int i, int d,
-                     const char *symbol, CpuKernelInfo *info) {
+// Starts kernel `symbol` in module m: the function (arena, weights, scratch, batch, begin,
+// end) and a builder at its entry.
+static Cg begin_kernel(LLVMModuleRef m, const CpuTarget *t, const char *symbol) {
   LLVMContextRef ctx = LLVMGetModuleContext(m);
   Cg c = {.ctx = ctx, .m = m, .vw = t->vector};
   c.i1 = LLVMInt1TypeInContext(ctx);
@@ -912,6 +913,17 @@ void cpu_emit_kernel(LLVMModuleRef m, const CpuTarget *t, const Graph *g, int i,
   c.entry = LLVMAppendBasicBlockInContext(ctx, c.fn, "entry");
   c.b = LLVMCreateBuilderInContext(ctx);
   LLVMPositionBuilderAtEnd(c.b, c.entry);
+  return c;
+}
+
+static void end_kernel(Cg *c) {
+  LLVMBuildRetVoid(c->b);
+  LLVMDisposeBuilder(c->b);
+}
+
+void cpu_emit_kernel(LLVMModuleRef m, const CpuTarget *t, const Graph *g, int i, int d,
+                     const char *symbol, CpuKernelInfo *info) {
+  Cg c = begin_kernel(m, t, symbol);
   LLVMValueRef arena = LLVMGetParam(c.fn, 0), weights = LLVMGetParam(c.fn, 1);
   LLVMValueRef scratch = LLVMGetParam(c.fn, 2), batch = LLVMGetParam(c.fn, 3);
   LLVMValueRef begin = LLVMGetParam(c.fn, 4), end = LLVMGetParam(c.fn, 5);
@@ -946,8 +958,7 @@ void cpu_emit_kernel(LLVMModuleRef m, const CpuTarget *t, const Graph *g, int i,
     break;
   }
   }
-  LLVMBuildRetVoid(c.b);
-  LLVMDisposeBuilder(c.b);
+  end_kernel(&c);
 }
 
 // ---------------------------------------------------------------- the FMA peak probe
@@ -957,18 +968,7 @@ void cpu_emit_kernel(LLVMModuleRef m, const CpuTarget *t, const Graph *g, int i,
 // stores the chains to scratch so none is optimised away. `alexc bench` runs one item
 // per thread to measure the machine's peak with the same code generator.
 void cpu_emit_probe(LLVMModuleRef m, const CpuTarget *t, const char *symbol) {
-  LLVMContextRef ctx = LLVMGetModuleContext(m);
-  Cg c = {.ctx = ctx, .m = m, .vw = t->vector};
-  c.i64 = LLVMInt64TypeInContext(ctx);
-  c.f32 = LLVMFloatTypeInContext(ctx);
-  c.pf32 = LLVMPointerType(c.f32, 0);
-  c.vec = LLVMVectorType(c.f32, (unsigned)t->vector);
-  c.pvec = LLVMPointerType(c.vec, 0);
-  LLVMTypeRef params[] = {c.pf32, c.pf32, c.pf32, c.i64, c.i64, c.i64};
-  c.fn = LLVMAddFunction(m, symbol, LLVMFunctionType(LLVMVoidTypeInContext(ctx), params, 6, 0));
-  c.entry = LLVMAppendBasicBlockInContext(ctx, c.fn, "entry");
-  c.b = LLVMCreateBuilderInContext(ctx);
-  LLVMPositionBuilderAtEnd(c.b, c.entry);
+  Cg c = begin_kernel(m, t, symbol);
   LLVMValueRef scratch = LLVMGetParam(c.fn, 2), iters = LLVMGetParam(c.fn, 3);
   // Enough chains to cover the FMA latency on two pipes, few enough to stay in registers
   // (16 with AVX-512, 12 with 16 registers: the constants need two).
@@ -987,6 +987,5 @@ void cpu_emit_probe(LLVMModuleRef m, const CpuTarget *t, const char *symbol) {
   loop_end(&c, &l);
   for (int k = 0; k < CHAINS; k++)
     vstore(&c, LLVMBuildLoad2(c.b, c.vec, acc[k], ""), atk(&c, scratch, k * c.vw));
-  LLVMBuildRetVoid(c.b);
-  LLVMDisposeBuilder(c.b);
+  end_kernel(&c);
 }
