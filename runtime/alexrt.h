@@ -15,6 +15,9 @@
 
 // The last error message of a failing rt_* call ("FILE: tensor 'x': ..."), per thread.
 const char *rt_error(void);
+// Sets rt_error() and returns false (also for callbacks the runtime calls, such as a
+// weight lookup, to say why they failed).
+bool rt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // ---- whole files
 

@@ -37,6 +37,8 @@ typedef struct {
 // low), kp = k rounded up to 32, zeros past k: what AVX512_BF16's vdpbf16ps multiplies.
 typedef struct {
   char weight[160], bias[160];  // tensor names; bias "" when the layer has none
+  int rank;                     // the weight tensor's shape (the bias is (dims[0]))
+  int64_t dims[4];
   int64_t k;
   bool bf16;
   int width, blocks;
@@ -79,8 +81,11 @@ int64_t rt_cpu_pack_floats(const RtCpuPack *k);
 // k rounded up for a bf16 pack: a whole number of 32-element chunks.
 static inline int64_t rt_cpu_bf16_k(int64_t k) { return (k + 31) / 32 * 32; }
 
-// Weights by tensor name ("conv1.weight"); NULL if absent.
-typedef const float *(*RtCpuWeightFn)(void *ctx, const char *name);
+// A weight tensor by name ("conv1.weight"), which must have this shape: its floats, or
+// NULL with rt_error() saying why (absent, another shape or type). The packer reads
+// exactly that many floats.
+typedef const float *(*RtCpuWeightFn)(void *ctx, const char *name, int rank,
+                                      const int64_t *dims);
 
 // The program as text (runtime/cpu_program.c), as a compiled model carries it, with the
 // ISA its kernels need and the input's and each output's per-image (C, H, W). Returns a

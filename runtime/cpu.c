@@ -132,9 +132,10 @@ static void pack_bf16(const RtCpuPack *k, const float *w, float *dst) {
 }
 
 static bool pack_weights(const RtCpuPack *k, RtCpuWeightFn get, void *ctx, float *dst) {
-  const float *w = get(ctx, k->weight), *b = k->bias[0] ? get(ctx, k->bias) : NULL;
+  const float *w = get(ctx, k->weight, k->rank, k->dims);
+  const float *b = w && k->bias[0] ? get(ctx, k->bias, 1, k->dims) : NULL;
   if (!w || (k->bias[0] && !b))
-    return rt_fail("no tensor '%s' among the weights", !w ? k->weight : k->bias);
+    return false;  // get() said why
   int64_t rows = k->bf16 ? rt_cpu_bf16_k(k->k) / 2 : k->k;
   if (k->bf16)
     pack_bf16(k, w, dst);

@@ -6,7 +6,10 @@
 //   input 3 227 227                 per-image input shape (C, H, W)
 //   output 1000 1 1                 per-image shape of each output, in order
 //   devices 1 1234567               logical devices, then each arena (floats per image)
-//   pack conv1.weight conv1.bias f32 363 32 3 0:32 32:32 64:32  (bias '-': none; or bf16)
+//   pack conv1.weight conv1.bias f32 4 96 3 11 11 363 32 3 0:32 32:32 64:32
+//        weight, bias ('-': none), f32 or bf16, the weight's rank and shape, k (the
+//        shape's elements per output channel), width, blocks, each block's first
+//        channel and count (within the shape)
 //   run NODE DEVICE ITEMS PER_IMAGE SCRATCH PACK                (PACK -1: none)
 //   copy NODE DEV OUT OFF STRIDE REL DEV OUT OFF STRIDE REL N
 //
@@ -60,8 +63,11 @@ char *rt_cpu_program_text(const RtCpuProgram *p, const char *isa, const int64_t 
   append(&b, &len, &cap, "\n");
   for (int i = 0; i < p->n_packs; i++) {
     const RtCpuPack *k = &p->packs[i];
-    append(&b, &len, &cap, "pack %s %s %s %lld %d %d", k->weight, k->bias[0] ? k->bias : "-",
-           k->bf16 ? "bf16" : "f32", (long long)k->k, k->width, k->blocks);
+    append(&b, &len, &cap, "pack %s %s %s %d", k->weight, k->bias[0] ? k->bias : "-",
+           k->bf16 ? "bf16" : "f32", k->rank);
+    for (int d = 0; d < k->rank; d++)
+      append(&b, &len, &cap, " %lld", (long long)k->dims[d]);
+    append(&b, &len, &cap, " %lld %d %d", (long long)k->k, k->width, k->blocks);
     for (int j = 0; j < k->blocks; j++)
       append(&b, &len, &cap, " %lld:%d", (long long)k->oc_begin[j], k->n_oc[j]);
     append(&b, &len, &cap, "\n");
@@ -149,10 +155,21 @@ bool rt_cpu_program_parse(const char *text, size_t size, RtCpuProgram *p, char *
       long long kk;
       char type[8];
       int n = 0, used = 0;
-      ok = ok && sscanf(rest, "%159s %159s %7s %lld %d %d%n", k.weight, k.bias, type, &kk,
-                        &k.width, &k.blocks, &n) == 6 && kk > 0 && kk < (1LL << 31) &&
-           k.width > 0 && k.width <= 64 && k.blocks > 0 && k.blocks <= MAX_BLOCKS &&
-           (!strcmp(type, "f32") || !strcmp(type, "bf16"));
+      ok = ok && sscanf(rest, "%159s %159s %7s %d%n", k.weight, k.bias, type, &k.rank, &n) == 4 &&
+           k.rank >= 1 && k.rank <= 4 && (!strcmp(type, "f32") || !strcmp(type, "bf16"));
+      int64_t per_row = 1;  // elements of the weight per output channel: must be k
+      for (int d = 0; ok && d < k.rank; d++, n += used) {
+        long long v;
+        ok = sscanf(rest + n, " %lld%n", &v, &used) == 1 && v > 0 && v < (1LL << 31);
+        k.dims[d] = v;
+        if (ok && d > 0 && (per_row *= v) >= (1LL << 31))
+          ok = false;
+      }
+      int more = 0;
+      ok = ok && sscanf(rest + n, " %lld %d %d%n", &kk, &k.width, &k.blocks, &more) == 3 &&
+           kk == per_row && k.width > 0 && k.width <= 64 && k.blocks > 0 &&
+           k.blocks <= MAX_BLOCKS;
+      n += more;
       k.k = kk;
       k.bf16 = ok && !strcmp(type, "bf16");
       if (ok && !strcmp(k.bias, "-"))
@@ -165,7 +182,7 @@ bool rt_cpu_program_parse(const char *text, size_t size, RtCpuProgram *p, char *
       for (int j = 0; ok && j < k.blocks; j++, n += used) {
         long long oc;
         ok = sscanf(rest + n, " %lld:%d%n", &oc, &k.n_oc[j], &used) == 2 && oc >= 0 &&
-             oc < (1LL << 31) && k.n_oc[j] >= 1 && k.n_oc[j] <= k.width;
+             k.n_oc[j] >= 1 && k.n_oc[j] <= k.width && oc + k.n_oc[j] <= k.dims[0];
         k.oc_begin[j] = oc;
       }
       p->packs = ok ? realloc(p->packs, (p->n_packs + 1) * sizeof *p->packs) : p->packs;

@@ -8,8 +8,6 @@
 
 #include "alexrt_cuda.h"
 
-// Sets rt_error() and returns false.
-bool rt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // Product of dims, false on a negative dim or if the byte size would overflow.
 bool rt_checked_elems(int rank, const int64_t *dims, int64_t *elems);
 

@@ -44,21 +44,27 @@ typedef struct {
   float **data;  // per entry, read on first use
 } WeightFile;
 
-static const float *weight(void *ctx, const char *name) {
+// A tensor of the weights file, read (and checked: type F32, the shape the model has)
+// on first use.
+static const float *weight(void *ctx, const char *name, int rank, const int64_t *dims) {
   WeightFile *w = ctx;
   for (int i = 0; i < w->st.n; i++) {
     const RtStEntry *e = &w->st.entries[i];
     if (strcmp(e->name, name))
       continue;
     if (!w->data[i]) {
-      w->data[i] = malloc((size_t)e->elems * sizeof(float) + 1);
-      if (w->data[i] && !rt_st_read_f32(&w->st, name, e->rank, e->dims, w->data[i])) {
+      int64_t n = 1;
+      for (int d = 0; d < rank; d++)
+        n *= dims[d];
+      w->data[i] = malloc((size_t)n * sizeof(float) + 1);
+      if (w->data[i] && !rt_st_read_f32(&w->st, name, rank, dims, w->data[i])) {
         free(w->data[i]);
         w->data[i] = NULL;
       }
     }
     return w->data[i];
   }
+  rt_fail("%s: no tensor '%s'", w->st.path, name);
   return NULL;
 }
 
@@ -194,7 +200,7 @@ int main(int argc, char **argv) {
   }
   wf.data = calloc(wf.st.n ? wf.st.n : 1, sizeof *wf.data);
   if (!(m = rt_cpu_load(&p, weight, &wf, threads))) {
-    fprintf(stderr, "%s: %s: %s\n", argv[0], weights_path, rt_error());
+    fprintf(stderr, "%s: %s\n", argv[0], rt_error());
     goto done;
   }
   if (labels_path && !(labels = read_labels(labels_path, &n_labels))) {

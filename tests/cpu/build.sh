@@ -43,6 +43,14 @@ if ./mini "$root/tests/data/cat.png" --weights nothing.safetensors 2>err.txt; th
 fi
 grep -q "nothing.safetensors" err.txt || fail "missing weights not named: $(cat err.txt)"
 
+# Weights of another network: refused with the tensor named, before anything runs.
+"$alexc" init "$root/specs/alexnet-torchvision.yaml" --seed 1 -o other.safetensors >/dev/null 2>&1 ||
+  "$alexc" init "$root/tests/golden/conv_pad/spec.yaml" --seed 1 -o other.safetensors >/dev/null
+if ./mini "$root/tests/data/cat.png" --weights other.safetensors 2>err.txt; then
+  fail "ran with another network's weights"
+fi
+grep -q "other.safetensors" err.txt || fail "wrong weights not named: $(cat err.txt)"
+
 # The shared object and its header.
 "$alexc" compile "$root/specs/mini-alexnet.yaml" --target cpu -o model.so >/dev/null
 [ -s model.so ] && grep -q "MINI_ALEXNET_INPUT_C 1" model.h || fail "no .so or header"

@@ -51,7 +51,7 @@ void cpu_jit_free(CpuJit *j);
 bool cpu_emit_llvm(const Graph *g, const CpuOptions *o, const char *dir);
 
 // Weights by tensor name, for rt_cpu_load (ctx is a Weights *).
-const float *cpu_weight_by_name(void *ctx, const char *name);
+const float *cpu_weight_by_name(void *ctx, const char *name, int rank, const int64_t *dims);
 
 // The largest relative difference (compare()) from the reference the CPU target allows
 // in fp32: its sums are float (the reference's double), in another order. With bf16 fc

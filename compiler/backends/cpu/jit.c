@@ -379,11 +379,19 @@ bool cpu_emit_llvm(const Graph *g, const CpuOptions *o, const char *dir) {
 
 // ---------------------------------------------------------------- running
 
-const float *cpu_weight_by_name(void *ctx, const char *name) {
+const float *cpu_weight_by_name(void *ctx, const char *name, int rank, const int64_t *dims) {
   const Weights *w = ctx;
   for (int i = 0; i < w->n; i++)
-    if (!strcmp(w->info[i].name, name))
+    if (!strcmp(w->info[i].name, name)) {
+      // Weights are checked against the spec when loaded; this is the compiler's own
+      // consistency check.
+      if (w->info[i].rank != rank || memcmp(w->info[i].dims, dims, rank * sizeof *dims)) {
+        rt_fail("internal error: tensor '%s' has another shape than the program's", name);
+        return NULL;
+      }
       return w->data[i];
+    }
+  rt_fail("no tensor '%s' among the weights", name);
   return NULL;
 }
 

@@ -274,6 +274,15 @@ static void describe_pack(const Node *n, int64_t k, int width, int64_t blocks, C
   bool bias = n->op == OP_CONV ? n->conv.bias : n->fc.bias;
   if (bias)
     snprintf(pk->bias, sizeof pk->bias, "%s.bias", n->name);
+  // The weight's shape as PyTorch has it: (out, in/groups, kh, kw) or (out, in).
+  if (n->op == OP_CONV) {
+    pk->rank = 4;
+    pk->dims[0] = n->conv.out, pk->dims[1] = k / (n->conv.kernel * n->conv.kernel);
+    pk->dims[2] = pk->dims[3] = n->conv.kernel;
+  } else {
+    pk->rank = 2;
+    pk->dims[0] = n->fc.out, pk->dims[1] = k;
+  }
   pk->k = k;
   pk->width = width;
   pk->blocks = (int)blocks;
