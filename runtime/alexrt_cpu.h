@@ -16,6 +16,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "alexrt.h"
+
 // A generated kernel: work items [begin, end) of the batch; items are images times
 // row bands (convolutions, pooling, LRN) or output blocks (fully connected).
 typedef void (*RtCpuKernel)(float *arena, const float *weights, float *scratch, int64_t batch,
@@ -104,6 +106,31 @@ void rt_cpu_program_free(RtCpuProgram *p);
 bool rt_cpu_host_has(const char *isa);
 // Whether it has AVX512_BF16 (what --precision bf16 needs).
 bool rt_cpu_host_has_bf16(void);
+
+// ---- runtime/cpu_bundle.c
+
+// A CPU model .so, open: its program with kernels bound.
+typedef struct {
+  void *lib;
+  RtCpuProgram program;
+  char isa[16];
+  int64_t in_shape[3], out_shape[1][3];  // per image (C, H, W)
+} RtCpuBundle;
+
+// 1: opened; 0: not a CPU model (not ELF, or no alexc_cpu_program_v1); -1: an error
+// (rt_error(): a truncated file, a malformed program, an ISA this CPU lacks).
+int rt_cpu_bundle_open(const char *path, RtCpuBundle *b);
+void rt_cpu_bundle_close(RtCpuBundle *b);
+
+// Weights from a safetensors file for rt_cpu_load: rt_cpu_weight is the RtCpuWeightFn
+// (ctx: the RtCpuWeights), reading each tensor once, checked against the shape asked.
+typedef struct {
+  RtSafetensors st;
+  float **data;
+} RtCpuWeights;
+bool rt_cpu_weights_open(const char *path, RtCpuWeights *w);
+const float *rt_cpu_weight(void *ctx, const char *name, int rank, const int64_t *dims);
+void rt_cpu_weights_close(RtCpuWeights *w);
 
 typedef struct RtCpuModel RtCpuModel;
 

@@ -31,7 +31,7 @@ typedef const unsigned char *(*Entry)(unsigned long long *size);
 // first check, in the file's bytes, that the ELF header and every segment lie inside
 // the file. Files of another class or machine are left to dlopen, which refuses them
 // with a message.
-static bool check_elf(const char *path, const uint8_t *data, size_t size) {
+bool rt_check_elf(const char *path, const uint8_t *data, size_t size) {
   ElfW(Ehdr) eh;
   if (size < sizeof eh)
     return rt_fail("%s: cannot load the bundle: a truncated ELF file (%zu bytes)", path, size);
@@ -52,7 +52,7 @@ static bool check_elf(const char *path, const uint8_t *data, size_t size) {
 
 bool rt_bundle_load(const char *path, const uint8_t *data, size_t size, RtPlan *p) {
   memset(p, 0, sizeof *p);
-  if (!check_elf(path, data, size))
+  if (!rt_check_elf(path, data, size))
     return false;
   // A name without a '/' would make dlopen search the library path: say where it is.
   size_t n = strlen(path);

@@ -1,6 +1,7 @@
 // alexrt: runs a compiled model with the runtime alone (no LLVM, no libyaml, no
 // spec): the model is the shared object (or plan file) `alexc compile --target cuda
-// -o MODEL` wrote, the weights a safetensors file, the input a .npy batch.
+// -o MODEL` wrote, or the shared object of `alexc compile --target cpu -o MODEL.so`;
+// the weights a safetensors file, the input a .npy batch.
 //
 //   alexrt info MODEL
 //   alexrt run MODEL --weights W.safetensors --input X.npy [--output Y.npy] [--batch-check]
@@ -18,6 +19,7 @@
 #include <string.h>
 
 #include "alexrt.h"
+#include "alexrt_cpu.h"
 #include "alexrt_cuda.h"
 
 enum { EXIT_OK = 0, EXIT_ERR = 1, EXIT_USAGE = 2 };
@@ -27,8 +29,9 @@ static const char RUN_HELP[] =
     "usage: alexrt run MODEL --weights W.safetensors --input X.npy [--output Y.npy]\n"
     "                  [--batch-check]\n"
     "\n"
-    "Runs a batch through a compiled model on the GPU(s). MODEL is what 'alexc compile\n"
-    "--target cuda -o MODEL' wrote: a .so bundle or a plan file.\n"
+    "Runs a batch through a compiled model. MODEL is what 'alexc compile --target cuda\n"
+    "-o MODEL' wrote (a .so bundle or a plan file: runs on the GPU(s)), or 'alexc compile\n"
+    "--target cpu -o MODEL.so' (runs on this CPU, every core).\n"
     "\n"
     "  --weights FILE   safetensors holding every tensor the model names (float32)\n"
     "  --input FILE     .npy float32 batch (N, C, H, W) of the model's input shape per\n"
@@ -86,6 +89,97 @@ static bool load_model(const char *path, RtPlan *plan) {
 
 static double mib(int64_t floats) { return (double)floats * sizeof(float) / (1 << 20); }
 
+// ---------------------------------------------------------------- CPU models
+
+// info for a CPU model .so.
+static int cpu_info(const char *path, RtCpuBundle *b) {
+  const RtCpuProgram *p = &b->program;
+  int runs = 0, packs_bf16 = 0;
+  int64_t params = 0;
+  for (int i = 0; i < p->n_steps; i++)
+    runs += p->steps[i].kind == RT_CPU_RUN;
+  for (int i = 0; i < p->n_packs; i++) {
+    const RtCpuPack *k = &p->packs[i];
+    packs_bf16 += k->bf16;
+    int64_t n = 1;
+    for (int d = 0; d < k->rank; d++)
+      n *= k->dims[d];
+    params += n + (k->bias[0] ? k->dims[0] : 0);
+  }
+  printf("model      %s\n", path);
+  printf("target     cpu (%s code%s)\n", b->isa, packs_bf16 ? ", bf16 fc layers" : "");
+  printf("devices    %d (run one after another on every core)\n", p->n_devices);
+  printf("steps      %d (%d kernels, %d copies)\n", p->n_steps, runs, p->n_steps - runs);
+  printf("input      %lldx%lldx%lld\n", (long long)b->in_shape[0], (long long)b->in_shape[1],
+         (long long)b->in_shape[2]);
+  printf("output     %lldx%lldx%lld\n", (long long)b->out_shape[0][0],
+         (long long)b->out_shape[0][1], (long long)b->out_shape[0][2]);
+  printf("weights    %d tensors with weights, %" PRId64 " parameters (as this plan splits them)\n",
+         p->n_packs, params);
+  for (int d = 0; d < p->n_devices; d++)
+    printf("device %d   arena %" PRId64 " floats/image (%.2f MiB)\n", d, p->arena[d],
+           mib(p->arena[d]));
+  return EXIT_OK;
+}
+
+// run for a CPU model .so: x is (batch, input) already checked; y is written.
+static bool cpu_run(RtCpuBundle *b, const char *weights, const float *x, int batch, float *y) {
+  RtCpuWeights w;
+  if (!rt_cpu_weights_open(weights, &w)) {
+    error("%s", rt_error());
+    return false;
+  }
+  RtCpuModel *m = rt_cpu_load(&b->program, rt_cpu_weight, &w, 0);
+  bool ok = m && rt_cpu_run(m, x, batch, &y);
+  if (!ok)
+    error("%s", rt_error());
+  rt_cpu_free(m);
+  rt_cpu_weights_close(&w);
+  return ok;
+}
+
+// `alexrt run` on a CPU model: the input checked against its shape, the output saved in
+// (N, C) or (N, C, H, W), or each image's top class printed.
+static int cpu_cmd_run(RtCpuBundle *b, const char *weights, const char *input,
+                       const char *output) {
+  RtTensor x = {0};
+  if (!rt_npy_load(input, &x)) {
+    error("%s", rt_error());
+    return EXIT_ERR;
+  }
+  const int64_t *s = b->in_shape;
+  bool shaped = (x.rank == 4 || x.rank == 3) && x.dims[x.rank - 3] == s[0] &&
+                x.dims[x.rank - 2] == s[1] && x.dims[x.rank - 1] == s[2];
+  int64_t batch = x.rank == 4 ? x.dims[0] : 1;
+  if (!shaped || batch < 1 || batch > MAX_BATCH) {
+    error("%s: want a batch (N, %lld, %lld, %lld) or one image (%lld, %lld, %lld) of float32",
+          input, (long long)s[0], (long long)s[1], (long long)s[2], (long long)s[0],
+          (long long)s[1], (long long)s[2]);
+    rt_tensor_free(&x);
+    return EXIT_ERR;
+  }
+  int64_t out = b->program.out_elems[0];
+  float *y = malloc((size_t)(batch * out) * sizeof(float));
+  bool ok = y && cpu_run(b, weights, x.data, (int)batch, y);
+  if (ok && output) {
+    const int64_t *o = b->out_shape[0];
+    int64_t dims[4] = {batch, o[0], o[1], o[2]};
+    if (!(ok = rt_npy_save(output, y, o[1] == 1 && o[2] == 1 ? 2 : 4, dims)))
+      error("%s", rt_error());
+  }
+  for (int64_t i = 0; ok && !output && i < batch; i++) {
+    const float *yi = y + i * out;
+    int64_t best = 0;
+    for (int64_t k = 1; k < out; k++)
+      if (yi[k] > yi[best])
+        best = k;
+    printf("image %lld: top class %lld (%.6g)\n", (long long)i, (long long)best, yi[best]);
+  }
+  free(y);
+  rt_tensor_free(&x);
+  return ok ? EXIT_OK : EXIT_ERR;
+}
+
 // ---------------------------------------------------------------- info
 
 static int cmd_info(int argc, char **argv) {
@@ -100,6 +194,17 @@ static int cmd_info(int argc, char **argv) {
   if (optind + 1 != argc)
     return usage_error("info", "expected one MODEL file");
   const char *path = argv[optind];
+  RtCpuBundle cpu;
+  int is_cpu = rt_cpu_bundle_open(path, &cpu);
+  if (is_cpu < 0) {
+    error("%s", rt_error());
+    return EXIT_ERR;
+  }
+  if (is_cpu) {
+    int rc = cpu_info(path, &cpu);
+    rt_cpu_bundle_close(&cpu);
+    return rc;
+  }
   RtPlan p;
   if (!load_model(path, &p))
     return EXIT_ERR;
@@ -358,6 +463,19 @@ static int cmd_run(int argc, char **argv) {
   if (!weights || !input)
     return usage_error("run", "--weights and --input are required");
 
+  RtCpuBundle cpu;
+  int is_cpu = rt_cpu_bundle_open(argv[optind], &cpu);
+  if (is_cpu < 0) {
+    error("%s", rt_error());
+    return EXIT_ERR;
+  }
+  if (is_cpu) {
+    if (check)
+      fprintf(stderr, "alexrt: note: --batch-check is for GPU models; ignored\n");
+    int rc = cpu_cmd_run(&cpu, weights, input, output);
+    rt_cpu_bundle_close(&cpu);
+    return rc;
+  }
   RtPlan p;
   if (!load_model(argv[optind], &p))
     return EXIT_ERR;

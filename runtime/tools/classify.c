@@ -39,35 +39,6 @@ static const char HELP[] =
     "  --mean, --std   per-channel normalisation (default ImageNet's, as torchvision:\n"
     "                  0.485,0.456,0.406 and 0.229,0.224,0.225)\n";
 
-typedef struct {
-  RtSafetensors st;
-  float **data;  // per entry, read on first use
-} WeightFile;
-
-// A tensor of the weights file, read (and checked: type F32, the shape the model has)
-// on first use.
-static const float *weight(void *ctx, const char *name, int rank, const int64_t *dims) {
-  WeightFile *w = ctx;
-  for (int i = 0; i < w->st.n; i++) {
-    const RtStEntry *e = &w->st.entries[i];
-    if (strcmp(e->name, name))
-      continue;
-    if (!w->data[i]) {
-      int64_t n = 1;
-      for (int d = 0; d < rank; d++)
-        n *= dims[d];
-      w->data[i] = malloc((size_t)n * sizeof(float) + 1);
-      if (w->data[i] && !rt_st_read_f32(&w->st, name, rank, dims, w->data[i])) {
-        free(w->data[i]);
-        w->data[i] = NULL;
-      }
-    }
-    return w->data[i];
-  }
-  rt_fail("%s: no tensor '%s'", w->st.path, name);
-  return NULL;
-}
-
 static bool parse_floats(const char *s, float *out) {
   char *end;
   for (int i = 0; i < 3; i++) {
@@ -187,19 +158,18 @@ int main(int argc, char **argv) {
     sprintf(default_weights, "%s.safetensors", argv[0]);
     weights_path = default_weights;
   }
-  WeightFile wf = {0};
+  RtCpuWeights wf = {0};
   int rc = 1;
   RtCpuModel *m = NULL;
   char **labels = NULL;
   int n_labels = 0;
   float *x = NULL, *y = NULL;
   int *owner = NULL;  // the argument each image came from
-  if (!rt_st_open(weights_path, &wf.st)) {
+  if (!rt_cpu_weights_open(weights_path, &wf)) {
     fprintf(stderr, "%s: %s\n", argv[0], rt_error());
     goto done;
   }
-  wf.data = calloc(wf.st.n ? wf.st.n : 1, sizeof *wf.data);
-  if (!(m = rt_cpu_load(&p, weight, &wf, threads))) {
+  if (!(m = rt_cpu_load(&p, rt_cpu_weight, &wf, threads))) {
     fprintf(stderr, "%s: %s\n", argv[0], rt_error());
     goto done;
   }
@@ -273,11 +243,7 @@ done:
   free(x);
   free(y);
   rt_cpu_free(m);
-  for (int i = 0; wf.data && i < wf.st.n; i++)
-    free(wf.data[i]);
-  free(wf.data);
-  if (wf.st.entries)
-    rt_st_close(&wf.st);
+  rt_cpu_weights_close(&wf);
   free(default_weights);
   rt_cpu_program_free(&p);
   return rc;

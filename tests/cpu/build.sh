@@ -2,9 +2,10 @@
 # alexc build and compile --target cpu, as a user runs them: a standalone executable
 # classifies a JPEG and a PNG, and reproduces the reference's output on a .npy batch;
 # the .so and its header are written; bad inputs get one message and exit 1.
-# usage: build.sh ALEXC
+# usage: build.sh ALEXC   (alexrt is found beside it)
 set -euo pipefail
 alexc=$(realpath "$1")
+alexrt=$(dirname "$alexc")/alexrt
 root=$(pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -55,6 +56,19 @@ grep -q "other.safetensors" err.txt || fail "wrong weights not named: $(cat err.
 "$alexc" compile "$root/specs/mini-alexnet.yaml" --target cpu -o model.so >/dev/null
 [ -s model.so ] && grep -q "MINI_ALEXNET_INPUT_C 1" model.h || fail "no .so or header"
 nm -D model.so | grep -q alexc_cpu_program_v1 || fail "the .so does not export the program"
+# The runtime alone runs it: alexrt info and run, the reference's output on the batch.
+"$alexrt" info model.so | grep -q "target     cpu" || fail "alexrt info does not know the .so"
+"$alexrt" run model.so --weights mini.safetensors --input x.npy --output y2.npy
+"$alexc" compare y2.npy ref.npy --tolerance 1e-4
+if "$alexrt" run model.so --weights other.safetensors --input x.npy 2>err.txt; then
+  fail "alexrt ran with another network's weights"
+fi
+grep -q "other.safetensors" err.txt || fail "alexrt: wrong weights not named: $(cat err.txt)"
+head -c 3000 model.so > cut.so
+if "$alexrt" run cut.so --weights mini.safetensors --input x.npy 2>err.txt; then
+  fail "alexrt loaded a truncated .so"
+fi
+grep -q "cut.so" err.txt || fail "alexrt: truncated .so not named: $(cat err.txt)"
 "$alexc" compile "$root/specs/mini-alexnet.yaml" --target cpu --emit-llvm ll >/dev/null
 grep -q "define void @k_1_conv1_d0" ll/mini_alexnet.ll || fail "no LLVM IR"
 if "$alexc" compile "$root/specs/mini-alexnet.yaml" --target cpu --cpu pentium9 -o z.so 2>err.txt
