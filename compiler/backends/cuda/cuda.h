@@ -1,7 +1,10 @@
 // The CUDA backend: CUDA C++ source per device from a compiled graph, the plan that
 // runs it (runtime/alexrt_cuda.h), and NVRTC compilation with a content-hash cache.
 //
+//   options.c   CudaOptions: defaults, --conv parsing, names, tolerances
 //   codegen.c   Graph (after run_passes) -> one translation unit per device + RtPlan
+//               (the plan's steps, and each node's kernel source)
+//   implicit.c  the implicit-GEMM and fused conv kernels' source
 //   nvrtc.c     source -> CUBIN (+ PTX), cached in $ALEXC_CACHE or ~/.cache/alexc
 #ifndef ALEXC_CUDA_H
 #define ALEXC_CUDA_H
