@@ -2,8 +2,8 @@
 // runs it (runtime/alexrt_cuda.h), and NVRTC compilation with a content-hash cache.
 //
 //   options.c   CudaOptions: defaults, --conv parsing, names, tolerances
-//   codegen.c   Graph (after run_passes) -> one translation unit per device + RtPlan
-//               (the plan's steps, and each node's kernel source)
+//   schedule.c  Graph (after run_passes) -> RtPlan + one translation unit per device
+//   render.c    each node's kernel source (render.h: what the two share)
 //   implicit.c  the implicit-GEMM and fused conv kernels' source
 //   nvrtc.c     source -> CUBIN (+ PTX), cached in $ALEXC_CACHE or ~/.cache/alexc
 #ifndef ALEXC_CUDA_H
@@ -101,7 +101,7 @@ CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec);
 // fits, and it is not the simpler implicit kernel that writes its output.
 bool cuda_fused_applies(const Node *n, int d, RtPrecision prec);
 // Its source: the comment and constants (namespace nodeNN_fused), before the node's
-// stage functions (codegen.c, whose stage 0 reads the region: struct Ptrs {region,
+// stage functions (render.c, whose stage 0 reads the region: struct Ptrs {region,
 // c0, y0, x0}), then the kernel `kname` calling them. Arguments: the input, the
 // weight slice of stage[0], the bias (if any), the output, the batch.
 void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *kname,

@@ -6,8 +6,8 @@
 // The kernel writes exactly what the --conv gemm path's cuBLAS writes: the conv output
 // of the chunk's images in scratch, channel-major ((channel - first channel) * M + m,
 // m = image * pixels + pixel, M = the chunk's images x pixels), without the bias. So the
-// node's epilogue kernel (codegen.c: bias, then the fused ReLU/LRN/pool stages) runs
-// unchanged after it, and the plan (codegen.c, plan_conv_implicit) is one chunk of two
+// node's epilogue kernel (render.c: bias, then the fused ReLU/LRN/pool stages) runs
+// unchanged after it, and the plan (schedule.c, plan_conv_implicit) is one chunk of two
 // kernel steps. The tiling is explained in the comment block cuda_emit_implicit_conv
 // writes into the generated source.
 //
@@ -490,7 +490,7 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
 // (channels x rows x columns of one image). It first computes, with the GEMM above,
 // the region of the conv output that tile depends on (the LRNs' channel halo, the
 // pools' windows) into shared memory, bias added; then its threads compute the tile's
-// outputs with the node's stage functions (codegen.c), whose stage 0 reads that region.
+// outputs with the node's stage functions (render.c), whose stage 0 reads that region.
 // Nothing but the final output goes to device memory.
 
 // The static shared memory a block may have: the region and the GEMM's (gemm_smem) share it.

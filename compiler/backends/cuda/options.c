@@ -1,6 +1,6 @@
 // The CUDA target's options: their defaults, parsing (--conv, per layer), the names
 // they print under, and the tolerance each precision is held to. What the code
-// generator (codegen.c) and the commands read; nothing here generates code.
+// generator (schedule.c, render.c) and the commands read; nothing here generates code.
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
