@@ -301,21 +301,32 @@ static Range conv_inputs(const Stage *s) {
 
 // The conv's output channels on this device, cut at group boundaries (a register block
 // reads one group's input channels) into blocks of nv vectors: `full` whole blocks
-// from oc, then one of `rem` channels if rem > 0. Blocks are numbered from `block`.
+// from oc, then one of `rem` channels if rem > 0. Blocks are numbered from `block`. A
+// segment stands for `count` consecutive groups cut alike (group + t, oc + t * opg,
+// block + t * blocks per group): code is generated once for them, whatever the groups.
 typedef struct {
-  int64_t group, oc, full, rem, block;
+  int64_t group, oc, full, rem, block, count;
   int nv;
 } ConvSegment;
 
-static int conv_segments(const Stage *s, int vw, ConvSegment *out, int max) {
+static int64_t blocks_of(const ConvSegment *g) { return g->full + (g->rem > 0); }
+
+// At most three segments: a partial first group, the whole ones, a partial last one.
+static int conv_segments(const Stage *s, int vw, ConvSegment out[3]) {
   const ConvAttrs *a = &s->op->conv;
   int64_t opg = a->out / a->groups, block = 0;
   int n = 0;
-  for (int64_t oc = s->r.begin; oc < s->r.end && n < max; n++) {
+  for (int64_t oc = s->r.begin; oc < s->r.end;) {
     int64_t group = oc / opg, end = (group + 1) * opg < s->r.end ? (group + 1) * opg : s->r.end;
     int nv = end - oc > vw ? 2 : 1;
-    out[n] = (ConvSegment){group, oc, (end - oc) / (nv * vw), (end - oc) % (nv * vw), block, nv};
-    block += out[n].full + (out[n].rem > 0);
+    ConvSegment g = {group, oc, (end - oc) / (nv * vw), (end - oc) % (nv * vw), block, 1, nv};
+    ConvSegment *last = n ? &out[n - 1] : NULL;
+    if (last && oc % opg == 0 && end - oc == opg && last->oc % opg == 0 &&
+        last->full == g.full && last->rem == g.rem && last->nv == g.nv)
+      last->count++;  // another whole group like the last
+    else
+      out[n++] = g;
+    block += blocks_of(&g);
     oc = end;
   }
   return n;
@@ -372,7 +383,8 @@ static void conv_copy_input(Cg *c, const Stage *s, const Acc *src, LLVMValueRef 
 // The micro-kernel: nv x nw accumulators for output row y, pixels [x0, x0 + nw) of
 // block b; then bias, ReLU, and the store of the block's real channels. Panel rows are
 // `width` floats (two vectors; a one-vector block uses the first).
-static void conv_micro(Cg *c, const Stage *s, const ConvSegment *b, LLVMValueRef oc,
+static void conv_micro(Cg *c, const Stage *s, const ConvSegment *b, LLVMValueRef ic0,
+                       LLVMValueRef oc,
                        int64_t n_oc, int64_t nw, LLVMValueRef x0,
                        LLVMValueRef yrel, LLVMValueRef y, LLVMValueRef pad_buf,
                        int64_t row_stride, int64_t chan_stride, LLVMValueRef w_panel,
@@ -386,11 +398,11 @@ static void conv_micro(Cg *c, const Stage *s, const ConvSegment *b, LLVMValueRef
       LLVMBuildStore(c->b, LLVMConstNull(c->vec), accs[v][j]);
     }
   // Scratch channel of this block's first input channel.
-  int64_t ic0 = b->group * ipg - conv_inputs(s).begin;
+  (void)ipg;
   Loop lic, lky;
   LLVMValueRef ic = loop_begin(c, &lic, k64(c, 0), k64(c, ipg), "ic");
   LLVMValueRef ky = loop_begin(c, &lky, k64(c, 0), k64(c, k), "ky");
-  LLVMValueRef row = at(c, pad_buf, add(c, mulk(c, addk(c, ic, ic0), chan_stride),
+  LLVMValueRef row = at(c, pad_buf, add(c, mulk(c, add(c, ic, ic0), chan_stride),
                                         add(c, mulk(c, add(c, mulk(c, yrel, stride), ky), row_stride),
                                             mulk(c, x0, stride))));
   LLVMValueRef wrow = at(c, w_panel, mulk(c, add(c, mulk(c, ic, k), ky), k * width));
@@ -439,20 +451,29 @@ static void emit_conv(Cg *c, const Plan *p, const Stage *s, const Acc *src, cons
   LLVMValueRef rows = addk(c, mulk(c, addk(c, sub(c, hi, lo), -1), stride), a->kernel);
   conv_copy_input(c, s, src, pad_buf, row_stride, chan_stride, y_in, rows);
 
-  ConvSegment segs[MAX_DEVICES * 64];
-  int n = conv_segments(s, c->vw, segs, MAX_DEVICES * 64);
-  int64_t blocks = segs[n - 1].block + segs[n - 1].full + (segs[n - 1].rem > 0);
+  ConvSegment segs[3];
+  int n = conv_segments(s, c->vw, segs);
+  const ConvSegment *end = &segs[n - 1];
+  int64_t blocks = end->block + end->count * blocks_of(end);
+  int64_t opg = a->out / a->groups, ipg = s->in.c / a->groups, in0 = conv_inputs(s).begin;
   int width = 2 * c->vw;  // panels are two vectors wide; one-vector blocks use half
   int64_t k = (s->in.c / a->groups) * a->kernel * a->kernel;
   describe_pack(p->node, k, width, blocks, info);
   LLVMValueRef tile = stack_floats(c, 32 * width, "tile");
   for (int i = 0; i < n; i++) {
     const ConvSegment *b = &segs[i];
-    int64_t bw = b->nv * c->vw;
-    for (int64_t j = 0; j < b->full + (b->rem > 0); j++) {
-      info->pack.oc_begin[b->block + j] = b->oc + j * bw;
-      info->pack.n_oc[b->block + j] = (int)(j < b->full ? bw : b->rem);
-    }
+    int64_t bw = b->nv * c->vw, per = blocks_of(b);
+    for (int64_t t = 0; t < b->count; t++)
+      for (int64_t j = 0; j < per; j++) {
+        info->pack.oc_begin[b->block + t * per + j] = b->oc + t * opg + j * bw;
+        info->pack.n_oc[b->block + t * per + j] = (int)(j < b->full ? bw : b->rem);
+      }
+    // Group t of the segment: its scratch input channels, first channel and block.
+    Loop lg;
+    LLVMValueRef t = loop_begin(c, &lg, k64(c, 0), k64(c, b->count), "group");
+    LLVMValueRef ic0 = addk(c, mulk(c, t, ipg), b->group * ipg - in0);
+    LLVMValueRef oc_g = addk(c, mulk(c, t, opg), b->oc);
+    LLVMValueRef block_g = addk(c, mulk(c, t, per), b->block);
     // Whole blocks in a loop, the partial one after it.
     for (int part = 0; part < 2; part++) {
       int64_t count = part ? (b->rem > 0) : b->full, n_oc = part ? b->rem : bw;
@@ -462,7 +483,7 @@ static void emit_conv(Cg *c, const Plan *p, const Stage *s, const Acc *src, cons
       LLVMValueRef j = loop_begin(c, &lb, k64(c, 0), k64(c, count), "block");
       if (part)
         j = k64(c, b->full);
-      LLVMValueRef blk = addk(c, j, b->block), oc = addk(c, mulk(c, j, bw), b->oc);
+      LLVMValueRef blk = add(c, j, block_g), oc = add(c, mulk(c, j, bw), oc_g);
       LLVMValueRef panel = at(c, weights, mulk(c, blk, k * width));
       LLVMValueRef bias = at(c, weights, addk(c, mulk(c, blk, width), blocks * k * width));
       int64_t nw = conv_nw(s->out.w, b->nv, registers);
@@ -471,15 +492,16 @@ static void emit_conv(Cg *c, const Plan *p, const Stage *s, const Acc *src, cons
       LLVMValueRef y = loop_begin(c, &ly, lo, hi, "oy");
       LLVMValueRef yrel = sub(c, y, lo);
       LLVMValueRef xb = loop_begin(c, &lx, k64(c, 0), k64(c, full), "ox");
-      conv_micro(c, s, b, oc, n_oc, nw, mulk(c, xb, nw), yrel, y, pad_buf, row_stride,
+      conv_micro(c, s, b, ic0, oc, n_oc, nw, mulk(c, xb, nw), yrel, y, pad_buf, row_stride,
                  chan_stride, panel, bias, dst, tile, width);
       loop_end(c, &lx);
       if (tail)
-        conv_micro(c, s, b, oc, n_oc, tail, k64(c, full * nw), yrel, y, pad_buf, row_stride,
-                   chan_stride, panel, bias, dst, tile, width);
+        conv_micro(c, s, b, ic0, oc, n_oc, tail, k64(c, full * nw), yrel, y, pad_buf,
+                   row_stride, chan_stride, panel, bias, dst, tile, width);
       loop_end(c, &ly);
       loop_end(c, &lb);
     }
+    loop_end(c, &lg);
   }
 }
 
