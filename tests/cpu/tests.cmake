@@ -56,3 +56,10 @@ endforeach()
 
 # alexc build / compile --target cpu as a user runs them (tests/cpu/build.sh).
 alexc_shell_test(cpu.build cpu/build.sh cpu cli)
+
+# The program's text form: round trip, and what a damaged model could hold refused.
+add_executable(test_cpu_program ${CMAKE_CURRENT_LIST_DIR}/../unit/test_cpu_program.c)
+target_link_libraries(test_cpu_program PRIVATE alexc_core)
+target_include_directories(test_cpu_program SYSTEM PRIVATE ${ALEXC_LLVM_includedir})
+add_test(NAME unit.test_cpu_program COMMAND test_cpu_program WORKING_DIRECTORY ${ALEXC_ROOT})
+alexc_label(unit.test_cpu_program unit cpu)
