@@ -376,8 +376,11 @@ int cmd_run(int argc, char **argv);
 int cmd_golden(int argc, char **argv);
 int cmd_compile(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
-int cmd_bench_cpu(int argc, char **argv);    // bench --target cpu
-int cmd_compile_cpu(int argc, char **argv);  // compile --target cpu
+// Each target's own compile and bench (tools/targets.c dispatches on --target).
+int cmd_bench_cpu(int argc, char **argv);
+int cmd_compile_cpu(int argc, char **argv);
+int cmd_bench_cuda(int argc, char **argv);
+int cmd_compile_cuda(int argc, char **argv);
 int cmd_build(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 

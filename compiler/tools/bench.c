@@ -293,11 +293,7 @@ static void print_layers(Table *t, const char *name) {
     printf("| %s | %.3f |\n", t->rows[i].label, median(t->rows[i].ms[0], t->runs));
 }
 
-int cmd_bench(int argc, char **argv) {
-  for (int i = 1; i < argc; i++)
-    if ((!strcmp(argv[i], "--target") && i + 1 < argc && !strcmp(argv[i + 1], "cpu")) ||
-        !strcmp(argv[i], "--target=cpu"))
-      return cmd_bench_cpu(argc, argv);
+int cmd_bench_cuda(int argc, char **argv) {
   BenchArgs a;
   int rc = parse_bench_args(argc, argv, &a);
   if (rc)

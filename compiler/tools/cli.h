@@ -108,6 +108,8 @@ typedef struct {
   bool (*run)(Graph *g, const Weights *w, const float *x, int batch, const int *want,
               int n_want, const TargetOptions *o, float **out);
   double tolerance;
+  int (*compile)(int argc, char **argv);  // `alexc compile --target T ...`, or NULL
+  int (*bench)(int argc, char **argv);    // `alexc bench --target T ...`, or NULL
 } Target;
 
 const Target *target_find(const char *name);  // NULL if unknown

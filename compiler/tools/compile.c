@@ -68,11 +68,7 @@ bool make_dirs(const char *path) {
   return ok;
 }
 
-int cmd_compile(int argc, char **argv) {
-  for (int i = 1; i < argc; i++)
-    if ((!strcmp(argv[i], "--target") && i + 1 < argc && !strcmp(argv[i + 1], "cpu")) ||
-        !strcmp(argv[i], "--target=cpu"))
-      return cmd_compile_cpu(argc, argv);
+int cmd_compile_cuda(int argc, char **argv) {
   static const struct option opts[] = {
       {"target", required_argument, 0, 'T'}, {"emit-source", required_argument, 0, 'e'},
       {"output", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'},
