@@ -1,7 +1,10 @@
 // The CPU target's executor: packs weights once, then walks the program's steps. A run
 // step's work items are split into contiguous ranges, one per thread of a small pool;
 // the pool meets at a barrier after every step, since the next step reads what this one
-// wrote. Copies are done by the calling thread (they are small: transfers and the edges).
+// wrote. The logical devices of a partitioned plan run as thread groups: the steps of
+// one node on several devices (which write different arenas) run at once, each on its
+// share of the threads. Copies are done by the calling thread (they are small:
+// transfers and the edges).
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdlib.h>
@@ -14,6 +17,7 @@
 #include "internal.h"
 
 #define MAX_THREADS 256
+#define RT_CPU_MAX_GROUP 8  // steps run at once: the devices of a plan
 
 struct RtCpuModel {
   const RtCpuProgram *p;
@@ -32,10 +36,12 @@ struct RtCpuModel {
   unsigned generation;  // bumped to start a step
   int pending;          // workers still running the step
   bool quit;
-  // The step being run.
-  const RtCpuStep *step;
-  float *arena;
-  int64_t batch, total;
+  // The steps being run at once (one node on several devices), each on a group of threads.
+  const RtCpuStep *step[RT_CPU_MAX_GROUP];
+  float *arena[RT_CPU_MAX_GROUP];
+  int64_t total[RT_CPU_MAX_GROUP];
+  int n_step;
+  int64_t batch;
 };
 
 static double now_us(void) {
@@ -44,15 +50,21 @@ static double now_us(void) {
   return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
 }
 
-// Thread t's share of the step's items: a contiguous range, sizes differing by at most one.
+// Thread t's share: the threads are cut into n_step groups (group k is the threads t
+// with t * n_step / threads == k), and within its group a thread takes a contiguous
+// range of that step's items, sizes differing by at most one.
 static void run_share(RtCpuModel *m, int t) {
-  int64_t per = m->total / m->threads, extra = m->total % m->threads;
-  int64_t begin = t * per + (t < extra ? t : extra);
-  int64_t end = begin + per + (t < extra);
+  int g = m->n_step, T = m->threads;
+  int k = (int)((int64_t)t * g / T);
+  int first = (k * T + g - 1) / g, next = ((k + 1) * T + g - 1) / g;
+  int n = next - first, r = t - first;
+  int64_t per = m->total[k] / n, extra = m->total[k] % n;
+  int64_t begin = r * per + (r < extra ? r : extra);
+  int64_t end = begin + per + (r < extra);
   if (begin < end) {
-    const RtCpuStep *s = m->step;
-    s->fn(m->arena, s->pack >= 0 ? m->packed[s->pack] : NULL, m->scratch[t], m->batch, begin,
-          end);
+    const RtCpuStep *s = m->step[k];
+    s->fn(m->arena[k], s->pack >= 0 ? m->packed[s->pack] : NULL, m->scratch[t], m->batch,
+          begin, end);
   }
 }
 
@@ -80,11 +92,16 @@ static void *worker(void *arg) {
   return NULL;
 }
 
-static void run_step(RtCpuModel *m, const RtCpuStep *s, float *arena, int64_t batch) {
-  m->step = s;
-  m->arena = arena;
+// Runs steps s[0..n) at once (n <= threads), each on its group of threads.
+static void run_steps(RtCpuModel *m, const RtCpuStep *const *s, float *const *arena, int n,
+                      int64_t batch) {
+  m->n_step = n;
   m->batch = batch;
-  m->total = s->per_image ? s->items * batch : s->items;
+  for (int k = 0; k < n; k++) {
+    m->step[k] = s[k];
+    m->arena[k] = arena[k];
+    m->total[k] = s[k]->per_image ? s[k]->items * batch : s[k]->items;
+  }
   if (m->threads > 1) {
     pthread_mutex_lock(&m->lock);
     m->pending = m->threads - 1;
@@ -270,7 +287,23 @@ bool rt_cpu_run(RtCpuModel *m, const float *x, int64_t batch, float **y) {
     const RtCpuStep *s = &p->steps[i];
     double t0 = now_us();
     if (s->kind == RT_CPU_RUN) {
-      run_step(m, s, arena[s->device], batch);
+      // This node's steps on the following devices run with it, when there are threads
+      // enough for a group each; the time is the group's, booked on its first step.
+      const RtCpuStep *group[RT_CPU_MAX_GROUP] = {s};
+      float *arenas[RT_CPU_MAX_GROUP] = {arena[s->device]};
+      int n = 1;
+      while (i + n < p->n_steps && n < RT_CPU_MAX_GROUP && n < m->threads &&
+             p->steps[i + n].kind == RT_CPU_RUN && p->steps[i + n].node == s->node) {
+        group[n] = &p->steps[i + n];
+        arenas[n] = arena[group[n]->device];
+        n++;
+      }
+      run_steps(m, group, arenas, n, batch);
+      for (int k = 1; k < n; k++)
+        m->times[i + k] = 0;
+      m->times[i] = now_us() - t0;
+      i += n - 1;
+      continue;
     } else {
       for (int64_t img = 0; img < batch; img++)
         memmove(place(&s->to, arena, x, y, batch, img, false),
@@ -283,7 +316,9 @@ bool rt_cpu_run(RtCpuModel *m, const float *x, int64_t batch, float **y) {
 
 void rt_cpu_parallel(RtCpuModel *m, RtCpuKernel fn, int64_t items, int64_t batch) {
   RtCpuStep s = {.kind = RT_CPU_RUN, .fn = fn, .items = items, .pack = -1};
-  run_step(m, &s, NULL, batch);
+  const RtCpuStep *one = &s;
+  float *none = NULL;
+  run_steps(m, &one, &none, 1, batch);
 }
 
 const double *rt_cpu_step_times(const RtCpuModel *m) { return m->times; }

@@ -1,6 +1,7 @@
 // The CPU target against the reference over every spec, in the manner of ggml's
 // test-backend-ops: the reference runs the plain graph once; each variant (fused or
-// not, 1 to 8 logical devices, AVX-512, AVX2 or SSE2 code) is compiled, JIT-loaded and
+// not, 1 to 8 logical devices, run one after another or as thread groups, AVX-512, AVX2
+// or SSE2 code, bf16 fc layers) is compiled, JIT-loaded and
 // run on the same batch, and every layer it computes must match within CPU_TOLERANCE
 // (1e-5 relative). A softmax's output is compared through its input (the logits): a
 // softmax turns an absolute logit error e into a relative output error of up to 2e, so
@@ -24,18 +25,22 @@ typedef struct {
   const char *cpu;   // NULL: the host
   bool every_layer;  // keep and compare every layer (which leaves nothing to fuse)
   bool bf16;         // fc layers in bf16 (skipped where the CPU has no AVX512_BF16)
+  int threads;       // 0: one per core; more than the devices runs them as thread groups
 } Variant;
 
 static const Variant FULL[] = {
-    {true, 1, NULL, false, false},         {false, 1, NULL, false, false},        {true, 2, NULL, false, false},
-    {true, 3, NULL, false, false},         {true, 4, NULL, false, false},         {true, 5, NULL, false, false},
-    {true, 6, NULL, false, false},         {true, 7, NULL, false, false},         {true, 8, NULL, false, false},
-    {false, 3, NULL, false, false},        {true, 1, "x86-64-v3", false, false},  {false, 2, "x86-64-v3", false, false},
-    {true, 1, "x86-64", false, false},     {false, 1, NULL, true, false},         {false, 3, "x86-64-v3", true, false},
-    {true, 1, NULL, false, true},   {false, 2, NULL, false, true},
+    {true, 1, NULL, false, false, 0},         {false, 1, NULL, false, false, 0},        {true, 2, NULL, false, false, 0},
+    {true, 3, NULL, false, false, 0},         {true, 4, NULL, false, false, 0},         {true, 5, NULL, false, false, 0},
+    {true, 6, NULL, false, false, 0},         {true, 7, NULL, false, false, 0},         {true, 8, NULL, false, false, 0},
+    {false, 3, NULL, false, false, 0},        {true, 1, "x86-64-v3", false, false, 0},  {false, 2, "x86-64-v3", false, false, 0},
+    {true, 1, "x86-64", false, false, 0},     {false, 1, NULL, true, false, 0},         {false, 3, "x86-64-v3", true, false, 0},
+    {true, 1, NULL, false, true, 0},   {false, 2, NULL, false, true, 0},
+    {true, 3, NULL, false, false, 7},  {false, 8, NULL, false, false, 5},
 };
 static const Variant QUICK[] = {
-    {true, 1, NULL, false, false}, {false, 2, NULL, true, false}, {true, 3, "x86-64-v3", false, false},
+    {true, 1, NULL, false, false, 0},
+    {false, 2, NULL, true, false, 0},
+    {true, 3, "x86-64-v3", false, false, 3},  // the sanitizer sees the thread groups too
 };
 
 static bool big(const Graph *g) { return graph_macs(g) > 100000000; }
@@ -73,7 +78,7 @@ static bool run_variant(const char *path, const char *target, const Variant *v, 
   int nodes[256];
   for (int k = 0; ok && k < n; k++)
     ok = (nodes[k] = graph_find_value(g, names[k])) >= 0;
-  TargetOptions t = {.cpu = {.cpu = v->cpu, .bf16 = v->bf16}};
+  TargetOptions t = {.cpu = {.cpu = v->cpu, .bf16 = v->bf16, .threads = v->threads}};
   ok = ok && target_find(target)->run(g, w, x, batch, nodes, n, &t, out);
   graph_free(g);
   return ok;
@@ -90,7 +95,7 @@ static int check_spec(const char *path, bool quick) {
   char *names[256], *every[256];
   int n_out = pick_layers(g, false, names), n_every = pick_layers(g, true, every);
   float *want[256] = {0};
-  Variant plain = {false, 1, NULL, true, false};
+  Variant plain = {false, 1, NULL, true, false, 0};
   int failures = run_variant(path, "ref", &plain, w, x, batch, every, n_every, want) ? 0 : 1;
   const Variant *vs = quick ? QUICK : FULL;
   size_t nv = quick ? sizeof QUICK / sizeof *QUICK : sizeof FULL / sizeof *FULL;
@@ -125,9 +130,12 @@ static int check_spec(const char *path, bool quick) {
       free(got[k]);
     }
     char label[64];
-    snprintf(label, sizeof label, "%s/%ddev/%s%s", vs[v].every_layer ? "every-layer"
+    char threads[16] = "";
+    if (vs[v].threads)
+      snprintf(threads, sizeof threads, "/%dthr", vs[v].threads);
+    snprintf(label, sizeof label, "%s/%ddev/%s%s%s", vs[v].every_layer ? "every-layer"
              : vs[v].fuse ? "fused" : "unfused", vs[v].devices, vs[v].cpu ? vs[v].cpu : "native",
-             vs[v].bf16 ? "/bf16" : "");
+             vs[v].bf16 ? "/bf16" : "", threads);
     printf("  %-22s %-24s %2d layer(s), worst %-8s %-9.3g (%3.0f%% of its tolerance) %s\n",
            g->name, label, n, worst_layer, worst_rel, 100 * worst, ok ? "OK" : "FAIL");
     failures += !ok;
