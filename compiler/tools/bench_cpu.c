@@ -4,8 +4,8 @@
 //
 // Each configuration is compiled and its weights packed once; after warm-up runs, `runs`
 // runs are timed end to end, and the executor's per-step clock gives the layer table
-// (medians). Logical devices run one after another on all threads, so a layer's time is
-// the sum over devices. Rows are the fused graph's nodes; an unfused run's layers are
+// (medians). A node's steps on several logical devices run at once as thread groups; the
+// executor books their time on the first, so a layer's time is its wall time. Rows are the fused graph's nodes; an unfused run's layers are
 // added into the fused row that holds them, so both columns time the same work.
 #define _GNU_SOURCE
 #include <stdlib.h>

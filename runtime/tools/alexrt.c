@@ -108,7 +108,7 @@ static int cpu_info(const char *path, RtCpuBundle *b) {
   }
   printf("model      %s\n", path);
   printf("target     cpu (%s code%s)\n", b->isa, packs_bf16 ? ", bf16 fc layers" : "");
-  printf("devices    %d (run one after another on every core)\n", p->n_devices);
+  printf("devices    %d (run at once, as thread groups)\n", p->n_devices);
   printf("steps      %d (%d kernels, %d copies)\n", p->n_steps, runs, p->n_steps - runs);
   printf("input      %lldx%lldx%lld\n", (long long)b->in_shape[0], (long long)b->in_shape[1],
          (long long)b->in_shape[2]);
