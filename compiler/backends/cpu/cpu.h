@@ -3,11 +3,13 @@
 //   codegen.c   graph (after fuse, partition, memplan) -> LLVM module + RtCpuProgram:
 //               the schedule (which kernel runs where, the copies between them)
 //   kernels.c   the IR of each node's kernel (conv micro-kernels, fc, lrn, pool, ...)
-//   jit.c       target machine, optimisation pipeline, object code, ORC LLJIT
+//   jit.c       target machine, optimisation pipeline, the object (cached), ORC LLJIT
+//   aot.c       the object as a .so with a C header, or linked into an executable
 //
-// The program (runtime/alexrt_cpu.h) is what the runtime executes; the compiler fills
-// in its kernel pointers from the JIT. This header has no LLVM types (an alexc built
-// without LLVM has the same calls, saying why not: no_cpu.c); backend.h has the rest.
+// The program (runtime/alexrt_cpu.h) is what the runtime executes; the module exports
+// it as text with a table of its kernels, which the JIT, a .so and an executable read
+// the same way. This header has no LLVM types (an alexc built without LLVM has the same
+// calls, saying why not: no_cpu.c); backend.h has the rest.
 #ifndef ALEXC_CPU_H
 #define ALEXC_CPU_H
 
