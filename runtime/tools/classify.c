@@ -39,6 +39,16 @@ static const char HELP[] =
     "  --mean, --std   per-channel normalisation (default ImageNet's, as torchvision:\n"
     "                  0.485,0.456,0.406 and 0.229,0.224,0.225)\n";
 
+// realloc that does not return NULL: out of memory ends the program with a message.
+static void *grow(void *p, size_t n) {
+  void *q = realloc(p, n ? n : 1);
+  if (!q) {
+    fprintf(stderr, "out of memory (%zu bytes)\n", n);
+    exit(1);
+  }
+  return q;
+}
+
 static bool parse_floats(const char *s, float *out) {
   char *end;
   for (int i = 0; i < 3; i++) {
@@ -56,11 +66,14 @@ static char **read_labels(const char *path, int *n) {
   *n = 0;
   if (!rt_read_file(path, 16 << 20, &data, &size))
     return NULL;
-  char **labels = NULL, *text = strndup((char *)data, size), *save = NULL;
+  char **labels = NULL, *text = grow(NULL, size + 1), *save = NULL;
+  memcpy(text, data, size);
+  text[size] = 0;
   free(data);
   for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-    labels = realloc(labels, (*n + 1) * sizeof *labels);
-    labels[(*n)++] = strdup(l);
+    labels = grow(labels, (*n + 1) * sizeof *labels);
+    labels[*n] = grow(NULL, strlen(l) + 1);
+    strcpy(labels[(*n)++], l);
   }
   free(text);
   return labels;
@@ -69,7 +82,8 @@ static char **read_labels(const char *path, int *n) {
 static void print_top(const char *what, const float *y, int64_t classes, int k, char **labels,
                       int n_labels) {
   printf("%s:", what);
-  char *taken = calloc(classes, 1);
+  char *taken = grow(NULL, (size_t)classes);
+  memset(taken, 0, (size_t)classes);
   for (int r = 0; r < k && r < classes; r++) {
     int64_t best = -1;
     for (int64_t j = 0; j < classes; j++)
@@ -154,7 +168,7 @@ int main(int argc, char **argv) {
 
   char *default_weights = NULL;
   if (!weights_path) {
-    default_weights = malloc(strlen(argv[0]) + 16);
+    default_weights = grow(NULL, strlen(argv[0]) + 16);
     sprintf(default_weights, "%s.safetensors", argv[0]);
     weights_path = default_weights;
   }
@@ -196,13 +210,13 @@ int main(int argc, char **argv) {
         goto done;
       }
     }
-    x = realloc(x, (size_t)(batch + n) * per * sizeof(float));
+    x = grow(x, (size_t)(batch + n) * per * sizeof(float));
     if (t.data)
       memcpy(x + batch * per, t.data, (size_t)n * per * sizeof(float));
     else if (!rt_image_load(argv[i], &prep, x + batch * per, NULL, 0))
       goto bad_input;
     rt_tensor_free(&t);
-    owner = realloc(owner, (size_t)(batch + n) * sizeof *owner);
+    owner = grow(owner, (size_t)(batch + n) * sizeof *owner);
     for (int64_t k = 0; k < n; k++)
       owner[batch + k] = i;
     batch += n;
@@ -212,7 +226,7 @@ int main(int argc, char **argv) {
     goto done;
   }
   int64_t classes = p.out_elems[0];
-  y = calloc((size_t)(batch * classes), sizeof(float));
+  y = grow(NULL, (size_t)(batch * classes) * sizeof(float));
   if (!rt_cpu_run(m, x, batch, &y)) {
     fprintf(stderr, "%s: %s\n", argv[0], rt_error());
     goto done;
