@@ -20,7 +20,7 @@ static const char BENCH_HELP[] =
     "of R runs after W warm-up runs), and the device memory it uses. Prints a Markdown\n"
     "table (docs/benchmarks.md keeps them).\n"
     "\n"
-    "  --target cuda     the only target timed so far\n"
+    "  --target cuda     this help's target (--target cpu: alexc bench --target cpu --help)\n"
     "  --batch N         images per batch (default 128)\n"
     "  --runs R          timed runs, each for the total and for the per-layer table\n"
     "                    (default 20)\n"

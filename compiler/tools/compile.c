@@ -18,7 +18,7 @@ static const char COMPILE_HELP[] =
     "Compiles the network for a target: CUDA C++ for every (fused) node, compiled by\n"
     "NVRTC, and the plan that runs it (launches, cuBLAS GEMMs for fc layers, transfers).\n"
     "\n"
-    "  --target cuda     the only compiling target so far\n"
+    "  --target cuda     this help's target (--target cpu: alexc compile --target cpu --help)\n"
     CUDA_OPTIONS_HELP
     "  --emit-source DIR write the generated source as DIR/deviceN.cu (no NVRTC needed)\n"
     "  --layer NAME      compile the network as if it ended at layer NAME (what alexc run\n"
