@@ -101,19 +101,16 @@ typedef struct {
 
 // A target: how it runs a batch through a compiled graph, writing the outputs of nodes
 // want[k] to out[k] as ref_run does (allocated). `run` is NULL for a target that runs
-// only through its own command path (cuda: run and bench). `tolerance` is its fp32 limit
-// against the reference on values before a softmax (0 for the reference itself).
+// only through its own command path (cuda: run and bench).
 typedef struct {
   const char *name, *help;
   bool (*run)(Graph *g, const Weights *w, const float *x, int batch, const int *want,
               int n_want, const TargetOptions *o, float **out);
-  double tolerance;
   int (*compile)(int argc, char **argv);  // `alexc compile --target T ...`, or NULL
   int (*bench)(int argc, char **argv);    // `alexc bench --target T ...`, or NULL
 } Target;
 
 const Target *target_find(const char *name);  // NULL if unknown
-const char *target_names(void);               // "ref, cpu, cuda"
 
 // ---- options both bench targets take (cli.c)
 
