@@ -167,7 +167,6 @@ static bool bench_config(const Args *a, const char *spec, bool fuse, const Graph
     *peak = (double)threads * iters * cpu_probe_chains(t) * 2 * t->vector / (ms * 1e6);
     *target = *cpu_jit_target(j);
     target->features = NULL;  // owned by the JIT
-    target->bf16 = a->cpu.bf16;
   }
   if (!ok && m)
     error("cpu: %s", rt_error());

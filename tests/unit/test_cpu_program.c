@@ -115,7 +115,7 @@ static void test_compiled(void) {
     CHECK(back.steps[i].kind == p.steps[i].kind && back.steps[i].node == p.steps[i].node);
   free(text);
   rt_cpu_program_free(&back);
-  cpu_program_free(&p);
+  rt_cpu_program_free(&p);
   LLVMDisposeModule(m);
   LLVMContextDispose(ctx);
   LLVMDisposeTargetMachine(tm);

@@ -15,7 +15,6 @@
 // message.
 bool cpu_codegen(const Graph *g, const int *want, int n_want, const CpuTarget *t,
                  LLVMContextRef ctx, LLVMModuleRef *module, RtCpuProgram *program);
-void cpu_program_free(RtCpuProgram *p);
 
 // ---- kernels.c: one kernel's IR, called by codegen.c
 

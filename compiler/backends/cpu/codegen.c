@@ -158,4 +158,3 @@ bool cpu_codegen(const Graph *g, const int *want, int n_want, const CpuTarget *t
   return true;
 }
 
-void cpu_program_free(RtCpuProgram *p) { rt_cpu_program_free(p); }

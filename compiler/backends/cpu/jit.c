@@ -219,7 +219,7 @@ static bool compile_object(const Graph *g, const int *want, int n_want, const Cp
   RtCpuProgram program;
   bool ok = cpu_codegen(g, want, n_want, t, ctx, &m, &program);
   if (ok) {
-    cpu_program_free(&program);  // the module holds it as text
+    rt_cpu_program_free(&program);  // the module holds it as text
     cpu_emit_probe(m, t, CPU_PROBE_SYMBOL);
     ok = cpu_optimise(m, tm);
     LLVMMemoryBufferRef buf = NULL;
@@ -346,7 +346,7 @@ void cpu_jit_free(CpuJit *j) {
     return;
   if (j->jit)
     LLVMOrcDisposeLLJIT(j->jit);
-  cpu_program_free(&j->program);
+  rt_cpu_program_free(&j->program);
   cpu_target_free(&j->target);
   free(j);
 }
@@ -361,7 +361,7 @@ bool cpu_emit_llvm(const Graph *g, const CpuOptions *o, const char *dir) {
   LLVMModuleRef m;
   bool ok = cpu_codegen(g, &g->output, 1, &t, ctx, &m, &program);
   if (ok) {
-    cpu_program_free(&program);
+    rt_cpu_program_free(&program);
     ok = cpu_optimise(m, tm);
     char *path = format("%s/%s.ll", dir, g->name), *text = LLVMPrintModuleToString(m);
     ok = ok && rt_write_file_atomic(path, text, strlen(text));

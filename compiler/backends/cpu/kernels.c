@@ -397,8 +397,6 @@ static void conv_micro(Cg *c, const Stage *s, const ConvSegment *b, LLVMValueRef
       accs[v][j] = entry_alloca(c, c->vec, "acc");
       LLVMBuildStore(c->b, LLVMConstNull(c->vec), accs[v][j]);
     }
-  // Scratch channel of this block's first input channel.
-  (void)ipg;
   Loop lic, lky;
   LLVMValueRef ic = loop_begin(c, &lic, k64(c, 0), k64(c, ipg), "ic");
   LLVMValueRef ky = loop_begin(c, &lky, k64(c, 0), k64(c, k), "ky");
