@@ -365,6 +365,129 @@ bool ref_run(const Graph *g, const Weights *w, const float *x, int batch, const 
 // Convenience: runs and returns the network output (batch, output shape).
 float *ref_run_output(const Graph *g, const Weights *w, const float *x, int batch);
 
+// Runs one node's own op (stage 0; epilogues are separate nodes in a plain graph) on
+// whole tensors of one device: xs[j] is input j, (batch, input shape); y is (batch,
+// n->out). Dropout is the identity here (inference); training applies its mask.
+void ref_node_forward(const Graph *g, const Node *n, const Weights *w, const float *const *xs,
+                      float *y, int batch);
+
+// ---------------------------------------------------------------- training (train/)
+//
+// Training runs on the plain graph (one device, nothing fused): autodiff (train/autodiff.c)
+// walks it backwards, and a training executor calls each op's forward and backward through
+// a table of kernels, one table per target: the reference (double accumulation, the oracle)
+// and the CPU target's fast kernels, both checked against finite differences and PyTorch.
+
+// Philox4x32-10 (Salmon et al., SC'11): a counter-based generator, so a random number
+// is a pure function of (key, counter) and any target or device count draws the same.
+void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+// The dropout keep mask of one layer at one training step: mask[i] = 1 when element i of
+// the (batch, features) tensor is kept. Element i's draw is philox(ctr = {i mod 2^32,
+// i >> 32, step mod 2^32, layer_key}, key = {seed mod 2^32, seed >> 32}) word 0, taken as
+// u = (word >> 8) * 2^-24 in [0, 1); kept when u >= p. layer_key = fnv1a of the layer name,
+// folded to 32 bits (low ^ high), so adding a layer does not change another's masks.
+void dropout_mask(uint64_t seed, uint64_t step, const char *layer, int64_t n, double p,
+                  uint8_t *mask);
+uint32_t dropout_layer_key(const char *layer);
+
+// One op's call on whole tensors (batch-major, the node's per-image shapes).
+typedef struct {
+  const Graph *g;
+  const Node *n;
+  int batch;
+  const float *const *x;  // forward inputs, (batch, input j's shape)
+  const float *y;         // forward output (backward only)
+  const float *w, *b;     // the layer's weight and bias, or NULL
+  const uint8_t *mask;    // dropout: the keep mask (training); NULL: identity
+} OpCall;
+
+typedef struct {
+  const char *name;  // "ref", "cpu"
+  // y = op(x) in training mode: dropout multiplies kept elements by 1/(1-p) and zeroes
+  // the others (inverted dropout: the inference graph stays the identity).
+  void (*forward)(const OpCall *c, float *y);
+  // From dy (batch, n->out): dx[j] += dL/dx_j for each input j whose dx[j] is not NULL,
+  // and dw = dL/dw, db = dL/db (overwritten, summed over the batch) when not NULL.
+  void (*backward)(const OpCall *c, const float *dy, float *const *dx, float *dw, float *db);
+} TrainKernels;
+
+extern const TrainKernels ref_train_kernels;
+
+// Softmax cross-entropy over logits (batch, classes), computed with log-sum-exp.
+// Returns the mean loss; dlogits (may be NULL) = (softmax - onehot) / batch. Counts
+// top-1 and top-5 hits into *top1, *top5 when not NULL.
+double softmax_xent(const float *logits, const int32_t *labels, int batch, int classes,
+                    float *dlogits, int *top1, int *top5);
+
+extern const TrainKernels cpu_train_kernels;
+
+// ---- data (train/data.c): batches of images and labels, loaded and augmented on their own
+// threads ahead of the compute, deterministically: batch k of epoch e depends only on
+// (seed, e, k), so a resumed run sees the same data as an uninterrupted one.
+
+typedef struct Dataset Dataset;
+
+typedef struct {
+  int channels, height, width;  // the network's input shape (the crop size)
+  bool train;                   // the training split, shuffled and augmented; else the test split
+  bool augment;                 // random crops and flips (and PCA colour for photo folders)
+  bool ten_crop;                // evaluation: average the ten crops (photo folders)
+  uint64_t seed;
+  int64_t limit;                // use only the first `limit` examples (0: all)
+  int threads;                  // loader threads (0: a default)
+} DataOptions;
+
+// PATH is a directory holding IDX files (train-images-idx3-ubyte[.gz], train-labels-...,
+// t10k-...: MNIST and Fashion-MNIST), or a folder of class subfolders of JPEG/PNG photos
+// (PATH/train and PATH/val). Prints one message naming the bad file and returns NULL on
+// bad data (truncated IDX, label out of range, shape not matching the network's input).
+Dataset *data_open(const char *path, const DataOptions *o);
+void data_close(Dataset *d);
+int64_t data_size(const Dataset *d);  // examples in the split (after `limit`)
+int data_classes(const Dataset *d);
+int data_views(const Dataset *d);     // images per example a batch holds: 10 with ten_crop, else 1
+// Starts epoch `epoch` at its batch `first` (0, or where a resumed run stopped).
+void data_start(Dataset *d, int epoch, int64_t first);
+// The next batch: x (n * views, C, H, W) and labels (n); returns n, 0 at the epoch's end.
+int data_next(Dataset *d, int batch, float *x, int32_t *labels);
+int64_t data_skipped(const Dataset *d);  // unreadable photos skipped so far (warned)
+
+// ---- checkpoints (train/checkpoint.c): safetensors with the weights, momenta and the
+// training state, written atomically (temporary file, fsync, rename, fsync of the
+// directory), checked by a hash when read: a corrupt file is refused with a message.
+
+typedef struct {
+  Weights *w;          // parameters
+  Weights *v;          // momenta, same tensors
+  int64_t step;        // SGD steps taken
+  int epoch;           // the epoch in progress
+  int64_t epoch_step;  // batches of it done
+  uint64_t seed;       // data order, augmentation and dropout
+  double lr;           // the current base learning rate (a schedule may have divided it)
+  double best_metric;  // for the plateau schedule: best validation error so far
+  int bad_epochs;      // epochs since it improved
+} TrainState;
+
+bool checkpoint_save(const char *path, const TrainState *s);
+// Loads into s (w and v allocated for g); false with a message on any mismatch.
+bool checkpoint_load(const char *path, const Graph *g, TrainState *s);
+
+// ---- reports (train/report.c)
+
+typedef struct {
+  int epoch;
+  int64_t step;
+  double train_loss, train_top1, test_loss, test_top1, test_top5, lr, seconds;
+} EpochRow;
+
+// Appends a row to a CSV (writing the header first when the file is new).
+bool metrics_append(const char *csv, const EpochRow *r);
+// Draws loss and accuracy curves per epoch from the CSV into a PNG (cairo).
+bool metrics_plot(const char *csv, const char *png);
+// A progress line: a bar redrawn in place on a terminal, plain lines otherwise.
+void progress_show(FILE *out, int epoch, int epochs, int64_t step, int64_t steps, double loss,
+                   double images_per_s, double eta_s);
+
 // ---------------------------------------------------------------- CLI
 
 int cmd_check(int argc, char **argv);

@@ -4,8 +4,10 @@
 set -euo pipefail
 # llvm-14-dev: LLVM's C API, which the compiler uses to write model bundles (.so).
 # libjpeg62-turbo-dev, libpng-dev: the runtime decodes photos to classify (runtime/image.c).
+# zlib1g-dev, libcairo2-dev, dataset-fashion-mnist: training reads gzipped IDX files,
+# draws its curves, and learns Fashion-MNIST (/usr/share/datasets/fashion-mnist).
 pkgs=(build-essential cmake pkg-config libyaml-dev libcjson-dev llvm-14-dev
-      libjpeg62-turbo-dev libpng-dev)
+      libjpeg62-turbo-dev libpng-dev zlib1g-dev libcairo2-dev dataset-fashion-mnist)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

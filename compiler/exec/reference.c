@@ -378,3 +378,15 @@ float *ref_run_output(const Graph *g, const Weights *w, const float *x, int batc
   int want = g->output;
   return ref_run(g, w, x, batch, &want, 1, &y) ? y : NULL;
 }
+
+void ref_node_forward(const Graph *g, const Node *n, const Weights *w, const float *const *xs,
+                      float *y, int batch) {
+  View in[64];
+  for (int j = 0; j < n->n_inputs && j < 64; j++) {
+    Shape s = g->nodes[n->inputs[j]].out;
+    in[j] = (View){(float *)xs[j], s, {0, s.c}, 0, g->nodes[n->inputs[j]].name, NULL};
+  }
+  Range all = {0, n->out.c};
+  View out = {y, n->out, all, 0, n->name, NULL};
+  run_stage(g, n, n, w, in, out, all, batch);
+}

@@ -1,0 +1,2 @@
+// alexc train, alexc eval (stub: being written).
+#include "../alexc.h"

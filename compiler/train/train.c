@@ -1,0 +1,2 @@
+// The training loop (stub: being written).
+#include "../alexc.h"
