@@ -420,6 +420,9 @@ double softmax_xent(const float *logits, const int32_t *labels, int batch, int c
                     float *dlogits, int *top1, int *top5);
 
 extern const TrainKernels cpu_train_kernels;
+// Threads the CPU kernels use (default: the CPUs this process may run on). Results are
+// bit-identical for any thread count: work is split into fixed chunks, summed in order.
+void cpu_train_set_threads(int threads);
 
 // ---- data (train/data.c): batches of images and labels, loaded and augmented on their own
 // threads ahead of the compute, deterministically: batch k of epoch e depends only on
@@ -487,6 +490,27 @@ bool metrics_plot(const char *csv, const char *png);
 // A progress line: a bar redrawn in place on a terminal, plain lines otherwise.
 void progress_show(FILE *out, int epoch, int epochs, int64_t step, int64_t steps, double loss,
                    double images_per_s, double eta_s);
+
+// ---- the trainer (train/train.c): SGD on a spec's graph with one target's kernels.
+
+typedef struct Trainer Trainer;
+
+// Plans a plain copy of `spec` (one device, unfused) for batches of up to `batch` images.
+// Training needs a network whose output is softmax (the loss takes its input, the
+// logits) or whose output is the logits. NULL with a message otherwise.
+Trainer *trainer_new(const Graph *spec, const TrainKernels *k, int batch);
+void trainer_free(Trainer *t);
+int trainer_classes(const Trainer *t);
+// Loss and gradients of the mean softmax cross-entropy over n images, with dropout
+// masks drawn from (seed, step). grad holds the same tensors as w. Counts top-1 hits.
+double trainer_grad(Trainer *t, const Weights *w, uint64_t seed, int64_t step, const float *x,
+                    const int32_t *labels, int n, Weights *grad, int *top1);
+// One step of the paper's SGD on s (weights, momenta, step): v <- 0.9 v - 0.0005 lr w
+// - lr dL/dw; w <- w + v. Returns the loss.
+double trainer_step(Trainer *t, TrainState *s, double lr, const float *x, const int32_t *labels,
+                    int n, int *top1);
+// Inference (dropout off): the logits of n images, (n, classes).
+void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *logits);
 
 // ---------------------------------------------------------------- CLI
 
