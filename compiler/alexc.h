@@ -298,6 +298,8 @@ Weights *weights_init(const Graph *g, uint64_t seed, InitScheme scheme);
 // Loads a safetensors file, checking each tensor's presence, dtype and shape.
 Weights *weights_load(const Graph *g, const char *path);
 bool weights_save(const Weights *w, const char *path);
+// Zero-filled tensors for every parameter of g (gradients, momenta).
+Weights *weights_zeros(const Graph *g);
 void weights_free(Weights *w);
 // The weight or bias of layer `layer` (looked up by name, so weights made for the
 // spec's graph serve any rewritten version of it); NULL if it has none.
@@ -495,8 +497,8 @@ void progress_show(FILE *out, int epoch, int epochs, int64_t step, int64_t steps
 
 typedef struct Trainer Trainer;
 
-// Plans a plain copy of `spec` (one device, unfused) for batches of up to `batch` images.
-// Training needs a network whose output is softmax (the loss takes its input, the
+// A trainer for the spec's graph as parsed (unfused, one device; it must outlive the
+// trainer), for batches of up to `batch` images. Training needs a network whose output is softmax (the loss takes its input, the
 // logits) or whose output is the logits. NULL with a message otherwise.
 Trainer *trainer_new(const Graph *spec, const TrainKernels *k, int batch);
 void trainer_free(Trainer *t);

@@ -40,7 +40,7 @@ void fill_normal(float *dst, int64_t n, uint64_t seed, const char *stream, doubl
   }
 }
 
-static Weights *weights_alloc(const Graph *g) {
+Weights *weights_zeros(const Graph *g) {
   Weights *w = xcalloc(1, sizeof *w);
   w->n = graph_params_list(g, NULL);
   w->info = xcalloc(w->n, sizeof *w->info);
@@ -73,7 +73,7 @@ static void init_bias(float *dst, const ParamInfo *p, uint64_t seed, const InitR
 }
 
 Weights *weights_init(const Graph *g, uint64_t seed, InitScheme scheme) {
-  Weights *w = weights_alloc(g);
+  Weights *w = weights_zeros(g);
   for (int i = 0; i < w->n; i++) {
     const ParamInfo *p = &w->info[i];
     const InitRule *rule = &g->nodes[p->node].init;
@@ -93,7 +93,7 @@ Weights *weights_load(const Graph *g, const char *path) {
     error("%s", rt_error());
     return NULL;
   }
-  Weights *w = weights_alloc(g);
+  Weights *w = weights_zeros(g);
   for (int i = 0; i < w->n; i++) {
     const ParamInfo *p = &w->info[i];
     if (!rt_st_read_f32(&st, p->name, p->rank, p->dims, w->data[i])) {
