@@ -471,6 +471,8 @@ typedef struct {
   double lr;           // the current base learning rate (a schedule may have divided it)
   double best_metric;  // for the plateau schedule: best validation error so far
   int bad_epochs;      // epochs since it improved
+  double loss_sum;     // the epoch in progress so far: summed batch losses,
+  int64_t hits, seen;  // top-1 hits and images (the metrics row of a resumed epoch)
 } TrainState;
 
 bool checkpoint_save(const char *path, const TrainState *s);
@@ -532,5 +534,7 @@ int cmd_bench_cuda(int argc, char **argv);
 int cmd_compile_cuda(int argc, char **argv);
 int cmd_build(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif

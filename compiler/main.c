@@ -18,6 +18,8 @@ static const struct {
     {"compile", cmd_compile, "compile for a target (cpu: a .so and header; cuda: NVRTC modules and plan)"},
     {"build", cmd_build, "build a standalone executable that classifies photos (CPU)"},
     {"bench", cmd_bench, "time a network (cpu or cuda): per layer, fused against unfused"},
+    {"train", cmd_train, "train a network with SGD (checkpoints, metrics, curves)"},
+    {"eval", cmd_eval, "loss, top-1 and top-5 of weights on a test set"},
     {"compare", cmd_compare, "compare two saved outputs (.npy) within a tolerance"},
 };
 

@@ -108,6 +108,7 @@ typedef struct {
               int n_want, const TargetOptions *o, float **out);
   int (*compile)(int argc, char **argv);  // `alexc compile --target T ...`, or NULL
   int (*bench)(int argc, char **argv);    // `alexc bench --target T ...`, or NULL
+  const TrainKernels *train;              // `alexc train|eval --target T`, or NULL
 } Target;
 
 const Target *target_find(const char *name);  // NULL if unknown

@@ -20,11 +20,11 @@ static bool run_cpu(Graph *g, const Weights *w, const float *x, int batch, const
 
 static const Target TARGETS[] = {
     {"ref", "the reference executor (the oracle): plain C loops, double sums", run_ref, NULL,
-     NULL},
+     NULL, &ref_train_kernels},
     {"cpu", "native code through LLVM for this CPU, JIT-compiled in process", run_cpu,
-     cmd_compile_cpu, cmd_bench_cpu},
+     cmd_compile_cpu, cmd_bench_cpu, &cpu_train_kernels},
     {"cuda", "generated kernels compiled by NVRTC, run on the GPU(s)", NULL, cmd_compile_cuda,
-     cmd_bench_cuda},
+     cmd_bench_cuda, NULL},
 };
 
 // The --target a command line names (--target T or --target=T), or NULL.

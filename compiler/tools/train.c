@@ -1,2 +1,706 @@
-// alexc train, alexc eval (stub: being written).
-#include "../alexc.h"
+// `alexc train` (SGD over a data set, with checkpoints, metrics and curves) and
+// `alexc eval` (loss, top-1 and top-5 of saved weights on a test split).
+//
+// The loop is deterministic for a seed: batch k of epoch e depends only on (seed, e, k)
+// (train/data.c), dropout on (seed, step) (train/philox.c), the learning rate on the step
+// and the state the checkpoint keeps, and the kernels give the same bits for any thread
+// count. So a run killed at any moment and resumed from its last checkpoint ends with
+// the same weights, byte for byte, as one never interrupted.
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const char TRAIN_HELP[] =
+    "usage: alexc train SPEC --data PATH --out DIR [options]\n"
+    "\n"
+    "Trains SPEC's network with the paper's SGD (momentum 0.9, weight decay 0.0005, on\n"
+    "the mean softmax cross-entropy), evaluating on the test split after every epoch.\n"
+    "DIR receives checkpoint.safetensors (weights, momenta and the training state, written\n"
+    "atomically), weights.safetensors (the final weights), metrics.csv (a row per epoch)\n"
+    "and curves.png (loss and accuracy per epoch). Settings default to the spec's\n"
+    "`train:` section, then to the values below; flags override both.\n"
+    "\n"
+    "  --data PATH         a directory of IDX files (MNIST, Fashion-MNIST: e.g.\n"
+    "                      /usr/share/datasets/fashion-mnist) or a folder with train/ and\n"
+    "                      val/ subfolders of class folders of JPEG/PNG photos\n"
+    "  --out DIR           where the run's files go (created); an existing run there is\n"
+    "                      continued only with --resume, never overwritten\n"
+    "  --target T          ref (the reference executor: slow, the oracle) or cpu (the\n"
+    "                      default: the CPU target's kernels)\n"
+    "  --epochs N          epochs to train (default 10)\n"
+    "  --batch B           images per step (default 128)\n"
+    "  --lr X              base learning rate (default 0.01, the paper's)\n"
+    "  --schedule S        constant; step:E1,E2,... (divide by 10 at those epochs, as the\n"
+    "                      paper did by hand); plateau[:P] (divide by 10 when the test\n"
+    "                      error has not improved for P epochs, default 1); cosine (to 0\n"
+    "                      over the run, per step; the default)\n"
+    "  --warmup E          epochs of linear warm-up before the schedule (default 0)\n"
+    "  --init S            spec (each layer's rule from the spec, the default) or fan-in\n"
+    "                      (N(0, sqrt(2/fan_in)) weights, zero biases)\n"
+    "  --weights W         start from these weights instead of initialising\n"
+    "  --seed S            seeds initialisation, data order, augmentation, dropout\n"
+    "                      (default 1)\n"
+    "  --no-augment        no random crops or flips\n"
+    "  --limit N           train on the first N examples only; --test-limit N likewise\n"
+    "  --checkpoint-every N  also checkpoint every N steps (default 1000; 0: epoch ends\n"
+    "                      only)\n"
+    "  --resume            continue the run in DIR from its checkpoint\n"
+    "  --threads N         threads for the kernels (default: all CPUs this process has)\n"
+    "  --quiet             no progress, only the per-epoch lines\n"
+    "\n"
+    "Ctrl-C (or SIGTERM) finishes the step, writes a checkpoint and stops; --resume\n"
+    "continues from it.\n";
+
+static const char EVAL_HELP[] =
+    "usage: alexc eval SPEC --weights W --data PATH [--ten-crop] [--target T] [--batch B]\n"
+    "                  [--limit N] [--threads N]\n"
+    "\n"
+    "Prints the mean cross-entropy loss, top-1 and top-5 accuracy of weights W on the\n"
+    "test split of PATH (see alexc train --help). --ten-crop averages the softmax of the\n"
+    "paper's ten crops (four corners and centre, and their mirror images; photo folders).\n";
+
+typedef enum { SCHED_CONSTANT, SCHED_STEP, SCHED_PLATEAU, SCHED_COSINE } ScheduleKind;
+
+typedef struct {
+  ScheduleKind kind;
+  int at[16], n_at;  // step: the epochs at which to divide by 10
+  int patience;      // plateau
+  double warmup;     // epochs
+} Schedule;
+
+typedef struct {
+  const char *spec, *data, *out, *weights, *target;
+  int epochs, batch, threads, checkpoint_every;
+  double lr;
+  Schedule schedule;
+  InitScheme init;
+  uint64_t seed;
+  int64_t limit, test_limit;
+  bool augment, resume, quiet;
+} TrainArgs;
+
+static bool parse_schedule(const char *s, Schedule *out) {
+  Schedule sc = {.kind = SCHED_COSINE, .patience = 1, .warmup = out->warmup};
+  if (!strcmp(s, "constant")) {
+    sc.kind = SCHED_CONSTANT;
+  } else if (!strcmp(s, "cosine")) {
+    sc.kind = SCHED_COSINE;
+  } else if (!strncmp(s, "plateau", 7) && (s[7] == 0 || s[7] == ':')) {
+    sc.kind = SCHED_PLATEAU;
+    if (s[7] && !parse_int_in(s + 8, 1, 1000, &sc.patience))
+      return false;
+  } else if (!strncmp(s, "step:", 5)) {
+    sc.kind = SCHED_STEP;
+    for (const char *p = s + 5; *p;) {
+      char *end;
+      long e = strtol(p, &end, 10);
+      if (end == p || e < 1 || e > 1000000 || sc.n_at == 16 || (*end && *end != ','))
+        return false;
+      sc.at[sc.n_at++] = (int)e;
+      p = *end ? end + 1 : end;
+    }
+    if (!sc.n_at)
+      return false;
+  } else {
+    return false;
+  }
+  *out = sc;
+  return true;
+}
+
+// The learning rate of step `step` (0-based, epoch `epoch`): base (the state's lr, which
+// the plateau rule divides) times the warm-up ramp and the schedule's factor. A pure
+// function of its arguments, so a resumed run uses the same rates.
+static double lr_at(const TrainArgs *a, double base, int64_t step, int epoch,
+                    int64_t steps_per_epoch) {
+  const Schedule *sc = &a->schedule;
+  double warm = sc->warmup * steps_per_epoch;
+  if (step < warm)
+    return base * (double)(step + 1) / warm;
+  switch (sc->kind) {
+  case SCHED_STEP:
+    for (int i = 0; i < sc->n_at; i++)
+      if (epoch >= sc->at[i])
+        base /= 10;
+    return base;
+  case SCHED_COSINE: {
+    double total = (double)a->epochs * steps_per_epoch - warm;
+    return base * 0.5 * (1 + cos(M_PI * (step - warm) / (total > 1 ? total : 1)));
+  }
+  case SCHED_CONSTANT:
+  case SCHED_PLATEAU:
+    break;
+  }
+  return base;
+}
+
+// ---------------------------------------------------------------- evaluation
+
+typedef struct {
+  double loss, top1, top5;
+  int64_t n;
+} EvalResult;
+
+// Adds one example's loss and hits, from the softmax of its views averaged (the paper's
+// ten crops) in double.
+static void score_views(const float *logits, int views, int classes, int label, double *prob,
+                        EvalResult *r) {
+  memset(prob, 0, classes * sizeof *prob);
+  for (int v = 0; v < views; v++) {
+    const float *z = logits + (int64_t)v * classes;
+    double m = z[0], sum = 0;
+    for (int c = 1; c < classes; c++)
+      m = z[c] > m ? z[c] : m;
+    for (int c = 0; c < classes; c++)
+      sum += exp(z[c] - m);
+    for (int c = 0; c < classes; c++)
+      prob[c] += exp(z[c] - m) / sum / views;
+  }
+  int above = 0;  // classes more probable than the label
+  for (int c = 0; c < classes; c++)
+    above += prob[c] > prob[label];
+  r->loss += -log(prob[label] > 1e-300 ? prob[label] : 1e-300);
+  r->top1 += above < 1;
+  r->top5 += above < 5;
+}
+
+// Mean loss and accuracies over the test split (dropout off).
+static EvalResult evaluate(Trainer *t, const Graph *g, const Weights *w, Dataset *d, int batch) {
+  int views = data_views(d), classes = trainer_classes(t);
+  int64_t in = shape_elems(g->nodes[0].out);
+  float *x = xcalloc((size_t)batch * views * in, sizeof(float));
+  float *logits = xcalloc((size_t)batch * views * classes, sizeof(float));
+  int32_t *labels = xcalloc(batch, sizeof *labels);
+  double *prob = xcalloc(classes, sizeof *prob);
+  EvalResult r = {0};
+  data_start(d, 0, 0);
+  int n;
+  while ((n = data_next(d, batch, x, labels)) > 0) {
+    trainer_logits(t, w, x, n * views, logits);
+    for (int i = 0; i < n; i++)
+      score_views(logits + (int64_t)i * views * classes, views, classes, labels[i], prob, &r);
+    r.n += n;
+  }
+  if (r.n) {
+    r.loss /= r.n;
+    r.top1 /= r.n;
+    r.top5 /= r.n;
+  }
+  free(x);
+  free(logits);
+  free(labels);
+  free(prob);
+  return r;
+}
+
+// ---------------------------------------------------------------- the run's files
+
+typedef struct {
+  char *checkpoint, *weights, *csv, *png, *config;
+} RunFiles;
+
+static RunFiles run_files(const char *dir) {
+  return (RunFiles){format("%s/checkpoint.safetensors", dir), format("%s/weights.safetensors", dir),
+                    format("%s/metrics.csv", dir), format("%s/curves.png", dir),
+                    format("%s/run.txt", dir)};
+}
+
+static void run_files_free(RunFiles *f) {
+  free(f->checkpoint);
+  free(f->weights);
+  free(f->csv);
+  free(f->png);
+  free(f->config);
+}
+
+static bool exists(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+// The settings that decide a run's bits, one "key value" per line: a resumed run must
+// use the same, or it would not continue the same run.
+static char *config_text(const TrainArgs *a) {
+  const char *sched[] = {"constant", "step", "plateau", "cosine"};
+  char at[200] = "";
+  for (int i = 0; i < a->schedule.n_at; i++)
+    snprintf(at + strlen(at), sizeof at - strlen(at), "%s%d", i ? "," : "", a->schedule.at[i]);
+  return format("spec %s\ndata %s\ntarget %s\nepochs %d\nbatch %d\nlr %a\nschedule %s %s %d\n"
+                "warmup %a\nseed %llu\ninit %s\nweights %s\nlimit %lld\naugment %d\n",
+                a->spec, a->data, a->target, a->epochs, a->batch, a->lr,
+                sched[a->schedule.kind], at, a->schedule.patience, a->schedule.warmup,
+                (unsigned long long)a->seed, a->init == INIT_FAN_IN ? "fan-in" : "spec",
+                a->weights ? a->weights : "-", (long long)a->limit, a->augment);
+}
+
+// The first line where two configs differ, for the message.
+static void first_difference(const char *want, const char *got, char *out, size_t size) {
+  while (*want && *got) {
+    size_t lw = strcspn(want, "\n"), lg = strcspn(got, "\n");
+    if (lw != lg || strncmp(want, got, lw)) {
+      snprintf(out, size, "'%.*s' (this command) against '%.*s' (the run)", (int)lw, want,
+               (int)lg, got);
+      return;
+    }
+    want += lw + (want[lw] == '\n');
+    got += lg + (got[lg] == '\n');
+  }
+  snprintf(out, size, "the settings");
+}
+
+static bool check_config(const RunFiles *f, const char *text) {
+  uint8_t *saved = NULL;
+  size_t size = 0;
+  if (!rt_read_file(f->config, 1 << 16, &saved, &size)) {
+    error("%s", rt_error());
+    return false;
+  }
+  char *got = xcalloc(size + 1, 1);
+  memcpy(got, saved, size);
+  free(saved);
+  bool same = !strcmp(got, text);
+  if (!same) {
+    char diff[600];
+    first_difference(text, got, diff, sizeof diff);
+    error("--resume: the run in %s was started with other settings: %s; resume it with the "
+          "same flags (see %s)", f->config, diff, f->config);
+  }
+  free(got);
+  return same;
+}
+
+// Keeps the header and the rows of epochs before `epoch`: rows a killed run wrote after
+// its last checkpoint are written again when the resumed run gets there.
+static bool metrics_keep_before(const char *csv, int epoch) {
+  uint8_t *data = NULL;
+  size_t size = 0;
+  if (!exists(csv))
+    return true;
+  if (!rt_read_file(csv, 64 << 20, &data, &size)) {
+    error("%s", rt_error());
+    return false;
+  }
+  char *out = xcalloc(size + 1, 1);
+  size_t n = 0;
+  for (size_t at = 0; at < size;) {
+    size_t len = 0;
+    while (at + len < size && data[at + len] != '\n')
+      len++;
+    bool complete = at + len < size;  // a partial last line is dropped
+    bool header = at == 0;
+    long row_epoch = header ? 0 : strtol((const char *)data + at, NULL, 10);
+    if (complete && (header || row_epoch <= epoch)) {
+      memcpy(out + n, data + at, len + 1);
+      n += len + 1;
+    }
+    at += len + 1;
+  }
+  bool ok = rt_write_file_atomic(csv, out, n);
+  if (!ok)
+    error("%s", rt_error());
+  free(out);
+  free(data);
+  return ok;
+}
+
+// ---------------------------------------------------------------- the loop
+
+static volatile sig_atomic_t stop_requested;
+static void on_stop_signal(int sig) {
+  (void)sig;
+  stop_requested = 1;
+}
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+typedef struct {
+  const TrainArgs *a;
+  const Graph *g;
+  Trainer *t;
+  Dataset *train, *test;
+  RunFiles files;
+  TrainState s;
+  int64_t steps_per_epoch;
+} Run;
+
+// A fresh state (initialised or loaded weights, zero momenta), or the checkpoint's.
+static bool start_state(Run *r, const char *config) {
+  const TrainArgs *a = r->a;
+  if (a->resume) {
+    if (!exists(r->files.checkpoint)) {
+      error("--resume: %s has no checkpoint to continue", a->out);
+      return false;
+    }
+    if (!check_config(&r->files, config) || !checkpoint_load(r->files.checkpoint, r->g, &r->s))
+      return false;
+    printf("resuming %s at epoch %d, step %lld\n", a->out, r->s.epoch + 1, (long long)r->s.step);
+    return metrics_keep_before(r->files.csv, r->s.epoch);
+  }
+  if (exists(r->files.checkpoint) || exists(r->files.csv)) {
+    error("%s already holds a training run: continue it with --resume, or choose another --out",
+          a->out);
+    return false;
+  }
+  r->s.w = a->weights ? weights_load(r->g, a->weights) : weights_init(r->g, a->seed, a->init);
+  if (!r->s.w)
+    return false;
+  r->s.v = weights_zeros(r->g);
+  r->s.seed = a->seed;
+  r->s.lr = a->lr;
+  r->s.best_metric = INFINITY;
+  if (!rt_write_file_atomic(r->files.config, config, strlen(config))) {
+    error("%s", rt_error());
+    return false;
+  }
+  return true;
+}
+
+static bool save_checkpoint(Run *r) {
+  return checkpoint_save(r->files.checkpoint, &r->s);
+}
+
+// The plateau rule: divide the rate by 10 once the test error has not improved for
+// `patience` epochs.
+static void plateau_update(Run *r, double error_rate) {
+  if (r->a->schedule.kind != SCHED_PLATEAU)
+    return;
+  if (error_rate < r->s.best_metric) {
+    r->s.best_metric = error_rate;
+    r->s.bad_epochs = 0;
+  } else if (++r->s.bad_epochs >= r->a->schedule.patience) {
+    r->s.lr /= 10;
+    r->s.bad_epochs = 0;
+    printf("test error has not improved for %d epoch(s): learning rate now %g\n",
+           r->a->schedule.patience, r->s.lr);
+  }
+}
+
+// Progress: on a terminal every step (the line redraws itself), otherwise ten lines
+// an epoch, so a log stays readable.
+static void show_progress(const Run *r, int64_t done_steps, double elapsed, int64_t images) {
+  if (r->a->quiet)
+    return;
+  int64_t every = r->steps_per_epoch / 10 > 0 ? r->steps_per_epoch / 10 : 1;
+  if (!isatty(fileno(stdout)) && r->s.epoch_step % every && r->s.epoch_step != r->steps_per_epoch)
+    return;
+  double rate = elapsed > 0 ? images / elapsed : 0;
+  int64_t left = (int64_t)(r->a->epochs - r->s.epoch) * r->steps_per_epoch - r->s.epoch_step;
+  double eta = done_steps ? elapsed / done_steps * left : 0;
+  progress_show(stdout, r->s.epoch + 1, r->a->epochs, r->s.epoch_step, r->steps_per_epoch,
+                r->s.seen ? r->s.loss_sum / r->s.epoch_step : 0, rate, eta);
+}
+
+// One epoch from where the state stands. False on a stop request or a diverged loss.
+static bool train_epoch(Run *r, float *x, int32_t *labels, double *seconds) {
+  const TrainArgs *a = r->a;
+  data_start(r->train, r->s.epoch, r->s.epoch_step);
+  double t0 = now();
+  int64_t steps = 0, images = 0;
+  int n;
+  while ((n = data_next(r->train, a->batch, x, labels)) > 0) {
+    double lr = lr_at(a, r->s.lr, r->s.step, r->s.epoch, r->steps_per_epoch);
+    int hits = 0;
+    double loss = trainer_step(r->t, &r->s, lr, x, labels, n, &hits);
+    if (!isfinite(loss)) {
+      error("the loss is %g at step %lld (epoch %d): training diverged; try a lower --lr (the "
+            "last checkpoint is kept)", loss, (long long)r->s.step, r->s.epoch + 1);
+      return false;
+    }
+    r->s.epoch_step++;
+    r->s.loss_sum += loss;
+    r->s.hits += hits;
+    r->s.seen += n;
+    steps++;
+    images += n;
+    show_progress(r, steps, now() - t0, images);
+    if (stop_requested || (a->checkpoint_every && r->s.step % a->checkpoint_every == 0))
+      if (!save_checkpoint(r))
+        return false;
+    if (stop_requested) {
+      printf("\nstopped at step %lld; checkpoint saved: continue with --resume\n",
+             (long long)r->s.step);
+      return false;
+    }
+  }
+  *seconds = now() - t0;
+  if (!a->quiet && isatty(fileno(stdout)))
+    putchar('\n');
+  return true;
+}
+
+// After an epoch: test, schedule, metrics row, checkpoint, curves.
+static bool finish_epoch(Run *r, double seconds) {
+  EvalResult e = evaluate(r->t, r->g, r->s.w, r->test, r->a->batch);
+  int64_t steps = r->s.epoch_step ? r->s.epoch_step : 1;
+  EpochRow row = {r->s.epoch + 1, r->s.step, r->s.loss_sum / steps,
+                  r->s.seen ? (double)r->s.hits / r->s.seen : 0, e.loss, e.top1, e.top5,
+                  lr_at(r->a, r->s.lr, r->s.step - 1, r->s.epoch, r->steps_per_epoch), seconds};
+  printf("epoch %d/%d: train loss %.4f top-1 %.2f%% | test loss %.4f top-1 %.2f%% top-5 %.2f%% "
+         "| lr %.3g | %.1f s\n", row.epoch, r->a->epochs, row.train_loss, 100 * row.train_top1,
+         row.test_loss, 100 * row.test_top1, 100 * row.test_top5, row.lr, seconds);
+  fflush(stdout);
+  plateau_update(r, 1 - e.top1);
+  r->s.epoch++;
+  r->s.epoch_step = 0;
+  r->s.loss_sum = 0;
+  r->s.hits = r->s.seen = 0;
+  // The row first, then the checkpoint: a run killed between the two drops the row on
+  // resume (metrics_keep_before) and writes it again, so no row is lost or doubled.
+  if (!metrics_append(r->files.csv, &row) || !save_checkpoint(r))
+    return false;
+  if (!metrics_plot(r->files.csv, r->files.png))
+    fprintf(stderr, "alexc: warning: could not draw %s\n", r->files.png);
+  return true;
+}
+
+static DataOptions data_options(const Graph *g, const TrainArgs *a, bool train) {
+  Shape in = g->nodes[0].out;
+  return (DataOptions){(int)in.c, (int)in.h, (int)in.w, train, train && a->augment, false,
+                       a->seed, train ? a->limit : a->test_limit, 0};
+}
+
+static int train_run(const TrainArgs *a) {
+  Graph *g = load_spec(a->spec);
+  if (!g)
+    return EXIT_ERR;
+  const Target *target = target_find(a->target);
+  int status = EXIT_ERR;
+  Run r = {.a = a, .g = g, .files = run_files(a->out)};
+  char *config = config_text(a);
+  if (!target || !target->train) {
+    error("--target %s cannot train (training targets: ref, cpu)", a->target);
+    goto done;
+  }
+  if (a->threads)
+    cpu_train_set_threads(a->threads);
+  DataOptions dtr = data_options(g, a, true), dte = data_options(g, a, false);
+  if (!(r.train = data_open(a->data, &dtr)) || !(r.test = data_open(a->data, &dte)) ||
+      !(r.t = trainer_new(g, target->train, a->batch)))
+    goto done;
+  if (data_classes(r.train) > trainer_classes(r.t)) {
+    error("%s has %d classes but network '%s' scores %d", a->data, data_classes(r.train), g->name,
+          trainer_classes(r.t));
+    goto done;
+  }
+  if (!make_dirs(a->out) || !start_state(&r, config))
+    goto done;
+  r.steps_per_epoch = (data_size(r.train) + a->batch - 1) / a->batch;
+  printf("training %s on %s: %lld images, %lld steps an epoch, target %s\n", g->name, a->data,
+         (long long)data_size(r.train), (long long)r.steps_per_epoch, a->target);
+  signal(SIGINT, on_stop_signal);
+  signal(SIGTERM, on_stop_signal);
+  float *x = xcalloc((size_t)a->batch * shape_elems(g->nodes[0].out), sizeof(float));
+  int32_t *labels = xcalloc(a->batch, sizeof *labels);
+  bool ok = true;
+  while (ok && r.s.epoch < a->epochs) {
+    double seconds = 0;
+    ok = train_epoch(&r, x, labels, &seconds) && finish_epoch(&r, seconds);
+  }
+  free(x);
+  free(labels);
+  if (ok && weights_save(r.s.w, r.files.weights)) {
+    printf("wrote %s, %s, %s\n", r.files.weights, r.files.csv, r.files.png);
+    status = EXIT_OK;
+  }
+  if (data_skipped(r.train))
+    fprintf(stderr, "alexc: warning: %lld unreadable images were skipped\n",
+            (long long)data_skipped(r.train));
+done:
+  free(config);
+  weights_free(r.s.w);
+  weights_free(r.s.v);
+  trainer_free(r.t);
+  data_close(r.train);
+  data_close(r.test);
+  run_files_free(&r.files);
+  graph_free(g);
+  return status;
+}
+
+// ---------------------------------------------------------------- commands
+
+enum {
+  OPT_DATA = 1200, OPT_OUT, OPT_TARGET, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
+  OPT_INIT, OPT_WEIGHTS, OPT_SEED, OPT_NO_AUGMENT, OPT_LIMIT, OPT_TEST_LIMIT, OPT_CHECKPOINT,
+  OPT_RESUME, OPT_THREADS, OPT_QUIET, OPT_TEN_CROP, OPT_HELP
+};
+
+static const struct option TRAIN_OPTIONS[] = {
+    {"data", required_argument, 0, OPT_DATA},
+    {"out", required_argument, 0, OPT_OUT},
+    {"target", required_argument, 0, OPT_TARGET},
+    {"epochs", required_argument, 0, OPT_EPOCHS},
+    {"batch", required_argument, 0, OPT_BATCH},
+    {"lr", required_argument, 0, OPT_LR},
+    {"schedule", required_argument, 0, OPT_SCHEDULE},
+    {"warmup", required_argument, 0, OPT_WARMUP},
+    {"init", required_argument, 0, OPT_INIT},
+    {"weights", required_argument, 0, OPT_WEIGHTS},
+    {"seed", required_argument, 0, OPT_SEED},
+    {"no-augment", no_argument, 0, OPT_NO_AUGMENT},
+    {"limit", required_argument, 0, OPT_LIMIT},
+    {"test-limit", required_argument, 0, OPT_TEST_LIMIT},
+    {"checkpoint-every", required_argument, 0, OPT_CHECKPOINT},
+    {"resume", no_argument, 0, OPT_RESUME},
+    {"threads", required_argument, 0, OPT_THREADS},
+    {"quiet", no_argument, 0, OPT_QUIET},
+    {"ten-crop", no_argument, 0, OPT_TEN_CROP},
+    {"help", no_argument, 0, OPT_HELP},
+    {0, 0, 0, 0}};
+
+static bool parse_double_in(const char *s, double lo, double hi, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (end == s || *end || errno || !(v >= lo && v <= hi))
+    return false;
+  *out = v;
+  return true;
+}
+
+static bool parse_count(const char *s, int64_t *out) {
+  uint64_t v;
+  if (!parse_u64(s, &v) || v > (uint64_t)1 << 40)
+    return false;
+  *out = (int64_t)v;
+  return true;
+}
+
+// One option of train or eval; 0 when handled, EXIT_USAGE after a message.
+static int train_option(const char *cmd, int c, const char *arg, TrainArgs *a, bool *ten_crop) {
+  switch (c) {
+  case OPT_DATA: a->data = arg; return 0;
+  case OPT_OUT: a->out = arg; return 0;
+  case OPT_TARGET: a->target = arg; return 0;
+  case OPT_WEIGHTS: a->weights = arg; return 0;
+  case OPT_NO_AUGMENT: a->augment = false; return 0;
+  case OPT_RESUME: a->resume = true; return 0;
+  case OPT_QUIET: a->quiet = true; return 0;
+  case OPT_TEN_CROP: *ten_crop = true; return 0;
+  case OPT_EPOCHS:
+    return parse_int_in(arg, 1, 100000, &a->epochs) ? 0
+           : usage_error(cmd, "--epochs wants 1 to 100000, not '%s'", arg);
+  case OPT_BATCH:
+    return parse_int_in(arg, 1, 65536, &a->batch) ? 0
+           : usage_error(cmd, "--batch wants 1 to 65536, not '%s'", arg);
+  case OPT_THREADS:
+    return parse_int_in(arg, 1, 1024, &a->threads) ? 0
+           : usage_error(cmd, "--threads wants 1 to 1024, not '%s'", arg);
+  case OPT_CHECKPOINT:
+    return parse_int_in(arg, 0, 1 << 30, &a->checkpoint_every) ? 0
+           : usage_error(cmd, "--checkpoint-every wants a step count, not '%s'", arg);
+  case OPT_LR:
+    return parse_double_in(arg, 1e-12, 100, &a->lr) ? 0
+           : usage_error(cmd, "--lr wants a positive number up to 100, not '%s'", arg);
+  case OPT_WARMUP:
+    return parse_double_in(arg, 0, 1000, &a->schedule.warmup) ? 0
+           : usage_error(cmd, "--warmup wants 0 to 1000 epochs, not '%s'", arg);
+  case OPT_SCHEDULE:
+    return parse_schedule(arg, &a->schedule) ? 0
+           : usage_error(cmd, "--schedule wants constant, cosine, step:E1,E2,... or "
+                              "plateau[:PATIENCE], not '%s'", arg);
+  case OPT_INIT:
+    return parse_init_scheme(arg, &a->init) ? 0
+           : usage_error(cmd, "--init is 'spec' or 'fan-in', not '%s'", arg);
+  case OPT_SEED:
+    return parse_u64(arg, &a->seed) ? 0
+           : usage_error(cmd, "--seed wants an unsigned integer, not '%s'", arg);
+  case OPT_LIMIT:
+    return parse_count(arg, &a->limit) ? 0 : usage_error(cmd, "--limit wants a count, not '%s'", arg);
+  case OPT_TEST_LIMIT:
+    return parse_count(arg, &a->test_limit) ? 0
+           : usage_error(cmd, "--test-limit wants a count, not '%s'", arg);
+  default:
+    return usage_error(cmd, "unknown option");
+  }
+}
+
+static TrainArgs train_defaults(void) {
+  return (TrainArgs){.target = "cpu", .epochs = 10, .batch = 128, .lr = 0.01,
+                     .schedule = {.kind = SCHED_COSINE, .patience = 1}, .init = INIT_SPEC,
+                     .seed = 1, .augment = true, .checkpoint_every = 1000};
+}
+
+int cmd_train(int argc, char **argv) {
+  TrainArgs a = train_defaults();
+  bool ten_crop = false;
+  int c;
+  while ((c = getopt_long(argc, argv, "h", TRAIN_OPTIONS, NULL)) != -1) {
+    if (c == OPT_HELP || c == 'h') {
+      fputs(TRAIN_HELP, stdout);
+      return EXIT_OK;
+    }
+    if (c == OPT_TEN_CROP)
+      return usage_error("train", "--ten-crop is an option of alexc eval");
+    int rc = train_option("train", c, optarg, &a, &ten_crop);
+    if (rc)
+      return rc;
+  }
+  if (optind + 1 != argc)
+    return usage_error("train", "expected one SPEC file");
+  if (!a.data || !a.out)
+    return usage_error("train", "--data and --out are required");
+  a.spec = argv[optind];
+  stop_requested = 0;
+  int status = train_run(&a);
+  return stop_requested ? 128 + SIGINT : status;
+}
+
+int cmd_eval(int argc, char **argv) {
+  TrainArgs a = train_defaults();
+  bool ten_crop = false;
+  int c;
+  while ((c = getopt_long(argc, argv, "h", TRAIN_OPTIONS, NULL)) != -1) {
+    if (c == OPT_HELP || c == 'h') {
+      fputs(EVAL_HELP, stdout);
+      return EXIT_OK;
+    }
+    int rc = train_option("eval", c, optarg, &a, &ten_crop);
+    if (rc)
+      return rc;
+  }
+  if (optind + 1 != argc)
+    return usage_error("eval", "expected one SPEC file");
+  if (!a.data || !a.weights)
+    return usage_error("eval", "--weights and --data are required");
+  Graph *g = load_spec(argv[optind]);
+  if (!g)
+    return EXIT_ERR;
+  const Target *target = target_find(a.target);
+  if (!target || !target->train) {
+    graph_free(g);
+    error("--target %s cannot evaluate (ref or cpu)", a.target);
+    return EXIT_ERR;
+  }
+  if (a.threads)
+    cpu_train_set_threads(a.threads);
+  a.test_limit = a.limit;
+  DataOptions o = data_options(g, &a, false);
+  o.ten_crop = ten_crop;
+  Weights *w = weights_load(g, a.weights);
+  Dataset *d = w ? data_open(a.data, &o) : NULL;
+  Trainer *t = d ? trainer_new(g, target->train, a.batch) : NULL;
+  int status = EXIT_ERR;
+  if (t) {
+    EvalResult e = evaluate(t, g, w, d, a.batch);
+    printf("%lld images%s: loss %.4f  top-1 %.2f%%  top-5 %.2f%%\n", (long long)e.n,
+           ten_crop ? " (ten crops each)" : "", e.loss, 100 * e.top1, 100 * e.top5);
+    status = EXIT_OK;
+  }
+  trainer_free(t);
+  data_close(d);
+  weights_free(w);
+  graph_free(g);
+  return status;
+}
