@@ -191,6 +191,15 @@ typedef struct {
   int64_t bytes;  // per image
 } Transfer;
 
+// The spec's optional `train:` section: defaults for `alexc train`, which flags override.
+// Fields not given are 0 (numbers), -1 (augment) or NULL (strings).
+typedef struct {
+  int epochs, batch, augment;
+  double lr, warmup;
+  char *schedule, *init;  // checked by alexc train, which reports errors at *_loc
+  SrcLoc schedule_loc, init_loc;
+} TrainSpec;
+
 typedef struct {
   char *name;
   SrcLoc loc;
@@ -207,6 +216,8 @@ typedef struct {
   // scale linearly with the batch, so offsets do too).
   bool planned;
   int64_t arena[MAX_DEVICES];
+
+  TrainSpec train;
 } Graph;
 
 // ---------------------------------------------------------------- the op table (ir/ops.c)

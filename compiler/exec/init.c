@@ -103,9 +103,12 @@ Weights *weights_load(const Graph *g, const char *path) {
       return NULL;
     }
   }
-  // A tensor the network does not use usually means the file is for another spec.
+  // A tensor the network does not use usually means the file is for another spec
+  // (a training checkpoint's momenta, "momentum/<name>", are expected extras).
+  const char *format = rt_st_meta(&st, "format");
+  bool checkpoint = format && !strncmp(format, "alexc-checkpoint-", 17);
   for (int i = 0; i < st.n; i++) {
-    bool known = false;
+    bool known = checkpoint && !strncmp(st.entries[i].name, "momentum/", 9);
     for (int j = 0; j < w->n && !known; j++)
       known = !strcmp(st.entries[i].name, w->info[j].name);
     if (!known)

@@ -652,8 +652,42 @@ static void warn_unused(const Graph *g) {
   free(used);
 }
 
+// The `train:` section: alexc train's defaults (docs/spec-format.md).
+static bool parse_train(Ctx *cx, yaml_node_t *m, TrainSpec *t) {
+  static const char *const keys[] = {"epochs", "batch", "lr", "warmup", "schedule", "init",
+                                     "augment", NULL};
+  const char *what = "the train section";
+  *t = (TrainSpec){.augment = -1};
+  if (!need_map(cx, m, what) || !check_keys(cx, m, keys, what, OP_COUNT))
+    return false;
+  bool augment = true;
+  if (!get_int(cx, m, "epochs", what, false, 1, 100000, &t->epochs) ||
+      !get_int(cx, m, "batch", what, false, 1, 65536, &t->batch) ||
+      !get_number(cx, m, "lr", what, false, 1e-12, 100, &t->lr) ||
+      !get_number(cx, m, "warmup", what, false, 0, 1000, &t->warmup) ||
+      !get_bool(cx, m, "augment", what, &augment))
+    return false;
+  if (lookup(cx, m, "augment"))
+    t->augment = augment;
+  const char *str;
+  if (lookup(cx, m, "schedule")) {
+    if (!get_string(cx, m, "schedule", what, &str))
+      return false;
+    t->schedule = xstrdup(str);
+    t->schedule_loc = loc_of(cx, lookup(cx, m, "schedule"));
+  }
+  if (lookup(cx, m, "init")) {
+    if (!get_string(cx, m, "init", what, &str))
+      return false;
+    t->init = xstrdup(str);
+    t->init_loc = loc_of(cx, lookup(cx, m, "init"));
+  }
+  return true;
+}
+
 static Graph *build_graph(Ctx *cx, yaml_node_t *root) {
-  static const char *const keys[] = {"name", "description", "input", "init", "layers", NULL};
+  static const char *const keys[] = {"name", "description", "input", "init", "layers", "train",
+                                     NULL};
   if (!need_map(cx, root, "a network spec") || !check_keys(cx, root, keys, "the network", OP_COUNT))
     return NULL;
   const char *name;
@@ -681,7 +715,9 @@ static Graph *build_graph(Ctx *cx, yaml_node_t *root) {
   }
   Graph *g = graph_new(name);
   g->loc = loc_of(cx, root);
-  if (!parse_input(cx, input, g) || !parse_layers(cx, layers, g, &init) || !graph_infer(g)) {
+  yaml_node_t *train = lookup(cx, root, "train");
+  if ((train && !parse_train(cx, train, &g->train)) || !parse_input(cx, input, g) ||
+      !parse_layers(cx, layers, g, &init) || !graph_infer(g)) {
     graph_free(g);
     return NULL;
   }

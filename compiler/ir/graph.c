@@ -23,6 +23,7 @@ Graph *graph_new(const char *name) {
   Graph *g = xcalloc(1, sizeof *g);
   g->name = xstrdup(name);
   g->output = -1;
+  g->train.augment = -1;
   return g;
 }
 
@@ -39,6 +40,8 @@ void graph_free(Graph *g) {
   }
   free(g->nodes);
   free(g->transfers);
+  free(g->train.schedule);
+  free(g->train.init);
   free(g->plan_note);
   free(g->name);
   free(g);

@@ -75,19 +75,23 @@ typedef struct {
   double warmup;     // epochs
 } Schedule;
 
+// The settings of a run. Flags set them; what no flag set comes from the spec's `train:`
+// section, then from the defaults (resolve_settings): 0 and NULL mean "not set yet".
 typedef struct {
   const char *spec, *data, *out, *weights, *target;
   int epochs, batch, threads, checkpoint_every;
-  double lr;
+  double lr, warmup;  // warmup < 0: not set
+  const char *schedule_text, *init_text;
   Schedule schedule;
   InitScheme init;
   uint64_t seed;
   int64_t limit, test_limit;
-  bool augment, resume, quiet;
+  int augment;  // -1: not set
+  bool resume, quiet;
 } TrainArgs;
 
 static bool parse_schedule(const char *s, Schedule *out) {
-  Schedule sc = {.kind = SCHED_COSINE, .patience = 1, .warmup = out->warmup};
+  Schedule sc = {.kind = SCHED_COSINE, .patience = 1};
   if (!strcmp(s, "constant")) {
     sc.kind = SCHED_CONSTANT;
   } else if (!strcmp(s, "cosine")) {
@@ -111,7 +115,36 @@ static bool parse_schedule(const char *s, Schedule *out) {
   } else {
     return false;
   }
+  sc.warmup = out->warmup;
   *out = sc;
+  return true;
+}
+
+// Fills what no flag set from the spec's train section, then from the defaults. False
+// after a message for a bad schedule or init in the spec.
+static bool resolve_settings(TrainArgs *a, const Graph *g) {
+  const TrainSpec *t = &g->train;
+  if (!a->epochs)
+    a->epochs = t->epochs ? t->epochs : 10;
+  if (!a->batch)
+    a->batch = t->batch ? t->batch : 128;
+  if (!a->lr)
+    a->lr = t->lr ? t->lr : 0.01;
+  if (a->warmup < 0)
+    a->warmup = t->warmup;
+  if (a->augment < 0)
+    a->augment = t->augment >= 0 ? t->augment : 1;
+  a->schedule.warmup = a->warmup;
+  if (!a->schedule_text && t->schedule && !parse_schedule(t->schedule, &a->schedule)) {
+    error_at(t->schedule_loc, "schedule must be constant, cosine, step:E1,E2,... or "
+                              "plateau[:PATIENCE], not '%s'", t->schedule);
+    return false;
+  }
+  a->schedule_text = a->schedule_text ? a->schedule_text : t->schedule ? t->schedule : "cosine";
+  if (!a->init_text && t->init && !parse_init_scheme(t->init, &a->init)) {
+    error_at(t->init_loc, "init must be 'spec' or 'fan-in', not '%s'", t->init);
+    return false;
+  }
   return true;
 }
 
@@ -470,10 +503,14 @@ static DataOptions data_options(const Graph *g, const TrainArgs *a, bool train) 
                        a->seed, train ? a->limit : a->test_limit, 0};
 }
 
-static int train_run(const TrainArgs *a) {
+static int train_run(TrainArgs *a) {
   Graph *g = load_spec(a->spec);
   if (!g)
     return EXIT_ERR;
+  if (!resolve_settings(a, g)) {
+    graph_free(g);
+    return EXIT_ERR;
+  }
   const Target *target = target_find(a->target);
   int status = EXIT_ERR;
   Run r = {.a = a, .g = g, .files = run_files(a->out)};
@@ -584,7 +621,7 @@ static int train_option(const char *cmd, int c, const char *arg, TrainArgs *a, b
   case OPT_OUT: a->out = arg; return 0;
   case OPT_TARGET: a->target = arg; return 0;
   case OPT_WEIGHTS: a->weights = arg; return 0;
-  case OPT_NO_AUGMENT: a->augment = false; return 0;
+  case OPT_NO_AUGMENT: a->augment = 0; return 0;
   case OPT_RESUME: a->resume = true; return 0;
   case OPT_QUIET: a->quiet = true; return 0;
   case OPT_TEN_CROP: *ten_crop = true; return 0;
@@ -604,13 +641,15 @@ static int train_option(const char *cmd, int c, const char *arg, TrainArgs *a, b
     return parse_double_in(arg, 1e-12, 100, &a->lr) ? 0
            : usage_error(cmd, "--lr wants a positive number up to 100, not '%s'", arg);
   case OPT_WARMUP:
-    return parse_double_in(arg, 0, 1000, &a->schedule.warmup) ? 0
+    return parse_double_in(arg, 0, 1000, &a->warmup) ? 0
            : usage_error(cmd, "--warmup wants 0 to 1000 epochs, not '%s'", arg);
   case OPT_SCHEDULE:
+    a->schedule_text = arg;
     return parse_schedule(arg, &a->schedule) ? 0
            : usage_error(cmd, "--schedule wants constant, cosine, step:E1,E2,... or "
                               "plateau[:PATIENCE], not '%s'", arg);
   case OPT_INIT:
+    a->init_text = arg;
     return parse_init_scheme(arg, &a->init) ? 0
            : usage_error(cmd, "--init is 'spec' or 'fan-in', not '%s'", arg);
   case OPT_SEED:
@@ -627,9 +666,9 @@ static int train_option(const char *cmd, int c, const char *arg, TrainArgs *a, b
 }
 
 static TrainArgs train_defaults(void) {
-  return (TrainArgs){.target = "cpu", .epochs = 10, .batch = 128, .lr = 0.01,
-                     .schedule = {.kind = SCHED_COSINE, .patience = 1}, .init = INIT_SPEC,
-                     .seed = 1, .augment = true, .checkpoint_every = 1000};
+  return (TrainArgs){.target = "cpu", .warmup = -1, .augment = -1, .init = INIT_SPEC,
+                     .schedule = {.kind = SCHED_COSINE, .patience = 1}, .seed = 1,
+                     .checkpoint_every = 1000};
 }
 
 int cmd_train(int argc, char **argv) {
@@ -678,9 +717,10 @@ int cmd_eval(int argc, char **argv) {
   if (!g)
     return EXIT_ERR;
   const Target *target = target_find(a.target);
-  if (!target || !target->train) {
-    graph_free(g);
+  if (!target || !target->train)
     error("--target %s cannot evaluate (ref or cpu)", a.target);
+  if (!target || !target->train || !resolve_settings(&a, g)) {
+    graph_free(g);
     return EXIT_ERR;
   }
   if (a.threads)

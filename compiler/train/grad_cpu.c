@@ -1,8 +1,1176 @@
-// The CPU target's training kernels (stub: being written).
+// The CPU target's training kernels: every op's forward (training mode) and backward in
+// float32, fast, with the semantics of the reference (train/grad_ref.c, the oracle):
+// dx[j] += dL/dx_j when dx[j] is not NULL, dw and db overwritten (summed over the batch).
+//
+// Design:
+//   - Convolution and fully connected layers are GEMMs. Conv forward per sub-batch of
+//     images and group: Y[oc][n,p] = W[oc][K] col[K][n,p], col the im2col of the images;
+//     backward data: dcol = W^T dY, then col2im adds into dx; backward weights:
+//     dW = dY col^T, one partial per fixed chunk of images, the partials summed in order.
+//     Sub-batches put several small images side by side so that N is wide enough for the
+//     micro-kernel (conv3 of mini-alexnet has 6x6 outputs).
+//   - One SGEMM (BLIS loop order: NC, KC, MC blocks, packed panels, an MR x NR register
+//     micro-kernel). The micro-kernel exists in three versions, picked at run time from
+//     what the CPU supports: AVX-512 (8 x 32), AVX2+FMA (6 x 16) and generic vectors
+//     (4 x 8, any target GCC builds for). ALEXC_CPU_TRAIN_ISA=avx512|avx2|generic picks
+//     one (tests use it to run the others on an AVX-512 machine); never more than the CPU
+//     has. Weights are packed once per call and shared by every task.
+//   - A small pthread pool runs parallel-for over tasks; a task is a fixed piece of work
+//     (a sub-batch, a chunk of images, a tile of C) that never depends on the thread
+//     count, tasks write disjoint outputs, and every sum over the batch is taken in a
+//     fixed order: results are bit-identical for any number of threads and run to run.
+//     Every element of a GEMM is summed in the same order wherever its tile falls (the K
+//     blocking is global, edge tiles go through the same kernel), so tiling is free.
+//   - LRN recomputes its window sums in the backward (nothing saved), with x^-0.75 as
+//     1/(sqrt(s) sqrt(sqrt(s))) for the paper's beta; max-pool recomputes its argmax
+//     (first maximum in scan order, padding never wins, as the reference).
+//
+// Calls are serialised by a lock (the pool and the scratch buffers are shared).
+#define _GNU_SOURCE
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define GCPU_X86 1
+#else
+#define GCPU_X86 0
+#endif
+
 #include "../alexc.h"
-static void fwd(const OpCall *c, float *y) { (void)c; (void)y; }
-static void bwd(const OpCall *c, const float *dy, float *const *dx, float *dw, float *db) {
-  (void)c; (void)dy; (void)dx; (void)dw; (void)db;
+
+#define MAX_THREADS 64
+
+// ---------------------------------------------------------------- threads
+
+typedef void (*TaskFn)(void *ctx, int task, int tid);
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t wake, done;
+  int spawned;  // workers started, ids 1..spawned
+  int want;     // cpu_train_set_threads (0: the default)
+  unsigned gen;
+  TaskFn fn;
+  void *ctx;
+  int n_tasks, n_threads;
+  atomic_int next;
+  int running;  // workers still on the current job
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static pthread_mutex_t op_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void cpu_train_set_threads(int threads) {
+  pthread_mutex_lock(&op_lock);
+  pool.want = threads < 1 ? 0 : threads > MAX_THREADS ? MAX_THREADS : threads;
+  pthread_mutex_unlock(&op_lock);
 }
-const TrainKernels cpu_train_kernels = {"cpu", fwd, bwd};
-void cpu_train_set_threads(int threads) { (void)threads; }
+
+static int default_threads(void) {
+  cpu_set_t set;
+  int n = 0;
+  if (sched_getaffinity(0, sizeof set, &set) == 0)
+    n = CPU_COUNT(&set);
+  if (n < 1)
+    n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+  return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n;
+}
+
+static int threads(void) {
+  if (!pool.want)
+    pool.want = default_threads();
+  return pool.want;
+}
+
+static void run_tasks(int tid) {
+  for (;;) {
+    int t = atomic_fetch_add(&pool.next, 1);
+    if (t >= pool.n_tasks)
+      break;
+    pool.fn(pool.ctx, t, tid);
+  }
+}
+
+static void *worker(void *arg) {
+  int id = (int)(intptr_t)arg;
+  unsigned seen = 0;
+  pthread_mutex_lock(&pool.mu);
+  for (;;) {
+    while (pool.gen == seen)
+      pthread_cond_wait(&pool.wake, &pool.mu);
+    seen = pool.gen;
+    if (id >= pool.n_threads)
+      continue;
+    pthread_mutex_unlock(&pool.mu);
+    run_tasks(id);
+    pthread_mutex_lock(&pool.mu);
+    if (--pool.running == 0)
+      pthread_cond_signal(&pool.done);
+  }
+  return NULL;
+}
+
+// Runs fn(ctx, task, tid) for task in [0, n), on up to threads() threads; tid < MAX_THREADS
+// names the thread (for its scratch buffers). Not reentrant (calls hold op_lock).
+static void parallel_for(int n, TaskFn fn, void *ctx) {
+  int t = threads() < n ? threads() : n;
+  if (t > 1) {
+    pthread_mutex_lock(&pool.mu);
+    while (pool.spawned < t - 1) {
+      pthread_t th;
+      pthread_attr_t attr;
+      pthread_attr_init(&attr);
+      pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+      int bad = pthread_create(&th, &attr, worker, (void *)(intptr_t)(pool.spawned + 1));
+      pthread_attr_destroy(&attr);
+      if (bad)
+        break;
+      pool.spawned++;
+    }
+    if (t > pool.spawned + 1)
+      t = pool.spawned + 1;
+    pthread_mutex_unlock(&pool.mu);
+  }
+  if (t <= 1) {
+    for (int i = 0; i < n; i++)
+      fn(ctx, i, 0);
+    return;
+  }
+  pthread_mutex_lock(&pool.mu);
+  pool.fn = fn;
+  pool.ctx = ctx;
+  pool.n_tasks = n;
+  pool.n_threads = t;
+  atomic_store(&pool.next, 0);
+  pool.running = t - 1;
+  pool.gen++;
+  pthread_cond_broadcast(&pool.wake);
+  pthread_mutex_unlock(&pool.mu);
+  run_tasks(0);
+  pthread_mutex_lock(&pool.mu);
+  while (pool.running)
+    pthread_cond_wait(&pool.done, &pool.mu);
+  pthread_mutex_unlock(&pool.mu);
+}
+
+// ---------------------------------------------------------------- scratch memory
+
+enum { S_PACKA, S_PACKB, S_COL, S_DY, S_OUT, N_SLOTS };
+
+typedef struct {
+  float *p;
+  size_t n;
+} Buf;
+
+static Buf scratch_bufs[MAX_THREADS][N_SLOTS];
+static Buf shared_bufs[3];  // packed weights, dW partials (used under op_lock)
+
+static float *grow(Buf *b, size_t n) {
+  if (b->n < n) {
+    free(b->p);
+    size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+    b->p = aligned_alloc(64, bytes);
+    if (!b->p) {
+      fprintf(stderr, "alexc: out of memory (%zu bytes for the CPU training kernels)\n", bytes);
+      abort();
+    }
+    b->n = n;
+  }
+  return b->p;
+}
+
+static float *scratch(int tid, int slot, size_t n) { return grow(&scratch_bufs[tid][slot], n); }
+
+// ---------------------------------------------------------------- SGEMM
+
+// A matrix view: element (i, j) at p[i * rs + j * cs].
+typedef struct {
+  const float *p;
+  ptrdiff_t rs, cs;
+} Mat;
+
+// C (MR x NR, row stride ldc) = [C +] A panel (kc x MR) * B panel (kc x NR).
+typedef void (*KernFn)(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc, int acc);
+
+typedef struct {
+  const char *name;
+  int mr, nr;
+  KernFn kern;
+} Isa;
+
+#define KC 256
+#define MC 96  // a multiple of every MR (8, 6, 4)
+#define NC 512
+#define MR_MAX 8
+#define NR_MAX 32
+
+#if GCPU_X86
+__attribute__((target("avx512f,avx2,fma"))) static void kern_avx512(int kc, const float *a,
+                                                                      const float *b, float *c,
+                                                                      ptrdiff_t ldc, int acc) {
+  __m512 r[8][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; i++)
+    r[i][0] = r[i][1] = _mm512_setzero_ps();
+  for (int k = 0; k < kc; k++) {
+    __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+      __m512 ai = _mm512_set1_ps(a[i]);
+      r[i][0] = _mm512_fmadd_ps(ai, b0, r[i][0]);
+      r[i][1] = _mm512_fmadd_ps(ai, b1, r[i][1]);
+    }
+    a += 8;
+    b += 32;
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; i++) {
+    float *ci = c + i * ldc;
+    if (acc) {
+      r[i][0] = _mm512_add_ps(_mm512_loadu_ps(ci), r[i][0]);
+      r[i][1] = _mm512_add_ps(_mm512_loadu_ps(ci + 16), r[i][1]);
+    }
+    _mm512_storeu_ps(ci, r[i][0]);
+    _mm512_storeu_ps(ci + 16, r[i][1]);
+  }
+}
+
+__attribute__((target("avx2,fma"))) static void kern_avx2(int kc, const float *a, const float *b,
+                                                          float *c, ptrdiff_t ldc, int acc) {
+  __m256 r[6][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < 6; i++)
+    r[i][0] = r[i][1] = _mm256_setzero_ps();
+  for (int k = 0; k < kc; k++) {
+    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < 6; i++) {
+      __m256 ai = _mm256_broadcast_ss(a + i);
+      r[i][0] = _mm256_fmadd_ps(ai, b0, r[i][0]);
+      r[i][1] = _mm256_fmadd_ps(ai, b1, r[i][1]);
+    }
+    a += 6;
+    b += 16;
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < 6; i++) {
+    float *ci = c + i * ldc;
+    if (acc) {
+      r[i][0] = _mm256_add_ps(_mm256_loadu_ps(ci), r[i][0]);
+      r[i][1] = _mm256_add_ps(_mm256_loadu_ps(ci + 8), r[i][1]);
+    }
+    _mm256_storeu_ps(ci, r[i][0]);
+    _mm256_storeu_ps(ci + 8, r[i][1]);
+  }
+}
+#endif
+
+// Generic vectors: 4 x 8 with 16-byte vectors, which GCC lowers for any target.
+typedef float V4 __attribute__((vector_size(16)));
+typedef float V4u __attribute__((vector_size(16), aligned(4)));
+
+static void kern_generic(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
+                         int acc) {
+  V4 r[4][2];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; i++)
+    r[i][0] = r[i][1] = (V4){0, 0, 0, 0};
+  for (int k = 0; k < kc; k++) {
+    V4 b0 = *(const V4 *)b, b1 = *(const V4 *)(b + 4);
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+      r[i][0] += a[i] * b0;
+      r[i][1] += a[i] * b1;
+    }
+    a += 4;
+    b += 8;
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; i++) {
+    V4u *ci = (V4u *)(c + i * ldc);
+    if (acc) {
+      r[i][0] = ci[0] + r[i][0];
+      r[i][1] = ci[1] + r[i][1];
+    }
+    ci[0] = r[i][0];
+    ci[1] = r[i][1];
+  }
+}
+
+static Isa isa;
+
+static void pick_isa(void) {
+  if (isa.kern)
+    return;
+  const char *want = getenv("ALEXC_CPU_TRAIN_ISA");
+  isa = (Isa){"generic", 4, 8, kern_generic};
+#if GCPU_X86
+  __builtin_cpu_init();
+  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
+  if (want && !strcmp(want, "generic"))
+    return;
+  if (avx512 && !(want && !strcmp(want, "avx2")))
+    isa = (Isa){"avx512", 8, 32, kern_avx512};
+  else if (avx2)
+    isa = (Isa){"avx2", 6, 16, kern_avx2};
+#else
+  (void)want;
+#endif
+}
+
+static inline int imin(int a, int b) { return a < b ? a : b; }
+static inline int round_up(int a, int m) { return (a + m - 1) / m * m; }
+
+// Packs rows [i0, i0 + m) x columns [k0, k0 + kc) of A as MR-row panels (kc x MR each,
+// zero-padded rows).
+static void pack_a(Mat A, int i0, int m, int k0, int kc, float *dst) {
+  const int MR = isa.mr;
+  for (int ir = 0; ir < m; ir += MR, dst += (size_t)MR * kc) {
+    int mr = imin(MR, m - ir);
+    const float *src = A.p + (ptrdiff_t)(i0 + ir) * A.rs + (ptrdiff_t)k0 * A.cs;
+    if (A.rs == 1) {
+      for (int k = 0; k < kc; k++) {
+        const float *s = src + (ptrdiff_t)k * A.cs;
+        float *d = dst + (size_t)k * MR;
+        int i = 0;
+        for (; i < mr; i++)
+          d[i] = s[i];
+        for (; i < MR; i++)
+          d[i] = 0;
+      }
+    } else {
+      for (int i = 0; i < mr; i++) {
+        const float *s = src + (ptrdiff_t)i * A.rs;
+        for (int k = 0; k < kc; k++)
+          dst[(size_t)k * MR + i] = s[(ptrdiff_t)k * A.cs];
+      }
+      for (int i = mr; i < MR; i++)
+        for (int k = 0; k < kc; k++)
+          dst[(size_t)k * MR + i] = 0;
+    }
+  }
+}
+
+// Packs rows [k0, k0 + kc) x columns [j0, j0 + n) of B as NR-column panels (kc x NR).
+static void pack_b(Mat B, int k0, int kc, int j0, int n, float *dst) {
+  const int NR = isa.nr;
+  for (int jr = 0; jr < n; jr += NR, dst += (size_t)NR * kc) {
+    int nr = imin(NR, n - jr);
+    const float *src = B.p + (ptrdiff_t)k0 * B.rs + (ptrdiff_t)(j0 + jr) * B.cs;
+    if (B.cs == 1) {
+      for (int k = 0; k < kc; k++) {
+        const float *s = src + (ptrdiff_t)k * B.rs;
+        float *d = dst + (size_t)k * NR;
+        if (nr == NR) {
+          memcpy(d, s, NR * sizeof(float));
+        } else {
+          int j = 0;
+          for (; j < nr; j++)
+            d[j] = s[j];
+          for (; j < NR; j++)
+            d[j] = 0;
+        }
+      }
+    } else {
+      for (int j = 0; j < nr; j++) {
+        const float *s = src + (ptrdiff_t)j * B.cs;
+        for (int k = 0; k < kc; k++)
+          dst[(size_t)k * NR + j] = s[(ptrdiff_t)k * B.rs];
+      }
+      for (int j = nr; j < NR; j++)
+        for (int k = 0; k < kc; k++)
+          dst[(size_t)k * NR + j] = 0;
+    }
+  }
+}
+
+// The size of A (M x K) packed whole, and the packing: KC block pc at pc * Mp, in it
+// MR-row panel r at r * kc.
+static size_t packed_a_size(int M, int K) { return (size_t)round_up(M, isa.mr) * K; }
+
+// Packs KC block `blk` of A (M x K) into its place in the whole packing.
+static void pack_a_whole_block(Mat A, int M, int K, int blk, float *dst) {
+  int pc = blk * KC, kc = imin(KC, K - pc);
+  pack_a(A, 0, M, pc, kc, dst + (size_t)pc * round_up(M, isa.mr));
+}
+
+// C (M x N, row stride ldc) = [C +] A (M x K) * B (K x N). apk: A packed whole
+// (pack_a_whole_block), or NULL to pack here. Single-threaded; tid picks the scratch.
+static void gemm(int M, int N, int K, Mat A, const float *apk, Mat B, float *C, ptrdiff_t ldc,
+                 bool acc, int tid) {
+  const int MR = isa.mr, NR = isa.nr, Mp = round_up(M, MR);
+  if (M <= 0 || N <= 0)
+    return;
+  if (K <= 0) {
+    for (int i = 0; i < M && !acc; i++)
+      memset(C + (ptrdiff_t)i * ldc, 0, (size_t)N * sizeof(float));
+    return;
+  }
+  float *pb = scratch(tid, S_PACKB, (size_t)KC * round_up(imin(NC, N), NR));
+  float *pa = apk ? NULL : scratch(tid, S_PACKA, (size_t)KC * MC);
+  float tile[MR_MAX * NR_MAX] __attribute__((aligned(64)));
+  for (int jc = 0; jc < N; jc += NC) {
+    int nc = imin(NC, N - jc);
+    for (int pc = 0; pc < K; pc += KC) {
+      int kc = imin(KC, K - pc);
+      int a_ = acc || pc > 0;
+      pack_b(B, pc, kc, jc, nc, pb);
+      for (int ic = 0; ic < M; ic += MC) {
+        int mc = imin(MC, M - ic);
+        const float *pan;
+        if (apk) {
+          pan = apk + (size_t)pc * Mp + (size_t)ic * kc;
+        } else {
+          pack_a(A, ic, mc, pc, kc, pa);
+          pan = pa;
+        }
+        for (int jr = 0; jr < nc; jr += NR) {
+          int nr = imin(NR, nc - jr);
+          const float *bp = pb + (size_t)jr * kc;
+          for (int ir = 0; ir < mc; ir += MR) {
+            int mr = imin(MR, mc - ir);
+            const float *ap = pan + (size_t)ir * kc;
+            float *c = C + (ptrdiff_t)(ic + ir) * ldc + jc + jr;
+            if (mr == MR && nr == NR) {
+              isa.kern(kc, ap, bp, c, ldc, a_);
+            } else {
+              isa.kern(kc, ap, bp, tile, NR, 0);
+              for (int i = 0; i < mr; i++)
+                for (int j = 0; j < nr; j++)
+                  c[(ptrdiff_t)i * ldc + j] =
+                      a_ ? c[(ptrdiff_t)i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// A GEMM cut into fixed tiles of C (TM x TN), run in parallel.
+typedef struct {
+  int M, N, K, tm, tn, tiles_n;
+  Mat A, B;
+  float *C;
+  ptrdiff_t ldc;
+  bool acc;
+} ParGemm;
+
+static void par_gemm_task(void *ctx, int t, int tid) {
+  const ParGemm *p = ctx;
+  int i0 = t / p->tiles_n * p->tm, j0 = t % p->tiles_n * p->tn;
+  Mat A = {p->A.p + (ptrdiff_t)i0 * p->A.rs, p->A.rs, p->A.cs};
+  Mat B = {p->B.p + (ptrdiff_t)j0 * p->B.cs, p->B.rs, p->B.cs};
+  gemm(imin(p->tm, p->M - i0), imin(p->tn, p->N - j0), p->K, A, NULL, B,
+       p->C + (ptrdiff_t)i0 * p->ldc + j0, p->ldc, p->acc, tid);
+}
+
+static void par_gemm(int M, int N, int K, Mat A, Mat B, float *C, ptrdiff_t ldc, bool acc) {
+  ParGemm p = {M, N, K, 256, 512, 0, A, B, C, ldc, acc};
+  p.tiles_n = (N + p.tn - 1) / p.tn;
+  int tiles = (M + p.tm - 1) / p.tm * p.tiles_n;
+  parallel_for(tiles, par_gemm_task, &p);
+}
+
+// Packs A (M x K) whole into buf, one task per KC block.
+typedef struct {
+  Mat A;
+  int M, K, groups;
+  ptrdiff_t group_rs;  // A of group g starts at A.p + g * group_rs... (in elements)
+  size_t group_size;   // packed floats per group
+  float *dst;
+} PackJob;
+
+static void pack_task(void *ctx, int t, int tid) {
+  const PackJob *j = ctx;
+  (void)tid;
+  int blocks = (j->K + KC - 1) / KC, g = t / blocks, blk = t % blocks;
+  Mat A = {j->A.p + g * j->group_rs, j->A.rs, j->A.cs};
+  pack_a_whole_block(A, j->M, j->K, blk, j->dst + g * j->group_size);
+}
+
+// Packs `groups` matrices A_g (M x K, A_g at A.p + g * group_rs) into a shared buffer.
+static float *pack_groups(Mat A, int M, int K, int groups, ptrdiff_t group_rs, int which) {
+  size_t size = packed_a_size(M, K);
+  float *dst = grow(&shared_bufs[which], size * groups);
+  PackJob j = {A, M, K, groups, group_rs, size, dst};
+  parallel_for(groups * ((K + KC - 1) / KC), pack_task, &j);
+  return dst;
+}
+
+// ---------------------------------------------------------------- elementwise helpers
+
+static Shape in_shape(const OpCall *c, int j) { return c->g->nodes[c->n->inputs[j]].out; }
+
+#define EW_CHUNK 32768
+
+typedef struct {
+  const OpCall *c;
+  const float *x, *dy;
+  float *y, *dx;
+  int64_t total;
+  double scale;
+} Ew;
+
+static int ew_tasks(int64_t total) { return (int)((total + EW_CHUNK - 1) / EW_CHUNK); }
+
+static void relu_fwd_task(void *ctx, int t, int tid) {
+  const Ew *e = ctx;
+  (void)tid;
+  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
+  const float *x = e->x;
+  float *y = e->y;
+  for (int64_t i = i0; i < i1; i++)
+    y[i] = x[i] > 0 ? x[i] : 0.0f;
+}
+
+static void relu_bwd_task(void *ctx, int t, int tid) {
+  const Ew *e = ctx;
+  (void)tid;
+  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
+  const float *x = e->x, *dy = e->dy;
+  float *dx = e->dx;
+  for (int64_t i = i0; i < i1; i++)
+    dx[i] += x[i] > 0 ? dy[i] : 0.0f;
+}
+
+static void dropout_fwd_task(void *ctx, int t, int tid) {
+  const Ew *e = ctx;
+  (void)tid;
+  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
+  const uint8_t *m = e->c->mask;
+  for (int64_t i = i0; i < i1; i++)
+    e->y[i] = m ? (m[i] ? (float)(e->x[i] * e->scale) : 0.0f) : e->x[i];
+}
+
+static void dropout_bwd_task(void *ctx, int t, int tid) {
+  const Ew *e = ctx;
+  (void)tid;
+  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
+  const uint8_t *m = e->c->mask;
+  for (int64_t i = i0; i < i1; i++)
+    e->dx[i] += m ? (m[i] ? (float)(e->dy[i] * e->scale) : 0.0f) : e->dy[i];
+}
+
+static void copy_task(void *ctx, int t, int tid) {
+  const Ew *e = ctx;
+  (void)tid;
+  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
+  memcpy(e->y + i0, e->x + i0, (size_t)(i1 - i0) * sizeof(float));
+}
+
+static void add_task(void *ctx, int t, int tid) {
+  const Ew *e = ctx;
+  (void)tid;
+  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
+  for (int64_t i = i0; i < i1; i++)
+    e->dx[i] += e->dy[i];
+}
+
+// ---------------------------------------------------------------- convolution
+
+typedef struct {
+  const OpCall *c;
+  const float *x, *dy;
+  float *y, *dx, *part;  // part: nchunk partial dW, or dw itself when nchunk == 1
+  int C, H, W, OC, OH, OW, k, s, pad, G, ipg, opg, Kg, P;
+  int nb, nsub, nchunk;  // images per sub-batch, sub-batches, dW chunks
+  const float *wpk;      // packed W_g (forward) or W_g^T (backward data), per group
+  size_t wpk_size;
+  size_t w_elems;
+} Conv;
+
+static Conv conv_setup(const OpCall *c) {
+  const ConvAttrs *a = &c->n->conv;
+  Shape in = in_shape(c, 0), out = c->n->out;
+  Conv v = {.c = c, .x = c->x[0], .C = (int)in.c, .H = (int)in.h, .W = (int)in.w,
+            .OC = a->out, .OH = (int)out.h, .OW = (int)out.w, .k = a->kernel, .s = a->stride,
+            .pad = a->pad, .G = a->groups};
+  v.ipg = v.C / v.G;
+  v.opg = v.OC / v.G;
+  v.Kg = v.ipg * v.k * v.k;
+  v.P = v.OH * v.OW;
+  // Images side by side until N = nb * P is at least 256 wide (a sub-batch).
+  v.nb = imin(c->batch, (256 + v.P - 1) / v.P);
+  if (v.nb < 1)
+    v.nb = 1;
+  v.nsub = (c->batch + v.nb - 1) / v.nb;
+  v.nchunk = imin(v.nsub, 16);
+  v.w_elems = (size_t)v.OC * v.Kg;
+  return v;
+}
+
+static int sub_first(const Conv *v, int sb) { return sb * v->nb; }
+static int sub_count(const Conv *v, int sb) { return imin(v->nb, v->c->batch - sb * v->nb); }
+
+// col[(ic*k + ky)*k + kx][img*P + oy*OW + ox] = x[n0 + img][g*ipg + ic][oy*s - pad + ky]
+// [ox*s - pad + kx], 0 in the padding.
+static void im2col(const Conv *v, int n0, int cnt, int g, float *col) {
+  const int N = cnt * v->P, k = v->k, s = v->s, pad = v->pad, W = v->W, H = v->H, OW = v->OW;
+  for (int ic = 0; ic < v->ipg; ic++)
+    for (int ky = 0; ky < k; ky++)
+      for (int kx = 0; kx < k; kx++) {
+        float *row = col + (size_t)((ic * k + ky) * k + kx) * N;
+        int t = pad - kx, u = W - 1 + pad - kx;
+        int ox0 = t <= 0 ? 0 : (t + s - 1) / s;
+        int ox1 = u < 0 ? 0 : imin(OW, u / s + 1);
+        if (ox1 < ox0)
+          ox1 = ox0;
+        if (ox0 > OW)
+          ox0 = ox1 = OW;
+        for (int img = 0; img < cnt; img++) {
+          const float *src = v->x + ((size_t)(n0 + img) * v->C + g * v->ipg + ic) * H * W;
+          float *dst = row + (size_t)img * v->P;
+          for (int oy = 0; oy < v->OH; oy++) {
+            int iy = oy * s - pad + ky;
+            float *d = dst + oy * OW;
+            if (iy < 0 || iy >= H) {
+              memset(d, 0, OW * sizeof(float));
+              continue;
+            }
+            for (int ox = 0; ox < ox0; ox++)
+              d[ox] = 0;
+            const float *sr = src + iy * W - pad + kx;
+            if (s == 1)
+              memcpy(d + ox0, sr + ox0, (size_t)(ox1 - ox0) * sizeof(float));
+            else
+              for (int ox = ox0; ox < ox1; ox++)
+                d[ox] = sr[ox * s];
+            for (int ox = ox1; ox < OW; ox++)
+              d[ox] = 0;
+          }
+        }
+      }
+}
+
+// The adjoint of im2col: dx[...] += dcol[...] at every tap inside the input.
+static void col2im_add(const Conv *v, int n0, int cnt, int g, const float *col) {
+  const int N = cnt * v->P, k = v->k, s = v->s, pad = v->pad, W = v->W, H = v->H, OW = v->OW;
+  for (int img = 0; img < cnt; img++)
+    for (int ic = 0; ic < v->ipg; ic++) {
+      float *dst = v->dx + ((size_t)(n0 + img) * v->C + g * v->ipg + ic) * H * W;
+      for (int ky = 0; ky < k; ky++)
+        for (int kx = 0; kx < k; kx++) {
+          const float *row = col + (size_t)((ic * k + ky) * k + kx) * N + (size_t)img * v->P;
+          int t = pad - kx, u = W - 1 + pad - kx;
+          int ox0 = t <= 0 ? 0 : (t + s - 1) / s;
+          int ox1 = u < 0 ? 0 : imin(OW, u / s + 1);
+          for (int oy = 0; oy < v->OH; oy++) {
+            int iy = oy * s - pad + ky;
+            if (iy < 0 || iy >= H)
+              continue;
+            float *d = dst + iy * W - pad + kx;
+            const float *r = row + oy * OW;
+            if (s == 1)
+              for (int ox = ox0; ox < ox1; ox++)
+                d[ox] += r[ox];
+            else
+              for (int ox = ox0; ox < ox1; ox++)
+                d[ox * s] += r[ox];
+          }
+        }
+    }
+}
+
+static void conv_fwd_task(void *ctx, int t, int tid) {
+  const Conv *v = ctx;
+  int sb = t / v->G, g = t % v->G, n0 = sub_first(v, sb), cnt = sub_count(v, sb);
+  int N = cnt * v->P;
+  float *col = scratch(tid, S_COL, (size_t)v->Kg * N);
+  im2col(v, n0, cnt, g, col);
+  Mat A = {NULL, 0, 0}, B = {col, N, 1};
+  const float *apk = v->wpk + g * v->wpk_size;
+  const float *bias = v->c->b;
+  if (cnt == 1) {
+    float *y = v->y + ((size_t)n0 * v->OC + g * v->opg) * v->P;
+    gemm(v->opg, N, v->Kg, A, apk, B, y, v->P, false, tid);
+    for (int oc = 0; oc < v->opg && bias; oc++) {
+      float bv = bias[g * v->opg + oc], *yr = y + (size_t)oc * v->P;
+      for (int p = 0; p < v->P; p++)
+        yr[p] += bv;
+    }
+  } else {
+    float *out = scratch(tid, S_OUT, (size_t)v->opg * N);
+    gemm(v->opg, N, v->Kg, A, apk, B, out, N, false, tid);
+    for (int img = 0; img < cnt; img++)
+      for (int oc = 0; oc < v->opg; oc++) {
+        float bv = bias ? bias[g * v->opg + oc] : 0.0f;
+        const float *o = out + (size_t)oc * N + (size_t)img * v->P;
+        float *yr = v->y + ((size_t)(n0 + img) * v->OC + g * v->opg + oc) * v->P;
+        if (bias)
+          for (int p = 0; p < v->P; p++)
+            yr[p] = o[p] + bv;
+        else
+          memcpy(yr, o, (size_t)v->P * sizeof(float));
+      }
+  }
+}
+
+static void conv_forward(const OpCall *c, float *y) {
+  Conv v = conv_setup(c);
+  v.y = y;
+  v.wpk_size = packed_a_size(v.opg, v.Kg);
+  v.wpk = pack_groups((Mat){c->w, v.Kg, 1}, v.opg, v.Kg, v.G, (ptrdiff_t)v.opg * v.Kg, 0);
+  parallel_for(v.nsub * v.G, conv_fwd_task, &v);
+}
+
+// Chunk `ch` of the backward: sub-batches [first, end), group g. dW partial of the chunk
+// (dY col^T, summed over its sub-batches in order), and dx += col2im(W^T dY).
+static void conv_bwd_task(void *ctx, int t, int tid) {
+  const Conv *v = ctx;
+  int ch = t / v->G, g = t % v->G;
+  int sb0 = (int)((int64_t)ch * v->nsub / v->nchunk),
+      sb1 = (int)((int64_t)(ch + 1) * v->nsub / v->nchunk);
+  for (int sb = sb0; sb < sb1; sb++) {
+    int n0 = sub_first(v, sb), cnt = sub_count(v, sb), N = cnt * v->P;
+    Mat dY;
+    if (cnt == 1) {
+      dY = (Mat){v->dy + ((size_t)n0 * v->OC + g * v->opg) * v->P, v->P, 1};
+    } else {
+      float *dyb = scratch(tid, S_DY, (size_t)v->opg * N);
+      for (int oc = 0; oc < v->opg; oc++)
+        for (int img = 0; img < cnt; img++)
+          memcpy(dyb + (size_t)oc * N + (size_t)img * v->P,
+                 v->dy + ((size_t)(n0 + img) * v->OC + g * v->opg + oc) * v->P,
+                 (size_t)v->P * sizeof(float));
+      dY = (Mat){dyb, N, 1};
+    }
+    float *col = scratch(tid, S_COL, (size_t)v->Kg * N);
+    if (v->part) {
+      im2col(v, n0, cnt, g, col);
+      float *dw = v->part + (v->nchunk > 1 ? (size_t)ch * v->w_elems : 0) +
+                  (size_t)g * v->opg * v->Kg;
+      gemm(v->opg, v->Kg, N, dY, NULL, (Mat){col, 1, N}, dw, v->Kg, sb > sb0, tid);
+    }
+    if (v->dx) {
+      gemm(v->Kg, N, v->opg, (Mat){NULL, 0, 0}, v->wpk + g * v->wpk_size, dY, col, N, false,
+           tid);
+      col2im_add(v, n0, cnt, g, col);
+    }
+  }
+}
+
+typedef struct {
+  const float *part;
+  float *dst;
+  int64_t n;
+  int parts;
+} Reduce;
+
+static void reduce_task(void *ctx, int t, int tid) {
+  const Reduce *r = ctx;
+  (void)tid;
+  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < r->n ? i0 + EW_CHUNK : r->n;
+  for (int64_t i = i0; i < i1; i++) {
+    float s = r->part[i];
+    for (int p = 1; p < r->parts; p++)
+      s += r->part[(size_t)p * r->n + i];
+    r->dst[i] = s;
+  }
+}
+
+// db[o] = sum over images and positions of dy[img][o][p], in double, in order.
+typedef struct {
+  const float *dy;
+  float *db;
+  int batch, channels, plane;
+} BiasGrad;
+
+static void bias_task(void *ctx, int t, int tid) {
+  const BiasGrad *b = ctx;
+  (void)tid;
+  for (int o = t * 64; o < imin(b->channels, t * 64 + 64); o++) {
+    double acc = 0;
+    for (int i = 0; i < b->batch; i++) {
+      const float *r = b->dy + ((size_t)i * b->channels + o) * b->plane;
+      for (int p = 0; p < b->plane; p++)
+        acc += r[p];
+    }
+    b->db[o] = (float)acc;
+  }
+}
+
+static void bias_grad(const float *dy, float *db, int batch, int channels, int plane) {
+  BiasGrad b = {dy, db, batch, channels, plane};
+  parallel_for((channels + 63) / 64, bias_task, &b);
+}
+
+static void conv_backward(const OpCall *c, const float *dy, float *dx, float *dw, float *db) {
+  Conv v = conv_setup(c);
+  v.dy = dy;
+  v.dx = dx;
+  if (dw)
+    v.part = v.nchunk > 1 ? grow(&shared_bufs[1], (size_t)v.nchunk * v.w_elems) : dw;
+  if (dx) {
+    v.wpk_size = packed_a_size(v.Kg, v.opg);
+    // W_g^T: element (kidx, oc) at w[(g*opg + oc)*Kg + kidx].
+    v.wpk = pack_groups((Mat){c->w, 1, v.Kg}, v.Kg, v.opg, v.G, (ptrdiff_t)v.opg * v.Kg, 0);
+  }
+  if (dw || dx)
+    parallel_for(v.nchunk * v.G, conv_bwd_task, &v);
+  if (dw && v.nchunk > 1) {
+    Reduce r = {v.part, dw, (int64_t)v.w_elems, v.nchunk};
+    parallel_for(ew_tasks(r.n), reduce_task, &r);
+  }
+  if (db)
+    bias_grad(dy, db, c->batch, v.OC, v.P);
+}
+
+// ---------------------------------------------------------------- fully connected
+
+static void fc_forward(const OpCall *c, float *y) {
+  int in = (int)shape_elems(in_shape(c, 0)), out = c->n->fc.out, B = c->batch;
+  par_gemm(B, out, in, (Mat){c->x[0], in, 1}, (Mat){c->w, 1, in}, y, out, false);
+  if (c->b)
+    for (int i = 0; i < B; i++)
+      for (int o = 0; o < out; o++)
+        y[(size_t)i * out + o] += c->b[o];
+}
+
+static void fc_backward(const OpCall *c, const float *dy, float *dx, float *dw, float *db) {
+  int in = (int)shape_elems(in_shape(c, 0)), out = c->n->fc.out, B = c->batch;
+  if (dw)  // dW = dY^T X
+    par_gemm(out, in, B, (Mat){dy, 1, out}, (Mat){c->x[0], in, 1}, dw, in, false);
+  if (dx)  // dX += dY W
+    par_gemm(B, in, out, (Mat){dy, out, 1}, (Mat){c->w, in, 1}, dx, in, true);
+  if (db)
+    bias_grad(dy, db, B, out, 1);
+}
+
+// ---------------------------------------------------------------- LRN
+
+typedef struct {
+  const OpCall *c;
+  const float *x, *y, *dy;
+  float *out, *dx;
+  int C, P, per_group, half;
+  float alpha, k, beta;
+  bool b075;
+} Lrn;
+
+// s^-beta
+__attribute__((optimize("no-math-errno"))) static void lrn_scale(const Lrn *l, const float *sum,
+                                                                  float *dst, int n) {
+  if (l->b075) {
+    for (int p = 0; p < n; p++) {
+      float s = l->k + l->alpha * sum[p];
+      float r = sqrtf(s);
+      dst[p] = 1.0f / (r * sqrtf(r));
+    }
+  } else {
+    for (int p = 0; p < n; p++)
+      dst[p] = powf(l->k + l->alpha * sum[p], -l->beta);
+  }
+}
+
+static void lrn_window(const Lrn *l, int ch, int *lo, int *hi) {
+  int g0 = ch / l->per_group * l->per_group, g1 = g0 + l->per_group - 1;
+  *lo = ch - l->half < g0 ? g0 : ch - l->half;
+  *hi = ch + l->half > g1 ? g1 : ch + l->half;
+}
+
+// Window sums of squares for channel ch: sum[p] = sum_{j in W(ch)} x_j[p]^2.
+static void lrn_sum(const Lrn *l, const float *x, int ch, float *sum) {
+  int lo, hi;
+  lrn_window(l, ch, &lo, &hi);
+  for (int p = 0; p < l->P; p++)
+    sum[p] = 0;
+  for (int j = lo; j <= hi; j++) {
+    const float *xj = x + (size_t)j * l->P;
+    for (int p = 0; p < l->P; p++)
+      sum[p] += xj[p] * xj[p];
+  }
+}
+
+static void lrn_fwd_task(void *ctx, int t, int tid) {
+  const Lrn *l = ctx;
+  const float *x = l->x + (size_t)t * l->C * l->P;
+  float *y = l->out + (size_t)t * l->C * l->P;
+  float *sum = scratch(tid, S_COL, (size_t)2 * l->P), *sc = sum + l->P;
+  for (int ch = 0; ch < l->C; ch++) {
+    lrn_sum(l, x, ch, sum);
+    lrn_scale(l, sum, sc, l->P);
+    const float *xc = x + (size_t)ch * l->P;
+    float *yc = y + (size_t)ch * l->P;
+    for (int p = 0; p < l->P; p++)
+      yc[p] = xc[p] * sc[p];
+  }
+}
+
+// dx_m += dy_m s_m^-beta - 2 alpha beta x_m sum_{i in W(m)} dy_i y_i / s_i.
+static void lrn_bwd_task(void *ctx, int t, int tid) {
+  const Lrn *l = ctx;
+  size_t off = (size_t)t * l->C * l->P;
+  const float *x = l->x + off, *y = l->y + off, *dy = l->dy + off;
+  float *dx = l->dx + off;
+  float *buf = scratch(tid, S_COL, (size_t)(2 * l->C + 2) * l->P);
+  float *ts = buf, *ss = buf + (size_t)l->C * l->P, *sum = ss + (size_t)l->C * l->P,
+        *sc = sum + l->P;
+  for (int ch = 0; ch < l->C; ch++) {  // ss = window sums, ts = dy y / s
+    float *sch = ss + (size_t)ch * l->P, *tc = ts + (size_t)ch * l->P;
+    lrn_sum(l, x, ch, sch);
+    const float *yc = y + (size_t)ch * l->P, *gc = dy + (size_t)ch * l->P;
+    for (int p = 0; p < l->P; p++)
+      tc[p] = gc[p] * yc[p] / (l->k + l->alpha * sch[p]);
+  }
+  float f = 2.0f * l->alpha * l->beta;
+  for (int ch = 0; ch < l->C; ch++) {
+    lrn_scale(l, ss + (size_t)ch * l->P, sc, l->P);
+    int lo, hi;
+    lrn_window(l, ch, &lo, &hi);
+    for (int p = 0; p < l->P; p++)
+      sum[p] = 0;
+    for (int j = lo; j <= hi; j++) {
+      const float *tj = ts + (size_t)j * l->P;
+      for (int p = 0; p < l->P; p++)
+        sum[p] += tj[p];
+    }
+    const float *xc = x + (size_t)ch * l->P, *gc = dy + (size_t)ch * l->P;
+    float *dc = dx + (size_t)ch * l->P;
+    for (int p = 0; p < l->P; p++)
+      dc[p] += gc[p] * sc[p] - f * xc[p] * sum[p];
+  }
+}
+
+static Lrn lrn_setup(const OpCall *c) {
+  const LrnAttrs *a = &c->n->lrn;
+  Shape s = c->n->out;
+  Lrn l = {.c = c, .x = c->x[0], .C = (int)s.c, .P = (int)shape_plane(s),
+           .per_group = (int)(s.c / a->groups), .half = a->size / 2, .alpha = (float)a->alpha,
+           .k = (float)a->k, .beta = (float)a->beta, .b075 = a->beta == 0.75};
+  return l;
+}
+
+// ---------------------------------------------------------------- max-pool
+
+typedef struct {
+  const float *x, *dy;
+  float *y, *dx;
+  int H, W, OH, OW, k, s, pad, planes;
+} Pool;
+
+#define POOL_PLANES 16
+
+// The first maximum of window (oy, ox) in scan order, or -1 (every element -inf or NaN).
+static inline int pool_arg(const Pool *p, const float *x, int oy, int ox, float *m_out) {
+  int y0 = oy * p->s - p->pad, x0 = ox * p->s - p->pad;
+  int ky0 = y0 < 0 ? -y0 : 0, kx0 = x0 < 0 ? -x0 : 0;
+  int ky1 = imin(p->k, p->H - y0), kx1 = imin(p->k, p->W - x0);
+  float m = -INFINITY;
+  int arg = -1;
+  for (int ky = ky0; ky < ky1; ky++) {
+    const float *r = x + (y0 + ky) * p->W + x0;
+    for (int kx = kx0; kx < kx1; kx++)
+      if (r[kx] > m) {
+        m = r[kx];
+        arg = (y0 + ky) * p->W + x0 + kx;
+      }
+  }
+  *m_out = m;
+  return arg;
+}
+
+static void pool_fwd_task(void *ctx, int t, int tid) {
+  const Pool *p = ctx;
+  (void)tid;
+  for (int pl = t * POOL_PLANES; pl < imin(p->planes, (t + 1) * POOL_PLANES); pl++) {
+    const float *x = p->x + (size_t)pl * p->H * p->W;
+    float *y = p->y + (size_t)pl * p->OH * p->OW;
+    for (int oy = 0; oy < p->OH; oy++)
+      for (int ox = 0; ox < p->OW; ox++) {
+        float m;
+        pool_arg(p, x, oy, ox, &m);
+        y[oy * p->OW + ox] = m;
+      }
+  }
+}
+
+static void pool_bwd_task(void *ctx, int t, int tid) {
+  const Pool *p = ctx;
+  (void)tid;
+  for (int pl = t * POOL_PLANES; pl < imin(p->planes, (t + 1) * POOL_PLANES); pl++) {
+    const float *x = p->x + (size_t)pl * p->H * p->W, *dy = p->dy + (size_t)pl * p->OH * p->OW;
+    float *dx = p->dx + (size_t)pl * p->H * p->W;
+    for (int oy = 0; oy < p->OH; oy++)
+      for (int ox = 0; ox < p->OW; ox++) {
+        float m;
+        int arg = pool_arg(p, x, oy, ox, &m);
+        if (arg >= 0)
+          dx[arg] += dy[oy * p->OW + ox];
+      }
+  }
+}
+
+static Pool pool_setup(const OpCall *c) {
+  Shape in = in_shape(c, 0), out = c->n->out;
+  const PoolAttrs *a = &c->n->pool;
+  return (Pool){.x = c->x[0], .H = (int)in.h, .W = (int)in.w, .OH = (int)out.h,
+                .OW = (int)out.w, .k = a->kernel, .s = a->stride, .pad = a->pad,
+                .planes = (int)(in.c * c->batch)};
+}
+
+// ---------------------------------------------------------------- softmax, concat
+
+static void softmax_forward(const OpCall *c, float *y) {
+  int64_t n = c->n->out.c;
+  for (int i = 0; i < c->batch; i++) {
+    const float *x = c->x[0] + i * n;
+    double m = -INFINITY, sum = 0;
+    for (int64_t k = 0; k < n; k++)
+      m = x[k] > m ? x[k] : m;
+    for (int64_t k = 0; k < n; k++)
+      sum += exp(x[k] - m);
+    for (int64_t k = 0; k < n; k++)
+      y[i * n + k] = (float)(exp(x[k] - m) / sum);
+  }
+}
+
+static void softmax_backward(const OpCall *c, const float *dy, float *dx) {
+  int64_t n = c->n->out.c;
+  for (int i = 0; i < c->batch; i++) {
+    const float *y = c->y + i * n, *g = dy + i * n;
+    double dot = 0;
+    for (int64_t k = 0; k < n; k++)
+      dot += (double)g[k] * y[k];
+    for (int64_t m = 0; m < n; m++)
+      dx[i * n + m] += (float)(y[m] * (g[m] - dot));
+  }
+}
+
+// Output channels [offset_j, offset_j + C_j) of each image are input j's.
+static void concat_run(const OpCall *c, float *y, const float *dy, float *const *dx) {
+  int64_t per_out = shape_elems(c->n->out), plane = shape_plane(c->n->out), offset = 0;
+  for (int j = 0; j < c->n->n_inputs; j++) {
+    Shape in = in_shape(c, j);
+    int64_t len = shape_elems(in);
+    for (int i = 0; i < c->batch; i++) {
+      size_t o = (size_t)i * per_out + offset * plane;
+      if (y) {
+        memcpy(y + o, c->x[j] + (size_t)i * len, (size_t)len * sizeof(float));
+      } else if (dx[j]) {
+        float *d = dx[j] + (size_t)i * len;
+        for (int64_t e = 0; e < len; e++)
+          d[e] += dy[o + e];
+      }
+    }
+    offset += in.c;
+  }
+}
+
+// ---------------------------------------------------------------- the table
+
+static void cpu_forward(const OpCall *c, float *y) {
+  const Node *n = c->n;
+  int64_t total = shape_elems(n->out) * c->batch;
+  pthread_mutex_lock(&op_lock);
+  pick_isa();
+  Ew e = {c, n->n_inputs ? c->x[0] : NULL, NULL, y, NULL, total, 0};
+  switch (n->op) {
+  case OP_CONV:
+    conv_forward(c, y);
+    break;
+  case OP_FC:
+    fc_forward(c, y);
+    break;
+  case OP_RELU:
+    parallel_for(ew_tasks(total), relu_fwd_task, &e);
+    break;
+  case OP_LRN: {
+    Lrn l = lrn_setup(c);
+    l.out = y;
+    parallel_for(c->batch, lrn_fwd_task, &l);
+    break;
+  }
+  case OP_MAXPOOL: {
+    Pool p = pool_setup(c);
+    p.y = y;
+    parallel_for((p.planes + POOL_PLANES - 1) / POOL_PLANES, pool_fwd_task, &p);
+    break;
+  }
+  case OP_DROPOUT:
+    e.scale = 1.0 / (1.0 - n->dropout.p);
+    parallel_for(ew_tasks(total), dropout_fwd_task, &e);
+    break;
+  case OP_FLATTEN:
+    parallel_for(ew_tasks(total), copy_task, &e);
+    break;
+  case OP_CONCAT:
+    concat_run(c, y, NULL, NULL);
+    break;
+  case OP_SOFTMAX:
+    softmax_forward(c, y);
+    break;
+  case OP_INPUT:
+  case OP_COUNT:
+    break;
+  }
+  pthread_mutex_unlock(&op_lock);
+}
+
+static void cpu_backward(const OpCall *c, const float *dy, float *const *dx, float *dw,
+                         float *db) {
+  const Node *n = c->n;
+  int64_t total = shape_elems(n->out) * c->batch;
+  float *dx0 = n->n_inputs ? dx[0] : NULL;
+  pthread_mutex_lock(&op_lock);
+  pick_isa();
+  Ew e = {c, n->n_inputs ? c->x[0] : NULL, dy, NULL, dx0, total, 0};
+  switch (n->op) {
+  case OP_CONV:
+    conv_backward(c, dy, dx0, dw, db);
+    break;
+  case OP_FC:
+    fc_backward(c, dy, dx0, dw, db);
+    break;
+  case OP_RELU:
+    if (dx0)
+      parallel_for(ew_tasks(total), relu_bwd_task, &e);
+    break;
+  case OP_LRN:
+    if (dx0) {
+      Lrn l = lrn_setup(c);
+      l.y = c->y;
+      l.dy = dy;
+      l.dx = dx0;
+      parallel_for(c->batch, lrn_bwd_task, &l);
+    }
+    break;
+  case OP_MAXPOOL:
+    if (dx0) {
+      Pool p = pool_setup(c);
+      p.dy = dy;
+      p.dx = dx0;
+      parallel_for((p.planes + POOL_PLANES - 1) / POOL_PLANES, pool_bwd_task, &p);
+    }
+    break;
+  case OP_DROPOUT:
+    e.scale = 1.0 / (1.0 - n->dropout.p);
+    if (dx0)
+      parallel_for(ew_tasks(total), dropout_bwd_task, &e);
+    break;
+  case OP_FLATTEN:
+    if (dx0)
+      parallel_for(ew_tasks(total), add_task, &e);
+    break;
+  case OP_CONCAT:
+    concat_run(c, NULL, dy, dx);
+    break;
+  case OP_SOFTMAX:
+    if (dx0)
+      softmax_backward(c, dy, dx0);
+    break;
+  case OP_INPUT:
+  case OP_COUNT:
+    break;
+  }
+  pthread_mutex_unlock(&op_lock);
+}
+
+const TrainKernels cpu_train_kernels = {"cpu", cpu_forward, cpu_backward};
