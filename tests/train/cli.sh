@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# alexc train and alexc eval as a user meets them, on a Fashion-MNIST subset:
+#   learn:  a short run must pass an accuracy floor that no broken gradient reaches;
+#   resume: a run SIGKILLed at random moments and resumed each time ends with the same
+#           weights, byte for byte, as one never interrupted;
+#   errors: bad flags, bad data and a used --out directory get one message and a
+#           non-zero exit.
+# usage: cli.sh ALEXC [learn|resume|errors]   (no argument: all three)
+set -euo pipefail
+alexc="$1"
+part="${2:-all}"
+data=/usr/share/datasets/fashion-mnist
+spec=specs/mini-alexnet.yaml
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+[ -e "$data/train-labels-idx1-ubyte.gz" ] || fail "$data is missing: scripts/deps.sh installs dataset-fashion-mnist"
+
+# metric COLUMN: the last row's COLUMN of a run's metrics.csv.
+metric() {
+  awk -F, -v col="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i } END { print $c }' "$1"
+}
+
+learn() {
+  # 6000 images, 2 epochs of 47 steps: about 188 steps of batch 64, fan-in init (the
+  # spec's own N(0, 0.01) init does not learn in a few hundred steps, in PyTorch either).
+  "$alexc" train "$spec" --data "$data" --out "$tmp/learn" --limit 6000 --test-limit 2000 \
+    --epochs 2 --batch 64 --lr 0.02 --init fan-in --quiet > "$tmp/learn.log"
+  top1=$(metric "$tmp/learn/metrics.csv" test_top1)
+  echo "test top-1 after 188 steps: $top1"
+  # A correct network reaches about 0.8 here; a wrong gradient in any layer, or none at
+  # all (chance is 0.1), stays far below 0.7.
+  awk -v a="$top1" 'BEGIN { exit !(a >= 0.70) }' || fail "test top-1 $top1 is below the floor 0.70"
+  [ -s "$tmp/learn/curves.png" ] || fail "no curves.png"
+  [ "$(head -c 8 "$tmp/learn/curves.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] ||
+    fail "curves.png is not a PNG"
+  [ "$(wc -l < "$tmp/learn/metrics.csv")" -eq 3 ] || fail "metrics.csv should hold a header and 2 rows"
+  # eval of the final weights agrees with the last epoch's test accuracy.
+  "$alexc" eval "$spec" --weights "$tmp/learn/weights.safetensors" --data "$data" \
+    --limit 2000 > "$tmp/eval.txt"
+  pct=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "top-1") print $(i + 1) }' "$tmp/eval.txt")
+  awk -v p="${pct%\%}" -v a="$top1" 'BEGIN { exit !(p / 100 - a < 1e-4 && a - p / 100 < 1e-4) }' ||
+    fail "eval says $pct, the run's last epoch $top1"
+}
+
+# run DIR [--resume]: a small run that checkpoints every 5 steps.
+run() {
+  local dir="$1"; shift
+  "$alexc" train "$spec" --data "$data" --out "$dir" --limit 1200 --test-limit 200 --epochs 2 \
+    --batch 40 --lr 0.02 --init fan-in --checkpoint-every 5 --quiet "$@"
+}
+
+resume() {
+  run "$tmp/whole" > /dev/null
+  kills=0
+  for attempt in $(seq 1 40); do
+    [ -e "$tmp/cut/weights.safetensors" ] && break
+    flag=()
+    [ -e "$tmp/cut/checkpoint.safetensors" ] && flag=(--resume)
+    run "$tmp/cut" "${flag[@]}" > /dev/null 2>&1 &
+    pid=$!
+    sleep "0.$((RANDOM % 9 + 1))"
+    if kill -9 "$pid" 2>/dev/null; then kills=$((kills + 1)); fi
+    wait "$pid" 2>/dev/null || true
+  done
+  [ -e "$tmp/cut/weights.safetensors" ] || run "$tmp/cut" --resume > /dev/null
+  echo "killed $kills times"
+  [ "$kills" -ge 2 ] || fail "the run finished before it could be killed twice: make it longer"
+  cmp "$tmp/whole/weights.safetensors" "$tmp/cut/weights.safetensors" ||
+    fail "weights after kill -9 and resume differ from an uninterrupted run's"
+  cmp "$tmp/whole/checkpoint.safetensors" "$tmp/cut/checkpoint.safetensors" ||
+    fail "final checkpoints differ"
+  diff <(cut -d, -f1-7 "$tmp/whole/metrics.csv") <(cut -d, -f1-7 "$tmp/cut/metrics.csv") ||
+    fail "metrics rows differ (other than times)"
+}
+
+# expect RC ARGS...: alexc ARGS must exit with RC and say one thing on stderr.
+expect() {
+  local want="$1"; shift
+  set +e
+  "$alexc" "$@" > /dev/null 2> "$tmp/err"
+  local rc=$?
+  set -e
+  [ "$rc" -eq "$want" ] || fail "alexc $* exited $rc, not $want: $(cat "$tmp/err")"
+  [ -s "$tmp/err" ] || fail "alexc $* printed no message"
+}
+
+errors() {
+  expect 2 train "$spec" --data "$data"
+  expect 2 train "$spec" --data "$data" --out "$tmp/e" --lr -1
+  expect 2 train "$spec" --data "$data" --out "$tmp/e" --schedule sometimes
+  expect 2 train "$spec" --data "$data" --out "$tmp/e" --batch 0
+  expect 1 train "$spec" --data "$tmp/nowhere" --out "$tmp/e"
+  expect 1 train "$spec" --data "$data" --out "$tmp/e" --target cuda
+  expect 1 train specs/alexnet.yaml --data "$data" --out "$tmp/e"  # 28x28 data, 227x227 net
+  mkdir -p "$tmp/bad"
+  head -c 1000 "$data/train-images-idx3-ubyte.gz" | gzip -dc 2>/dev/null > "$tmp/bad/train-images-idx3-ubyte" || true
+  cp "$data/train-labels-idx1-ubyte.gz" "$data/t10k-images-idx3-ubyte.gz" "$data/t10k-labels-idx1-ubyte.gz" "$tmp/bad/"
+  expect 1 train "$spec" --data "$tmp/bad" --out "$tmp/e"  # a truncated IDX file
+  # A used --out is continued only with --resume, and only with the same settings.
+  run "$tmp/used" --epochs 1 --limit 80 > /dev/null
+  expect 1 train "$spec" --data "$data" --out "$tmp/used" --limit 80
+  expect 1 train "$spec" --data "$data" --out "$tmp/used" --resume --limit 80 --batch 8
+  expect 1 eval "$spec" --weights "$tmp/nowhere.safetensors" --data "$data"
+  # A corrupt checkpoint is refused, not half-read.
+  printf 'X' | dd of="$tmp/used/checkpoint.safetensors" bs=1 seek=2000 conv=notrunc 2>/dev/null
+  expect 1 train "$spec" --data "$data" --out "$tmp/used" --limit 80 --test-limit 200 \
+    --epochs 1 --batch 40 --lr 0.02 --init fan-in --checkpoint-every 5 --resume
+}
+
+case "$part" in
+  learn) learn ;;
+  resume) resume ;;
+  errors) errors ;;
+  all) learn; resume; errors ;;
+  *) fail "unknown part $part" ;;
+esac
+echo "ok"
