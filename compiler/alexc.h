@@ -526,6 +526,10 @@ double trainer_step(Trainer *t, TrainState *s, double lr, const float *x, const 
                     int n, int *top1);
 // Inference (dropout off): the logits of n images, (n, classes).
 void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *logits);
+// Profiling, for benchmarks: each node's forward and backward seconds are added to
+// forward_s[i] and backward_s[i] (arrays of g->n_nodes), and the update's to *update_s.
+// NULLs turn it off.
+void trainer_profile(Trainer *t, double *forward_s, double *backward_s, double *update_s);
 
 // ---------------------------------------------------------------- CLI
 

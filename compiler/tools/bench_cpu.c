@@ -38,11 +38,13 @@ static const char HELP[] =
     "  --precision P     fp32 (default) or bf16: fc layers with bfloat16 weights and inputs,\n"
     "                    float sums (needs AVX512_BF16)\n"
     "  --seed S          weights from seed S (default 1; times do not depend on values)\n"
+    "  --train           time the training step instead (forward, backward, SGD update)\n"
+    "                    per layer, with the CPU target's training kernels\n"
     PASS_OPTIONS_HELP;
 
 typedef struct {
   int batch, runs, warmup;
-  bool compare_unfused, gemm;
+  bool compare_unfused, gemm, train;
   uint64_t seed;
   PassOptions passes;
   CpuOptions cpu;
@@ -54,6 +56,7 @@ static int parse_args(int argc, char **argv, Args *a) {
       {"compare-unfused", no_argument, 0, 'u'},
       {"threads", required_argument, 0, 'N'}, {"cpu", required_argument, 0, 'C'},
       {"gemm", no_argument, 0, 'g'},         {"precision", required_argument, 0, 'p'},
+      {"train", no_argument, 0, 't'},
       {"help", no_argument, 0, 'h'},         PASS_LONG_OPTIONS,
       {0, 0, 0, 0}};
   *a = (Args){.batch = 16, .runs = 10, .warmup = 2, .seed = 1, .passes = pass_defaults()};
@@ -71,6 +74,7 @@ static int parse_args(int argc, char **argv, Args *a) {
     case 'T': break;  // cmd_bench chose this target
     case 'u': a->compare_unfused = true; break;
     case 'g': a->gemm = true; break;
+    case 't': a->train = true; break;
     case 'p':
       if (strcmp(optarg, "fp32") && strcmp(optarg, "bf16"))
         return usage_error("bench", "--precision on the cpu target is fp32 or bf16, not '%s'",
@@ -313,6 +317,8 @@ int cmd_bench_cpu(int argc, char **argv) {
   if (rc)
     return rc < 0 ? EXIT_OK : rc;
   const char *spec = argv[optind];
+  if (a.train)
+    return bench_train(spec, a.batch, a.runs, a.warmup, a.cpu.threads, a.seed);
   Graph *g = load_spec(spec), *fused = load_spec(spec);
   if (!g || !fused || !run_passes(fused, &a.passes)) {
     graph_free(g);

@@ -122,6 +122,8 @@ const Target *target_find(const char *name);  // NULL if unknown
   }
 // Handles --batch, --runs, --warmup, --seed like pass_option (0, EXIT_USAGE, or -1).
 int bench_option(int c, const char *arg, int *batch, int *runs, int *warmup, uint64_t *seed);
+// `alexc bench --target cpu --train`: the training step's time per layer (bench_train.c).
+int bench_train(const char *spec, int batch, int runs, int warmup, int threads, uint64_t seed);
 // The median of v[0..n) (sorts v).
 double median(double *v, int n);
 

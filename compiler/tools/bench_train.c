@@ -1,0 +1,98 @@
+// `alexc bench SPEC --target cpu --train`: times the training step (forward keeping
+// activations, loss, backward, the SGD update) with the CPU target's training kernels,
+// layer by layer, on random images and labels. Medians of R steps after W warm-up steps;
+// a layer's GFLOP/s counts the forward's MACs once and the backward's twice (data and
+// weights), which is what a convolution's backward does (conv1's data gradient, which
+// nothing needs, is skipped, so its backward counts once).
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+static double wall_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// The steps' per-node times, one array per timed step, then the median of each node.
+typedef struct {
+  double *forward, *backward, update, total;
+} StepTimes;
+
+static void print_layers(const Graph *g, const StepTimes *st, int runs, int batch) {
+  double *f = xcalloc(runs, sizeof *f), *b = xcalloc(runs, sizeof *b);
+  printf("| layer | forward ms | backward ms | GFLOP/s |\n|---|---:|---:|---:|\n");
+  for (int i = 1; i < g->n_nodes; i++) {
+    for (int r = 0; r < runs; r++) {
+      f[r] = st[r].forward[i];
+      b[r] = st[r].backward[i];
+    }
+    double fm = median(f, runs), bm = median(b, runs);
+    if (fm + bm < 1e-7)
+      continue;
+    const Node *n = &g->nodes[i];
+    double passes = n->macs ? (i == 1 || g->nodes[n->inputs[0]].op == OP_INPUT ? 2 : 3) : 0;
+    double flops = 2.0 * n->macs * batch * passes;
+    if (flops > 0)
+      printf("| %s | %.2f | %.2f | %.1f |\n", n->name, fm * 1e3, bm * 1e3, flops / (fm + bm) / 1e9);
+    else
+      printf("| %s | %.2f | %.2f | |\n", n->name, fm * 1e3, bm * 1e3);
+  }
+  for (int r = 0; r < runs; r++)
+    f[r] = st[r].update;
+  printf("| SGD update | | %.2f | |\n", median(f, runs) * 1e3);
+  free(f);
+  free(b);
+}
+
+int bench_train(const char *spec, int batch, int runs, int warmup, int threads, uint64_t seed) {
+  Graph *g = load_spec(spec);
+  if (!g)
+    return EXIT_ERR;
+  if (threads)
+    cpu_train_set_threads(threads);
+  Trainer *t = trainer_new(g, &cpu_train_kernels, batch);
+  if (!t) {
+    graph_free(g);
+    return EXIT_ERR;
+  }
+  TrainState s = {.w = weights_init(g, seed, INIT_FAN_IN), .v = weights_zeros(g), .seed = seed};
+  float *x = random_input(g, batch, seed);
+  int32_t *labels = xcalloc(batch, sizeof *labels);
+  for (int i = 0; i < batch; i++)
+    labels[i] = (7 * i + 3) % trainer_classes(t);
+  StepTimes *st = xcalloc(runs, sizeof *st);
+  double *totals = xcalloc(runs, sizeof *totals);
+  for (int r = -warmup; r < runs; r++) {
+    StepTimes *at = r >= 0 ? &st[r] : NULL;
+    if (at) {
+      at->forward = xcalloc(g->n_nodes, sizeof(double));
+      at->backward = xcalloc(g->n_nodes, sizeof(double));
+      trainer_profile(t, at->forward, at->backward, &at->update);
+    }
+    double t0 = wall_now();
+    trainer_step(t, &s, 1e-4, x, labels, batch, NULL);
+    if (at)
+      totals[r] = wall_now() - t0;
+  }
+  printf("%s: training step (forward, loss, backward, SGD) on the CPU target, batch %d, "
+         "median of %d steps\n\n", g->name, batch, runs);
+  print_layers(g, st, runs, batch);
+  double step = median(totals, runs);
+  printf("| **step** | | | |\n\nstep: %.2f ms (%.0f images/s)\n", step * 1e3, batch / step);
+  for (int r = 0; r < runs; r++) {
+    free(st[r].forward);
+    free(st[r].backward);
+  }
+  free(st);
+  free(totals);
+  free(x);
+  free(labels);
+  weights_free(s.w);
+  weights_free(s.v);
+  trainer_free(t);
+  graph_free(g);
+  return EXIT_OK;
+}
