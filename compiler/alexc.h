@@ -530,6 +530,8 @@ void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *
 // forward_s[i] and backward_s[i] (arrays of g->n_nodes), and the update's to *update_s.
 // NULLs turn it off.
 void trainer_profile(Trainer *t, double *forward_s, double *backward_s, double *update_s);
+// The training plan as text (`alexc dump --train`): forward, loss, backward steps.
+void trainer_dump(const Trainer *t, FILE *out);
 
 // ---------------------------------------------------------------- CLI
 

@@ -19,7 +19,9 @@ static const char DUMP_HELP[] =
     "\n"
     "  --after PASS       print the IR after PASS\n"
     "  --print-after-all  print the IR after every pass\n"
-    "  --time-passes      print each pass's time on stderr\n" PASS_OPTIONS_HELP;
+    "  --time-passes      print each pass's time on stderr\n"
+    "  --train            print the training plan instead: the forward it keeps, the loss,\n"
+    "                     and each backward step with the gradients it produces\n" PASS_OPTIONS_HELP;
 
 static const char PLAN_HELP[] =
     "usage: alexc plan SPEC [--devices N] [--batch B] [--no-fuse | --fuse=LIST]\n"
@@ -91,13 +93,18 @@ int cmd_dump(int argc, char **argv) {
   static const struct option opts[] = {{"after", required_argument, 0, 'a'},
                                        {"print-after-all", no_argument, 0, 'A'},
                                        {"time-passes", no_argument, 0, 't'},
+                                       {"train", no_argument, 0, 'T'},
                                        {"help", no_argument, 0, 'h'},
                                        PASS_LONG_OPTIONS,
                                        {0, 0, 0, 0}};
   PassOptions po = pass_defaults();
-  bool compile = false;
+  bool compile = false, train = false;
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    if (c == 'T') {
+      train = true;
+      continue;
+    }
     int rc = pass_option("dump", c, optarg, &po);
     if (rc > 0)
       return rc;
@@ -125,7 +132,12 @@ int cmd_dump(int argc, char **argv) {
   if (!g)
     return EXIT_ERR;
   bool ok = true;
-  if (!compile) {
+  if (train) {
+    Trainer *t = trainer_new(g, &ref_train_kernels, 1);
+    if ((ok = t != NULL))
+      trainer_dump(t, stdout);
+    trainer_free(t);
+  } else if (!compile) {
     graph_dump(g, stdout);
   } else {
     if (!po.print_after && !po.print_after_all)

@@ -225,3 +225,37 @@ void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *
            (size_t)m * t->classes * sizeof(float));
   }
 }
+
+void trainer_dump(const Trainer *t, FILE *out) {
+  const Graph *g = t->g;
+  char buf[64];
+  fprintf(out, "train %s: loss = softmax_xent(%s, labels), %d classes\nforward:\n", g->name,
+          g->nodes[t->logits].name, t->classes);
+  for (int i = 1; i <= t->logits; i++) {
+    const Node *n = &g->nodes[i];
+    fprintf(out, "  %%%d %s = %s(", i, n->name, op_name(n->op));
+    for (int j = 0; j < n->n_inputs; j++)
+      fprintf(out, "%s%%%d", j ? ", " : "", n->inputs[j]);
+    fprintf(out, ") : %s%s\n", shape_str(n->out, buf, sizeof buf),
+            n->op == OP_DROPOUT ? "  [mask: philox(seed, step, layer)]" : "");
+  }
+  fprintf(out, "backward:\n");
+  for (int i = t->logits; i >= 1; i--) {
+    const Node *n = &g->nodes[i];
+    if (!t->needs_grad[i])
+      continue;
+    fprintf(out, "  d%%%d %s ->", i, n->name);
+    const char *sep = " ";
+    for (int j = 0; j < n->n_inputs; j++)
+      if (t->needs_grad[n->inputs[j]]) {
+        fprintf(out, "%sd%%%d +=", sep, n->inputs[j]);
+        sep = ", ";
+      }
+    if (n->n_weight)
+      fprintf(out, "%s%s.weight", sep, n->name), sep = ", ";
+    if (n->n_bias)
+      fprintf(out, "%s%s.bias", sep, n->name);
+    fprintf(out, "\n");
+  }
+  fprintf(out, "update: v = 0.9 v - 0.0005 lr w - lr dw; w += v (%d tensors)\n", t->gw->n);
+}
