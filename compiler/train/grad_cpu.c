@@ -62,7 +62,7 @@ static struct {
   int n_tasks, n_threads;
   atomic_int next;
   int running;  // workers still on the current job
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
+} pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
 
 static pthread_mutex_t op_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -855,13 +855,55 @@ typedef struct {
   bool b075;
 } Lrn;
 
-// s^-beta
-__attribute__((optimize("no-math-errno"))) static void lrn_scale(const Lrn *l, const float *sum,
-                                                                  float *dst, int n) {
+// s^-0.75 = 1 / (sqrt(s) sqrt(sqrt(s))): IEEE square roots and division, the same in
+// every version (GCC does not vectorise sqrtf while errno is on).
+#if GCPU_X86
+__attribute__((target("avx512f"))) static void pow075_avx512(const float *sum, float *dst,
+                                                               int n, float k, float alpha) {
+  int p = 0;
+  __m512 vk = _mm512_set1_ps(k), va = _mm512_set1_ps(alpha), one = _mm512_set1_ps(1.0f);
+  for (; p + 16 <= n; p += 16) {
+    __m512 s = _mm512_add_ps(vk, _mm512_mul_ps(va, _mm512_loadu_ps(sum + p)));
+    __m512 r = _mm512_sqrt_ps(s);
+    _mm512_storeu_ps(dst + p, _mm512_div_ps(one, _mm512_mul_ps(r, _mm512_sqrt_ps(r))));
+  }
+  for (; p < n; p++) {
+    float r = sqrtf(k + alpha * sum[p]);
+    dst[p] = 1.0f / (r * sqrtf(r));
+  }
+}
+
+__attribute__((target("avx2"))) static void pow075_avx2(const float *sum, float *dst, int n,
+                                                         float k, float alpha) {
+  int p = 0;
+  __m256 vk = _mm256_set1_ps(k), va = _mm256_set1_ps(alpha), one = _mm256_set1_ps(1.0f);
+  for (; p + 8 <= n; p += 8) {
+    __m256 s = _mm256_add_ps(vk, _mm256_mul_ps(va, _mm256_loadu_ps(sum + p)));
+    __m256 r = _mm256_sqrt_ps(s);
+    _mm256_storeu_ps(dst + p, _mm256_div_ps(one, _mm256_mul_ps(r, _mm256_sqrt_ps(r))));
+  }
+  for (; p < n; p++) {
+    float r = sqrtf(k + alpha * sum[p]);
+    dst[p] = 1.0f / (r * sqrtf(r));
+  }
+}
+#endif
+
+// dst = (k + alpha sum)^-beta
+static void lrn_scale(const Lrn *l, const float *sum, float *dst, int n) {
   if (l->b075) {
+#if GCPU_X86
+    if (isa.mr == 8) {
+      pow075_avx512(sum, dst, n, l->k, l->alpha);
+      return;
+    }
+    if (isa.mr == 6) {
+      pow075_avx2(sum, dst, n, l->k, l->alpha);
+      return;
+    }
+#endif
     for (int p = 0; p < n; p++) {
-      float s = l->k + l->alpha * sum[p];
-      float r = sqrtf(s);
+      float r = sqrtf(l->k + l->alpha * sum[p]);
       dst[p] = 1.0f / (r * sqrtf(r));
     }
   } else {
