@@ -22,14 +22,15 @@ metric() {
 }
 
 learn() {
-  # 6000 images, 2 epochs of 47 steps: about 188 steps of batch 64, fan-in init (the
-  # spec's own N(0, 0.01) init does not learn in a few hundred steps, in PyTorch either).
+  # 6000 images, 2 epochs of 94 steps of batch 64, fan-in init (the spec's own N(0, 0.01)
+  # init does not learn in a few hundred steps, in PyTorch either).
   "$alexc" train "$spec" --data "$data" --out "$tmp/learn" --limit 6000 --test-limit 2000 \
-    --epochs 2 --batch 64 --lr 0.02 --init fan-in --quiet > "$tmp/learn.log"
+    --epochs 2 --batch 64 --lr 0.05 --init fan-in --quiet > "$tmp/learn.log"
   top1=$(metric "$tmp/learn/metrics.csv" test_top1)
   echo "test top-1 after 188 steps: $top1"
-  # A correct network reaches about 0.8 here; a wrong gradient in any layer, or none at
-  # all (chance is 0.1), stays far below 0.7.
+  # The CPU target reaches 0.754 here (0.741 at lr 0.02); chance is 0.1. The floor catches
+  # a network that does not learn or learns badly; the exact checks of every gradient
+  # are train.grad (finite differences) and train.steps (20 steps against PyTorch).
   awk -v a="$top1" 'BEGIN { exit !(a >= 0.70) }' || fail "test top-1 $top1 is below the floor 0.70"
   [ -s "$tmp/learn/curves.png" ] || fail "no curves.png"
   [ "$(head -c 8 "$tmp/learn/curves.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] ||
