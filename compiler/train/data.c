@@ -27,22 +27,24 @@
 // is read once, summed in fixed point so that the result is exact and independent of the
 // thread count) and cached in PATH/.alexc-mean-HASH.npy (3, 256, 256) and
 // PATH/.alexc-pca-HASH.npy (4, 3: rows 0-2 the eigenvectors by decreasing eigenvalue, row 3
-// the eigenvalues), HASH being a hash of the training split's file names and sizes, when PATH
-// is writable. Training (`augment`): per image and epoch, alpha_i ~ N(0, 0.1) and
-// 255 * sum_i p_i alpha_i l_i added to every pixel, then a random H x W crop and a flip with
-// p = 0.5; without `augment`, the centre crop. Evaluation: the centre crop, or with
-// `ten_crop` the four corner crops and the centre one, then the same five flipped (the
-// example's ten views contiguous in the batch). The network must want 3 channels and at
-// most 256 x 256. A photo that cannot be read (corrupt, not JPEG or PNG, over 64 MiB, too
-// many pixels) is warned about once, counted by data_skipped and left out of its batch
-// (which comes out shorter); an empty class folder, or no readable training photo, is an
-// error.
+// the eigenvalues), HASH being a hash of the training split's file names and sizes (when
+// PATH is not writable: in ~/.cache/alexc, or $ALEXC_CACHE). Training (`augment`): per
+// image and epoch, alpha_i ~ N(0, 0.1) and 255 * sum_i p_i alpha_i l_i added to every
+// pixel, then a random H x W crop and a flip with p = 0.5; without `augment`, the centre
+// crop. Evaluation: the centre crop, or with `ten_crop` the four corner crops and the
+// centre one, then the same five flipped (the example's ten views contiguous in the
+// batch). Ten crops are for evaluation only (the training split has one view). The network
+// must want 3 channels and at most 256 x 256. A photo that cannot be read (corrupt, not
+// JPEG or PNG, over 64 MiB, too many pixels for runtime/image.c) is warned about once per
+// Dataset, counted by data_skipped and left out of its batch, which comes out shorter (it
+// stays in data_size, so that the order of the others does not depend on when it was
+// found); an empty class folder, or no readable training photo, is an error.
 //
 // Determinism. Random numbers are Philox4x32-10 words with key = seed and counter
 // {example, epoch, 0, purpose}: the training split's order in epoch e is a Fisher-Yates
 // shuffle whose i-th swap draws from counter {i, e, 0, "perm"}, and example i's crop,
-// flip and colour draw from {i, e, 0, "crop"} and {i, e, 0, "pca "}. The test split is
-// never shuffled. So a batch is a pure function of (seed, epoch, its first example's
+// flip and colour draw from {i, e, 0, "crop"} and {i, e, 0, "pca "} (and "pca " + 1). The
+// test split is never shuffled. So a batch is a pure function of (seed, epoch, its first example's
 // position, the batch size): the same for any number of loader threads, and for a run
 // started at batch 0 or resumed at batch k.
 //
@@ -776,13 +778,16 @@ static bool compute_stats(Dataset *d, const char *train_dir, const Names *files,
   return ok;
 }
 
-// The cache's name: a hash of the training photos' names and sizes.
-static uint64_t stats_key(const Names *files) {
+// The cache's name: a hash of the training photos' names (relative to PATH, so that a
+// moved dataset keeps its cache) and sizes.
+static uint64_t stats_key(const Dataset *d, const Names *files) {
   uint64_t h = fnv1a(FNV_OFFSET, "alexc-photo-stats v1 256/4", 26);
+  size_t skip = strlen(d->path) + 1;
   for (int64_t i = 0; i < files->n; i++) {
     struct stat st;
     int64_t size = stat(files->v[i], &st) == 0 ? (int64_t)st.st_size : -1;
-    h = fnv1a(h, files->v[i], strlen(files->v[i]) + 1);
+    const char *rel = files->v[i] + skip;
+    h = fnv1a(h, rel, strlen(rel) + 1);
     h = fnv1a(h, &size, sizeof size);
   }
   return h;
@@ -816,12 +821,28 @@ static bool load_cached_stats(Dataset *d, const char *mean_path, const char *pca
   return ok;
 }
 
+// The statistics from the cache in PATH or, when PATH is not writable, in the compile
+// cache's folder (~/.cache/alexc); else computed and cached there.
 static bool photo_stats(Dataset *d, const char *train_dir, const Names *files, uint8_t *bad) {
-  uint64_t key = stats_key(files);
-  char *mean_path = format("%s/.alexc-mean-%016llx.npy", d->path, (unsigned long long)key);
-  char *pca_path = format("%s/.alexc-pca-%016llx.npy", d->path, (unsigned long long)key);
-  bool ok = load_cached_stats(d, mean_path, pca_path);
-  if (!ok && (ok = compute_stats(d, train_dir, files, bad)) && access(d->path, W_OK) == 0) {
+  uint64_t key = stats_key(d, files);
+  char *dir = access(d->path, W_OK) == 0 ? xstrdup(d->path) : cache_dir();
+  char *mean_path = NULL, *pca_path = NULL;
+  bool ok = false;
+  for (int where = 0; !ok && where < 2; where++) {
+    const char *base = where ? dir : d->path;
+    if (!base || (where && !strcmp(dir, d->path)))
+      continue;
+    free(mean_path);
+    free(pca_path);
+    mean_path = format("%s/.alexc-mean-%016llx.npy", base, (unsigned long long)key);
+    pca_path = format("%s/.alexc-pca-%016llx.npy", base, (unsigned long long)key);
+    ok = load_cached_stats(d, mean_path, pca_path);
+  }
+  if (!ok && (ok = compute_stats(d, train_dir, files, bad)) && dir) {
+    free(mean_path);
+    free(pca_path);
+    mean_path = format("%s/.alexc-mean-%016llx.npy", dir, (unsigned long long)key);
+    pca_path = format("%s/.alexc-pca-%016llx.npy", dir, (unsigned long long)key);
     float pca[12];
     for (int k = 0; k < 3; k++) {
       pca[9 + k] = d->pca_val[k];
@@ -833,6 +854,7 @@ static bool photo_stats(Dataset *d, const char *train_dir, const Names *files, u
     if (!rt_npy_save(pca_path, pca, 2, pdims) || !rt_npy_save(mean_path, d->mean_img, 3, mdims))
       fprintf(stderr, "alexc: warning: not caching the training statistics: %s\n", rt_error());
   }
+  free(dir);
   free(mean_path);
   free(pca_path);
   return ok;

@@ -55,8 +55,8 @@ static uint8_t train_px(int i, int p) { return (uint8_t)(i * 11 + p * 7 + (p * p
 static uint8_t test_px(int i, int p) { return (uint8_t)(200 - i * 5 + p * 3); }
 
 // An IDX images file of n images (bytes: its size, 0 = all; magic and count overridable).
-static void write_images(const char *p, int n, uint32_t count, uint32_t magic, int rows,
-                         int cols, bool test, size_t cut, bool gz) {
+static void write_images(const char *p, int n, uint32_t count, uint32_t magic, int rows, int cols,
+                         bool test, size_t cut, bool gz) {
   size_t size = 16 + (size_t)n * rows * cols;
   uint8_t *b = calloc(size, 1);
   put32(b, magic), put32(b + 4, count), put32(b + 8, (uint32_t)rows), put32(b + 12, (uint32_t)cols);
@@ -179,7 +179,8 @@ static int identify_idx(const float *x, double mean, double std, bool augmented,
           for (int y = 0; match && y < ROWS; y++)
             for (int c = 0; match && c < COLS; c++) {
               int sy = y + dy, sx = (flip ? COLS - 1 - c : c) + dx;
-              int v = sy >= 0 && sy < ROWS && sx >= 0 && sx < COLS ? train_px(i, sy * COLS + sx) : 0;
+              int v =
+                  sy >= 0 && sy < ROWS && sx >= 0 && sx < COLS ? train_px(i, sy * COLS + sx) : 0;
               match = fabs(x[y * COLS + c] - (v / 255.0 - mean) / std) < 1e-5;
             }
           if (match) {
@@ -277,7 +278,8 @@ static void test_idx(void) {
       n_how++;
   }
   CHECK(n_how >= 8);  // 20 draws of 50 crops and flips: some variety
-  CHECK(ref[0].n == NTRAIN && memcmp(ref[0].x, ref[1].x, (size_t)(NTRAIN * stride) * sizeof(float)));
+  CHECK(ref[0].n == NTRAIN &&
+        memcmp(ref[0].x, ref[1].x, (size_t)(NTRAIN * stride) * sizeof(float)));
   for (int threads = 1; threads <= 4; threads += 3)
     for (int gz = 0; gz < 2; gz++) {
       o = idx_opts(true, true, threads);
@@ -309,6 +311,21 @@ static void test_idx(void) {
   epoch_free(&ref[0]);
   epoch_free(&ref[1]);
 
+  // A batch size changed mid-epoch goes on from the first example not yet returned.
+  o = idx_opts(false, false, 2);
+  d = data_open(at("%s", "idx"), &o);
+  if (d) {
+    float x[4 * ROWS * COLS];
+    int32_t lab[4];
+    data_start(d, 0, 1);  // batch 1 of 3: examples 3-5
+    CHECK(data_next(d, 3, x, lab) == 3 && lab[0] == 0 && lab[2] == 2);
+    CHECK_NEAR(x[0], (test_px(3, 0) / 255.0 - mean) / std, 1e-5);
+    CHECK(data_next(d, 4, x, lab) == 1 && lab[0] == 0);  // example 6 of 7
+    CHECK_NEAR(x[0], (test_px(6, 0) / 255.0 - mean) / std, 1e-5);
+    CHECK(data_next(d, 4, x, lab) == 0);
+    data_close(d);
+  }
+
   // limit: the first examples only.
   o = idx_opts(false, false, 2);
   o.limit = 4;
@@ -322,8 +339,10 @@ static void test_idx(void) {
   make_idx("trunc", false);
   snprintf(p, sizeof p, "%s/trunc/train-images-idx3-ubyte", root);
   write_images(p, NTRAIN, NTRAIN, 0x803, ROWS, COLS, false, 16 + 100, false);
-  CHECK(fails_with(at("%s", "trunc"), idx_opts(true, false, 2), "train-images-idx3-ubyte: truncated"));
-  CHECK(fails_with(at("%s", "trunc"), idx_opts(false, false, 2), "train-images-idx3-ubyte: truncated"));
+  CHECK(fails_with(at("%s", "trunc"), idx_opts(true, false, 2),
+                   "train-images-idx3-ubyte: truncated"));
+  CHECK(fails_with(at("%s", "trunc"), idx_opts(false, false, 2),
+                   "train-images-idx3-ubyte: truncated"));
   // truncated gzip stream, and a gzipped file cut short before compression
   make_idx("truncgz", true);
   snprintf(p, sizeof p, "%s/truncgz/t10k-images-idx3-ubyte.gz", root);
@@ -335,10 +354,12 @@ static void test_idx(void) {
     fclose(f);
     write_file(p, buf, n - 12, false);  // cut the gzip stream's end
   }
-  CHECK(fails_with(at("%s", "truncgz"), idx_opts(false, false, 2), "t10k-images-idx3-ubyte.gz: truncated"));
+  CHECK(fails_with(at("%s", "truncgz"), idx_opts(false, false, 2),
+                   "t10k-images-idx3-ubyte.gz: truncated"));
   snprintf(p, sizeof p, "%s/truncgz/t10k-images-idx3-ubyte.gz", root);
   write_images(p, NTEST, NTEST, 0x803, ROWS, COLS, true, 16 + 3 * ROWS * COLS, true);
-  CHECK(fails_with(at("%s", "truncgz"), idx_opts(false, false, 2), "t10k-images-idx3-ubyte.gz: truncated"));
+  CHECK(fails_with(at("%s", "truncgz"), idx_opts(false, false, 2),
+                   "t10k-images-idx3-ubyte.gz: truncated"));
   // data past the end
   make_idx("long", false);
   snprintf(p, sizeof p, "%s/long/t10k-images-idx3-ubyte", root);
@@ -348,12 +369,14 @@ static void test_idx(void) {
   make_idx("magic", true);
   snprintf(p, sizeof p, "%s/magic/train-images-idx3-ubyte.gz", root);
   write_images(p, NTRAIN, NTRAIN, 0x801, ROWS, COLS, false, 0, true);
-  CHECK(fails_with(at("%s", "magic"), idx_opts(true, false, 2), "train-images-idx3-ubyte.gz: bad magic"));
+  CHECK(fails_with(at("%s", "magic"), idx_opts(true, false, 2),
+                   "train-images-idx3-ubyte.gz: bad magic"));
   // labels count differs from the images'
   make_idx("count", false);
   snprintf(p, sizeof p, "%s/count/train-labels-idx1-ubyte", root);
   write_labels(p, NTRAIN - 1, NTRAIN - 1, -1, false);
-  CHECK(fails_with(at("%s", "count"), idx_opts(true, false, 2), "train-labels-idx1-ubyte: 19 labels"));
+  CHECK(fails_with(at("%s", "count"), idx_opts(true, false, 2),
+                   "train-labels-idx1-ubyte: 19 labels"));
   // a test label outside the training classes
   make_idx("label", false);
   snprintf(p, sizeof p, "%s/label/t10k-labels-idx1-ubyte", root);
@@ -362,7 +385,8 @@ static void test_idx(void) {
   // the network's input is not the images' shape
   DataOptions wrong = idx_opts(true, false, 2);
   wrong.height = COLS, wrong.width = ROWS;
-  CHECK(fails_with(at("%s", "idx"), wrong, "images are 1x6x5 (CxHxW), the network's input is 1x5x6"));
+  CHECK(
+      fails_with(at("%s", "idx"), wrong, "images are 1x6x5 (CxHxW), the network's input is 1x5x6"));
   wrong = idx_opts(false, false, 2);
   wrong.channels = 3;
   CHECK(fails_with(at("%s", "idx"), wrong, "t10k-images-idx3-ubyte: the images are 1x6x5"));
@@ -387,8 +411,8 @@ static void write_png_rgb(const char *p, int w, int h, const uint8_t *px) {
     exit(1);
   }
   png_init_io(png, f);
-  png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
-               PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(png, info);
   for (int y = 0; y < h; y++)
     png_write_row(png, (png_bytep)(px + (size_t)y * w * 3));
@@ -450,8 +474,8 @@ static int count_cache(const char *dir) {
 }
 
 static void test_photos(void) {
-  const char *dirs[] = {"ph", "ph/train", "ph/train/cat", "ph/train/dog", "ph/train/emu",
-                        "ph/val", "ph/val/cat", "ph/val/emu"};
+  const char *dirs[] = {"ph",           "ph/train", "ph/train/cat", "ph/train/dog",
+                        "ph/train/emu", "ph/val",   "ph/val/cat",   "ph/val/emu"};
   for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++)
     mkdir(at("%s", dirs[i]), 0755);
   // train: cat 3 (one the JPEG fixture), dog 3 + a corrupt one + a text file, emu 2
@@ -472,8 +496,8 @@ static void test_photos(void) {
   const int64_t stride = g_item, plane = 256 * 256;
 
   // The mean image, as the loader should compute it: the readable training photos.
-  const char *train_files[] = {"cat/a.jpg", "cat/b.png", "cat/c.PNG", "dog/a.png", "dog/b.png",
-                               "dog/d.png", "emu/a.png", "emu/b.png"};
+  const char *train_files[] = {"cat/a.jpg", "cat/b.png", "cat/c.PNG", "dog/a.png",
+                               "dog/b.png", "dog/d.png", "emu/a.png", "emu/b.png"};
   RtImagePrep prep = {3, 256, 256, 1, {0, 0, 0}, {1, 1, 1}, 256};
   float *img = calloc((size_t)(3 * plane), sizeof *img);
   double *mean = calloc((size_t)(3 * plane), sizeof *mean);
@@ -566,12 +590,13 @@ static void test_photos(void) {
         for (int y = 0; y < PH; y += 7)
           for (int x = 0; x < PW; x++)
             flipped = flipped && v[(5 + k) * stride + ((int64_t)c * PH + y) * PW + x] ==
-                                 v[k * stride + ((int64_t)c * PH + y) * PW + PW - 1 - x];
+                                     v[k * stride + ((int64_t)c * PH + y) * PW + PW - 1 - x];
     CHECK(flipped);
     CHECK(memcmp(v, v + stride, (size_t)stride * sizeof *v));  // the corners differ
     // view 0 is the top-left corner
     CHECK(rt_image_load(at("%s", val_files[i]), &prep, img, NULL, 0));
-    CHECK_NEAR(v[(int64_t)1 * PH * PW + 3 * PW + 5], img[plane + 3 * 256 + 5] - mean[plane + 3 * 256 + 5], 0.01);
+    CHECK_NEAR(v[(int64_t)1 * PH * PW + 3 * PW + 5],
+               img[plane + 3 * 256 + 5] - mean[plane + 3 * 256 + 5], 0.01);
   }
   epoch_free(&ten);
   epoch_free(&val);
@@ -592,8 +617,8 @@ static void test_photos(void) {
   mkdir(at("%s", "ph/train/yak"), 0755);
   CHECK(fails_with(at("%s", "ph"), photo_opts(true, false, 2), "train/yak: no photos"));
   rmdir(at("%s", "ph/train/yak"));
-  const char *nv[] = {"nv", "nv/train", "nv/train/a", "nv/train/b", "bad", "bad/train",
-                      "bad/train/a"};
+  const char *nv[] = {"nv",  "nv/train",  "nv/train/a", "nv/train/b",
+                      "bad", "bad/train", "bad/train/a"};
   for (size_t i = 0; i < sizeof nv / sizeof *nv; i++)
     mkdir(at("%s", nv[i]), 0755);
   write_photo(at("%s", "nv/train/a/1.png"), 30, 30, 1);
@@ -612,8 +637,8 @@ static void test_photos(void) {
 // augmented example less the plain one is the colour shift, the same at every pixel; it
 // follows the colours' one direction of variance (gray: r = g = b; red: r alone).
 static void test_pca(void) {
-  const char *dirs[] = {"gray", "gray/train", "gray/train/a", "gray/train/b", "red", "red/train",
-                        "red/train/a", "red/train/b"};
+  const char *dirs[] = {"gray", "gray/train", "gray/train/a", "gray/train/b",
+                        "red",  "red/train",  "red/train/a",  "red/train/b"};
   for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++)
     mkdir(at("%s", dirs[i]), 0755);
   for (int k = 0; k < 6; k++) {
