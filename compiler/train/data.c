@@ -1205,12 +1205,13 @@ void data_start(Dataset *d, int epoch, int64_t first) {
 // Starts the loaders on batches of B from example position `start` (under mu).
 static void begin(Dataset *d, int B, int64_t start) {
   cancel(d);
-  size_t floats = (size_t)B * (size_t)d->views * (size_t)d->item;
+  size_t most = (size_t)(B < d->n ? B : d->n);  // examples a batch can hold
+  size_t floats = most * (size_t)d->views * (size_t)d->item;
   for (int i = 0; i < QUEUE; i++) {
     Slot *s = &d->slots[i];
     s->x = xrealloc(s->x, floats * sizeof *s->x);
-    s->lab = xrealloc(s->lab, (size_t)B * sizeof *s->lab);
-    s->ok = xrealloc(s->ok, (size_t)B);
+    s->lab = xrealloc(s->lab, most * sizeof *s->lab);
+    s->ok = xrealloc(s->ok, most);
   }
   d->B = B;
   d->start = start < d->n ? start : d->n;
