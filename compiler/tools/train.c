@@ -11,6 +11,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -196,9 +198,9 @@ static void score_views(const float *logits, int views, int classes, int label, 
     for (int c = 0; c < classes; c++)
       prob[c] += exp(z[c] - m) / sum / views;
   }
-  int above = 0;  // classes more probable than the label
-  for (int c = 0; c < classes; c++)
-    above += prob[c] > prob[label];
+  int above = 0;  // other classes at least as probable: ties count against the label,
+  for (int c = 0; c < classes; c++)  // as in softmax_xent
+    above += c != label && !(prob[label] > prob[c]);
   r->loss += -log(prob[label] > 1e-300 ? prob[label] : 1e-300);
   r->top1 += above < 1;
   r->top5 += above < 5;
@@ -399,6 +401,22 @@ static bool start_state(Run *r, const char *config) {
   return true;
 }
 
+// One run per directory at a time: two would interleave their checkpoints. The lock
+// (flock on DIR/lock) goes with the process, so a killed run leaves none behind.
+static int lock_run_dir(const char *dir) {
+  char *path = format("%s/lock", dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    error("%s: cannot open: %s", path, strerror(errno));
+  else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    error("%s is in use by another alexc train (%s is locked)", dir, path);
+    close(fd);
+    fd = -1;
+  }
+  free(path);
+  return fd;
+}
+
 static bool save_checkpoint(Run *r) {
   return checkpoint_save(r->files.checkpoint, &r->s);
 }
@@ -512,7 +530,7 @@ static int train_run(TrainArgs *a) {
     return EXIT_ERR;
   }
   const Target *target = target_find(a->target);
-  int status = EXIT_ERR;
+  int status = EXIT_ERR, lock = -1;
   Run r = {.a = a, .g = g, .files = run_files(a->out)};
   char *config = config_text(a);
   if (!target || !target->train) {
@@ -530,7 +548,7 @@ static int train_run(TrainArgs *a) {
           trainer_classes(r.t));
     goto done;
   }
-  if (!make_dirs(a->out) || !start_state(&r, config))
+  if (!make_dirs(a->out) || (lock = lock_run_dir(a->out)) < 0 || !start_state(&r, config))
     goto done;
   r.steps_per_epoch = (data_size(r.train) + a->batch - 1) / a->batch;
   printf("training %s on %s: %lld images, %lld steps an epoch, target %s\n", g->name, a->data,
@@ -554,6 +572,8 @@ static int train_run(TrainArgs *a) {
     fprintf(stderr, "alexc: warning: %lld unreadable images were skipped\n",
             (long long)data_skipped(r.train));
 done:
+  if (lock >= 0)
+    close(lock);
   free(config);
   weights_free(r.s.w);
   weights_free(r.s.v);
