@@ -378,6 +378,22 @@ static void pack_b(Mat B, int k0, int kc, int j0, int n, float *dst) {
             d[j] = 0;
         }
       }
+    } else if (B.rs == 1) {  // B^T stored: a transpose, in 8 x 8 blocks
+      for (int k0 = 0; k0 < kc; k0 += 8) {
+        int kn = imin(8, kc - k0);
+        for (int j0 = 0; j0 < NR; j0 += 8)
+          for (int k = 0; k < kn; k++) {
+            float *d = dst + (size_t)(k0 + k) * NR + j0;
+            const float *s = src + (ptrdiff_t)j0 * B.cs + k0 + k;
+            if (j0 + 8 <= nr) {
+              for (int j = 0; j < 8; j++)
+                d[j] = s[(ptrdiff_t)j * B.cs];
+            } else {
+              for (int j = 0; j < 8; j++)
+                d[j] = j0 + j < nr ? s[(ptrdiff_t)j * B.cs] : 0.0f;
+            }
+          }
+      }
     } else {
       for (int j = 0; j < nr; j++) {
         const float *s = src + (ptrdiff_t)j * B.cs;
@@ -521,57 +537,94 @@ typedef struct {
 
 static int ew_tasks(int64_t total) { return (int)((total + EW_CHUNK - 1) / EW_CHUNK); }
 
-static void relu_fwd_task(void *ctx, int t, int tid) {
-  const Ew *e = ctx;
-  (void)tid;
-  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
-  const float *x = e->x;
-  float *y = e->y;
-  for (int64_t i = i0; i < i1; i++)
+// The loops on restrict pointers, so that GCC vectorises them (kept out of line: inlined,
+// GCC 12 loses the restrict and emits a scalar loop with a mispredicted branch).
+#define LOOP __attribute__((noinline))
+
+LOOP static void relu_fwd_loop(const float *restrict x, float *restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; i++)
     y[i] = x[i] > 0 ? x[i] : 0.0f;
 }
 
+// Vector extensions (SSE2 and up, at any -O level: GCC 12 vectorises this select only at
+// -O3).
+typedef int V4i __attribute__((vector_size(16)));
+
+LOOP static void relu_bwd_loop(const float *restrict x, const float *restrict dy, float *restrict dx,
+                               int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    V4 xv = *(const V4u *)(x + i), g = *(const V4u *)(dy + i);
+    V4i keep = xv > (V4){0, 0, 0, 0};
+    *(V4u *)(dx + i) = *(const V4u *)(dx + i) + (V4)((V4i)g & keep);
+  }
+  for (; i < n; i++) {
+    float g = dy[i];
+    dx[i] += x[i] > 0 ? g : 0.0f;
+  }
+}
+
+LOOP static void add_loop(const float *restrict src, float *restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; i++)
+    dst[i] += src[i];
+}
+
+// Dropped elements are 0 (never 0 * inf); kept ones x * scale rounded once, as the reference.
+LOOP static void dropout_loop(const float *restrict x, const uint8_t *restrict m, double scale,
+                         float *restrict y, bool add, int64_t n) {
+  float fs = (float)scale;
+  if ((double)fs == scale) {  // 1/(1-p) exact in float (p = 0.5): x * scale needs no double
+    for (int64_t i = 0; i < n; i++) {
+      float v = x[i] * fs, o = add ? y[i] : 0.0f;
+      y[i] = m[i] ? o + v : o;
+    }
+    return;
+  }
+  for (int64_t i = 0; i < n; i++) {
+    float v = m[i] ? (float)(x[i] * scale) : 0.0f;
+    y[i] = add ? y[i] + v : v;
+  }
+}
+
+#define EW_RANGE                                                                  \
+  const Ew *e = ctx;                                                              \
+  (void)tid;                                                                      \
+  int64_t i0 = (int64_t)t * EW_CHUNK, n = e->total - i0 < EW_CHUNK ? e->total - i0 : EW_CHUNK
+
+static void relu_fwd_task(void *ctx, int t, int tid) {
+  EW_RANGE;
+  relu_fwd_loop(e->x + i0, e->y + i0, n);
+}
+
 static void relu_bwd_task(void *ctx, int t, int tid) {
-  const Ew *e = ctx;
-  (void)tid;
-  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
-  const float *x = e->x, *dy = e->dy;
-  float *dx = e->dx;
-  for (int64_t i = i0; i < i1; i++)
-    dx[i] += x[i] > 0 ? dy[i] : 0.0f;
+  EW_RANGE;
+  relu_bwd_loop(e->x + i0, e->dy + i0, e->dx + i0, n);
 }
 
 static void dropout_fwd_task(void *ctx, int t, int tid) {
-  const Ew *e = ctx;
-  (void)tid;
-  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
-  const uint8_t *m = e->c->mask;
-  for (int64_t i = i0; i < i1; i++)
-    e->y[i] = m ? (m[i] ? (float)(e->x[i] * e->scale) : 0.0f) : e->x[i];
+  EW_RANGE;
+  if (e->c->mask)
+    dropout_loop(e->x + i0, e->c->mask + i0, e->scale, e->y + i0, false, n);
+  else
+    memcpy(e->y + i0, e->x + i0, (size_t)n * sizeof(float));
 }
 
 static void dropout_bwd_task(void *ctx, int t, int tid) {
-  const Ew *e = ctx;
-  (void)tid;
-  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
-  const uint8_t *m = e->c->mask;
-  for (int64_t i = i0; i < i1; i++)
-    e->dx[i] += m ? (m[i] ? (float)(e->dy[i] * e->scale) : 0.0f) : e->dy[i];
+  EW_RANGE;
+  if (e->c->mask)
+    dropout_loop(e->dy + i0, e->c->mask + i0, e->scale, e->dx + i0, true, n);
+  else
+    add_loop(e->dy + i0, e->dx + i0, n);
 }
 
 static void copy_task(void *ctx, int t, int tid) {
-  const Ew *e = ctx;
-  (void)tid;
-  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
-  memcpy(e->y + i0, e->x + i0, (size_t)(i1 - i0) * sizeof(float));
+  EW_RANGE;
+  memcpy(e->y + i0, e->x + i0, (size_t)n * sizeof(float));
 }
 
 static void add_task(void *ctx, int t, int tid) {
-  const Ew *e = ctx;
-  (void)tid;
-  int64_t i0 = (int64_t)t * EW_CHUNK, i1 = i0 + EW_CHUNK < e->total ? i0 + EW_CHUNK : e->total;
-  for (int64_t i = i0; i < i1; i++)
-    e->dx[i] += e->dy[i];
+  EW_RANGE;
+  add_loop(e->dy + i0, e->dx + i0, n);
 }
 
 // ---------------------------------------------------------------- convolution
@@ -783,16 +836,29 @@ typedef struct {
   int batch, channels, plane;
 } BiasGrad;
 
+// Sum of a plane: 16 float lanes (vectorised), then the lanes in double; a fixed order.
+static double plane_sum(const float *restrict r, int n) {
+  float lane[16] = {0};
+  int p = 0;
+  for (; p + 16 <= n; p += 16)
+    for (int l = 0; l < 16; l++)
+      lane[l] += r[p + l];
+  double acc = 0;
+  for (int l = 0; l < 16; l++)
+    acc += lane[l];
+  for (; p < n; p++)
+    acc += r[p];
+  return acc;
+}
+
 static void bias_task(void *ctx, int t, int tid) {
   const BiasGrad *b = ctx;
   (void)tid;
   for (int o = t * 64; o < imin(b->channels, t * 64 + 64); o++) {
     double acc = 0;
-    for (int i = 0; i < b->batch; i++) {
-      const float *r = b->dy + ((size_t)i * b->channels + o) * b->plane;
-      for (int p = 0; p < b->plane; p++)
-        acc += r[p];
-    }
+    for (int i = 0; i < b->batch; i++)
+      acc += b->plane == 1 ? b->dy[(size_t)i * b->channels + o]
+                           : plane_sum(b->dy + ((size_t)i * b->channels + o) * b->plane, b->plane);
     b->db[o] = (float)acc;
   }
 }
@@ -1000,55 +1066,81 @@ typedef struct {
 
 #define POOL_PLANES 16
 
-// The first maximum of window (oy, ox) in scan order, or -1 (every element -inf or NaN).
-static inline int pool_arg(const Pool *p, const float *x, int oy, int ox, float *m_out) {
+// Window (oy, ox): its maximum (forward), or the index of its first maximum in scan order
+// (ky, then kx; backward, given the maximum m), -1 when no element beats -inf (all -inf
+// or NaN). The first maximum of the forward's scan with > is the earliest element equal
+// to the maximum (an element before it is strictly smaller; NaN never compares): a
+// backward scan for equality finds it with no dependency between elements, and masks on
+// the index instead of a branch (GCC emits a mispredicted branch for `eq ? i : arg`).
+// K: the kernel size, a constant when the caller specialises it.
+static inline __attribute__((always_inline)) float pool_window(const Pool *p, const float *x,
+                                                               int oy, int ox, int K, bool bwd,
+                                                               float m, int *arg_out) {
   int y0 = oy * p->s - p->pad, x0 = ox * p->s - p->pad;
-  int ky0 = y0 < 0 ? -y0 : 0, kx0 = x0 < 0 ? -x0 : 0;
-  int ky1 = imin(p->k, p->H - y0), kx1 = imin(p->k, p->W - x0);
-  float m = -INFINITY;
-  int arg = -1;
-  for (int ky = ky0; ky < ky1; ky++) {
-    const float *r = x + (y0 + ky) * p->W + x0;
-    for (int kx = kx0; kx < kx1; kx++)
-      if (r[kx] > m) {
-        m = r[kx];
-        arg = (y0 + ky) * p->W + x0 + kx;
-      }
+  int ky0 = 0, kx0 = 0, ky1 = K, kx1 = K;
+  if (y0 < 0 || x0 < 0 || y0 + K > p->H || x0 + K > p->W) {
+    ky0 = y0 < 0 ? -y0 : 0;
+    kx0 = x0 < 0 ? -x0 : 0;
+    ky1 = imin(K, p->H - y0);
+    kx1 = imin(K, p->W - x0);
   }
-  *m_out = m;
-  return arg;
+  if (!bwd) {
+    m = -INFINITY;
+    for (int ky = ky0; ky < ky1; ky++) {
+      const float *r = x + (y0 + ky) * p->W + x0;
+      for (int kx = kx0; kx < kx1; kx++)
+        m = r[kx] > m ? r[kx] : m;
+    }
+    return m;
+  }
+  uint32_t arg = (uint32_t)-1;
+  for (int ky = ky1 - 1; ky >= ky0; ky--) {
+    int row = (y0 + ky) * p->W + x0;
+    for (int kx = kx1 - 1; kx >= kx0; kx--) {
+      uint32_t eq = -(uint32_t)(x[row + kx] == m);
+      arg = ((uint32_t)(row + kx) & eq) | (arg & ~eq);
+    }
+  }
+  *arg_out = m == -INFINITY ? -1 : (int)arg;
+  return m;
 }
 
-static void pool_fwd_task(void *ctx, int t, int tid) {
-  const Pool *p = ctx;
-  (void)tid;
-  for (int pl = t * POOL_PLANES; pl < imin(p->planes, (t + 1) * POOL_PLANES); pl++) {
-    const float *x = p->x + (size_t)pl * p->H * p->W;
-    float *y = p->y + (size_t)pl * p->OH * p->OW;
-    for (int oy = 0; oy < p->OH; oy++)
-      for (int ox = 0; ox < p->OW; ox++) {
-        float m;
-        pool_arg(p, x, oy, ox, &m);
-        y[oy * p->OW + ox] = m;
+static inline __attribute__((always_inline)) void pool_plane(const Pool *p, int pl, int K,
+                                                             bool bwd, int *args) {
+  const float *x = p->x + (size_t)pl * p->H * p->W;
+  size_t o = (size_t)pl * p->OH * p->OW;
+  int n = p->OH * p->OW;
+  for (int oy = 0; oy < p->OH; oy++)
+    for (int ox = 0; ox < p->OW; ox++) {
+      int i = oy * p->OW + ox;
+      if (!bwd) {
+        p->y[o + i] = pool_window(p, x, oy, ox, K, false, 0, NULL);
+      } else {
+        float m = p->y ? p->y[o + i] : pool_window(p, x, oy, ox, K, false, 0, NULL);
+        pool_window(p, x, oy, ox, K, true, m, args + i);
       }
-  }
-}
-
-static void pool_bwd_task(void *ctx, int t, int tid) {
-  const Pool *p = ctx;
-  (void)tid;
-  for (int pl = t * POOL_PLANES; pl < imin(p->planes, (t + 1) * POOL_PLANES); pl++) {
-    const float *x = p->x + (size_t)pl * p->H * p->W, *dy = p->dy + (size_t)pl * p->OH * p->OW;
+    }
+  if (bwd) {  // each output's gradient to its winner, in output order
     float *dx = p->dx + (size_t)pl * p->H * p->W;
-    for (int oy = 0; oy < p->OH; oy++)
-      for (int ox = 0; ox < p->OW; ox++) {
-        float m;
-        int arg = pool_arg(p, x, oy, ox, &m);
-        if (arg >= 0)
-          dx[arg] += dy[oy * p->OW + ox];
-      }
+    const float *dy = p->dy + o;
+    for (int i = 0; i < n; i++)
+      if (args[i] >= 0)
+        dx[args[i]] += dy[i];
   }
 }
+
+static void pool_task(const Pool *p, int t, int tid, bool bwd) {
+  int *args = bwd ? (int *)scratch(tid, S_COL, (size_t)p->OH * p->OW) : NULL;
+  for (int pl = t * POOL_PLANES; pl < imin(p->planes, (t + 1) * POOL_PLANES); pl++) {
+    if (p->k == 3)
+      pool_plane(p, pl, 3, bwd, args);
+    else
+      pool_plane(p, pl, p->k, bwd, args);
+  }
+}
+
+static void pool_fwd_task(void *ctx, int t, int tid) { pool_task(ctx, t, tid, false); }
+static void pool_bwd_task(void *ctx, int t, int tid) { pool_task(ctx, t, tid, true); }
 
 static Pool pool_setup(const OpCall *c) {
   Shape in = in_shape(c, 0), out = c->n->out;
@@ -1187,6 +1279,7 @@ static void cpu_backward(const OpCall *c, const float *dy, float *const *dx, flo
   case OP_MAXPOOL:
     if (dx0) {
       Pool p = pool_setup(c);
+      p.y = (float *)c->y;  // the forward's maxima (read only); NULL: recomputed
       p.dy = dy;
       p.dx = dx0;
       parallel_for((p.planes + POOL_PLANES - 1) / POOL_PLANES, pool_bwd_task, &p);

@@ -11,7 +11,7 @@
 // Errors are max|cpu - ref| / max|ref| per tensor.
 //
 //   test_grad_cpu [--quick]          the checks (--quick: a smaller network batch)
-//   test_grad_cpu --bench [REPS]     times a training step (forward + backward through
+//   test_grad_cpu --bench [REPS [mini|alexnet|both [THREADS]]]  times a training step (forward + backward through
 //                                    every node) of mini-alexnet at batch 128 and AlexNet
 //                                    at batch 16 with the CPU kernels
 // ALEXC_CPU_TRAIN_ISA=avx512|avx2|generic picks the micro-kernel (tests/train/grad_cpu.cmake
@@ -176,11 +176,17 @@ static void walk_free(Walk *w) {
 }
 
 // Forward through every node, then backward from dy_out (the output's gradient) through
-// every node, dx included for the input. Times forward and backward per node into
-// t_fwd/t_bwd (seconds, added) when not NULL.
+// every node, dx included for the input. Adds the CPU time (all threads) of forward and
+// backward per node into t_fwd/t_bwd (seconds) when not NULL.
 static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -217,6 +223,8 @@ static OpCall walk_call(const Graph *g, const Weights *wt, Walk *w, int i, int b
                   weights_get(wt, n->name, true), w->mask[i]};
 }
 
+static bool input_grad = true;  // the walk computes the input's gradient (the bench: not)
+
 static void walk_run(const Graph *g, const Weights *wt, const TrainKernels *k, Walk *w,
                      const float *x, const float *dy_out, int batch, double *t_fwd,
                      double *t_bwd) {
@@ -225,10 +233,10 @@ static void walk_run(const Graph *g, const Weights *wt, const TrainKernels *k, W
   float *dx[64];
   for (int i = 1; i < g->n_nodes; i++) {
     OpCall c = walk_call(g, wt, w, i, batch, xs);
-    double t0 = now();
+    double t0 = cpu_now();
     k->forward(&c, w->act[i]);
     if (t_fwd)
-      t_fwd[i] += now() - t0;
+      t_fwd[i] += cpu_now() - t0;
   }
   for (int i = 0; i < g->n_nodes; i++)
     memset(w->grad[i], 0, shape_elems(g->nodes[i].out) * batch * sizeof(float));
@@ -237,12 +245,12 @@ static void walk_run(const Graph *g, const Weights *wt, const TrainKernels *k, W
   for (int i = g->n_nodes - 1; i >= 1; i--) {
     const Node *n = &g->nodes[i];
     OpCall c = walk_call(g, wt, w, i, batch, xs);
-    for (int j = 0; j < n->n_inputs; j++)
-      dx[j] = w->grad[n->inputs[j]];
-    double t0 = now();
+    for (int j = 0; j < n->n_inputs; j++)  // the trainer wants no gradient for the input
+      dx[j] = n->inputs[j] == 0 && !input_grad ? NULL : w->grad[n->inputs[j]];
+    double t0 = cpu_now();
     k->backward(&c, w->grad[i], dx, w->dw[i], w->db[i]);
     if (t_bwd)
-      t_bwd[i] += now() - t0;
+      t_bwd[i] += cpu_now() - t0;
   }
 }
 
@@ -353,18 +361,29 @@ static void bench(const char *spec, int batch, int reps) {
   walk_data(g, batch, &x, &dy);
   Walk w = walk_new(g, batch);
   double *tf = xcalloc(g->n_nodes, sizeof(double)), *tb = xcalloc(g->n_nodes, sizeof(double));
-  double *step = xcalloc(reps, sizeof(double));
+  double *step = xcalloc(reps, sizeof(double)), cpu = 0;
   walk_run(g, wt, &cpu_train_kernels, &w, x, dy, batch, NULL, NULL);  // warm-up
   for (int r = 0; r < reps; r++) {
-    double t0 = now();
+    double t0 = now(), c0 = cpu_now();
     walk_run(g, wt, &cpu_train_kernels, &w, x, dy, batch, tf, tb);
     step[r] = now() - t0;
+    cpu += cpu_now() - c0;
   }
   qsort(step, reps, sizeof *step, cmp_double);
-  printf("%s batch %d: step min %.1f ms, median %.1f ms (%d reps)\n", g->name, batch,
-         step[0] * 1e3, step[reps / 2] * 1e3, reps);
+  printf("%s batch %d: step min %.1f ms, median %.1f ms (%d reps; CPU time %.1f ms a step)\n",
+         g->name, batch, step[0] * 1e3, step[reps / 2] * 1e3, reps, cpu * 1e3 / reps);
+  for (int i = 1; i < g->n_nodes && getenv("GCPU_DEBUG"); i++) {
+    int64_t e = shape_elems(g->nodes[i].out) * batch, tiny = 0;
+    float mx = 0;
+    for (int64_t j = 0; j < e; j++) {
+      float a = fabsf(w.grad[i][j]);
+      mx = a > mx ? a : mx;
+      tiny += a != 0 && a < 1.1754944e-38f;
+    }
+    printf("  %-10s max|grad| %g, %lld denormal\n", g->nodes[i].name, mx, (long long)tiny);
+  }
   for (int i = 1; i < g->n_nodes; i++)
-    printf("  %-10s fwd %7.2f ms  bwd %7.2f ms\n", g->nodes[i].name, tf[i] * 1e3 / reps,
+    printf("  %-10s CPU time: fwd %7.2f ms  bwd %7.2f ms\n", g->nodes[i].name, tf[i] * 1e3 / reps,
            tb[i] * 1e3 / reps);
   fflush(stdout);
   walk_free(&w);
@@ -381,7 +400,10 @@ int main(int argc, char **argv) {
   bool quick = argc > 1 && !strcmp(argv[1], "--quick");
   if (argc > 1 && !strcmp(argv[1], "--bench")) {
     int reps = argc > 2 ? atoi(argv[2]) : 5;
+    input_grad = false;
     const char *which = argc > 3 ? argv[3] : "both";
+    if (argc > 4)
+      cpu_train_set_threads(atoi(argv[4]));
     if (strcmp(which, "alexnet"))
       bench("specs/mini-alexnet.yaml", 128, reps < 1 ? 1 : reps);
     if (strcmp(which, "mini"))
