@@ -23,7 +23,8 @@ bool rt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // Reads at most `limit` bytes; a larger file is an error. Caller frees *data.
 bool rt_read_file(const char *path, size_t limit, uint8_t **data, size_t *size);
-// Writes to PATH.tmp.PID then renames over PATH.
+// Writes to PATH.tmp.PID (same directory), fflush, fsync, renames it over PATH, then
+// fsyncs the directory: a crash at any moment leaves the old file or the new one.
 bool rt_write_file_atomic(const char *path, const void *data, size_t size);
 
 // ---- .npy (float32, C order)
@@ -59,6 +60,10 @@ typedef struct {
   size_t data_size;
   RtStEntry *entries;
   int n;
+  // The "__metadata__" object's string -> string pairs, in file order (values that
+  // are not strings are skipped).
+  char **meta_keys, **meta_values;
+  int n_meta;
 } RtSafetensors;
 
 bool rt_st_open(const char *path, RtSafetensors *st);
@@ -77,5 +82,14 @@ typedef struct {
 } RtStTensor;
 
 bool rt_st_save(const char *path, const RtStTensor *tensors, int n);
+// The same with a "__metadata__" object of n_meta string pairs (keys[i]: values[i]).
+bool rt_st_save_meta(const char *path, const RtStTensor *tensors, int n, const char *const *keys,
+                     const char *const *values, int n_meta);
+// Builds the file rt_st_save_meta writes in memory (*data, *size; caller frees), for a
+// caller that adds to it before writing; `path` only names it in messages.
+bool rt_st_encode(const char *path, const RtStTensor *tensors, int n, const char *const *keys,
+                  const char *const *values, int n_meta, uint8_t **data, size_t *size);
+// The value of a "__metadata__" key, or NULL when it has none.
+const char *rt_st_meta(const RtSafetensors *st, const char *key);
 
 #endif

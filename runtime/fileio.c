@@ -1,5 +1,6 @@
 // Bounded reads and atomic writes of whole files, and the runtime's error message.
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +57,24 @@ bool rt_read_file(const char *path, size_t limit, uint8_t **data, size_t *size) 
   return true;
 }
 
+// Makes a rename in the directory holding `path` durable. A directory that cannot be
+// opened or does not support fsync (EINVAL: some network and FUSE file systems) is
+// let go: the rename itself is still atomic, only its durability is not assured.
+static bool fsync_parent(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+  if (!dir)
+    return rt_fail("%s: out of memory", path);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  free(dir);
+  if (fd < 0)
+    return true;
+  bool ok = fsync(fd) == 0 || errno == EINVAL || errno == EROFS;
+  int err = errno;
+  close(fd);
+  return ok || rt_fail("%s: fsync of its directory failed: %s", path, strerror(err));
+}
+
 bool rt_write_file_atomic(const char *path, const void *data, size_t size) {
   size_t len = strlen(path) + 32;
   char *tmp = malloc(len);
@@ -79,7 +98,7 @@ bool rt_write_file_atomic(const char *path, const void *data, size_t size) {
     return false;
   }
   free(tmp);
-  return true;
+  return fsync_parent(path);
 }
 
 void rt_tensor_free(RtTensor *t) {

@@ -1,6 +1,7 @@
 // safetensors: an 8-byte little-endian header length, a JSON header, then raw data.
 // Header: {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...}
-// with offsets relative to the data section. Every offset and size is checked
+// with offsets relative to the data section, and an optional "__metadata__" object of
+// string -> string pairs (written first). Every offset and size is checked
 // against the file before use; the header is parsed with cJSON.
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -101,8 +102,19 @@ bool rt_st_open(const char *path, RtSafetensors *st) {
   int n = cJSON_GetArraySize(root);
   st->entries = calloc(n ? n : 1, sizeof *st->entries);
   for (cJSON *item = root->child; item; item = item->next) {
-    if (!strcmp(item->string, "__metadata__"))
+    if (!strcmp(item->string, "__metadata__")) {
+      if (!cJSON_IsObject(item) || st->meta_keys)
+        continue;
+      int m = cJSON_GetArraySize(item);
+      st->meta_keys = calloc(m ? m : 1, sizeof *st->meta_keys);
+      st->meta_values = calloc(m ? m : 1, sizeof *st->meta_values);
+      for (const cJSON *kv = item->child; kv; kv = kv->next)
+        if (cJSON_IsString(kv)) {
+          st->meta_keys[st->n_meta] = strdup(kv->string);
+          st->meta_values[st->n_meta++] = strdup(kv->valuestring);
+        }
       continue;
+    }
     if (!parse_entry(path, item, st->data_size, &st->entries[st->n])) {
       cJSON_Delete(root);
       goto fail;
@@ -122,6 +134,12 @@ void rt_st_close(RtSafetensors *st) {
   for (int i = 0; i < st->n; i++)
     free(st->entries[i].name);
   free(st->entries);
+  for (int i = 0; i < st->n_meta; i++) {
+    free(st->meta_keys[i]);
+    free(st->meta_values[i]);
+  }
+  free(st->meta_keys);
+  free(st->meta_values);
   free(st->file);
   free(st->path);
   memset(st, 0, sizeof *st);
@@ -131,6 +149,13 @@ const RtStEntry *rt_st_find(const RtSafetensors *st, const char *name) {
   for (int i = 0; i < st->n; i++)
     if (!strcmp(st->entries[i].name, name))
       return &st->entries[i];
+  return NULL;
+}
+
+const char *rt_st_meta(const RtSafetensors *st, const char *key) {
+  for (int i = 0; i < st->n_meta; i++)
+    if (!strcmp(st->meta_keys[i], key))
+      return st->meta_values[i];
   return NULL;
 }
 
@@ -162,8 +187,16 @@ bool rt_st_read_f32(const RtSafetensors *st, const char *name, int rank, const i
   return true;
 }
 
-bool rt_st_save(const char *path, const RtStTensor *tensors, int n) {
+bool rt_st_encode(const char *path, const RtStTensor *tensors, int n, const char *const *keys,
+                  const char *const *values, int n_meta, uint8_t **data, size_t *size) {
+  *data = NULL;
+  *size = 0;
   cJSON *root = cJSON_CreateObject();
+  if (n_meta > 0) {
+    cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
+    for (int i = 0; i < n_meta; i++)
+      cJSON_AddStringToObject(meta, keys[i], values[i]);
+  }
   size_t offset = 0;
   for (int i = 0; i < n; i++) {
     int64_t elems;
@@ -183,6 +216,8 @@ bool rt_st_save(const char *path, const RtStTensor *tensors, int n) {
   }
   char *json = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
+  if (!json)
+    return rt_fail("%s: out of memory", path);
   size_t jlen = strlen(json);
   size_t hlen = (jlen + 7) / 8 * 8;  // keep the data 8-byte aligned, padded with spaces
   size_t total = 8 + hlen + offset;
@@ -200,10 +235,26 @@ bool rt_st_save(const char *path, const RtStTensor *tensors, int n) {
   for (int i = 0; i < n; i++) {
     int64_t elems;
     rt_checked_elems(tensors[i].rank, tensors[i].dims, &elems);
-    memcpy(p, tensors[i].data, (size_t)elems * sizeof(float));
+    if (elems)
+      memcpy(p, tensors[i].data, (size_t)elems * sizeof(float));
     p += (size_t)elems * sizeof(float);
   }
+  *data = buf;
+  *size = total;
+  return true;
+}
+
+bool rt_st_save_meta(const char *path, const RtStTensor *tensors, int n, const char *const *keys,
+                     const char *const *values, int n_meta) {
+  uint8_t *buf;
+  size_t total;
+  if (!rt_st_encode(path, tensors, n, keys, values, n_meta, &buf, &total))
+    return false;
   bool ok = rt_write_file_atomic(path, buf, total);
   free(buf);
   return ok;
+}
+
+bool rt_st_save(const char *path, const RtStTensor *tensors, int n) {
+  return rt_st_save_meta(path, tensors, n, NULL, NULL, 0);
 }
