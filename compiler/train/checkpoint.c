@@ -7,9 +7,9 @@
 //     format       "alexc-checkpoint-1"
 //     hash         FNV-1a 64 of the whole file, 16 lowercase hex digits, computed with
 //                  these 16 digits read as '0' (so it covers the header and the data)
-//     step, epoch, epoch_step, bad_epochs   decimal integers
+//     step, epoch, epoch_step, bad_epochs, hits, seen   decimal integers
 //     seed         decimal, 64 bits
-//     lr, best_metric                       C99 hex floats ("%a"): resume is bit-exact
+//     lr, best_metric, loss_sum             C99 hex floats ("%a"): resume is bit-exact
 //
 // Written atomically (rt_write_file_atomic: temporary file in the same directory,
 // fsync, rename, fsync of the directory): a crash or kill -9 at any moment leaves the
@@ -94,7 +94,8 @@ bool checkpoint_save(const char *path, const TrainState *s) {
     t[w->n + i] = (RtStTensor){names[i], p->rank, p->dims, v->data[i]};
   }
 
-  char step[32], epoch[32], epoch_step[32], seed[32], lr[64], best[64], bad[32];
+  char step[32], epoch[32], epoch_step[32], seed[32], lr[64], best[64], bad[32], loss_sum[64],
+      hits[32], seen[32];
   snprintf(step, sizeof step, "%lld", (long long)s->step);
   snprintf(epoch, sizeof epoch, "%d", s->epoch);
   snprintf(epoch_step, sizeof epoch_step, "%lld", (long long)s->epoch_step);
@@ -102,14 +103,18 @@ bool checkpoint_save(const char *path, const TrainState *s) {
   snprintf(lr, sizeof lr, "%a", s->lr);
   snprintf(best, sizeof best, "%a", s->best_metric);
   snprintf(bad, sizeof bad, "%d", s->bad_epochs);
-  const char *keys[] = {"format", "hash", "step", "epoch", "epoch_step",
-                        "seed", "lr", "best_metric", "bad_epochs"};
-  const char *values[] = {FORMAT, "0000000000000000", step, epoch, epoch_step,
-                          seed, lr, best, bad};
+  snprintf(loss_sum, sizeof loss_sum, "%a", s->loss_sum);
+  snprintf(hits, sizeof hits, "%lld", (long long)s->hits);
+  snprintf(seen, sizeof seen, "%lld", (long long)s->seen);
+  const char *keys[] = {"format", "hash",        "step",       "epoch",    "epoch_step", "seed",
+                        "lr",     "best_metric", "bad_epochs", "loss_sum", "hits",       "seen"};
+  const char *values[] = {FORMAT, "0000000000000000", step, epoch,    epoch_step, seed,
+                          lr,     best,               bad,  loss_sum, hits,       seen};
+  int n_meta = (int)(sizeof keys / sizeof *keys);
 
   uint8_t *buf = NULL;
   size_t size = 0;
-  bool ok = rt_st_encode(path, t, n, keys, values, 9, &buf, &size);
+  bool ok = rt_st_encode(path, t, n, keys, values, n_meta, &buf, &size);
   for (int i = 0; i < w->n; i++)
     free(names[i]);
   free(names);
@@ -230,8 +235,11 @@ static bool read_tensors(const char *path, const Graph *g, const RtSafetensors *
     const ParamInfo *p = &w->info[i];
     char name[sizeof p->name + 16];
     snprintf(name, sizeof name, "%s%s", prefix, p->name);
-    if (!rt_st_read_f32(st, name, p->rank, p->dims, w->data[i]))
-      return fail(path, "does not fit", "network '%s': %s", g->name, rt_detail(path));
+    if (!rt_st_read_f32(st, name, p->rank, p->dims, w->data[i])) {
+      char what[300];
+      snprintf(what, sizeof what, "does not fit network '%s'", g->name);
+      return fail(path, what, "%s", rt_detail(path));
+    }
   }
   return true;
 }
@@ -251,13 +259,16 @@ bool checkpoint_load(const char *path, const Graph *g, TrainState *s) {
     return fail(path, "is corrupt", "%s", rt_detail(path));
 
   TrainState t = {0};
-  int64_t step, epoch, epoch_step, bad;
+  int64_t step, epoch, epoch_step, bad, hits, seen;
   bool ok = check_file(path, &st) && meta_int(path, &st, "step", 0, INT64_MAX, &step) &&
             meta_int(path, &st, "epoch", 0, INT32_MAX, &epoch) &&
             meta_int(path, &st, "epoch_step", 0, INT64_MAX, &epoch_step) &&
             meta_int(path, &st, "bad_epochs", 0, INT32_MAX, &bad) &&
             meta_u64(path, &st, "seed", &t.seed) && meta_double(path, &st, "lr", true, &t.lr) &&
-            meta_double(path, &st, "best_metric", false, &t.best_metric);
+            meta_double(path, &st, "best_metric", false, &t.best_metric) &&
+            meta_double(path, &st, "loss_sum", false, &t.loss_sum) &&
+            meta_int(path, &st, "hits", 0, INT64_MAX, &hits) &&
+            meta_int(path, &st, "seen", 0, INT64_MAX, &seen);
   if (ok) {
     t.w = alloc_like(g);
     t.v = alloc_like(g);
@@ -271,9 +282,12 @@ bool checkpoint_load(const char *path, const Graph *g, TrainState *s) {
     bool known = false;
     for (int j = 0; j < t.w->n && !known; j++)
       known = !strcmp(name, t.w->info[j].name);
-    if (!known)
-      ok = fail(path, "does not fit", "network '%s' has no tensor '%s'", g->name,
+    if (!known) {
+      char what[300];
+      snprintf(what, sizeof what, "does not fit network '%s'", g->name);
+      ok = fail(path, what, "it holds tensor '%s', which the network does not have",
                 st.entries[i].name);
+    }
   }
   rt_st_close(&st);
   if (!ok) {
@@ -285,6 +299,8 @@ bool checkpoint_load(const char *path, const Graph *g, TrainState *s) {
   t.epoch = (int)epoch;
   t.epoch_step = epoch_step;
   t.bad_epochs = (int)bad;
+  t.hits = hits;
+  t.seen = seen;
   *s = t;
   return true;
 }
