@@ -45,7 +45,7 @@ bool metrics_append(const char *csv, const EpochRow *r) {
     error("cannot write metrics %s: %s", csv, strerror(errno));
     return false;
   }
-  struct stat sb;
+  struct stat sb = {0};
   bool fresh = fstat(fd, &sb) == 0 && sb.st_size == 0;
   char last = '\n';
   if (!fresh && sb.st_size > 0 && pread(fd, &last, 1, sb.st_size - 1) != 1)
