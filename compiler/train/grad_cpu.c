@@ -45,6 +45,19 @@
 
 #include "../alexc.h"
 
+// The loops here are written for GCC's vectoriser, which -O2 (the default RelWithDebInfo
+// build) runs with its very-cheap cost model: most of them would stay scalar (LRN twice
+// as slow). The GEMM micro-kernels are intrinsics and do not depend on this.
+#pragma GCC optimize("O3")
+
+// Element-wise loops with a version for AVX-512 / AVX2 machines (GCC's function
+// multi-versioning, picked once at load time; each version is deterministic).
+#if GCPU_X86 && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
 #define MAX_THREADS 64
 
 // ---------------------------------------------------------------- threads
@@ -997,7 +1010,7 @@ static void lrn_sum(const Lrn *l, const float *x, int ch, float *sum) {
   }
 }
 
-static void lrn_fwd_task(void *ctx, int t, int tid) {
+CLONES static void lrn_fwd_task(void *ctx, int t, int tid) {
   const Lrn *l = ctx;
   const float *x = l->x + (size_t)t * l->C * l->P;
   float *y = l->out + (size_t)t * l->C * l->P;
@@ -1013,7 +1026,7 @@ static void lrn_fwd_task(void *ctx, int t, int tid) {
 }
 
 // dx_m += dy_m s_m^-beta - 2 alpha beta x_m sum_{i in W(m)} dy_i y_i / s_i.
-static void lrn_bwd_task(void *ctx, int t, int tid) {
+CLONES static void lrn_bwd_task(void *ctx, int t, int tid) {
   const Lrn *l = ctx;
   size_t off = (size_t)t * l->C * l->P;
   const float *x = l->x + off, *y = l->y + off, *dy = l->dy + off;
