@@ -287,6 +287,7 @@ __attribute__((target("avx2,fma"))) static void kern_avx2(int kc, const float *a
 // Generic vectors: 4 x 8 with 16-byte vectors, which GCC lowers for any target.
 typedef float V4 __attribute__((vector_size(16)));
 typedef float V4u __attribute__((vector_size(16), aligned(4)));
+typedef int V4i __attribute__((vector_size(16)));
 
 static void kern_generic(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
                          int acc) {
@@ -391,22 +392,36 @@ static void pack_b(Mat B, int k0, int kc, int j0, int n, float *dst) {
             d[j] = 0;
         }
       }
-    } else if (B.rs == 1) {  // B^T stored: a transpose, in 8 x 8 blocks
-      for (int k0 = 0; k0 < kc; k0 += 8) {
-        int kn = imin(8, kc - k0);
-        for (int j0 = 0; j0 < NR; j0 += 8)
-          for (int k = 0; k < kn; k++) {
-            float *d = dst + (size_t)(k0 + k) * NR + j0;
-            const float *s = src + (ptrdiff_t)j0 * B.cs + k0 + k;
-            if (j0 + 8 <= nr) {
-              for (int j = 0; j < 8; j++)
-                d[j] = s[(ptrdiff_t)j * B.cs];
-            } else {
-              for (int j = 0; j < 8; j++)
-                d[j] = j0 + j < nr ? s[(ptrdiff_t)j * B.cs] : 0.0f;
-            }
-          }
+    } else if (B.rs == 1) {  // B^T stored: a transpose, 4 x 4 blocks in vector registers
+      int j0 = 0;
+      for (; j0 + 4 <= nr; j0 += 4) {
+        const float *s0 = src + (ptrdiff_t)j0 * B.cs, *s1 = s0 + B.cs, *s2 = s1 + B.cs,
+                    *s3 = s2 + B.cs;
+        int k = 0;
+        for (; k + 4 <= kc; k += 4) {
+          V4 r0 = *(const V4u *)(s0 + k), r1 = *(const V4u *)(s1 + k),
+             r2 = *(const V4u *)(s2 + k), r3 = *(const V4u *)(s3 + k);
+          V4 t0 = __builtin_shuffle(r0, r1, (V4i){0, 4, 1, 5}),
+             t1 = __builtin_shuffle(r0, r1, (V4i){2, 6, 3, 7}),
+             t2 = __builtin_shuffle(r2, r3, (V4i){0, 4, 1, 5}),
+             t3 = __builtin_shuffle(r2, r3, (V4i){2, 6, 3, 7});
+          float *d = dst + (size_t)k * NR + j0;
+          *(V4u *)d = __builtin_shuffle(t0, t2, (V4i){0, 1, 4, 5});
+          *(V4u *)(d + NR) = __builtin_shuffle(t0, t2, (V4i){2, 3, 6, 7});
+          *(V4u *)(d + 2 * NR) = __builtin_shuffle(t1, t3, (V4i){0, 1, 4, 5});
+          *(V4u *)(d + 3 * NR) = __builtin_shuffle(t1, t3, (V4i){2, 3, 6, 7});
+        }
+        for (; k < kc; k++) {
+          float *d = dst + (size_t)k * NR + j0;
+          d[0] = s0[k];
+          d[1] = s1[k];
+          d[2] = s2[k];
+          d[3] = s3[k];
+        }
       }
+      for (int k = 0; k < kc; k++)
+        for (int j = j0; j < NR; j++)
+          dst[(size_t)k * NR + j] = j < nr ? src[(ptrdiff_t)j * B.cs + k] : 0.0f;
     } else {
       for (int j = 0; j < nr; j++) {
         const float *s = src + (ptrdiff_t)j * B.cs;
@@ -561,8 +576,6 @@ LOOP static void relu_fwd_loop(const float *restrict x, float *restrict y, int64
 
 // Vector extensions (SSE2 and up, at any -O level: GCC 12 vectorises this select only at
 // -O3).
-typedef int V4i __attribute__((vector_size(16)));
-
 LOOP static void relu_bwd_loop(const float *restrict x, const float *restrict dy, float *restrict dx,
                                int64_t n) {
   int64_t i = 0;
