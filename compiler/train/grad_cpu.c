@@ -45,10 +45,10 @@
 
 #include "../alexc.h"
 
-// The loops here are written for GCC's vectoriser, which -O2 (the default RelWithDebInfo
-// build) runs with its very-cheap cost model: most of them would stay scalar (LRN twice
-// as slow). The GEMM micro-kernels are intrinsics and do not depend on this.
-#pragma GCC optimize("O3")
+// The loops here are written for GCC's vectoriser, so CMakeLists.txt compiles this file
+// with -O3: -O2 (the default RelWithDebInfo build) runs it with its very-cheap cost model
+// and most loops would stay scalar (LRN twice as slow). The GEMM micro-kernels are
+// intrinsics and do not depend on this.
 
 // Element-wise loops with a version for AVX-512 / AVX2 machines (GCC's function
 // multi-versioning, picked once at load time; each version is deterministic).
