@@ -1,0 +1,19 @@
+# 20 SGD steps through the trainer against PyTorch (tests/train/golden/, written by
+# make_train_golden.py), with each kernel table. mini_alexnet: label 'train'. AlexNet:
+# label 'slow' only (the double-accumulating reference backward takes minutes on it), and
+# not in the sanitizer build.
+add_executable(test_steps ${CMAKE_CURRENT_LIST_DIR}/test_steps.c)
+target_link_libraries(test_steps PRIVATE alexc_core)
+foreach(_kernels ref cpu)
+  add_test(NAME train.steps.${_kernels}.mini_alexnet
+           COMMAND test_steps ${_kernels} ${CMAKE_CURRENT_LIST_DIR}/golden/mini_alexnet
+           WORKING_DIRECTORY ${ALEXC_ROOT})
+  alexc_label(train.steps.${_kernels}.mini_alexnet train)
+  if(NOT ALEXC_SANITIZE)
+    add_test(NAME train.steps.${_kernels}.alexnet
+             COMMAND test_steps ${_kernels} ${CMAKE_CURRENT_LIST_DIR}/golden/alexnet
+             WORKING_DIRECTORY ${ALEXC_ROOT})
+    alexc_label(train.steps.${_kernels}.alexnet slow)
+    set_tests_properties(train.steps.${_kernels}.alexnet PROPERTIES TIMEOUT 3600)
+  endif()
+endforeach()
