@@ -3,7 +3,8 @@
 // layer by layer, on random images and labels. Medians of R steps after W warm-up steps;
 // a layer's GFLOP/s counts the forward's MACs once and the backward's twice (data and
 // weights), which is what a convolution's backward does (conv1's data gradient, which
-// nothing needs, is skipped, so its backward counts once).
+// nothing needs, is skipped, so its backward counts once); the whole step's rate counts
+// every layer's MACs three times.
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -81,7 +82,8 @@ int bench_train(const char *spec, int batch, int runs, int warmup, int threads, 
          "median of %d steps\n\n", g->name, batch, runs);
   print_layers(g, st, runs, batch);
   double step = median(totals, runs);
-  printf("| **step** | | | |\n\nstep: %.2f ms (%.0f images/s)\n", step * 1e3, batch / step);
+  printf("\nstep: %.2f ms (%.0f images/s), %.1f GFLOP/s over the whole step\n", step * 1e3,
+         batch / step, 6.0 * graph_macs(g) * batch / step / 1e9);
   for (int r = 0; r < runs; r++) {
     free(st[r].forward);
     free(st[r].backward);
