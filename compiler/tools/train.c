@@ -751,6 +751,9 @@ int cmd_eval(int argc, char **argv) {
   Weights *w = weights_load(g, a.weights);
   Dataset *d = w ? data_open(a.data, &o) : NULL;
   Trainer *t = d ? trainer_new(g, target->train, a.batch) : NULL;
+  if (d && ten_crop && data_views(d) == 1)
+    fprintf(stderr, "alexc: warning: --ten-crop applies to photo folders; %s's images are "
+            "scored whole\n", a.data);
   int status = EXIT_ERR;
   if (t) {
     EvalResult e = evaluate(t, g, w, d, a.batch);

@@ -4,8 +4,9 @@
 #   resume: a run SIGKILLed at random moments and resumed each time ends with the same
 #           weights, byte for byte, as one never interrupted;
 #   errors: bad flags, bad data and a used --out directory get one message and a
-#           non-zero exit.
-# usage: cli.sh ALEXC [learn|resume|errors]   (no argument: all three)
+#           non-zero exit;
+#   photos: a folder of JPEG/PNG photos through train and eval --ten-crop.
+# usage: cli.sh ALEXC [learn|resume|errors|photos]   (no argument: all four)
 set -euo pipefail
 alexc="$1"
 part="${2:-all}"
@@ -113,11 +114,43 @@ errors() {
     --epochs 1 --batch 40 --lr 0.02 --init fan-in --checkpoint-every 5 --resume
 }
 
+# A photo folder (train/ and val/ of class folders) through train and eval --ten-crop,
+# on a small 3-channel network: the paper's pipeline end to end.
+photos() {
+  for split in train val; do
+    for class in cat dog; do
+      mkdir -p "$tmp/photos/$split/$class"
+      cp tests/data/cat.jpg "$tmp/photos/$split/$class/a.jpg"
+      cp tests/data/cat.png "$tmp/photos/$split/$class/b.png"
+    done
+  done
+  printf 'not a photo' > "$tmp/photos/train/dog/broken.jpg"
+  cat > "$tmp/small.yaml" <<'YAML'
+name: small
+input: {channels: 3, height: 32, width: 32}
+layers:
+  - {name: conv1, op: conv, out: 8, kernel: 5, stride: 2}
+  - {name: relu1, op: relu}
+  - {name: pool1, op: maxpool, kernel: 3, stride: 2}
+  - {name: flat, op: flatten}
+  - {name: fc, op: fc, out: 2}
+  - {name: prob, op: softmax}
+YAML
+  "$alexc" train "$tmp/small.yaml" --data "$tmp/photos" --out "$tmp/prun" --epochs 2 --batch 2 \
+    --init fan-in --quiet > "$tmp/photos.log" 2> "$tmp/photos.err"
+  grep -q "broken.jpg" "$tmp/photos.err" || fail "the unreadable photo was not named in a warning"
+  [ "$(wc -l < "$tmp/prun/metrics.csv")" -eq 3 ] || fail "photo run: metrics.csv should hold 2 rows"
+  "$alexc" eval "$tmp/small.yaml" --weights "$tmp/prun/weights.safetensors" --data "$tmp/photos" \
+    --ten-crop > "$tmp/ten.txt"
+  grep -q "^4 images (ten crops each)" "$tmp/ten.txt" || fail "eval --ten-crop: $(cat "$tmp/ten.txt")"
+}
+
 case "$part" in
   learn) learn ;;
+  photos) photos ;;
   resume) resume ;;
   errors) errors ;;
-  all) learn; resume; errors ;;
+  all) learn; resume; errors; photos ;;
   *) fail "unknown part $part" ;;
 esac
 echo "ok"
