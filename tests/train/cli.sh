@@ -52,19 +52,26 @@ run() {
     --batch 40 --lr 0.02 --init fan-in --checkpoint-every 5 --quiet "$@"
 }
 
+# stamp FILE: its modification time in nanoseconds, or 0 when it does not exist.
+stamp() { stat -c %.9Y "$1" 2>/dev/null | tr -d . || echo 0; }
+
 resume() {
   run "$tmp/whole" > /dev/null
-  kills=0
-  for attempt in $(seq 1 30); do
-    [ -e "$tmp/cut/weights.safetensors" ] && break
+  local ckpt="$tmp/cut/checkpoint.safetensors" kills=0
+  # Each round starts (or resumes) the run, waits until it has written a new checkpoint
+  # (so every round makes progress, however slow the build), lets it go on for a random
+  # moment (possibly into the next save) and kills it with SIGKILL.
+  while [ "$kills" -lt 6 ] && [ ! -e "$tmp/cut/weights.safetensors" ]; do
     flag=()
-    [ -e "$tmp/cut/checkpoint.safetensors" ] && flag=(--resume)
+    [ -e "$ckpt" ] && flag=(--resume)
+    before=$(stamp "$ckpt")
     # exec: the background job is alexc itself, so kill -9 reaches it, not a shell.
     (exec "$alexc" train "$spec" --data "$data" --out "$tmp/cut" --limit 1200 --test-limit 200 \
        --epochs 2 --batch 40 --lr 0.02 --init fan-in --checkpoint-every 5 --quiet "${flag[@]}" \
        > /dev/null 2>&1) &
     pid=$!
-    sleep "$((RANDOM % 2)).$((RANDOM % 10))"
+    while kill -0 "$pid" 2>/dev/null && [ "$(stamp "$ckpt")" = "$before" ]; do sleep 0.05; done
+    sleep "0.$((RANDOM % 10))"
     if kill -9 "$pid" 2>/dev/null; then kills=$((kills + 1)); fi
     wait "$pid" 2>/dev/null || true
   done
