@@ -2,7 +2,7 @@
 //
 // The CSV has a header row and one row per epoch:
 //   epoch,step,train_loss,train_top1,test_loss,test_top1,test_top5,lr,seconds
-// accuracies as fractions in [0, 1] (the plot shows them in percent), a value not
+// seconds being the epoch's training time (evaluation excluded), accuracies as fractions in [0, 1] (the plot shows them in percent), a value not
 // measured as "nan". Each row is one write(2) to a file opened with O_APPEND, then
 // fsync: a crash leaves at most a partial last line, which the next append starts a
 // new line after and the plot skips. A resumed run that repeats an epoch appends its
@@ -491,8 +491,11 @@ bool metrics_plot(const char *csv, const char *png) {
                     rows[best].v[C_TEST_TOP1] * scale, rows[best].v[C_EPOCH]);
     if (isfinite(last->v[C_LR]))
       k += snprintf(summary + k, sizeof summary - k, "  \xc2\xb7  lr %g", last->v[C_LR]);
-    if (isfinite(last->v[C_SECONDS]) && k < (int)sizeof summary)
-      snprintf(summary + k, sizeof summary - k, "  \xc2\xb7  %.1f min", last->v[C_SECONDS] / 60);
+    double seconds = 0;  // the column is each epoch's training time: the run's is the sum
+    for (int i = 0; i < n; i++)
+      seconds += isfinite(rows[i].v[C_SECONDS]) ? rows[i].v[C_SECONDS] : 0;
+    if (k < (int)sizeof summary)
+      snprintf(summary + k, sizeof summary - k, "  \xc2\xb7  %.1f min of training", seconds / 60);
   } else {
     snprintf(summary, sizeof summary, "no epochs recorded yet");
   }
