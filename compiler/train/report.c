@@ -2,8 +2,8 @@
 //
 // The CSV has a header row and one row per epoch:
 //   epoch,step,train_loss,train_top1,test_loss,test_top1,test_top5,lr,seconds
-// seconds being the epoch's training time (evaluation excluded), accuracies as fractions in [0, 1] (the plot shows them in percent), a value not
-// measured as "nan". Each row is one write(2) to a file opened with O_APPEND, then
+// seconds being the epoch's training time (evaluation excluded), accuracies fractions
+// in [0, 1] (the plot shows them in percent), a value not measured "nan". Each row is one write(2) to a file opened with O_APPEND, then
 // fsync: a crash leaves at most a partial last line, which the next append starts a
 // new line after and the plot skips. A resumed run that repeats an epoch appends its
 // row again; the plot keeps the last row of each epoch.
