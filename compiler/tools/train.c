@@ -484,9 +484,7 @@ static bool train_epoch(Run *r, float *x, int32_t *labels, double *seconds) {
       return false;
     }
   }
-  *seconds = now() - t0;
-  if (!a->quiet && isatty(fileno(stdout)))
-    putchar('\n');
+  *seconds = now() - t0;  // progress_show ended its line at the epoch's last step
   return true;
 }
 
