@@ -21,10 +21,11 @@ if(ALEXC_CXX)
              COMMAND test_emulate ${ALEXC_CXX} ${CMAKE_CURRENT_SOURCE_DIR}/cuda/cuda_emu.h
                      ${CMAKE_CURRENT_BINARY_DIR}/cuda-emulate ${spec}
              WORKING_DIRECTORY ${ALEXC_ROOT})
-    if(ALEXC_SANITIZE AND name MATCHES "^alexnet|^many_groups")
+    if(ALEXC_SANITIZE AND name MATCHES "^alexnet|^many_groups|-wide$")
       # About a minute each with ASan-instrumented kernels: the sanitizer job
-      # (ctest -L sanitize) leaves the full-size AlexNets, and many_groups (37 groups:
-      # as many kernels' worth of code), to the plain build.
+      # (ctest -L sanitize) leaves the full-size AlexNets, many_groups (37 groups:
+      # as many kernels' worth of code) and mini-alexnet-wide (mini-alexnet's ops and
+      # shapes at twice the channels, minutes under ASan) to the plain build.
       set_property(TEST cuda.emulate.${name} APPEND PROPERTY LABELS cuda slow)
     else()
       alexc_label(cuda.emulate.${name} cuda)
