@@ -14,7 +14,6 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -353,12 +352,6 @@ static void on_stop_signal(int sig) {
   stop_requested = 1;
 }
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 typedef struct {
   const TrainArgs *a;
   const Graph *g;
@@ -456,7 +449,7 @@ static void show_progress(const Run *r, int64_t done_steps, double elapsed, int6
 static bool train_epoch(Run *r, float *x, int32_t *labels, double *seconds) {
   const TrainArgs *a = r->a;
   data_start(r->train, r->s.epoch, r->s.epoch_step);
-  double t0 = now();
+  double t0 = now_seconds();
   int64_t steps = 0, images = 0;
   int n;
   while ((n = data_next(r->train, a->batch, x, labels)) > 0) {
@@ -474,7 +467,7 @@ static bool train_epoch(Run *r, float *x, int32_t *labels, double *seconds) {
     r->s.seen += n;
     steps++;
     images += n;
-    show_progress(r, steps, now() - t0, images);
+    show_progress(r, steps, now_seconds() - t0, images);
     if (stop_requested || (a->checkpoint_every && r->s.step % a->checkpoint_every == 0))
       if (!save_checkpoint(r))
         return false;
@@ -484,7 +477,7 @@ static bool train_epoch(Run *r, float *x, int32_t *labels, double *seconds) {
       return false;
     }
   }
-  *seconds = now() - t0;  // progress_show ended its line at the epoch's last step
+  *seconds = now_seconds() - t0;  // progress_show ended its line at the epoch's last step
   return true;
 }
 
@@ -511,6 +504,15 @@ static bool finish_epoch(Run *r, double seconds) {
   if (!metrics_plot(r->files.csv, r->files.png))
     fprintf(stderr, "alexc: warning: could not draw %s\n", r->files.png);
   return true;
+}
+
+// Every label of the data must be one of the network's classes.
+static bool classes_fit(const Dataset *d, const Trainer *t, const char *path, const Graph *g) {
+  if (data_classes(d) <= trainer_classes(t))
+    return true;
+  error("%s has %d classes but network '%s' scores %d", path, data_classes(d), g->name,
+        trainer_classes(t));
+  return false;
 }
 
 static DataOptions data_options(const Graph *g, const TrainArgs *a, bool train) {
@@ -541,11 +543,8 @@ static int train_run(TrainArgs *a) {
   if (!(r.train = data_open(a->data, &dtr)) || !(r.test = data_open(a->data, &dte)) ||
       !(r.t = trainer_new(g, target->train, a->batch)))
     goto done;
-  if (data_classes(r.train) > trainer_classes(r.t)) {
-    error("%s has %d classes but network '%s' scores %d", a->data, data_classes(r.train), g->name,
-          trainer_classes(r.t));
+  if (!classes_fit(r.train, r.t, a->data, g))
     goto done;
-  }
   if (!make_dirs(a->out) || (lock = lock_run_dir(a->out)) < 0 || !start_state(&r, config))
     goto done;
   r.steps_per_epoch = (data_size(r.train) + a->batch - 1) / a->batch;
@@ -689,49 +688,52 @@ static TrainArgs train_defaults(void) {
                      .checkpoint_every = 1000};
 }
 
-int cmd_train(int argc, char **argv) {
-  TrainArgs a = train_defaults();
-  bool ten_crop = false;
+// Parses train's or eval's command line into a: 0 to go on, else the exit status (after
+// --help or a usage message). Both take SPEC and the same options; --ten-crop is eval's.
+static int parse_command(const char *cmd, const char *help, int argc, char **argv, TrainArgs *a,
+                         bool *ten_crop) {
+  *a = train_defaults();
+  *ten_crop = false;
   int c;
   while ((c = getopt_long(argc, argv, "h", TRAIN_OPTIONS, NULL)) != -1) {
     if (c == OPT_HELP || c == 'h') {
-      fputs(TRAIN_HELP, stdout);
-      return EXIT_OK;
+      fputs(help, stdout);
+      return -1;
     }
-    if (c == OPT_TEN_CROP)
+    if (c == OPT_TEN_CROP && !strcmp(cmd, "train"))
       return usage_error("train", "--ten-crop is an option of alexc eval");
-    int rc = train_option("train", c, optarg, &a, &ten_crop);
+    int rc = train_option(cmd, c, optarg, a, ten_crop);
     if (rc)
       return rc;
   }
   if (optind + 1 != argc)
-    return usage_error("train", "expected one SPEC file");
+    return usage_error(cmd, "expected one SPEC file");
+  a->spec = argv[optind];
+  return 0;
+}
+
+int cmd_train(int argc, char **argv) {
+  TrainArgs a;
+  bool ten_crop;
+  int rc = parse_command("train", TRAIN_HELP, argc, argv, &a, &ten_crop);
+  if (rc)
+    return rc < 0 ? EXIT_OK : rc;
   if (!a.data || !a.out)
     return usage_error("train", "--data and --out are required");
-  a.spec = argv[optind];
   stop_requested = 0;
   int status = train_run(&a);
   return stop_requested ? 128 + SIGINT : status;
 }
 
 int cmd_eval(int argc, char **argv) {
-  TrainArgs a = train_defaults();
-  bool ten_crop = false;
-  int c;
-  while ((c = getopt_long(argc, argv, "h", TRAIN_OPTIONS, NULL)) != -1) {
-    if (c == OPT_HELP || c == 'h') {
-      fputs(EVAL_HELP, stdout);
-      return EXIT_OK;
-    }
-    int rc = train_option("eval", c, optarg, &a, &ten_crop);
-    if (rc)
-      return rc;
-  }
-  if (optind + 1 != argc)
-    return usage_error("eval", "expected one SPEC file");
+  TrainArgs a;
+  bool ten_crop;
+  int rc = parse_command("eval", EVAL_HELP, argc, argv, &a, &ten_crop);
+  if (rc)
+    return rc < 0 ? EXIT_OK : rc;
   if (!a.data || !a.weights)
     return usage_error("eval", "--weights and --data are required");
-  Graph *g = load_spec(argv[optind]);
+  Graph *g = load_spec(a.spec);
   if (!g)
     return EXIT_ERR;
   const Target *target = target_find(a.target);
@@ -749,7 +751,11 @@ int cmd_eval(int argc, char **argv) {
   Weights *w = weights_load(g, a.weights);
   Dataset *d = w ? data_open(a.data, &o) : NULL;
   Trainer *t = d ? trainer_new(g, target->train, a.batch) : NULL;
-  if (d && ten_crop && data_views(d) == 1)
+  if (t && !classes_fit(d, t, a.data, g)) {
+    trainer_free(t);
+    t = NULL;
+  }
+  if (t && ten_crop && data_views(d) == 1)
     fprintf(stderr, "alexc: warning: --ten-crop applies to photo folders; %s's images are "
             "scored whole\n", a.data);
   int status = EXIT_ERR;

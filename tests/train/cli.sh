@@ -114,6 +114,11 @@ errors() {
   expect 1 train "$spec" --data "$data" --out "$tmp/used" --limit 80
   expect 1 train "$spec" --data "$data" --out "$tmp/used" --resume --limit 80 --batch 8
   expect 1 eval "$spec" --weights "$tmp/nowhere.safetensors" --data "$data"
+  # Data with more classes than the network scores: a message, not an index out of range.
+  printf 'name: three\ninput: {channels: 1, height: 28, width: 28}\nlayers:\n  - {name: f, op: flatten}\n  - {name: fc, op: fc, out: 3}\n' > "$tmp/three.yaml"
+  "$alexc" init "$tmp/three.yaml" --seed 1 -o "$tmp/three.safetensors" > /dev/null
+  expect 1 eval "$tmp/three.yaml" --weights "$tmp/three.safetensors" --data "$data"
+  expect 1 train "$tmp/three.yaml" --data "$data" --out "$tmp/three"
   # A corrupt checkpoint is refused, not half-read.
   size=$(stat -c %s "$tmp/used/checkpoint.safetensors")
   printf X | dd of="$tmp/used/checkpoint.safetensors" bs=1 seek=$((size - 100)) conv=notrunc 2>/dev/null
