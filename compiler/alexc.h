@@ -45,6 +45,8 @@ uint64_t fnv1a(uint64_t h, const void *data, size_t n);
 // The compile cache's directory, created if missing: $ALEXC_CACHE, default
 // ~/.cache/alexc; NULL when there is none ($ALEXC_CACHE=off, no HOME, not writable).
 char *cache_dir(void);
+// Seconds on a monotonic clock, for timing (passes, benchmarks, training).
+double now_seconds(void);
 
 // ---------------------------------------------------------------- ops
 

@@ -10,7 +10,6 @@
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <dlfcn.h>
@@ -98,12 +97,6 @@ static int parse_args(int argc, char **argv, Args *a) {
   return EXIT_OK;
 }
 
-static double now_ms(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
 // The fused graph's node holding layer `name` (itself or in its epilogue); 0 if none.
 static int row_of(const Graph *fused, const char *name) {
   for (int i = 1; i < fused->n_nodes; i++) {
@@ -144,11 +137,11 @@ static bool bench_config(const Args *a, const char *spec, bool fuse, const Graph
   double *totals = xcalloc(a->runs, sizeof(double));
   double *steps = ok ? xcalloc((size_t)a->runs * fused->n_nodes, sizeof(double)) : NULL;
   for (int r = 0; ok && r < a->warmup + a->runs; r++) {
-    double t0 = now_ms();
+    double t0 = now_seconds() * 1e3;
     ok = rt_cpu_run(m, x, a->batch, &res->y);
     if (r < a->warmup)
       continue;
-    totals[r - a->warmup] = now_ms() - t0;
+    totals[r - a->warmup] = now_seconds() * 1e3 - t0;
     const double *us = rt_cpu_step_times(m);
     for (int s = 0; s < p->n_steps; s++) {
       int row = row_of(fused, g->nodes[p->steps[s].node].name);
@@ -164,9 +157,9 @@ static bool bench_config(const Args *a, const char *spec, bool fuse, const Graph
     // One probe item per thread, long enough (~0.1 s) to hide the start.
     int threads = rt_cpu_threads(m);
     int64_t iters = 2000000;
-    double t0 = now_ms();
+    double t0 = now_seconds() * 1e3;
     rt_cpu_parallel(m, cpu_jit_probe(j), threads, iters);
-    double ms = now_ms() - t0;
+    double ms = now_seconds() * 1e3 - t0;
     const CpuTarget *t = cpu_jit_target(j);
     *peak = (double)threads * iters * cpu_probe_chains(t) * 2 * t->vector / (ms * 1e6);
     *target = *cpu_jit_target(j);
@@ -215,12 +208,12 @@ static double time_sgemm(SgemmFn sgemm, GemmShape s, int runs) {
     b[i] = (float)(i % 5) * 0.1f;
   double *ms = xcalloc(runs, sizeof(double));
   for (int r = -1; r < runs; r++) {
-    double t0 = now_ms();
+    double t0 = now_seconds() * 1e3;
     for (int64_t g = 0; g < s.count; g++)
       sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, (int)s.m, (int)s.n, (int)s.k, 1.0f,
             a, (int)s.k, b, (int)s.n, 0.0f, c, (int)s.n);
     if (r >= 0)
-      ms[r] = now_ms() - t0;
+      ms[r] = now_seconds() * 1e3 - t0;
   }
   double med = median(ms, runs);
   free(ms);

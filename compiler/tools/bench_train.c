@@ -7,15 +7,8 @@
 // every layer's MACs three times.
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
-
-static double wall_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 // The steps' per-node times, one array per timed step, then the median of each node.
 typedef struct {
@@ -34,7 +27,7 @@ static void print_layers(const Graph *g, const StepTimes *st, int runs, int batc
     if (fm + bm < 1e-7)
       continue;
     const Node *n = &g->nodes[i];
-    double passes = n->macs ? (i == 1 || g->nodes[n->inputs[0]].op == OP_INPUT ? 2 : 3) : 0;
+    double passes = n->macs ? (g->nodes[n->inputs[0]].op == OP_INPUT ? 2 : 3) : 0;
     double flops = 2.0 * n->macs * batch * passes;
     if (flops > 0)
       printf("| %s | %.2f | %.2f | %.1f |\n", n->name, fm * 1e3, bm * 1e3, flops / (fm + bm) / 1e9);
@@ -73,10 +66,10 @@ int bench_train(const char *spec, int batch, int runs, int warmup, int threads, 
       at->backward = xcalloc(g->n_nodes, sizeof(double));
       trainer_profile(t, at->forward, at->backward, &at->update);
     }
-    double t0 = wall_now();
+    double t0 = now_seconds();
     trainer_step(t, &s, 1e-4, x, labels, batch, NULL);
     if (at)
-      totals[r] = wall_now() - t0;
+      totals[r] = now_seconds() - t0;
   }
   printf("%s: training step (forward, loss, backward, SGD) on the CPU target, batch %d, "
          "median of %d steps\n\n", g->name, batch, runs);

@@ -14,7 +14,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "../alexc.h"
 
@@ -31,12 +30,6 @@ struct Trainer {
   Weights *gw;     // gradients of the parameters
   double *prof_forward, *prof_backward, *prof_update;  // trainer_profile, or NULL
 };
-
-static double seconds_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void trainer_profile(Trainer *t, double *forward_s, double *backward_s, double *update_s) {
   t->prof_forward = forward_s;
@@ -137,10 +130,10 @@ static void forward(Trainer *t, const Weights *w, const float *x, int n, bool tr
                    t->mask[i]);
       c.mask = t->mask[i];
     }
-    double t0 = t->prof_forward ? seconds_now() : 0;
+    double t0 = t->prof_forward ? now_seconds() : 0;
     t->k->forward(&c, t->act[i]);
     if (t->prof_forward)
-      t->prof_forward[i] += seconds_now() - t0;
+      t->prof_forward[i] += now_seconds() - t0;
   }
 }
 
@@ -159,11 +152,11 @@ static void backward(Trainer *t, const Weights *w, int n) {
     c.mask = t->mask[i];
     for (int j = 0; j < node->n_inputs; j++)
       dx[j] = t->grad[node->inputs[j]];  // NULL where no gradient is wanted
-    double t0 = t->prof_backward ? seconds_now() : 0;
+    double t0 = t->prof_backward ? now_seconds() : 0;
     t->k->backward(&c, t->grad[i], dx, param(t->gw, node->name, false),
                    param(t->gw, node->name, true));
     if (t->prof_backward)
-      t->prof_backward[i] += seconds_now() - t0;
+      t->prof_backward[i] += now_seconds() - t0;
   }
 }
 
@@ -209,10 +202,10 @@ double trainer_step(Trainer *t, TrainState *s, double lr, const float *x, const 
   double loss = trainer_grad(t, s->w, s->seed, s->step, x, labels, n, NULL, top1);
   if (loss != loss)
     return loss;
-  double t0 = t->prof_update ? seconds_now() : 0;
+  double t0 = t->prof_update ? now_seconds() : 0;
   sgd_update(s->w, s->v, t->gw, lr);
   if (t->prof_update)
-    *t->prof_update += seconds_now() - t0;
+    *t->prof_update += now_seconds() - t0;
   s->step++;
   return loss;
 }
