@@ -246,6 +246,7 @@ Range lrn_input_need(const LrnAttrs *a, int64_t channels, Range r);
 
 Graph *graph_new(const char *name);
 void graph_free(Graph *g);
+Graph *graph_clone(const Graph *g);
 // Appends a node and returns its index. Copies `name`.
 int graph_add(Graph *g, const char *name, OpKind op, SrcLoc loc);
 void node_add_input(Node *n, int input);
@@ -512,10 +513,12 @@ void progress_show(FILE *out, int epoch, int epochs, int64_t step, int64_t steps
 
 typedef struct Trainer Trainer;
 
-// A trainer for the spec's graph as parsed (unfused, one device; it must outlive the
-// trainer), for batches of up to `batch` images. Training needs a network whose output is softmax (the loss takes its input, the
-// logits) or whose output is the logits. NULL with a message otherwise.
-Trainer *trainer_new(const Graph *spec, const TrainKernels *k, int batch);
+// A trainer for the spec's graph as parsed (unfused; it must outlive the trainer), for
+// batches of up to `batch` images, on `devices` logical devices (1: the whole graph;
+// more: the partition pass's model-parallel plan, train/parallel.c). Training needs a
+// network whose output is softmax (the loss takes its input, the logits) or whose output
+// is the logits. NULL with a message otherwise.
+Trainer *trainer_new(const Graph *spec, const TrainKernels *k, int batch, int devices);
 void trainer_free(Trainer *t);
 int trainer_classes(const Trainer *t);
 // Loss and gradients of the mean softmax cross-entropy over n images, with dropout
@@ -534,6 +537,26 @@ void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *
 void trainer_profile(Trainer *t, double *forward_s, double *backward_s, double *update_s);
 // The training plan as text (`alexc dump --train`): forward, loss, backward steps.
 void trainer_dump(const Trainer *t, FILE *out);
+
+// ---- model-parallel training (train/parallel.c), used by the trainer for devices > 1.
+
+typedef struct Split Split;
+
+// Partitions a copy of the spec over `devices` and builds each device's share of every
+// node up to `logits`; needs_grad (per node, kept by reference) says which gradients
+// the backward computes. NULL with a message if the plan cannot be run.
+Split *split_new(const Graph *spec, int devices, int batch, int logits, const bool *needs_grad);
+void split_free(Split *s);
+// The forward pass on every device, transfers included; masks[i] is dropout node i's
+// whole mask (NULL: inference). Writes the whole logits, (n, classes).
+void split_forward(Split *s, const TrainKernels *k, const Weights *w, const float *x, int n,
+                   uint8_t *const *masks, float *logits);
+// The backward pass from dL/d(logits): each device's pieces, and each transfer
+// transposed into a reduction. Writes every parameter gradient of gw.
+void split_backward(Split *s, const TrainKernels *k, const Weights *w, const float *dlogits,
+                    int n, Weights *gw);
+// The devices' pieces and the gradient reductions, for `alexc dump --train --devices N`.
+void split_dump(const Split *s, FILE *out);
 
 // ---------------------------------------------------------------- CLI
 

@@ -47,6 +47,33 @@ void graph_free(Graph *g) {
   free(g);
 }
 
+// A deep copy, for a pass that must not change the graph it was given (the trainer
+// partitions its own copy of the spec).
+Graph *graph_clone(const Graph *src) {
+  Graph *g = xcalloc(1, sizeof *g);
+  *g = *src;
+  g->name = xstrdup(src->name);
+  g->nodes = xcalloc(src->cap_nodes ? src->cap_nodes : 1, sizeof *g->nodes);
+  for (int i = 0; i < src->n_nodes; i++) {
+    Node *n = &g->nodes[i];
+    *n = src->nodes[i];
+    n->name = xstrdup(n->name);
+    n->inputs = xcalloc(n->n_inputs ? n->n_inputs : 1, sizeof *n->inputs);
+    memcpy(n->inputs, src->nodes[i].inputs, n->n_inputs * sizeof *n->inputs);
+    n->epilogue = n->n_epilogue ? xcalloc(n->n_epilogue, sizeof *n->epilogue) : NULL;
+    for (int k = 0; k < n->n_epilogue; k++) {
+      n->epilogue[k] = src->nodes[i].epilogue[k];
+      n->epilogue[k].name = xstrdup(n->epilogue[k].name);
+    }
+  }
+  g->transfers = xcalloc(src->n_transfers ? src->n_transfers : 1, sizeof *g->transfers);
+  memcpy(g->transfers, src->transfers, src->n_transfers * sizeof *g->transfers);
+  g->plan_note = src->plan_note ? xstrdup(src->plan_note) : NULL;
+  g->train.schedule = src->train.schedule ? xstrdup(src->train.schedule) : NULL;
+  g->train.init = src->train.init ? xstrdup(src->train.init) : NULL;
+  return g;
+}
+
 int graph_add(Graph *g, const char *name, OpKind op, SrcLoc loc) {
   if (g->n_nodes == g->cap_nodes) {
     g->cap_nodes = g->cap_nodes ? 2 * g->cap_nodes : 16;

@@ -47,7 +47,7 @@ int bench_train(const char *spec, int batch, int runs, int warmup, int threads, 
     return EXIT_ERR;
   if (threads)
     cpu_train_set_threads(threads);
-  Trainer *t = trainer_new(g, &cpu_train_kernels, batch);
+  Trainer *t = trainer_new(g, &cpu_train_kernels, batch, 1);
   if (!t) {
     graph_free(g);
     return EXIT_ERR;

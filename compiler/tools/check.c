@@ -133,7 +133,7 @@ int cmd_dump(int argc, char **argv) {
     return EXIT_ERR;
   bool ok = true;
   if (train) {
-    Trainer *t = trainer_new(g, &ref_train_kernels, 1);
+    Trainer *t = trainer_new(g, &ref_train_kernels, 1, po.devices);
     if ((ok = t != NULL))
       trainer_dump(t, stdout);
     trainer_free(t);

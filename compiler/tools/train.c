@@ -54,6 +54,9 @@ static const char TRAIN_HELP[] =
     "                      only)\n"
     "  --resume            continue the run in DIR from its checkpoint\n"
     "  --threads N         threads for the kernels (default: all CPUs this process has)\n"
+    "  --devices N         train model-parallel on N logical devices, as the paper split\n"
+    "                      AlexNet over two GPUs: the partition plan's channel split,\n"
+    "                      its transfers forward and their sums backward (default 1)\n"
     "  --quiet             no progress, only the per-epoch lines\n"
     "\n"
     "Ctrl-C (or SIGTERM) finishes the step, writes a checkpoint and stops; --resume\n"
@@ -61,7 +64,7 @@ static const char TRAIN_HELP[] =
 
 static const char EVAL_HELP[] =
     "usage: alexc eval SPEC --weights W --data PATH [--ten-crop] [--target T] [--batch B]\n"
-    "                  [--limit N] [--threads N]\n"
+    "                  [--limit N] [--threads N] [--devices N]\n"
     "\n"
     "Prints the mean cross-entropy loss, top-1 and top-5 accuracy of weights W on the\n"
     "test split of PATH (see alexc train --help). --ten-crop averages the softmax of the\n"
@@ -80,7 +83,7 @@ typedef struct {
 // section, then from the defaults (resolve_settings): 0 and NULL mean "not set yet".
 typedef struct {
   const char *spec, *data, *out, *weights, *target;
-  int epochs, batch, threads, checkpoint_every;
+  int epochs, batch, threads, checkpoint_every, devices;
   double lr, warmup;  // warmup < 0: not set
   const char *schedule_text, *init_text;
   Schedule schedule;
@@ -261,22 +264,27 @@ static bool exists(const char *path) {
 
 // The settings that decide a run's bits, one "key value" per line: a resumed run must
 // use the same, or it would not continue the same run.
+// The device count rounds differently (partial input gradients are summed across devices),
+// so it is part of the config; its line appears only above 1, so that runs made before
+// --devices existed still resume.
 static char *config_text(const TrainArgs *a) {
   const char *sched[] = {"constant", "step", "plateau", "cosine"};
-  char at[200] = "";
+  char at[200] = "", devices[32] = "";
   for (int i = 0; i < a->schedule.n_at; i++)
     snprintf(at + strlen(at), sizeof at - strlen(at), "%s%d", i ? "," : "", a->schedule.at[i]);
+  if (a->devices > 1)
+    snprintf(devices, sizeof devices, "devices %d\n", a->devices);
   return format("spec %s\ndata %s\ntarget %s\nepochs %d\nbatch %d\nlr %a\nschedule %s %s %d\n"
-                "warmup %a\nseed %llu\ninit %s\nweights %s\nlimit %lld\naugment %d\n",
+                "warmup %a\nseed %llu\ninit %s\nweights %s\nlimit %lld\naugment %d\n%s",
                 a->spec, a->data, a->target, a->epochs, a->batch, a->lr,
                 sched[a->schedule.kind], at, a->schedule.patience, a->schedule.warmup,
                 (unsigned long long)a->seed, a->init == INIT_FAN_IN ? "fan-in" : "spec",
-                a->weights ? a->weights : "-", (long long)a->limit, a->augment);
+                a->weights ? a->weights : "-", (long long)a->limit, a->augment, devices);
 }
 
 // The first line where two configs differ, for the message.
 static void first_difference(const char *want, const char *got, char *out, size_t size) {
-  while (*want && *got) {
+  while (*want || *got) {  // a line only one side has (devices) differs from nothing
     size_t lw = strcspn(want, "\n"), lg = strcspn(got, "\n");
     if (lw != lg || strncmp(want, got, lw)) {
       snprintf(out, size, "'%.*s' (this command) against '%.*s' (the run)", (int)lw, want,
@@ -541,7 +549,7 @@ static int train_run(TrainArgs *a) {
     cpu_train_set_threads(a->threads);
   DataOptions dtr = data_options(g, a, true), dte = data_options(g, a, false);
   if (!(r.train = data_open(a->data, &dtr)) || !(r.test = data_open(a->data, &dte)) ||
-      !(r.t = trainer_new(g, target->train, a->batch)))
+      !(r.t = trainer_new(g, target->train, a->batch, a->devices)))
     goto done;
   if (!classes_fit(r.train, r.t, a->data, g))
     goto done;
@@ -587,7 +595,7 @@ done:
 enum {
   OPT_DATA = 1200, OPT_OUT, OPT_TARGET, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
   OPT_INIT, OPT_WEIGHTS, OPT_SEED, OPT_NO_AUGMENT, OPT_LIMIT, OPT_TEST_LIMIT, OPT_CHECKPOINT,
-  OPT_RESUME, OPT_THREADS, OPT_QUIET, OPT_TEN_CROP, OPT_HELP
+  OPT_RESUME, OPT_THREADS, OPT_DEVICES, OPT_QUIET, OPT_TEN_CROP, OPT_HELP
 };
 
 static const struct option TRAIN_OPTIONS[] = {
@@ -608,6 +616,7 @@ static const struct option TRAIN_OPTIONS[] = {
     {"checkpoint-every", required_argument, 0, OPT_CHECKPOINT},
     {"resume", no_argument, 0, OPT_RESUME},
     {"threads", required_argument, 0, OPT_THREADS},
+    {"devices", required_argument, 0, OPT_DEVICES},
     {"quiet", no_argument, 0, OPT_QUIET},
     {"ten-crop", no_argument, 0, OPT_TEN_CROP},
     {"help", no_argument, 0, OPT_HELP},
@@ -651,6 +660,9 @@ static int train_option(const char *cmd, int c, const char *arg, TrainArgs *a, b
   case OPT_THREADS:
     return parse_int_in(arg, 1, 1024, &a->threads) ? 0
            : usage_error(cmd, "--threads wants 1 to 1024, not '%s'", arg);
+  case OPT_DEVICES:
+    return parse_int_in(arg, 1, MAX_DEVICES, &a->devices) ? 0
+           : usage_error(cmd, "--devices wants 1 to %d, not '%s'", MAX_DEVICES, arg);
   case OPT_CHECKPOINT:
     return parse_int_in(arg, 0, 1 << 30, &a->checkpoint_every) ? 0
            : usage_error(cmd, "--checkpoint-every wants a step count, not '%s'", arg);
@@ -685,7 +697,7 @@ static int train_option(const char *cmd, int c, const char *arg, TrainArgs *a, b
 static TrainArgs train_defaults(void) {
   return (TrainArgs){.target = "cpu", .warmup = -1, .augment = -1, .init = INIT_SPEC,
                      .schedule = {.kind = SCHED_COSINE, .patience = 1}, .seed = 1,
-                     .checkpoint_every = 1000};
+                     .checkpoint_every = 1000, .devices = 1};
 }
 
 // Parses train's or eval's command line into a: 0 to go on, else the exit status (after
@@ -750,7 +762,7 @@ int cmd_eval(int argc, char **argv) {
   o.ten_crop = ten_crop;
   Weights *w = weights_load(g, a.weights);
   Dataset *d = w ? data_open(a.data, &o) : NULL;
-  Trainer *t = d ? trainer_new(g, target->train, a.batch) : NULL;
+  Trainer *t = d ? trainer_new(g, target->train, a.batch, a.devices) : NULL;
   if (t && !classes_fit(d, t, a.data, g)) {
     trainer_free(t);
     t = NULL;

@@ -28,6 +28,7 @@ struct Trainer {
   float **grad;    // per node: dL/d(output), when needs_grad
   uint8_t **mask;  // per dropout node: the step's keep mask
   Weights *gw;     // gradients of the parameters
+  Split *split;    // devices > 1: the model-parallel plan (act and grad: logits only)
   double *prof_forward, *prof_backward, *prof_update;  // trainer_profile, or NULL
 };
 
@@ -59,7 +60,7 @@ static void plan_grads(Trainer *t) {
   }
 }
 
-Trainer *trainer_new(const Graph *spec, const TrainKernels *k, int batch) {
+Trainer *trainer_new(const Graph *spec, const TrainKernels *k, int batch, int devices) {
   int logits = find_logits(spec);
   const Node *ln = &spec->nodes[logits];
   if (ln->out.rank != 1 || ln->out.c < 2) {
@@ -74,10 +75,16 @@ Trainer *trainer_new(const Graph *spec, const TrainKernels *k, int batch) {
   t->grad = xcalloc(spec->n_nodes, sizeof *t->grad);
   t->mask = xcalloc(spec->n_nodes, sizeof *t->mask);
   plan_grads(t);
+  if (devices > 1 && !(t->split = split_new(spec, devices, batch, logits, t->needs_grad))) {
+    trainer_free(t);
+    return NULL;
+  }
   for (int i = 0; i <= logits; i++) {
-    t->act[i] = xcalloc(elems(t, i), sizeof(float));
-    if (t->needs_grad[i])
-      t->grad[i] = xcalloc(elems(t, i), sizeof(float));
+    if (!t->split || i == logits) {  // with a split, the devices hold the rest
+      t->act[i] = xcalloc(elems(t, i), sizeof(float));
+      if (t->needs_grad[i])
+        t->grad[i] = xcalloc(elems(t, i), sizeof(float));
+    }
     if (spec->nodes[i].op == OP_DROPOUT)
       t->mask[i] = xcalloc(elems(t, i), 1);
   }
@@ -97,6 +104,7 @@ void trainer_free(Trainer *t) {
   free(t->grad);
   free(t->mask);
   free(t->needs_grad);
+  split_free(t->split);
   weights_free(t->gw);
   free(t);
 }
@@ -120,6 +128,16 @@ static OpCall call_for(const Trainer *t, const Weights *w, int i, int n, const f
 // (seed, step); without, dropout is the identity (inference).
 static void forward(Trainer *t, const Weights *w, const float *x, int n, bool training,
                     uint64_t seed, int64_t step) {
+  if (t->split) {
+    for (int i = 1; training && i <= t->logits; i++) {
+      const Node *node = &t->g->nodes[i];
+      if (node->op == OP_DROPOUT)
+        dropout_mask(seed, (uint64_t)step, node->name, shape_elems(node->out) * n,
+                     node->dropout.p, t->mask[i]);
+    }
+    split_forward(t->split, t->k, w, x, n, training ? t->mask : NULL, t->act[t->logits]);
+    return;
+  }
   memcpy(t->act[0], x, shape_elems(t->g->nodes[0].out) * n * sizeof(float));
   const float *xs[64];
   for (int i = 1; i <= t->logits; i++) {
@@ -139,6 +157,10 @@ static void forward(Trainer *t, const Weights *w, const float *x, int n, bool tr
 
 // The backward pass from dL/d(logits), already in grad[logits].
 static void backward(Trainer *t, const Weights *w, int n) {
+  if (t->split) {
+    split_backward(t->split, t->k, w, t->grad[t->logits], n, t->gw);
+    return;
+  }
   for (int i = 0; i < t->logits; i++)
     if (t->grad[i])
       memset(t->grad[i], 0, elems(t, i) * sizeof(float));
@@ -251,4 +273,6 @@ void trainer_dump(const Trainer *t, FILE *out) {
     fprintf(out, "\n");
   }
   fprintf(out, "update: v = 0.9 v - 0.0005 lr w - lr dw; w += v (%d tensors)\n", t->gw->n);
+  if (t->split)
+    split_dump(t->split, out);
 }

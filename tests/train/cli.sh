@@ -5,8 +5,9 @@
 #           weights, byte for byte, as one never interrupted;
 #   errors: bad flags, bad data and a used --out directory get one message and a
 #           non-zero exit;
-#   photos: a folder of JPEG/PNG photos through train and eval --ten-crop.
-# usage: cli.sh ALEXC [learn|resume|errors|photos]   (no argument: all four)
+#   photos: a folder of JPEG/PNG photos through train and eval --ten-crop;
+#   devices: --devices 2 (the paper's model-parallel split) trains like one device.
+# usage: cli.sh ALEXC [learn|resume|errors|photos|devices]   (no argument: all five)
 set -euo pipefail
 alexc="$1"
 part="${2:-all}"
@@ -157,12 +158,30 @@ YAML
   grep -q "^4 images (ten crops each)" "$tmp/ten.txt" || fail "eval --ten-crop: $(cat "$tmp/ten.txt")"
 }
 
+# --devices 2 and one device, the same 10 steps: the same losses (to float rounding: the
+# split sums partial input gradients across devices; test_steps checks the weights), and
+# a run's device count is part of its settings on --resume.
+devices() {
+  run "$tmp/one" --epochs 1 --limit 400 > /dev/null
+  run "$tmp/two" --epochs 1 --limit 400 --devices 2 > /dev/null
+  for col in train_loss test_loss; do
+    a=$(metric "$tmp/one/metrics.csv" $col) b=$(metric "$tmp/two/metrics.csv" $col)
+    echo "$col: one device $a, two devices $b"
+    awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; exit !(d * d <= 1e-10 * a * a) }' ||
+      fail "$col differs between one and two devices: $a against $b"
+  done
+  expect 1 train "$spec" --data "$data" --out "$tmp/two" --limit 400 --test-limit 200 \
+    --epochs 1 --batch 40 --lr 0.02 --init fan-in --checkpoint-every 5 --resume
+  expect 2 train "$spec" --data "$data" --out "$tmp/e" --devices 9
+}
+
 case "$part" in
   learn) learn ;;
   photos) photos ;;
   resume) resume ;;
   errors) errors ;;
-  all) learn; resume; errors; photos ;;
+  devices) devices ;;
+  all) learn; resume; errors; photos; devices ;;
   *) fail "unknown part $part" ;;
 esac
 echo "ok"

@@ -1,7 +1,9 @@
 # 20 SGD steps through the trainer against PyTorch (tests/train/golden/, written by
 # make_train_golden.py), with each kernel table. mini_alexnet: label 'train'. AlexNet:
 # label 'slow' only (the double-accumulating reference backward takes minutes on it), and
-# not in the sanitizer build.
+# not in the sanitizer build. The .dN tests train on N logical devices (--devices N) and
+# also check the result against one device's: 2 is the paper's split, 4 splits conv2's
+# two channel groups between devices.
 add_executable(test_steps ${CMAKE_CURRENT_LIST_DIR}/test_steps.c)
 target_link_libraries(test_steps PRIVATE alexc_core)
 foreach(_kernels ref cpu)
@@ -9,6 +11,10 @@ foreach(_kernels ref cpu)
            COMMAND test_steps ${_kernels} ${CMAKE_CURRENT_LIST_DIR}/golden/mini_alexnet
            WORKING_DIRECTORY ${ALEXC_ROOT})
   alexc_label(train.steps.${_kernels}.mini_alexnet train)
+  add_test(NAME train.steps.${_kernels}.mini_alexnet.d2
+           COMMAND test_steps ${_kernels} ${CMAKE_CURRENT_LIST_DIR}/golden/mini_alexnet 2
+           WORKING_DIRECTORY ${ALEXC_ROOT})
+  alexc_label(train.steps.${_kernels}.mini_alexnet.d2 train)
   if(NOT ALEXC_SANITIZE)
     add_test(NAME train.steps.${_kernels}.alexnet
              COMMAND test_steps ${_kernels} ${CMAKE_CURRENT_LIST_DIR}/golden/alexnet
@@ -17,3 +23,13 @@ foreach(_kernels ref cpu)
     set_tests_properties(train.steps.${_kernels}.alexnet PROPERTIES TIMEOUT 3600)
   endif()
 endforeach()
+add_test(NAME train.steps.cpu.mini_alexnet.d4
+         COMMAND test_steps cpu ${CMAKE_CURRENT_LIST_DIR}/golden/mini_alexnet 4
+         WORKING_DIRECTORY ${ALEXC_ROOT})
+alexc_label(train.steps.cpu.mini_alexnet.d4 train)
+if(NOT ALEXC_SANITIZE)
+  add_test(NAME train.steps.cpu.alexnet.d2
+           COMMAND test_steps cpu ${CMAKE_CURRENT_LIST_DIR}/golden/alexnet 2
+           WORKING_DIRECTORY ${ALEXC_ROOT})
+  alexc_label(train.steps.cpu.alexnet.d2 slow)
+endif()

@@ -1,7 +1,7 @@
 // 20 steps of SGD through the trainer against PyTorch (tests/train/golden/CASE, written by
 // tests/train/make_train_golden.py in float64).
 //
-//   test_steps ref|cpu GOLDEN_DIR
+//   test_steps ref|cpu GOLDEN_DIR [DEVICES]
 //
 // The manifest's paths are relative to GOLDEN_DIR (the spec's may be absolute).
 // Regenerates what the golden started from (weights_init with the manifest's seed and
@@ -11,15 +11,21 @@
 // tensor (or, for AlexNet, the golden's samples of it: flat indices k * stride, stride =
 // ceil(elems / sample_max)) within 1e-4: max|got - want| / max|want| per tensor, as
 // compare() in compiler/tools/cli.c, and |got - want| / |want| per loss.
+//
+// With DEVICES > 1 the trainer runs the model-parallel plan (train/parallel.c), and a
+// one-device trainer takes the same steps beside it: the two must end with the same
+// weights within DEVICE_TOLERANCE. They are not bit-identical by design: a layer split
+// over devices sums its partial input gradients across them, a float addition the single
+// device does in another order (its kernels accumulate the whole sum at once).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "alexc.h"
 #include "tools/cli.h"
 
 #define TOLERANCE 1e-4
+#define DEVICE_TOLERANCE 1e-5
 
 typedef struct {
   char spec[512], init[32], weights[256];
@@ -81,12 +87,6 @@ static bool read_manifest(const char *dir, Manifest *m) {
   return true;
 }
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 // Compares one tensor (or its samples); prints a line; returns whether it passes.
 static bool check_tensor(const char *name, const float *got, const float *want, int64_t n,
                          double *worst) {
@@ -99,9 +99,27 @@ static bool check_tensor(const char *name, const float *got, const float *want, 
   return ok;
 }
 
+// The N-device run against the one-device run that took the same steps.
+static bool check_devices(const TrainState *many, const TrainState *one, int devices) {
+  double worst = 0;
+  int64_t at = 0;
+  const char *where = "";
+  for (int i = 0; i < many->w->n; i++) {
+    Compare c = compare(many->w->data[i], one->w->data[i], many->w->info[i].elems);
+    if (!c.finite || !(c.rel <= worst))
+      worst = c.finite ? c.rel : INFINITY, at = c.at, where = many->w->info[i].name;
+  }
+  bool ok = worst <= DEVICE_TOLERANCE;
+  printf("%s: %d devices against 1: worst weight rel err %.3g (%s at %lld; tolerance %g)\n",
+         ok ? "PASS" : "FAIL", devices, worst, where, (long long)at, DEVICE_TOLERANCE);
+  return ok;
+}
+
 int main(int argc, char **argv) {
-  if (argc != 3 || (strcmp(argv[1], "ref") && strcmp(argv[1], "cpu"))) {
-    fprintf(stderr, "usage: test_steps ref|cpu GOLDEN_DIR\n");
+  int devices = 1;
+  if (argc < 3 || argc > 4 || (strcmp(argv[1], "ref") && strcmp(argv[1], "cpu")) ||
+      (argc == 4 && !parse_int_in(argv[3], 1, MAX_DEVICES, &devices))) {
+    fprintf(stderr, "usage: test_steps ref|cpu GOLDEN_DIR [DEVICES]\n");
     return 2;
   }
   const TrainKernels *k = !strcmp(argv[1], "ref") ? &ref_train_kernels : &cpu_train_kernels;
@@ -117,8 +135,9 @@ int main(int argc, char **argv) {
   Graph *g = load_spec(m.spec);
   if (!g)
     return 1;
-  Trainer *t = trainer_new(g, k, m.batch);
-  if (!t)
+  Trainer *t = trainer_new(g, k, m.batch, devices);
+  Trainer *single = devices > 1 ? trainer_new(g, k, m.batch, 1) : NULL;
+  if (!t || (devices > 1 && !single))
     return 1;
   int classes = trainer_classes(t);
   int64_t n_total = (int64_t)m.batch * m.steps, image = shape_elems(g->nodes[0].out);
@@ -129,18 +148,25 @@ int main(int argc, char **argv) {
 
   TrainState s = {.w = weights_init(g, m.seed, scheme), .v = weights_zeros(g), .step = 0,
                   .seed = m.train_seed, .lr = m.lr};
+  TrainState s1 = s;  // the one-device twin
+  if (single)
+    s1.w = weights_init(g, m.seed, scheme), s1.v = weights_zeros(g);
   char *loss_path = format("%s/losses.npy", dir);
   RtTensor want_loss;
   if (!rt_npy_load(loss_path, &want_loss) || want_loss.elems != m.steps) {
     fprintf(stderr, "%s: cannot load, or not %d losses\n", loss_path, m.steps);
     return 1;
   }
-  printf("%s, %s kernels: %d steps of batch %d\n", dir, k->name, m.steps, m.batch);
+  printf("%s, %s kernels: %d steps of batch %d on %d device(s)\n", dir, k->name, m.steps,
+         m.batch, devices);
   bool ok = true;
-  double worst_loss = 0, t0 = now();
+  double worst_loss = 0, t0 = now_seconds();
   for (int step = 0; step < m.steps; step++) {
     double loss = trainer_step(t, &s, m.lr, x + (int64_t)step * m.batch * image,
                                labels + (int64_t)step * m.batch, m.batch, NULL);
+    if (single)
+      trainer_step(single, &s1, m.lr, x + (int64_t)step * m.batch * image,
+                   labels + (int64_t)step * m.batch, m.batch, NULL);
     double want = want_loss.data[step];
     double rel = fabs(loss - want) / fabs(want);
     bool pass = rel <= TOLERANCE;  // false for NaN
@@ -151,7 +177,7 @@ int main(int argc, char **argv) {
            pass ? "" : "  FAIL");
     fflush(stdout);
   }
-  printf("  %d steps in %.1f s; trainer step count %lld\n", m.steps, now() - t0,
+  printf("  %d steps in %.1f s; trainer step count %lld\n", m.steps, now_seconds() - t0,
          (long long)s.step);
   if (s.step != m.steps) {
     printf("  FAIL: TrainState.step is %lld after %d steps\n", (long long)s.step, m.steps);
@@ -193,6 +219,12 @@ int main(int argc, char **argv) {
   }
   printf("%s: %s kernels: worst loss rel err %.3g, worst weight rel err %.3g (tolerance %g)\n",
          ok ? "PASS" : "FAIL", k->name, worst_loss, worst_w, TOLERANCE);
+  if (single) {
+    ok &= check_devices(&s, &s1, devices);
+    weights_free(s1.w);
+    weights_free(s1.v);
+    trainer_free(single);
+  }
 
   rt_tensor_free(&want_loss);
   free(loss_path);
