@@ -59,7 +59,8 @@ Graph *graph_clone(const Graph *src) {
     *n = src->nodes[i];
     n->name = xstrdup(n->name);
     n->inputs = xcalloc(n->n_inputs ? n->n_inputs : 1, sizeof *n->inputs);
-    memcpy(n->inputs, src->nodes[i].inputs, n->n_inputs * sizeof *n->inputs);
+    if (n->n_inputs)
+      memcpy(n->inputs, src->nodes[i].inputs, n->n_inputs * sizeof *n->inputs);
     n->epilogue = n->n_epilogue ? xcalloc(n->n_epilogue, sizeof *n->epilogue) : NULL;
     for (int k = 0; k < n->n_epilogue; k++) {
       n->epilogue[k] = src->nodes[i].epilogue[k];
@@ -67,7 +68,8 @@ Graph *graph_clone(const Graph *src) {
     }
   }
   g->transfers = xcalloc(src->n_transfers ? src->n_transfers : 1, sizeof *g->transfers);
-  memcpy(g->transfers, src->transfers, src->n_transfers * sizeof *g->transfers);
+  if (src->n_transfers)
+    memcpy(g->transfers, src->transfers, src->n_transfers * sizeof *g->transfers);
   g->plan_note = src->plan_note ? xstrdup(src->plan_note) : NULL;
   g->train.schedule = src->train.schedule ? xstrdup(src->train.schedule) : NULL;
   g->train.init = src->train.init ? xstrdup(src->train.init) : NULL;
