@@ -15,7 +15,9 @@
 
 #include "../alexc.h"
 
-#define MAX_VALID 4  // own channels, a received range on either side, one spare
+// Own channels, plus what each other device sends on either side of them. Received
+// ranges that touch are merged, so in practice a buffer needs three.
+#define MAX_VALID (2 * MAX_DEVICES + 1)
 
 // Which channels of a buffer hold data yet: computed here or received.
 typedef struct {
@@ -54,9 +56,28 @@ static float *chan(View v, int img, int64_t c) {
   return v.data + ((int64_t)img * range_len(v.held) + (c - v.held.begin)) * shape_plane(v.shape);
 }
 
+// Adds r to the valid ranges, merging it with those it touches. Running out of room
+// stops with an internal error: dropping a range would turn a correct plan into a
+// spurious "neither computed nor received".
 static void mark_valid(Valid *v, Range r) {
-  if (range_len(r) && v->n < MAX_VALID)
-    v->r[v->n++] = r;
+  if (!range_len(r))
+    return;
+  for (int k = 0; k < v->n;) {
+    Range q = v->r[k];
+    if (q.end < r.begin || r.end < q.begin) {
+      k++;
+      continue;
+    }
+    r = (Range){q.begin < r.begin ? q.begin : r.begin, q.end > r.end ? q.end : r.end};
+    v->r[k] = v->r[--v->n];  // absorbed: re-check the rest against the union
+    k = 0;
+  }
+  if (v->n == MAX_VALID) {
+    fprintf(stderr, "alexc: internal error: more than %d separate channel ranges valid in one "
+            "buffer\n", MAX_VALID);
+    abort();
+  }
+  v->r[v->n++] = r;
 }
 
 // ---------------------------------------------------------------- ops
