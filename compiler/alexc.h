@@ -33,6 +33,11 @@ void error_at(SrcLoc loc, const char *fmt, ...) __attribute__((format(printf, 2,
 // Prints "alexc: error: ..." to stderr.
 void error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+// The closest of `words` (NULL entries skipped) to `s`, if it is close enough to be a
+// typo: at most two edits, and at most half the longer word's length ('foo' is not
+// 'op'). NULL otherwise. For "did you mean" messages.
+const char *closest_word(const char *s, const char *const *words, int n);
+
 // Allocation that never returns NULL (out of memory is fatal, not a user error).
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t size);

@@ -22,6 +22,45 @@ void error_at(SrcLoc loc, const char *fmt, ...) {
   va_end(ap);
 }
 
+// Levenshtein distance; names longer than 128 characters count as far from everything.
+static int edit_distance(const char *a, const char *b) {
+  int la = (int)strlen(a), lb = (int)strlen(b);
+  if (la > 128 || lb > 128)
+    return 1 << 20;
+  int prev[129], cur[129];
+  for (int j = 0; j <= lb; j++)
+    prev[j] = j;
+  for (int i = 1; i <= la; i++) {
+    cur[0] = i;
+    for (int j = 1; j <= lb; j++) {
+      int best = prev[j - 1] + (a[i - 1] != b[j - 1]);
+      if (prev[j] + 1 < best)
+        best = prev[j] + 1;
+      if (cur[j - 1] + 1 < best)
+        best = cur[j - 1] + 1;
+      cur[j] = best;
+    }
+    memcpy(prev, cur, (lb + 1) * sizeof *prev);
+  }
+  return prev[lb];
+}
+
+const char *closest_word(const char *s, const char *const *words, int n) {
+  const char *best = NULL;
+  int best_d = 3;
+  for (int i = 0; i < n; i++) {
+    if (!words[i])
+      continue;
+    int d = edit_distance(s, words[i]);
+    int longer = (int)(strlen(s) > strlen(words[i]) ? strlen(s) : strlen(words[i]));
+    if (d < best_d && 2 * d <= longer) {
+      best_d = d;
+      best = words[i];
+    }
+  }
+  return best;
+}
+
 void error(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);

@@ -69,8 +69,10 @@ typedef struct {
 bool rt_st_open(const char *path, RtSafetensors *st);
 void rt_st_close(RtSafetensors *st);
 const RtStEntry *rt_st_find(const RtSafetensors *st, const char *name);
-// Copies a tensor as float32 after checking dtype (F32) and shape; messages name
-// the file and the tensor.
+// Copies a tensor as float32 after checking its shape; F16, BF16 and F64 data are
+// converted (rt_st_convertible), other dtypes refused. Messages name the file and the
+// tensor.
+bool rt_st_convertible(const char *dtype);
 bool rt_st_read_f32(const RtSafetensors *st, const char *name, int rank, const int64_t *dims,
                     float *dst);
 

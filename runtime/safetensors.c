@@ -167,13 +167,70 @@ static void shape_text(int rank, const int64_t *dims, char *buf, size_t size) {
     snprintf(buf + n, size - n, "]");
 }
 
+// IEEE half to float, subnormals, infinities and NaNs included.
+static float half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, mant = h & 1023, bits;
+  if (exp == 31) {
+    bits = sign | 0x7f800000u | mant << 13;
+  } else if (exp) {
+    bits = sign | (exp + 112) << 23 | mant << 13;
+  } else if (mant) {  // subnormal: normalise
+    int shift = 0;
+    while (!(mant & 1024))
+      mant <<= 1, shift++;
+    bits = sign | (uint32_t)(113 - shift) << 23 | (mant & 1023) << 13;
+  } else {
+    bits = sign;
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Converts a tensor's data to float32: F32 copied; F16, BF16 widened exactly; F64
+// rounded, refused where a finite value does not fit a float. Data may be unaligned.
+static bool to_f32(const RtSafetensors *st, const RtStEntry *e, float *dst) {
+  const uint8_t *src = st->data + e->offset;
+  if (!strcmp(e->dtype, "F32")) {
+    memcpy(dst, src, e->nbytes);
+    return true;
+  }
+  for (int64_t i = 0; i < e->elems; i++) {
+    if (!strcmp(e->dtype, "F64")) {
+      double v;
+      memcpy(&v, src + 8 * i, 8);
+      if (v == v && (v > 3.4028234663852886e38 || v < -3.4028234663852886e38) &&
+          v - v == 0)
+        return rt_fail("%s: tensor '%s': F64 value %g at element %lld is outside float32's "
+                       "range", st->path, e->name, v, (long long)i);
+      dst[i] = (float)v;
+    } else {
+      uint16_t h;
+      memcpy(&h, src + 2 * i, 2);
+      if (!strcmp(e->dtype, "F16")) {
+        dst[i] = half_to_float(h);
+      } else {
+        uint32_t bits = (uint32_t)h << 16;
+        memcpy(&dst[i], &bits, 4);
+      }
+    }
+  }
+  return true;
+}
+
+bool rt_st_convertible(const char *dtype) {
+  return !strcmp(dtype, "F32") || !strcmp(dtype, "F16") || !strcmp(dtype, "BF16") ||
+         !strcmp(dtype, "F64");
+}
+
 bool rt_st_read_f32(const RtSafetensors *st, const char *name, int rank, const int64_t *dims,
                     float *dst) {
   const RtStEntry *e = rt_st_find(st, name);
   if (!e)
     return rt_fail("%s: tensor '%s' is missing", st->path, name);
-  if (strcmp(e->dtype, "F32") != 0)
-    return rt_fail("%s: tensor '%s' has dtype %s, want F32", st->path, name, e->dtype);
+  if (!rt_st_convertible(e->dtype))
+    return rt_fail("%s: tensor '%s' has dtype %s; weights must be F32, F16, BF16 or F64",
+                   st->path, name, e->dtype);
   bool same = e->rank == rank;
   for (int i = 0; same && i < rank; i++)
     same = e->dims[i] == dims[i];
@@ -183,8 +240,7 @@ bool rt_st_read_f32(const RtSafetensors *st, const char *name, int rank, const i
     shape_text(rank, dims, want, sizeof want);
     return rt_fail("%s: tensor '%s' has shape %s, want %s", st->path, name, have, want);
   }
-  memcpy(dst, st->data + e->offset, e->nbytes);
-  return true;
+  return to_f32(st, e, dst);
 }
 
 bool rt_st_encode(const char *path, const RtStTensor *tensors, int n, const char *const *keys,

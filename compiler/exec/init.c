@@ -87,6 +87,57 @@ Weights *weights_init(const Graph *g, uint64_t seed, InitScheme scheme) {
   return w;
 }
 
+static bool used_by(const Weights *w, const char *name) {
+  for (int j = 0; j < w->n; j++)
+    if (!strcmp(name, w->info[j].name))
+      return true;
+  return false;
+}
+
+// A training checkpoint's momenta ("momentum/<name>") are expected extras.
+static bool expected_extra(const RtSafetensors *st, const char *name) {
+  const char *format = rt_st_meta(st, "format");
+  return format && !strncmp(format, "alexc-checkpoint-", 17) && !strncmp(name, "momentum/", 9);
+}
+
+// A tensor the network needs is not in the file: name the closest tensor the network
+// does not use (a typo such as 'fc.weights'), and the file's unused tensors.
+static void report_missing(const RtSafetensors *st, const Weights *w, const char *missing,
+                           const Graph *g) {
+  const char **strays = xcalloc(st->n + 1, sizeof *strays);
+  int n = 0;
+  for (int i = 0; i < st->n; i++)
+    if (!used_by(w, st->entries[i].name) && !expected_extra(st, st->entries[i].name))
+      strays[n++] = st->entries[i].name;
+  const char *guess = closest_word(missing, strays, n);
+  char list[320] = "";
+  for (int i = 0; i < n && strlen(list) < 240; i++)
+    snprintf(list + strlen(list), sizeof list - strlen(list), "%s'%s'", i ? ", " : "", strays[i]);
+  if (strlen(list) >= 240)
+    snprintf(list + strlen(list), sizeof list - strlen(list), ", ...");
+  char *tail = n ? format(" (the file's tensors that network '%s' does not use: %s)", g->name, list)
+                 : xstrdup("");
+  if (guess)
+    error("%s: tensor '%s' is missing; did you mean '%s'?%s", st->path, missing, guess, tail);
+  else
+    error("%s: tensor '%s' is missing%s", st->path, missing, tail);
+  free(tail);
+  free(strays);
+}
+
+// Says which tensors were converted to float32 (F16, BF16, F64 are accepted).
+static void note_conversions(const RtSafetensors *st, const Weights *w) {
+  static const char *const dtypes[] = {"F16", "BF16", "F64"};
+  for (int k = 0; k < 3; k++) {
+    int count = 0;
+    for (int i = 0; i < st->n; i++)
+      count += used_by(w, st->entries[i].name) && !strcmp(st->entries[i].dtype, dtypes[k]);
+    if (count)
+      fprintf(stderr, "alexc: note: %s: converted %d %s tensor%s to float32\n", st->path, count,
+              dtypes[k], count == 1 ? "" : "s");
+  }
+}
+
 Weights *weights_load(const Graph *g, const char *path) {
   RtSafetensors st;
   if (!rt_st_open(path, &st)) {
@@ -96,25 +147,23 @@ Weights *weights_load(const Graph *g, const char *path) {
   Weights *w = weights_zeros(g);
   for (int i = 0; i < w->n; i++) {
     const ParamInfo *p = &w->info[i];
-    if (!rt_st_read_f32(&st, p->name, p->rank, p->dims, w->data[i])) {
+    if (!rt_st_find(&st, p->name)) {
+      report_missing(&st, w, p->name, g);
+    } else if (rt_st_read_f32(&st, p->name, p->rank, p->dims, w->data[i])) {
+      continue;
+    } else {
       error("%s", rt_error());
-      weights_free(w);
-      rt_st_close(&st);
-      return NULL;
     }
+    weights_free(w);
+    rt_st_close(&st);
+    return NULL;
   }
-  // A tensor the network does not use usually means the file is for another spec
-  // (a training checkpoint's momenta, "momentum/<name>", are expected extras).
-  const char *format = rt_st_meta(&st, "format");
-  bool checkpoint = format && !strncmp(format, "alexc-checkpoint-", 17);
-  for (int i = 0; i < st.n; i++) {
-    bool known = checkpoint && !strncmp(st.entries[i].name, "momentum/", 9);
-    for (int j = 0; j < w->n && !known; j++)
-      known = !strcmp(st.entries[i].name, w->info[j].name);
-    if (!known)
+  note_conversions(&st, w);
+  // A tensor the network does not use usually means the file is for another spec.
+  for (int i = 0; i < st.n; i++)
+    if (!used_by(w, st.entries[i].name) && !expected_extra(&st, st.entries[i].name))
       fprintf(stderr, "alexc: warning: %s: tensor '%s' is not used by network '%s'\n", path,
               st.entries[i].name, g->name);
-  }
   rt_st_close(&st);
   return w;
 }

@@ -88,45 +88,6 @@ static const char *describe(yaml_node_t *v) {
 
 // ---------------------------------------------------------------- mappings
 
-static int edit_distance(const char *a, const char *b) {
-  int la = (int)strlen(a), lb = (int)strlen(b);
-  if (la > 32 || lb > 32)
-    return 99;
-  int d[33][33];
-  for (int i = 0; i <= la; i++)
-    d[i][0] = i;
-  for (int j = 0; j <= lb; j++)
-    d[0][j] = j;
-  for (int i = 1; i <= la; i++)
-    for (int j = 1; j <= lb; j++) {
-      int best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
-      if (d[i - 1][j] + 1 < best)
-        best = d[i - 1][j] + 1;
-      if (d[i][j - 1] + 1 < best)
-        best = d[i][j - 1] + 1;
-      d[i][j] = best;
-    }
-  return d[la][lb];
-}
-
-// The closest of `words` to `s`, if it is close enough to be a typo: at most two
-// edits, and at most half the length of the longer word ('foo' is not 'op').
-static const char *suggest(const char *s, const char *const *words, int n) {
-  const char *best = NULL;
-  int best_d = 3;
-  for (int i = 0; i < n; i++) {
-    if (!words[i])
-      continue;
-    int d = edit_distance(s, words[i]);
-    int longer = (int)(strlen(s) > strlen(words[i]) ? strlen(s) : strlen(words[i]));
-    if (d < best_d && 2 * d <= longer) {
-      best_d = d;
-      best = words[i];
-    }
-  }
-  return best;
-}
-
 static bool in_list(const char *s, const char *const *words) {
   for (; *words; words++)
     if (!strcmp(s, *words))
@@ -191,7 +152,7 @@ static bool check_keys(Ctx *cx, yaml_node_t *map, const char *const *allowed, co
       if (o != (int)op && in_list(key, op_keys((OpKind)o)))
         snprintf(owners + strlen(owners), sizeof owners - strlen(owners), "%s%s",
                  *owners ? ", " : "", op_name((OpKind)o));
-    const char *s = suggest(key, allowed, list_len(allowed));
+    const char *s = closest_word(key, allowed, list_len(allowed));
     char keys[160] = "";
     for (const char *const *a = op < OP_COUNT ? op_keys(op) : allowed; *a; a++)
       snprintf(keys + strlen(keys), sizeof keys - strlen(keys), "%s%s", *keys ? ", " : "", *a);
@@ -544,7 +505,7 @@ static bool resolve_input(Ctx *cx, Graph *g, RawLayer *raw, int n_raw, int self,
   const char **names = xcalloc(g->n_nodes, sizeof *names);
   for (int i = 0; i < g->n_nodes; i++)
     names[i] = g->nodes[i].name;
-  const char *s = suggest(name, names, g->n_nodes);
+  const char *s = closest_word(name, (const char *const *)names, g->n_nodes);
   if (s)
     error_at(loc_of(cx, v), "layer '%s' reads unknown layer '%s'; did you mean '%s'?",
              raw[self].name, shown(name), s);
@@ -568,7 +529,7 @@ static bool build_layer(Ctx *cx, Graph *g, RawLayer *raw, int n_raw, int i, cons
   if (op == OP_COUNT) {
     static const char *const ops[] = {"conv",    "relu",    "lrn",    "maxpool", "fc",
                                       "dropout", "flatten", "concat", "softmax"};
-    const char *s = suggest(op_s, ops, 9);
+    const char *s = closest_word(op_s, ops, 9);
     error_at(loc_of(cx, op_v), "unknown op '%s' in %s%s%s%s", shown(op_s), what,
              s ? "; did you mean '" : "", s ? s : "",
              s ? "'?" : " (ops: conv relu lrn maxpool fc dropout flatten concat softmax)");

@@ -58,6 +58,23 @@ if "$alexc" run "$spec" --weights "$tmp/alex.safetensors" --random 1 2>"$tmp/err
 fi
 grep -q "alex.safetensors: tensor 'conv1.weight' has shape \[96, 3, 11, 11\], want \[8, 3, 3, 3\]" "$tmp/err" ||
   fail "weights message: $(cat "$tmp/err")"
+# A misspelt tensor name: a did-you-mean, and the file's stray tensor named.
+LC_ALL=C sed 's/"conv1\.weight"/"conv1.weigth"/' "$tmp/w.safetensors" > "$tmp/typo.safetensors"
+if "$alexc" run "$spec" --weights "$tmp/typo.safetensors" --random 1 2>"$tmp/err"; then
+  fail "misspelt weights accepted"
+fi
+grep -q "tensor 'conv1.weight' is missing; did you mean 'conv1.weigth'?.*does not use: 'conv1.weigth'" "$tmp/err" ||
+  fail "misspelt weights message: $(cat "$tmp/err")"
+# F16 weights are converted on load, with a note.
+printf 'name: tiny\ninput: {channels: 1, height: 1, width: 2}\nlayers:\n  - {name: flat, op: flatten}\n  - {name: fc, op: fc, out: 1}\n' > "$tmp/tiny.yaml"
+perl -e 'my $h = q({"fc.weight":{"dtype":"F16","shape":[1,2],"data_offsets":[0,4]},) .
+                 q("fc.bias":{"dtype":"F16","shape":[1],"data_offsets":[4,6]}});
+         binmode STDOUT; print pack("Q<", length $h), $h, pack("v*", 0x3c00, 0x4000, 0x3800);' \
+  > "$tmp/tiny.safetensors"
+"$alexc" run "$tmp/tiny.yaml" --weights "$tmp/tiny.safetensors" --random 1 >/dev/null 2>"$tmp/err" ||
+  fail "F16 weights refused: $(cat "$tmp/err")"
+grep -q "converted 2 F16 tensors to float32" "$tmp/err" || fail "no conversion note: $(cat "$tmp/err")"
+
 # compare: the tolerance given, or a precision's (alexc run --compare-ref's limits).
 npy() {  # npy FILE VALUES...: a float32 .npy of shape (number of values,)
   perl -e 'my $f = shift; my $h = "{\x27descr\x27: \x27<f4\x27, \x27fortran_order\x27: False, " .

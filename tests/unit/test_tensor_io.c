@@ -1,5 +1,6 @@
 // .npy and safetensors: round trips, and every kind of bad file rejected with a
 // message that names the file and the tensor.
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -118,6 +119,60 @@ static void test_safetensors(void) {
   free(buf);
 }
 
+// Writes a safetensors file from a header and its data section.
+static void write_st(const char *p, const char *header, const void *data, size_t n) {
+  uint64_t len = strlen(header);
+  FILE *f = fopen(p, "wb");
+  fwrite(&len, 8, 1, f);  // little-endian on the hosts we build on
+  fwrite(header, 1, len, f);
+  fwrite(data, 1, n, f);
+  fclose(f);
+}
+
+// F16, BF16 and F64 weights are converted to float32 exactly (F64: rounded); an F64
+// value beyond float32 and a non-float dtype are refused.
+static void test_safetensors_dtypes(void) {
+  struct {
+    uint16_t h[8];
+    uint16_t b[2];
+    double d[2];
+    int32_t i[1];
+  } data = {{0x3c00, 0xc000, 0x7bff, 0x0001, 0x0400, 0x7c00, 0x8000, 0x3555},
+            {0x3f80, 0xc060},
+            {0.1, -1e-3},
+            {7}};
+  const char *header =
+      "{\"h\":{\"dtype\":\"F16\",\"shape\":[8],\"data_offsets\":[0,16]},"
+      "\"b\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[16,20]},"
+      "\"d\":{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[20,36]},"
+      "\"i\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[36,40]}}";
+  char packed[40];  // the struct's fields without padding: offsets 0, 16, 20, 36
+  memcpy(packed, data.h, 16);
+  memcpy(packed + 16, data.b, 4);
+  memcpy(packed + 20, data.d, 16);
+  memcpy(packed + 36, data.i, 4);
+  write_st(path("dt.safetensors"), header, packed, sizeof packed);
+  RtSafetensors st;
+  CHECK(rt_st_open(path("dt.safetensors"), &st));
+  float h[8], b[2], d[2], i[1];
+  int64_t n8 = 8, n2 = 2, n1 = 1;
+  CHECK(rt_st_read_f32(&st, "h", 1, &n8, h));
+  CHECK(h[0] == 1.0f && h[1] == -2.0f && h[2] == 65504.0f && h[3] == 0x1p-24f &&
+        h[4] == 0x1p-14f && h[5] == INFINITY && h[6] == 0.0f && signbit(h[6]) &&
+        h[7] == 0x1.554p-2f);
+  CHECK(rt_st_read_f32(&st, "b", 1, &n2, b) && b[0] == 1.0f && b[1] == -3.5f);
+  CHECK(rt_st_read_f32(&st, "d", 1, &n2, d) && d[0] == 0.1f && d[1] == -1e-3f);
+  CHECK(!rt_st_read_f32(&st, "i", 1, &n1, i) && error_has("'i'") && error_has("I32"));
+  rt_st_close(&st);
+
+  double huge[1] = {1e300};
+  write_st(path("huge.safetensors"),
+           "{\"w\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}", huge, 8);
+  CHECK(rt_st_open(path("huge.safetensors"), &st));
+  CHECK(!rt_st_read_f32(&st, "w", 1, &n1, d) && error_has("outside float32"));
+  rt_st_close(&st);
+}
+
 static void test_atomic_write(void) {
   // A failed write (directory does not exist) leaves no file and reports the path.
   CHECK(!rt_write_file_atomic("/nonexistent-dir/x.npy", "a", 1) && error_has("x.npy"));
@@ -137,6 +192,7 @@ int main(void) {
   test_npy_roundtrip();
   test_npy_bad();
   test_safetensors();
+  test_safetensors_dtypes();
   test_atomic_write();
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
