@@ -14,6 +14,14 @@
 // device that does. A fused node whose LRN window crosses the split either
 // recomputes the halo channels (when that needs no extra input) or is cut before
 // the LRN so the halo can be moved; the plan says which and why.
+//
+// Branches: when a concat joins towers (chains of nodes that only their own tower
+// reads), splitting every tower over all devices moves each tower's channels to the
+// device that owns them in the concat's split, and then moves them again for whatever
+// reads the concat. The alternative keeps each tower whole on one device (towers in
+// order over the devices, balanced by MACs). The planner builds both plans and keeps
+// the branch placement when it moves fewer bytes without loading the busiest device
+// more than a quarter beyond the even split's; the plan's notes give the figures.
 #include <stdlib.h>
 #include <string.h>
 
@@ -184,29 +192,161 @@ static void plan_transfers(Graph *g, int i) {
   }
 }
 
-bool pass_partition(Graph *g, const PassOptions *opts) {
-  int D = opts->devices;
+// ---------------------------------------------------------------- branches
+
+// Which devices keep whole branches: device[i] >= 0 puts all of node i there; for a
+// concat joining placed towers, concat_range[i][d] is the channels device d computes.
+typedef struct {
+  int *device;
+  Range (*concat_range)[MAX_DEVICES];
+  char *summary;  // the towers and their devices, for the notes
+} Branches;
+
+static void branches_free(Branches *b) {
+  free(b->device);
+  free(b->concat_range);
+  free(b->summary);
+}
+
+// readers[i]: how many inputs of later nodes read node i.
+static int *count_readers(const Graph *g) {
+  int *readers = xcalloc(g->n_nodes, sizeof *readers);
+  for (int i = 0; i < g->n_nodes; i++)
+    for (int j = 0; j < g->nodes[i].n_inputs; j++)
+      readers[g->nodes[i].inputs[j]]++;
+  return readers;
+}
+
+// Marks tower[i] = j for the nodes of concat c's input j's tower: the input itself
+// (read by c alone) and, going back, every node all of whose readers are in that tower.
+// False when an input is not a tower (read elsewhere, or the network input).
+static bool find_towers(const Graph *g, int c, const int *readers, int *tower) {
+  const Node *cat = &g->nodes[c];
+  for (int i = 0; i < g->n_nodes; i++)
+    tower[i] = -1;
+  for (int j = 0; j < cat->n_inputs; j++) {
+    int in = cat->inputs[j];
+    if (in == 0 || readers[in] != 1 || tower[in] >= 0)
+      return false;
+    tower[in] = j;
+  }
+  for (int i = c - 1; i >= 1; i--) {
+    if (tower[i] >= 0)
+      continue;
+    int t = -1, seen = 0;
+    for (int k = i + 1; k < c; k++)  // only nodes before the concat can be in a tower
+      for (int j = 0; j < g->nodes[k].n_inputs; j++)
+        if (g->nodes[k].inputs[j] == i) {
+          seen++;
+          t = seen == 1 || tower[k] == t ? tower[k] : -1;
+        }
+    if (seen == readers[i] && t >= 0)
+      tower[i] = t;
+  }
+  return true;
+}
+
+// Towers in input order over the devices, each device taking a contiguous run of
+// towers whose MACs reach its share of the total.
+static void assign_towers(const Graph *g, int c, const int *tower, int D, int *dev_of_tower) {
+  int k = g->nodes[c].n_inputs;
+  double *macs = xcalloc(k, sizeof *macs), total = 0;
+  for (int i = 0; i < c; i++)
+    if (tower[i] >= 0)
+      macs[tower[i]] += (double)g->nodes[i].macs + 1;  // +1: a tower of free ops still counts
+  for (int j = 0; j < k; j++)
+    total += macs[j];
+  double done = 0;
+  for (int j = 0; j < k; j++) {
+    int d = k <= D ? j : (int)((done + macs[j] / 2) / total * D);
+    dev_of_tower[j] = d < D ? d : D - 1;
+    done += macs[j];
+  }
+  free(macs);
+}
+
+// Finds every concat of towers (outside other towers) and places its towers.
+static bool find_branches(const Graph *g, int D, Branches *b) {
+  *b = (Branches){xcalloc(g->n_nodes, sizeof *b->device),
+                  xcalloc(g->n_nodes, sizeof *b->concat_range), NULL};
+  for (int i = 0; i < g->n_nodes; i++)
+    b->device[i] = -1;
+  int *readers = count_readers(g), *tower = xcalloc(g->n_nodes, sizeof *tower);
+  bool any = false;
+  for (int c = 1; c < g->n_nodes; c++) {
+    const Node *cat = &g->nodes[c];
+    if (cat->op != OP_CONCAT || b->device[c] >= 0 || !find_towers(g, c, readers, tower))
+      continue;
+    int dev_of_tower[64];
+    if (cat->n_inputs > 64)
+      continue;
+    assign_towers(g, c, tower, D, dev_of_tower);
+    int64_t at = 0;
+    for (int j = 0; j < cat->n_inputs; j++) {
+      int64_t len = g->nodes[cat->inputs[j]].out.c;
+      Range *r = &b->concat_range[c][dev_of_tower[j]];
+      *r = range_len(*r) ? rng(r->begin, at + len) : rng(at, at + len);
+      at += len;
+    }
+    for (int i = 1; i < c; i++)
+      if (tower[i] >= 0 && b->device[i] < 0)
+        b->device[i] = dev_of_tower[tower[i]];
+    char *s = format("%s%s'%s': ", b->summary ? b->summary : "", b->summary ? "; " : "", cat->name);
+    for (int j = 0; j < cat->n_inputs; j++) {
+      char *t = format("%s%s'%s' on d%d", s, j ? ", " : "", g->nodes[cat->inputs[j]].name,
+                       dev_of_tower[j]);
+      free(s);
+      s = t;
+    }
+    free(b->summary);
+    b->summary = s;
+    any = true;
+  }
+  free(readers);
+  free(tower);
+  if (!any)
+    branches_free(b);
+  return any;
+}
+
+// ---------------------------------------------------------------- the pass
+
+static bool placed_concat(const Branches *b, int i, int D) {
+  for (int d = 0; d < D; d++)
+    if (range_len(b->concat_range[i][d]))
+      return true;
+  return false;
+}
+
+// Plans every node: its output split (even, or a placed branch's), its stages, then what
+// each device holds and the transfers.
+static void plan_graph(Graph *g, int D, const Branches *b) {
   g->n_devices = D;
   free(g->transfers);
   g->transfers = NULL;
   g->n_transfers = 0;
-  free(g->plan_note);
-  g->plan_note = NULL;
-  bool grouped = false;
   for (int i = 0; i < g->n_nodes; i++) {
     Node *n = &g->nodes[i];
     memset(n->place, 0, sizeof n->place);
-    grouped |= n->op == OP_CONV && n->conv.groups > 1;
     if (n->op == OP_INPUT) {
       for (int d = 0; d < D; d++)
         n->place[d].stage[0] = rng(0, n->out.c);
       n->place[0].why = "copied to every device";
       continue;
     }
-    Range out[MAX_DEVICES];
-    const char *why = D == 1 ? "one device" : split_output(g, n, out);
-    if (D == 1)
-      out[0] = rng(0, n->out.c);
+    Range out[MAX_DEVICES] = {{0, 0}};
+    const char *why;
+    if (b && b->device[i] >= 0) {
+      out[b->device[i]] = rng(0, n->out.c);
+      why = "whole on one device: a branch of a concat (branch placement)";
+    } else if (b && placed_concat(b, i, D)) {
+      memcpy(out, b->concat_range[i], sizeof out);
+      why = "each device concatenates the branches it computed";
+    } else {
+      why = D == 1 ? "one device" : split_output(g, n, out);
+      if (D == 1)
+        out[0] = rng(0, n->out.c);
+    }
     bool halo = plan_stages(g, i, out);
     g->nodes[i].place[0].why =
         halo ? "kernels split; LRN halo channels recomputed on each device (no extra input)" : why;
@@ -225,6 +365,74 @@ bool pass_partition(Graph *g, const PassOptions *opts) {
   }
   for (int i = 0; i < g->n_nodes; i++)
     plan_transfers(g, i);
+}
+
+static int64_t bytes_moved(const Graph *g) {
+  int64_t bytes = 0;
+  for (int t = 0; t < g->n_transfers; t++)
+    bytes += g->transfers[t].bytes;
+  return bytes;
+}
+
+// The busiest device's MACs per image: each node's MACs shared by the channels it computes.
+static double busiest_macs(const Graph *g) {
+  double load[MAX_DEVICES] = {0}, most = 0;
+  for (int i = 1; i < g->n_nodes; i++) {
+    const Node *n = &g->nodes[i];
+    for (int d = 0; d < g->n_devices; d++)
+      load[d] += (double)n->macs * range_len(computed(n, d)) / (double)n->out.c;
+  }
+  for (int d = 0; d < g->n_devices; d++)
+    most = load[d] > most ? load[d] : most;
+  return most;
+}
+
+// Replaces g's contents with plan's (both graphs of the same spec); frees plan.
+static void take_plan(Graph *g, Graph *plan) {
+  Graph old = *g;
+  *g = *plan;
+  *plan = old;
+  graph_free(plan);
+}
+
+// g holds the even split; `unplanned` is the graph before it (planning may cut fused
+// nodes). Plans the branch placement on `unplanned` and keeps it when it moves fewer
+// bytes at a fair balance; notes the comparison either way. Frees unplanned.
+static void consider_branches(Graph *g, Graph *unplanned, int D) {
+  Branches b;
+  if (!find_branches(unplanned, D, &b)) {
+    graph_free(unplanned);
+    return;
+  }
+  plan_graph(unplanned, D, &b);
+  int64_t even = bytes_moved(g), placed = bytes_moved(unplanned);
+  double load_even = busiest_macs(g), load_placed = busiest_macs(unplanned);
+  bool better = placed < even && load_placed <= 1.25 * load_even;
+  char *msg = format("branch placement (%s): %lld bytes/image moved against %lld for the even "
+                     "split; busiest device %.0f%% of the even split's MACs: %s",
+                     b.summary, (long long)placed, (long long)even,
+                     100.0 * load_placed / (load_even > 0 ? load_even : 1),
+                     better ? "chosen" : "not chosen, the even split is kept");
+  if (better)
+    take_plan(g, unplanned);  // g's notes are now the branch plan's own
+  else
+    graph_free(unplanned);
+  note(g, msg);
+  free(msg);
+  branches_free(&b);
+}
+
+bool pass_partition(Graph *g, const PassOptions *opts) {
+  int D = opts->devices;
+  free(g->plan_note);
+  g->plan_note = NULL;
+  bool grouped = false;
+  for (int i = 0; i < g->n_nodes; i++)
+    grouped |= g->nodes[i].op == OP_CONV && g->nodes[i].conv.groups > 1;
+  Graph *unplanned = D > 1 ? graph_clone(g) : NULL;
+  plan_graph(g, D, NULL);
+  if (unplanned)
+    consider_branches(g, unplanned, D);
   if (D == 1)
     note(g, "one device: the trivial plan, no transfers");
   else if (!grouped)

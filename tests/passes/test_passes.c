@@ -164,6 +164,37 @@ static void test_nogroups_says_why(void) {
   graph_free(g);
 }
 
+// Two towers meeting in a concat: on two devices each tower stays whole on its own
+// device (branch placement), which moves fewer bytes than splitting both; on three the
+// towers would leave a device idle, and the even split is kept. The notes say which.
+static void test_branch_placement(void) {
+  PassOptions o = pass_defaults();
+  for (int fuse = 0; fuse <= 1; fuse++) {
+    for (int i = 0; i < FUSE_COUNT; i++)
+      o.fuse[i] = fuse;
+    o.devices = 2;
+    Graph *g = compile_file("tests/passes/graphs/two_towers.yaml", &o);
+    int a = graph_find_value(g, "a_pool"), b = graph_find_value(g, "b_pool");
+    int cat = graph_find(g, "joined");
+    CHECK(a > 0 && b > 0 && cat > 0);
+    CHECK(range_len(g->nodes[a].place[0].stage[0]) == g->nodes[a].head_out.c &&
+          range_len(g->nodes[a].place[1].held) == 0);
+    CHECK(range_len(g->nodes[b].place[1].stage[0]) == g->nodes[b].head_out.c &&
+          range_len(g->nodes[b].place[0].held) == 0);
+    CHECK(g->nodes[cat].place[0].stage[0].end == 12 && g->nodes[cat].place[1].stage[0].begin == 12);
+    CHECK(moved(g, "a_pool", 0) == 0 && moved(g, "b_pool", 0) == 0);
+    CHECK(g->plan_note && strstr(g->plan_note, "branch placement ('joined'") &&
+          strstr(g->plan_note, ": chosen"));
+    graph_free(g);
+    o.devices = 3;
+    g = compile_file("tests/passes/graphs/two_towers.yaml", &o);
+    CHECK(g->plan_note && strstr(g->plan_note, "not chosen, the even split is kept"));
+    a = graph_find_value(g, "a_pool");
+    CHECK(range_len(g->nodes[a].place[1].stage[0]) > 0);  // split over the devices
+    graph_free(g);
+  }
+}
+
 static void test_one_device_is_trivial(void) {
   Graph *g = compile(CHAIN, true, 1);
   CHECK(g->n_devices == 1 && g->n_transfers == 0);
@@ -262,6 +293,7 @@ int main(void) {
   test_alexnet_partition(false);
   test_pergroup_lrn_has_no_halo();
   test_nogroups_says_why();
+  test_branch_placement();
   test_one_device_is_trivial();
   test_memplan();
   test_missing_transfer_is_caught();

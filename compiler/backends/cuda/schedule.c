@@ -344,8 +344,13 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const 
   fputc('\n', src);
   RtStep s = step(RT_STEP_KERNEL, d, n, kname);
   s.work = n->op == OP_SOFTMAX ? 1 : range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
-  for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++)
-    s.args[s.n_args++] = arena(g->nodes[n->inputs[j]].place[d].offset, 0);
+  for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++) {
+    // A device's share of a concat may read none of one input (a branch kept on another
+    // device), which then has no buffer here: the kernel never touches it, so the
+    // output's own address stands in for it.
+    int64_t offset = g->nodes[n->inputs[j]].place[d].offset;
+    s.args[s.n_args++] = arena(offset >= 0 ? offset : pl->offset, 0);
+  }
   s.args[s.n_args++] = arena(pl->offset, 0);
   if (n->op == OP_CONV)
     s.args[s.n_args++] = weight(w_at);
