@@ -26,6 +26,13 @@ bool rt_read_file(const char *path, size_t limit, uint8_t **data, size_t *size);
 // Writes to PATH.tmp.PID (same directory), fflush, fsync, renames it over PATH, then
 // fsyncs the directory: a crash at any moment leaves the old file or the new one.
 bool rt_write_file_atomic(const char *path, const void *data, size_t size);
+// The same for a file made of n pieces written in order, so that a large file (a
+// checkpoint) need not be assembled in memory first.
+typedef struct {
+  const void *data;
+  size_t size;
+} RtPiece;
+bool rt_write_pieces_atomic(const char *path, const RtPiece *pieces, int n);
 
 // ---- .npy (float32, C order)
 
@@ -87,8 +94,12 @@ bool rt_st_save(const char *path, const RtStTensor *tensors, int n);
 // The same with a "__metadata__" object of n_meta string pairs (keys[i]: values[i]).
 bool rt_st_save_meta(const char *path, const RtStTensor *tensors, int n, const char *const *keys,
                      const char *const *values, int n_meta);
-// Builds the file rt_st_save_meta writes in memory (*data, *size; caller frees), for a
-// caller that adds to it before writing; `path` only names it in messages.
+// The header of the file rt_st_save_meta writes (*header, *size; caller frees): the
+// 8-byte length and the JSON padded to 8 bytes. The file is the header followed by each
+// tensor's float32 data in order. `path` only names it in messages.
+bool rt_st_header(const char *path, const RtStTensor *tensors, int n, const char *const *keys,
+                  const char *const *values, int n_meta, uint8_t **header, size_t *size);
+// The whole file in memory (*data, *size; caller frees), for tests that alter it.
 bool rt_st_encode(const char *path, const RtStTensor *tensors, int n, const char *const *keys,
                   const char *const *values, int n_meta, uint8_t **data, size_t *size);
 // The value of a "__metadata__" key, or NULL when it has none.

@@ -75,7 +75,7 @@ static bool fsync_parent(const char *path) {
   return ok || rt_fail("%s: fsync of its directory failed: %s", path, strerror(err));
 }
 
-bool rt_write_file_atomic(const char *path, const void *data, size_t size) {
+bool rt_write_pieces_atomic(const char *path, const RtPiece *pieces, int n) {
   size_t len = strlen(path) + 32;
   char *tmp = malloc(len);
   if (!tmp)
@@ -87,7 +87,9 @@ bool rt_write_file_atomic(const char *path, const void *data, size_t size) {
     free(tmp);
     return false;
   }
-  bool ok = fwrite(data, 1, size, f) == size;
+  bool ok = true;
+  for (int i = 0; i < n && ok; i++)
+    ok = pieces[i].size == 0 || fwrite(pieces[i].data, 1, pieces[i].size, f) == pieces[i].size;
   ok = (fflush(f) == 0) && ok;
   ok = (fsync(fileno(f)) == 0 || errno == EINVAL) && ok;
   ok = (fclose(f) == 0) && ok;
@@ -99,6 +101,11 @@ bool rt_write_file_atomic(const char *path, const void *data, size_t size) {
   }
   free(tmp);
   return fsync_parent(path);
+}
+
+bool rt_write_file_atomic(const char *path, const void *data, size_t size) {
+  RtPiece one = {data, size};
+  return rt_write_pieces_atomic(path, &one, 1);
 }
 
 void rt_tensor_free(RtTensor *t) {

@@ -243,9 +243,9 @@ bool rt_st_read_f32(const RtSafetensors *st, const char *name, int rank, const i
   return to_f32(st, e, dst);
 }
 
-bool rt_st_encode(const char *path, const RtStTensor *tensors, int n, const char *const *keys,
-                  const char *const *values, int n_meta, uint8_t **data, size_t *size) {
-  *data = NULL;
+bool rt_st_header(const char *path, const RtStTensor *tensors, int n, const char *const *keys,
+                  const char *const *values, int n_meta, uint8_t **header, size_t *size) {
+  *header = NULL;
   *size = 0;
   cJSON *root = cJSON_CreateObject();
   if (n_meta > 0) {
@@ -276,24 +276,47 @@ bool rt_st_encode(const char *path, const RtStTensor *tensors, int n, const char
     return rt_fail("%s: out of memory", path);
   size_t jlen = strlen(json);
   size_t hlen = (jlen + 7) / 8 * 8;  // keep the data 8-byte aligned, padded with spaces
-  size_t total = 8 + hlen + offset;
-  uint8_t *buf = malloc(total);
+  uint8_t *buf = malloc(8 + hlen);
   if (!buf) {
     free(json);
-    return rt_fail("%s: out of memory (%zu bytes)", path, total);
+    return rt_fail("%s: out of memory", path);
   }
   for (int i = 0; i < 8; i++)
     buf[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
   memset(buf + 8, ' ', hlen);
   memcpy(buf + 8, json, jlen);
   free(json);
-  uint8_t *p = buf + 8 + hlen;
+  *header = buf;
+  *size = 8 + hlen;
+  return true;
+}
+
+// Each tensor's bytes (its element count was checked by rt_st_header).
+static size_t data_bytes(const RtStTensor *t) {
+  int64_t elems = 0;
+  rt_checked_elems(t->rank, t->dims, &elems);
+  return (size_t)elems * sizeof(float);
+}
+
+bool rt_st_encode(const char *path, const RtStTensor *tensors, int n, const char *const *keys,
+                  const char *const *values, int n_meta, uint8_t **data, size_t *size) {
+  uint8_t *header;
+  size_t total;
+  if (!rt_st_header(path, tensors, n, keys, values, n_meta, &header, &total))
+    return false;
+  size_t at = total;
+  for (int i = 0; i < n; i++)
+    total += data_bytes(&tensors[i]);
+  uint8_t *buf = realloc(header, total);
+  if (!buf) {
+    free(header);
+    return rt_fail("%s: out of memory (%zu bytes)", path, total);
+  }
   for (int i = 0; i < n; i++) {
-    int64_t elems;
-    rt_checked_elems(tensors[i].rank, tensors[i].dims, &elems);
-    if (elems)
-      memcpy(p, tensors[i].data, (size_t)elems * sizeof(float));
-    p += (size_t)elems * sizeof(float);
+    size_t bytes = data_bytes(&tensors[i]);
+    if (bytes)
+      memcpy(buf + at, tensors[i].data, bytes);
+    at += bytes;
   }
   *data = buf;
   *size = total;
@@ -302,12 +325,21 @@ bool rt_st_encode(const char *path, const RtStTensor *tensors, int n, const char
 
 bool rt_st_save_meta(const char *path, const RtStTensor *tensors, int n, const char *const *keys,
                      const char *const *values, int n_meta) {
-  uint8_t *buf;
-  size_t total;
-  if (!rt_st_encode(path, tensors, n, keys, values, n_meta, &buf, &total))
+  uint8_t *header;
+  size_t size;
+  if (!rt_st_header(path, tensors, n, keys, values, n_meta, &header, &size))
     return false;
-  bool ok = rt_write_file_atomic(path, buf, total);
-  free(buf);
+  RtPiece *pieces = malloc((size_t)(n + 1) * sizeof *pieces);
+  if (!pieces) {
+    free(header);
+    return rt_fail("%s: out of memory", path);
+  }
+  pieces[0] = (RtPiece){header, size};
+  for (int i = 0; i < n; i++)
+    pieces[i + 1] = (RtPiece){tensors[i].data, data_bytes(&tensors[i])};
+  bool ok = rt_write_pieces_atomic(path, pieces, n + 1);
+  free(pieces);
+  free(header);
   return ok;
 }
 

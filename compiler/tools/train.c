@@ -6,6 +6,7 @@
 // and the state the checkpoint keeps, and the kernels give the same bits for any thread
 // count. So a run killed at any moment and resumed from its last checkpoint ends with
 // the same weights, byte for byte, as one never interrupted.
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -418,6 +419,24 @@ static int lock_run_dir(const char *dir) {
   return fd;
 }
 
+// A run killed while saving leaves its temporary file (NAME.tmp.PID) behind. With the
+// directory locked no other run is writing there, so the leftovers of the run's own
+// files can go.
+static void remove_stale_temporaries(const char *dir) {
+  static const char *const names[] = {"checkpoint.safetensors.tmp.", "weights.safetensors.tmp.",
+                                      "metrics.csv.tmp.", "curves.png.tmp.", "run.txt.tmp."};
+  DIR *d = opendir(dir);
+  for (struct dirent *e; d && (e = readdir(d));)
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++)
+      if (!strncmp(e->d_name, names[k], strlen(names[k]))) {
+        char *path = format("%s/%s", dir, e->d_name);
+        remove(path);
+        free(path);
+      }
+  if (d)
+    closedir(d);
+}
+
 static bool save_checkpoint(Run *r) {
   return checkpoint_save(r->files.checkpoint, &r->s);
 }
@@ -553,7 +572,10 @@ static int train_run(TrainArgs *a) {
     goto done;
   if (!classes_fit(r.train, r.t, a->data, g))
     goto done;
-  if (!make_dirs(a->out) || (lock = lock_run_dir(a->out)) < 0 || !start_state(&r, config))
+  if (!make_dirs(a->out) || (lock = lock_run_dir(a->out)) < 0)
+    goto done;
+  remove_stale_temporaries(a->out);
+  if (!start_state(&r, config))
     goto done;
   r.steps_per_epoch = (data_size(r.train) + a->batch - 1) / a->batch;
   printf("training %s on %s: %lld images, %lld steps an epoch, target %s\n", g->name, a->data,

@@ -11,7 +11,7 @@
 //     seed         decimal, 64 bits
 //     lr, best_metric, loss_sum             C99 hex floats ("%a"): resume is bit-exact
 //
-// Written atomically (rt_write_file_atomic: temporary file in the same directory,
+// Written atomically (rt_write_pieces_atomic: temporary file in the same directory,
 // fsync, rename, fsync of the directory): a crash or kill -9 at any moment leaves the
 // old checkpoint or the new one, never a mix. Read back, any single changed byte fails
 // the hash, and the file is refused with "checkpoint PATH is corrupt: ...".
@@ -112,33 +112,39 @@ bool checkpoint_save(const char *path, const TrainState *s) {
                           lr,     best,               bad,  loss_sum, hits,       seen};
   int n_meta = (int)(sizeof keys / sizeof *keys);
 
-  uint8_t *buf = NULL;
+  // The file is streamed from the tensors (never assembled in memory: AlexNet's would
+  // take twice its 240 MB of weights). The header holds the hash as zeros, so hashing
+  // it and then each tensor's data in order is file_hash() of the file to be written.
+  uint8_t *header = NULL;
   size_t size = 0;
-  bool ok = rt_st_encode(path, t, n, keys, values, n_meta, &buf, &size);
+  bool ok = rt_st_header(path, t, n, keys, values, n_meta, &header, &size);
+  size_t at = ok ? find_hash(header, size) : 0;
+  if (!ok) {
+    error("%s", rt_error());
+  } else if (!at) {  // cannot happen: the header is ours
+    error("checkpoint %s: internal error: no place for the hash in the header", path);
+    ok = false;
+  }
+  RtPiece *pieces = xcalloc(n + 1, sizeof *pieces);
+  uint64_t h = fnv1a(FNV_OFFSET, header, ok ? size : 0);
+  for (int i = 0; ok && i < n; i++) {
+    pieces[i + 1] = (RtPiece){t[i].data, (size_t)w->info[i % w->n].elems * sizeof(float)};
+    h = fnv1a(h, pieces[i + 1].data, pieces[i + 1].size);
+  }
+  if (ok) {
+    char digits[HASH_DIGITS + 1];
+    snprintf(digits, sizeof digits, "%016llx", (unsigned long long)h);
+    memcpy(header + at, digits, HASH_DIGITS);
+    pieces[0] = (RtPiece){header, size};
+    if (!(ok = rt_write_pieces_atomic(path, pieces, n + 1)))
+      error("cannot write checkpoint %s", rt_error());
+  }
+  free(pieces);
+  free(header);
   for (int i = 0; i < w->n; i++)
     free(names[i]);
   free(names);
   free(t);
-  if (!ok) {
-    error("%s", rt_error());
-    return false;
-  }
-  uint64_t hlen = 0;
-  for (int i = 7; i >= 0; i--)
-    hlen = hlen << 8 | buf[i];
-  size_t at = find_hash(buf, 8 + (size_t)hlen);
-  if (!at) {  // cannot happen: the header is ours
-    free(buf);
-    error("checkpoint %s: internal error: no place for the hash in the header", path);
-    return false;
-  }
-  char digits[HASH_DIGITS + 1];
-  snprintf(digits, sizeof digits, "%016llx", (unsigned long long)file_hash(buf, size, at));
-  memcpy(buf + at, digits, HASH_DIGITS);
-  ok = rt_write_file_atomic(path, buf, size);
-  free(buf);
-  if (!ok)
-    error("cannot write checkpoint %s", rt_error());
   return ok;
 }
 

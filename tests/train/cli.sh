@@ -79,6 +79,7 @@ resume() {
   [ -e "$tmp/cut/weights.safetensors" ] || run "$tmp/cut" --resume > /dev/null
   echo "killed $kills times"
   [ "$kills" -ge 2 ] || fail "the run finished before it could be killed twice: make it longer"
+  ! ls "$tmp/cut" | grep -q '\.tmp\.' || fail "temporary files left behind: $(ls "$tmp/cut")"
   cmp "$tmp/whole/weights.safetensors" "$tmp/cut/weights.safetensors" ||
     fail "weights after kill -9 and resume differ from an uninterrupted run's"
   cmp "$tmp/whole/checkpoint.safetensors" "$tmp/cut/checkpoint.safetensors" ||
