@@ -115,23 +115,30 @@ static bool infer_conv(const Graph *g, Node *n, Shape in) {
   return true;
 }
 
-static bool infer_pool(const Graph *g, Node *n, Shape in) {
-  PoolAttrs *a = &n->pool;
-  if (!need_rank3(g, n, in))
-    return false;
-  resolve_same(&a->pad, in, a->kernel, a->stride);
-  // PyTorch's limit: with each pad at most half the kernel every window holds a real
-  // pixel, so the maximum (padding never wins) is always defined.
+// PyTorch's limit: with each pad at most half the kernel every window holds a real
+// pixel, so the maximum (padding never wins) is always defined.
+static bool pool_pads_ok(const Node *n) {
+  const PoolAttrs *a = &n->pool;
   const int sides[4] = {a->pad.top, a->pad.left, a->pad.bottom, a->pad.right};
   static const char *const side_names[4] = {"top ", "left ", "bottom ", "right "};
+  bool all = pads_symmetric(a->pad);  // then "pad 2", as written
   for (int i = 0; i < 4; i++)
     if (2 * sides[i] > a->kernel) {
-      bool all = pads_symmetric(a->pad);
       error_at(n->loc, "maxpool layer '%s': %s%spad %d must be at most half the kernel (%d), as "
                "in PyTorch, so that every window holds an input pixel", n->name,
                all ? "" : "its ", all ? "" : side_names[i], sides[i], a->kernel);
       return false;
     }
+  return true;
+}
+
+static bool infer_pool(const Graph *g, Node *n, Shape in) {
+  PoolAttrs *a = &n->pool;
+  if (!need_rank3(g, n, in))
+    return false;
+  resolve_same(&a->pad, in, a->kernel, a->stride);
+  if (!pool_pads_ok(n))
+    return false;
   int64_t oh, ow;
   if (!window_shape(n, in, a->kernel, a->stride, a->pad, a->ceil_mode, &oh, &ow))
     return false;

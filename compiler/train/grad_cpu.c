@@ -1175,7 +1175,7 @@ static Pool pool_setup(const OpCall *c) {
   const PoolAttrs *a = &c->n->pool;
   return (Pool){.x = c->x[0], .H = (int)in.h, .W = (int)in.w, .OH = (int)out.h,
                 .OW = (int)out.w, .k = a->kernel, .s = a->stride, .pt = a->pad.top,
-                .pl = a->pad.left,                 .planes = (int)(in.c * c->batch)};
+                .pl = a->pad.left, .planes = (int)(in.c * c->batch)};
 }
 
 // ---------------------------------------------------------------- softmax, concat
