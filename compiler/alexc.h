@@ -73,8 +73,23 @@ const char *op_name(OpKind op);
 // Returns OP_COUNT when `name` is not an op.
 OpKind op_from_name(const char *name);
 
+// Zero (conv) or ignored (maxpool) pixels around the input, per side. Kernels index the
+// input from the top/left pads only; the bottom/right pads change only the output size.
+// `same` (spec `pad: same`) asks graph_infer() to choose them: output = ceil(input/stride),
+// the odd pixel at the bottom/right, as ONNX's SAME_UPPER.
 typedef struct {
-  int out, kernel, stride, pad, groups;
+  int top, left, bottom, right;
+  bool same;
+} Pads;
+
+static inline bool pads_symmetric(Pads p) {
+  return p.top == p.left && p.top == p.bottom && p.top == p.right;
+}
+
+typedef struct {
+  int out, kernel, stride;
+  Pads pad;
+  int groups;
   bool bias;
 } ConvAttrs;
 
@@ -85,8 +100,12 @@ typedef struct {
   double alpha, beta, k;
 } LrnAttrs;
 
+// ceil_mode rounds the output size up (Caffe, ONNX, PyTorch's ceil_mode=True); the last
+// window then may hang over the bottom/right edge, and is clipped like any other.
 typedef struct {
-  int kernel, stride, pad;
+  int kernel, stride;
+  Pads pad;
+  bool ceil_mode;
 } PoolAttrs;
 
 typedef struct {
@@ -118,6 +137,8 @@ int64_t shape_elems(Shape s);
 static inline int64_t shape_plane(Shape s) { return s.h * s.w; }  // elements per channel
 // "96x55x55" or "4096"
 char *shape_str(Shape s, char *buf, size_t size);
+// "1" when the four pads agree, "[t,l,b,r]" otherwise (dump.c).
+const char *pads_str(Pads p, char *buf, size_t size);
 
 // Per-image tensors must stay indexable with 32-bit ints in generated kernels.
 #define MAX_ELEMS ((int64_t)1 << 31)

@@ -99,11 +99,11 @@ static void conv(const Node *n, View x, View y, Range r, const float *w, const f
           for (int64_t ic = 0; ic < ipg; ic++) {
             const float *src = chan(x, i, g * ipg + ic);
             for (int64_t ky = 0; ky < k; ky++) {
-              int64_t iy = oy * a->stride - a->pad + ky;
+              int64_t iy = oy * a->stride - a->pad.top + ky;
               if (iy < 0 || iy >= in.h)
                 continue;
               for (int64_t kx = 0; kx < k; kx++) {
-                int64_t ix = ox * a->stride - a->pad + kx;
+                int64_t ix = ox * a->stride - a->pad.left + kx;
                 if (ix >= 0 && ix < in.w)
                   acc += (double)src[iy * in.w + ix] * wk[(ic * k + ky) * k + kx];
               }
@@ -172,7 +172,7 @@ static void maxpool(const Node *n, View x, View y, Range r, int batch) {
           float m = -INFINITY;
           for (int ky = 0; ky < a->kernel; ky++)
             for (int kx = 0; kx < a->kernel; kx++) {
-              int64_t iy = oy * a->stride - a->pad + ky, ix = ox * a->stride - a->pad + kx;
+              int64_t iy = oy * a->stride - a->pad.top + ky, ix = ox * a->stride - a->pad.left + kx;
               if (iy >= 0 && iy < in.h && ix >= 0 && ix < in.w && src[iy * in.w + ix] > m)
                 m = src[iy * in.w + ix];
             }

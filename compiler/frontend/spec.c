@@ -199,28 +199,35 @@ static bool get_string(Ctx *cx, yaml_node_t *map, const char *key, const char *w
   return true;
 }
 
-// An integer in [lo, hi]; when `required` is false and the key is absent, *out keeps its default.
-static bool get_int(Ctx *cx, yaml_node_t *map, const char *key, const char *what, bool required,
-                    long lo, long hi, int *out) {
-  yaml_node_t *v = lookup(cx, map, key);
-  if (!v)
-    return required ? missing(cx, map, key, what) : true;
+// An integer scalar node in [lo, hi] (get_int() for a node that is not a map's value,
+// such as a list element); `what` names it in messages.
+static bool node_int(Ctx *cx, yaml_node_t *v, const char *what, long lo, long hi, int *out) {
   const char *s = scalar(v);
   char *end = NULL;
   errno = 0;
   long val = s ? strtol(s, &end, 10) : 0;
   if (!s || !*s || *end || isspace((unsigned char)*s) ||
       v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
-    error_at(loc_of(cx, v), "'%s' in %s must be an integer, not %s", key, what, describe(v));
+    error_at(loc_of(cx, v), "%s must be an integer, not %s", what, describe(v));
     return false;
   }
   if (errno == ERANGE || val < lo || val > hi) {
-    error_at(loc_of(cx, v), "'%s' in %s must be between %ld and %ld, not %s", key, what, lo, hi,
-             shown(s));
+    error_at(loc_of(cx, v), "%s must be between %ld and %ld, not %s", what, lo, hi, shown(s));
     return false;
   }
   *out = (int)val;
   return true;
+}
+
+// An integer in [lo, hi]; when `required` is false and the key is absent, *out keeps its default.
+static bool get_int(Ctx *cx, yaml_node_t *map, const char *key, const char *what, bool required,
+                    long lo, long hi, int *out) {
+  yaml_node_t *v = lookup(cx, map, key);
+  if (!v)
+    return required ? missing(cx, map, key, what) : true;
+  char named[160];
+  snprintf(named, sizeof named, "'%s' in %s", key, what);
+  return node_int(cx, v, named, lo, hi, out);
 }
 
 static bool get_number(Ctx *cx, yaml_node_t *map, const char *key, const char *what, bool required,
@@ -261,6 +268,51 @@ static bool get_bool(Ctx *cx, yaml_node_t *map, const char *key, const char *wha
     error_at(loc_of(cx, v), "'%s' in %s must be true or false, not %s", key, what, describe(v));
     return false;
   }
+  return true;
+}
+
+// `pad:` of a conv or maxpool: P (all four sides), [h, w] (top and bottom h, left and
+// right w), [top, left, bottom, right] (ONNX's order), or `same` (chosen from the input
+// by graph_infer()). Absent: no padding.
+static bool get_pad(Ctx *cx, yaml_node_t *map, const char *what, Pads *out) {
+  *out = (Pads){0};
+  yaml_node_t *v = lookup(cx, map, "pad");
+  if (!v)
+    return true;
+  char elem[160];
+  if (v->type == YAML_SCALAR_NODE && v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
+      !strcmp(scalar(v), "same")) {
+    out->same = true;
+    return true;
+  }
+  const char *s = scalar(v);
+  bool digits = s && *s && !s[strspn(s, "+-0123456789")];
+  if (v->type == YAML_SCALAR_NODE && digits) {
+    int p;
+    snprintf(elem, sizeof elem, "'pad' in %s", what);
+    if (!node_int(cx, v, elem, 0, 1024, &p))
+      return false;
+    *out = (Pads){p, p, p, p, false};
+    return true;
+  }
+  int n = v->type == YAML_SEQUENCE_NODE
+              ? (int)(v->data.sequence.items.top - v->data.sequence.items.start)
+              : -1;
+  if (v->type == YAML_SCALAR_NODE || (n != 2 && n != 4)) {
+    char items[32];
+    snprintf(items, sizeof items, "a list of %d item%s", n, n == 1 ? "" : "s");
+    error_at(loc_of(cx, v), "'pad' in %s must be an integer, [h, w], [top, left, bottom, right] "
+             "or same, not %s", what, n < 0 ? describe(v) : items);
+    return false;
+  }
+  int p[4];
+  for (int i = 0; i < n; i++) {
+    yaml_node_t *item = node_at(cx, v->data.sequence.items.start[i]);
+    snprintf(elem, sizeof elem, "item %d of 'pad' in %s", i + 1, what);
+    if (!node_int(cx, item, elem, 0, 1024, &p[i]))
+      return false;
+  }
+  *out = n == 2 ? (Pads){p[0], p[1], p[0], p[1], false} : (Pads){p[0], p[1], p[2], p[3], false};
   return true;
 }
 
@@ -348,7 +400,7 @@ static bool parse_attrs(Ctx *cx, yaml_node_t *m, Node *n, const InitRule *net_in
     return get_int(cx, m, "out", w, true, 1, MAX_DIM, &n->conv.out) &&
            get_int(cx, m, "kernel", w, true, 1, 1024, &n->conv.kernel) &&
            get_int(cx, m, "stride", w, false, 1, 1024, &n->conv.stride) &&
-           get_int(cx, m, "pad", w, false, 0, 1024, &n->conv.pad) &&
+           get_pad(cx, m, w, &n->conv.pad) &&
            get_int(cx, m, "groups", w, false, 1, MAX_DIM, &n->conv.groups) &&
            get_bool(cx, m, "bias", w, &n->conv.bias);
   case OP_LRN:
@@ -366,9 +418,13 @@ static bool parse_attrs(Ctx *cx, yaml_node_t *m, Node *n, const InitRule *net_in
     }
     return true;
   case OP_MAXPOOL:
-    return get_int(cx, m, "kernel", w, true, 1, 1024, &n->pool.kernel) &&
-           get_int(cx, m, "stride", w, true, 1, 1024, &n->pool.stride) &&
-           get_int(cx, m, "pad", w, false, 0, 1024, &n->pool.pad);
+    n->pool = (PoolAttrs){0};
+    if (!get_int(cx, m, "kernel", w, true, 1, 1024, &n->pool.kernel))
+      return false;
+    n->pool.stride = n->pool.kernel;  // PyTorch's default: windows side by side
+    return get_int(cx, m, "stride", w, false, 1, 1024, &n->pool.stride) &&
+           get_pad(cx, m, w, &n->pool.pad) &&
+           get_bool(cx, m, "ceil_mode", w, &n->pool.ceil_mode);
   case OP_FC:
     n->fc = (FcAttrs){.bias = true};
     return get_int(cx, m, "out", w, true, 1, MAX_DIM, &n->fc.out) &&

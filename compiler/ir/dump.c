@@ -5,19 +5,37 @@
 // memory planning, each device's buffer offsets (elements per image).
 #include "../alexc.h"
 
+const char *pads_str(Pads p, char *buf, size_t size) {
+  if (pads_symmetric(p))
+    snprintf(buf, size, "%d", p.top);
+  else
+    snprintf(buf, size, "[%d,%d,%d,%d]", p.top, p.left, p.bottom, p.right);
+  return buf;
+}
+
+// pad=P when all four sides agree (so dumps of symmetric specs read as before),
+// pad=[top,left,bottom,right] otherwise, and pad=same(...) with the sides it resolved to.
+static void dump_pads(Pads p, FILE *out) {
+  char buf[64];
+  fprintf(out, p.same ? " pad=same(%s)" : " pad=%s", pads_str(p, buf, sizeof buf));
+}
+
 static void dump_attrs(const Node *n, FILE *out) {
   switch (n->op) {
   case OP_CONV:
-    fprintf(out, " out=%d kernel=%d stride=%d pad=%d groups=%d bias=%s", n->conv.out,
-            n->conv.kernel, n->conv.stride, n->conv.pad, n->conv.groups,
-            n->conv.bias ? "true" : "false");
+    fprintf(out, " out=%d kernel=%d stride=%d", n->conv.out, n->conv.kernel, n->conv.stride);
+    dump_pads(n->conv.pad, out);
+    fprintf(out, " groups=%d bias=%s", n->conv.groups, n->conv.bias ? "true" : "false");
     break;
   case OP_LRN:
     fprintf(out, " size=%d alpha=%.9g beta=%.9g k=%.9g groups=%d", n->lrn.size, n->lrn.alpha,
             n->lrn.beta, n->lrn.k, n->lrn.groups);
     break;
   case OP_MAXPOOL:
-    fprintf(out, " kernel=%d stride=%d pad=%d", n->pool.kernel, n->pool.stride, n->pool.pad);
+    fprintf(out, " kernel=%d stride=%d", n->pool.kernel, n->pool.stride);
+    dump_pads(n->pool.pad, out);
+    if (n->pool.ceil_mode)  // printed only when set, so older dumps read the same
+      fputs(" ceil_mode=true", out);
     break;
   case OP_FC:
     fprintf(out, " out=%d bias=%s", n->fc.out, n->fc.bias ? "true" : "false");

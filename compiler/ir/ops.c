@@ -17,12 +17,50 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static Shape vec(int64_t n) { return (Shape){.rank = 1, .c = n, .h = 1, .w = 1}; }
 static Shape chw(int64_t c, int64_t h, int64_t w) { return (Shape){.rank = 3, .c = c, .h = h, .w = w}; }
 
-// Output extent of a window op; 0 when the window does not fit.
-static int64_t window_out(int64_t in, int kernel, int stride, int pad) {
-  int64_t span = in + 2 * (int64_t)pad;
+// Output extent of a window op over `in` pixels padded by `lo` before and `hi` after;
+// 0 when the window does not fit. ceil_mode rounds up, as PyTorch does: the last window
+// must still start inside the input or the leading pad (else it would see only padding).
+static int64_t window_out(int64_t in, int kernel, int stride, int lo, int hi, bool ceil_mode) {
+  int64_t span = in + lo + hi;
   if (span < kernel)
     return 0;
-  return (span - kernel) / stride + 1;
+  if (!ceil_mode)
+    return (span - kernel) / stride + 1;
+  int64_t out = (span - kernel + stride - 1) / stride + 1;
+  if ((out - 1) * stride >= in + lo)
+    out--;
+  return out;
+}
+
+// `pad: same` on one axis: output ceil(in/stride), the padding split with the odd pixel
+// after (ONNX's SAME_UPPER), none when the windows already cover the input.
+static void same_pads(int64_t in, int kernel, int stride, int *lo, int *hi) {
+  int64_t out = (in + stride - 1) / stride;
+  int64_t total = (out - 1) * stride + kernel - in;
+  if (total < 0)
+    total = 0;
+  *lo = (int)(total / 2);  // kernel <= 1024, so both fit an int
+  *hi = (int)(total - total / 2);
+}
+
+static void resolve_same(Pads *p, Shape in, int kernel, int stride) {
+  if (!p->same)
+    return;
+  same_pads(in.h, kernel, stride, &p->top, &p->bottom);
+  same_pads(in.w, kernel, stride, &p->left, &p->right);
+}
+
+// The output's spatial size, or false (with a message) when the kernel does not fit.
+static bool window_shape(const Node *n, Shape in, int kernel, int stride, Pads p, bool ceil_mode,
+                         int64_t *oh, int64_t *ow) {
+  *oh = window_out(in.h, kernel, stride, p.top, p.bottom, ceil_mode);
+  *ow = window_out(in.w, kernel, stride, p.left, p.right, ceil_mode);
+  if (*oh && *ow)
+    return true;
+  error_at(n->loc, "%s layer '%s': kernel %d is larger than its padded input %lldx%lld",
+           op_name(n->op), n->name, kernel, (long long)(in.h + p.top + p.bottom),
+           (long long)(in.w + p.left + p.right));
+  return false;
 }
 
 static bool need_rank3(const Graph *g, Node *n, Shape in) {
@@ -56,13 +94,10 @@ static bool infer_conv(const Graph *g, Node *n, Shape in) {
              a->groups, a->out);
     return false;
   }
-  int64_t oh = window_out(in.h, a->kernel, a->stride, a->pad);
-  int64_t ow = window_out(in.w, a->kernel, a->stride, a->pad);
-  if (!oh || !ow) {
-    error_at(n->loc, "conv layer '%s': kernel %d is larger than its padded input %lldx%lld",
-             n->name, a->kernel, (long long)(in.h + 2 * a->pad), (long long)(in.w + 2 * a->pad));
+  resolve_same(&a->pad, in, a->kernel, a->stride);
+  int64_t oh, ow;
+  if (!window_shape(n, in, a->kernel, a->stride, a->pad, false, &oh, &ow))
     return false;
-  }
   // Counts are checked before they are multiplied: in.c < MAX_ELEMS (its producer was
   // checked) and kernel <= 1024, so per_out < 2^51; the product with out could overflow.
   int64_t per_out = (in.c / a->groups) * a->kernel * a->kernel;
@@ -80,22 +115,33 @@ static bool infer_conv(const Graph *g, Node *n, Shape in) {
   return true;
 }
 
+// PyTorch's limit: with each pad at most half the kernel every window holds a real
+// pixel, so the maximum (padding never wins) is always defined.
+static bool pool_pads_ok(const Node *n) {
+  const PoolAttrs *a = &n->pool;
+  const int sides[4] = {a->pad.top, a->pad.left, a->pad.bottom, a->pad.right};
+  static const char *const side_names[4] = {"top ", "left ", "bottom ", "right "};
+  bool all = pads_symmetric(a->pad);  // then "pad 2", as written
+  for (int i = 0; i < 4; i++)
+    if (2 * sides[i] > a->kernel) {
+      error_at(n->loc, "maxpool layer '%s': %s%spad %d must be at most half the kernel (%d), as "
+               "in PyTorch, so that every window holds an input pixel", n->name,
+               all ? "" : "its ", all ? "" : side_names[i], sides[i], a->kernel);
+      return false;
+    }
+  return true;
+}
+
 static bool infer_pool(const Graph *g, Node *n, Shape in) {
   PoolAttrs *a = &n->pool;
   if (!need_rank3(g, n, in))
     return false;
-  if (2 * a->pad > a->kernel) {
-    error_at(n->loc, "maxpool layer '%s': pad %d must be at most half the kernel (%d)", n->name,
-             a->pad, a->kernel);
+  resolve_same(&a->pad, in, a->kernel, a->stride);
+  if (!pool_pads_ok(n))
     return false;
-  }
-  int64_t oh = window_out(in.h, a->kernel, a->stride, a->pad);
-  int64_t ow = window_out(in.w, a->kernel, a->stride, a->pad);
-  if (!oh || !ow) {
-    error_at(n->loc, "maxpool layer '%s': kernel %d is larger than its padded input %lldx%lld",
-             n->name, a->kernel, (long long)(in.h + 2 * a->pad), (long long)(in.w + 2 * a->pad));
+  int64_t oh, ow;
+  if (!window_shape(n, in, a->kernel, a->stride, a->pad, a->ceil_mode, &oh, &ow))
     return false;
-  }
   n->out = chw(in.c, oh, ow);
   return true;
 }
@@ -161,8 +207,14 @@ static bool infer_flatten(const Graph *g, Node *n, Shape in) {
 }
 
 static bool infer_softmax(const Graph *g, Node *n, Shape in) {
-  if (!need_flat(g, n, in))
+  if (in.rank == 3) {  // refused by name: a reader of ONNX's Softmax(axis=1) may expect it
+    char buf[64];
+    error_at(n->loc, "softmax layer '%s': a softmax over the channels at each position of a "
+             "CxHxW input (ONNX's axis=1) is not supported, and '%s' gives %s; add a flatten "
+             "layer for a softmax over all its features", n->name, g->nodes[n->inputs[0]].name,
+             shape_str(in, buf, sizeof buf));
     return false;
+  }
   n->out = in;
   return true;
 }
@@ -219,7 +271,7 @@ static Range need_concat(const Graph *g, const Node *n, int j, Shape in, Range r
 
 static const char *const CONV_KEYS[] = {"out", "kernel", "stride", "pad", "groups", "bias", "init", NULL};
 static const char *const LRN_KEYS[] = {"size", "alpha", "beta", "k", "groups", NULL};
-static const char *const POOL_KEYS[] = {"kernel", "stride", "pad", NULL};
+static const char *const POOL_KEYS[] = {"kernel", "stride", "pad", "ceil_mode", NULL};
 static const char *const FC_KEYS[] = {"out", "bias", "init", NULL};
 static const char *const DROPOUT_KEYS[] = {"p", NULL};
 static const char *const NO_KEYS[] = {NULL};

@@ -659,7 +659,7 @@ typedef struct {
   const OpCall *c;
   const float *x, *dy;
   float *y, *dx, *part;  // part: nchunk partial dW, or dw itself when nchunk == 1
-  int C, H, W, OC, OH, OW, k, s, pad, G, ipg, opg, Kg, P;
+  int C, H, W, OC, OH, OW, k, s, pt, pl, G, ipg, opg, Kg, P;  // pt, pl: top, left pads
   int nb, nsub, nchunk;  // images per sub-batch, sub-batches, dW chunks
   const float *wpk;      // packed W_g (forward) or W_g^T (backward data), per group
   size_t wpk_size;
@@ -671,7 +671,7 @@ static Conv conv_setup(const OpCall *c) {
   Shape in = in_shape(c, 0), out = c->n->out;
   Conv v = {.c = c, .x = c->x[0], .C = (int)in.c, .H = (int)in.h, .W = (int)in.w,
             .OC = a->out, .OH = (int)out.h, .OW = (int)out.w, .k = a->kernel, .s = a->stride,
-            .pad = a->pad, .G = a->groups};
+            .pt = a->pad.top, .pl = a->pad.left, .G = a->groups};
   v.ipg = v.C / v.G;
   v.opg = v.OC / v.G;
   v.Kg = v.ipg * v.k * v.k;
@@ -689,15 +689,16 @@ static Conv conv_setup(const OpCall *c) {
 static int sub_first(const Conv *v, int sb) { return sb * v->nb; }
 static int sub_count(const Conv *v, int sb) { return imin(v->nb, v->c->batch - sb * v->nb); }
 
-// col[(ic*k + ky)*k + kx][img*P + oy*OW + ox] = x[n0 + img][g*ipg + ic][oy*s - pad + ky]
-// [ox*s - pad + kx], 0 in the padding.
+// col[(ic*k + ky)*k + kx][img*P + oy*OW + ox] = x[n0 + img][g*ipg + ic][oy*s - pt + ky]
+// [ox*s - pl + kx], 0 in the padding.
 static void im2col(const Conv *v, int n0, int cnt, int g, float *col) {
-  const int N = cnt * v->P, k = v->k, s = v->s, pad = v->pad, W = v->W, H = v->H, OW = v->OW;
+  const int N = cnt * v->P, k = v->k, s = v->s, pt = v->pt, pl = v->pl, W = v->W, H = v->H;
+  const int OW = v->OW;
   for (int ic = 0; ic < v->ipg; ic++)
     for (int ky = 0; ky < k; ky++)
       for (int kx = 0; kx < k; kx++) {
         float *row = col + (size_t)((ic * k + ky) * k + kx) * N;
-        int t = pad - kx, u = W - 1 + pad - kx;
+        int t = pl - kx, u = W - 1 + pl - kx;
         int ox0 = t <= 0 ? 0 : (t + s - 1) / s;
         int ox1 = u < 0 ? 0 : imin(OW, u / s + 1);
         if (ox1 < ox0)
@@ -708,7 +709,7 @@ static void im2col(const Conv *v, int n0, int cnt, int g, float *col) {
           const float *src = v->x + ((size_t)(n0 + img) * v->C + g * v->ipg + ic) * H * W;
           float *dst = row + (size_t)img * v->P;
           for (int oy = 0; oy < v->OH; oy++) {
-            int iy = oy * s - pad + ky;
+            int iy = oy * s - pt + ky;
             float *d = dst + oy * OW;
             if (iy < 0 || iy >= H) {
               memset(d, 0, OW * sizeof(float));
@@ -716,7 +717,7 @@ static void im2col(const Conv *v, int n0, int cnt, int g, float *col) {
             }
             for (int ox = 0; ox < ox0; ox++)
               d[ox] = 0;
-            const float *sr = src + iy * W - pad + kx;
+            const float *sr = src + iy * W - pl + kx;
             if (s == 1)
               memcpy(d + ox0, sr + ox0, (size_t)(ox1 - ox0) * sizeof(float));
             else
@@ -731,21 +732,22 @@ static void im2col(const Conv *v, int n0, int cnt, int g, float *col) {
 
 // The adjoint of im2col: dx[...] += dcol[...] at every tap inside the input.
 static void col2im_add(const Conv *v, int n0, int cnt, int g, const float *col) {
-  const int N = cnt * v->P, k = v->k, s = v->s, pad = v->pad, W = v->W, H = v->H, OW = v->OW;
+  const int N = cnt * v->P, k = v->k, s = v->s, pt = v->pt, pl = v->pl, W = v->W, H = v->H;
+  const int OW = v->OW;
   for (int img = 0; img < cnt; img++)
     for (int ic = 0; ic < v->ipg; ic++) {
       float *dst = v->dx + ((size_t)(n0 + img) * v->C + g * v->ipg + ic) * H * W;
       for (int ky = 0; ky < k; ky++)
         for (int kx = 0; kx < k; kx++) {
           const float *row = col + (size_t)((ic * k + ky) * k + kx) * N + (size_t)img * v->P;
-          int t = pad - kx, u = W - 1 + pad - kx;
+          int t = pl - kx, u = W - 1 + pl - kx;
           int ox0 = t <= 0 ? 0 : (t + s - 1) / s;
           int ox1 = u < 0 ? 0 : imin(OW, u / s + 1);
           for (int oy = 0; oy < v->OH; oy++) {
-            int iy = oy * s - pad + ky;
+            int iy = oy * s - pt + ky;
             if (iy < 0 || iy >= H)
               continue;
-            float *d = dst + iy * W - pad + kx;
+            float *d = dst + iy * W - pl + kx;
             const float *r = row + oy * OW;
             if (s == 1)
               for (int ox = ox0; ox < ox1; ox++)
@@ -1087,7 +1089,7 @@ static Lrn lrn_setup(const OpCall *c) {
 typedef struct {
   const float *x, *dy;
   float *y, *dx;
-  int H, W, OH, OW, k, s, pad, planes;
+  int H, W, OH, OW, k, s, pt, pl, planes;  // pt, pl: top, left pads
 } Pool;
 
 #define POOL_PLANES 16
@@ -1102,7 +1104,7 @@ typedef struct {
 static inline __attribute__((always_inline)) float pool_window(const Pool *p, const float *x,
                                                                int oy, int ox, int K, bool bwd,
                                                                float m, int *arg_out) {
-  int y0 = oy * p->s - p->pad, x0 = ox * p->s - p->pad;
+  int y0 = oy * p->s - p->pt, x0 = ox * p->s - p->pl;
   int ky0 = 0, kx0 = 0, ky1 = K, kx1 = K;
   if (y0 < 0 || x0 < 0 || y0 + K > p->H || x0 + K > p->W) {
     ky0 = y0 < 0 ? -y0 : 0;
@@ -1172,8 +1174,8 @@ static Pool pool_setup(const OpCall *c) {
   Shape in = in_shape(c, 0), out = c->n->out;
   const PoolAttrs *a = &c->n->pool;
   return (Pool){.x = c->x[0], .H = (int)in.h, .W = (int)in.w, .OH = (int)out.h,
-                .OW = (int)out.w, .k = a->kernel, .s = a->stride, .pad = a->pad,
-                .planes = (int)(in.c * c->batch)};
+                .OW = (int)out.w, .k = a->kernel, .s = a->stride, .pt = a->pad.top,
+                .pl = a->pad.left, .planes = (int)(in.c * c->batch)};
 }
 
 // ---------------------------------------------------------------- softmax, concat

@@ -45,12 +45,13 @@ static void ref_forward(const OpCall *c, float *y) {
 
 // ---------------------------------------------------------------- backward, one op each
 
-// Conv: y[i,oc,oy,ox] = b[oc] + sum_{ic,ky,kx} w[oc,ic,ky,kx] x[i, g*ipg+ic, oy*s-p+ky,
-// ox*s-p+kx] over the taps inside the input (padding reads zeros).
+// Conv: y[i,oc,oy,ox] = b[oc] + sum_{ic,ky,kx} w[oc,ic,ky,kx] x[i, g*ipg+ic, oy*s-top+ky,
+// ox*s-left+kx] over the taps inside the input (padding reads zeros).
 
-// The input position a tap reads, or -1 when it falls in the padding.
-static int64_t conv_tap(int64_t o, int64_t k, const ConvAttrs *a, int64_t extent) {
-  int64_t i = o * a->stride - a->pad + k;
+// The input position a tap reads, or -1 when it falls in the padding; `lead` is the
+// top or left pad (the bottom/right pads only set the output size).
+static int64_t conv_tap(int64_t o, int64_t k, const ConvAttrs *a, int lead, int64_t extent) {
+  int64_t i = o * a->stride - lead + k;
   return i >= 0 && i < extent ? i : -1;
 }
 
@@ -70,9 +71,9 @@ static void conv_dw_db(const OpCall *c, const float *dy, float *dw, float *db) {
             const float *g = dy + ((int64_t)i * out.c + oc) * ohw;
             const float *x = c->x[0] + ((int64_t)i * in.c + oc / opg * ipg + ic) * ihw;
             for (int64_t oy = 0; oy < out.h; oy++) {
-              int64_t iy = conv_tap(oy, ky, a, in.h);
+              int64_t iy = conv_tap(oy, ky, a, a->pad.top, in.h);
               for (int64_t ox = 0; ox < out.w && iy >= 0; ox++) {
-                int64_t ix = conv_tap(ox, kx, a, in.w);
+                int64_t ix = conv_tap(ox, kx, a, a->pad.left, in.w);
                 if (ix >= 0)
                   acc += (double)g[oy * out.w + ox] * x[iy * in.w + ix];
               }
@@ -90,7 +91,7 @@ static void conv_dw_db(const OpCall *c, const float *dy, float *dw, float *db) {
 }
 
 // dx[i,ic,iy,ix] += sum of dy[i,oc,oy,ox] * w[oc,ic',ky,kx] over the output channels of
-// ic's group and the taps (oy, ky), (ox, kx) that read (iy, ix): iy = oy*s - p + ky.
+// ic's group and the taps (oy, ky), (ox, kx) that read (iy, ix): iy = oy*s - top + ky.
 // Gathered per input element (one double sum each) rather than scattered, so every
 // element is rounded once.
 static void conv_dx(const OpCall *c, const float *dy, float *dx) {
@@ -106,11 +107,11 @@ static void conv_dx(const OpCall *c, const float *dy, float *dx) {
           for (int64_t oc = grp * opg; oc < (grp + 1) * opg; oc++) {
             const float *g = dy + ((int64_t)i * out.c + oc) * shape_plane(out);
             for (int64_t ky = 0; ky < k; ky++) {
-              int64_t ty = iy + a->pad - ky;  // = oy * stride
+              int64_t ty = iy + a->pad.top - ky;  // = oy * stride
               if (ty < 0 || ty % a->stride || ty / a->stride >= out.h)
                 continue;
               for (int64_t kx = 0; kx < k; kx++) {
-                int64_t tx = ix + a->pad - kx;
+                int64_t tx = ix + a->pad.left - kx;
                 if (tx < 0 || tx % a->stride || tx / a->stride >= out.w)
                   continue;
                 acc += (double)g[ty / a->stride * out.w + tx / a->stride] *
@@ -231,7 +232,7 @@ static void maxpool_backward(const OpCall *c, const float *dy, float *const *dx)
         int64_t arg = -1;  // stays -1 only if every element of the window is -inf
         for (int ky = 0; ky < a->kernel; ky++)
           for (int kx = 0; kx < a->kernel; kx++) {
-            int64_t iy = oy * a->stride - a->pad + ky, ix = ox * a->stride - a->pad + kx;
+            int64_t iy = oy * a->stride - a->pad.top + ky, ix = ox * a->stride - a->pad.left + kx;
             if (iy >= 0 && iy < in.h && ix >= 0 && ix < in.w && x[iy * in.w + ix] > m) {
               m = x[iy * in.w + ix];
               arg = iy * in.w + ix;

@@ -188,6 +188,53 @@ CASES = [
           - {name: pool_s4, op: maxpool, kernel: 3, stride: 4, inputs: input}
           - {name: conv_pool, op: concat, inputs: [conv_s4, pool_s4]}
         """, ["conv_s4", "pool_s4"], seed=171, input_seed=172, init="spec"),
+    Case("pool_ceil", """
+        # ceil_mode: the output size rounds up, so the last window hangs over the bottom
+        # or right edge and is clipped (10 rows, kernel 3, stride 2: 5 rows, not 4).
+        # ceil_k3s3p1's width is PyTorch's exception: ceil((11 + 2 - 3) / 3) + 1 = 5,
+        # but the 5th window would start at 12 - 1 = 11, in the right pad, so 4. A
+        # maxpool without stride takes stride = kernel (PyTorch's default).
+        name: pool_ceil
+        input: {channels: 4, height: 10, width: 11}
+        layers:
+          - {name: ceil_k3s2, op: maxpool, kernel: 3, stride: 2, ceil_mode: true, inputs: input}
+          - {name: ceil_k3s3p1, op: maxpool, kernel: 3, stride: 3, pad: 1, ceil_mode: true, inputs: input}
+          - {name: default_stride, op: maxpool, kernel: 3, inputs: input}
+          - {name: default_stride_ceil, op: maxpool, kernel: 3, ceil_mode: true, inputs: input}
+          - {name: f1, op: flatten, inputs: ceil_k3s2}
+          - {name: f2, op: flatten, inputs: ceil_k3s3p1}
+          - {name: f3, op: flatten, inputs: default_stride}
+          - {name: f4, op: flatten, inputs: default_stride_ceil}
+          - {name: all, op: concat, inputs: [f1, f2, f3, f4]}
+        """, ["ceil_k3s2", "ceil_k3s3p1", "default_stride", "default_stride_ceil"], seed=221,
+         input_seed=222),
+    Case("pad_sides", """
+        # Padding per side [top, left, bottom, right], per axis [h, w], and `same` (ONNX's
+        # SAME_UPPER: the odd pixel at the bottom/right; 7x6, kernel 4, stride 2 pads rows
+        # 1 above and 2 below). Pools read the N(0,1) input, so padding must never win.
+        # The decoy indexes from the bottom/right pads instead of the top/left ones.
+        name: pad_sides
+        input: {channels: 3, height: 7, width: 6}
+        init: {weight_std: 0.3, bias: 0.1, bias_std: 0.1}
+        layers:
+          - {name: conv_tlbr, op: conv, out: 4, kernel: 3, pad: [2, 0, 1, 1], inputs: input}
+          - {name: conv_hw, op: conv, out: 3, kernel: 3, stride: 2, pad: [0, 1], inputs: input}
+          - {name: conv_same_s2, op: conv, out: 2, kernel: 4, stride: 2, pad: same, inputs: input}
+          - {name: conv_same_k2, op: conv, out: 2, kernel: 2, pad: same, inputs: input}
+          - {name: pool_tlbr, op: maxpool, kernel: 3, stride: 2, pad: [1, 0, 0, 1], inputs: input}
+          - {name: pool_same, op: maxpool, kernel: 2, pad: same, inputs: input}
+          - {name: pool_tlbr_ceil, op: maxpool, kernel: 3, stride: 2, pad: [0, 1, 1, 0], ceil_mode: true, inputs: input}
+          - {name: f1, op: flatten, inputs: conv_tlbr}
+          - {name: f2, op: flatten, inputs: conv_hw}
+          - {name: f3, op: flatten, inputs: conv_same_s2}
+          - {name: f4, op: flatten, inputs: conv_same_k2}
+          - {name: f5, op: flatten, inputs: pool_tlbr}
+          - {name: f6, op: flatten, inputs: pool_same}
+          - {name: f7, op: flatten, inputs: pool_tlbr_ceil}
+          - {name: all, op: concat, inputs: [f1, f2, f3, f4, f5, f6, f7]}
+        """, ["conv_tlbr", "conv_hw", "conv_same_s2", "conv_same_k2", "pool_tlbr", "pool_same",
+              "pool_tlbr_ceil"], seed=231, input_seed=232, init="spec",
+         decoys=["pads_swapped", "pool_zero_pad"]),
     Case("conv_1x1", """
         # 1x1 convolutions: a per-pixel matrix product; then 1x1 with stride 2 (7 -> 4).
         name: conv_1x1
@@ -273,10 +320,48 @@ def lrn(x, size, alpha, beta, k, groups, variant):
                       for p in parts], dim=1)
 
 
-def maxpool(x, kernel, stride, pad, variant):
+def same_pads(size, kernel, stride):
+    """ONNX's SAME_UPPER on one axis: output ceil(size / stride), the odd pixel after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def pads_of(layer, x, kernel, stride, variant):
+    """The spec's `pad` as (top, left, bottom, right): P, [h, w], [t, l, b, r] or same."""
+    pad = layer.get("pad", 0)
+    if pad == "same":
+        (t, b), (l, r) = (same_pads(x.shape[2], kernel, stride),
+                          same_pads(x.shape[3], kernel, stride))
+    elif isinstance(pad, list) and len(pad) == 2:
+        t, l, b, r = pad[0], pad[1], pad[0], pad[1]
+    elif isinstance(pad, list):
+        t, l, b, r = pad
+    else:
+        t = l = b = r = int(pad)
+    if "pads_swapped" in variant:  # the mistake: indexing from the bottom/right pads
+        t, l, b, r = b, r, t, l
+    return int(t), int(l), int(b), int(r)
+
+
+def conv(x, w, b, stride, groups, pads):
+    """Asymmetric zero padding as F.pad before an unpadded conv2d."""
+    t, l, bottom, r = pads
+    return F.conv2d(F.pad(x, (l, r, t, bottom)), w, b, stride=stride, groups=groups)
+
+
+def maxpool(x, kernel, stride, pads, ceil_mode, variant):
+    t, l, b, r = pads
     if "pool_zero_pad" in variant:  # the mistake: padding with zeros instead of -inf
-        return F.max_pool2d(F.pad(x, (pad, pad, pad, pad)), kernel, stride)
-    return F.max_pool2d(x, kernel, stride, padding=pad, ceil_mode=False)
+        return F.max_pool2d(F.pad(x, (l, r, t, b)), kernel, stride, ceil_mode=ceil_mode)
+    if t == l == b == r:  # PyTorch's own padding (and its ceil_mode rule)
+        return F.max_pool2d(x, kernel, stride, padding=t, ceil_mode=ceil_mode)
+    # Asymmetric: -inf pads, so padding never wins. With ceil_mode torch then lets the
+    # last window start in the bottom/right pad, where alexc (and torch with symmetric
+    # pads) drops it; the cases here avoid such sizes, and a mismatch shows as a shape
+    # error in `alexc golden check`.
+    padded = F.pad(x, (l, r, t, b), value=float("-inf"))
+    return F.max_pool2d(padded, kernel, stride, ceil_mode=ceil_mode)
 
 
 def bias_of(params, layer, variant):
@@ -305,16 +390,19 @@ def run_spec(spec, params, x, variant=()):
         a = xs[0]
         if op == "conv":
             w = params[name + ".weight"]
-            y = F.conv2d(a, w, bias_of(params, layer, variant), stride=int(layer.get("stride", 1)),
-                         padding=int(layer.get("pad", 0)), groups=int(layer.get("groups", 1)))
+            stride = int(layer.get("stride", 1))
+            y = conv(a, w, bias_of(params, layer, variant), stride, int(layer.get("groups", 1)),
+                     pads_of(layer, a, w.shape[2], stride, variant))
         elif op == "relu":
             y = F.relu(a)
         elif op == "lrn":
             y = lrn(a, int(layer["size"]), float(layer["alpha"]), float(layer["beta"]),
                     float(layer["k"]), int(layer.get("groups", 1)), variant)
         elif op == "maxpool":
-            y = maxpool(a, int(layer["kernel"]), int(layer["stride"]), int(layer.get("pad", 0)),
-                        variant)
+            kernel = int(layer["kernel"])
+            stride = int(layer.get("stride", kernel))  # PyTorch's default
+            y = maxpool(a, kernel, stride, pads_of(layer, a, kernel, stride, variant),
+                        bool(layer.get("ceil_mode", False)), variant)
         elif op == "fc":
             y = F.linear(a, params[name + ".weight"], bias_of(params, layer, variant))
         elif op == "dropout":  # inference: the identity

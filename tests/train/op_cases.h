@@ -69,6 +69,11 @@ static const OpCase OP_CASES[] = {
     {"conv_k3_p2", OPC_IN(2, 4, 4) "  - {name: c, op: conv, out: 2, kernel: 3, pad: 2}\n", NULL, 2, 0},
     {"conv_g4_k1_s2_p1", OPC_IN(4, 5, 6) "  - {name: c, op: conv, out: 8, kernel: 1, stride: 2, pad: 1, groups: 4}\n", NULL, 2, 0},
     {"conv_k5_s1_p2_batch1", OPC_IN(1, 7, 7) "  - {name: c, op: conv, out: 3, kernel: 5, pad: 2}\n", NULL, 1, 0},
+    // pads per side and per axis, and `same` (odd pixel at the bottom/right)
+    {"conv_k3_pad_tlbr", OPC_IN(2, 6, 5) "  - {name: c, op: conv, out: 3, kernel: 3, pad: [2, 0, 1, 1]}\n", NULL, 2, 0},
+    {"conv_k3_s2_pad_hw", OPC_IN(3, 7, 6) "  - {name: c, op: conv, out: 2, kernel: 3, stride: 2, pad: [0, 1]}\n", NULL, 2, 0},
+    {"conv_k4_s2_same_g2", OPC_IN(4, 7, 6) "  - {name: c, op: conv, out: 4, kernel: 4, stride: 2, pad: same, groups: 2}\n", NULL, 2, 0},
+    {"conv_k2_same", OPC_IN(2, 5, 4) "  - {name: c, op: conv, out: 3, kernel: 2, pad: same}\n", NULL, 2, 0},
 
     // fc (its input flattened first), bias on and off
     {"fc", OPC_IN(2, 3, 3) "  - {name: f, op: flatten}\n  - {name: fc, op: fc, out: 5}\n", NULL, 3, 0},
@@ -96,6 +101,14 @@ static const OpCase OP_CASES[] = {
     {"pool_k3_s2_13", OPC_IN(3, 13, 13) "  - {name: p, op: maxpool, kernel: 3, stride: 2}\n", NULL, 1, 0},
     {"pool_k3_s2_p1_ties", OPC_IN(2, 7, 7) "  - {name: p, op: maxpool, kernel: 3, stride: 2, pad: 1}\n", NULL, 2, OPC_TIES},
     {"pool_k2_s1_ties", OPC_IN(2, 4, 5) "  - {name: p, op: maxpool, kernel: 2, stride: 1}\n", NULL, 2, OPC_TIES},
+    // ceil_mode (last windows clipped at the bottom/right), per-side pads, same, the
+    // default stride (= kernel)
+    {"pool_k3_s2_ceil", OPC_IN(2, 8, 7) "  - {name: p, op: maxpool, kernel: 3, stride: 2, ceil_mode: true}\n", NULL, 2, 0},
+    {"pool_k3_s3_p1_ceil", OPC_IN(2, 7, 8) "  - {name: p, op: maxpool, kernel: 3, stride: 3, pad: 1, ceil_mode: true}\n", NULL, 2, 0},
+    {"pool_k3_s2_pad_tlbr_ceil", OPC_IN(2, 7, 6) "  - {name: p, op: maxpool, kernel: 3, stride: 2, pad: [1, 0, 0, 1], ceil_mode: true}\n", NULL, 2, 0},
+    {"pool_k2_same", OPC_IN(3, 5, 4) "  - {name: p, op: maxpool, kernel: 2, pad: same}\n", NULL, 2, 0},
+    {"pool_k3_default_stride", OPC_IN(2, 8, 7) "  - {name: p, op: maxpool, kernel: 3}\n", NULL, 2, 0},
+    {"pool_k3_s2_ceil_ties", OPC_IN(2, 8, 7) "  - {name: p, op: maxpool, kernel: 3, stride: 2, pad: [0, 1, 1, 0], ceil_mode: true}\n", NULL, 2, OPC_TIES},
 
     // dropout: with masks (p 0.5 and 0.25), and without (the identity)
     {"dropout_p05", OPC_IN(3, 4, 4) "  - {name: d, op: dropout, p: 0.5}\n", NULL, 2, 0},

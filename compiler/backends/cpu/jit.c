@@ -157,9 +157,11 @@ static uint64_t hash_shape(uint64_t h, Shape s) {
 static uint64_t hash_op(uint64_t h, const Node *n) {
   h = hash_str(hash_i64(h, n->op), n->name);
   h = hash_shape(h, n->out);
-  const int64_t ints[] = {n->conv.out, n->conv.kernel, n->conv.stride, n->conv.pad,
-                          n->conv.groups, n->conv.bias, n->lrn.size, n->lrn.groups,
-                          n->pool.kernel, n->pool.stride, n->pool.pad, n->fc.out, n->fc.bias};
+  const Pads cp = n->conv.pad, pp = n->pool.pad;
+  const int64_t ints[] = {n->conv.out, n->conv.kernel, n->conv.stride, cp.top, cp.left,
+                          cp.bottom, cp.right, n->conv.groups, n->conv.bias, n->lrn.size,
+                          n->lrn.groups, n->pool.kernel, n->pool.stride, pp.top, pp.left,
+                          pp.bottom, pp.right, n->pool.ceil_mode, n->fc.out, n->fc.bias};
   for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
     h = hash_i64(h, ints[i]);
   return hash_f64(hash_f64(hash_f64(h, n->lrn.alpha), n->lrn.beta), n->lrn.k);

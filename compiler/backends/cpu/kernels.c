@@ -346,12 +346,18 @@ static int64_t conv_nw(int64_t width, int nv, int registers) {
 }
 
 // Copies input rows [y_in, y_in + rows) of channels `in` into scratch, zero-padded:
-// scratch channel c, row r, column x holds input (in.begin + c, y_in + r, x - pad).
+// scratch channel c, row r, column x holds input (in.begin + c, y_in + r, x - left pad),
+// each row followed by the right pad (which the last windows of `pad: same` read).
+// Floats in a row of the conv's padded input band: left pad, the input row, right pad.
+static int64_t conv_padded_width(const Stage *s) {
+  return s->op->conv.pad.left + s->in.w + s->op->conv.pad.right;
+}
+
 static void conv_copy_input(Cg *c, const Stage *s, const Acc *src, LLVMValueRef pad_buf,
                             int64_t row_stride, int64_t chan_stride, LLVMValueRef y_in,
                             LLVMValueRef rows) {
   Range in = conv_inputs(s);
-  int64_t pad = s->op->conv.pad, w = s->in.w;
+  int64_t left = s->op->conv.pad.left, right = s->op->conv.pad.right, w = s->in.w;
   LLVMValueRef zero8 = LLVMConstInt(LLVMInt8TypeInContext(c->ctx), 0, 0);
   Loop lc, lr;
   LLVMValueRef ch = loop_begin(c, &lc, k64(c, in.begin), k64(c, in.end), "ic_copy");
@@ -366,11 +372,11 @@ static void conv_copy_input(Cg *c, const Stage *s, const Acc *src, LLVMValueRef 
   LLVMBasicBlockRef next = LLVMAppendBasicBlockInContext(c->ctx, c->fn, "row_copied");
   LLVMBuildCondBr(c->b, inside, then, outside);
   LLVMPositionBuilderAtEnd(c->b, then);
-  if (pad) {
-    LLVMBuildMemSet(c->b, dst, zero8, k64(c, pad * 4), 4);
-    LLVMBuildMemSet(c->b, atk(c, dst, pad + w), zero8, k64(c, pad * 4), 4);
-  }
-  LLVMBuildMemCpy(c->b, atk(c, dst, pad), 4, acc_at(c, src, ch, iy, k64(c, 0)), 4, k64(c, w * 4));
+  if (left)
+    LLVMBuildMemSet(c->b, dst, zero8, k64(c, left * 4), 4);
+  if (right)
+    LLVMBuildMemSet(c->b, atk(c, dst, left + w), zero8, k64(c, right * 4), 4);
+  LLVMBuildMemCpy(c->b, atk(c, dst, left), 4, acc_at(c, src, ch, iy, k64(c, 0)), 4, k64(c, w * 4));
   LLVMBuildBr(c->b, next);
   LLVMPositionBuilderAtEnd(c->b, outside);
   LLVMBuildMemSet(c->b, dst, zero8, k64(c, row_stride * 4), 4);
@@ -442,10 +448,10 @@ static void emit_conv(Cg *c, const Plan *p, const Stage *s, const Acc *src, cons
                       LLVMValueRef lo, LLVMValueRef hi, LLVMValueRef weights, LLVMValueRef scratch,
                       int registers, CpuKernelInfo *info) {
   const ConvAttrs *a = &s->op->conv;
-  int64_t stride = a->stride, pad = a->pad;
-  int64_t row_stride = s->in.w + 2 * pad, chan_stride = p->in_rows * row_stride;
+  int64_t stride = a->stride;
+  int64_t row_stride = conv_padded_width(s), chan_stride = p->in_rows * row_stride;
   LLVMValueRef pad_buf = scratch;  // scratch starts with the padded input band
-  LLVMValueRef y_in = addk(c, mulk(c, lo, stride), -pad);
+  LLVMValueRef y_in = addk(c, mulk(c, lo, stride), -a->pad.top);
   LLVMValueRef rows = addk(c, mulk(c, addk(c, sub(c, hi, lo), -1), stride), a->kernel);
   conv_copy_input(c, s, src, pad_buf, row_stride, chan_stride, y_in, rows);
 
@@ -741,12 +747,12 @@ static void emit_pool(Cg *c, const Stage *s, const Acc *src, const Acc *dst, LLV
   LLVMValueRef x = loop_begin(c, &lx, k64(c, 0), k64(c, s->out.w), "x");
   LLVMValueRef m = LLVMConstReal(c->f32, -INFINITY);
   for (int ky = 0; ky < a->kernel; ky++) {
-    LLVMValueRef iy = addk(c, mulk(c, y, a->stride), ky - a->pad);
+    LLVMValueRef iy = addk(c, mulk(c, y, a->stride), ky - a->pad.top);
     LLVMValueRef vy = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntSGE, iy, k64(c, 0), ""),
                                    LLVMBuildICmp(c->b, LLVMIntSLT, iy, k64(c, s->in.h), ""), "");
     LLVMValueRef iyc = smin(c, smax(c, iy, k64(c, 0)), k64(c, s->in.h - 1));
     for (int kx = 0; kx < a->kernel; kx++) {
-      LLVMValueRef ix = addk(c, mulk(c, x, a->stride), kx - a->pad);
+      LLVMValueRef ix = addk(c, mulk(c, x, a->stride), kx - a->pad.left);
       LLVMValueRef vx = LLVMBuildAnd(c->b, LLVMBuildICmp(c->b, LLVMIntSGE, ix, k64(c, 0), ""),
                                      LLVMBuildICmp(c->b, LLVMIntSLT, ix, k64(c, s->in.w), ""), "");
       LLVMValueRef ixc = smin(c, smax(c, ix, k64(c, 0)), k64(c, s->in.w - 1));
@@ -855,8 +861,8 @@ static void band_rows(Cg *c, const Plan *p, LLVMValueRef *lo, LLVMValueRef *hi) 
     const Stage *next = &p->st[k + 1];
     if (next->op->op == OP_MAXPOOL) {
       const PoolAttrs *a = &next->op->pool;
-      lo[k] = smax(c, addk(c, mulk(c, lo[k + 1], a->stride), -a->pad), k64(c, 0));
-      hi[k] = smin(c, addk(c, mulk(c, addk(c, hi[k + 1], -1), a->stride), a->kernel - a->pad),
+      lo[k] = smax(c, addk(c, mulk(c, lo[k + 1], a->stride), -a->pad.top), k64(c, 0));
+      hi[k] = smin(c, addk(c, mulk(c, addk(c, hi[k + 1], -1), a->stride), a->kernel - a->pad.top),
                    k64(c, next->in.h));
     } else {
       lo[k] = lo[k + 1];
@@ -870,7 +876,7 @@ static void plan_scratch(Plan *p) {
   const Stage *head = &p->st[0];
   int64_t at = 0;
   if (head->op->op == OP_CONV)
-    at = range_len(conv_inputs(head)) * p->in_rows * (head->in.w + 2 * head->op->conv.pad);
+    at = range_len(conv_inputs(head)) * p->in_rows * conv_padded_width(head);
   for (int k = 0; k + 1 < p->n; k++) {
     at = (at + 15) / 16 * 16;
     p->st[k].buf = at;

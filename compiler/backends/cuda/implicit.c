@@ -374,12 +374,12 @@ static void emit_conv_constants(FILE *f, const Graph *g, int node, int d) {
   Range r0 = n->place[d].stage[0];
   fprintf(f,
           "// The convolution.\n"
-          "constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
+          "constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD_TOP = %d, PAD_LEFT = %d;\n"
           "constexpr int IN_HELD_BEGIN = %lld, IN_HELD = %lld;  // input channels held here\n"
           "constexpr int IN_PER_GROUP = %lld, OUT_PER_GROUP = %lld;\n"
           "constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel\n"
           "constexpr int C_BEGIN = %lld, C_END = %lld;  // computed here: the weight slice's rows\n",
-          (long long)in->out.h, (long long)in->out.w, a->kernel, a->stride, a->pad,
+          (long long)in->out.h, (long long)in->out.w, a->kernel, a->stride, a->pad.top, a->pad.left,
           (long long)pi->held.begin, (long long)range_len(pi->held),
           (long long)(in->out.c / a->groups), (long long)(a->out / a->groups),
           (long long)r0.begin, (long long)r0.end);
@@ -436,7 +436,7 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
           "    const bool m_ok = m < M;\n"
           "    const long long img = m / PIXELS;\n"
           "    const int pixel = (int)(m %% PIXELS);\n"
-          "    const int iy0 = pixel / OUT_W * STRIDE - PAD, ix0 = pixel %% OUT_W * STRIDE - PAD;\n"
+          "    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel %% OUT_W * STRIDE - PAD_LEFT;\n"
           "    const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);\n"
           "\n",
           writes_output ? "" : "  // also out's elements per channel");
@@ -540,13 +540,13 @@ CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec) {
     const Node *s = &n->epilogue[k - 1];
     if (s->op == OP_LRN)
       t.halo += s->lrn.size / 2;
-    if (s->op == OP_MAXPOOL) {  // a tile row y starts region row y * S - P
-      t.y_shift = t.y_shift * s->pool.stride - s->pool.pad;
+    if (s->op == OP_MAXPOOL) {  // a tile row y starts region row y * S - top pad
+      t.y_shift = t.y_shift * s->pool.stride - s->pool.pad.top;
+      t.x_shift = t.x_shift * s->pool.stride - s->pool.pad.left;
       t.y_scale *= s->pool.stride;
     }
   }
   t.x_scale = t.y_scale;
-  t.x_shift = t.y_shift;
   Range out = n->place[d].stage[n->n_epilogue];
   int channels = (int)range_len(out), h = (int)n->out.h, w = (int)n->out.w;
   int64_t best = INT64_MAX, best_tiles = INT64_MAX;
@@ -690,7 +690,7 @@ void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname
           "      // pixels outside the conv output (the region hangs over an edge) load zeros.\n"
           "      const int m = m0 + a_m, oy = ry0 + m / RW, ox = rx0 + m %% RW;\n"
           "      const bool m_ok = m < RP && oy >= 0 && oy < CONV_H && ox >= 0 && ox < CONV_W;\n"
-          "      const int iy0 = oy * STRIDE - PAD, ix0 = ox * STRIDE - PAD;\n"
+          "      const int iy0 = oy * STRIDE - PAD_TOP, ix0 = ox * STRIDE - PAD_LEFT;\n"
           "      for (int n0 = c_lo; n0 < c_hi;) {\n"
           "        const int group = n0 / OUT_PER_GROUP;\n"
           "        const int group_end = (group + 1) * OUT_PER_GROUP < c_hi ? (group + 1) * OUT_PER_GROUP : c_hi;\n"

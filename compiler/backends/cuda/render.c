@@ -25,22 +25,23 @@ static const char *flit(double v, char *buf) {
 
 
 static void describe_stage(FILE *f, const Node *s, Shape in, Shape out) {
-  char a[64], b[64];
+  char a[64], b[64], pads[64];
   fprintf(f, "%s: %s %s -> %s", s->name, op_name(s->op), shape_str(in, a, sizeof a),
           shape_str(out, b, sizeof b));
   switch (s->op) {
   case OP_CONV:
-    fprintf(f, ", %d kernels %dx%d, stride %d, pad %d, groups %d%s", s->conv.out, s->conv.kernel,
-            s->conv.kernel, s->conv.stride, s->conv.pad, s->conv.groups,
-            s->conv.bias ? "" : ", no bias");
+    fprintf(f, ", %d kernels %dx%d, stride %d, pad %s, groups %d%s", s->conv.out, s->conv.kernel,
+            s->conv.kernel, s->conv.stride, pads_str(s->conv.pad, pads, sizeof pads),
+            s->conv.groups, s->conv.bias ? "" : ", no bias");
     break;
   case OP_LRN:
     fprintf(f, ", size %d, alpha %g, beta %g, k %g, groups %d", s->lrn.size, s->lrn.alpha,
             s->lrn.beta, s->lrn.k, s->lrn.groups);
     break;
   case OP_MAXPOOL:
-    fprintf(f, ", %dx%d window, stride %d, pad %d", s->pool.kernel, s->pool.kernel,
-            s->pool.stride, s->pool.pad);
+    fprintf(f, ", %dx%d window, stride %d, pad %s%s", s->pool.kernel, s->pool.kernel,
+            s->pool.stride, pads_str(s->pool.pad, pads, sizeof pads),
+            s->pool.ceil_mode ? ", ceil_mode" : "");
     break;
   case OP_FC:
     fprintf(f, "%s (GEMM in cuBLAS)", s->fc.bias ? "" : ", no bias");
@@ -111,7 +112,7 @@ static bool emit_stage(const Ctx *x, int k) {
       break;
     }
     fprintf(f,
-            "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
+            "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD_TOP = %d, PAD_LEFT = %d;\n"
             "  constexpr int IN_PER_GROUP = %lld, OUT_PER_GROUP = %d;\n"
             "  constexpr int FIRST_KERNEL = %lld;  // this device's weights start there\n"
             "  const int group = c / OUT_PER_GROUP;\n"
@@ -119,17 +120,17 @@ static bool emit_stage(const Ctx *x, int k) {
             "  float acc = %s;\n"
             "  for (int ic = 0; ic < IN_PER_GROUP; ic++)\n"
             "    for (int ky = 0; ky < K; ky++) {\n"
-            "      const int iy = y * STRIDE - PAD + ky;\n"
+            "      const int iy = y * STRIDE - PAD_TOP + ky;\n"
             "      if (iy < 0 || iy >= IN_H)\n"
             "        continue;\n"
             "      for (int kx = 0; kx < K; kx++) {\n"
-            "        const int ix = x * STRIDE - PAD + kx;\n"
+            "        const int ix = x * STRIDE - PAD_LEFT + kx;\n"
             "        if (ix >= 0 && ix < IN_W)\n"
             "          acc += in0(p, img, group * IN_PER_GROUP + ic, iy, ix) * w[(ic * K + ky) * K + kx];\n"
             "      }\n"
             "    }\n"
             "  return acc;\n",
-            (long long)in.h, (long long)in.w, a->kernel, a->stride, a->pad,
+            (long long)in.h, (long long)in.w, a->kernel, a->stride, a->pad.top, a->pad.left,
             (long long)(in.c / a->groups), a->out / a->groups,
             (long long)n->place[x->device].stage[0].begin,
             a->bias ? "p.b[c - FIRST_KERNEL]" : "0.0f");
@@ -178,12 +179,12 @@ static bool emit_stage(const Ctx *x, int k) {
   case OP_MAXPOOL: {
     const PoolAttrs *a = &s->pool;
     fprintf(f,
-            "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
+            "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD_TOP = %d, PAD_LEFT = %d;\n"
             "  float m = -INFINITY;  // padding never wins: windows are clipped to the input\n"
             "#pragma unroll 1\n"
             "  for (int ky = 0; ky < K; ky++)\n"
             "    for (int kx = 0; kx < K; kx++) {\n"
-            "      const int iy = y * STRIDE - PAD + ky, ix = x * STRIDE - PAD + kx;\n"
+            "      const int iy = y * STRIDE - PAD_TOP + ky, ix = x * STRIDE - PAD_LEFT + kx;\n"
             "      if (iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W) {\n"
             "        const float v = %s(p, img, c, iy, ix);\n"
             "        if (v > m)\n"
@@ -191,7 +192,7 @@ static bool emit_stage(const Ctx *x, int k) {
             "      }\n"
             "    }\n"
             "  return m;\n",
-            (long long)in.h, (long long)in.w, a->kernel, a->stride, a->pad, prev);
+            (long long)in.h, (long long)in.w, a->kernel, a->stride, a->pad.top, a->pad.left, prev);
     break;
   }
   case OP_FLATTEN:
@@ -400,7 +401,7 @@ void emit_im2col(const Ctx *x, const char *kname, const ConvGemm *cg) {
           "extern \"C\" __global__ void %s(\n"
           "    const float *__restrict__ x0,\n    %s *__restrict__ col,\n    int batch) {\n"
           "  using namespace node%02d_im2col;\n"
-          "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD = %d;\n"
+          "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD_TOP = %d, PAD_LEFT = %d;\n"
           "  constexpr int OUT_H = %lld, OUT_W = %lld, IN_PER_GROUP = %lld;\n"
           "  constexpr int FIRST_GROUP = %lld, GROUPS = %lld;\n"
           "  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;\n"
@@ -412,7 +413,7 @@ void emit_im2col(const Ctx *x, const char *kname, const ConvGemm *cg) {
           "    const long long row = i %% ld, img = row / PIXELS;\n"
           "    const int pixel = (int)(row %% PIXELS), oy = pixel / OUT_W, ox = pixel %% OUT_W;\n"
           "    const int ic = kk / (K * K), ky = kk / K %% K, kx = kk %% K;\n"
-          "    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;\n"
+          "    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;\n"
           "    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W\n"
           "                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)\n"
           "                        : 0.0f;\n"
@@ -421,7 +422,7 @@ void emit_im2col(const Ctx *x, const char *kname, const ConvGemm *cg) {
           "}\n\n",
           (long long)cg->first_group, (long long)(cg->first_group + cg->groups),
           x->bf16 ? " (bfloat16: unsigned short)" : "", kname, x->bf16 ? "unsigned short" : "float", x->node,
-          (long long)in.h, (long long)in.w, a->kernel, a->stride, a->pad,
+          (long long)in.h, (long long)in.w, a->kernel, a->stride, a->pad.top, a->pad.left,
           (long long)n->head_out.h, (long long)n->head_out.w, (long long)(in.c / a->groups),
           (long long)cg->first_group, (long long)cg->groups, x->bf16 ? "    // Each group's columns start at its float-sized offset (as for fp32), so the\n"
                     "    // bfloat16 columns of group g sit at element 2 * g * KK * ld.\n"

@@ -70,7 +70,7 @@ extern "C" __global__ void k01_conv1_im2col(
     unsigned short *__restrict__ col,
     int batch) {
   using namespace node01_im2col;
-  constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD = 0;
+  constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD_TOP = 0, PAD_LEFT = 0;
   constexpr int OUT_H = 55, OUT_W = 55, IN_PER_GROUP = 3;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
   constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
@@ -82,7 +82,7 @@ extern "C" __global__ void k01_conv1_im2col(
     const long long row = i % ld, img = row / PIXELS;
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
     const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
                         ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
                         : 0.0f;
@@ -144,12 +144,12 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
 
 // Stage 3, pool1: maxpool 96x55x55 -> 96x27x27, 3x3 window, stride 2, pad 0.
 __device__ __forceinline__ float stage3(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 55, IN_W = 55, K = 3, STRIDE = 2, PAD = 0;
+  constexpr int IN_H = 55, IN_W = 55, K = 3, STRIDE = 2, PAD_TOP = 0, PAD_LEFT = 0;
   float m = -INFINITY;  // padding never wins: windows are clipped to the input
 #pragma unroll 1
   for (int ky = 0; ky < K; ky++)
     for (int kx = 0; kx < K; kx++) {
-      const int iy = y * STRIDE - PAD + ky, ix = x * STRIDE - PAD + kx;
+      const int iy = y * STRIDE - PAD_TOP + ky, ix = x * STRIDE - PAD_LEFT + kx;
       if (iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W) {
         const float v = stage2(p, img, c, iy, ix);
         if (v > m)
@@ -208,7 +208,7 @@ extern "C" __global__ void k02_conv2_im2col(
     unsigned short *__restrict__ col,
     int batch) {
   using namespace node02_im2col;
-  constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD = 2;
+  constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD_TOP = 2, PAD_LEFT = 2;
   constexpr int OUT_H = 27, OUT_W = 27, IN_PER_GROUP = 48;
   constexpr int FIRST_GROUP = 0, GROUPS = 2;
   constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
@@ -220,7 +220,7 @@ extern "C" __global__ void k02_conv2_im2col(
     const long long row = i % ld, img = row / PIXELS;
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
     const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
                         ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
                         : 0.0f;
@@ -282,12 +282,12 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
 
 // Stage 3, pool2: maxpool 256x27x27 -> 256x13x13, 3x3 window, stride 2, pad 0.
 __device__ __forceinline__ float stage3(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 27, IN_W = 27, K = 3, STRIDE = 2, PAD = 0;
+  constexpr int IN_H = 27, IN_W = 27, K = 3, STRIDE = 2, PAD_TOP = 0, PAD_LEFT = 0;
   float m = -INFINITY;  // padding never wins: windows are clipped to the input
 #pragma unroll 1
   for (int ky = 0; ky < K; ky++)
     for (int kx = 0; kx < K; kx++) {
-      const int iy = y * STRIDE - PAD + ky, ix = x * STRIDE - PAD + kx;
+      const int iy = y * STRIDE - PAD_TOP + ky, ix = x * STRIDE - PAD_LEFT + kx;
       if (iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W) {
         const float v = stage2(p, img, c, iy, ix);
         if (v > m)
@@ -346,7 +346,7 @@ extern "C" __global__ void k03_conv3_im2col(
     unsigned short *__restrict__ col,
     int batch) {
   using namespace node03_im2col;
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 256;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
   constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
@@ -358,7 +358,7 @@ extern "C" __global__ void k03_conv3_im2col(
     const long long row = i % ld, img = row / PIXELS;
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
     const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
                         ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
                         : 0.0f;
@@ -445,7 +445,7 @@ extern "C" __global__ void k04_conv4_im2col(
     unsigned short *__restrict__ col,
     int batch) {
   using namespace node04_im2col;
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
   constexpr int FIRST_GROUP = 0, GROUPS = 2;
   constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
@@ -457,7 +457,7 @@ extern "C" __global__ void k04_conv4_im2col(
     const long long row = i % ld, img = row / PIXELS;
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
     const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
                         ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
                         : 0.0f;
@@ -544,7 +544,7 @@ extern "C" __global__ void k05_conv5_im2col(
     unsigned short *__restrict__ col,
     int batch) {
   using namespace node05_im2col;
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
   constexpr int FIRST_GROUP = 0, GROUPS = 2;
   constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
@@ -556,7 +556,7 @@ extern "C" __global__ void k05_conv5_im2col(
     const long long row = i % ld, img = row / PIXELS;
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
     const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
                         ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
                         : 0.0f;
@@ -598,12 +598,12 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 
 // Stage 2, pool5: maxpool 256x13x13 -> 256x6x6, 3x3 window, stride 2, pad 0.
 __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 2, PAD = 0;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 2, PAD_TOP = 0, PAD_LEFT = 0;
   float m = -INFINITY;  // padding never wins: windows are clipped to the input
 #pragma unroll 1
   for (int ky = 0; ky < K; ky++)
     for (int kx = 0; kx < K; kx++) {
-      const int iy = y * STRIDE - PAD + ky, ix = x * STRIDE - PAD + kx;
+      const int iy = y * STRIDE - PAD_TOP + ky, ix = x * STRIDE - PAD_LEFT + kx;
       if (iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W) {
         const float v = stage1(p, img, c, iy, ix);
         if (v > m)

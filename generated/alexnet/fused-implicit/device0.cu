@@ -82,7 +82,7 @@
 namespace node01_implicit {
 
 // The convolution.
-constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD = 0;
+constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD_TOP = 0, PAD_LEFT = 0;
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 3;  // input channels held here
 constexpr int IN_PER_GROUP = 3, OUT_PER_GROUP = 96;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
@@ -135,7 +135,7 @@ extern "C" __global__ __launch_bounds__(node01_implicit::THREADS) void k01_conv1
     const bool m_ok = m < M;
     const long long img = m / PIXELS;
     const int pixel = (int)(m % PIXELS);
-    const int iy0 = pixel / OUT_W * STRIDE - PAD, ix0 = pixel % OUT_W * STRIDE - PAD;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
     const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);
 
     float acc[TM][TN] = {};
@@ -241,12 +241,12 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
 
 // Stage 3, pool1: maxpool 96x55x55 -> 96x27x27, 3x3 window, stride 2, pad 0.
 __device__ __forceinline__ float stage3(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 55, IN_W = 55, K = 3, STRIDE = 2, PAD = 0;
+  constexpr int IN_H = 55, IN_W = 55, K = 3, STRIDE = 2, PAD_TOP = 0, PAD_LEFT = 0;
   float m = -INFINITY;  // padding never wins: windows are clipped to the input
 #pragma unroll 1
   for (int ky = 0; ky < K; ky++)
     for (int kx = 0; kx < K; kx++) {
-      const int iy = y * STRIDE - PAD + ky, ix = x * STRIDE - PAD + kx;
+      const int iy = y * STRIDE - PAD_TOP + ky, ix = x * STRIDE - PAD_LEFT + kx;
       if (iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W) {
         const float v = stage2(p, img, c, iy, ix);
         if (v > m)
@@ -328,7 +328,7 @@ extern "C" __global__ void k01_conv1(
 namespace node02_implicit {
 
 // The convolution.
-constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD = 2;
+constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD_TOP = 2, PAD_LEFT = 2;
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 96;  // input channels held here
 constexpr int IN_PER_GROUP = 48, OUT_PER_GROUP = 128;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
@@ -381,7 +381,7 @@ extern "C" __global__ __launch_bounds__(node02_implicit::THREADS) void k02_conv2
     const bool m_ok = m < M;
     const long long img = m / PIXELS;
     const int pixel = (int)(m % PIXELS);
-    const int iy0 = pixel / OUT_W * STRIDE - PAD, ix0 = pixel % OUT_W * STRIDE - PAD;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
     const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);
 
     float acc[TM][TN] = {};
@@ -487,12 +487,12 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
 
 // Stage 3, pool2: maxpool 256x27x27 -> 256x13x13, 3x3 window, stride 2, pad 0.
 __device__ __forceinline__ float stage3(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 27, IN_W = 27, K = 3, STRIDE = 2, PAD = 0;
+  constexpr int IN_H = 27, IN_W = 27, K = 3, STRIDE = 2, PAD_TOP = 0, PAD_LEFT = 0;
   float m = -INFINITY;  // padding never wins: windows are clipped to the input
 #pragma unroll 1
   for (int ky = 0; ky < K; ky++)
     for (int kx = 0; kx < K; kx++) {
-      const int iy = y * STRIDE - PAD + ky, ix = x * STRIDE - PAD + kx;
+      const int iy = y * STRIDE - PAD_TOP + ky, ix = x * STRIDE - PAD_LEFT + kx;
       if (iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W) {
         const float v = stage2(p, img, c, iy, ix);
         if (v > m)
@@ -574,7 +574,7 @@ extern "C" __global__ void k02_conv2(
 namespace node03_implicit {
 
 // The convolution.
-constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 256;  // input channels held here
 constexpr int IN_PER_GROUP = 256, OUT_PER_GROUP = 384;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
@@ -629,7 +629,7 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
     const bool m_ok = m < M;
     const long long img = m / PIXELS;
     const int pixel = (int)(m % PIXELS);
-    const int iy0 = pixel / OUT_W * STRIDE - PAD, ix0 = pixel % OUT_W * STRIDE - PAD;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
     const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);
 
     float acc[TM][TN] = {};
@@ -738,7 +738,7 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
 namespace node04_implicit {
 
 // The convolution.
-constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 384;  // input channels held here
 constexpr int IN_PER_GROUP = 192, OUT_PER_GROUP = 192;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
@@ -793,7 +793,7 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
     const bool m_ok = m < M;
     const long long img = m / PIXELS;
     const int pixel = (int)(m % PIXELS);
-    const int iy0 = pixel / OUT_W * STRIDE - PAD, ix0 = pixel % OUT_W * STRIDE - PAD;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
     const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);
 
     float acc[TM][TN] = {};
@@ -902,7 +902,7 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
 namespace node05_implicit {
 
 // The convolution.
-constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
 constexpr int IN_HELD_BEGIN = 0, IN_HELD = 384;  // input channels held here
 constexpr int IN_PER_GROUP = 192, OUT_PER_GROUP = 128;
 constexpr int DEPTH = IN_PER_GROUP * K * K;  // the GEMM's k: weights per kernel
@@ -955,7 +955,7 @@ extern "C" __global__ __launch_bounds__(node05_implicit::THREADS) void k05_conv5
     const bool m_ok = m < M;
     const long long img = m / PIXELS;
     const int pixel = (int)(m % PIXELS);
-    const int iy0 = pixel / OUT_W * STRIDE - PAD, ix0 = pixel % OUT_W * STRIDE - PAD;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
     const long long x_base = (img * IN_HELD + group * IN_PER_GROUP - IN_HELD_BEGIN) * (IN_H * IN_W);
 
     float acc[TM][TN] = {};
@@ -1041,12 +1041,12 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 
 // Stage 2, pool5: maxpool 256x13x13 -> 256x6x6, 3x3 window, stride 2, pad 0.
 __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 2, PAD = 0;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 2, PAD_TOP = 0, PAD_LEFT = 0;
   float m = -INFINITY;  // padding never wins: windows are clipped to the input
 #pragma unroll 1
   for (int ky = 0; ky < K; ky++)
     for (int kx = 0; kx < K; kx++) {
-      const int iy = y * STRIDE - PAD + ky, ix = x * STRIDE - PAD + kx;
+      const int iy = y * STRIDE - PAD_TOP + ky, ix = x * STRIDE - PAD_LEFT + kx;
       if (iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W) {
         const float v = stage1(p, img, c, iy, ix);
         if (v > m)

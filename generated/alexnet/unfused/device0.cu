@@ -72,7 +72,7 @@ extern "C" __global__ void k01_conv1_im2col(
     float *__restrict__ col,
     int batch) {
   using namespace node01_im2col;
-  constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD = 0;
+  constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD_TOP = 0, PAD_LEFT = 0;
   constexpr int OUT_H = 55, OUT_W = 55, IN_PER_GROUP = 3;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
   constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
@@ -84,7 +84,7 @@ extern "C" __global__ void k01_conv1_im2col(
     const long long row = i % ld, img = row / PIXELS;
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
     const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
                         ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
                         : 0.0f;
@@ -254,12 +254,12 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 // Stage 0, pool1: maxpool 96x55x55 -> 96x27x27, 3x3 window, stride 2, pad 0.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 55, IN_W = 55, K = 3, STRIDE = 2, PAD = 0;
+  constexpr int IN_H = 55, IN_W = 55, K = 3, STRIDE = 2, PAD_TOP = 0, PAD_LEFT = 0;
   float m = -INFINITY;  // padding never wins: windows are clipped to the input
 #pragma unroll 1
   for (int ky = 0; ky < K; ky++)
     for (int kx = 0; kx < K; kx++) {
-      const int iy = y * STRIDE - PAD + ky, ix = x * STRIDE - PAD + kx;
+      const int iy = y * STRIDE - PAD_TOP + ky, ix = x * STRIDE - PAD_LEFT + kx;
       if (iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W) {
         const float v = in0(p, img, c, iy, ix);
         if (v > m)
@@ -316,7 +316,7 @@ extern "C" __global__ void k05_conv2_im2col(
     float *__restrict__ col,
     int batch) {
   using namespace node05_im2col;
-  constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD = 2;
+  constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD_TOP = 2, PAD_LEFT = 2;
   constexpr int OUT_H = 27, OUT_W = 27, IN_PER_GROUP = 48;
   constexpr int FIRST_GROUP = 0, GROUPS = 2;
   constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
@@ -328,7 +328,7 @@ extern "C" __global__ void k05_conv2_im2col(
     const long long row = i % ld, img = row / PIXELS;
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
     const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
                         ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
                         : 0.0f;
@@ -498,12 +498,12 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 // Stage 0, pool2: maxpool 256x27x27 -> 256x13x13, 3x3 window, stride 2, pad 0.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 27, IN_W = 27, K = 3, STRIDE = 2, PAD = 0;
+  constexpr int IN_H = 27, IN_W = 27, K = 3, STRIDE = 2, PAD_TOP = 0, PAD_LEFT = 0;
   float m = -INFINITY;  // padding never wins: windows are clipped to the input
 #pragma unroll 1
   for (int ky = 0; ky < K; ky++)
     for (int kx = 0; kx < K; kx++) {
-      const int iy = y * STRIDE - PAD + ky, ix = x * STRIDE - PAD + kx;
+      const int iy = y * STRIDE - PAD_TOP + ky, ix = x * STRIDE - PAD_LEFT + kx;
       if (iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W) {
         const float v = in0(p, img, c, iy, ix);
         if (v > m)
@@ -560,7 +560,7 @@ extern "C" __global__ void k09_conv3_im2col(
     float *__restrict__ col,
     int batch) {
   using namespace node09_im2col;
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 256;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
   constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
@@ -572,7 +572,7 @@ extern "C" __global__ void k09_conv3_im2col(
     const long long row = i % ld, img = row / PIXELS;
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
     const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
                         ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
                         : 0.0f;
@@ -693,7 +693,7 @@ extern "C" __global__ void k11_conv4_im2col(
     float *__restrict__ col,
     int batch) {
   using namespace node11_im2col;
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
   constexpr int FIRST_GROUP = 0, GROUPS = 2;
   constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
@@ -705,7 +705,7 @@ extern "C" __global__ void k11_conv4_im2col(
     const long long row = i % ld, img = row / PIXELS;
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
     const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
                         ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
                         : 0.0f;
@@ -826,7 +826,7 @@ extern "C" __global__ void k13_conv5_im2col(
     float *__restrict__ col,
     int batch) {
   using namespace node13_im2col;
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD = 1;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
   constexpr int FIRST_GROUP = 0, GROUPS = 2;
   constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
@@ -838,7 +838,7 @@ extern "C" __global__ void k13_conv5_im2col(
     const long long row = i % ld, img = row / PIXELS;
     const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
     const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD + ky, ix = ox * STRIDE - PAD + kx;
+    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
     const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
                         ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
                         : 0.0f;
@@ -952,12 +952,12 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 // Stage 0, pool5: maxpool 256x13x13 -> 256x6x6, 3x3 window, stride 2, pad 0.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 2, PAD = 0;
+  constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 2, PAD_TOP = 0, PAD_LEFT = 0;
   float m = -INFINITY;  // padding never wins: windows are clipped to the input
 #pragma unroll 1
   for (int ky = 0; ky < K; ky++)
     for (int kx = 0; kx < K; kx++) {
-      const int iy = y * STRIDE - PAD + ky, ix = x * STRIDE - PAD + kx;
+      const int iy = y * STRIDE - PAD_TOP + ky, ix = x * STRIDE - PAD_LEFT + kx;
       if (iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W) {
         const float v = in0(p, img, c, iy, ix);
         if (v > m)
