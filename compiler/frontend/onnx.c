@@ -98,6 +98,9 @@ static const struct {
     {"Softmax", {"axis"}},
     {"Identity", {0}},
     {"Constant", {"value"}},
+    // Only as the identity: torchvision's AdaptiveAvgPool2d((6, 6)) on a 6x6 input.
+    {"AveragePool", {"kernel_shape", "strides", "pads", "ceil_mode", "count_include_pad",
+                     "auto_pad"}},
 };
 #define N_SUPPORTED ((int)(sizeof SUPPORTED / sizeof *SUPPORTED))
 
@@ -143,7 +146,7 @@ static bool check_supported(const Importer *im) {
   if (problems)
     error("%s: %d unsupported op%s or attribute%s (alexc imports Conv, Relu, LRN, MaxPool, "
           "Gemm, MatMul+Add, Flatten, Reshape, Dropout, Concat, Softmax, Identity, "
-          "Constant):%s",
+          "Constant, 1x1 AveragePool):%s",
           im->path, problems, problems > 1 ? "s" : "", problems > 1 ? "s" : "", list);
   free(list);
   return problems == 0;
@@ -843,6 +846,21 @@ static bool import_identity(Importer *im, const Onnx__NodeProto *n) {
   return x && alias(im, n, x);
 }
 
+// An AveragePool of one pixel, stride 1 and no padding is the identity: what PyTorch
+// exports for an adaptive pool to the size its input already has (torchvision's AlexNet).
+static bool import_avgpool(Importer *im, const Onnx__NodeProto *n) {
+  const Value *x = data_input(im, n, 0);
+  int64_t kernel, stride, pad, ceil_mode;
+  if (!x || !need_rank3(im, n, x) || !window(im, n, NULL, &kernel, &stride, &pad) ||
+      !attr_int(im, n, "ceil_mode", 0, &ceil_mode))
+    return false;
+  if (kernel != 1 || stride != 1 || pad != 0 || ceil_mode)
+    return node_error(im, n, "only a 1x1 AveragePool with stride 1 (the identity) is supported, "
+                             "not kernel %lld, stride %lld, pad %lld",
+                      (long long)kernel, (long long)stride, (long long)pad);
+  return alias(im, n, x);
+}
+
 static bool import_constant(Importer *im, const Onnx__NodeProto *n) {
   const Onnx__AttributeProto *a = attr(n, "value");
   if (!a || a->type != ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__TENSOR || !a->t)
@@ -863,7 +881,8 @@ static bool import_node(Importer *im, const Onnx__NodeProto *n) {
                {"Add", import_add},         {"Flatten", import_flatten},
                {"Reshape", import_reshape}, {"Dropout", import_dropout},
                {"Concat", import_concat},   {"Softmax", import_softmax},
-               {"Identity", import_identity}, {"Constant", import_constant}};
+               {"Identity", import_identity}, {"Constant", import_constant},
+               {"AveragePool", import_avgpool}};
   if (n->n_output < 1 || !*n->output[0])
     return node_error(im, n, "it has no output");
   bool extra_ok = !strcmp(n->op_type, "Dropout") || !strcmp(n->op_type, "MaxPool");

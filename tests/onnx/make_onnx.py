@@ -16,7 +16,7 @@ nn.LocalResponseNorm and, in eval mode, nn.Dropout as other ops (or none), so th
 cases use small autograd Functions whose symbolic is ONNX's LRN or Dropout node.
 
 Error cases: models the importer must refuse with a message naming the node
-(unsupported ops, a dilated conv, ceil_mode pooling). Models PyTorch cannot export
+(unsupported ops, a dilated conv, ceil_mode pooling, a 2x2 average pool). Models PyTorch cannot export
 (asymmetric pads, a tensor whose data is shorter than its dims) are written directly
 as protobuf by the small encoder at the end.
 
@@ -82,7 +82,7 @@ class Dropout(nn.Module):
 
 class ConvLrnPool(nn.Module):
     """AlexNet's first block: strided conv, ReLU, LRN, overlapping pool; a grouped conv;
-    flatten, Linear (Gemm transB=1), dropout, softmax."""
+    an identity adaptive pool, flatten, Linear (Gemm transB=1), dropout, softmax."""
 
     def __init__(self):
         super().__init__()
@@ -94,7 +94,8 @@ class ConvLrnPool(nn.Module):
         self.classifier = nn.Sequential(Dropout(0.5), nn.Linear(12 * 4 * 4, 10))
 
     def forward(self, x):
-        x = torch.flatten(self.features(x), 1)
+        # An adaptive pool to the size it has, as torchvision's AlexNet: a 1x1 AveragePool.
+        x = torch.flatten(F.adaptive_avg_pool2d(self.features(x), 4), 1)
         return F.softmax(self.classifier(x), dim=1)
 
 
@@ -139,7 +140,7 @@ class Unsupported(nn.Module):
         self.conv = nn.Conv2d(3, 4, 3)
 
     def forward(self, x):
-        return F.avg_pool2d(torch.sigmoid(self.conv(x)), 2)
+        return F.avg_pool2d(torch.tanh(torch.sigmoid(self.conv(x))), 2, padding=1)
 
 
 class Dilated(nn.Module):
@@ -156,6 +157,11 @@ class CeilPool(nn.Module):
         return F.max_pool2d(x, 3, 2, ceil_mode=True)
 
 
+class AvgPool(nn.Module):  # alexc imports only the 1x1 AveragePool (the identity)
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, 4)  # AveragePool 2x2, stride 2
+
+
 CASES = {  # name: (model, input shape, opset, write the output)
     "conv_lrn_pool": (ConvLrnPool, (2, 3, 19, 19), 11, True),
     "branches": (Branches, (2, 3, 8, 8), 13, True),
@@ -163,6 +169,7 @@ CASES = {  # name: (model, input shape, opset, write the output)
     "unsupported": (Unsupported, (1, 3, 8, 8), 11, False),
     "dilated": (Dilated, (1, 3, 8, 8), 11, False),
     "ceil_pool": (CeilPool, (1, 3, 8, 8), 11, False),
+    "avg_pool": (AvgPool, (1, 3, 8, 8), 11, False),
 }
 
 

@@ -63,7 +63,8 @@ refuse() {  # MODEL PATTERN...
   return 0
 }
 refuse "$dir/unsupported.onnx" "3 unsupported ops" "node '/Sigmoid': op 'Sigmoid' is not supported" \
-  "node '/AveragePool': op 'AveragePool' is not supported" "node '/Pad': op 'Pad'"
+  "node '/Tanh': op 'Tanh' is not supported" "node '/Pad': op 'Pad' is not supported"
+refuse "$dir/avg_pool.onnx" "node '/AveragePool' (AveragePool): only a 1x1 AveragePool"
 refuse "$dir/dilated.onnx" "node '/conv/Conv' (Conv): dilations (2, 2) are not supported"
 refuse "$dir/ceil_pool.onnx" "node '/MaxPool' (MaxPool): ceil_mode=1 is not supported"
 refuse "$dir/asym_pads.onnx" "node '/conv/Conv' (Conv): pads (0, 0, 1, 1) are asymmetric"
