@@ -757,7 +757,8 @@ static bool import_reshape(Importer *im, const Onnx__NodeProto *n) {
   if (!t || !tensor_int64s(im, n, t, s, 4, &count))
     return false;
   int64_t f = shape_elems(x->shape);
-  bool batch_ok = count == 2 && (s[0] == 0 || s[0] == im->batch || (s[0] == -1 && s[1] == f));
+  bool batch_ok = count == 2 && (s[0] == 0 || (im->batch > 0 && s[0] == im->batch) ||
+                                  (s[0] == -1 && s[1] == f));
   if (!batch_ok || (s[1] != -1 && s[1] != f))
     return node_error(im, n, "only a reshape to (N, %lld) is supported (a flatten)",
                       (long long)f);
