@@ -842,7 +842,17 @@ static bool import_softmax(Importer *im, const Onnx__NodeProto *n) {
   return finish_layer(im, L, NULL);
 }
 
+// Identity of a computed tensor is an alias; of a constant (PyTorch writes one for a
+// weight shared by two layers), another name for the constant.
 static bool import_identity(Importer *im, const Onnx__NodeProto *n) {
+  const Value *c = n->n_input == 1 ? find_value(im, n->input[0]) : NULL;
+  if (c && c->is_const) {
+    const Onnx__TensorProto *t = c->tensor;
+    Value *v = add_value(im, n->output[0]);
+    v->is_const = true;
+    v->tensor = t;
+    return true;
+  }
   const Value *x = data_input(im, n, 0);
   return x && alias(im, n, x);
 }
@@ -1020,6 +1030,15 @@ static void emit_layer(const Importer *im, const Layer *L, FILE *f) {
   fprintf(f, "}\n");
 }
 
+// An untrusted string for a quoted YAML scalar: printable ASCII without quotes or
+// backslashes, at most 40 characters.
+static void quotable(const char *s, char *out) {
+  int k = 0;
+  for (; s && *s && k < 40; s++)
+    out[k++] = *s >= ' ' && *s <= '~' && *s != '"' && *s != '\\' ? *s : '?';
+  out[k] = 0;
+}
+
 static char *emit_spec(const Importer *im, const char *name) {
   char *text = NULL;
   size_t size = 0;
@@ -1031,9 +1050,11 @@ static char *emit_spec(const Importer *im, const char *name) {
   const Onnx__ModelProto *m = im->model;
   fprintf(f, "# Imported by `alexc import` from an ONNX model.\n");
   fprintf(f, "name: %s\n", name);
-  fprintf(f, "description: \"imported from ONNX (producer '%s %s', opset %lld)\"\n",
-          m->producer_name ? m->producer_name : "", m->producer_version ? m->producer_version : "",
-          (long long)im->opset);
+  char producer[41], version[41];
+  quotable(m->producer_name, producer);
+  quotable(m->producer_version, version);
+  fprintf(f, "description: \"imported from ONNX (producer '%s%s%s', opset %lld)\"\n",
+          *producer ? producer : "unknown", *version ? " " : "", version, (long long)im->opset);
   fprintf(f, "input: {channels: %lld, height: %lld, width: %lld}\n", (long long)in->shape.c,
           (long long)in->shape.h, (long long)in->shape.w);
   fprintf(f, "layers:\n");

@@ -237,7 +237,16 @@ def handmade():
     inp, out = ("input", [1, 3, 8, 8]), ("y", [1, 4, 6, 6])
     conv = lambda pads: node("Conv", ["input", "conv.weight"], ["y"], "/conv/Conv",
                              [attr_ints("kernel_shape", [3, 3]), attr_ints("pads", pads)])
+    # Names that are not spec names: a weight without ".weight" (through an Identity,
+    # as PyTorch writes shared weights), a node path with spaces and colons, unnamed
+    # nodes, a name over 64 characters.
+    odd = [node("Identity", ["onnx::Conv_12"], ["w_alias"], ""),
+           node("Conv", ["input", "w_alias"], ["c"], "weird/na me:1/Conv",
+                [attr_ints("kernel_shape", [3, 3])]),
+           node("Relu", ["c"], ["r1"], ""), node("Relu", ["r1"], ["r2"], ""),
+           node("Relu", ["r2"], ["y"], "/" + "m" * 70 + "/Relu")]
     return {
+        "odd_names": model(odd, [tensor("onnx::Conv_12", [4, 3, 3, 3], [0.1] * 108)], inp, out),
         "asym_pads": model([conv([0, 0, 1, 1])], [w], inp, ("y", [1, 4, 7, 7])),
         "short_tensor": model([conv([0, 0, 0, 0])], [short], inp, out),
         "good_conv": model([conv([0, 0, 0, 0])], [w], inp, out),

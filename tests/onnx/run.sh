@@ -45,6 +45,14 @@ grep -q "op: fc, inputs: Flatten, out: 11, bias: true" "$tmp/matmul.yaml" ||
 "$alexc" import "$dir/good_conv.onnx" -o "$tmp/good.yaml" --weights "$tmp/good.safetensors" \
   >/dev/null || fail "good_conv: import"
 
+"$alexc" import "$dir/odd_names.onnx" -o "$tmp/odd.yaml" --weights "$tmp/odd.safetensors" \
+  >/dev/null || fail "odd_names: import"
+m64=$(printf 'm%.0s' {1..64})
+for layer in "name: weird_na_me_1_Conv, op: conv" "name: relu, op: relu, inputs: weird_na_me_1_Conv" \
+  "name: relu_2, op: relu, inputs: relu}" "name: $m64, op: relu, inputs: relu_2}"; do
+  grep -qF "$layer" "$tmp/odd.yaml" || fail "odd_names: no '$layer' in: $(cat "$tmp/odd.yaml")"
+done
+
 # Refusals: exit 1, one message naming the node; existing outputs untouched.
 echo old-spec > "$tmp/keep.yaml"
 echo old-weights > "$tmp/keep.safetensors"
