@@ -16,9 +16,10 @@ nn.LocalResponseNorm and, in eval mode, nn.Dropout as other ops (or none), so th
 cases use small autograd Functions whose symbolic is ONNX's LRN or Dropout node.
 
 Error cases: models the importer must refuse with a message naming the node
-(unsupported ops, a dilated conv, ceil_mode pooling, a 2x2 average pool). Models PyTorch cannot export
-(asymmetric pads, a tensor whose data is shorter than its dims) are written directly
-as protobuf by the small encoder at the end.
+(unsupported ops, a dilated conv, ceil_mode pooling, a 2x2 average pool). Models
+PyTorch cannot export (asymmetric pads, a tensor whose data is shorter than its dims,
+a Dropout whose mask is the output; odd node names, opset 13's Dropout) are written
+directly as protobuf by the small encoder at the end.
 
 Usage:
     /usr/bin/python3 tests/onnx/make_onnx.py               # the checked-in cases
@@ -223,11 +224,15 @@ def value_info(name, dims):  # ValueInfoProto: name 1, type 2 (TypeProto.tensor_
     return field(1, name) + field(2, field(1, field(1, 1) + field(2, shape)))
 
 
-def model(nodes, inits, inp, out):  # ModelProto: ir_version 1, graph 7, opset_import 8
+def attr_tensor(name, t):  # AttributeProto: t 5, type 20 (TENSOR = 4)
+    return field(1, name) + field(5, t) + field(20, 4)
+
+
+def model(nodes, inits, inp, out, opset=11):  # ModelProto: ir_version 1, graph 7, opset_import 8
     graph = (b"".join(field(1, n) for n in nodes) + field(2, "g")
              + b"".join(field(5, t) for t in inits) + field(11, value_info(*inp))
              + field(12, value_info(*out)))
-    return field(1, 7) + field(7, graph) + field(8, field(2, 11))
+    return field(1, 7) + field(7, graph) + field(8, field(2, opset))
 
 
 def handmade():
@@ -245,7 +250,15 @@ def handmade():
                 [attr_ints("kernel_shape", [3, 3])]),
            node("Relu", ["c"], ["r1"], ""), node("Relu", ["r1"], ["r2"], ""),
            node("Relu", ["r2"], ["y"], "/" + "m" * 70 + "/Relu")]
+    # Opset 13's Dropout: the ratio is an input (here a Constant's output), the mask an
+    # output nothing reads.
+    drop = [conv([0, 0, 0, 0]),
+            node("Constant", [], ["ratio"], "/Constant",
+                 [attr_tensor("value", tensor("", [], [0.25]))]),
+            node("Dropout", ["y", "ratio"], ["z", "mask"], "/drop/Dropout")]
     return {
+        "dropout13": model(drop, [w], inp, ("z", [1, 4, 6, 6]), opset=13),
+        "dropout_mask": model(drop, [w], inp, ("mask", [1, 4, 6, 6]), opset=13),
         "odd_names": model(odd, [tensor("onnx::Conv_12", [4, 3, 3, 3], [0.1] * 108)], inp, out),
         "asym_pads": model([conv([0, 0, 1, 1])], [w], inp, ("y", [1, 4, 7, 7])),
         "short_tensor": model([conv([0, 0, 0, 0])], [short], inp, out),

@@ -47,6 +47,10 @@ grep -q "op: fc, inputs: Flatten, out: 11, bias: true" "$tmp/matmul.yaml" ||
 
 "$alexc" import "$dir/odd_names.onnx" -o "$tmp/odd.yaml" --weights "$tmp/odd.safetensors" \
   >/dev/null || fail "odd_names: import"
+"$alexc" import "$dir/dropout13.onnx" -o "$tmp/drop.yaml" --weights "$tmp/drop.safetensors" \
+  >/dev/null || fail "dropout13: import"
+grep -qF "name: drop, op: dropout, inputs: conv, p: 0.25}" "$tmp/drop.yaml" ||
+  fail "dropout13: the ratio input is not p: $(cat "$tmp/drop.yaml")"
 m64=$(printf 'm%.0s' {1..64})
 for layer in "name: weird_na_me_1_Conv, op: conv" "name: relu, op: relu, inputs: weird_na_me_1_Conv" \
   "name: relu_2, op: relu, inputs: relu}" "name: $m64, op: relu, inputs: relu_2}"; do
@@ -76,6 +80,7 @@ refuse "$dir/avg_pool.onnx" "node '/AveragePool' (AveragePool): only a 1x1 Avera
 refuse "$dir/dilated.onnx" "node '/conv/Conv' (Conv): dilations (2, 2) are not supported"
 refuse "$dir/ceil_pool.onnx" "node '/MaxPool' (MaxPool): ceil_mode=1 is not supported"
 refuse "$dir/asym_pads.onnx" "node '/conv/Conv' (Conv): pads (0, 0, 1, 1) are asymmetric"
+refuse "$dir/dropout_mask.onnx" "node '/drop/Dropout' (Dropout): its mask output is used"
 refuse "$dir/short_tensor.onnx" "tensor 'conv.weight' has 400 bytes of data; its dims need 108"
 
 # Not ONNX at all: garbage, empty, and the model cut short at many places inside its graph.
