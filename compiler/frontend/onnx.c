@@ -61,7 +61,7 @@ typedef struct {
 // ---------------------------------------------------------------- messages
 
 static const char *node_name(const Onnx__NodeProto *n) {
-  return n->name && *n->name ? n->name : "(unnamed)";
+  return *n->name ? n->name : "(unnamed)";
 }
 
 // "alexc: error: FILE: node 'NAME' (OP): ..."
@@ -128,7 +128,7 @@ static bool check_supported(const Importer *im) {
   for (size_t i = 0; i < im->g->n_node; i++) {
     const Onnx__NodeProto *n = im->g->node[i];
     int op = supported_op(n->op_type);
-    bool std_domain = !n->domain || !*n->domain || !strcmp(n->domain, "ai.onnx");
+    bool std_domain = !*n->domain || !strcmp(n->domain, "ai.onnx");
     if (op < 0 || !std_domain) {
       if (problems++ < MAX_PROBLEMS)
         fprintf(f, "\n  node '%.80s': op '%.40s%s%.40s' is not supported", node_name(n),
@@ -386,7 +386,7 @@ static void name_layer(Importer *im, Layer *L, const char *weight) {
   size_t wl = weight ? strlen(weight) : 0;
   if (wl > 7 && wl - 7 <= MAX_NAME && !strcmp(weight + wl - 7, ".weight"))
     snprintf(cand[0], sizeof cand[0], "%.*s", (int)(wl - 7), weight);
-  const char *nm = L->node->name ? L->node->name : "";
+  const char *nm = L->node->name;
   const char *last = strrchr(nm, '/');
   if (nm[0] == '/' && last && last > nm) {
     const char *prev = last - 1;
@@ -945,6 +945,33 @@ static bool graph_input(Importer *im) {
   return true;
 }
 
+// protobuf-c leaves an absent string field NULL; an empty string (freed with the model,
+// which uses malloc) lets the rest compare and print names without checking each time.
+static void fill_string(char **s) {
+  if (!*s)
+    *s = xstrdup("");
+}
+
+static void fill_strings(Onnx__GraphProto *g) {
+  for (size_t i = 0; i < g->n_node; i++) {
+    Onnx__NodeProto *n = g->node[i];
+    fill_string(&n->name);
+    fill_string(&n->op_type);
+    fill_string(&n->domain);
+    for (size_t a = 0; a < n->n_attribute; a++) {
+      fill_string(&n->attribute[a]->name);
+      if (n->attribute[a]->t)
+        fill_string(&n->attribute[a]->t->name);
+    }
+  }
+  for (size_t i = 0; i < g->n_initializer; i++)
+    fill_string(&g->initializer[i]->name);
+  for (size_t i = 0; i < g->n_input; i++)
+    fill_string(&g->input[i]->name);
+  for (size_t i = 0; i < g->n_output; i++)
+    fill_string(&g->output[i]->name);
+}
+
 static bool check_bounds(const Importer *im) {
   const Onnx__GraphProto *g = im->g;
   if (g->n_node > MAX_ONNX_NODES || g->n_initializer > MAX_ONNX_TENSORS)
@@ -1125,6 +1152,7 @@ bool onnx_import(const char *path, const char *name, char **spec, Weights **weig
     return false;
   }
   im.g = im.model->graph;
+  fill_strings(im.g);
   im.opset = opset_version(im.model);
   im.layers = xcalloc(MAX_LAYERS, sizeof *im.layers);
   bool ok = import_graph(&im);
