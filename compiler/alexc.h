@@ -329,6 +329,9 @@ const float *weights_get(const Weights *w, const char *layer, bool is_bias);
 // `name`, and its weights named LAYER.weight / LAYER.bias in the spec's layouts (both
 // allocated). False after one message naming the node and what it lacks.
 bool onnx_import(const char *path, const char *name, char **spec, Weights **weights);
+// The same for a model in memory (the fuzz target); `path` names it in messages.
+bool onnx_import_bytes(const char *path, const uint8_t *data, size_t size, const char *name,
+                       char **spec, Weights **weights);
 
 // N(0,1) float32 values for `n` elements, from (seed, stream name).
 void fill_normal(float *dst, int64_t n, uint64_t seed, const char *stream, double std);

@@ -456,6 +456,19 @@ static bool need_rank3(const Importer *im, const Onnx__NodeProto *n, const Value
                     v->name);
 }
 
+// auto_pad NOTSET (explicit pads) or VALID (no padding); SAME_* would pad unevenly.
+static bool auto_pad_ok(const Importer *im, const Onnx__NodeProto *n) {
+  const Onnx__AttributeProto *a = attr(n, "auto_pad");
+  if (!a || (a->has_s && ((a->s.len == 6 && !memcmp(a->s.data, "NOTSET", 6)) ||
+                          (a->s.len == 5 && !memcmp(a->s.data, "VALID", 5)))))
+    return true;
+  char shown[41] = "";  // the value, made printable
+  for (size_t i = 0; a->has_s && i < a->s.len && i < 40; i++)
+    shown[i] = a->s.data[i] >= ' ' && a->s.data[i] <= '~' ? (char)a->s.data[i] : '?';
+  return node_error(im, n, "auto_pad '%s' is not supported (only NOTSET and VALID; export with "
+                           "explicit pads)", shown);
+}
+
 // A square window's kernel, stride and pad from kernel_shape, strides, pads and
 // dilations, refusing what the spec cannot say.
 static bool window(const Importer *im, const Onnx__NodeProto *n, const int64_t *wkernel,
@@ -467,11 +480,8 @@ static bool window(const Importer *im, const Onnx__NodeProto *n, const int64_t *
     return false;
   if (wkernel && !attr(n, "kernel_shape"))
     ks[1] = wkernel[1];
-  const Onnx__AttributeProto *ap = attr(n, "auto_pad");
-  if (ap && !(ap->has_s && ((ap->s.len == 6 && !memcmp(ap->s.data, "NOTSET", 6)) ||
-                            (ap->s.len == 5 && !memcmp(ap->s.data, "VALID", 5)))))
-    return node_error(im, n, "auto_pad SAME_UPPER/SAME_LOWER is not supported; export with "
-                             "explicit pads");
+  if (!auto_pad_ok(im, n))
+    return false;
   if (ks[0] < 0)
     return node_error(im, n, "attribute 'kernel_shape' is missing");
   if (wkernel && (ks[0] != wkernel[0] || ks[1] != wkernel[1]))
@@ -1134,7 +1144,6 @@ static void importer_free(Importer *im) {
 }
 
 bool onnx_import(const char *path, const char *name, char **spec, Weights **weights) {
-  Importer im = {.path = path};
   uint8_t *data;
   size_t size;
   *spec = NULL;
@@ -1143,8 +1152,17 @@ bool onnx_import(const char *path, const char *name, char **spec, Weights **weig
     error("%s", rt_error());
     return false;
   }
-  im.model = onnx__model_proto__unpack(NULL, size, data);
+  bool ok = onnx_import_bytes(path, data, size, name, spec, weights);
   free(data);
+  return ok;
+}
+
+bool onnx_import_bytes(const char *path, const uint8_t *data, size_t size, const char *name,
+                       char **spec, Weights **weights) {
+  Importer im = {.path = path};
+  *spec = NULL;
+  *weights = NULL;
+  im.model = onnx__model_proto__unpack(NULL, size, data);
   if (!im.model || !im.model->graph) {
     error("%s: not an ONNX model (the protobuf is malformed or truncated, or has no graph)",
           path);
