@@ -62,8 +62,8 @@ static int import_model(const char *model, const char *spec_path, const char *we
   // The spec is checked by the frontend before anything is written.
   Graph *g = parse_spec_string(spec_path, spec, strlen(spec));
   bool ok = g && graph_verify(g) && match_weights(g, w);
-  if (!g)
-    error("import: the spec made from %s does not parse (an importer bug)", model);
+  if (!g)  // a limit the importer does not check itself, such as the network's MACs
+    error("import: %s converts to a spec that alexc does not accept (see above)", model);
   ok = ok && weights_save(w, weights_path);
   if (ok && !rt_write_file_atomic(spec_path, spec, strlen(spec))) {
     error("%s", rt_error());
