@@ -2,6 +2,7 @@
 //
 // The pipeline, one phase per file:
 //   frontend/spec.c      YAML spec (libyaml)      -> Graph
+//   frontend/onnx.c      ONNX model (protobuf-c)  -> spec text + weights (`alexc import`)
 //   ir/graph.c           graph building, shape inference, parameter/MAC counts
 //   ir/verify.c          invariants checked after building and after every pass
 //   ir/dump.c            stable text form of the IR (`alexc dump`)
@@ -345,6 +346,14 @@ void weights_free(Weights *w);
 // spec's graph serve any rewritten version of it); NULL if it has none.
 const float *weights_get(const Weights *w, const char *layer, bool is_bias);
 
+// An ONNX model of the ops alexc has (frontend/onnx.c) as spec text, a network called
+// `name`, and its weights named LAYER.weight / LAYER.bias in the spec's layouts (both
+// allocated). False after one message naming the node and what it lacks.
+bool onnx_import(const char *path, const char *name, char **spec, Weights **weights);
+// The same for a model in memory (the fuzz target); `path` names it in messages.
+bool onnx_import_bytes(const char *path, const uint8_t *data, size_t size, const char *name,
+                       char **spec, Weights **weights);
+
 // N(0,1) float32 values for `n` elements, from (seed, stream name).
 void fill_normal(float *dst, int64_t n, uint64_t seed, const char *stream, double std);
 
@@ -604,5 +613,6 @@ int cmd_build(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_import(int argc, char **argv);
 
 #endif

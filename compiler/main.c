@@ -21,6 +21,7 @@ static const struct {
     {"train", cmd_train, "train a network with SGD (checkpoints, metrics, curves)"},
     {"eval", cmd_eval, "loss, top-1 and top-5 of weights on a test set"},
     {"compare", cmd_compare, "compare two saved outputs (.npy) within a tolerance"},
+    {"import", cmd_import, "convert an ONNX model into a spec and safetensors weights"},
 };
 
 static void help(FILE *out) {

@@ -6,8 +6,11 @@ set -euo pipefail
 # libjpeg62-turbo-dev, libpng-dev: the runtime decodes photos to classify (runtime/image.c).
 # zlib1g-dev, libcairo2-dev, dataset-fashion-mnist: training reads gzipped IDX files,
 # draws its curves, and learns Fashion-MNIST (/usr/share/datasets/fashion-mnist).
+# protobuf-c-compiler, libprotobuf-c-dev: `alexc import` parses ONNX models (protobuf);
+# the build generates C from the checked-in onnx.proto with protoc-c.
 pkgs=(build-essential cmake pkg-config libyaml-dev libcjson-dev llvm-14-dev
-      libjpeg62-turbo-dev libpng-dev zlib1g-dev libcairo2-dev dataset-fashion-mnist)
+      libjpeg62-turbo-dev libpng-dev zlib1g-dev libcairo2-dev dataset-fashion-mnist
+      protobuf-c-compiler libprotobuf-c-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

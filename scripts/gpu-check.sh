@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, for a session that has the device machine (an H100/H200 with the
-# CUDA driver and PyTorch, no libyaml, no libcjson, no LLVM). Build here, carry the
-# binary, the libraries it needs and the peer script, run everything there in one go:
+# CUDA driver and PyTorch; no libyaml, libcjson, libprotobuf-c or LLVM). Build here,
+# carry the binary, the libraries it needs and the peer script, run everything there
+# in one go:
 #
 #   here:   scripts/gpu-check.sh prep      # builds build-gpu/alexc (no LLVM), fills build-gpu/devlibs
 #   there:  device run, carry ["build-gpu/alexc", "build-gpu/devlibs"], command:
@@ -27,8 +28,8 @@ prep)
   cmake --build build-gpu -j"$(nproc)" --target alexc
   mkdir -p build-gpu/devlibs
   # The shared libraries alexc needs that the device machine may lack (the runtime decodes
-  # photos with libjpeg and libpng).
-  for lib in libyaml-0.so.2 libcjson.so.1 libjpeg.so.62 libpng16.so.16; do
+  # photos with libjpeg and libpng; `alexc import` parses ONNX with libprotobuf-c).
+  for lib in libyaml-0.so.2 libcjson.so.1 libjpeg.so.62 libpng16.so.16 libprotobuf-c.so.1; do
     cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l { print $NF; exit }')" build-gpu/devlibs/
   done
   cp ../shared/bench/torch_peers.py build-gpu/devlibs/ 2>/dev/null ||
