@@ -138,6 +138,12 @@ int64_t shape_elems(Shape s);
 static inline int64_t shape_plane(Shape s) { return s.h * s.w; }  // elements per channel
 // "96x55x55" or "4096"
 char *shape_str(Shape s, char *buf, size_t size);
+
+// Output extent of a window op (conv, maxpool) along one axis of `in` pixels padded by
+// `lo` before and `hi` after; 0 when the window does not fit (ir/ops.c).
+int64_t window_extent(int64_t in, int kernel, int stride, int lo, int hi, bool ceil_mode);
+// `pad: same` resolved for an input: output ceil(in/stride), the odd pixel bottom/right.
+Pads pads_same(Shape in, int kernel, int stride);
 // "1" when the four pads agree, "[t,l,b,r]" otherwise (dump.c).
 const char *pads_str(Pads p, char *buf, size_t size);
 

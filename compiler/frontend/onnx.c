@@ -5,8 +5,8 @@
 // tensor's dims are bounded, and each tensor's data must be exactly what its dims and
 // dtype say. Conventions are converted (ONNX's LRN divides alpha by size, the spec's
 // does not; Gemm's transB, alpha and beta and MatMul's (in, out) weights become an fc
-// layer's (out, in) weight and bias). What the spec cannot express (asymmetric pads,
-// ceil_mode, dilations, non-square windows) is refused with a message naming the node.
+// layer's (out, in) weight and bias). What the spec cannot express (dilations,
+// non-square windows, SAME_LOWER padding) is refused with a message naming the node.
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
@@ -456,31 +456,38 @@ static bool need_rank3(const Importer *im, const Onnx__NodeProto *n, const Value
                     v->name);
 }
 
-// auto_pad NOTSET (explicit pads) or VALID (no padding); SAME_* would pad unevenly.
-static bool auto_pad_ok(const Importer *im, const Onnx__NodeProto *n) {
+static bool attr_is(const Onnx__AttributeProto *a, const char *value) {
+  return a->has_s && a->s.len == strlen(value) && !memcmp(a->s.data, value, a->s.len);
+}
+
+// auto_pad NOTSET (explicit pads), VALID (none) or SAME_UPPER (the spec's `pad: same`,
+// *same set); SAME_LOWER puts the odd pixel first, which the spec cannot say.
+static bool auto_pad(const Importer *im, const Onnx__NodeProto *n, bool *same) {
   const Onnx__AttributeProto *a = attr(n, "auto_pad");
-  if (!a || (a->has_s && ((a->s.len == 6 && !memcmp(a->s.data, "NOTSET", 6)) ||
-                          (a->s.len == 5 && !memcmp(a->s.data, "VALID", 5)))))
+  *same = a && attr_is(a, "SAME_UPPER");
+  if (!a || *same || attr_is(a, "NOTSET") || attr_is(a, "VALID"))
     return true;
   char shown[41] = "";  // the value, made printable
   for (size_t i = 0; a->has_s && i < a->s.len && i < 40; i++)
     shown[i] = a->s.data[i] >= ' ' && a->s.data[i] <= '~' ? (char)a->s.data[i] : '?';
-  return node_error(im, n, "auto_pad '%s' is not supported (only NOTSET and VALID; export with "
-                           "explicit pads)", shown);
+  return node_error(im, n, "auto_pad '%s' is not supported (NOTSET, VALID and SAME_UPPER are; "
+                           "export with explicit pads)", shown);
 }
 
-// A square window's kernel, stride and pad from kernel_shape, strides, pads and
-// dilations, refusing what the spec cannot say.
+// A square window's kernel, stride and pads from kernel_shape, strides, pads (ONNX's
+// order [top, left, bottom, right] is the spec's), auto_pad and dilations, refusing
+// what the spec cannot say.
 static bool window(const Importer *im, const Onnx__NodeProto *n, const int64_t *wkernel,
-                   int64_t *kernel, int64_t *stride, int64_t *pad) {
+                   int64_t *kernel, int64_t *stride, Pads *pad) {
   int64_t ks[2], st[2], pads[4], dil[2];
+  bool same;
   if (!attr_ints(im, n, "kernel_shape", 2, wkernel ? wkernel[0] : -1, ks) ||
       !attr_ints(im, n, "strides", 2, 1, st) || !attr_ints(im, n, "pads", 4, 0, pads) ||
       !attr_ints(im, n, "dilations", 2, 1, dil))
     return false;
   if (wkernel && !attr(n, "kernel_shape"))
     ks[1] = wkernel[1];
-  if (!auto_pad_ok(im, n))
+  if (!auto_pad(im, n, &same))
     return false;
   if (ks[0] < 0)
     return node_error(im, n, "attribute 'kernel_shape' is missing");
@@ -494,30 +501,30 @@ static bool window(const Importer *im, const Onnx__NodeProto *n, const int64_t *
   if (st[0] != st[1])
     return node_error(im, n, "strides (%lld, %lld) differ; the spec has one stride for both "
                              "axes", (long long)st[0], (long long)st[1]);
-  if (pads[0] != pads[1] || pads[0] != pads[2] || pads[0] != pads[3])
-    return node_error(im, n, "pads (%lld, %lld, %lld, %lld) are asymmetric; the spec pads all "
-                             "four sides equally",
-                      (long long)pads[0], (long long)pads[1], (long long)pads[2],
-                      (long long)pads[3]);
   if (dil[0] != 1 || dil[1] != 1)
     return node_error(im, n, "dilations (%lld, %lld) are not supported (only 1)",
                       (long long)dil[0], (long long)dil[1]);
   *kernel = ks[0];
   *stride = st[0];
-  *pad = pads[0];
+  for (int i = 0; i < 4; i++)
+    if (!in_range(im, n, "pad", (double)pads[i], 0, 1024))
+      return false;
+  *pad = (Pads){(int)pads[0], (int)pads[1], (int)pads[2], (int)pads[3], same};
   return in_range(im, n, "kernel", (double)*kernel, 1, 1024) &&
-         in_range(im, n, "stride", (double)*stride, 1, 1024) &&
-         in_range(im, n, "pad", (double)*pad, 0, 1024);
+         in_range(im, n, "stride", (double)*stride, 1, 1024);
 }
 
-// H_out = floor((H + 2 pad - kernel) / stride) + 1, as the spec computes it.
+// The output shape, as the spec computes it (window_extent, pads_same).
 static bool window_shape(const Importer *im, const Onnx__NodeProto *n, Shape in, int64_t kernel,
-                         int64_t stride, int64_t pad, int64_t c, Shape *out) {
-  if (kernel > in.h + 2 * pad || kernel > in.w + 2 * pad)
+                         int64_t stride, Pads pad, bool ceil_mode, int64_t c, Shape *out) {
+  Pads p = pad.same ? pads_same(in, (int)kernel, (int)stride) : pad;
+  int64_t h = window_extent(in.h, (int)kernel, (int)stride, p.top, p.bottom, ceil_mode);
+  int64_t w = window_extent(in.w, (int)kernel, (int)stride, p.left, p.right, ceil_mode);
+  if (!h || !w)
     return node_error(im, n, "kernel %lld is larger than its padded %lldx%lld input",
-                      (long long)kernel, (long long)(in.h + 2 * pad),
-                      (long long)(in.w + 2 * pad));
-  *out = (Shape){3, c, (in.h + 2 * pad - kernel) / stride + 1, (in.w + 2 * pad - kernel) / stride + 1};
+                      (long long)kernel, (long long)(in.h + p.top + p.bottom),
+                      (long long)(in.w + p.left + p.right));
+  *out = (Shape){3, c, h, w};
   return true;
 }
 
@@ -535,7 +542,8 @@ static bool import_conv(Importer *im, const Onnx__NodeProto *n) {
     return node_error(im, n, "weight '%.80s' has %zu dimensions, not 4", w->name, w->n_dims);
   if (!tensor_elems(im, n, w, &elems))  // its dims are bounded before they are used
     return false;
-  int64_t group, kernel, stride, pad;
+  int64_t group, kernel, stride;
+  Pads pad;
   if (!attr_int(im, n, "group", 1, &group) || !window(im, n, w->dims + 2, &kernel, &stride, &pad))
     return false;
   int64_t out = w->dims[0];
@@ -550,10 +558,10 @@ static bool import_conv(Importer *im, const Onnx__NodeProto *n) {
   Layer *L = add_layer(im, n, OP_CONV, &x, 1);
   if (!L)
     return false;
-  L->conv = (ConvAttrs){(int)out, (int)kernel, (int)stride, (int)pad, (int)group, b != NULL};
+  L->conv = (ConvAttrs){(int)out, (int)kernel, (int)stride, pad, (int)group, b != NULL};
   L->wrank = 4;
   memcpy(L->wdims, w->dims, sizeof L->wdims);
-  if (!window_shape(im, n, x->shape, kernel, stride, pad, out, &L->out) ||
+  if (!window_shape(im, n, x->shape, kernel, stride, pad, false, out, &L->out) ||
       !(L->weight = tensor_floats(im, n, w, &elems)))
     return false;
   if (b && !(L->bias = tensor_floats(im, n, b, &elems)))
@@ -602,22 +610,26 @@ static bool import_lrn(Importer *im, const Onnx__NodeProto *n) {
 
 static bool import_maxpool(Importer *im, const Onnx__NodeProto *n) {
   const Value *x = data_input(im, n, 0);
-  int64_t kernel, stride, pad, ceil_mode;
+  int64_t kernel, stride, ceil_mode;
+  Pads pad;
   if (!x || !need_rank3(im, n, x) || !window(im, n, NULL, &kernel, &stride, &pad) ||
       !attr_int(im, n, "ceil_mode", 0, &ceil_mode))
     return false;
-  if (ceil_mode)
-    return node_error(im, n, "ceil_mode=1 is not supported (the spec rounds output sizes down)");
   if (n->n_output > 1 && *n->output[1])
     return node_error(im, n, "its Indices output is not supported");
-  if (2 * pad > kernel)
-    return node_error(im, n, "pad %lld is more than half the kernel %lld", (long long)pad,
+  Pads p = pad.same ? pads_same(x->shape, (int)kernel, (int)stride) : pad;
+  int most = p.top > p.left ? p.top : p.left;
+  most = p.bottom > most ? p.bottom : most;
+  most = p.right > most ? p.right : most;
+  if (2 * most > kernel)  // PyTorch's limit too: every window must hold an input pixel
+    return node_error(im, n, "pad %d is more than half the kernel %lld", most,
                       (long long)kernel);
   Layer *L = add_layer(im, n, OP_MAXPOOL, &x, 1);
   if (!L)
     return false;
-  L->pool = (PoolAttrs){(int)kernel, (int)stride, (int)pad};
-  return window_shape(im, n, x->shape, kernel, stride, pad, x->shape.c, &L->out) &&
+  L->pool = (PoolAttrs){(int)kernel, (int)stride, pad, ceil_mode != 0};
+  return window_shape(im, n, x->shape, kernel, stride, pad, ceil_mode != 0, x->shape.c,
+                      &L->out) &&
          finish_layer(im, L, NULL);
 }
 
@@ -809,7 +821,7 @@ static bool import_dropout(Importer *im, const Onnx__NodeProto *n) {
 
 // Concat along channels (axis 1 of N×C×H×W) or features (axis 1 of N×F).
 static bool import_concat(Importer *im, const Onnx__NodeProto *n) {
-  const Value *in[64];
+  const Value *in[64] = {0};
   int64_t axis;
   if (n->n_input < 2 || n->n_input > 64)
     return node_error(im, n, "it has %zu inputs; alexc's concat takes 2 to 64", n->n_input);
@@ -871,14 +883,16 @@ static bool import_identity(Importer *im, const Onnx__NodeProto *n) {
 // exports for an adaptive pool to the size its input already has (torchvision's AlexNet).
 static bool import_avgpool(Importer *im, const Onnx__NodeProto *n) {
   const Value *x = data_input(im, n, 0);
-  int64_t kernel, stride, pad, ceil_mode;
+  int64_t kernel, stride, ceil_mode;
+  Pads pad;
   if (!x || !need_rank3(im, n, x) || !window(im, n, NULL, &kernel, &stride, &pad) ||
       !attr_int(im, n, "ceil_mode", 0, &ceil_mode))
     return false;
-  if (kernel != 1 || stride != 1 || pad != 0 || ceil_mode)
-    return node_error(im, n, "only a 1x1 AveragePool with stride 1 (the identity) is supported, "
-                             "not kernel %lld, stride %lld, pad %lld",
-                      (long long)kernel, (long long)stride, (long long)pad);
+  bool padded = pad.same || pad.top || pad.left || pad.bottom || pad.right;
+  if (kernel != 1 || stride != 1 || padded || ceil_mode)
+    return node_error(im, n, "only a 1x1 AveragePool with stride 1 and no padding (the "
+                             "identity) is supported, not kernel %lld, stride %lld%s",
+                      (long long)kernel, (long long)stride, padded ? ", padded" : "");
   return alias(im, n, x);
 }
 
@@ -1036,6 +1050,16 @@ static bool import_graph(Importer *im) {
 
 // ---------------------------------------------------------------- output
 
+// `pad: same`, `pad: P` or `pad: [top, left, bottom, right]` (docs/spec-format.md).
+static void emit_pads(Pads p, FILE *f) {
+  if (p.same)
+    fputs(", pad: same", f);
+  else if (pads_symmetric(p))
+    fprintf(f, ", pad: %d", p.top);
+  else
+    fprintf(f, ", pad: [%d, %d, %d, %d]", p.top, p.left, p.bottom, p.right);
+}
+
 static void emit_layer(const Importer *im, const Layer *L, FILE *f) {
   fprintf(f, "  - {name: %s, op: %s, inputs: ", L->name, op_name(L->op));
   fputs(L->n_inputs > 1 ? "[" : "", f);
@@ -1044,16 +1068,19 @@ static void emit_layer(const Importer *im, const Layer *L, FILE *f) {
   fputs(L->n_inputs > 1 ? "]" : "", f);
   switch (L->op) {
   case OP_CONV:
-    fprintf(f, ", out: %d, kernel: %d, stride: %d, pad: %d, groups: %d, bias: %s", L->conv.out,
-            L->conv.kernel, L->conv.stride, L->conv.pad, L->conv.groups,
-            L->conv.bias ? "true" : "false");
+    fprintf(f, ", out: %d, kernel: %d, stride: %d", L->conv.out, L->conv.kernel, L->conv.stride);
+    emit_pads(L->conv.pad, f);
+    fprintf(f, ", groups: %d, bias: %s", L->conv.groups, L->conv.bias ? "true" : "false");
     break;
   case OP_LRN:
     fprintf(f, ", size: %d, alpha: %.17g, beta: %.17g, k: %.17g", L->lrn.size, L->lrn.alpha,
             L->lrn.beta, L->lrn.k);
     break;
   case OP_MAXPOOL:
-    fprintf(f, ", kernel: %d, stride: %d, pad: %d", L->pool.kernel, L->pool.stride, L->pool.pad);
+    fprintf(f, ", kernel: %d, stride: %d", L->pool.kernel, L->pool.stride);
+    emit_pads(L->pool.pad, f);
+    if (L->pool.ceil_mode)
+      fputs(", ceil_mode: true", f);
     break;
   case OP_FC:
     fprintf(f, ", out: %d, bias: %s", L->fc.out, L->fc.bias ? "true" : "false");

@@ -17,10 +17,9 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static Shape vec(int64_t n) { return (Shape){.rank = 1, .c = n, .h = 1, .w = 1}; }
 static Shape chw(int64_t c, int64_t h, int64_t w) { return (Shape){.rank = 3, .c = c, .h = h, .w = w}; }
 
-// Output extent of a window op over `in` pixels padded by `lo` before and `hi` after;
-// 0 when the window does not fit. ceil_mode rounds up, as PyTorch does: the last window
-// must still start inside the input or the leading pad (else it would see only padding).
-static int64_t window_out(int64_t in, int kernel, int stride, int lo, int hi, bool ceil_mode) {
+// ceil_mode rounds up, as PyTorch does: the last window must still start inside the
+// input or the leading pad (else it would see only padding).
+int64_t window_extent(int64_t in, int kernel, int stride, int lo, int hi, bool ceil_mode) {
   int64_t span = in + lo + hi;
   if (span < kernel)
     return 0;
@@ -43,18 +42,23 @@ static void same_pads(int64_t in, int kernel, int stride, int *lo, int *hi) {
   *hi = (int)(total - total / 2);
 }
 
+Pads pads_same(Shape in, int kernel, int stride) {
+  Pads p = {.same = true};
+  same_pads(in.h, kernel, stride, &p.top, &p.bottom);
+  same_pads(in.w, kernel, stride, &p.left, &p.right);
+  return p;
+}
+
 static void resolve_same(Pads *p, Shape in, int kernel, int stride) {
-  if (!p->same)
-    return;
-  same_pads(in.h, kernel, stride, &p->top, &p->bottom);
-  same_pads(in.w, kernel, stride, &p->left, &p->right);
+  if (p->same)
+    *p = pads_same(in, kernel, stride);
 }
 
 // The output's spatial size, or false (with a message) when the kernel does not fit.
 static bool window_shape(const Node *n, Shape in, int kernel, int stride, Pads p, bool ceil_mode,
                          int64_t *oh, int64_t *ow) {
-  *oh = window_out(in.h, kernel, stride, p.top, p.bottom, ceil_mode);
-  *ow = window_out(in.w, kernel, stride, p.left, p.right, ceil_mode);
+  *oh = window_extent(in.h, kernel, stride, p.top, p.bottom, ceil_mode);
+  *ow = window_extent(in.w, kernel, stride, p.left, p.right, ceil_mode);
   if (*oh && *ow)
     return true;
   error_at(n->loc, "%s layer '%s': kernel %d is larger than its padded input %lldx%lld",

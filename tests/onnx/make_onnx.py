@@ -153,9 +153,9 @@ class Dilated(nn.Module):
         return F.relu(self.conv(x))
 
 
-class CeilPool(nn.Module):
+class CeilPool(nn.Module):  # the spec's ceil_mode: true, with PyTorch's "minus one" rule
     def forward(self, x):
-        return F.max_pool2d(x, 3, 2, ceil_mode=True)
+        return F.max_pool2d(x, 3, 2, padding=1, ceil_mode=True)
 
 
 class AvgPool(nn.Module):  # alexc imports only the 1x1 AveragePool (the identity)
@@ -169,7 +169,7 @@ CASES = {  # name: (model, input shape, opset, write the output)
     "matmul": (MatMuls, (3, 2, 9, 9), 11, True),
     "unsupported": (Unsupported, (1, 3, 8, 8), 11, False),
     "dilated": (Dilated, (1, 3, 8, 8), 11, False),
-    "ceil_pool": (CeilPool, (1, 3, 8, 8), 11, False),
+    "ceil_pool": (CeilPool, (2, 3, 8, 8), 11, True),
     "avg_pool": (AvgPool, (1, 3, 8, 8), 11, False),
 }
 
@@ -224,6 +224,10 @@ def value_info(name, dims):  # ValueInfoProto: name 1, type 2 (TypeProto.tensor_
     return field(1, name) + field(2, field(1, field(1, 1) + field(2, shape)))
 
 
+def attr_str(name, s):  # AttributeProto: s 4, type 20 (STRING = 3)
+    return field(1, name) + field(4, s) + field(20, 3)
+
+
 def attr_tensor(name, t):  # AttributeProto: t 5, type 20 (TENSOR = 4)
     return field(1, name) + field(5, t) + field(20, 4)
 
@@ -256,11 +260,21 @@ def handmade():
             node("Constant", [], ["ratio"], "/Constant",
                  [attr_tensor("value", tensor("", [], [0.25]))]),
             node("Dropout", ["y", "ratio"], ["z", "mask"], "/drop/Dropout")]
+    # Padding the spec took over from ONNX: pads [top, left, bottom, right] = [0, 0, 1, 1],
+    # and auto_pad SAME_UPPER with stride 2 (8 -> 4: one pixel of padding, at the bottom
+    # and right).
+    same = node("Conv", ["input", "conv.weight"], ["y"], "/conv/Conv",
+                [attr_ints("kernel_shape", [3, 3]), attr_ints("strides", [2, 2]),
+                 attr_str("auto_pad", "SAME_UPPER")])
     return {
+        "same_upper": model([same], [w], inp, ("y", [1, 4, 4, 4])),
         "dropout13": model(drop, [w], inp, ("z", [1, 4, 6, 6]), opset=13),
         "dropout_mask": model(drop, [w], inp, ("mask", [1, 4, 6, 6]), opset=13),
         "odd_names": model(odd, [tensor("onnx::Conv_12", [4, 3, 3, 3], [0.1] * 108)], inp, out),
         "asym_pads": model([conv([0, 0, 1, 1])], [w], inp, ("y", [1, 4, 7, 7])),
+        "same_lower": model([node("Conv", ["input", "conv.weight"], ["y"], "/conv/Conv",
+                                  [attr_ints("kernel_shape", [3, 3]), attr_ints("strides", [2, 2]),
+                                   attr_str("auto_pad", "SAME_LOWER")])], [w], inp, ("y", [1, 4, 4, 4])),
         "short_tensor": model([conv([0, 0, 0, 0])], [short], inp, out),
         "good_conv": model([conv([0, 0, 0, 0])], [w], inp, out),
     }
@@ -293,6 +307,13 @@ def main():
         with open(os.path.join(HERE, name + ".onnx"), "wb") as f:
             f.write(data)
         print("wrote", os.path.join(HERE, name + ".onnx"))
+    # What PyTorch computes for the hand-written padded convs (F.pad, then the conv).
+    w = torch.full((4, 3, 3, 3), 0.1)
+    x = torch.randn(1, 3, 8, 8)
+    for name, pad, stride in [("asym_pads", (0, 1, 0, 1), 1), ("same_upper", (0, 1, 0, 1), 2)]:
+        y = F.conv2d(F.pad(x, pad), w, stride=stride)  # pad: (left, right, top, bottom)
+        np.save(os.path.join(HERE, name + ".in.npy"), x.numpy())
+        np.save(os.path.join(HERE, name + ".out.npy"), y.numpy())
 
 
 if __name__ == "__main__":

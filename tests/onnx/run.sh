@@ -13,7 +13,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 # PyTorch computed in float32 and so does alexc (with double sums in places): the
 # differences seen are 1e-7 to 5e-7 relative to each output's largest value.
 tolerance=1e-5
-for case in conv_lrn_pool branches matmul; do
+for case in conv_lrn_pool branches matmul ceil_pool asym_pads same_upper; do
   "$alexc" import "$dir/$case.onnx" -o "$tmp/$case.yaml" --weights "$tmp/$case.safetensors" \
     >/dev/null || fail "$case: import"
   "$alexc" run "$tmp/$case.yaml" --weights "$tmp/$case.safetensors" --input "$dir/$case.in.npy" \
@@ -39,6 +39,11 @@ if "$alexc" compare "$tmp/wrong.npy" "$dir/conv_lrn_pool.out.npy" --tolerance $t
 fi
 grep -q "op: fc, inputs: Flatten, out: 11, bias: true" "$tmp/matmul.yaml" ||
   fail "MatMul+Add is not one fc layer with a bias"
+# Padding and rounding kept: ONNX pads [top, left, bottom, right] are the spec's order,
+# SAME_UPPER is `pad: same`, ceil_mode=1 is `ceil_mode: true`.
+grep -qF "pad: [0, 0, 1, 1]" "$tmp/asym_pads.yaml" || fail "asym_pads: $(cat "$tmp/asym_pads.yaml")"
+grep -qF "stride: 2, pad: same" "$tmp/same_upper.yaml" || fail "same_upper: $(cat "$tmp/same_upper.yaml")"
+grep -qF "pad: 1, ceil_mode: true" "$tmp/ceil_pool.yaml" || fail "ceil_pool: $(cat "$tmp/ceil_pool.yaml")"
 
 # A hand-written model (make_onnx.py's protobuf encoder) imports: the error cases below
 # written the same way fail for their defect alone.
@@ -78,8 +83,7 @@ refuse "$dir/unsupported.onnx" "3 unsupported ops" "node '/Sigmoid': op 'Sigmoid
   "node '/Tanh': op 'Tanh' is not supported" "node '/Pad': op 'Pad' is not supported"
 refuse "$dir/avg_pool.onnx" "node '/AveragePool' (AveragePool): only a 1x1 AveragePool"
 refuse "$dir/dilated.onnx" "node '/conv/Conv' (Conv): dilations (2, 2) are not supported"
-refuse "$dir/ceil_pool.onnx" "node '/MaxPool' (MaxPool): ceil_mode=1 is not supported"
-refuse "$dir/asym_pads.onnx" "node '/conv/Conv' (Conv): pads (0, 0, 1, 1) are asymmetric"
+refuse "$dir/same_lower.onnx" "node '/conv/Conv' (Conv): auto_pad 'SAME_LOWER' is not supported"
 refuse "$dir/dropout_mask.onnx" "node '/drop/Dropout' (Dropout): its mask output is used"
 refuse "$dir/short_tensor.onnx" "tensor 'conv.weight' has 400 bytes of data; its dims need 108"
 
