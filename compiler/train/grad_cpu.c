@@ -401,15 +401,15 @@ static void pack_b(Mat B, int k0, int kc, int j0, int n, float *dst) {
         for (; k + 4 <= kc; k += 4) {
           V4 r0 = *(const V4u *)(s0 + k), r1 = *(const V4u *)(s1 + k),
              r2 = *(const V4u *)(s2 + k), r3 = *(const V4u *)(s3 + k);
-          V4 t0 = __builtin_shuffle(r0, r1, (V4i){0, 4, 1, 5}),
-             t1 = __builtin_shuffle(r0, r1, (V4i){2, 6, 3, 7}),
-             t2 = __builtin_shuffle(r2, r3, (V4i){0, 4, 1, 5}),
-             t3 = __builtin_shuffle(r2, r3, (V4i){2, 6, 3, 7});
+          V4 t0 = __builtin_shufflevector(r0, r1, 0, 4, 1, 5),
+             t1 = __builtin_shufflevector(r0, r1, 2, 6, 3, 7),
+             t2 = __builtin_shufflevector(r2, r3, 0, 4, 1, 5),
+             t3 = __builtin_shufflevector(r2, r3, 2, 6, 3, 7);
           float *d = dst + (size_t)k * NR + j0;
-          *(V4u *)d = __builtin_shuffle(t0, t2, (V4i){0, 1, 4, 5});
-          *(V4u *)(d + NR) = __builtin_shuffle(t0, t2, (V4i){2, 3, 6, 7});
-          *(V4u *)(d + 2 * NR) = __builtin_shuffle(t1, t3, (V4i){0, 1, 4, 5});
-          *(V4u *)(d + 3 * NR) = __builtin_shuffle(t1, t3, (V4i){2, 3, 6, 7});
+          *(V4u *)d = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+          *(V4u *)(d + NR) = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+          *(V4u *)(d + 2 * NR) = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+          *(V4u *)(d + 3 * NR) = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
         }
         for (; k < kc; k++) {
           float *d = dst + (size_t)k * NR + j0;
