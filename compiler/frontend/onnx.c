@@ -621,8 +621,8 @@ static bool import_maxpool(Importer *im, const Onnx__NodeProto *n) {
   int most = p.top > p.left ? p.top : p.left;
   most = p.bottom > most ? p.bottom : most;
   most = p.right > most ? p.right : most;
-  if (2 * most > kernel)  // PyTorch's limit too: every window must hold an input pixel
-    return node_error(im, n, "pad %d is more than half the kernel %lld", most,
+  if (most >= kernel)  // ONNX's limit: every window must hold an input pixel
+    return node_error(im, n, "pad %d is not smaller than the kernel %lld", most,
                       (long long)kernel);
   Layer *L = add_layer(im, n, OP_MAXPOOL, &x, 1);
   if (!L)

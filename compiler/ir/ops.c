@@ -119,17 +119,19 @@ static bool infer_conv(const Graph *g, Node *n, Shape in) {
   return true;
 }
 
-// PyTorch's limit: with each pad at most half the kernel every window holds a real
-// pixel, so the maximum (padding never wins) is always defined.
+// Every window must hold an input pixel, so that the maximum (padding never wins) is
+// defined: each pad smaller than the kernel (ONNX's limit) does it, since windows start
+// at most pad_top before the input and, by window_extent's rounding, before its end.
+// PyTorch allows only half the kernel; alexc takes what ONNX models carry.
 static bool pool_pads_ok(const Node *n) {
   const PoolAttrs *a = &n->pool;
   const int sides[4] = {a->pad.top, a->pad.left, a->pad.bottom, a->pad.right};
   static const char *const side_names[4] = {"top ", "left ", "bottom ", "right "};
   bool all = pads_symmetric(a->pad);  // then "pad 2", as written
   for (int i = 0; i < 4; i++)
-    if (2 * sides[i] > a->kernel) {
-      error_at(n->loc, "maxpool layer '%s': %s%spad %d must be at most half the kernel (%d), as "
-               "in PyTorch, so that every window holds an input pixel", n->name,
+    if (sides[i] >= a->kernel) {
+      error_at(n->loc, "maxpool layer '%s': %s%spad %d must be smaller than the kernel (%d), so "
+               "that every window holds an input pixel", n->name,
                all ? "" : "its ", all ? "" : side_names[i], sides[i], a->kernel);
       return false;
     }

@@ -208,6 +208,24 @@ CASES = [
           - {name: all, op: concat, inputs: [f1, f2, f3, f4]}
         """, ["ceil_k3s2", "ceil_k3s3p1", "default_stride", "default_stride_ceil"], seed=221,
          input_seed=222),
+    Case("pool_wide_pad", """
+        # Max-pool pads beyond half the kernel, up to kernel - 1 (ONNX allows them,
+        # PyTorch does not): every window still holds an input pixel, some only one.
+        # PyTorch's side pads with -inf first. The decoy pads with zeros instead: on the
+        # N(0,1) input, a window of mostly padding then gives 0 where its pixels are
+        # all negative.
+        name: pool_wide_pad
+        input: {channels: 3, height: 7, width: 6}
+        layers:
+          - {name: wide_sym, op: maxpool, kernel: 3, stride: 1, pad: 2, inputs: input}
+          - {name: wide_sides, op: maxpool, kernel: 4, stride: 3, pad: [3, 0, 2, 3], inputs: input}
+          - {name: wide_k2, op: maxpool, kernel: 2, stride: 2, pad: [1, 1, 1, 1], inputs: input}
+          - {name: f1, op: flatten, inputs: wide_sym}
+          - {name: f2, op: flatten, inputs: wide_sides}
+          - {name: f3, op: flatten, inputs: wide_k2}
+          - {name: all, op: concat, inputs: [f1, f2, f3]}
+        """, ["wide_sym", "wide_sides", "wide_k2"], seed=241, input_seed=242,
+         decoys=["pool_zero_pad"]),
     Case("pad_sides", """
         # Padding per side [top, left, bottom, right], per axis [h, w], and `same` (ONNX's
         # SAME_UPPER: the odd pixel at the bottom/right; 7x6, kernel 4, stride 2 pads rows
@@ -354,7 +372,7 @@ def maxpool(x, kernel, stride, pads, ceil_mode, variant):
     t, l, b, r = pads
     if "pool_zero_pad" in variant:  # the mistake: padding with zeros instead of -inf
         return F.max_pool2d(F.pad(x, (l, r, t, b)), kernel, stride, ceil_mode=ceil_mode)
-    if t == l == b == r:  # PyTorch's own padding (and its ceil_mode rule)
+    if t == l == b == r and 2 * t <= kernel:  # PyTorch's own padding (and its ceil_mode rule)
         return F.max_pool2d(x, kernel, stride, padding=t, ceil_mode=ceil_mode)
     # Asymmetric: -inf pads, so padding never wins. With ceil_mode torch then lets the
     # last window start in the bottom/right pad, where alexc (and torch with symmetric

@@ -109,6 +109,9 @@ static const OpCase OP_CASES[] = {
     {"pool_k2_same", OPC_IN(3, 5, 4) "  - {name: p, op: maxpool, kernel: 2, pad: same}\n", NULL, 2, 0},
     {"pool_k3_default_stride", OPC_IN(2, 8, 7) "  - {name: p, op: maxpool, kernel: 3}\n", NULL, 2, 0},
     {"pool_k3_s2_ceil_ties", OPC_IN(2, 8, 7) "  - {name: p, op: maxpool, kernel: 3, stride: 2, pad: [0, 1, 1, 0], ceil_mode: true}\n", NULL, 2, OPC_TIES},
+    // pads beyond half the kernel (ONNX's limit, kernel - 1): windows of one pixel
+    {"pool_k3_s1_p2_wide", OPC_IN(2, 5, 4) "  - {name: p, op: maxpool, kernel: 3, stride: 1, pad: 2}\n", NULL, 2, 0},
+    {"pool_k4_s3_wide_sides", OPC_IN(2, 7, 6) "  - {name: p, op: maxpool, kernel: 4, stride: 3, pad: [3, 0, 2, 3]}\n", NULL, 2, 0},
 
     // dropout: with masks (p 0.5 and 0.25), and without (the identity)
     {"dropout_p05", OPC_IN(3, 4, 4) "  - {name: d, op: dropout, p: 0.5}\n", NULL, 2, 0},
