@@ -322,6 +322,11 @@ int graph_params_list(const Graph *g, ParamInfo *out);
 
 // ---------------------------------------------------------------- frontend
 
+// The longest layer name, and the rule for names: [A-Za-z_][A-Za-z0-9_.-]*, so that they
+// are safe as file names and identifiers in generated code.
+#define MAX_LAYER_NAME 64
+bool layer_name_ok(const char *s);
+
 // Parses a spec file. On error prints FILE:LINE:COL messages and returns NULL.
 Graph *parse_spec_file(const char *path);
 // Same for an in-memory spec; `path` is used in messages.

@@ -19,7 +19,7 @@
 #define MAX_ONNX_NODES 8192               // twice the spec's 4096 layers (Constant nodes)
 #define MAX_ONNX_TENSORS 8192
 #define MAX_LAYERS 4096  // the spec's limit
-#define MAX_NAME 64
+#define MAX_NAME MAX_LAYER_NAME
 #define MAX_DIM ((int64_t)1 << 20)  // the spec's largest size of one dimension
 #define MAX_PROBLEMS 20             // unsupported ops listed before "and N more"
 
@@ -347,15 +347,8 @@ static const Onnx__TensorProto *const_input(const Importer *im, const Onnx__Node
 
 // ---------------------------------------------------------------- layer names
 
-static bool valid_name(const char *s) {
-  size_t n = strlen(s);
-  if (n == 0 || n > MAX_NAME || !(isalpha((unsigned char)s[0]) || s[0] == '_'))
-    return false;
-  for (size_t i = 0; i < n; i++)
-    if (!(isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == '.' || s[i] == '-'))
-      return false;
-  return strcmp(s, "input") != 0;
-}
+// The spec's rule, and not "input", which names the network input there.
+static bool valid_name(const char *s) { return layer_name_ok(s) && strcmp(s, "input") != 0; }
 
 static bool name_taken(const Importer *im, const char *s) {
   for (int i = 0; i < im->n_layers; i++)

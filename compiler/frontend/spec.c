@@ -17,7 +17,7 @@
 
 #define MAX_SPEC_BYTES (1 << 20)
 #define MAX_LAYERS 4096
-#define MAX_NAME 64
+#define MAX_NAME MAX_LAYER_NAME
 #define MAX_DIM (1 << 20)
 #define MAX_DEPTH 32  // nesting of YAML collections; libyaml is quadratic in flow depth
 
@@ -318,7 +318,7 @@ static bool get_pad(Ctx *cx, yaml_node_t *map, const char *what, Pads *out) {
 
 // ---------------------------------------------------------------- names
 
-static bool valid_name(const char *s) {
+bool layer_name_ok(const char *s) {
   size_t n = strlen(s);
   if (n == 0 || n > MAX_NAME || !(isalpha((unsigned char)s[0]) || s[0] == '_'))
     return false;
@@ -329,7 +329,7 @@ static bool valid_name(const char *s) {
 }
 
 static bool check_name(Ctx *cx, yaml_node_t *v, const char *s, const char *what) {
-  if (valid_name(s))
+  if (layer_name_ok(s))
     return true;
   if (strlen(s) > MAX_NAME) {
     error_at(loc_of(cx, v), "%s '%s' is %zu characters long; the limit is %d", what, shown(s),
