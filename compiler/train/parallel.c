@@ -69,8 +69,9 @@ static void move_channels(float *dst, int64_t dst_c, int64_t dst_at, const float
   }
 }
 
-// The pieces of device d's channels r of node n: split at channel-group boundaries for
-// conv and LRN (their windows stop there), else whole.
+// The channel group a piece must not cross: a conv's or an LRN's groups (a conv group
+// reads only its own input channels, an LRN window stops at the group's edge); 0 for
+// ops whose device share is one piece.
 static int64_t piece_group(const Graph *g, const Node *n) {
   if (n->op == OP_CONV)
     return n->conv.out / n->conv.groups;
