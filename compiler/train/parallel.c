@@ -58,6 +58,8 @@ static Shape with_channels(Shape s, int64_t c) {
 static void move_channels(float *dst, int64_t dst_c, int64_t dst_at, const float *src,
                           int64_t src_c, int64_t src_at, int64_t count, int64_t plane, int n,
                           bool add) {
+  if (count <= 0)  // a device with no share: its buffers may not exist
+    return;
   for (int i = 0; i < n; i++) {
     float *d = dst + (i * dst_c + dst_at) * plane;
     const float *s = src + (i * src_c + src_at) * plane;
