@@ -435,10 +435,13 @@ void ref_node_forward(const Graph *g, const Node *n, const Weights *w, const flo
 
 // ---------------------------------------------------------------- training (train/)
 //
-// Training runs on the plain graph (one device, nothing fused): autodiff (train/autodiff.c)
-// walks it backwards, and a training executor calls each op's forward and backward through
-// a table of kernels, one table per target: the reference (double accumulation, the oracle)
-// and the CPU target's fast kernels, both checked against finite differences and PyTorch.
+// Training starts from the plain graph (nothing fused by the inference passes). Autodiff
+// (train/autodiff.c) turns it into a training program: forward, loss, backward and update
+// instructions over values that include the parameters, their gradients and momenta. The
+// program has its own verifier and its own fusion of backward chains. The trainer
+// (train/train.c) runs it through a table of kernels, one table per target: the reference
+// (double accumulation, the oracle) and the CPU target's fast kernels, both checked
+// against finite differences and PyTorch.
 
 // Philox4x32-10 (Salmon et al., SC'11): a counter-based generator, so a random number
 // is a pure function of (key, counter) and any target or device count draws the same.
@@ -461,6 +464,10 @@ typedef struct {
   const float *y;         // forward output (backward only)
   const float *w, *b;     // the layer's weight and bias, or NULL
   const uint8_t *mask;    // dropout: the keep mask (training); NULL: identity
+  // Backward only: a ReLU's backward fused into this op's (the program's conv-relu and
+  // fc-relu patterns). dy is then the gradient of relu(y), and the kernel first keeps it
+  // where relu_y, the ReLU's output, is > 0 and zeroes it elsewhere. NULL: not fused.
+  const float *relu_y;
 } OpCall;
 
 typedef struct {
@@ -555,6 +562,88 @@ bool metrics_plot(const char *csv, const char *png);
 void progress_show(FILE *out, int epoch, int epochs, int64_t step, int64_t steps, double loss,
                    double images_per_s, double eta_s);
 
+// ---- the training program (train/autodiff.c): what autodiff makes of a graph.
+//
+// Values are numbered; an instruction names the values it reads and writes by role. Per
+// image values are sized for the trainer's batch; persistent ones (parameters, their
+// gradients and momenta) are batch-independent and live across steps.
+
+typedef enum {
+  TV_INPUT,     // the batch of images (per image)
+  TV_LABELS,    // a class index per image (int32, per image)
+  TV_ACT,       // a node's forward output, kept for the backward (per image)
+  TV_MASK,      // a dropout layer's keep mask for the step: saved state (bytes, per image)
+  TV_LOSS,      // the batch's mean loss (one number)
+  TV_GRAD,      // dL/d(a node's output) (per image); zero at the start of each step, and
+                // every instruction that writes it adds to it (a value read twice sums)
+  TV_PARAM,     // a layer's weight or bias (persistent)
+  TV_PARAM_GRAD,// its gradient for the step (persistent; overwritten, not added to)
+  TV_MOMENTUM,  // its momentum (persistent)
+  TV_KIND_COUNT
+} TValueKind;
+
+typedef struct {
+  TValueKind kind;
+  int node;       // the graph node it belongs to; -1 for the labels and the loss
+  bool bias;      // parameters, their gradients and momenta: the bias, else the weight
+  int64_t elems;  // per image for per-image kinds, else in all
+} TValue;
+
+typedef enum {
+  TI_MASK,      // out: the dropout layer's mask, drawn from (seed, step, layer)
+  TI_FORWARD,   // y = op(x..., w, b, mask)
+  TI_LOSS,      // loss, dy (the logits' gradient) = softmax_xent(x[0] = logits, labels)
+  TI_BACKWARD,  // dx[j] += ..., dw = ..., db = ... from dy (and x, y, w, mask, relu_y)
+  TI_UPDATE,    // the paper's SGD on one parameter: v = 0.9 v - 0.0005 lr w - lr dw; w += v
+} TInstrKind;
+
+typedef struct {
+  TInstrKind kind;
+  int node;      // the op's node; for TI_UPDATE, the parameter's layer
+  int n_x;       // the node's inputs
+  int *x;        // their values (activations or the input)
+  int *dx;       // TI_BACKWARD: their gradients, -1 where none is wanted
+  int y, dy;     // the output and its gradient (-1: not used)
+  int w, b;      // parameters read (TI_UPDATE: w is the one it updates)
+  int dw, db;    // TI_BACKWARD: parameter gradients written; TI_UPDATE: dw is read
+  int v;         // TI_UPDATE: the momentum
+  int mask;      // dropout's mask (TI_MASK writes it)
+  int labels, loss;  // TI_LOSS
+  int relu;      // TI_BACKWARD with a ReLU's backward fused in: the ReLU's node, else -1
+  int relu_y;    // and its output (the mask's source)
+} TInstr;
+
+typedef struct {
+  const Graph *g;
+  TValue *values;
+  int n_values;
+  TInstr *instrs;
+  int n_instrs;
+  int logits;             // the node whose output are the logits
+  int input, labels, loss;
+  int *act, *grad, *mask; // per node: its value, -1 if none
+  bool *needs_grad;       // per node: whether autodiff wanted dL/d(output) (before fusion)
+} TrainProgram;
+
+// Reverse-mode autodiff of the graph as parsed (plain, one device) into a training
+// program: dropout masks, the forward up to the logits, the loss, the backward in reverse
+// (only where a gradient is wanted: a node needs one when it or something before it has
+// parameters), and one update per parameter tensor. NULL with a message when the graph
+// does not end in class scores.
+TrainProgram *autodiff(const Graph *g);
+void train_program_free(TrainProgram *p);
+// The program's invariants: operands of the right kinds and sizes; every value read is
+// written earlier (or lives across steps); a gradient is read only after every
+// instruction that adds to it; a parameter gradient is written once; a parameter is
+// updated once, after its last read. One message naming the instruction, false otherwise.
+bool train_program_verify(const TrainProgram *p);
+// Fuses backward chains by the patterns in `patterns` (names, NULL-terminated; NULL: all):
+// "conv-relu" and "fc-relu" fold a ReLU's backward into the conv's or fc's, which then
+// masks the ReLU's output gradient itself; the conv's own output gradient disappears.
+void train_fuse_backward(TrainProgram *p, const char *const *patterns);
+// The program as text (`alexc dump --train`), with its memory per image and in all.
+void train_program_dump(const TrainProgram *p, FILE *out);
+
 // ---- the trainer (train/train.c): SGD on a spec's graph with one target's kernels.
 
 typedef struct Trainer Trainer;
@@ -565,6 +654,11 @@ typedef struct Trainer Trainer;
 // network whose output is softmax (the loss takes its input, the logits) or whose output
 // is the logits. NULL with a message otherwise.
 Trainer *trainer_new(const Graph *spec, const TrainKernels *k, int batch, int devices);
+// The same, with only the backward fusion patterns named in `patterns` (NULL-terminated;
+// NULL: all; an empty list: none, the plain program). Fused and plain programs compute
+// the same bits.
+Trainer *trainer_new_fused(const Graph *spec, const TrainKernels *k, int batch, int devices,
+                           const char *const *patterns);
 void trainer_free(Trainer *t);
 int trainer_classes(const Trainer *t);
 // Loss and gradients of the mean softmax cross-entropy over n images, with dropout
@@ -581,7 +675,7 @@ void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *
 // forward_s[i] and backward_s[i] (arrays of g->n_nodes), and the update's to *update_s.
 // NULLs turn it off.
 void trainer_profile(Trainer *t, double *forward_s, double *backward_s, double *update_s);
-// The training plan as text (`alexc dump --train`): forward, loss, backward steps.
+// The training program as text (`alexc dump --train`), and the split's plan with devices.
 void trainer_dump(const Trainer *t, FILE *out);
 
 // ---- model-parallel training (train/parallel.c), used by the trainer for devices > 1.

@@ -38,7 +38,8 @@ static const char HELP[] =
     "                    float sums (needs AVX512_BF16)\n"
     "  --seed S          weights from seed S (default 1; times do not depend on values)\n"
     "  --train           time the training step instead (forward, backward, SGD update)\n"
-    "                    per layer, with the CPU target's training kernels\n"
+    "                    per layer, with the CPU target's training kernels; --no-fuse\n"
+    "                    times the plain training program, --compare-unfused both\n"
     PASS_OPTIONS_HELP;
 
 typedef struct {
@@ -311,7 +312,8 @@ int cmd_bench_cpu(int argc, char **argv) {
     return rc < 0 ? EXIT_OK : rc;
   const char *spec = argv[optind];
   if (a.train)
-    return bench_train(spec, a.batch, a.runs, a.warmup, a.cpu.threads, a.seed);
+    return bench_train(spec, a.batch, a.runs, a.warmup, a.cpu.threads, a.seed,
+                       any_fusion(&a.passes), a.compare_unfused);
   Graph *g = load_spec(spec), *fused = load_spec(spec);
   if (!g || !fused || !run_passes(fused, &a.passes)) {
     graph_free(g);

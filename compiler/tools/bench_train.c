@@ -41,17 +41,14 @@ static void print_layers(const Graph *g, const StepTimes *st, int runs, int batc
   free(b);
 }
 
-int bench_train(const char *spec, int batch, int runs, int warmup, int threads, uint64_t seed) {
-  Graph *g = load_spec(spec);
-  if (!g)
-    return EXIT_ERR;
-  if (threads)
-    cpu_train_set_threads(threads);
-  Trainer *t = trainer_new(g, &cpu_train_kernels, batch, 1);
-  if (!t) {
-    graph_free(g);
-    return EXIT_ERR;
-  }
+// Times `runs` steps of one program (fused or plain) and prints its per-layer table;
+// returns the median step in seconds, or a negative number on error.
+static double time_program(const Graph *g, bool fused, int batch, int runs, int warmup,
+                           uint64_t seed) {
+  static const char *const plain[] = {NULL};
+  Trainer *t = trainer_new_fused(g, &cpu_train_kernels, batch, 1, fused ? NULL : plain);
+  if (!t)
+    return -1;
   TrainState s = {.w = weights_init(g, seed, INIT_FAN_IN), .v = weights_zeros(g), .seed = seed};
   float *x = random_input(g, batch, seed);
   int32_t *labels = xcalloc(batch, sizeof *labels);
@@ -72,7 +69,8 @@ int bench_train(const char *spec, int batch, int runs, int warmup, int threads, 
       totals[r] = now_seconds() - t0;
   }
   printf("%s: training step (forward, loss, backward, SGD) on the CPU target, batch %d, "
-         "median of %d steps\n\n", g->name, batch, runs);
+         "%s program (`alexc dump --train%s`), median of %d steps\n\n", g->name, batch,
+         fused ? "fused" : "unfused", fused ? "" : " --no-fuse", runs);
   print_layers(g, st, runs, batch);
   double step = median(totals, runs);
   printf("\nstep: %.2f ms (%.0f images/s), %.1f GFLOP/s over the whole step\n", step * 1e3,
@@ -88,6 +86,24 @@ int bench_train(const char *spec, int batch, int runs, int warmup, int threads, 
   weights_free(s.w);
   weights_free(s.v);
   trainer_free(t);
+  return step;
+}
+
+int bench_train(const char *spec, int batch, int runs, int warmup, int threads, uint64_t seed,
+                bool fused, bool compare_unfused) {
+  Graph *g = load_spec(spec);
+  if (!g)
+    return EXIT_ERR;
+  if (threads)
+    cpu_train_set_threads(threads);
+  double a = time_program(g, fused, batch, runs, warmup, seed), b = 0;
+  if (a >= 0 && compare_unfused && fused) {
+    printf("\n");
+    b = time_program(g, false, batch, runs, warmup, seed);
+    if (b > 0)
+      printf("\nfused step / unfused step: %.3f (same run; the two compute the same bits)\n",
+             a / b);
+  }
   graph_free(g);
-  return EXIT_OK;
+  return a >= 0 && b >= 0 ? EXIT_OK : EXIT_ERR;
 }

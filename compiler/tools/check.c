@@ -133,7 +133,9 @@ int cmd_dump(int argc, char **argv) {
     return EXIT_ERR;
   bool ok = true;
   if (train) {
-    Trainer *t = trainer_new(g, &ref_train_kernels, 1, po.devices);
+    static const char *const plain[] = {NULL};
+    Trainer *t = trainer_new_fused(g, &ref_train_kernels, 1, po.devices,
+                                   any_fusion(&po) ? NULL : plain);
     if ((ok = t != NULL))
       trainer_dump(t, stdout);
     trainer_free(t);

@@ -135,6 +135,13 @@ Compare compare(const float *got, const float *want, int64_t n) {
   return c;
 }
 
+bool any_fusion(const PassOptions *o) {
+  for (int i = 0; i < FUSE_COUNT; i++)
+    if (o->fuse[i])
+      return true;
+  return false;
+}
+
 int pass_option(const char *cmd, int c, const char *arg, PassOptions *o) {
   char bad[64];
   switch (c) {

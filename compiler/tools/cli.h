@@ -48,6 +48,8 @@ bool save_output(const Graph *g, int node, const float *y, int batch, const char
 
 // Handles a PASS_LONG_OPTIONS option: 0 if handled, EXIT_USAGE after a message for a
 // bad value, -1 if `c` is not one of them.
+// Whether any fusion pattern is on (training fuses its backward unless --no-fuse).
+bool any_fusion(const PassOptions *o);
 int pass_option(const char *cmd, int c, const char *arg, PassOptions *o);
 
 // Options of the subcommands that target CUDA: --arch, --conv, --precision.
@@ -123,7 +125,9 @@ const Target *target_find(const char *name);  // NULL if unknown
 // Handles --batch, --runs, --warmup, --seed like pass_option (0, EXIT_USAGE, or -1).
 int bench_option(int c, const char *arg, int *batch, int *runs, int *warmup, uint64_t *seed);
 // `alexc bench --target cpu --train`: the training step's time per layer (bench_train.c).
-int bench_train(const char *spec, int batch, int runs, int warmup, int threads, uint64_t seed);
+// fused: the fused training program (else the plain one); compare_unfused: both, in turn.
+int bench_train(const char *spec, int batch, int runs, int warmup, int threads, uint64_t seed,
+                bool fused, bool compare_unfused);
 // The median of v[0..n) (sorts v).
 double median(double *v, int n);
 

@@ -182,7 +182,7 @@ typedef struct {
 } Buf;
 
 static Buf scratch_bufs[MAX_THREADS][N_SLOTS];
-static Buf shared_bufs[3];  // packed weights, dW partials (used under op_lock)
+static Buf shared_bufs[3];  // packed weights, dW partials, masked dy (used under op_lock)
 
 static float *grow(Buf *b, size_t n) {
   if (b->n < n) {
@@ -641,6 +641,22 @@ static void dropout_bwd_task(void *ctx, int t, int tid) {
     dropout_loop(e->dy + i0, e->c->mask + i0, e->scale, e->dx + i0, true, n);
   else
     add_loop(e->dy + i0, e->dx + i0, n);
+}
+
+// A fused ReLU's backward (OpCall.relu_y): y = 0 + (dy where relu_y > 0), exactly what
+// relu_bwd_loop adds to a zeroed gradient, so fused and plain programs agree to the bit.
+static void relu_mask_task(void *ctx, int t, int tid) {
+  EW_RANGE;
+  const float *x = e->c->relu_y + i0, *dy = e->dy + i0;
+  float *y = e->y + i0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    V4 xv = *(const V4u *)(x + i), g = *(const V4u *)(dy + i);
+    V4i keep = xv > (V4){0, 0, 0, 0};
+    *(V4u *)(y + i) = (V4){0, 0, 0, 0} + (V4)((V4i)g & keep);
+  }
+  for (; i < n; i++)
+    y[i] = x[i] > 0 ? 0.0f + dy[i] : 0.0f;
 }
 
 static void copy_task(void *ctx, int t, int tid) {
@@ -1283,6 +1299,12 @@ static void cpu_backward(const OpCall *c, const float *dy, float *const *dx, flo
   float *dx0 = n->n_inputs ? dx[0] : NULL;
   pthread_mutex_lock(&op_lock);
   pick_isa();
+  if (c->relu_y) {  // one pass in place of the ReLU's backward and the zeroing of dy
+    float *masked = grow(&shared_bufs[2], (size_t)total);
+    Ew m = {c, NULL, dy, masked, NULL, total, 0};
+    parallel_for(ew_tasks(total), relu_mask_task, &m);
+    dy = masked;
+  }
   Ew e = {c, n->n_inputs ? c->x[0] : NULL, dy, NULL, dx0, total, 0};
   switch (n->op) {
   case OP_CONV:

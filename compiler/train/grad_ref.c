@@ -295,8 +295,27 @@ static void softmax_backward(const OpCall *c, const float *dy, float *const *dx)
   }
 }
 
+// A fused ReLU's backward (OpCall.relu_y): its output gradient kept where its output is
+// > 0, as relu_backward would add it to a zeroed gradient (0 + dy, so a -0 becomes +0 and
+// fused and plain programs agree to the bit). Allocated; the caller frees it.
+static float *relu_masked(const OpCall *c, const float *dy) {
+  int64_t total = shape_elems(c->n->out) * c->batch;
+  float *m = xcalloc(total, sizeof *m);
+  for (int64_t i = 0; i < total; i++)
+    m[i] = c->relu_y[i] > 0 ? 0.0f + dy[i] : 0.0f;
+  return m;
+}
+
 static void ref_backward(const OpCall *c, const float *dy, float *const *dx, float *dw,
                          float *db) {
+  if (c->relu_y) {
+    float *masked = relu_masked(c, dy);
+    OpCall plain = *c;
+    plain.relu_y = NULL;
+    ref_backward(&plain, masked, dx, dw, db);
+    free(masked);
+    return;
+  }
   switch (c->n->op) {
   case OP_CONV:
     conv_backward(c, dy, dx, dw, db);

@@ -1,16 +1,12 @@
-// The trainer: reverse-mode autodiff over the spec's graph and the paper's SGD.
+// The trainer: runs the training program autodiff made of a spec's graph
+// (train/autodiff.c), with the paper's SGD.
 //
-// Autodiff here is a plan computed once (trainer_new), not new nodes in the graph: the
-// forward runs every node up to the logits, keeping each output; the backward visits
-// the same nodes in reverse and calls each op's backward through a kernel table (the
-// reference's or a target's), so every target trains through the same walk and differs
-// only in its kernels. The plan decides two things per node:
-//   - needs_grad: whether dL/d(output) is wanted at all. It is when the node or something
-//     before it has parameters; the image's gradient (and so conv1's backward-data, a
-//     large share of a step) is never computed.
-//   - which node's output are the logits: the input of a final softmax (the loss takes
-//     log-sum-exp of the logits, which is stable where log(softmax) is not), or the
-//     network's output when it does not end in softmax.
+// Every target trains through the same program and differs only in its kernel table
+// (TrainKernels): the trainer keeps the per-image values (activations, their gradients,
+// dropout masks) in its own buffers sized for its batch, the parameter gradients in its
+// own Weights, and reads the parameters and momenta from the caller's TrainState. With
+// --devices N the forward and backward instructions are replaced by the model-parallel
+// plan of train/parallel.c; masks, loss and updates stay the program's.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,17 +16,28 @@
 struct Trainer {
   const Graph *g;
   const TrainKernels *k;
+  TrainProgram *p;
   int batch;       // capacity: the largest batch this trainer runs
-  int logits;      // node whose output are the logits
   int classes;
-  bool *needs_grad;
-  float **act;     // per node: its forward output, (batch, out)
-  float **grad;    // per node: dL/d(output), when needs_grad
-  uint8_t **mask;  // per dropout node: the step's keep mask
+  void **buf;      // per value: storage for the per-image values, NULL for the others
+  uint8_t **masks; // per node: its dropout mask's buffer (for the split), or NULL
   Weights *gw;     // gradients of the parameters
-  Split *split;    // devices > 1: the model-parallel plan (act and grad: logits only)
+  Split *split;    // devices > 1: the model-parallel plan
   double *prof_forward, *prof_backward, *prof_update;  // trainer_profile, or NULL
 };
+
+// One step's (or one inference's) settings, as the instructions see them.
+typedef struct {
+  const Weights *w;  // parameters
+  Weights *v;        // momenta (updates only)
+  uint64_t seed;
+  int64_t step;
+  bool training;     // dropout applies its mask; else it is the identity
+  int n;             // images in the batch
+  const int32_t *labels;
+  int *top1;
+  double lr, loss;
+} Step;
 
 void trainer_profile(Trainer *t, double *forward_s, double *backward_s, double *update_s) {
   t->prof_forward = forward_s;
@@ -38,72 +45,59 @@ void trainer_profile(Trainer *t, double *forward_s, double *backward_s, double *
   t->prof_update = update_s;
 }
 
-static int64_t elems(const Trainer *t, int i) { return shape_elems(t->g->nodes[i].out) * t->batch; }
-
-// The logits: the input of a final softmax, else the output.
-static int find_logits(const Graph *g) {
-  const Node *out = &g->nodes[g->output];
-  return out->op == OP_SOFTMAX ? out->inputs[0] : g->output;
+// Per-image values the trainer stores; with a split only the logits' and the masks.
+static bool stored(const Trainer *t, const TValue *v) {
+  bool per_image = v->kind == TV_INPUT || v->kind == TV_ACT || v->kind == TV_GRAD ||
+                   v->kind == TV_MASK;
+  return per_image && (!t->split || v->kind == TV_MASK || v->node == t->p->logits);
 }
 
-static bool has_params(const Node *n) { return n->n_weight > 0 || n->n_bias > 0; }
-
-// needs_grad[i]: node i or one of its ancestors has parameters. Nodes are in topological
-// order, so one forward sweep settles it.
-static void plan_grads(Trainer *t) {
-  for (int i = 0; i <= t->logits; i++) {
-    const Node *n = &t->g->nodes[i];
-    bool need = has_params(n);
-    for (int j = 0; j < n->n_inputs; j++)
-      need = need || t->needs_grad[n->inputs[j]];
-    t->needs_grad[i] = need;
+static void alloc_values(Trainer *t) {
+  t->buf = xcalloc(t->p->n_values, sizeof *t->buf);
+  t->masks = xcalloc(t->g->n_nodes, sizeof *t->masks);
+  for (int v = 0; v < t->p->n_values; v++) {
+    const TValue *tv = &t->p->values[v];
+    if (stored(t, tv))
+      t->buf[v] = xcalloc(tv->elems * t->batch, tv->kind == TV_MASK ? 1 : sizeof(float));
+    if (tv->kind == TV_MASK)
+      t->masks[tv->node] = t->buf[v];
   }
 }
 
-Trainer *trainer_new(const Graph *spec, const TrainKernels *k, int batch, int devices) {
-  int logits = find_logits(spec);
-  const Node *ln = &spec->nodes[logits];
-  if (ln->out.rank != 1 || ln->out.c < 2) {
-    error("%s: training needs a network that ends in class scores (a flat tensor of at least "
-          "2 features, optionally followed by softmax); '%s' is not", spec->name, ln->name);
+Trainer *trainer_new_fused(const Graph *spec, const TrainKernels *k, int batch, int devices,
+                           const char *const *patterns) {
+  TrainProgram *p = autodiff(spec);
+  if (!p)
     return NULL;
-  }
+  if (devices <= 1)  // the split runs its own walk of the plain graph
+    train_fuse_backward(p, patterns);
+  if (!train_program_verify(p))
+    abort();  // autodiff or fusion broke an invariant: a bug, not a user error
   Trainer *t = xcalloc(1, sizeof *t);
-  *t = (Trainer){.g = spec, .k = k, .batch = batch, .logits = logits, .classes = (int)ln->out.c};
-  t->needs_grad = xcalloc(spec->n_nodes, sizeof *t->needs_grad);
-  t->act = xcalloc(spec->n_nodes, sizeof *t->act);
-  t->grad = xcalloc(spec->n_nodes, sizeof *t->grad);
-  t->mask = xcalloc(spec->n_nodes, sizeof *t->mask);
-  plan_grads(t);
-  if (devices > 1 && !(t->split = split_new(spec, devices, batch, logits, t->needs_grad))) {
+  *t = (Trainer){.g = spec, .k = k, .p = p, .batch = batch,
+                 .classes = (int)spec->nodes[p->logits].out.c};
+  if (devices > 1 &&
+      !(t->split = split_new(spec, devices, batch, p->logits, p->needs_grad))) {
     trainer_free(t);
     return NULL;
   }
-  for (int i = 0; i <= logits; i++) {
-    if (!t->split || i == logits) {  // with a split, the devices hold the rest
-      t->act[i] = xcalloc(elems(t, i), sizeof(float));
-      if (t->needs_grad[i])
-        t->grad[i] = xcalloc(elems(t, i), sizeof(float));
-    }
-    if (spec->nodes[i].op == OP_DROPOUT)
-      t->mask[i] = xcalloc(elems(t, i), 1);
-  }
+  alloc_values(t);
   t->gw = weights_zeros(spec);
   return t;
+}
+
+Trainer *trainer_new(const Graph *spec, const TrainKernels *k, int batch, int devices) {
+  return trainer_new_fused(spec, k, batch, devices, NULL);
 }
 
 void trainer_free(Trainer *t) {
   if (!t)
     return;
-  for (int i = 0; i < t->g->n_nodes; i++) {
-    free(t->act[i]);
-    free(t->grad[i]);
-    free(t->mask[i]);
-  }
-  free(t->act);
-  free(t->grad);
-  free(t->mask);
-  free(t->needs_grad);
+  for (int v = 0; t->buf && v < t->p->n_values; v++)
+    free(t->buf[v]);
+  free(t->buf);
+  free(t->masks);
+  train_program_free(t->p);
   split_free(t->split);
   weights_free(t->gw);
   free(t);
@@ -111,74 +105,121 @@ void trainer_free(Trainer *t) {
 
 int trainer_classes(const Trainer *t) { return t->classes; }
 
-// A parameter tensor of layer `layer` in w, writable (w is the trainer's own gradients).
-static float *param(const Weights *w, const char *layer, bool is_bias) {
-  return (float *)weights_get(w, layer, is_bias);
-}
-
-static OpCall call_for(const Trainer *t, const Weights *w, int i, int n, const float **xs) {
-  const Node *node = &t->g->nodes[i];
-  for (int j = 0; j < node->n_inputs; j++)
-    xs[j] = t->act[node->inputs[j]];
-  return (OpCall){t->g, node, n, xs, t->act[i], weights_get(w, node->name, false),
-                  weights_get(w, node->name, true), NULL};
-}
-
-// The forward pass up to the logits. With `training`, dropout applies its mask for
-// (seed, step); without, dropout is the identity (inference).
-static void forward(Trainer *t, const Weights *w, const float *x, int n, bool training,
-                    uint64_t seed, int64_t step) {
-  if (t->split) {
-    for (int i = 1; training && i <= t->logits; i++) {
-      const Node *node = &t->g->nodes[i];
-      if (node->op == OP_DROPOUT)
-        dropout_mask(seed, (uint64_t)step, node->name, shape_elems(node->out) * n,
-                     node->dropout.p, t->mask[i]);
-    }
-    split_forward(t->split, t->k, w, x, n, training ? t->mask : NULL, t->act[t->logits]);
-    return;
+// Where value v is this step: the trainer's buffers, its parameter gradients, or the
+// caller's parameters and momenta. NULL for -1.
+static float *value_at(const Trainer *t, const Step *s, int v) {
+  if (v < 0)
+    return NULL;
+  const TValue *tv = &t->p->values[v];
+  const char *layer = tv->node >= 0 ? t->g->nodes[tv->node].name : "";
+  switch (tv->kind) {
+  case TV_PARAM:
+    return (float *)weights_get(s->w, layer, tv->bias);
+  case TV_PARAM_GRAD:
+    return (float *)weights_get(t->gw, layer, tv->bias);
+  case TV_MOMENTUM:
+    return (float *)weights_get(s->v, layer, tv->bias);
+  default:
+    return t->buf[v];
   }
-  memcpy(t->act[0], x, shape_elems(t->g->nodes[0].out) * n * sizeof(float));
+}
+
+static OpCall call_for(const Trainer *t, const Step *s, const TInstr *in, const float **xs) {
+  for (int j = 0; j < in->n_x; j++)
+    xs[j] = value_at(t, s, in->x[j]);
+  return (OpCall){t->g, &t->g->nodes[in->node], s->n, xs, value_at(t, s, in->y),
+                  value_at(t, s, in->w), value_at(t, s, in->b),
+                  s->training && in->mask >= 0 ? t->buf[in->mask] : NULL,
+                  value_at(t, s, in->relu_y)};
+}
+
+static void run_forward(Trainer *t, const Step *s, const TInstr *in) {
   const float *xs[64];
-  for (int i = 1; i <= t->logits; i++) {
-    const Node *node = &t->g->nodes[i];
-    OpCall c = call_for(t, w, i, n, xs);
-    if (node->op == OP_DROPOUT && training) {
-      dropout_mask(seed, (uint64_t)step, node->name, shape_elems(node->out) * n, node->dropout.p,
-                   t->mask[i]);
-      c.mask = t->mask[i];
-    }
-    double t0 = t->prof_forward ? now_seconds() : 0;
-    t->k->forward(&c, t->act[i]);
-    if (t->prof_forward)
-      t->prof_forward[i] += now_seconds() - t0;
-  }
+  OpCall c = call_for(t, s, in, xs);
+  double t0 = t->prof_forward ? now_seconds() : 0;
+  t->k->forward(&c, value_at(t, s, in->y));
+  if (t->prof_forward)
+    t->prof_forward[in->node] += now_seconds() - t0;
 }
 
-// The backward pass from dL/d(logits), already in grad[logits].
-static void backward(Trainer *t, const Weights *w, int n) {
-  if (t->split) {
-    split_backward(t->split, t->k, w, t->grad[t->logits], n, t->gw);
-    return;
-  }
-  for (int i = 0; i < t->logits; i++)
-    if (t->grad[i])
-      memset(t->grad[i], 0, elems(t, i) * sizeof(float));
+static void run_backward(Trainer *t, const Step *s, const TInstr *in) {
   const float *xs[64];
   float *dx[64];
-  for (int i = t->logits; i >= 1; i--) {
-    const Node *node = &t->g->nodes[i];
-    if (!t->needs_grad[i])
+  OpCall c = call_for(t, s, in, xs);
+  for (int j = 0; j < in->n_x; j++)
+    dx[j] = value_at(t, s, in->dx[j]);  // NULL where no gradient is wanted
+  double t0 = t->prof_backward ? now_seconds() : 0;
+  t->k->backward(&c, value_at(t, s, in->dy), dx, value_at(t, s, in->dw), value_at(t, s, in->db));
+  if (t->prof_backward)
+    t->prof_backward[in->node] += now_seconds() - t0;
+}
+
+// The paper's update (section 5) of one parameter tensor:
+//   v <- 0.9 v - 0.0005 lr w - lr dL/dw;  w <- w + v.
+// Computed in double per element and stored as float, the same on every target.
+static void run_update(Trainer *t, const Step *s, const TInstr *in) {
+  float *w = value_at(t, s, in->w), *v = value_at(t, s, in->v);
+  const float *g = value_at(t, s, in->dw);
+  double lr = s->lr;
+  for (int64_t j = 0; j < t->p->values[in->w].elems; j++) {
+    v[j] = (float)(0.9 * v[j] - 0.0005 * lr * w[j] - lr * g[j]);
+    w[j] += v[j];
+  }
+}
+
+static void zero_gradients(Trainer *t, int n) {
+  for (int v = 0; v < t->p->n_values; v++)
+    if (t->p->values[v].kind == TV_GRAD && t->buf[v])
+      memset(t->buf[v], 0, t->p->values[v].elems * n * sizeof(float));
+}
+
+static void run_instr(Trainer *t, Step *s, const TInstr *in) {
+  const Node *node = &t->g->nodes[in->node];
+  switch (in->kind) {
+  case TI_MASK:
+    if (s->training)
+      dropout_mask(s->seed, (uint64_t)s->step, node->name, shape_elems(node->out) * s->n,
+                   node->dropout.p, t->buf[in->mask]);
+    break;
+  case TI_FORWARD:
+    if (!t->split)
+      run_forward(t, s, in);
+    break;
+  case TI_LOSS:
+    s->loss = softmax_xent(t->buf[in->x[0]], s->labels, s->n, t->classes, t->buf[in->dy],
+                           s->top1, NULL);
+    break;
+  case TI_BACKWARD:
+    if (!t->split)
+      run_backward(t, s, in);
+    break;
+  case TI_UPDATE:
+    run_update(t, s, in);
+    break;
+  }
+}
+
+// Runs the instructions of the kinds in [first, last] in program order. With a split, the
+// model-parallel forward runs before the loss and its backward after it.
+static void run(Trainer *t, Step *s, const float *x, TInstrKind first, TInstrKind last) {
+  const TrainProgram *p = t->p;
+  if (first <= TI_FORWARD && !t->split)
+    memcpy(t->buf[p->input], x, p->values[p->input].elems * s->n * sizeof(float));
+  if (last >= TI_BACKWARD)
+    zero_gradients(t, s->n);
+  for (int i = 0; i < p->n_instrs; i++) {
+    const TInstr *in = &p->instrs[i];
+    if (in->kind < first || in->kind > last)
       continue;
-    OpCall c = call_for(t, w, i, n, xs);
-    c.mask = t->mask[i];
-    for (int j = 0; j < node->n_inputs; j++)
-      dx[j] = t->grad[node->inputs[j]];  // NULL where no gradient is wanted
-    double t0 = t->prof_backward ? now_seconds() : 0;
-    t->k->backward(&c, t->grad[i], dx, param(t->gw, node->name, false),
-                   param(t->gw, node->name, true));
-    if (t->prof_backward)
-      t->prof_backward[i] += now_seconds() - t0;
+    if (t->split && in->kind == TI_LOSS)
+      split_forward(t->split, t->k, s->w, x, s->n, s->training ? t->masks : NULL,
+                    t->buf[p->act[p->logits]]);
+    double t0 = in->kind == TI_UPDATE && t->prof_update ? now_seconds() : 0;
+    run_instr(t, s, in);
+    if (in->kind == TI_UPDATE && t->prof_update)
+      *t->prof_update += now_seconds() - t0;
+    if (t->split && in->kind == TI_LOSS)
+      split_backward(t->split, t->k, s->w, t->buf[p->grad[p->logits]], s->n, t->gw);
   }
 }
 
@@ -196,83 +237,40 @@ double trainer_grad(Trainer *t, const Weights *w, uint64_t seed, int64_t step, c
                     const int32_t *labels, int n, Weights *grad, int *top1) {
   if (n > t->batch || !labels_ok(t, labels, n))
     return NAN;
-  forward(t, w, x, n, true, seed, step);
-  double loss = softmax_xent(t->act[t->logits], labels, n, t->classes, t->grad[t->logits], top1,
-                             NULL);
-  backward(t, w, n);
+  Step s = {.w = w, .seed = seed, .step = step, .training = true, .n = n, .labels = labels,
+            .top1 = top1};
+  run(t, &s, x, TI_MASK, TI_BACKWARD);
   for (int i = 0; grad && i < grad->n; i++)  // the same graph: the same tensors in order
     memcpy(grad->data[i], t->gw->data[i], grad->info[i].elems * sizeof(float));
-  return loss;
+  return s.loss;
 }
 
-// The paper's update (section 5), for every parameter tensor:
-//   v <- 0.9 v - 0.0005 lr w - lr dL/dw;  w <- w + v.
-// Computed in double per element and stored as float, the same on every target.
-static void sgd_update(Weights *w, Weights *v, const Weights *g, double lr) {
-  for (int i = 0; i < w->n; i++) {
-    float *wi = w->data[i], *vi = v->data[i];
-    const float *gi = g->data[i];
-    for (int64_t j = 0; j < w->info[i].elems; j++) {
-      vi[j] = (float)(0.9 * vi[j] - 0.0005 * lr * wi[j] - lr * gi[j]);
-      wi[j] += vi[j];
-    }
-  }
-}
-
-double trainer_step(Trainer *t, TrainState *s, double lr, const float *x, const int32_t *labels,
+double trainer_step(Trainer *t, TrainState *st, double lr, const float *x, const int32_t *labels,
                     int n, int *top1) {
-  double loss = trainer_grad(t, s->w, s->seed, s->step, x, labels, n, NULL, top1);
+  double loss = trainer_grad(t, st->w, st->seed, st->step, x, labels, n, NULL, top1);
   if (loss != loss)
     return loss;
-  double t0 = t->prof_update ? now_seconds() : 0;
-  sgd_update(s->w, s->v, t->gw, lr);
-  if (t->prof_update)
-    *t->prof_update += now_seconds() - t0;
-  s->step++;
+  Step s = {.w = st->w, .v = st->v, .n = n, .lr = lr};
+  run(t, &s, x, TI_UPDATE, TI_UPDATE);
+  st->step++;
   return loss;
 }
 
 void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *logits) {
+  const float *logits_buf = t->buf[t->p->act[t->p->logits]];
   for (int at = 0; at < n; at += t->batch) {
-    int m = n - at < t->batch ? n - at : t->batch;
-    forward(t, w, x + (int64_t)at * shape_elems(t->g->nodes[0].out), m, false, 0, 0);
-    memcpy(logits + (int64_t)at * t->classes, t->act[t->logits],
-           (size_t)m * t->classes * sizeof(float));
+    Step s = {.w = w, .n = n - at < t->batch ? n - at : t->batch};
+    const float *xa = x + (int64_t)at * shape_elems(t->g->nodes[0].out);
+    if (t->split)
+      split_forward(t->split, t->k, w, xa, s.n, NULL, (float *)logits_buf);
+    else
+      run(t, &s, xa, TI_FORWARD, TI_FORWARD);
+    memcpy(logits + (int64_t)at * t->classes, logits_buf, (size_t)s.n * t->classes * sizeof(float));
   }
 }
 
 void trainer_dump(const Trainer *t, FILE *out) {
-  const Graph *g = t->g;
-  char buf[64];
-  fprintf(out, "train %s: loss = softmax_xent(%s, labels), %d classes\nforward:\n", g->name,
-          g->nodes[t->logits].name, t->classes);
-  for (int i = 1; i <= t->logits; i++) {
-    const Node *n = &g->nodes[i];
-    fprintf(out, "  %%%d %s = %s(", i, n->name, op_name(n->op));
-    for (int j = 0; j < n->n_inputs; j++)
-      fprintf(out, "%s%%%d", j ? ", " : "", n->inputs[j]);
-    fprintf(out, ") : %s%s\n", shape_str(n->out, buf, sizeof buf),
-            n->op == OP_DROPOUT ? "  [mask: philox(seed, step, layer)]" : "");
-  }
-  fprintf(out, "backward:\n");
-  for (int i = t->logits; i >= 1; i--) {
-    const Node *n = &g->nodes[i];
-    if (!t->needs_grad[i])
-      continue;
-    fprintf(out, "  d%%%d %s ->", i, n->name);
-    const char *sep = " ";
-    for (int j = 0; j < n->n_inputs; j++)
-      if (t->needs_grad[n->inputs[j]]) {
-        fprintf(out, "%sd%%%d +=", sep, n->inputs[j]);
-        sep = ", ";
-      }
-    if (n->n_weight)
-      fprintf(out, "%s%s.weight", sep, n->name), sep = ", ";
-    if (n->n_bias)
-      fprintf(out, "%s%s.bias", sep, n->name);
-    fprintf(out, "\n");
-  }
-  fprintf(out, "update: v = 0.9 v - 0.0005 lr w - lr dw; w += v (%d tensors)\n", t->gw->n);
+  train_program_dump(t->p, out);
   if (t->split)
     split_dump(t->split, out);
 }

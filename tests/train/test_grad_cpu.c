@@ -220,7 +220,7 @@ static OpCall walk_call(const Graph *g, const Weights *wt, Walk *w, int i, int b
   for (int j = 0; j < n->n_inputs; j++)
     xs[j] = w->act[n->inputs[j]];
   return (OpCall){g, n, batch, xs, w->act[i], weights_get(wt, n->name, false),
-                  weights_get(wt, n->name, true), w->mask[i]};
+                  weights_get(wt, n->name, true), w->mask[i], NULL};
 }
 
 static bool input_grad = true;  // the walk computes the input's gradient (the bench: not)
