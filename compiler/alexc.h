@@ -468,6 +468,11 @@ typedef struct {
   // fc-relu patterns). dy is then the gradient of relu(y), and the kernel first keeps it
   // where relu_y, the ReLU's output, is > 0 and zeroes it elsewhere. NULL: not fused.
   const float *relu_y;
+  // State the forward saves for the backward (the program's TV_SAVED value; LRN: the
+  // window sums of squares, (batch, n->out)). Forward: written when not NULL; backward:
+  // read instead of recomputed when not NULL. A table may ignore it: the reference
+  // recomputes in double, so the oracle never depends on what a forward saved.
+  float *saved;
 } OpCall;
 
 typedef struct {
@@ -573,6 +578,7 @@ typedef enum {
   TV_LABELS,    // a class index per image (int32, per image)
   TV_ACT,       // a node's forward output, kept for the backward (per image)
   TV_MASK,      // a dropout layer's keep mask for the step: saved state (bytes, per image)
+  TV_SAVED,     // what a forward saves for its backward (OpCall.saved; per image)
   TV_LOSS,      // the batch's mean loss (one number)
   TV_GRAD,      // dL/d(a node's output) (per image); zero at the start of each step, and
                 // every instruction that writes it adds to it (a value read twice sums)
@@ -608,6 +614,7 @@ typedef struct {
   int dw, db;    // TI_BACKWARD: parameter gradients written; TI_UPDATE: dw is read
   int v;         // TI_UPDATE: the momentum
   int mask;      // dropout's mask (TI_MASK writes it)
+  int saved;     // TI_FORWARD writes it, TI_BACKWARD reads it (LRN: window sums), or -1
   int labels, loss;  // TI_LOSS
   int relu;      // TI_BACKWARD with a ReLU's backward fused in: the ReLU's node, else -1
   int relu_y;    // and its output (the mask's source)
@@ -621,12 +628,13 @@ typedef struct {
   int n_instrs;
   int logits;             // the node whose output are the logits
   int input, labels, loss;
-  int *act, *grad, *mask; // per node: its value, -1 if none
+  int *act, *grad, *mask, *saved;  // per node: its value, -1 if none
   bool *needs_grad;       // per node: whether autodiff wanted dL/d(output) (before fusion)
 } TrainProgram;
 
 // Reverse-mode autodiff of the graph as parsed (plain, one device) into a training
-// program: dropout masks, the forward up to the logits, the loss, the backward in reverse
+// program: dropout masks, the forward up to the logits (an LRN's also saving its window
+// sums for its backward), the loss, the backward in reverse
 // (only where a gradient is wanted: a node needs one when it or something before it has
 // parameters), and one update per parameter tensor. NULL with a message when the graph
 // does not end in class scores.

@@ -29,7 +29,7 @@ static int add_value(TrainProgram *p, TValueKind kind, int node, bool bias, int6
 static TInstr *add_instr(TrainProgram *p, TInstrKind kind, int node) {
   p->instrs = xrealloc(p->instrs, (p->n_instrs + 1) * sizeof *p->instrs);
   TInstr *in = &p->instrs[p->n_instrs++];
-  *in = (TInstr){kind, node, 0, NULL, NULL, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+  *in = (TInstr){kind, node, 0, NULL, NULL, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
   return in;
 }
 
@@ -108,6 +108,7 @@ static void emit_backward(TrainProgram *p, int i, const ParamValues *pv) {
   in->w = pv->w[0], in->b = pv->w[1];
   in->dw = pv->dw[0], in->db = pv->dw[1];
   in->mask = p->mask[i];
+  in->saved = p->saved[i];
 }
 
 TrainProgram *autodiff(const Graph *g) {
@@ -124,6 +125,7 @@ TrainProgram *autodiff(const Graph *g) {
   p->act = filled(g->n_nodes, -1);
   p->grad = filled(g->n_nodes, -1);
   p->mask = filled(g->n_nodes, -1);
+  p->saved = filled(g->n_nodes, -1);
   p->needs_grad = xcalloc(g->n_nodes, sizeof *p->needs_grad);
   plan_grads(g, logits, p->needs_grad);
   ParamValues *pv = xcalloc(logits + 1, sizeof *pv);
@@ -137,6 +139,8 @@ TrainProgram *autodiff(const Graph *g) {
     p->act[i] = add_value(p, TV_ACT, i, false, shape_elems(n->out));
     if (p->needs_grad[i])
       p->grad[i] = add_value(p, TV_GRAD, i, false, shape_elems(n->out));
+    if (p->needs_grad[i] && n->op == OP_LRN)  // its window sums, not recomputed
+      p->saved[i] = add_value(p, TV_SAVED, i, false, shape_elems(n->out));
     if (n->op == OP_DROPOUT)
       add_instr(p, TI_MASK, i)->mask = p->mask[i] =
           add_value(p, TV_MASK, i, false, shape_elems(n->out));
@@ -147,6 +151,7 @@ TrainProgram *autodiff(const Graph *g) {
     in->y = p->act[i];
     in->w = pv[i].w[0], in->b = pv[i].w[1];
     in->mask = p->mask[i];
+    in->saved = p->saved[i];
   }
   TInstr *loss = add_instr(p, TI_LOSS, logits);
   loss->n_x = 1;
@@ -179,6 +184,7 @@ void train_program_free(TrainProgram *p) {
   free(p->act);
   free(p->grad);
   free(p->mask);
+  free(p->saved);
   free(p->needs_grad);
   free(p);
 }
@@ -216,6 +222,7 @@ static int operands(TInstr *in, Operand *ops) {
   n = push(ops, n, &in->db, "db", bwd);
   n = push(ops, n, &in->v, "v", false);
   n = push(ops, n, &in->mask, "mask", in->kind == TI_MASK);
+  n = push(ops, n, &in->saved, "saved", in->kind == TI_FORWARD);
   n = push(ops, n, &in->labels, "labels", false);
   n = push(ops, n, &in->loss, "loss", true);
   n = push(ops, n, &in->relu_y, "relu_y", false);
@@ -231,7 +238,8 @@ static int operands(TInstr *in, Operand *ops) {
 // ---------------------------------------------------------------- the verifier
 
 static const char *const instr_names[] = {"mask", "forward", "loss", "backward", "update"};
-static const char *const value_kinds[] = {"input",   "labels", "activation", "mask",    "loss",
+static const char *const value_kinds[] = {"input",    "labels",    "activation",
+                                          "mask",     "saved",     "loss",
                                           "gradient", "parameter", "parameter gradient",
                                           "momentum"};
 
@@ -266,6 +274,8 @@ static TValueKind role_kind(const TInstr *in, const Operand *o) {
     return TV_MOMENTUM;
   if (!strcmp(r, "mask"))
     return TV_MASK;
+  if (!strcmp(r, "saved"))
+    return TV_SAVED;
   (void)in;
   return !strcmp(r, "labels") ? TV_LABELS : TV_LOSS;
 }
@@ -473,8 +483,8 @@ static void compact_values(TrainProgram *p) {
         *ops[k].ref = map[*ops[k].ref];
     }
   }
-  int *per_node[] = {p->act, p->grad, p->mask};
-  for (int a = 0; a < 3; a++)
+  int *per_node[] = {p->act, p->grad, p->mask, p->saved};
+  for (int a = 0; a < 4; a++)
     for (int i = 0; i < p->g->n_nodes; i++)
       if (per_node[a][i] >= 0)
         per_node[a][i] = map[per_node[a][i]];
@@ -534,6 +544,9 @@ static void print_value(const TrainProgram *p, int v, FILE *out) {
     break;
   case TV_MASK:
     fprintf(out, "mask.%s", node);
+    break;
+  case TV_SAVED:
+    fprintf(out, "saved.%s", node);
     break;
   case TV_GRAD:
     fprintf(out, "d%%%s", node);

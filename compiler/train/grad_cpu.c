@@ -960,6 +960,7 @@ typedef struct {
   const OpCall *c;
   const float *x, *y, *dy;
   float *out, *dx;
+  float *saved;  // window sums of squares, (batch, C, P): written forward, read backward
   int C, P, per_group, half;
   float alpha, k, beta;
   bool b075;
@@ -1047,6 +1048,8 @@ CLONES static void lrn_fwd_task(void *ctx, int t, int tid) {
   float *y = l->out + (size_t)t * l->C * l->P;
   float *sum = scratch(tid, S_COL, (size_t)2 * l->P), *sc = sum + l->P;
   for (int ch = 0; ch < l->C; ch++) {
+    if (l->saved)
+      sum = l->saved + ((size_t)t * l->C + ch) * l->P;
     lrn_sum(l, x, ch, sum);
     lrn_scale(l, sum, sc, l->P);
     const float *xc = x + (size_t)ch * l->P;
@@ -1065,9 +1068,12 @@ CLONES static void lrn_bwd_task(void *ctx, int t, int tid) {
   float *buf = scratch(tid, S_COL, (size_t)(2 * l->C + 2) * l->P);
   float *ts = buf, *ss = buf + (size_t)l->C * l->P, *sum = ss + (size_t)l->C * l->P,
         *sc = sum + l->P;
+  if (l->saved)  // the forward's window sums: the same function of x, so the same bits
+    ss = l->saved + off;
   for (int ch = 0; ch < l->C; ch++) {  // ss = window sums, ts = dy y / s
     float *sch = ss + (size_t)ch * l->P, *tc = ts + (size_t)ch * l->P;
-    lrn_sum(l, x, ch, sch);
+    if (!l->saved)
+      lrn_sum(l, x, ch, sch);
     const float *yc = y + (size_t)ch * l->P, *gc = dy + (size_t)ch * l->P;
     for (int p = 0; p < l->P; p++)
       tc[p] = gc[p] * yc[p] / (l->k + l->alpha * sch[p]);
@@ -1096,7 +1102,8 @@ static Lrn lrn_setup(const OpCall *c) {
   Shape s = c->n->out;
   Lrn l = {.c = c, .x = c->x[0], .C = (int)s.c, .P = (int)shape_plane(s),
            .per_group = (int)(s.c / a->groups), .half = a->size / 2, .alpha = (float)a->alpha,
-           .k = (float)a->k, .beta = (float)a->beta, .b075 = a->beta == 0.75};
+           .k = (float)a->k, .beta = (float)a->beta, .b075 = a->beta == 0.75,
+           .saved = c->saved};
   return l;
 }
 

@@ -241,7 +241,7 @@ static OpCall piece_call(const Piece *p, const Weights *w, int n) {
   const char *name = g->nodes[g->output].name;
   const float *wt = weights_get(w, name, false), *b = weights_get(w, name, true);
   return (OpCall){g, &g->nodes[g->output], n, (const float *const *)p->x, p->y,
-                  wt ? wt + p->w_off : NULL, b ? b + p->b_off : NULL, p->mask, NULL};
+                  wt ? wt + p->w_off : NULL, b ? b + p->b_off : NULL, p->mask, NULL, NULL};
 }
 
 // The piece's input channels, gathered from its device's copies.

@@ -48,7 +48,7 @@ void trainer_profile(Trainer *t, double *forward_s, double *backward_s, double *
 // Per-image values the trainer stores; with a split only the logits' and the masks.
 static bool stored(const Trainer *t, const TValue *v) {
   bool per_image = v->kind == TV_INPUT || v->kind == TV_ACT || v->kind == TV_GRAD ||
-                   v->kind == TV_MASK;
+                   v->kind == TV_MASK || v->kind == TV_SAVED;
   return per_image && (!t->split || v->kind == TV_MASK || v->node == t->p->logits);
 }
 
@@ -130,7 +130,7 @@ static OpCall call_for(const Trainer *t, const Step *s, const TInstr *in, const 
   return (OpCall){t->g, &t->g->nodes[in->node], s->n, xs, value_at(t, s, in->y),
                   value_at(t, s, in->w), value_at(t, s, in->b),
                   s->training && in->mask >= 0 ? t->buf[in->mask] : NULL,
-                  value_at(t, s, in->relu_y)};
+                  value_at(t, s, in->relu_y), value_at(t, s, in->saved)};
 }
 
 static void run_forward(Trainer *t, const Step *s, const TInstr *in) {

@@ -128,6 +128,27 @@ static void run_case(const OpCase *oc) {
   if (d.b_elems)
     check_tensor(oc->name, "db", db_cpu, db_ref, d.b_elems, TOL);
 
+  // Saved state (OpCall.saved, the LRN's window sums): a forward that saves it and a
+  // backward that reads it give the recomputing path's bits.
+  float *saved = xcalloc(d.y_elems, sizeof(float)), *y_saved = xcalloc(d.y_elems, sizeof(float));
+  OpCall cs = d.call;
+  cs.saved = saved;
+  cs.y = NULL;
+  cpu_train_kernels.forward(&cs, y_saved);
+  CHECK(!memcmp(y_saved, y_cpu, d.y_elems * sizeof(float)));
+  cs.y = y_ref;
+  for (int j = 0; j < d.n_x; j++) {
+    float *dx_saved[OPC_MAX_INPUTS] = {0};
+    snprintf(buf, sizeof buf, "%s.dx%d", oc->name, j);
+    dx_saved[j] = xcalloc(d.x_elems[j], sizeof(float));
+    fill_normal(dx_saved[j], d.x_elems[j], 7, buf, 0.5);
+    cpu_train_kernels.backward(&cs, d.dy, dx_saved, NULL, NULL);
+    CHECK(!memcmp(dx_saved[j], dx_cpu[j], d.x_elems[j] * sizeof(float)));
+    free(dx_saved[j]);
+  }
+  free(saved);
+  free(y_saved);
+
   // dw and db alone (dx NULL), and dx alone: the same values.
   if (d.w_elems || d.b_elems) {
     float *none[OPC_MAX_INPUTS] = {0};
@@ -220,7 +241,7 @@ static OpCall walk_call(const Graph *g, const Weights *wt, Walk *w, int i, int b
   for (int j = 0; j < n->n_inputs; j++)
     xs[j] = w->act[n->inputs[j]];
   return (OpCall){g, n, batch, xs, w->act[i], weights_get(wt, n->name, false),
-                  weights_get(wt, n->name, true), w->mask[i], NULL};
+                  weights_get(wt, n->name, true), w->mask[i], NULL, NULL};
 }
 
 static bool input_grad = true;  // the walk computes the input's gradient (the bench: not)
