@@ -630,6 +630,12 @@ typedef struct {
   int input, labels, loss;
   int *act, *grad, *mask, *saved;  // per node: its value, -1 if none
   bool *needs_grad;       // per node: whether autodiff wanted dL/d(output) (before fusion)
+  // The memory plan (train_plan_memory; NULL until it has run): per value, its offset in
+  // the step's arena in floats per image (-1: not in it), and the first and last
+  // instruction touching it (the input's first is -1). A gradient is zeroed at its first.
+  int64_t *offset;
+  int *first, *last;
+  int64_t arena, unshared;  // floats per image: the arena, and the values' sum
 } TrainProgram;
 
 // Reverse-mode autodiff of the graph as parsed (plain, one device) into a training
@@ -649,6 +655,14 @@ bool train_program_verify(const TrainProgram *p);
 // "conv-relu" and "fc-relu" fold a ReLU's backward into the conv's or fc's, which then
 // masks the ReLU's output gradient itself; the conv's own output gradient disappears.
 void train_fuse_backward(TrainProgram *p, const char *const *patterns);
+// Plans the per-image values into one arena (train/memplan.c): values whose lives do not
+// overlap share memory. Rerun after any rewrite (fusion drops the plan).
+void train_plan_memory(TrainProgram *p);
+bool train_value_in_arena(TValueKind k);
+int64_t train_value_floats(const TValue *v);  // per image, aligned
+#define TRAIN_MAX_OPERANDS 160
+// The distinct values an instruction reads or writes, into values[]; returns how many.
+int train_instr_values(TInstr *in, int *values);
 // The program as text (`alexc dump --train`), with its memory per image and in all.
 void train_program_dump(const TrainProgram *p, FILE *out);
 

@@ -186,6 +186,9 @@ void train_program_free(TrainProgram *p) {
   free(p->mask);
   free(p->saved);
   free(p->needs_grad);
+  free(p->offset);
+  free(p->first);
+  free(p->last);
   free(p);
 }
 
@@ -199,7 +202,7 @@ typedef struct {
   bool write;
 } Operand;
 
-#define MAX_OPERANDS 160
+#define MAX_OPERANDS TRAIN_MAX_OPERANDS
 
 static int push(Operand *ops, int n, int *ref, const char *role, bool write) {
   if (*ref >= 0 && n < MAX_OPERANDS)
@@ -233,6 +236,19 @@ static int operands(TInstr *in, Operand *ops) {
     n = push(ops, n, &in->v, "v", true);
   }
   return n;
+}
+
+int train_instr_values(TInstr *in, int *values) {
+  Operand ops[MAX_OPERANDS];
+  int n = operands(in, ops), distinct = 0;
+  for (int k = 0; k < n; k++) {
+    bool seen = false;
+    for (int j = 0; j < distinct; j++)
+      seen = seen || values[j] == *ops[k].ref;
+    if (!seen)
+      values[distinct++] = *ops[k].ref;
+  }
+  return distinct;
 }
 
 // ---------------------------------------------------------------- the verifier
@@ -365,6 +381,25 @@ static bool check_order(const TrainProgram *p, const Use *use) {
   return true;
 }
 
+// With a memory plan: two arena values that are live at the same instruction never
+// overlap in memory.
+static bool check_plan(const TrainProgram *p) {
+  for (int a = 0; p->offset && a < p->n_values; a++)
+    for (int b = a + 1; b < p->n_values; b++) {
+      if (p->offset[a] < 0 || p->offset[b] < 0)
+        continue;
+      bool same_time = p->first[a] <= p->last[b] && p->first[b] <= p->last[a];
+      int64_t ea = p->offset[a] + train_value_floats(&p->values[a]),
+              eb = p->offset[b] + train_value_floats(&p->values[b]);
+      if (same_time && p->offset[a] < eb && p->offset[b] < ea) {
+        fprintf(stderr, "alexc: internal error: training program: values %d and %d are live "
+                "together but share memory\n", a, b);
+        return false;
+      }
+    }
+  return true;
+}
+
 bool train_program_verify(const TrainProgram *p) {
   for (int v = 0; v < p->n_values; v++)
     if (!value_ok(p, v)) {
@@ -404,7 +439,7 @@ bool train_program_verify(const TrainProgram *p) {
       }
     }
   }
-  ok = ok && check_order(p, use);
+  ok = ok && check_order(p, use) && check_plan(p);
   free(use);
   return ok;
 }
@@ -490,6 +525,8 @@ static void compact_values(TrainProgram *p) {
         per_node[a][i] = map[per_node[a][i]];
   p->input = map[p->input], p->labels = map[p->labels], p->loss = map[p->loss];
   free(map);
+  free(p->offset), free(p->first), free(p->last);  // planned for the old numbering
+  p->offset = NULL, p->first = p->last = NULL;
 }
 
 // Folds ReLU backward i into the backward of the node feeding it, if a pattern allows.
@@ -639,6 +676,10 @@ void train_program_dump(const TrainProgram *p, FILE *out) {
     if (count[k])
       fprintf(out, "  %-19s %4d  %12lld bytes%s\n", value_kinds[k], count[k],
               (long long)bytes[k], per_image(k) ? " per image" : "");
+  if (p->offset)
+    fprintf(out, "memory plan: %lld bytes per image for the step's per-image values, shared "
+            "where their lives do not overlap (%lld if each had its own)\n",
+            (long long)p->arena * 4, (long long)p->unshared * 4);
   TInstrKind last = TI_UPDATE + 1;
   for (int i = 0; i < p->n_instrs; i++) {
     if (p->instrs[i].kind != last && p->instrs[i].kind != TI_LOSS)

@@ -19,7 +19,9 @@ struct Trainer {
   TrainProgram *p;
   int batch;       // capacity: the largest batch this trainer runs
   int classes;
-  void **buf;      // per value: storage for the per-image values, NULL for the others
+  float *arena;    // the per-image values, as the program's memory plan places them
+  void **buf;      // per value: where it is in the arena (or, with a split, its own
+                   // allocation); NULL for the values kept elsewhere
   uint8_t **masks; // per node: its dropout mask's buffer (for the split), or NULL
   Weights *gw;     // gradients of the parameters
   Split *split;    // devices > 1: the model-parallel plan
@@ -52,13 +54,22 @@ static bool stored(const Trainer *t, const TValue *v) {
   return per_image && (!t->split || v->kind == TV_MASK || v->node == t->p->logits);
 }
 
+// One device: the arena the memory plan laid out. A split: only the logits, their
+// gradient and the masks, each its own buffer (the devices hold the rest).
 static void alloc_values(Trainer *t) {
-  t->buf = xcalloc(t->p->n_values, sizeof *t->buf);
+  const TrainProgram *p = t->p;
+  t->buf = xcalloc(p->n_values, sizeof *t->buf);
   t->masks = xcalloc(t->g->n_nodes, sizeof *t->masks);
-  for (int v = 0; v < t->p->n_values; v++) {
-    const TValue *tv = &t->p->values[v];
-    if (stored(t, tv))
-      t->buf[v] = xcalloc(tv->elems * t->batch, tv->kind == TV_MASK ? 1 : sizeof(float));
+  if (!t->split)
+    t->arena = xcalloc(p->arena * t->batch, sizeof(float));
+  for (int v = 0; v < p->n_values; v++) {
+    const TValue *tv = &p->values[v];
+    if (!stored(t, tv))
+      continue;
+    if (t->split)
+      t->buf[v] = xcalloc(train_value_floats(tv) * t->batch, sizeof(float));
+    else if (p->offset[v] >= 0)
+      t->buf[v] = t->arena + p->offset[v] * t->batch;
     if (tv->kind == TV_MASK)
       t->masks[tv->node] = t->buf[v];
   }
@@ -71,8 +82,9 @@ Trainer *trainer_new_fused(const Graph *spec, const TrainKernels *k, int batch, 
     return NULL;
   if (devices <= 1)  // the split runs its own walk of the plain graph
     train_fuse_backward(p, patterns);
+  train_plan_memory(p);
   if (!train_program_verify(p))
-    abort();  // autodiff or fusion broke an invariant: a bug, not a user error
+    abort();  // autodiff, fusion or the plan broke an invariant: a bug, not a user error
   Trainer *t = xcalloc(1, sizeof *t);
   *t = (Trainer){.g = spec, .k = k, .p = p, .batch = batch,
                  .classes = (int)spec->nodes[p->logits].out.c};
@@ -93,9 +105,10 @@ Trainer *trainer_new(const Graph *spec, const TrainKernels *k, int batch, int de
 void trainer_free(Trainer *t) {
   if (!t)
     return;
-  for (int v = 0; t->buf && v < t->p->n_values; v++)
+  for (int v = 0; t->split && t->buf && v < t->p->n_values; v++)
     free(t->buf[v]);
   free(t->buf);
+  free(t->arena);
   free(t->masks);
   train_program_free(t->p);
   split_free(t->split);
@@ -167,9 +180,11 @@ static void run_update(Trainer *t, const Step *s, const TInstr *in) {
   }
 }
 
-static void zero_gradients(Trainer *t, int n) {
+// Gradients start at zero: each is cleared just before the first instruction touching
+// it (its memory held another value until then).
+static void zero_gradients_born_at(Trainer *t, int i, int n) {
   for (int v = 0; v < t->p->n_values; v++)
-    if (t->p->values[v].kind == TV_GRAD && t->buf[v])
+    if (t->p->values[v].kind == TV_GRAD && t->p->first[v] == i && t->buf[v])
       memset(t->buf[v], 0, t->p->values[v].elems * n * sizeof(float));
 }
 
@@ -205,12 +220,11 @@ static void run(Trainer *t, Step *s, const float *x, TInstrKind first, TInstrKin
   const TrainProgram *p = t->p;
   if (first <= TI_FORWARD && !t->split)
     memcpy(t->buf[p->input], x, p->values[p->input].elems * s->n * sizeof(float));
-  if (last >= TI_BACKWARD)
-    zero_gradients(t, s->n);
   for (int i = 0; i < p->n_instrs; i++) {
     const TInstr *in = &p->instrs[i];
     if (in->kind < first || in->kind > last)
       continue;
+    zero_gradients_born_at(t, i, s->n);
     if (t->split && in->kind == TI_LOSS)
       split_forward(t->split, t->k, s->w, x, s->n, s->training ? t->masks : NULL,
                     t->buf[p->act[p->logits]]);

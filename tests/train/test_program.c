@@ -3,9 +3,10 @@
 //
 // For every graph given: autodiff's program and the fused one verify; the fusion folds
 // exactly the ReLUs that read a conv's or fc's output alone, and only the patterns asked
-// for; one step's loss and gradients and two SGD steps' weights are bit-identical
-// between the fused and plain programs with both kernel tables. Then broken programs,
-// each made by editing a good one, must be refused by the verifier.
+// for; the memory plan shares memory and verifies; one step's loss and gradients and two
+// SGD steps' weights are bit-identical between the fused and plain programs with both
+// kernel tables. Then broken programs, each made by editing a good one, must be refused
+// by the verifier.
 //
 // usage: test_program SPEC...
 #include <stdlib.h>
@@ -67,6 +68,11 @@ static void check_fusion(const Graph *g, const char *spec) {
          spec);
   expect(count_fused(fc, OP_CONV) == 0 && count_fused(fc, OP_FC) == fusable(fc, OP_FC),
          "fc-relu alone fuses only fc", spec);
+  train_plan_memory(all);
+  expect(train_program_verify(all), "the memory plan verifies", spec);
+  expect(all->arena <= all->unshared, "the arena is no larger than the values", spec);
+  if (strstr(spec, "mini-alexnet"))  // its gradients die young (0.56 of the memory here)
+    expect(all->arena < all->unshared, "the plan shares memory between values", spec);
   int fused = fusable(all, OP_CONV) + fusable(all, OP_FC);
   expect(all->n_instrs == plain->n_instrs - fused, "a fused ReLU's instruction is gone", spec);
   train_program_free(all);
@@ -146,11 +152,12 @@ static void duplicate_instr(TrainProgram *p, int i) {
 
 // Each edit breaks one invariant; the verifier must refuse the result (it prints why).
 static void check_refusals(const Graph *g, const char *spec) {
-  enum { GRAD_ORDER, UPDATE_EARLY, PARAM_GRAD_TWICE, WRONG_KIND, WRONG_RELU, EDITS };
+  enum { GRAD_ORDER, UPDATE_EARLY, PARAM_GRAD_TWICE, WRONG_KIND, WRONG_RELU, SHARED, EDITS };
   static const char *const what[] = {
       "a gradient read before every addition to it", "a parameter updated before its gradient and its forward",
       "a parameter gradient written twice", "an operand of the wrong kind",
-      "a fused ReLU that does not read the node"};
+      "a fused ReLU that does not read the node",
+      "a memory plan placing two live values together"};
   for (int e = 0; e < EDITS; e++) {
     TrainProgram *p = autodiff(g);
     train_fuse_backward(p, NULL);
@@ -172,7 +179,10 @@ static void check_refusals(const Graph *g, const char *spec) {
           break;
         }
       }
-    else
+    else if (e == SHARED && f >= 0) {
+      train_plan_memory(p);  // the first forward's output is live with its input
+      p->offset[p->instrs[f].y] = p->offset[p->instrs[f].x[0]];
+    } else
       edited = false;
     if (edited) {
       printf("  %s: expect a refusal of %s:\n", spec, what[e]);
