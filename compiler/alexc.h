@@ -483,7 +483,15 @@ typedef struct {
   // From dy (batch, n->out): dx[j] += dL/dx_j for each input j whose dx[j] is not NULL,
   // and dw = dL/dw, db = dL/db (overwritten, summed over the batch) when not NULL.
   void (*backward)(const OpCall *c, const float *dy, float *const *dx, float *dw, float *db);
+  // The paper's update of one parameter tensor of n elements (sgd_update_span's math).
+  void (*update)(float *w, float *v, const float *g, int64_t n, double lr);
 } TrainKernels;
+
+// The paper's update (section 5) of n elements: v <- 0.9 v - 0.0005 lr w - lr g;
+// w <- w + v, in double per element, stored as float. Every table's update calls it (on
+// spans of its choosing), and it is compiled once for the baseline ISA, without fused
+// multiply-adds, so every target computes the same bits.
+void sgd_update_span(float *w, float *v, const float *g, int64_t n, double lr);
 
 extern const TrainKernels ref_train_kernels;
 

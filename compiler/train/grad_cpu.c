@@ -1365,4 +1365,26 @@ static void cpu_backward(const OpCall *c, const float *dy, float *const *dx, flo
   pthread_mutex_unlock(&op_lock);
 }
 
-const TrainKernels cpu_train_kernels = {"cpu", cpu_forward, cpu_backward};
+// The update, memory-bound: spans of EW_CHUNK elements on every thread.
+typedef struct {
+  float *w, *v;
+  const float *g;
+  int64_t n;
+  double lr;
+} Update;
+
+static void update_task(void *ctx, int t, int tid) {
+  const Update *u = ctx;
+  (void)tid;
+  int64_t i0 = (int64_t)t * EW_CHUNK, n = u->n - i0 < EW_CHUNK ? u->n - i0 : EW_CHUNK;
+  sgd_update_span(u->w + i0, u->v + i0, u->g + i0, n, u->lr);
+}
+
+static void cpu_update(float *w, float *v, const float *g, int64_t n, double lr) {
+  Update u = {w, v, g, n, lr};
+  pthread_mutex_lock(&op_lock);
+  parallel_for(ew_tasks(n), update_task, &u);
+  pthread_mutex_unlock(&op_lock);
+}
+
+const TrainKernels cpu_train_kernels = {"cpu", cpu_forward, cpu_backward, cpu_update};

@@ -350,7 +350,7 @@ static void ref_backward(const OpCall *c, const float *dy, float *const *dx, flo
   }
 }
 
-const TrainKernels ref_train_kernels = {"ref", ref_forward, ref_backward};
+const TrainKernels ref_train_kernels = {"ref", ref_forward, ref_backward, sgd_update_span};
 
 // ---------------------------------------------------------------- the loss
 

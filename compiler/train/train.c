@@ -167,17 +167,16 @@ static void run_backward(Trainer *t, const Step *s, const TInstr *in) {
     t->prof_backward[in->node] += now_seconds() - t0;
 }
 
-// The paper's update (section 5) of one parameter tensor:
-//   v <- 0.9 v - 0.0005 lr w - lr dL/dw;  w <- w + v.
-// Computed in double per element and stored as float, the same on every target.
-static void run_update(Trainer *t, const Step *s, const TInstr *in) {
-  float *w = value_at(t, s, in->w), *v = value_at(t, s, in->v);
-  const float *g = value_at(t, s, in->dw);
-  double lr = s->lr;
-  for (int64_t j = 0; j < t->p->values[in->w].elems; j++) {
+void sgd_update_span(float *w, float *v, const float *g, int64_t n, double lr) {
+  for (int64_t j = 0; j < n; j++) {
     v[j] = (float)(0.9 * v[j] - 0.0005 * lr * w[j] - lr * g[j]);
     w[j] += v[j];
   }
+}
+
+static void run_update(Trainer *t, const Step *s, const TInstr *in) {
+  t->k->update(value_at(t, s, in->w), value_at(t, s, in->v), value_at(t, s, in->dw),
+               t->p->values[in->w].elems, s->lr);
 }
 
 // Gradients start at zero: each is cleared just before the first instruction touching
