@@ -590,6 +590,16 @@ LOOP static void relu_bwd_loop(const float *restrict x, const float *restrict dy
   }
 }
 
+// A fused ReLU's backward on one value: 0 + g where the ReLU's output y > 0, as
+// relu_bwd_loop adds it to a zeroed gradient (so a -0 becomes +0 the same way).
+static inline float relu_keep(float y, float g) { return y > 0 ? 0.0f + g : 0.0f; }
+
+LOOP static void relu_keep_span(const float *restrict y, const float *restrict dy,
+                                float *restrict out, int64_t n) {
+  for (int64_t i = 0; i < n; i++)
+    out[i] = relu_keep(y[i], dy[i]);
+}
+
 LOOP static void add_loop(const float *restrict src, float *restrict dst, int64_t n) {
   for (int64_t i = 0; i < n; i++)
     dst[i] += src[i];
@@ -828,15 +838,20 @@ static void conv_bwd_task(void *ctx, int t, int tid) {
   for (int sb = sb0; sb < sb1; sb++) {
     int n0 = sub_first(v, sb), cnt = sub_count(v, sb), N = cnt * v->P;
     Mat dY;
-    if (cnt == 1) {
+    const float *ry = v->c->relu_y;
+    if (cnt == 1 && !ry) {
       dY = (Mat){v->dy + ((size_t)n0 * v->OC + g * v->opg) * v->P, v->P, 1};
-    } else {
+    } else {  // the sub-batch's images side by side; a fused ReLU's mask on the way
       float *dyb = scratch(tid, S_DY, (size_t)v->opg * N);
       for (int oc = 0; oc < v->opg; oc++)
-        for (int img = 0; img < cnt; img++)
-          memcpy(dyb + (size_t)oc * N + (size_t)img * v->P,
-                 v->dy + ((size_t)(n0 + img) * v->OC + g * v->opg + oc) * v->P,
-                 (size_t)v->P * sizeof(float));
+        for (int img = 0; img < cnt; img++) {
+          size_t from = ((size_t)(n0 + img) * v->OC + g * v->opg + oc) * v->P;
+          float *to = dyb + (size_t)oc * N + (size_t)img * v->P;
+          if (ry)
+            relu_keep_span(ry + from, v->dy + from, to, v->P);
+          else
+            memcpy(to, v->dy + from, (size_t)v->P * sizeof(float));
+        }
       dY = (Mat){dyb, N, 1};
     }
     float *col = scratch(tid, S_COL, (size_t)v->Kg * N);
@@ -875,23 +890,30 @@ static void reduce_task(void *ctx, int t, int tid) {
 
 // db[o] = sum over images and positions of dy[img][o][p], in double, in order.
 typedef struct {
-  const float *dy;
+  const float *dy, *relu_y;  // relu_y: a fused ReLU's output (masks dy), or NULL
   float *db;
   int batch, channels, plane;
 } BiasGrad;
 
 // Sum of a plane: 16 float lanes (vectorised), then the lanes in double; a fixed order.
-static double plane_sum(const float *restrict r, int n) {
+// With ry (a fused ReLU), of the masked values relu_keep(ry, r): the same numbers in
+// the same order as the plain program's, so the same bits.
+static double plane_sum(const float *restrict r, const float *restrict ry, int n) {
   float lane[16] = {0};
   int p = 0;
-  for (; p + 16 <= n; p += 16)
-    for (int l = 0; l < 16; l++)
-      lane[l] += r[p + l];
+  if (ry)
+    for (; p + 16 <= n; p += 16)
+      for (int l = 0; l < 16; l++)
+        lane[l] += relu_keep(ry[p + l], r[p + l]);
+  else
+    for (; p + 16 <= n; p += 16)
+      for (int l = 0; l < 16; l++)
+        lane[l] += r[p + l];
   double acc = 0;
   for (int l = 0; l < 16; l++)
     acc += lane[l];
   for (; p < n; p++)
-    acc += r[p];
+    acc += ry ? relu_keep(ry[p], r[p]) : r[p];
   return acc;
 }
 
@@ -901,14 +923,20 @@ static void bias_task(void *ctx, int t, int tid) {
   for (int o = t * 64; o < imin(b->channels, t * 64 + 64); o++) {
     double acc = 0;
     for (int i = 0; i < b->batch; i++)
-      acc += b->plane == 1 ? b->dy[(size_t)i * b->channels + o]
-                           : plane_sum(b->dy + ((size_t)i * b->channels + o) * b->plane, b->plane);
+      if (b->plane == 1) {
+        size_t at = (size_t)i * b->channels + o;
+        acc += b->relu_y ? relu_keep(b->relu_y[at], b->dy[at]) : b->dy[at];
+      } else {
+        size_t at = ((size_t)i * b->channels + o) * b->plane;
+        acc += plane_sum(b->dy + at, b->relu_y ? b->relu_y + at : NULL, b->plane);
+      }
     b->db[o] = (float)acc;
   }
 }
 
-static void bias_grad(const float *dy, float *db, int batch, int channels, int plane) {
-  BiasGrad b = {dy, db, batch, channels, plane};
+static void bias_grad(const float *dy, const float *relu_y, float *db, int batch, int channels,
+                      int plane) {
+  BiasGrad b = {dy, relu_y, db, batch, channels, plane};
   parallel_for((channels + 63) / 64, bias_task, &b);
 }
 
@@ -930,7 +958,7 @@ static void conv_backward(const OpCall *c, const float *dy, float *dx, float *dw
     parallel_for(ew_tasks(r.n), reduce_task, &r);
   }
   if (db)
-    bias_grad(dy, db, c->batch, v.OC, v.P);
+    bias_grad(dy, c->relu_y, db, c->batch, v.OC, v.P);  // conv: masks as it reads
 }
 
 // ---------------------------------------------------------------- fully connected
@@ -951,7 +979,7 @@ static void fc_backward(const OpCall *c, const float *dy, float *dx, float *dw, 
   if (dx)  // dX += dY W
     par_gemm(B, in, out, (Mat){dy, out, 1}, (Mat){c->w, in, 1}, dx, in, true);
   if (db)
-    bias_grad(dy, db, B, out, 1);
+    bias_grad(dy, NULL, db, B, out, 1);
 }
 
 // ---------------------------------------------------------------- LRN
@@ -1306,7 +1334,7 @@ static void cpu_backward(const OpCall *c, const float *dy, float *const *dx, flo
   float *dx0 = n->n_inputs ? dx[0] : NULL;
   pthread_mutex_lock(&op_lock);
   pick_isa();
-  if (c->relu_y) {  // one pass in place of the ReLU's backward and the zeroing of dy
+  if (c->relu_y && n->op != OP_CONV) {  // fc: one masking pass (the conv masks as it reads)
     float *masked = grow(&shared_bufs[2], (size_t)total);
     Ew m = {c, NULL, dy, masked, NULL, total, 0};
     parallel_for(ew_tasks(total), relu_mask_task, &m);
