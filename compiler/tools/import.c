@@ -1,7 +1,10 @@
 // `alexc import`: an ONNX model -> a spec (YAML) and its weights (safetensors).
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -17,7 +20,8 @@ static const char IMPORT_HELP[] =
     "their nodes. What the spec cannot express (other ops, asymmetric pads, ceil_mode,\n"
     "dilations, non-square kernels or strides) is refused with the node named; every\n"
     "unsupported op is listed at once. Weights must be float32. Both files are written\n"
-    "atomically, and only when the whole model converted. See docs/onnx.md.\n"
+    "in full beside their destinations and renamed into place together, only when the\n"
+    "whole model converted: a failure leaves the old files. See docs/onnx.md.\n"
     "\n"
     "  -o, --output SPEC    the spec to write\n"
     "  --weights W          the safetensors weights to write\n"
@@ -53,6 +57,45 @@ static Weights *match_weights(const Graph *g, Weights *w) {
   return ok ? w : NULL;
 }
 
+// Renames `from` over `to` and makes the rename durable (fsync of to's directory).
+static bool rename_into_place(const char *from, const char *to) {
+  if (rename(from, to) != 0) {
+    error("import: cannot rename %s to %s: %s", from, to, strerror(errno));
+    return false;
+  }
+  char *dir = xstrdup(to), *slash = strrchr(dir, '/');
+  if (slash)
+    slash[slash == dir] = 0;  // "/x" -> "/", "a/b" -> "a"
+  int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    fsync(fd);  // best effort: some file systems cannot sync a directory
+    close(fd);
+  }
+  free(dir);
+  return true;
+}
+
+// The spec and its weights change together or not at all: each is first written in
+// full (atomically) beside its destination, and only when both are complete are they
+// renamed into place, weights first. A failure before the renames leaves both old files;
+// only a crash between the two renames could leave new weights beside the old spec.
+static bool write_pair(const char *spec_path, const char *spec, const char *weights_path,
+                       const Weights *w) {
+  char *stmp = format("%s.import.%d", spec_path, (int)getpid());
+  char *wtmp = format("%s.import.%d", weights_path, (int)getpid());
+  bool ok = weights_save(w, wtmp);
+  if (ok && !rt_write_file_atomic(stmp, spec, strlen(spec))) {
+    error("%s", rt_error());
+    ok = false;
+  }
+  ok = ok && rename_into_place(wtmp, weights_path) && rename_into_place(stmp, spec_path);
+  unlink(wtmp);  // gone after a rename; left by a failure
+  unlink(stmp);
+  free(stmp);
+  free(wtmp);
+  return ok;
+}
+
 static int import_model(const char *model, const char *spec_path, const char *weights_path,
                         const char *name) {
   char *spec;
@@ -64,11 +107,7 @@ static int import_model(const char *model, const char *spec_path, const char *we
   bool ok = g && graph_verify(g) && match_weights(g, w);
   if (!g)  // a limit the importer does not check itself, such as the network's MACs
     error("import: %s converts to a spec that alexc does not accept (see above)", model);
-  ok = ok && weights_save(w, weights_path);
-  if (ok && !rt_write_file_atomic(spec_path, spec, strlen(spec))) {
-    error("%s", rt_error());
-    ok = false;
-  }
+  ok = ok && write_pair(spec_path, spec, weights_path, w);
   if (ok)
     printf("wrote %s (%d layers) and %s (%d tensors, %lld parameters)\n", spec_path,
            g->n_nodes - 1, weights_path, w->n, (long long)graph_params(g));

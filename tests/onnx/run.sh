@@ -99,6 +99,16 @@ for ((cut = 1; cut < size - 64; cut += 1021)); do
 done
 refuse "$tmp/missing.onnx" "missing.onnx"
 
+# A spec that cannot be written (its directory does not exist) after the weights could
+# be: the existing weights must stay as they were, and no temporary file remain.
+rc=0
+"$alexc" import "$dir/good_conv.onnx" -o "$tmp/no-such-dir/keep.yaml" \
+  --weights "$tmp/keep.safetensors" 2>"$tmp/err" >/dev/null || rc=$?
+[ "$rc" -eq 1 ] || fail "unwritable spec: exit $rc, want 1"
+[ "$(cat "$tmp/keep.safetensors")" = old-weights ] ||
+  fail "unwritable spec: the weights were replaced anyway"
+ls "$tmp" | grep -q '\.import\.' && fail "unwritable spec: a temporary file was left behind"
+
 # Usage errors exit 2.
 "$alexc" import --help | grep -q "usage: alexc import" || fail "--help"
 for args in "" "$dir/matmul.onnx" "$dir/matmul.onnx -o $tmp/a --weights $tmp/a" \
