@@ -669,8 +669,21 @@ void train_plan_memory(TrainProgram *p);
 bool train_value_in_arena(TValueKind k);
 int64_t train_value_floats(const TValue *v);  // per image, aligned
 #define TRAIN_MAX_OPERANDS 160
+// One operand of an instruction: where it is stored (so a rewrite can renumber it), its
+// role's name ("x", "dy", "w", ...), and whether the instruction reads or writes it.
+typedef struct {
+  int *ref;
+  const char *role;
+  bool write;
+} TOperand;
+// The operands of an instruction, reads before writes (an update reads w and v, then
+// writes them); returns how many (at most TRAIN_MAX_OPERANDS).
+int train_instr_operands(TInstr *in, TOperand *ops);
 // The distinct values an instruction reads or writes, into values[]; returns how many.
 int train_instr_values(TInstr *in, int *values);
+bool train_value_per_image(TValueKind k);  // sized per image (times the batch)
+extern const char *const train_instr_names[];  // by TInstrKind
+extern const char *const train_value_kinds[];  // by TValueKind
 // The program as text (`alexc dump --train`), with its memory per image and in all.
 void train_program_dump(const TrainProgram *p, FILE *out);
 

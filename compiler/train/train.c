@@ -49,9 +49,8 @@ void trainer_profile(Trainer *t, double *forward_s, double *backward_s, double *
 
 // Per-image values the trainer stores; with a split only the logits' and the masks.
 static bool stored(const Trainer *t, const TValue *v) {
-  bool per_image = v->kind == TV_INPUT || v->kind == TV_ACT || v->kind == TV_GRAD ||
-                   v->kind == TV_MASK || v->kind == TV_SAVED;
-  return per_image && (!t->split || v->kind == TV_MASK || v->node == t->p->logits);
+  return v->kind != TV_LABELS && train_value_per_image(v->kind) &&
+         (!t->split || v->kind == TV_MASK || v->node == t->p->logits);
 }
 
 // One device: the arena the memory plan laid out. A split: only the logits, their

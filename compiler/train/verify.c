@@ -1,0 +1,191 @@
+// The training program's verifier (alexc.h: train_program_verify): what a program must
+// satisfy after autodiff and after every rewrite, as ir/verify.c for the graph.
+#include <stdlib.h>
+#include <string.h>
+
+#include "../alexc.h"
+
+static bool lives_across_steps(TValueKind k) {
+  return k == TV_INPUT || k == TV_LABELS || k == TV_PARAM || k == TV_MOMENTUM;
+}
+
+static bool fail(const TrainProgram *p, int i, const char *fmt, const char *a, const char *b) {
+  const TInstr *in = &p->instrs[i];
+  fprintf(stderr, "alexc: internal error: training program instruction %d (%s %s): ", i,
+          train_instr_names[in->kind], p->g->nodes[in->node].name);
+  fprintf(stderr, fmt, a, b);
+  fputc('\n', stderr);
+  return false;
+}
+
+// The kind each role must have.
+static TValueKind role_kind(const TInstr *in, const TOperand *o) {
+  const char *r = o->role;
+  if (!strcmp(r, "x"))
+    return TV_KIND_COUNT;  // the input or an activation: checked by the caller
+  if (!strcmp(r, "y") || !strcmp(r, "relu_y"))
+    return TV_ACT;
+  if (!strcmp(r, "dy") || !strcmp(r, "dx"))
+    return TV_GRAD;
+  if (!strcmp(r, "w") || !strcmp(r, "b"))
+    return TV_PARAM;
+  if (!strcmp(r, "dw") || !strcmp(r, "db"))
+    return TV_PARAM_GRAD;
+  if (!strcmp(r, "v"))
+    return TV_MOMENTUM;
+  if (!strcmp(r, "mask"))
+    return TV_MASK;
+  if (!strcmp(r, "saved"))
+    return TV_SAVED;
+  (void)in;
+  return !strcmp(r, "labels") ? TV_LABELS : TV_LOSS;
+}
+
+// Each value's size follows from its node: an output's elements, or a parameter's count.
+static bool value_ok(const TrainProgram *p, int v) {
+  const TValue *t = &p->values[v];
+  if (t->node < 0)
+    return t->elems == 1 && (t->kind == TV_LABELS || t->kind == TV_LOSS);
+  if (t->node >= p->g->n_nodes)
+    return false;
+  const Node *n = &p->g->nodes[t->node];
+  if (t->kind >= TV_PARAM)
+    return t->elems == (t->bias ? n->n_bias : n->n_weight);
+  return t->elems == shape_elems(n->out);
+}
+
+// Which node an operand must belong to: the instruction's own node for its output and
+// parameters, input j's for x[j] and dx[j], the fused ReLU's for dy and relu_y.
+static int role_node(const TrainProgram *p, const TInstr *in, const TOperand *o) {
+  const Node *n = &p->g->nodes[in->node];
+  if (o->ref >= in->x && o->ref < in->x + in->n_x)
+    return in->kind == TI_LOSS ? p->logits : n->inputs[o->ref - in->x];
+  if (in->dx && o->ref >= in->dx && o->ref < in->dx + in->n_x)
+    return n->inputs[o->ref - in->dx];
+  if (!strcmp(o->role, "labels") || !strcmp(o->role, "loss"))
+    return -1;
+  if (in->relu >= 0 && (!strcmp(o->role, "dy") || !strcmp(o->role, "relu_y")))
+    return in->relu;
+  return in->node;
+}
+
+static bool check_operand(const TrainProgram *p, int i, const TOperand *o) {
+  const TInstr *in = &p->instrs[i];
+  int v = *o->ref;
+  if (v >= p->n_values)
+    return fail(p, i, "operand %s names value %s, which does not exist", o->role, "");
+  const TValue *t = &p->values[v];
+  TValueKind want = role_kind(in, o);
+  bool kind_ok = want == TV_KIND_COUNT ? t->kind == TV_INPUT || t->kind == TV_ACT : t->kind == want;
+  if (!kind_ok)
+    return fail(p, i, "operand %s is a value of kind %s", o->role, train_value_kinds[t->kind]);
+  if (t->node != role_node(p, in, o))
+    return fail(p, i, "operand %s belongs to the wrong node%s", o->role, "");
+  bool bias_role = !strcmp(o->role, "b") || !strcmp(o->role, "db");
+  if (t->kind >= TV_PARAM && in->kind != TI_UPDATE && t->bias != bias_role)
+    return fail(p, i, "operand %s is the %s", o->role, t->bias ? "bias" : "weight");
+  return true;
+}
+
+// A ReLU fused into a backward must be the ReLU that reads this node's output.
+static bool fused_relu_ok(const TrainProgram *p, int i) {
+  const TInstr *in = &p->instrs[i];
+  if (in->relu < 0)
+    return in->relu_y < 0;
+  const Node *r = &p->g->nodes[in->relu];
+  return in->kind == TI_BACKWARD && r->op == OP_RELU && r->inputs[0] == in->node &&
+         in->relu_y >= 0;
+}
+
+typedef struct {
+  int writes, first_read, last_read, last_write, updates;
+} Use;
+
+static bool check_order(const TrainProgram *p, const Use *use) {
+  for (int v = 0; v < p->n_values; v++) {
+    const TValue *t = &p->values[v];
+    const Use *u = &use[v];
+    const char *name = t->node >= 0 ? p->g->nodes[t->node].name : train_value_kinds[t->kind];
+    if (t->kind == TV_PARAM || t->kind == TV_MOMENTUM) {
+      if (u->updates != 1 || (u->last_read >= 0 && u->last_read > u->last_write)) {
+        fprintf(stderr, "alexc: internal error: training program: %s of %s is %s\n",
+                train_value_kinds[t->kind], name,
+                u->updates != 1 ? "not updated exactly once" : "read after its update");
+        return false;
+      }
+    } else if (t->kind == TV_PARAM_GRAD && u->writes != 1) {
+      fprintf(stderr, "alexc: internal error: training program: the gradient of %s's %s is "
+              "written %d times (once expected)\n", name, t->bias ? "bias" : "weight", u->writes);
+      return false;
+    } else if (t->kind != TV_GRAD && !lives_across_steps(t->kind) && u->writes > 1) {
+      fprintf(stderr, "alexc: internal error: training program: %s %s written twice\n",
+              train_value_kinds[t->kind], name);
+      return false;
+    }
+  }
+  return true;
+}
+
+// With a memory plan: two arena values that are live at the same instruction never
+// overlap in memory.
+static bool check_plan(const TrainProgram *p) {
+  for (int a = 0; p->offset && a < p->n_values; a++)
+    for (int b = a + 1; b < p->n_values; b++) {
+      if (p->offset[a] < 0 || p->offset[b] < 0)
+        continue;
+      bool same_time = p->first[a] <= p->last[b] && p->first[b] <= p->last[a];
+      int64_t ea = p->offset[a] + train_value_floats(&p->values[a]),
+              eb = p->offset[b] + train_value_floats(&p->values[b]);
+      if (same_time && p->offset[a] < eb && p->offset[b] < ea) {
+        fprintf(stderr, "alexc: internal error: training program: values %d and %d are live "
+                "together but share memory\n", a, b);
+        return false;
+      }
+    }
+  return true;
+}
+
+bool train_program_verify(const TrainProgram *p) {
+  for (int v = 0; v < p->n_values; v++)
+    if (!value_ok(p, v)) {
+      fprintf(stderr, "alexc: internal error: training program: value %d (%s) has the wrong "
+              "size for its node\n", v, train_value_kinds[p->values[v].kind]);
+      return false;
+    }
+  Use *use = xcalloc(p->n_values, sizeof *use);
+  for (int v = 0; v < p->n_values; v++)
+    use[v] = (Use){0, -1, -1, -1, 0};
+  bool ok = true;
+  TOperand ops[TRAIN_MAX_OPERANDS];
+  for (int i = 0; i < p->n_instrs && ok; i++) {
+    TInstr *in = &p->instrs[i];
+    ok = fused_relu_ok(p, i) || fail(p, i, "the fused ReLU %s%s is not its output's reader",
+                                     in->relu >= 0 ? p->g->nodes[in->relu].name : "", "");
+    int n = train_instr_operands(in, ops);
+    for (int k = 0; k < n && ok; k++) {
+      int v = *ops[k].ref;
+      if (!(ok = check_operand(p, i, &ops[k])))
+        break;
+      Use *u = &use[v];
+      TValueKind kind = p->values[v].kind;
+      if (!ops[k].write) {
+        bool defined = lives_across_steps(kind) || kind == TV_GRAD || u->writes > 0;
+        ok = defined || fail(p, i, "reads %s before anything writes it%s", ops[k].role, "");
+        if (u->first_read < 0)
+          u->first_read = i;
+        if (!(in->kind == TI_UPDATE && (kind == TV_PARAM || kind == TV_MOMENTUM)))
+          u->last_read = i;
+      } else {
+        ok = !(kind == TV_GRAD && u->first_read >= 0) ||
+             fail(p, i, "adds to gradient %s after it was read%s", ops[k].role, "");
+        u->writes++;
+        u->last_write = i;
+        u->updates += in->kind == TI_UPDATE && kind != TV_PARAM_GRAD;
+      }
+    }
+  }
+  ok = ok && check_order(p, use) && check_plan(p);
+  free(use);
+  return ok;
+}
+
