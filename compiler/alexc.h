@@ -448,8 +448,11 @@ void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]
 // i >> 32, step mod 2^32, layer_key}, key = {seed mod 2^32, seed >> 32}) word 0, taken as
 // u = (word >> 8) * 2^-24 in [0, 1); kept when u >= p. layer_key = fnv1a of the layer name,
 // folded to 32 bits (low ^ high), so adding a layer does not change another's masks.
-void dropout_mask(uint64_t seed, uint64_t step, const char *layer, int64_t n, double p,
-                  uint8_t *mask);
+// `first` is the index of mask[0]'s element: a data-parallel process holding images
+// [a, a + n) of a global batch draws from element a * features on, so that its masks are
+// those one process would draw for the same images.
+void dropout_mask(uint64_t seed, uint64_t step, const char *layer, int64_t first, int64_t n,
+                  double p, uint8_t *mask);
 uint32_t dropout_layer_key(const char *layer);
 
 // One op's call on whole tensors (batch-major, the node's per-image shapes).

@@ -132,7 +132,7 @@ static void forward(Trainer *t, const Weights *w, const float *x, int n, bool tr
     for (int i = 1; training && i <= t->logits; i++) {
       const Node *node = &t->g->nodes[i];
       if (node->op == OP_DROPOUT)
-        dropout_mask(seed, (uint64_t)step, node->name, shape_elems(node->out) * n,
+        dropout_mask(seed, (uint64_t)step, node->name, 0, shape_elems(node->out) * n,
                      node->dropout.p, t->mask[i]);
     }
     split_forward(t->split, t->k, w, x, n, training ? t->mask : NULL, t->act[t->logits]);
@@ -144,7 +144,7 @@ static void forward(Trainer *t, const Weights *w, const float *x, int n, bool tr
     const Node *node = &t->g->nodes[i];
     OpCall c = call_for(t, w, i, n, xs);
     if (node->op == OP_DROPOUT && training) {
-      dropout_mask(seed, (uint64_t)step, node->name, shape_elems(node->out) * n, node->dropout.p,
+      dropout_mask(seed, (uint64_t)step, node->name, 0, shape_elems(node->out) * n, node->dropout.p,
                    t->mask[i]);
       c.mask = t->mask[i];
     }
