@@ -503,6 +503,10 @@ typedef struct {
   uint64_t seed;
   int64_t limit;                // use only the first `limit` examples (0: all)
   int threads;                  // loader threads (0: a default)
+  // Data parallelism: process `shard` of `shards` (0 or 1: the whole batch) loads only its
+  // contiguous share of each batch: examples [n*shard/shards, n*(shard+1)/shards) of a
+  // batch of n. The batches are those of one process (same order, same augmentation).
+  int shard, shards;
 } DataOptions;
 
 // PATH is a directory holding IDX files (train-images-idx3-ubyte[.gz], train-labels-...,
@@ -519,6 +523,10 @@ void data_start(Dataset *d, int epoch, int64_t first);
 // The next batch: x (n * views, C, H, W) and labels (n); returns n, 0 at the epoch's end.
 int data_next(Dataset *d, int batch, float *x, int32_t *labels);
 int64_t data_skipped(const Dataset *d);  // unreadable photos skipped so far (warned)
+// With shards: the next batch's share, whose size may be 0 (a short last batch split over
+// more shards than it has examples); -1 at the epoch's end, which every shard reaches at
+// the same batch.
+int data_next_part(Dataset *d, int batch, float *x, int32_t *labels);
 
 // ---- checkpoints (train/checkpoint.c): safetensors with the weights, momenta and the
 // training state, written atomically (temporary file, fsync, rename, fsync of the
