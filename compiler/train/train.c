@@ -17,6 +17,15 @@
 
 #include "../alexc.h"
 
+// Data parallelism: a bucket is a run of parameter tensors [lo, hi) (in graph order, so
+// the backward pass finishes them from hi - 1 down to lo), packed into one buffer whose sum
+// over the ranks starts as soon as node `ready` (lo's layer) has its gradients.
+typedef struct {
+  int lo, hi, ready;
+  int64_t elems;
+  float *buf;
+} Bucket;
+
 struct Trainer {
   const Graph *g;
   const TrainKernels *k;
@@ -30,7 +39,13 @@ struct Trainer {
   Weights *gw;     // gradients of the parameters
   Split *split;    // devices > 1: the model-parallel plan (act and grad: logits only)
   double *prof_forward, *prof_backward, *prof_update;  // trainer_profile, or NULL
+  Bucket *buckets;  // trainer_step_part's, planned at its first call
+  int n_buckets, next_bucket;  // next_bucket: the first not started this step
+  int64_t bucket_bytes;
+  bool syncing;  // the backward pass in progress starts the bucket sums
 };
+
+void trainer_set_bucket_bytes(Trainer *t, int64_t bytes) { t->bucket_bytes = bytes; }
 
 void trainer_profile(Trainer *t, double *forward_s, double *backward_s, double *update_s) {
   t->prof_forward = forward_s;
@@ -106,6 +121,9 @@ void trainer_free(Trainer *t) {
   free(t->needs_grad);
   split_free(t->split);
   weights_free(t->gw);
+  for (int b = 0; b < t->n_buckets; b++)
+    free(t->buckets[b].buf);
+  free(t->buckets);
   free(t);
 }
 
@@ -127,13 +145,13 @@ static OpCall call_for(const Trainer *t, const Weights *w, int i, int n, const f
 // The forward pass up to the logits. With `training`, dropout applies its mask for
 // (seed, step); without, dropout is the identity (inference).
 static void forward(Trainer *t, const Weights *w, const float *x, int n, bool training,
-                    uint64_t seed, int64_t step) {
+                    uint64_t seed, int64_t step, int64_t first) {
   if (t->split) {
     for (int i = 1; training && i <= t->logits; i++) {
       const Node *node = &t->g->nodes[i];
       if (node->op == OP_DROPOUT)
-        dropout_mask(seed, (uint64_t)step, node->name, 0, shape_elems(node->out) * n,
-                     node->dropout.p, t->mask[i]);
+        dropout_mask(seed, (uint64_t)step, node->name, shape_elems(node->out) * first,
+                     shape_elems(node->out) * n, node->dropout.p, t->mask[i]);
     }
     split_forward(t->split, t->k, w, x, n, training ? t->mask : NULL, t->act[t->logits]);
     return;
@@ -144,8 +162,8 @@ static void forward(Trainer *t, const Weights *w, const float *x, int n, bool tr
     const Node *node = &t->g->nodes[i];
     OpCall c = call_for(t, w, i, n, xs);
     if (node->op == OP_DROPOUT && training) {
-      dropout_mask(seed, (uint64_t)step, node->name, 0, shape_elems(node->out) * n, node->dropout.p,
-                   t->mask[i]);
+      dropout_mask(seed, (uint64_t)step, node->name, shape_elems(node->out) * first,
+                   shape_elems(node->out) * n, node->dropout.p, t->mask[i]);
       c.mask = t->mask[i];
     }
     double t0 = t->prof_forward ? now_seconds() : 0;
@@ -155,9 +173,13 @@ static void forward(Trainer *t, const Weights *w, const float *x, int n, bool tr
   }
 }
 
-// The backward pass from dL/d(logits), already in grad[logits].
+static void start_ready_buckets(Trainer *t, int node);
+
+// The backward pass from dL/d(logits), already in grad[logits]. While syncing, each
+// bucket's sum starts once its last layer is done, and MPI is given a turn between
+// layers so that the sums already started move on while the next layer computes.
 static void backward(Trainer *t, const Weights *w, int n) {
-  if (t->split) {
+  if (t->split) {  // the devices' pieces run in their own order: the sums start after
     split_backward(t->split, t->k, w, t->grad[t->logits], n, t->gw);
     return;
   }
@@ -179,6 +201,10 @@ static void backward(Trainer *t, const Weights *w, int n) {
                    param(t->gw, node->name, true));
     if (t->prof_backward)
       t->prof_backward[i] += now_seconds() - t0;
+    if (t->syncing) {
+      start_ready_buckets(t, i);
+      dist_progress();
+    }
   }
 }
 
@@ -196,7 +222,7 @@ double trainer_grad(Trainer *t, const Weights *w, uint64_t seed, int64_t step, c
                     const int32_t *labels, int n, Weights *grad, int *top1) {
   if (n > t->batch || !labels_ok(t, labels, n))
     return NAN;
-  forward(t, w, x, n, true, seed, step);
+  forward(t, w, x, n, true, seed, step, 0);
   double loss = softmax_xent(t->act[t->logits], labels, n, t->classes, t->grad[t->logits], top1,
                              NULL);
   backward(t, w, n);
@@ -232,10 +258,93 @@ double trainer_step(Trainer *t, TrainState *s, double lr, const float *x, const 
   return loss;
 }
 
+// ---- data parallelism
+
+// Buckets of about bucket_bytes (at least one tensor each), from the last tensor back, so
+// that the first bucket is the first the backward pass finishes.
+static void plan_buckets(Trainer *t) {
+  const Weights *g = t->gw;
+  int64_t cap = t->bucket_bytes > 0 ? t->bucket_bytes : (int64_t)1 << 20;
+  t->buckets = xcalloc(g->n ? g->n : 1, sizeof *t->buckets);
+  for (int hi = g->n; hi > 0;) {
+    Bucket *b = &t->buckets[t->n_buckets++];
+    b->hi = b->lo = hi;
+    while (b->lo > 0 && (b->lo == hi || (b->elems + g->info[b->lo - 1].elems) * 4 <= cap))
+      b->elems += g->info[--b->lo].elems;
+    b->ready = g->info[b->lo].node;
+    b->buf = xcalloc(b->elems, sizeof(float));
+    hi = b->lo;
+  }
+}
+
+static void start_bucket(Trainer *t, Bucket *b) {
+  float *at = b->buf;
+  for (int j = b->lo; j < b->hi; j++) {
+    memcpy(at, t->gw->data[j], t->gw->info[j].elems * sizeof(float));
+    at += t->gw->info[j].elems;
+  }
+  dist_iallreduce_f32(b->buf, b->elems);
+}
+
+// Starts the sums of the buckets whose tensors are all final once node `node`'s backward
+// is done (nodes run in descending order; node -1: all of them).
+static void start_ready_buckets(Trainer *t, int node) {
+  while (t->next_bucket < t->n_buckets && t->buckets[t->next_bucket].ready >= node)
+    start_bucket(t, &t->buckets[t->next_bucket++]);
+}
+
+// Waits for every bucket's sum and copies the summed gradients back.
+static void finish_buckets(Trainer *t) {
+  start_ready_buckets(t, -1);
+  dist_wait_all();
+  for (int b = 0; b < t->n_buckets; b++) {
+    const float *at = t->buckets[b].buf;
+    for (int j = t->buckets[b].lo; j < t->buckets[b].hi; j++) {
+      memcpy(t->gw->data[j], at, t->gw->info[j].elems * sizeof(float));
+      at += t->gw->info[j].elems;
+    }
+  }
+}
+
+double trainer_step_part(Trainer *t, TrainState *s, double lr, const float *x,
+                         const int32_t *labels, int n, int first, int total, int *top1) {
+  if (n > t->batch || n > total || !labels_ok(t, labels, n))
+    return NAN;
+  if (!t->buckets)
+    plan_buckets(t);
+  t->next_bucket = 0;
+  double loss_sum = 0;
+  int hits = 0;
+  if (n > 0) {
+    forward(t, s->w, x, n, true, s->seed, s->step, first);
+    float *dl = t->grad[t->logits];
+    loss_sum = n * softmax_xent(t->act[t->logits], labels, n, t->classes, dl, &hits, NULL);
+    // softmax_xent's gradient is of this part's mean; weighted by n / total the ranks'
+    // gradients sum to that of the global batch's mean (and a short part weighs less).
+    for (int64_t j = 0; j < (int64_t)n * t->classes; j++)
+      dl[j] = (float)((double)dl[j] * n / total);
+    t->syncing = true;
+    backward(t, s->w, n);
+    t->syncing = false;
+  } else {  // nothing of this batch here: a zero gradient, still summed with the others'
+    for (int i = 0; i < t->gw->n; i++)
+      memset(t->gw->data[i], 0, t->gw->info[i].elems * sizeof(float));
+  }
+  finish_buckets(t);
+  double t0 = t->prof_update ? now_seconds() : 0;
+  sgd_update(s->w, s->v, t->gw, lr);
+  if (t->prof_update)
+    *t->prof_update += now_seconds() - t0;
+  s->step++;
+  if (top1)
+    *top1 = hits;
+  return loss_sum;
+}
+
 void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *logits) {
   for (int at = 0; at < n; at += t->batch) {
     int m = n - at < t->batch ? n - at : t->batch;
-    forward(t, w, x + (int64_t)at * shape_elems(t->g->nodes[0].out), m, false, 0, 0);
+    forward(t, w, x + (int64_t)at * shape_elems(t->g->nodes[0].out), m, false, 0, 0, 0);
     memcpy(logits + (int64_t)at * t->classes, t->act[t->logits],
            (size_t)m * t->classes * sizeof(float));
   }
