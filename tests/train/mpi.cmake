@@ -1,0 +1,16 @@
+# Data-parallel training over MPI (tests/train/mpi.sh): mpirun -np 2 against one process
+# at twice the batch, resume, and a rank killed mid-run. Only in a build with MPI.
+add_executable(weights_close ${CMAKE_CURRENT_LIST_DIR}/weights_close.c)
+target_link_libraries(weights_close PRIVATE alexc_core)
+if(ALEXC_MPI)
+  find_program(ALEXC_MPIEXEC NAMES mpirun mpiexec HINTS ${MPIEXEC_EXECUTABLE})
+  foreach(_part same resume killed)
+    add_test(NAME train.mpi.${_part}
+             COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/mpi.sh ${ALEXC_BIN} $<TARGET_FILE:weights_close>
+                     ${_part}
+             WORKING_DIRECTORY ${ALEXC_ROOT})
+    set_tests_properties(train.mpi.${_part} PROPERTIES TIMEOUT 120
+                         ENVIRONMENT "ALEXC_MPIRUN=${MPIEXEC_EXECUTABLE}")
+    alexc_label(train.mpi.${_part} train mpi)
+  endforeach()
+endif()
