@@ -19,6 +19,9 @@ static long launched_size(void) {
 
 bool dist_init(void) {
   long size = launched_size();
+  const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+  if (size > 1 && rank && atol(rank) > 0)
+    return false;  // rank 0 says why, once
   if (size > 1) {
     error("this alexc was built without MPI (ALEXC_MPI=OFF) but was launched as one of %ld "
           "ranks: rebuild with MPI (Debian: libopenmpi-dev) or run it without mpirun", size);
