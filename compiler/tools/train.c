@@ -475,9 +475,16 @@ static void remove_stale_temporaries(const char *dir) {
     closedir(d);
 }
 
-// Rank 0 alone writes the run's files: every rank holds the same state.
+// Rank 0 alone writes the run's files. A write that fails there (after its message) ends
+// the whole job: the other ranks, which cannot know, would wait for it in the next sum.
+static bool lead_wrote(const Run *r, bool ok) {
+  if (!ok && r->a->ranks > 1)
+    dist_abort(EXIT_ERR);
+  return ok;
+}
+
 static bool save_checkpoint(Run *r) {
-  return r->a->rank || checkpoint_save(r->files.checkpoint, &r->s);
+  return r->a->rank || lead_wrote(r, checkpoint_save(r->files.checkpoint, &r->s));
 }
 
 // The plateau rule: divide the rate by 10 once the test error has not improved for
@@ -636,7 +643,7 @@ static bool finish_epoch(Run *r, double seconds) {
   r->s.hits = r->s.seen = 0;
   // The row first, then the checkpoint: a run killed between the two drops the row on
   // resume (metrics_keep_before) and writes it again, so no row is lost or doubled.
-  if (lead && (!metrics_append(r->files.csv, &row) || !save_checkpoint(r)))
+  if (lead && (!lead_wrote(r, metrics_append(r->files.csv, &row)) || !save_checkpoint(r)))
     return false;
   if (lead && !metrics_plot(r->files.csv, r->files.png))
     fprintf(stderr, "alexc: warning: could not draw %s\n", r->files.png);
