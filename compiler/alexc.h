@@ -451,8 +451,11 @@ void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]
 // i >> 32, step mod 2^32, layer_key}, key = {seed mod 2^32, seed >> 32}) word 0, taken as
 // u = (word >> 8) * 2^-24 in [0, 1); kept when u >= p. layer_key = fnv1a of the layer name,
 // folded to 32 bits (low ^ high), so adding a layer does not change another's masks.
-void dropout_mask(uint64_t seed, uint64_t step, const char *layer, int64_t n, double p,
-                  uint8_t *mask);
+// `first` is the index of mask[0]'s element: a data-parallel process holding images
+// [a, a + n) of a global batch draws from element a * features on, so that its masks are
+// those one process would draw for the same images.
+void dropout_mask(uint64_t seed, uint64_t step, const char *layer, int64_t first, int64_t n,
+                  double p, uint8_t *mask);
 uint32_t dropout_layer_key(const char *layer);
 
 // One op's call on whole tensors (batch-major, the node's per-image shapes).
@@ -520,6 +523,10 @@ typedef struct {
   uint64_t seed;
   int64_t limit;                // use only the first `limit` examples (0: all)
   int threads;                  // loader threads (0: a default)
+  // Data parallelism: process `shard` of `shards` (0 or 1: the whole batch) loads only its
+  // contiguous share of each batch: examples [n*shard/shards, n*(shard+1)/shards) of a
+  // batch of n. The batches are those of one process (same order, same augmentation).
+  int shard, shards;
 } DataOptions;
 
 // PATH is a directory holding IDX files (train-images-idx3-ubyte[.gz], train-labels-...,
@@ -536,6 +543,10 @@ void data_start(Dataset *d, int epoch, int64_t first);
 // The next batch: x (n * views, C, H, W) and labels (n); returns n, 0 at the epoch's end.
 int data_next(Dataset *d, int batch, float *x, int32_t *labels);
 int64_t data_skipped(const Dataset *d);  // unreadable photos skipped so far (warned)
+// With shards: the next batch's share, whose size may be 0 (a short last batch split over
+// more shards than it has examples); -1 at the epoch's end, which every shard reaches at
+// the same batch.
+int data_next_part(Dataset *d, int batch, float *x, int32_t *labels);
 
 // ---- checkpoints (train/checkpoint.c): safetensors with the weights, momenta and the
 // training state, written atomically (temporary file, fsync, rename, fsync of the
@@ -712,6 +723,17 @@ double trainer_grad(Trainer *t, const Weights *w, uint64_t seed, int64_t step, c
 // - lr dL/dw; w <- w + v. Returns the loss.
 double trainer_step(Trainer *t, TrainState *s, double lr, const float *x, const int32_t *labels,
                     int n, int *top1);
+// Data parallelism: a step on this process's n images, images [first, first + n) of a
+// global batch of `total` spread over the processes of dist_*. The loss gradient is
+// weighted by n / total, so the gradients summed over processes (dist_iallreduce, in
+// buckets started as the backward pass finishes them, see train.c) are those of the mean
+// loss over the global batch; every process then takes the same update. n may be 0.
+// Returns the sum of this process's losses (not the mean); counts its top-1 hits.
+double trainer_step_part(Trainer *t, TrainState *s, double lr, const float *x,
+                         const int32_t *labels, int n, int first, int total, int *top1);
+// The size of trainer_step_part's gradient buckets (default 1 MiB; a bucket holds whole
+// tensors, at least one).
+void trainer_set_bucket_bytes(Trainer *t, int64_t bytes);
 // Inference (dropout off): the logits of n images, (n, classes).
 void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *logits);
 // Profiling, for benchmarks: each node's forward and backward seconds are added to
@@ -740,6 +762,30 @@ void split_backward(Split *s, const TrainKernels *k, const Weights *w, const flo
                     int n, Weights *gw);
 // The devices' pieces and the gradient reductions, for `alexc dump --train --devices N`.
 void split_dump(const Split *s, FILE *out);
+
+// ---- processes (train/dist.c with MPI, train/dist_none.c without): data-parallel
+// training's only contact with MPI. Without an MPI launch (or without MPI) there is one
+// process, rank 0 of 1, and every call below is a no-op.
+
+// Joins the job when a launcher (mpirun) started this process, else does nothing. False
+// with a message when it cannot: a build without MPI launched as one of several ranks.
+bool dist_init(void);
+void dist_finalize(void);
+int dist_rank(void);
+int dist_size(void);
+int dist_local_size(void);  // ranks on this machine (for the default thread count)
+// Blocking in-place sum over all ranks, in double (counts, losses, metrics).
+void dist_allreduce_f64(double *buf, int n);
+// Starts an in-place sum of a float buffer over all ranks (a gradient bucket); the buffer
+// must stay untouched until dist_wait_all. dist_progress lets MPI move started sums on
+// between layers of the backward pass (Open MPI progresses only inside MPI calls).
+void dist_iallreduce_f32(float *buf, int64_t n);
+void dist_progress(void);
+void dist_wait_all(void);
+// Copies `bytes` of rank 0's buf to every rank's buf.
+void dist_broadcast(void *buf, size_t bytes);
+// Ends every rank of the job (after a message), for an error some ranks cannot see.
+_Noreturn void dist_abort(int status);
 
 // ---------------------------------------------------------------- CLI
 

@@ -8,9 +8,12 @@ set -euo pipefail
 # draws its curves, and learns Fashion-MNIST (/usr/share/datasets/fashion-mnist).
 # protobuf-c-compiler, libprotobuf-c-dev: `alexc import` parses ONNX models (protobuf);
 # the build generates C from the checked-in onnx.proto with protoc-c.
+# libopenmpi-dev, openmpi-bin: data-parallel training (`mpirun -np N alexc train`,
+# compiler/train/dist.c) and its tests (tests/train/mpi.sh); a build without them trains
+# in one process.
 pkgs=(build-essential cmake pkg-config libyaml-dev libcjson-dev llvm-14-dev
       libjpeg62-turbo-dev libpng-dev zlib1g-dev libcairo2-dev dataset-fashion-mnist
-      protobuf-c-compiler libprotobuf-c-dev)
+      protobuf-c-compiler libprotobuf-c-dev libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

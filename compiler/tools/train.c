@@ -59,6 +59,15 @@ static const char TRAIN_HELP[] =
     "                      AlexNet over two GPUs: the partition plan's channel split,\n"
     "                      its transfers forward and their sums backward (default 1)\n"
     "  --quiet             no progress, only the per-epoch lines\n"
+    "  --bucket-kib N      with several ranks: gradients are summed over the ranks in\n"
+    "                      buckets of about N KiB, each started as the backward pass\n"
+    "                      finishes it (default 1024)\n"
+    "\n"
+    "Data parallelism: `mpirun -np N alexc train ...` (a build with MPI) trains on N\n"
+    "ranks, each on its share of every batch: --batch is per rank, so a step takes N * B\n"
+    "images and gives the weights one process would at batch N * B (to float rounding).\n"
+    "Rank 0 alone writes DIR's files; --resume needs the same N. --threads defaults to\n"
+    "the CPUs divided among the ranks on each machine.\n"
     "\n"
     "Ctrl-C (or SIGTERM) finishes the step, writes a checkpoint and stops; --resume\n"
     "continues from it.\n";
@@ -85,6 +94,8 @@ typedef struct {
 typedef struct {
   const char *spec, *data, *out, *weights, *target;
   int epochs, batch, threads, checkpoint_every, devices;
+  int rank, ranks;  // this process in an mpirun job (dist_*): 0 of 1 without one
+  int bucket_kib;   // gradient buckets summed over the ranks
   double lr, warmup;  // warmup < 0: not set
   const char *schedule_text, *init_text;
   Schedule schedule;
@@ -209,8 +220,20 @@ static void score_views(const float *logits, int views, int classes, int label, 
   r->top5 += above < 5;
 }
 
-// Mean loss and accuracies over the test split (dropout off).
-static EvalResult evaluate(Trainer *t, const Graph *g, const Weights *w, Dataset *d, int batch) {
+// This rank's part of the next batch (batch images per rank); -1 at the epoch's end. One
+// process passes over a batch of only unreadable photos; ranks keep it (maybe empty for
+// some), since every rank must take part in every step's sums.
+static int next_part(int ranks, Dataset *d, int batch, float *x, int32_t *labels) {
+  if (ranks > 1)
+    return data_next_part(d, batch * ranks, x, labels);
+  int n = data_next(d, batch, x, labels);
+  return n > 0 ? n : -1;
+}
+
+// Mean loss and accuracies over the test split (dropout off); with several ranks, each
+// scores its share and the sums are added up.
+static EvalResult evaluate(Trainer *t, const Graph *g, const Weights *w, Dataset *d, int batch,
+                           int ranks) {
   int views = data_views(d), classes = trainer_classes(t);
   int64_t in = shape_elems(g->nodes[0].out);
   float *x = xcalloc((size_t)batch * views * in, sizeof(float));
@@ -220,12 +243,16 @@ static EvalResult evaluate(Trainer *t, const Graph *g, const Weights *w, Dataset
   EvalResult r = {0};
   data_start(d, 0, 0);
   int n;
-  while ((n = data_next(d, batch, x, labels)) > 0) {
-    trainer_logits(t, w, x, n * views, logits);
+  while ((n = next_part(ranks, d, batch, x, labels)) >= 0) {
+    if (n)
+      trainer_logits(t, w, x, n * views, logits);
     for (int i = 0; i < n; i++)
       score_views(logits + (int64_t)i * views * classes, views, classes, labels[i], prob, &r);
     r.n += n;
   }
+  double sums[4] = {r.loss, r.top1, r.top5, (double)r.n};
+  dist_allreduce_f64(sums, 4);
+  r = (EvalResult){sums[0], sums[1], sums[2], (int64_t)sums[3]};
   if (r.n) {
     r.loss /= r.n;
     r.top1 /= r.n;
@@ -270,17 +297,21 @@ static bool exists(const char *path) {
 // --devices existed still resume.
 static char *config_text(const TrainArgs *a) {
   const char *sched[] = {"constant", "step", "plateau", "cosine"};
-  char at[200] = "", devices[32] = "";
+  char at[200] = "", devices[32] = "", ranks[64] = "";
   for (int i = 0; i < a->schedule.n_at; i++)
     snprintf(at + strlen(at), sizeof at - strlen(at), "%s%d", i ? "," : "", a->schedule.at[i]);
   if (a->devices > 1)
     snprintf(devices, sizeof devices, "devices %d\n", a->devices);
+  // The rank count splits every batch and the bucket size may decide how MPI sums: both
+  // decide the bits. Lines only above one rank, as for devices.
+  if (a->ranks > 1)
+    snprintf(ranks, sizeof ranks, "ranks %d\nbucket-kib %d\n", a->ranks, a->bucket_kib);
   return format("spec %s\ndata %s\ntarget %s\nepochs %d\nbatch %d\nlr %a\nschedule %s %s %d\n"
-                "warmup %a\nseed %llu\ninit %s\nweights %s\nlimit %lld\naugment %d\n%s",
+                "warmup %a\nseed %llu\ninit %s\nweights %s\nlimit %lld\naugment %d\n%s%s",
                 a->spec, a->data, a->target, a->epochs, a->batch, a->lr,
                 sched[a->schedule.kind], at, a->schedule.patience, a->schedule.warmup,
                 (unsigned long long)a->seed, a->init == INIT_FAN_IN ? "fan-in" : "spec",
-                a->weights ? a->weights : "-", (long long)a->limit, a->augment, devices);
+                a->weights ? a->weights : "-", (long long)a->limit, a->augment, devices, ranks);
 }
 
 // The first line where two configs differ, for the message.
@@ -298,7 +329,7 @@ static void first_difference(const char *want, const char *got, char *out, size_
   snprintf(out, size, "the settings");
 }
 
-static bool check_config(const RunFiles *f, const char *text) {
+static bool check_config(const TrainArgs *a, const RunFiles *f, const char *text) {
   uint8_t *saved = NULL;
   size_t size = 0;
   if (!rt_read_file(f->config, 1 << 16, &saved, &size)) {
@@ -309,7 +340,13 @@ static bool check_config(const RunFiles *f, const char *text) {
   memcpy(got, saved, size);
   free(saved);
   bool same = !strcmp(got, text);
-  if (!same) {
+  const char *line = strstr(got, "\nranks ");
+  int run_ranks = line ? atoi(line + 7) : 1;
+  if (!same && run_ranks != a->ranks) {
+    error("--resume: the run in %s was trained by %d rank%s and this job has %d: resume it "
+          "with the same number (mpirun -np %d), since the ranks split every batch", a->out,
+          run_ranks, run_ranks == 1 ? "" : "s", a->ranks, run_ranks);
+  } else if (!same) {
     char diff[600];
     first_difference(text, got, diff, sizeof diff);
     error("--resume: the run in %s was started with other settings: %s; resume it with the "
@@ -369,6 +406,7 @@ typedef struct {
   RunFiles files;
   TrainState s;
   int64_t steps_per_epoch;
+  double *parts;  // several ranks: each rank's images in this step, and the stop flag
 } Run;
 
 // A fresh state (initialised or loaded weights, zero momenta), or the checkpoint's.
@@ -379,7 +417,7 @@ static bool start_state(Run *r, const char *config) {
       error("--resume: %s has no checkpoint to continue", a->out);
       return false;
     }
-    if (!check_config(&r->files, config) || !checkpoint_load(r->files.checkpoint, r->g, &r->s))
+    if (!check_config(a, &r->files, config) || !checkpoint_load(r->files.checkpoint, r->g, &r->s))
       return false;
     printf("resuming %s at epoch %d, step %lld\n", a->out, r->s.epoch + 1, (long long)r->s.step);
     return metrics_keep_before(r->files.csv, r->s.epoch);
@@ -437,8 +475,16 @@ static void remove_stale_temporaries(const char *dir) {
     closedir(d);
 }
 
+// Rank 0 alone writes the run's files. A write that fails there (after its message) ends
+// the whole job: the other ranks, which cannot know, would wait for it in the next sum.
+static bool lead_wrote(const Run *r, bool ok) {
+  if (!ok && r->a->ranks > 1)
+    dist_abort(EXIT_ERR);
+  return ok;
+}
+
 static bool save_checkpoint(Run *r) {
-  return checkpoint_save(r->files.checkpoint, &r->s);
+  return r->a->rank || lead_wrote(r, checkpoint_save(r->files.checkpoint, &r->s));
 }
 
 // The plateau rule: divide the rate by 10 once the test error has not improved for
@@ -452,7 +498,8 @@ static void plateau_update(Run *r, double error_rate) {
   } else if (++r->s.bad_epochs >= r->a->schedule.patience) {
     r->s.lr /= 10;
     r->s.bad_epochs = 0;
-    printf("test error has not improved for %d epoch(s): learning rate now %g\n",
+    if (!r->a->rank)
+      printf("test error has not improved for %d epoch(s): learning rate now %g\n",
            r->a->schedule.patience, r->s.lr);
   }
 }
@@ -460,7 +507,7 @@ static void plateau_update(Run *r, double error_rate) {
 // Progress: on a terminal every step (the line redraws itself), otherwise ten lines
 // an epoch, so a log stays readable.
 static void show_progress(const Run *r, int64_t done_steps, double elapsed, int64_t images) {
-  if (r->a->quiet)
+  if (r->a->quiet || r->a->rank)
     return;
   int64_t every = r->steps_per_epoch / 10 > 0 ? r->steps_per_epoch / 10 : 1;
   if (!isatty(fileno(stdout)) && r->s.epoch_step % every && r->s.epoch_step != r->steps_per_epoch)
@@ -472,6 +519,37 @@ static void show_progress(const Run *r, int64_t done_steps, double elapsed, int6
                 r->s.seen ? r->s.loss_sum / r->s.epoch_step : 0, rate, eta);
 }
 
+// Several ranks, before a step: each learns how many images every rank holds (so where
+// its own lie in the global batch, and the total) and whether any rank was asked to stop,
+// in one sum. Stopping together keeps the ranks in step: one that stopped alone would
+// leave the others waiting in the next sum.
+static void gather_parts(Run *r, int n, int *first, int *total, bool *stop) {
+  int ranks = r->a->ranks;
+  memset(r->parts, 0, (ranks + 1) * sizeof *r->parts);
+  r->parts[r->a->rank] = n;
+  r->parts[ranks] = stop_requested;
+  dist_allreduce_f64(r->parts, ranks + 1);
+  *first = *total = 0;
+  for (int k = 0; k < ranks; k++) {
+    *first += k < r->a->rank ? (int)r->parts[k] : 0;
+    *total += (int)r->parts[k];
+  }
+  *stop = r->parts[ranks] > 0;
+}
+
+// One SGD step on this rank's n images (all of them with one process). Returns the
+// global batch's mean loss; *hits and *total count over the global batch too.
+static double train_step(Run *r, double lr, const float *x, const int32_t *labels, int n,
+                         int first, int total, int *hits) {
+  if (r->a->ranks < 2)
+    return trainer_step(r->t, &r->s, lr, x, labels, n, hits);
+  double sums[2] = {trainer_step_part(r->t, &r->s, lr, x, labels, n, first, total, hits), 0};
+  sums[1] = *hits;
+  dist_allreduce_f64(sums, 2);  // a NaN on any rank is a NaN on all: they stop together
+  *hits = (int)sums[1];
+  return sums[0] / total;
+}
+
 // One epoch from where the state stands. False on a stop request or a diverged loss.
 static bool train_epoch(Run *r, float *x, int32_t *labels, double *seconds) {
   const TrainArgs *a = r->a;
@@ -479,43 +557,82 @@ static bool train_epoch(Run *r, float *x, int32_t *labels, double *seconds) {
   double t0 = now_seconds();
   int64_t steps = 0, images = 0;
   int n;
-  while ((n = data_next(r->train, a->batch, x, labels)) > 0) {
+  bool stop = false;
+  while (!stop && (n = next_part(a->ranks, r->train, a->batch, x, labels)) >= 0) {
+    int first = 0, total = n, hits = 0;
+    if (a->ranks > 1) {
+      gather_parts(r, n, &first, &total, &stop);
+      if (stop) {  // before the step: the state is the last step's on every rank
+        stop_requested = 1;
+        if (!save_checkpoint(r))
+          return false;
+        break;
+      }
+      if (!total)  // only unreadable photos: one process would pass over the batch too
+        continue;
+    }
     double lr = lr_at(a, r->s.lr, r->s.step, r->s.epoch, r->steps_per_epoch);
-    int hits = 0;
-    double loss = trainer_step(r->t, &r->s, lr, x, labels, n, &hits);
+    double loss = train_step(r, lr, x, labels, n, first, total, &hits);
     if (!isfinite(loss)) {
-      error("the loss is %g at step %lld (epoch %d): training diverged; try a lower --lr (the "
-            "last checkpoint is kept)", loss, (long long)r->s.step, r->s.epoch + 1);
+      if (!a->rank)
+        error("the loss is %g at step %lld (epoch %d): training diverged; try a lower --lr "
+              "(the last checkpoint is kept)", loss, (long long)r->s.step, r->s.epoch + 1);
       return false;
     }
     r->s.epoch_step++;
     r->s.loss_sum += loss;
     r->s.hits += hits;
-    r->s.seen += n;
+    r->s.seen += total;
     steps++;
-    images += n;
+    images += total;
     show_progress(r, steps, now_seconds() - t0, images);
-    if (stop_requested || (a->checkpoint_every && r->s.step % a->checkpoint_every == 0))
+    stop = a->ranks < 2 && stop_requested;  // ranks stop together, at the next step's sum
+    if (stop || (a->checkpoint_every && r->s.step % a->checkpoint_every == 0))
       if (!save_checkpoint(r))
         return false;
-    if (stop_requested) {
+  }
+  if (stop) {
+    if (!a->rank)
       printf("\nstopped at step %lld; checkpoint saved: continue with --resume\n",
              (long long)r->s.step);
-      return false;
-    }
+    return false;
   }
   *seconds = now_seconds() - t0;  // progress_show ended its line at the epoch's last step
   return true;
 }
 
+// Rank 0 writes for all, so the ranks must hold the same weights. They should (every rank
+// takes the same summed gradients), unless an MPI library sums in another order on some
+// ranks: checked after every epoch, so that such a job stops instead of quietly training
+// several models.
+static bool ranks_agree(const Run *r) {
+  if (r->a->ranks < 2)
+    return true;
+  uint64_t h = FNV_OFFSET;
+  for (int i = 0; i < r->s.w->n; i++)
+    h = fnv1a(h, r->s.w->data[i], r->s.w->info[i].elems * sizeof(float));
+  uint64_t lead = h;
+  dist_broadcast(&lead, sizeof lead);
+  double differ = h != lead;
+  dist_allreduce_f64(&differ, 1);
+  if (differ && !r->a->rank)
+    error("after epoch %d the ranks' weights differ (MPI's sums were not the same on every "
+          "rank): stopping; the last checkpoint is kept", r->s.epoch + 1);
+  return !differ;
+}
+
 // After an epoch: test, schedule, metrics row, checkpoint, curves.
 static bool finish_epoch(Run *r, double seconds) {
-  EvalResult e = evaluate(r->t, r->g, r->s.w, r->test, r->a->batch);
+  if (!ranks_agree(r))
+    return false;
+  EvalResult e = evaluate(r->t, r->g, r->s.w, r->test, r->a->batch, r->a->ranks);
   int64_t steps = r->s.epoch_step ? r->s.epoch_step : 1;
   EpochRow row = {r->s.epoch + 1, r->s.step, r->s.loss_sum / steps,
                   r->s.seen ? (double)r->s.hits / r->s.seen : 0, e.loss, e.top1, e.top5,
                   lr_at(r->a, r->s.lr, r->s.step - 1, r->s.epoch, r->steps_per_epoch), seconds};
-  printf("epoch %d/%d: train loss %.4f top-1 %.2f%% | test loss %.4f top-1 %.2f%% top-5 %.2f%% "
+  bool lead = !r->a->rank;  // the ranks hold the same state: rank 0 reports and writes
+  if (lead)
+    printf("epoch %d/%d: train loss %.4f top-1 %.2f%% | test loss %.4f top-1 %.2f%% top-5 %.2f%% "
          "| lr %.3g | %.1f s\n", row.epoch, r->a->epochs, row.train_loss, 100 * row.train_top1,
          row.test_loss, 100 * row.test_top1, 100 * row.test_top5, row.lr, seconds);
   fflush(stdout);
@@ -526,9 +643,9 @@ static bool finish_epoch(Run *r, double seconds) {
   r->s.hits = r->s.seen = 0;
   // The row first, then the checkpoint: a run killed between the two drops the row on
   // resume (metrics_keep_before) and writes it again, so no row is lost or doubled.
-  if (!metrics_append(r->files.csv, &row) || !save_checkpoint(r))
+  if (lead && (!lead_wrote(r, metrics_append(r->files.csv, &row)) || !save_checkpoint(r)))
     return false;
-  if (!metrics_plot(r->files.csv, r->files.png))
+  if (lead && !metrics_plot(r->files.csv, r->files.png))
     fprintf(stderr, "alexc: warning: could not draw %s\n", r->files.png);
   return true;
 }
@@ -545,7 +662,44 @@ static bool classes_fit(const Dataset *d, const Trainer *t, const char *path, co
 static DataOptions data_options(const Graph *g, const TrainArgs *a, bool train) {
   Shape in = g->nodes[0].out;
   return (DataOptions){(int)in.c, (int)in.h, (int)in.w, train, train && a->augment, false,
-                       a->seed, train ? a->limit : a->test_limit, 0};
+                       a->seed, train ? a->limit : a->test_limit, 0, a->rank, a->ranks};
+}
+
+// Several ranks: whether every rank got through its setup (each printed its own failure;
+// the others stop quietly), then rank 0's state (fresh or resumed) sent to all, so that
+// the others need neither the run directory nor the --weights file.
+static bool share_start(Run *r, bool ok) {
+  if (r->a->ranks < 2)
+    return ok;
+  double failed = !ok;
+  dist_allreduce_f64(&failed, 1);
+  if (failed)
+    return false;
+  if (r->a->rank) {
+    r->s.w = weights_zeros(r->g);
+    r->s.v = weights_zeros(r->g);
+  }
+  TrainState s = r->s;
+  dist_broadcast(&s, sizeof s);
+  s.w = r->s.w;  // rank 0's pointers mean nothing here
+  s.v = r->s.v;
+  r->s = s;
+  for (int i = 0; i < s.w->n; i++) {
+    dist_broadcast(s.w->data[i], s.w->info[i].elems * sizeof(float));
+    dist_broadcast(s.v->data[i], s.v->info[i].elems * sizeof(float));
+  }
+  return true;
+}
+
+// Rank 0 alone owns the run directory: it locks it and starts or resumes the run.
+static bool start_lead(Run *r, const char *config, int *lock) {
+  const TrainArgs *a = r->a;
+  if (a->rank)
+    return true;
+  if (!make_dirs(a->out) || (*lock = lock_run_dir(a->out)) < 0)
+    return false;
+  remove_stale_temporaries(a->out);
+  return start_state(r, config);
 }
 
 static int train_run(TrainArgs *a) {
@@ -567,19 +721,21 @@ static int train_run(TrainArgs *a) {
   if (a->threads)
     cpu_train_set_threads(a->threads);
   DataOptions dtr = data_options(g, a, true), dte = data_options(g, a, false);
-  if (!(r.train = data_open(a->data, &dtr)) || !(r.test = data_open(a->data, &dte)) ||
-      !(r.t = trainer_new(g, target->train, a->batch, a->devices)))
+  bool started = (r.train = data_open(a->data, &dtr)) && (r.test = data_open(a->data, &dte)) &&
+                 (r.t = trainer_new(g, target->train, a->batch, a->devices)) &&
+                 classes_fit(r.train, r.t, a->data, g) && start_lead(&r, config, &lock);
+  if (!share_start(&r, started))
     goto done;
-  if (!classes_fit(r.train, r.t, a->data, g))
-    goto done;
-  if (!make_dirs(a->out) || (lock = lock_run_dir(a->out)) < 0)
-    goto done;
-  remove_stale_temporaries(a->out);
-  if (!start_state(&r, config))
-    goto done;
-  r.steps_per_epoch = (data_size(r.train) + a->batch - 1) / a->batch;
-  printf("training %s on %s: %lld images, %lld steps an epoch, target %s\n", g->name, a->data,
-         (long long)data_size(r.train), (long long)r.steps_per_epoch, a->target);
+  trainer_set_bucket_bytes(r.t, (int64_t)a->bucket_kib << 10);
+  r.parts = xcalloc(a->ranks + 1, sizeof *r.parts);
+  int64_t global_batch = (int64_t)a->batch * a->ranks;
+  r.steps_per_epoch = (data_size(r.train) + global_batch - 1) / global_batch;
+  char how[64] = "";
+  if (a->ranks > 1)
+    snprintf(how, sizeof how, ", %d ranks of batch %d", a->ranks, a->batch);
+  if (!a->rank)
+    printf("training %s on %s: %lld images, %lld steps an epoch, target %s%s\n", g->name,
+           a->data, (long long)data_size(r.train), (long long)r.steps_per_epoch, a->target, how);
   signal(SIGINT, on_stop_signal);
   signal(SIGTERM, on_stop_signal);
   float *x = xcalloc((size_t)a->batch * shape_elems(g->nodes[0].out), sizeof(float));
@@ -591,8 +747,9 @@ static int train_run(TrainArgs *a) {
   }
   free(x);
   free(labels);
-  if (ok && weights_save(r.s.w, r.files.weights)) {
-    printf("wrote %s, %s, %s\n", r.files.weights, r.files.csv, r.files.png);
+  if (ok && (a->rank || weights_save(r.s.w, r.files.weights))) {
+    if (!a->rank)
+      printf("wrote %s, %s, %s\n", r.files.weights, r.files.csv, r.files.png);
     status = EXIT_OK;
   }
   if (data_skipped(r.train))
@@ -601,6 +758,7 @@ static int train_run(TrainArgs *a) {
 done:
   if (lock >= 0)
     close(lock);
+  free(r.parts);
   free(config);
   weights_free(r.s.w);
   weights_free(r.s.v);
@@ -617,7 +775,7 @@ done:
 enum {
   OPT_DATA = 1200, OPT_OUT, OPT_TARGET, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
   OPT_INIT, OPT_WEIGHTS, OPT_SEED, OPT_NO_AUGMENT, OPT_LIMIT, OPT_TEST_LIMIT, OPT_CHECKPOINT,
-  OPT_RESUME, OPT_THREADS, OPT_DEVICES, OPT_QUIET, OPT_TEN_CROP, OPT_HELP
+  OPT_RESUME, OPT_THREADS, OPT_DEVICES, OPT_QUIET, OPT_TEN_CROP, OPT_BUCKET, OPT_HELP
 };
 
 static const struct option TRAIN_OPTIONS[] = {
@@ -641,6 +799,7 @@ static const struct option TRAIN_OPTIONS[] = {
     {"devices", required_argument, 0, OPT_DEVICES},
     {"quiet", no_argument, 0, OPT_QUIET},
     {"ten-crop", no_argument, 0, OPT_TEN_CROP},
+    {"bucket-kib", required_argument, 0, OPT_BUCKET},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0}};
 
@@ -685,6 +844,9 @@ static int train_option(const char *cmd, int c, const char *arg, TrainArgs *a, b
   case OPT_DEVICES:
     return parse_int_in(arg, 1, MAX_DEVICES, &a->devices) ? 0
            : usage_error(cmd, "--devices wants 1 to %d, not '%s'", MAX_DEVICES, arg);
+  case OPT_BUCKET:
+    return parse_int_in(arg, 1, 1 << 20, &a->bucket_kib) ? 0
+           : usage_error(cmd, "--bucket-kib wants 1 to 1048576 KiB, not '%s'", arg);
   case OPT_CHECKPOINT:
     return parse_int_in(arg, 0, 1 << 30, &a->checkpoint_every) ? 0
            : usage_error(cmd, "--checkpoint-every wants a step count, not '%s'", arg);
@@ -719,7 +881,7 @@ static int train_option(const char *cmd, int c, const char *arg, TrainArgs *a, b
 static TrainArgs train_defaults(void) {
   return (TrainArgs){.target = "cpu", .warmup = -1, .augment = -1, .init = INIT_SPEC,
                      .schedule = {.kind = SCHED_COSINE, .patience = 1}, .seed = 1,
-                     .checkpoint_every = 1000, .devices = 1};
+                     .checkpoint_every = 1000, .devices = 1, .ranks = 1, .bucket_kib = 1024};
 }
 
 // Parses train's or eval's command line into a: 0 to go on, else the exit status (after
@@ -754,8 +916,17 @@ int cmd_train(int argc, char **argv) {
     return rc < 0 ? EXIT_OK : rc;
   if (!a.data || !a.out)
     return usage_error("train", "--data and --out are required");
+  if (!dist_init())
+    return EXIT_ERR;
+  a.rank = dist_rank();
+  a.ranks = dist_size();
+  if (a.ranks > 1 && !a.threads) {  // ranks sharing a machine share its CPUs
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN) / dist_local_size();
+    a.threads = cpus > 1 ? (int)cpus : 1;
+  }
   stop_requested = 0;
   int status = train_run(&a);
+  dist_finalize();
   return stop_requested ? 128 + SIGINT : status;
 }
 
@@ -767,6 +938,12 @@ int cmd_eval(int argc, char **argv) {
     return rc < 0 ? EXIT_OK : rc;
   if (!a.data || !a.weights)
     return usage_error("eval", "--weights and --data are required");
+  const char *ranks = getenv("OMPI_COMM_WORLD_SIZE");
+  if (ranks && atoi(ranks) > 1) {  // N copies would each print the same scores
+    error("alexc eval runs in one process: run it without mpirun (this is one of %s ranks)",
+          ranks);
+    return EXIT_ERR;
+  }
   Graph *g = load_spec(a.spec);
   if (!g)
     return EXIT_ERR;
@@ -794,7 +971,7 @@ int cmd_eval(int argc, char **argv) {
             "scored whole\n", a.data);
   int status = EXIT_ERR;
   if (t) {
-    EvalResult e = evaluate(t, g, w, d, a.batch);
+    EvalResult e = evaluate(t, g, w, d, a.batch, 1);
     printf("%lld images%s: loss %.4f  top-1 %.2f%%  top-5 %.2f%%\n", (long long)e.n,
            ten_crop ? " (ten crops each)" : "", e.loss, 100 * e.top1, 100 * e.top5);
     status = EXIT_OK;

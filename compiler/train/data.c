@@ -989,6 +989,14 @@ static int batch_items(const Dataset *d, int64_t k) {
   return (int)(left < d->B ? left : d->B);
 }
 
+// This shard's part of batch k: its examples [*lo, *hi) (the whole batch without shards).
+// Contiguous and in rank order, so the shards' parts laid end to end are the batch.
+static void shard_part(const Dataset *d, int64_t k, int *lo, int *hi) {
+  int64_t n = batch_items(d, k), shards = d->o.shards > 1 ? d->o.shards : 1;
+  *lo = (int)(n * d->o.shard / shards);
+  *hi = (int)(n * (d->o.shard + 1) / shards);
+}
+
 static bool task_ready(const Dataset *d) {
   return d->B > 0 && d->ak < d->n_batches && d->ak < d->next_out + QUEUE;
 }
@@ -1004,7 +1012,9 @@ static void *worker_main(void *arg) {
       break;
     int64_t k = d->ak;
     Slot *s = &d->slots[k % QUEUE];
-    int n = batch_items(d, k), j0 = d->aj;
+    int lo, hi;
+    shard_part(d, k, &lo, &hi);
+    int n = hi - lo, j0 = d->aj;
     if (j0 == 0) {
       s->k = k;
       s->n = n;
@@ -1020,7 +1030,7 @@ static void *worker_main(void *arg) {
     d->busy++;
     const uint64_t gen = d->gen;
     const int epoch = d->epoch;
-    const int64_t base = d->start + k * d->B, *perm = d->perm, stride = d->item * d->views;
+    const int64_t base = d->start + k * d->B + lo, *perm = d->perm, stride = d->item * d->views;
     float *x = s->x;
     int32_t *lab = s->lab;
     uint8_t *okv = s->ok;
@@ -1219,9 +1229,11 @@ static void begin(Dataset *d, int B, int64_t start) {
   pthread_cond_broadcast(&d->cv_work);
 }
 
-int data_next(Dataset *d, int batch, float *x, int32_t *labels) {
+// The next batch's examples (this shard's part), or -1 at the epoch's end. With
+// skip_empty, a batch none of whose photos could be read is passed over.
+static int next_batch(Dataset *d, int batch, float *x, int32_t *labels, bool skip_empty) {
   if (batch < 1)
-    return 0;
+    return -1;
   pthread_mutex_lock(&d->mu);
   if (d->B != batch) {
     // First call since data_start (B = 0): start at its batch. A new batch size mid-epoch
@@ -1234,7 +1246,7 @@ int data_next(Dataset *d, int batch, float *x, int32_t *labels) {
   for (;;) {
     if (d->next_out >= d->n_batches) {
       pthread_mutex_unlock(&d->mu);
-      return 0;
+      return -1;
     }
     Slot *s = &d->slots[d->next_out % QUEUE];
     while (!(s->k == d->next_out && s->left == 0))
@@ -1250,9 +1262,20 @@ int data_next(Dataset *d, int batch, float *x, int32_t *labels) {
     pthread_mutex_lock(&d->mu);
     d->next_out++;
     pthread_cond_broadcast(&d->cv_work);
-    if (m) {
+    if (m || !skip_empty) {
       pthread_mutex_unlock(&d->mu);
       return m;
     }
   }
+}
+
+int data_next(Dataset *d, int batch, float *x, int32_t *labels) {
+  int n = next_batch(d, batch, x, labels, true);
+  return n > 0 ? n : 0;
+}
+
+// Shards pass nothing over: every shard must take part in every step's sums, even one
+// whose part of the batch is empty.
+int data_next_part(Dataset *d, int batch, float *x, int32_t *labels) {
+  return next_batch(d, batch, x, labels, false);
 }

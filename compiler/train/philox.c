@@ -48,8 +48,8 @@ uint32_t dropout_layer_key(const char *layer) {
 // i.e. when word >> 8 >= ceil(p * 2^24): an exact integer comparison of the same test.
 #define LANES 16
 
-void dropout_mask(uint64_t seed, uint64_t step, const char *layer, int64_t n, double p,
-                  uint8_t *mask) {
+void dropout_mask(uint64_t seed, uint64_t step, const char *layer, int64_t first, int64_t n,
+                  double p, uint8_t *mask) {
   const uint32_t c2 = (uint32_t)step, c3 = dropout_layer_key(layer);
   const uint32_t key0 = (uint32_t)seed, key1 = (uint32_t)(seed >> 32);
   // u >= p with u = m * 2^-24, m an integer in [0, 2^24): m >= p * 2^24 <=> m >= ceil(p * 2^24)
@@ -68,7 +68,7 @@ void dropout_mask(uint64_t seed, uint64_t step, const char *layer, int64_t n, do
   for (int64_t base = 0; base < n; base += LANES) {
     uint32_t a0[LANES], a1[LANES], a2[LANES], a3[LANES];
     for (int l = 0; l < LANES; l++) {
-      uint64_t i = (uint64_t)base + (uint64_t)l;
+      uint64_t i = (uint64_t)first + (uint64_t)base + (uint64_t)l;
       a0[l] = (uint32_t)i;
       a1[l] = (uint32_t)(i >> 32);
       a2[l] = c2;

@@ -13,6 +13,15 @@
 
 #include "../alexc.h"
 
+// Data parallelism: a bucket is a run of parameter tensors [lo, hi) (in graph order, so
+// the backward pass finishes them from hi - 1 down to lo), packed into one buffer whose sum
+// over the ranks starts as soon as node `ready` (lo's layer) has its gradients.
+typedef struct {
+  int lo, hi, ready;
+  int64_t elems;
+  float *buf;
+} Bucket;
+
 struct Trainer {
   const Graph *g;
   const TrainKernels *k;
@@ -26,7 +35,13 @@ struct Trainer {
   Weights *gw;     // gradients of the parameters
   Split *split;    // devices > 1: the model-parallel plan
   double *prof_forward, *prof_backward, *prof_update;  // trainer_profile, or NULL
+  Bucket *buckets;  // trainer_step_part's, planned at its first call
+  int n_buckets, next_bucket;  // next_bucket: the first not started this step
+  int64_t bucket_bytes;
+  bool syncing;  // the backward pass in progress starts the bucket sums
 };
+
+void trainer_set_bucket_bytes(Trainer *t, int64_t bytes) { t->bucket_bytes = bytes; }
 
 // One step's (or one inference's) settings, as the instructions see them.
 typedef struct {
@@ -35,7 +50,9 @@ typedef struct {
   uint64_t seed;
   int64_t step;
   bool training;     // dropout applies its mask; else it is the identity
-  int n;             // images in the batch
+  int n;             // images in the batch (this process's part of it)
+  int first, total;  // data parallelism: the part's first image in the global batch of
+                     // `total` (0 total: the batch is whole)
   const int32_t *labels;
   int *top1;
   double lr, loss;
@@ -112,6 +129,9 @@ void trainer_free(Trainer *t) {
   train_program_free(t->p);
   split_free(t->split);
   weights_free(t->gw);
+  for (int b = 0; b < t->n_buckets; b++)
+    free(t->buckets[b].buf);
+  free(t->buckets);
   free(t);
 }
 
@@ -186,25 +206,36 @@ static void zero_gradients_born_at(Trainer *t, int i, int n) {
       memset(t->buf[v], 0, t->p->values[v].elems * n * sizeof(float));
 }
 
+static void start_ready_buckets(Trainer *t, int node);
+
 static void run_instr(Trainer *t, Step *s, const TInstr *in) {
   const Node *node = &t->g->nodes[in->node];
   switch (in->kind) {
   case TI_MASK:
     if (s->training)
-      dropout_mask(s->seed, (uint64_t)s->step, node->name, shape_elems(node->out) * s->n,
-                   node->dropout.p, t->buf[in->mask]);
+      dropout_mask(s->seed, (uint64_t)s->step, node->name, shape_elems(node->out) * s->first,
+                   shape_elems(node->out) * s->n, node->dropout.p, t->buf[in->mask]);
     break;
   case TI_FORWARD:
     if (!t->split)
       run_forward(t, s, in);
     break;
-  case TI_LOSS:
-    s->loss = softmax_xent(t->buf[in->x[0]], s->labels, s->n, t->classes, t->buf[in->dy],
-                           s->top1, NULL);
+  case TI_LOSS: {
+    float *dl = t->buf[in->dy];
+    s->loss = softmax_xent(t->buf[in->x[0]], s->labels, s->n, t->classes, dl, s->top1, NULL);
+    // softmax_xent's gradient is of this part's mean; weighted by n / total the ranks'
+    // gradients sum to that of the global batch's mean (and a short part weighs less).
+    for (int64_t j = 0; s->total && j < (int64_t)s->n * t->classes; j++)
+      dl[j] = (float)((double)dl[j] * s->n / s->total);
     break;
+  }
   case TI_BACKWARD:
     if (!t->split)
       run_backward(t, s, in);
+    if (t->syncing) {  // buckets whose layers are done start their sums meanwhile
+      start_ready_buckets(t, in->node);
+      dist_progress();
+    }
     break;
   case TI_UPDATE:
     run_update(t, s, in);
@@ -266,6 +297,83 @@ double trainer_step(Trainer *t, TrainState *st, double lr, const float *x, const
   run(t, &s, x, TI_UPDATE, TI_UPDATE);
   st->step++;
   return loss;
+}
+
+// ---- data parallelism
+
+// Buckets of about bucket_bytes (at least one tensor each), from the last tensor back, so
+// that the first bucket is the first the backward pass finishes.
+static void plan_buckets(Trainer *t) {
+  const Weights *g = t->gw;
+  int64_t cap = t->bucket_bytes > 0 ? t->bucket_bytes : (int64_t)1 << 20;
+  t->buckets = xcalloc(g->n ? g->n : 1, sizeof *t->buckets);
+  for (int hi = g->n; hi > 0;) {
+    Bucket *b = &t->buckets[t->n_buckets++];
+    b->hi = b->lo = hi;
+    while (b->lo > 0 && (b->lo == hi || (b->elems + g->info[b->lo - 1].elems) * 4 <= cap))
+      b->elems += g->info[--b->lo].elems;
+    b->ready = g->info[b->lo].node;
+    b->buf = xcalloc(b->elems, sizeof(float));
+    hi = b->lo;
+  }
+}
+
+static void start_bucket(Trainer *t, Bucket *b) {
+  float *at = b->buf;
+  for (int j = b->lo; j < b->hi; j++) {
+    memcpy(at, t->gw->data[j], t->gw->info[j].elems * sizeof(float));
+    at += t->gw->info[j].elems;
+  }
+  dist_iallreduce_f32(b->buf, b->elems);
+}
+
+// Starts the sums of the buckets whose tensors are all final once node `node`'s backward
+// is done (backward instructions run in descending node order; node -1: all of them).
+static void start_ready_buckets(Trainer *t, int node) {
+  while (t->next_bucket < t->n_buckets && t->buckets[t->next_bucket].ready >= node)
+    start_bucket(t, &t->buckets[t->next_bucket++]);
+}
+
+// Waits for every bucket's sum and copies the summed gradients back.
+static void finish_buckets(Trainer *t) {
+  start_ready_buckets(t, -1);
+  dist_wait_all();
+  for (int b = 0; b < t->n_buckets; b++) {
+    const float *at = t->buckets[b].buf;
+    for (int j = t->buckets[b].lo; j < t->buckets[b].hi; j++) {
+      memcpy(t->gw->data[j], at, t->gw->info[j].elems * sizeof(float));
+      at += t->gw->info[j].elems;
+    }
+  }
+}
+
+double trainer_step_part(Trainer *t, TrainState *st, double lr, const float *x,
+                         const int32_t *labels, int n, int first, int total, int *top1) {
+  if (n > t->batch || n > total || !labels_ok(t, labels, n))
+    return NAN;
+  if (!t->buckets)
+    plan_buckets(t);
+  t->next_bucket = 0;
+  double loss_sum = 0;
+  int hits = 0;
+  if (n > 0) {
+    Step s = {.w = st->w, .seed = st->seed, .step = st->step, .training = true, .n = n,
+              .first = first, .total = total, .labels = labels, .top1 = &hits};
+    t->syncing = true;
+    run(t, &s, x, TI_MASK, TI_BACKWARD);
+    t->syncing = false;
+    loss_sum = n * s.loss;
+  } else {  // nothing of this batch here: a zero gradient, still summed with the others'
+    for (int i = 0; i < t->gw->n; i++)
+      memset(t->gw->data[i], 0, t->gw->info[i].elems * sizeof(float));
+  }
+  finish_buckets(t);
+  Step u = {.w = st->w, .v = st->v, .lr = lr};
+  run(t, &u, x, TI_UPDATE, TI_UPDATE);
+  st->step++;
+  if (top1)
+    *top1 = hits;
+  return loss_sum;
 }
 
 void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *logits) {

@@ -251,7 +251,7 @@ static bool op_case_setup(const OpCase *oc, uint64_t seed, OpCaseData *d) {
   d->y_elems = shape_elems(n->out) * d->batch;
   if (n->op == OP_DROPOUT && !(oc->flags & OPC_NO_MASK)) {
     d->mask = xcalloc(d->y_elems, 1);
-    dropout_mask(seed, 0, oc->name, d->y_elems, n->dropout.p, d->mask);
+    dropout_mask(seed, 0, oc->name, 0, d->y_elems, n->dropout.p, d->mask);
   }
   d->dy = xcalloc(d->y_elems, sizeof(float));
   fill_normal(d->dy, d->y_elems, seed, op_case_stream(oc, "dy", buf, sizeof buf), 1.0);

@@ -96,7 +96,7 @@ static void make_idx(const char *name, bool gz) {
 }
 
 static DataOptions idx_opts(bool train, bool augment, int threads) {
-  DataOptions o = {1, ROWS, COLS, train, augment, false, 1234, 0, threads};
+  DataOptions o = {1, ROWS, COLS, train, augment, false, 1234, 0, threads, 0, 0};
   return o;
 }
 
@@ -458,7 +458,7 @@ static void copy_file(const char *from, const char *to) {
 enum { PH = 200, PW = 224 };
 
 static DataOptions photo_opts(bool train, bool augment, int threads) {
-  DataOptions o = {3, PH, PW, train, augment, false, 99, 0, threads};
+  DataOptions o = {3, PH, PW, train, augment, false, 99, 0, threads, 0, 0};
   return o;
 }
 
@@ -471,6 +471,74 @@ static int count_cache(const char *dir) {
   if (dp)
     closedir(dp);
   return n;
+}
+
+// Data parallelism: the shards' parts of each batch, laid end to end in shard order, are
+// the batch one process gets (images and labels, augmented, shuffled, resumed mid-epoch),
+// and every shard sees the same number of batches, even when the last batch has fewer
+// examples than there are shards (some parts are then empty, not skipped).
+static void test_shards(void) {
+  g_item = ROWS * COLS;
+  const int64_t stride = g_item;
+  const int shards_list[] = {2, 3, 7};
+  for (size_t c = 0; c < sizeof shards_list / sizeof *shards_list; c++) {
+    int shards = shards_list[c], batch = 6;  // 20 examples: 3 batches of 6, one of 2
+    for (int64_t first = 0; first < 2; first++) {
+      DataOptions o = idx_opts(true, true, 2);
+      Dataset *whole = data_open(at("%s", "idx"), &o);
+      CHECK(whole);
+      if (!whole)
+        return;
+      Epoch e = epoch_of(whole, 1, first, batch);
+      float *x = calloc((size_t)(batch * stride), sizeof *x);
+      int32_t lab[6];
+      int64_t at_ex = 0;
+      int batches = -1;
+      // Shard by shard, each batch's part must be the next piece of that batch.
+      int64_t *seen = calloc((size_t)e.batches * shards, sizeof *seen);
+      for (int r = 0; r < shards; r++) {
+        DataOptions so = idx_opts(true, true, 2);
+        so.shard = r;
+        so.shards = shards;
+        Dataset *d = data_open(at("%s", "idx"), &so);
+        CHECK(d);
+        if (!d)
+          break;
+        data_start(d, 1, first);
+        int k = 0, n;
+        while ((n = data_next_part(d, batch, x, lab)) >= 0) {
+          int size = k < e.batches ? e.sizes[k] : 0;
+          CHECK(n == (int)((int64_t)size * (r + 1) / shards - (int64_t)size * r / shards));
+          int64_t off = (int64_t)size * r / shards;
+          for (int k2 = 0; k2 < k; k2++)
+            off += e.sizes[k2];
+          for (int j = 0; j < n && off + j < e.n; j++) {
+            CHECK(lab[j] == e.labels[off + j]);
+            CHECK(!memcmp(x + j * stride, e.x + (off + j) * stride, stride * sizeof *x));
+          }
+          if (k < e.batches)
+            seen[(int64_t)k * shards + r] = n;
+          k++;
+        }
+        CHECK(batches < 0 || k == batches);
+        batches = k;
+        data_close(d);
+      }
+      CHECK(batches == e.batches);
+      for (int k = 0; k < e.batches; k++) {  // the parts add up to the batch
+        int64_t sum = 0;
+        for (int r = 0; r < shards; r++)
+          sum += seen[(int64_t)k * shards + r];
+        CHECK(sum == e.sizes[k]);
+        at_ex += sum;
+      }
+      CHECK(at_ex == e.n);
+      free(seen);
+      free(x);
+      epoch_free(&e);
+      data_close(whole);
+    }
+  }
 }
 
 static void test_photos(void) {
@@ -668,7 +736,7 @@ static void test_pca(void) {
   g_item = 3 * S * S;
   const int64_t stride = g_item, plane = S * S;
   for (int red = 0; red < 2; red++) {
-    DataOptions o = {3, S, S, true, true, false, 5, 0, 2};
+    DataOptions o = {3, S, S, true, true, false, 5, 0, 2, 0, 0};
     Dataset *aug = data_open(at("%s", red ? "red" : "gray"), &o);
     o.augment = false;
     Dataset *plain = data_open(at("%s", red ? "red" : "gray"), &o);
@@ -723,7 +791,7 @@ static void test_fashion_mnist(void) {
     printf("skipped: %s is not installed\n", dir);
     return;
   }
-  DataOptions o = {1, 28, 28, true, false, false, 1, 0, 2};
+  DataOptions o = {1, 28, 28, true, false, false, 1, 0, 2, 0, 0};
   Dataset *d = data_open(dir, &o);
   CHECK(d && data_size(d) == 60000 && data_classes(d) == 10);
   if (d) {
@@ -787,6 +855,7 @@ int main(void) {
     return 1;
   }
   test_idx();
+  test_shards();
   test_photos();
   test_pca();
   test_fashion_mnist();

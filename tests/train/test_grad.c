@@ -380,7 +380,7 @@ static void test_dropout_mask(void) {
   }
   // A real mask from dropout_mask: about 1 - p kept.
   uint8_t big[4000];
-  dropout_mask(7, 3, "d", 4000, 0.75, big);
+  dropout_mask(7, 3, "d", 0, 4000, 0.75, big);
   int kept = 0;
   for (int i = 0; i < 4000; i++)
     kept += big[i];

@@ -229,7 +229,7 @@ static Walk walk_new(const Graph *g, int batch) {
       w.db[i] = xcalloc(n->n_bias, sizeof(float));
     if (n->op == OP_DROPOUT) {
       w.mask[i] = xcalloc(e, 1);
-      dropout_mask(5, 3, n->name, e, n->dropout.p, w.mask[i]);
+      dropout_mask(5, 3, n->name, 0, e, n->dropout.p, w.mask[i]);
     }
   }
   return w;

@@ -75,7 +75,7 @@ static void test_known_bits(void) {
   for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
     int n = (int)strlen(cases[c].bits);
     uint8_t mask[128];
-    dropout_mask(cases[c].seed, cases[c].step, cases[c].layer, n, cases[c].p, mask);
+    dropout_mask(cases[c].seed, cases[c].step, cases[c].layer, 0, n, cases[c].p, mask);
     int bad = 0;
     for (int i = 0; i < n; i++)
       bad += mask[i] != (cases[c].bits[i] == '1');
@@ -84,7 +84,7 @@ static void test_known_bits(void) {
     CHECK(bad == 0);
     // The step is taken mod 2^32: step + 2^32 draws the same mask.
     uint8_t again[128];
-    dropout_mask(cases[c].seed, cases[c].step + (1ull << 32), cases[c].layer, n, cases[c].p,
+    dropout_mask(cases[c].seed, cases[c].step + (1ull << 32), cases[c].layer, 0, n, cases[c].p,
                  again);
     CHECK(memcmp(mask, again, n) == 0);
   }
@@ -101,7 +101,7 @@ static void test_matches_spec(void) {
   for (size_t s = 0; s < sizeof seeds / sizeof *seeds; s++)
     for (size_t k = 0; k < sizeof ps / sizeof *ps; k++)
       for (int64_t n = 1; n <= N; n = n * 3 + 1) {
-        dropout_mask(seeds[s], 3 + s, "drop7", n, ps[k], a);
+        dropout_mask(seeds[s], 3 + s, "drop7", 0, n, ps[k], a);
         spec_mask(seeds[s], 3 + s, "drop7", n, ps[k], b);
         if (memcmp(a, b, n)) {
           fprintf(stderr, "dropout_mask != spec: seed %llu p %.17g n %lld\n",
@@ -110,10 +110,10 @@ static void test_matches_spec(void) {
         }
       }
   // p <= 0 keeps everything, p >= 1 drops everything.
-  dropout_mask(1, 2, "x", N, 0.0, a);
+  dropout_mask(1, 2, "x", 0, N, 0.0, a);
   for (int i = 0; i < N; i++)
     CHECK(a[i] == 1);
-  dropout_mask(1, 2, "x", N, 1.0, a);
+  dropout_mask(1, 2, "x", 0, N, 1.0, a);
   for (int i = 0; i < N; i++)
     CHECK(a[i] == 0);
   free(a);
@@ -142,7 +142,7 @@ static void test_statistics(void) {
   const double ps[] = {0.5, 0.3, 0.9};
   for (size_t k = 0; k < sizeof ps / sizeof *ps; k++) {
     double p = ps[k];
-    dropout_mask(42, 0, "drop6", N, p, m);
+    dropout_mask(42, 0, "drop6", 0, N, p, m);
     double mean = N * (1 - p), sd = sqrt(N * p * (1 - p));
     int64_t kept = count(m, N);
     if (fabs(kept - mean) > 6 * sd)
@@ -163,7 +163,7 @@ static void test_statistics(void) {
     } other[] = {{42, 1, "drop6"},  {42, 0, "drop7"}, {43, 0, "drop6"},
                  {42ull | (1ull << 32), 0, "drop6"}, {42, 1ull << 31, "drop6"}};
     for (size_t j = 0; j < sizeof other / sizeof *other; j++) {
-      dropout_mask(other[j].seed, other[j].step, other[j].layer, N, p, o);
+      dropout_mask(other[j].seed, other[j].step, other[j].layer, 0, N, p, o);
       int64_t d = differ(m, o, N);
       if (fabs(d - dmean) > 6 * dsd)
         fprintf(stderr, "p %g, variant %zu: masks differ in %lld places, want %.0f +- %.0f\n",
@@ -171,8 +171,14 @@ static void test_statistics(void) {
       CHECK(fabs(d - dmean) <= 6 * dsd);
     }
     // The same arguments draw the same mask, and a prefix of a longer mask is the mask.
-    dropout_mask(42, 0, "drop6", N / 3, p, o);
+    dropout_mask(42, 0, "drop6", 0, N / 3, p, o);
     CHECK(memcmp(m, o, N / 3) == 0);
+    // A part drawn from element `first` on (a data-parallel rank's share of the batch) is
+    // that part of the whole mask, at any offset (not only multiples of the lanes).
+    for (int64_t first = 1; first < N; first += N / 7) {
+      dropout_mask(42, 0, "drop6", first, N - first, p, o);
+      CHECK(memcmp(m + first, o, (size_t)(N - first)) == 0);
+    }
   }
   free(m);
   free(o);

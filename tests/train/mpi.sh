@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Data-parallel training with mpirun (docs/training.md), on a Fashion-MNIST subset:
+#   same:   N ranks at batch B end within 1e-5 of one process at batch N*B on the CPU
+#           target (2 ranks with a short last batch, 3 ranks with empty parts), after 20
+#           steps or more, with the same per-epoch metrics; same_ref: 2 ranks on the
+#           reference kernels;
+#   resume: 2 ranks SIGKILLed at random moments and resumed each time end with the same
+#           checkpoint, byte for byte, as 2 ranks never interrupted; resuming with another
+#           rank count (or none) is refused with a message;
+#   killed: one rank SIGKILLed mid-run ends the job, non-zero, within a bounded time,
+#           saying which rank died; the checkpoint left behind is whole and loads.
+# usage: mpi.sh ALEXC WEIGHTS_CLOSE [same|same_ref|resume|killed]   (no part: all four)
+set -euo pipefail
+alexc="$1"
+close="$2"
+part="${3:-all}"
+data=/usr/share/datasets/fashion-mnist
+spec=specs/mini-alexnet.yaml
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+[ -e "$data/train-labels-idx1-ubyte.gz" ] || fail "$data is missing: scripts/deps.sh installs dataset-fashion-mnist"
+mpirun="${ALEXC_MPIRUN:-mpirun}"
+command -v "$mpirun" > /dev/null || fail "no $mpirun: scripts/deps.sh installs openmpi-bin"
+# Open MPI refuses root without --allow-run-as-root; 3 ranks on 2 cores need
+# --oversubscribe (and 2 ranks do on a machine whose other cores are taken).
+mpi_flags=(--oversubscribe)
+[ "$(id -u)" -ne 0 ] || mpi_flags+=(--allow-run-as-root)
+# A sanitizer build: Open MPI's leaks are suppressed by its libraries' names further up
+# their stacks (compiler/train/report.c), which the fast unwinder does not reach.
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
+
+# train N OUT ARGS...: N ranks (0: one process without mpirun) on a small subset.
+train() {
+  local n="$1" out="$2"; shift 2
+  local cmd=("$alexc" train "$spec" --data "$data" --out "$out" --test-limit 100 --init fan-in
+             --quiet "$@")
+  if [ "$n" -eq 0 ]; then "${cmd[@]}"; else "$mpirun" "${mpi_flags[@]}" -np "$n" "${cmd[@]}"; fi
+}
+
+# metrics_close A B: the runs' metrics rows agree (losses to 1e-5 relative, the rest exactly,
+# times aside).
+metrics_close() {
+  paste -d, <(cut -d, -f1-8 "$1") <(cut -d, -f1-8 "$2") | awk -F, '
+    NR > 1 { for (i = 1; i <= 8; i++) { a = $i; b = $(i + 8); d = a - b; if (d < 0) d = -d
+             if ((i == 3 || i == 5) ? d > 1e-5 * (b < 0 ? -b : b) : a != b) { print "column " i ": " a " against " b; bad = 1 } } }
+    END { exit bad }' || fail "metrics differ: $1 against $2"
+  [ "$(wc -l < "$1")" -eq "$(wc -l < "$2")" ] || fail "$1 and $2 hold different numbers of rows"
+}
+
+# same_as_one N B TARGET ARGS...: N ranks at batch B against one process at N*B.
+same_as_one() {
+  local n="$1" b="$2" target="$3"; shift 3
+  local one="$tmp/one-$n-$target" many="$tmp/many-$n-$target"
+  train 0 "$one" --batch $((n * b)) --target "$target" "$@" > /dev/null
+  train "$n" "$many" --batch "$b" --target "$target" "$@" > "$many.log"
+  grep -q "$n ranks of batch $b" "$many.log" || fail "the run does not say it has $n ranks: $(cat "$many.log")"
+  # Rank 0 alone reports: one line an epoch, not one a rank.
+  [ "$(grep -c '^epoch ' "$many.log")" -eq $(($(wc -l < "$many/metrics.csv") - 1)) ] ||
+    fail "$n ranks printed other epoch lines than rank 0's $(($(wc -l < "$many/metrics.csv") - 1)): $(cat "$many.log")"
+  echo "$n ranks at batch $b against 1 at $((n * b)), --target $target $*:"
+  "$close" "$spec" "$many/weights.safetensors" "$one/weights.safetensors" 1e-5 | tail -1
+  "$close" "$spec" "$many/weights.safetensors" "$one/weights.safetensors" 1e-5 > /dev/null ||
+    fail "$n ranks' weights are not within 1e-5 of one process's"
+  metrics_close "$many/metrics.csv" "$one/metrics.csv"
+}
+
+same() {
+  # 410 images at 40 a step: 10 whole batches and one of 10, over 2 epochs (22 steps).
+  same_as_one 2 20 cpu --limit 410 --epochs 2 --lr 0.01
+  # 301 images at 30 a step: the last batch has 1 image, so two of the 3 ranks hold none.
+  same_as_one 3 10 cpu --limit 301 --epochs 2 --lr 0.01
+}
+
+# The reference kernels (slow): 20 steps of 8.
+same_ref() { same_as_one 2 4 ref --limit 160 --epochs 1 --lr 0.01; }
+
+# rank_pid MPIRUN_PID RANK: the pid of that rank of the job (mpirun's child whose
+# environment says so), or nothing yet.
+rank_pid() {
+  local p
+  for p in $(pgrep -P "$1" 2>/dev/null); do
+    if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2"; then
+      echo "$p"
+      return
+    fi
+  done
+}
+
+# stamp FILE: its modification time in nanoseconds, or 0 when it does not exist.
+stamp() { stat -c %.9Y "$1" 2>/dev/null | tr -d . || echo 0; }
+
+RUN=(--limit 800 --epochs 2 --batch 20 --lr 0.01 --checkpoint-every 4)
+
+# kill_rank OUT RANK ARGS...: starts 2 ranks on OUT, waits for a new checkpoint, lets them
+# run on for a random moment and SIGKILLs rank RANK. Leaves mpirun's status in $tmp/rc,
+# its output in $tmp/kill.log and the seconds from the kill to its end in $tmp/secs.
+# Returns 1 when the run finished before the kill.
+kill_rank() {
+  local out="$1" rank="$2"; shift 2
+  local ckpt="$out/checkpoint.safetensors" before pid victim t0
+  before=$(stamp "$ckpt")
+  (exec "$mpirun" "${mpi_flags[@]}" -np 2 "$alexc" train "$spec" --data "$data" --out "$out" \
+     --test-limit 100 --init fan-in --quiet "${RUN[@]}" "$@" > "$tmp/kill.log" 2>&1) &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null && [ "$(stamp "$ckpt")" = "$before" ]; do sleep 0.05; done
+  sleep "0.$((RANDOM % 10))"
+  victim=$(rank_pid "$pid" "$rank")
+  t0=$(date +%s)
+  [ -n "$victim" ] && kill -9 "$victim" 2>/dev/null || { wait "$pid" || true; return 1; }
+  local rc=0
+  wait "$pid" || rc=$?
+  echo "$rc" > "$tmp/rc"
+  echo $(($(date +%s) - t0)) > "$tmp/secs"
+}
+
+resume() {
+  train 2 "$tmp/whole" "${RUN[@]}" > /dev/null
+  local kills=0 flag=()
+  while [ "$kills" -lt 3 ] && [ ! -e "$tmp/cut/weights.safetensors" ]; do
+    flag=()
+    [ -e "$tmp/cut/checkpoint.safetensors" ] && flag=(--resume)
+    if kill_rank "$tmp/cut" $((RANDOM % 2)) "${flag[@]}"; then kills=$((kills + 1)); fi
+  done
+  [ -e "$tmp/cut/weights.safetensors" ] || train 2 "$tmp/cut" "${RUN[@]}" --resume > /dev/null
+  echo "killed a rank $kills times"
+  [ "$kills" -ge 2 ] || fail "the run finished before a rank could be killed twice: make it longer"
+  ! ls "$tmp/cut" | grep -q '\.tmp\.' || fail "temporary files left behind: $(ls "$tmp/cut")"
+  cmp "$tmp/whole/checkpoint.safetensors" "$tmp/cut/checkpoint.safetensors" ||
+    fail "2 ranks killed and resumed end with another checkpoint than 2 ranks never interrupted"
+  cmp "$tmp/whole/weights.safetensors" "$tmp/cut/weights.safetensors" || fail "final weights differ"
+  diff <(cut -d, -f1-8 "$tmp/whole/metrics.csv") <(cut -d, -f1-8 "$tmp/cut/metrics.csv") ||
+    fail "metrics rows differ (other than times)"
+  # Another rank count is refused, with one message that names both counts.
+  local rc=0
+  train 3 "$tmp/whole" "${RUN[@]}" --resume > /dev/null 2> "$tmp/err3" || rc=$?
+  [ "$rc" -ne 0 ] || fail "--resume with 3 ranks of a 2-rank run was accepted"
+  grep -q "trained by 2 ranks and this job has 3" "$tmp/err3" || fail "3 ranks: $(cat "$tmp/err3")"
+  [ "$(grep -c 'trained by' "$tmp/err3")" -eq 1 ] || fail "the message was printed more than once: $(cat "$tmp/err3")"
+  rc=0
+  train 0 "$tmp/whole" "${RUN[@]}" --resume > /dev/null 2> "$tmp/err1" || rc=$?
+  [ "$rc" -eq 1 ] || fail "--resume in one process of a 2-rank run exited $rc, not 1"
+  grep -q "trained by 2 ranks and this job has 1" "$tmp/err1" || fail "1 process: $(cat "$tmp/err1")"
+  cmp "$tmp/whole/checkpoint.safetensors" "$tmp/cut/checkpoint.safetensors" ||
+    fail "a refused --resume changed the checkpoint"
+}
+
+killed() {
+  local tries=0
+  until kill_rank "$tmp/k" 1; do
+    tries=$((tries + 1))
+    [ "$tries" -lt 3 ] || fail "the run kept finishing before rank 1 could be killed"
+    rm -rf "$tmp/k"
+  done
+  local rc secs
+  rc=$(cat "$tmp/rc") secs=$(cat "$tmp/secs")
+  echo "rank 1 killed: mpirun exited $rc after $secs s, saying: $(grep -m1 'exited on signal' "$tmp/kill.log" || true)"
+  [ "$rc" -ne 0 ] || fail "mpirun exited 0 after a rank was killed"
+  [ "$secs" -le 30 ] || fail "the job took $secs s to end after a rank died"
+  grep -q "rank 1 .* exited on signal 9" "$tmp/kill.log" || fail "no message says rank 1 died: $(cat "$tmp/kill.log")"
+  ! pgrep -f -- "--out $tmp/k " > /dev/null || fail "a rank outlived the job"
+  # The checkpoint is whole: it loads as weights, and the run resumes from it to the end.
+  "$alexc" eval "$spec" --weights "$tmp/k/checkpoint.safetensors" --data "$data" --limit 100 > /dev/null ||
+    fail "the checkpoint left behind does not load"
+  train 2 "$tmp/k" "${RUN[@]}" --resume > /dev/null || fail "the run does not resume after a rank died"
+  [ -e "$tmp/k/weights.safetensors" ] || fail "the resumed run wrote no weights"
+}
+
+case "$part" in
+  same) same ;;
+  same_ref) same_ref ;;
+  resume) resume ;;
+  killed) killed ;;
+  all) same; same_ref; resume; killed ;;
+  *) fail "unknown part $part" ;;
+esac
+echo "ok"
