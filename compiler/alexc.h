@@ -620,6 +620,11 @@ typedef enum {
   TI_LOSS,      // loss, dy (the logits' gradient) = softmax_xent(x[0] = logits, labels)
   TI_BACKWARD,  // dx[j] += ..., dw = ..., db = ... from dy (and x, y, w, mask, relu_y)
   TI_UPDATE,    // the paper's SGD on one parameter: v = 0.9 v - 0.0005 lr w - lr dw; w += v
+  // With devices > 1 (the partition plan's transfers; forward and backward then run each
+  // device's share of the node, train/parallel.c):
+  TI_SEND,      // transfer `transfer` of y's node: its channels, from device to device
+  TI_REDUCE,    // its transpose: the receiver's partial gradient of those channels added
+                // into the sender's dy (the gradient sum across devices)
 } TInstrKind;
 
 typedef struct {
@@ -637,6 +642,7 @@ typedef struct {
   int labels, loss;  // TI_LOSS
   int relu;      // TI_BACKWARD with a ReLU's backward fused in: the ReLU's node, else -1
   int relu_y;    // and its output (the mask's source)
+  int transfer;  // TI_SEND, TI_REDUCE: the index of the plan's transfer
 } TInstr;
 
 typedef struct {
@@ -649,6 +655,7 @@ typedef struct {
   int input, labels, loss;
   int *act, *grad, *mask, *saved;  // per node: its value, -1 if none
   bool *needs_grad;       // per node: whether autodiff wanted dL/d(output) (before fusion)
+  const Graph *plan;      // devices > 1: the partitioned graph whose transfers it names
   // The memory plan (train_plan_memory; NULL until it has run): per value, its offset in
   // the step's arena in floats per image (-1: not in it), and the first and last
   // instruction touching it (the input's first is -1). A gradient is zeroed at its first.
@@ -670,6 +677,15 @@ void train_program_free(TrainProgram *p);
 // instruction that adds to it; a parameter gradient is written once; a parameter is
 // updated once, after its last read. One message naming the instruction, false otherwise.
 bool train_program_verify(const TrainProgram *p);
+// For devices > 1: adds a send after each node's forward for each of the plan's transfers
+// of the node, and a reduction before its backward (when it wants a gradient and is not
+// the logits, whose gradient the loss gives every device whole), in reverse order. The
+// devices' pieces run the plain ops: nothing is saved for the backward (an LRN piece
+// recomputes its sums).
+void train_add_transfers(TrainProgram *p, const Graph *plan);
+// Drops the values no instruction uses any more and renumbers the rest (rewrites call
+// it; the memory plan must then be made again).
+void train_drop_unused_values(TrainProgram *p);
 // Fuses backward chains by the patterns in `patterns` (names, NULL-terminated; NULL: all):
 // "conv-relu" and "fc-relu" fold a ReLU's backward into the conv's or fc's, which then
 // masks the ReLU's output gradient itself; the conv's own output gradient disappears.
@@ -693,6 +709,10 @@ int train_instr_operands(TInstr *in, TOperand *ops);
 // The distinct values an instruction reads or writes, into values[]; returns how many.
 int train_instr_values(TInstr *in, int *values);
 bool train_value_per_image(TValueKind k);  // sized per image (times the batch)
+// The phases of a step, in order: 0 masks, 1 forward (with sends), 2 loss, 3 backward
+// (with reductions), 4 updates. Instructions are sorted by phase.
+typedef enum { PHASE_MASK, PHASE_FORWARD, PHASE_LOSS, PHASE_BACKWARD, PHASE_UPDATE } TPhase;
+TPhase train_instr_phase(TInstrKind k);
 extern const char *const train_instr_names[];  // by TInstrKind
 extern const char *const train_value_kinds[];  // by TValueKind
 // The program as text (`alexc dump --train`), with its memory per image and in all.
@@ -752,15 +772,21 @@ typedef struct Split Split;
 // the backward computes. NULL with a message if the plan cannot be run.
 Split *split_new(const Graph *spec, int devices, int batch, int logits, const bool *needs_grad);
 void split_free(Split *s);
-// The forward pass on every device, transfers included; masks[i] is dropout node i's
-// whole mask (NULL: inference). Writes the whole logits, (n, classes).
-void split_forward(Split *s, const TrainKernels *k, const Weights *w, const float *x, int n,
-                   uint8_t *const *masks, float *logits);
-// The backward pass from dL/d(logits): each device's pieces, and each transfer
-// transposed into a reduction. Writes every parameter gradient of gw.
-void split_backward(Split *s, const TrainKernels *k, const Weights *w, const float *dlogits,
-                    int n, Weights *gw);
-// The devices' pieces and the gradient reductions, for `alexc dump --train --devices N`.
+// Node i's forward on every device: each device's pieces (masks[i]: dropout node i's whole
+// mask, NULL: inference). For the logits, also gathers them whole into `logits`, (n, classes).
+void split_node_forward(Split *s, const TrainKernels *k, const Weights *w, const float *x,
+                        int n, uint8_t *const *masks, int i, float *logits);
+// Node i's backward on every device: each device's pieces, adding to the partial input
+// gradients on their device and writing their rows of gw. The logits' backward starts the
+// pass: it clears the devices' gradients and hands each its share of dlogits.
+void split_node_backward(Split *s, const TrainKernels *k, const Weights *w, int i,
+                         const float *dlogits, int n, Weights *gw);
+// The plan's transfer t, forward (channels copied to the receiver) and transposed (the
+// receiver's partial gradient added into the sender's).
+void split_send(Split *s, int transfer, int n);
+void split_reduce(Split *s, int transfer, int n);
+const Graph *split_plan(const Split *s);  // the partitioned graph: its transfers
+// The devices' pieces, for `alexc dump --train --devices N`.
 void split_dump(const Split *s, FILE *out);
 
 // ---- processes (train/dist.c with MPI, train/dist_none.c without): data-parallel

@@ -29,7 +29,7 @@ static int add_value(TrainProgram *p, TValueKind kind, int node, bool bias, int6
 static TInstr *add_instr(TrainProgram *p, TInstrKind kind, int node) {
   p->instrs = xrealloc(p->instrs, (p->n_instrs + 1) * sizeof *p->instrs);
   TInstr *in = &p->instrs[p->n_instrs++];
-  *in = (TInstr){kind, node, 0, NULL, NULL, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+  *in = (TInstr){kind, node, 0, NULL, NULL, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
   return in;
 }
 
@@ -172,6 +172,33 @@ TrainProgram *autodiff(const Graph *g) {
   return p;
 }
 
+void train_add_transfers(TrainProgram *p, const Graph *plan) {
+  TInstr *old = p->instrs;
+  int n_old = p->n_instrs;
+  p->instrs = NULL;
+  p->n_instrs = 0;
+  p->plan = plan;
+  for (int i = 0; i < n_old; i++) {
+    int node = old[i].node;
+    for (int t = plan->n_transfers - 1; old[i].kind == TI_BACKWARD && node != p->logits && t >= 0;
+         t--)
+      if (plan->transfers[t].node == node) {
+        TInstr *r = add_instr(p, TI_REDUCE, node);
+        r->dy = p->grad[node], r->transfer = t;
+      }
+    TInstr *in = add_instr(p, old[i].kind, node);
+    *in = old[i];  // its x and dx move with it
+    in->saved = p->saved[node] = -1;
+    for (int t = 0; old[i].kind == TI_FORWARD && t < plan->n_transfers; t++)
+      if (plan->transfers[t].node == node) {
+        TInstr *send = add_instr(p, TI_SEND, node);
+        send->y = p->act[node], send->transfer = t;
+      }
+  }
+  free(old);
+  train_drop_unused_values(p);
+}
+
 void train_program_free(TrainProgram *p) {
   if (!p)
     return;
@@ -206,7 +233,7 @@ int train_instr_operands(TInstr *in, TOperand *ops) {
     n = push(ops, n, &in->x[j], "x", false);
   bool bwd = in->kind == TI_BACKWARD, upd = in->kind == TI_UPDATE;
   n = push(ops, n, &in->y, "y", in->kind == TI_FORWARD);
-  n = push(ops, n, &in->dy, "dy", in->kind == TI_LOSS);
+  n = push(ops, n, &in->dy, "dy", in->kind == TI_LOSS || in->kind == TI_REDUCE);
   n = push(ops, n, &in->w, "w", false);
   n = push(ops, n, &in->b, "b", false);
   n = push(ops, n, &in->dw, "dw", bwd);
@@ -226,6 +253,12 @@ int train_instr_operands(TInstr *in, TOperand *ops) {
   return n;
 }
 
+TPhase train_instr_phase(TInstrKind k) {
+  static const TPhase phase[] = {PHASE_MASK,   PHASE_FORWARD, PHASE_LOSS,    PHASE_BACKWARD,
+                                 PHASE_UPDATE, PHASE_FORWARD, PHASE_BACKWARD};
+  return phase[k];
+}
+
 bool train_value_per_image(TValueKind k) { return k <= TV_GRAD && k != TV_LOSS; }
 
 int train_instr_values(TInstr *in, int *values) {
@@ -241,7 +274,8 @@ int train_instr_values(TInstr *in, int *values) {
   return distinct;
 }
 
-const char *const train_instr_names[] = {"mask", "forward", "loss", "backward", "update"};
+const char *const train_instr_names[] = {"mask",   "forward", "loss",  "backward",
+                                         "update", "send",    "reduce"};
 const char *const train_value_kinds[] = {"input",    "labels",    "activation",
                                          "mask",     "saved",     "loss",
                                          "gradient", "parameter", "parameter gradient",

@@ -91,6 +91,16 @@ static void print_instr(const TrainProgram *p, TInstr *in, FILE *out) {
               p->g->nodes[in->relu].name);
     fputc('\n', out);
     break;
+  case TI_SEND:
+  case TI_REDUCE: {
+    const Transfer *t = &p->plan->transfers[in->transfer];
+    bool send = in->kind == TI_SEND;
+    print_value(p, send ? in->y : in->dy, out);
+    fprintf(out, " channels [%lld, %lld): d%d -> d%d%s\n", (long long)t->range.begin,
+            (long long)t->range.end, send ? t->from : t->to, send ? t->to : t->from,
+            send ? "" : " (+=)");
+    break;
+  }
   default:  // forward, update
     print_list(p, in, true, out);
     fprintf(out, " = %s(", in->kind == TI_UPDATE ? "sgd" : op_name(n->op));
@@ -120,11 +130,13 @@ void train_program_dump(const TrainProgram *p, FILE *out) {
     fprintf(out, "memory plan: %lld bytes per image for the step's per-image values, shared "
             "where their lives do not overlap (%lld if each had its own)\n",
             (long long)p->arena * 4, (long long)p->unshared * 4);
-  TInstrKind last = TI_UPDATE + 1;
+  static const char *const phase_names[] = {"masks", "forward", NULL, "backward", "update"};
+  int last = -1;
   for (int i = 0; i < p->n_instrs; i++) {
-    if (p->instrs[i].kind != last && p->instrs[i].kind != TI_LOSS)
-      fprintf(out, "%s:\n", train_instr_names[p->instrs[i].kind]);
-    last = p->instrs[i].kind;
+    TPhase phase = train_instr_phase(p->instrs[i].kind);
+    if ((int)phase != last && phase_names[phase])
+      fprintf(out, "%s:\n", phase_names[phase]);
+    last = (int)phase;
     print_instr(p, &p->instrs[i], out);
   }
 }

@@ -50,8 +50,7 @@ static void remove_instr(TrainProgram *p, int i) {
   p->n_instrs--;
 }
 
-// Drops values no instruction uses any more and renumbers the rest.
-static void compact_values(TrainProgram *p) {
+void train_drop_unused_values(TrainProgram *p) {
   int *map = xcalloc(p->n_values, sizeof *map);
   for (int v = 0; v < p->n_values; v++)
     map[v] = -1;
@@ -120,6 +119,6 @@ void train_fuse_backward(TrainProgram *p, const char *const *patterns) {
     else
       i++;
   if (fused)
-    compact_values(p);
+    train_drop_unused_values(p);
 }
 

@@ -1,5 +1,8 @@
 // Model-parallel training: the partition pass's plan, run forward and transposed
-// backward on logical devices in one process (alexc train --devices N).
+// backward on logical devices in one process (alexc train --devices N). The training
+// program drives it: its forward and backward instructions call split_node_forward and
+// split_node_backward, its sends and reductions (train_add_transfers) split_send and
+// split_reduce.
 //
 // The partition pass (passes/partition.c) says which output channels of each node
 // every device computes and which channels it receives from the others (transfers).
@@ -261,45 +264,44 @@ static void piece_mask(Piece *p, const Shape whole, const uint8_t *mask, int n) 
     memcpy(p->mask + i * len * plane, mask + (i * whole.c + p->lout.begin) * plane, len * plane);
 }
 
-static void run_transfers(Split *s, int i, int n, bool backward) {
-  Shape sh = s->plan->nodes[i].out;
-  for (int k = 0; k < s->plan->n_transfers; k++) {
-    const Transfer *t = &s->plan->transfers[backward ? s->plan->n_transfers - 1 - k : k];
-    if (t->node != i)
-      continue;
-    if (!backward)  // the receiver gets the sender's channels
-      move_channels(s->act[t->to][i], sh.c, t->range.begin, s->act[t->from][i], sh.c,
-                    t->range.begin, range_len(t->range), shape_plane(sh), n, false);
-    else if (s->grad[t->from][i])  // the sender adds the receiver's partial gradient
-      move_channels(s->grad[t->from][i], sh.c, t->range.begin, s->grad[t->to][i], sh.c,
-                    t->range.begin, range_len(t->range), shape_plane(sh), n, true);
-  }
+void split_send(Split *s, int transfer, int n) {
+  const Transfer *t = &s->plan->transfers[transfer];
+  Shape sh = s->plan->nodes[t->node].out;
+  move_channels(s->act[t->to][t->node], sh.c, t->range.begin, s->act[t->from][t->node], sh.c,
+                t->range.begin, range_len(t->range), shape_plane(sh), n, false);
 }
 
-void split_forward(Split *s, const TrainKernels *k, const Weights *w, const float *x, int n,
-                   uint8_t *const *masks, float *logits) {
-  int at = 0;
-  for (int i = 1; i <= s->logits; i++) {
-    Shape sh = s->plan->nodes[i].out;
-    for (; at < s->n_pieces && s->pieces[at].node == i; at++) {
-      Piece *p = &s->pieces[at];
-      piece_gather(s, p, x, n);
-      OpCall c = piece_call(p, w, n);
-      if (!masks || !masks[i])
-        c.mask = NULL;
-      else
-        piece_mask(p, sh, masks[i], n);
-      k->forward(&c, p->y);
-      move_channels(s->act[p->device][i], sh.c, p->out.begin, p->y, range_len(p->lout),
-                    p->out.begin - p->lout.begin, range_len(p->out), shape_plane(sh), n, false);
-    }
-    run_transfers(s, i, n, false);
+void split_reduce(Split *s, int transfer, int n) {
+  const Transfer *t = &s->plan->transfers[transfer];
+  Shape sh = s->plan->nodes[t->node].out;
+  if (s->grad[t->from][t->node])
+    move_channels(s->grad[t->from][t->node], sh.c, t->range.begin, s->grad[t->to][t->node],
+                  sh.c, t->range.begin, range_len(t->range), shape_plane(sh), n, true);
+}
+
+void split_node_forward(Split *s, const TrainKernels *k, const Weights *w, const float *x,
+                        int n, uint8_t *const *masks, int i, float *logits) {
+  Shape sh = s->plan->nodes[i].out;
+  for (int at = 0; at < s->n_pieces; at++) {
+    Piece *p = &s->pieces[at];
+    if (p->node != i)
+      continue;
+    piece_gather(s, p, x, n);
+    OpCall c = piece_call(p, w, n);
+    if (!masks || !masks[i])
+      c.mask = NULL;
+    else
+      piece_mask(p, sh, masks[i], n);
+    k->forward(&c, p->y);
+    move_channels(s->act[p->device][i], sh.c, p->out.begin, p->y, range_len(p->lout),
+                  p->out.begin - p->lout.begin, range_len(p->out), shape_plane(sh), n, false);
   }
+  if (i != s->logits)
+    return;
   // The loss sees the whole logits: each device's own channels, as a transfer would.
-  Shape sh = s->plan->nodes[s->logits].out;
   for (int d = 0; d < s->devices; d++) {
-    Range r = s->plan->nodes[s->logits].place[d].stage[0];
-    move_channels(logits, sh.c, r.begin, s->act[d][s->logits], sh.c, r.begin, range_len(r),
+    Range r = s->plan->nodes[i].place[d].stage[0];
+    move_channels(logits, sh.c, r.begin, s->act[d][i], sh.c, r.begin, range_len(r),
                   shape_plane(sh), n, false);
   }
 }
@@ -330,37 +332,34 @@ static void piece_backward(Split *s, const TrainKernels *k, const Weights *w, We
   }
 }
 
-void split_backward(Split *s, const TrainKernels *k, const Weights *w, const float *dlogits,
-                    int n, Weights *gw) {
-  for (int d = 0; d < s->devices; d++)
-    for (int i = 1; i <= s->logits; i++)
-      if (s->grad[d][i])
-        memset(s->grad[d][i], 0, shape_elems(s->plan->nodes[i].out) * n * sizeof(float));
-  Shape sh = s->plan->nodes[s->logits].out;
-  for (int d = 0; d < s->devices; d++) {  // each device's share of dL/d(logits)
-    Range r = s->plan->nodes[s->logits].place[d].stage[0];
-    move_channels(s->grad[d][s->logits], sh.c, r.begin, dlogits, sh.c, r.begin, range_len(r),
-                  shape_plane(sh), n, false);
+void split_node_backward(Split *s, const TrainKernels *k, const Weights *w, int i,
+                         const float *dlogits, int n, Weights *gw) {
+  if (i == s->logits) {  // the backward starts: each device's share of dL/d(logits)
+    for (int d = 0; d < s->devices; d++)
+      for (int j = 1; j <= s->logits; j++)
+        if (s->grad[d][j])
+          memset(s->grad[d][j], 0, shape_elems(s->plan->nodes[j].out) * n * sizeof(float));
+    Shape sh = s->plan->nodes[i].out;
+    for (int d = 0; d < s->devices; d++) {
+      Range r = s->plan->nodes[i].place[d].stage[0];
+      move_channels(s->grad[d][i], sh.c, r.begin, dlogits, sh.c, r.begin, range_len(r),
+                    shape_plane(sh), n, false);
+    }
   }
-  // The logits' transfers (to the device of the softmax) need no reduction: the loss
-  // handed each device the gradient of its own logits.
-  int at = s->n_pieces - 1;
-  for (int i = s->logits; i >= 1; i--) {
-    if (s->needs_grad[i] && i != s->logits)
-      run_transfers(s, i, n, true);
-    for (; at >= 0 && s->pieces[at].node == i; at--)
-      if (s->needs_grad[i])
-        piece_backward(s, k, w, gw, &s->pieces[at], n);
-  }
+  for (int at = s->n_pieces - 1; at >= 0; at--)  // the forward's order, reversed
+    if (s->pieces[at].node == i)
+      piece_backward(s, k, w, gw, &s->pieces[at], n);
 }
+
+const Graph *split_plan(const Split *s) { return s->plan; }
 
 static void put_range(FILE *out, Range r) {
   fprintf(out, "[%lld, %lld)", (long long)r.begin, (long long)r.end);
 }
 
 void split_dump(const Split *s, FILE *out) {
-  fprintf(out, "devices: %d (the partition plan: forward pieces and transfers; backward runs "
-          "them transposed)\n", s->devices);
+  fprintf(out, "devices: %d, each node's forward and backward run as these pieces:\n",
+          s->devices);
   for (int k = 0; k < s->n_pieces; k++) {
     const Piece *p = &s->pieces[k];
     fprintf(out, "  %s on d%d: channels ", s->plan->nodes[p->node].name, p->device);
@@ -371,16 +370,6 @@ void split_dump(const Split *s, FILE *out) {
     }
     if (p->w_off || s->plan->nodes[p->node].n_weight)
       fprintf(out, "; weight rows from %lld", (long long)p->out.begin);
-    fprintf(out, "\n");
-  }
-  fprintf(out, "gradient reductions (each forward transfer, transposed):\n");
-  for (int k = 0; k < s->plan->n_transfers; k++) {
-    const Transfer *t = &s->plan->transfers[k];
-    if (t->node >= s->logits || !s->needs_grad[t->node])
-      continue;
-    fprintf(out, "  d%s on d%d += d%s on d%d, channels ", s->plan->nodes[t->node].name, t->from,
-            s->plan->nodes[t->node].name, t->to);
-    put_range(out, t->range);
     fprintf(out, "\n");
   }
 }

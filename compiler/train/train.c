@@ -5,8 +5,9 @@
 // (TrainKernels): the trainer keeps the per-image values (activations, their gradients,
 // dropout masks) in its own buffers sized for its batch, the parameter gradients in its
 // own Weights, and reads the parameters and momenta from the caller's TrainState. With
-// --devices N the forward and backward instructions are replaced by the model-parallel
-// plan of train/parallel.c; masks, loss and updates stay the program's.
+// --devices N the program also holds the plan's sends and gradient reductions, and its
+// forward and backward instructions run each device's share of their node
+// (train/parallel.c, which keeps the devices' copies).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,7 @@ typedef struct {
   int n;             // images in the batch (this process's part of it)
   int first, total;  // data parallelism: the part's first image in the global batch of
                      // `total` (0 total: the batch is whole)
+  const float *x;    // the images (a split reads them from here)
   const int32_t *labels;
   int *top1;
   double lr, loss;
@@ -96,11 +98,6 @@ Trainer *trainer_new_fused(const Graph *spec, const TrainKernels *k, int batch, 
   TrainProgram *p = autodiff(spec);
   if (!p)
     return NULL;
-  if (devices <= 1)  // the split runs its own walk of the plain graph
-    train_fuse_backward(p, patterns);
-  train_plan_memory(p);
-  if (!train_program_verify(p))
-    abort();  // autodiff, fusion or the plan broke an invariant: a bug, not a user error
   Trainer *t = xcalloc(1, sizeof *t);
   *t = (Trainer){.g = spec, .k = k, .p = p, .batch = batch,
                  .classes = (int)spec->nodes[p->logits].out.c};
@@ -109,6 +106,13 @@ Trainer *trainer_new_fused(const Graph *spec, const TrainKernels *k, int batch, 
     trainer_free(t);
     return NULL;
   }
+  if (t->split)  // its pieces run the plain ops, so nothing is fused
+    train_add_transfers(p, split_plan(t->split));
+  else
+    train_fuse_backward(p, patterns);
+  train_plan_memory(p);
+  if (!train_program_verify(p))
+    abort();  // autodiff, fusion or the plan broke an invariant: a bug, not a user error
   alloc_values(t);
   t->gw = weights_zeros(spec);
   return t;
@@ -166,24 +170,29 @@ static OpCall call_for(const Trainer *t, const Step *s, const TInstr *in, const 
 }
 
 static void run_forward(Trainer *t, const Step *s, const TInstr *in) {
+  if (t->split) {
+    float *logits = in->node == t->p->logits ? value_at(t, s, in->y) : NULL;
+    split_node_forward(t->split, t->k, s->w, s->x, s->n, s->training ? t->masks : NULL,
+                       in->node, logits);
+    return;
+  }
   const float *xs[64];
   OpCall c = call_for(t, s, in, xs);
-  double t0 = t->prof_forward ? now_seconds() : 0;
   t->k->forward(&c, value_at(t, s, in->y));
-  if (t->prof_forward)
-    t->prof_forward[in->node] += now_seconds() - t0;
 }
 
 static void run_backward(Trainer *t, const Step *s, const TInstr *in) {
+  if (t->split) {
+    split_node_backward(t->split, t->k, s->w, in->node,
+                        value_at(t, s, t->p->grad[t->p->logits]), s->n, t->gw);
+    return;
+  }
   const float *xs[64];
   float *dx[64];
   OpCall c = call_for(t, s, in, xs);
   for (int j = 0; j < in->n_x; j++)
     dx[j] = value_at(t, s, in->dx[j]);  // NULL where no gradient is wanted
-  double t0 = t->prof_backward ? now_seconds() : 0;
   t->k->backward(&c, value_at(t, s, in->dy), dx, value_at(t, s, in->dw), value_at(t, s, in->db));
-  if (t->prof_backward)
-    t->prof_backward[in->node] += now_seconds() - t0;
 }
 
 void sgd_update_span(float *w, float *v, const float *g, int64_t n, double lr) {
@@ -216,9 +225,18 @@ static void run_instr(Trainer *t, Step *s, const TInstr *in) {
       dropout_mask(s->seed, (uint64_t)s->step, node->name, shape_elems(node->out) * s->first,
                    shape_elems(node->out) * s->n, node->dropout.p, t->buf[in->mask]);
     break;
-  case TI_FORWARD:
-    if (!t->split)
-      run_forward(t, s, in);
+  case TI_FORWARD: {
+    double t0 = t->prof_forward ? now_seconds() : 0;
+    run_forward(t, s, in);
+    if (t->prof_forward)
+      t->prof_forward[in->node] += now_seconds() - t0;
+    break;
+  }
+  case TI_SEND:
+    split_send(t->split, in->transfer, s->n);
+    break;
+  case TI_REDUCE:
+    split_reduce(t->split, in->transfer, s->n);
     break;
   case TI_LOSS: {
     float *dl = t->buf[in->dy];
@@ -229,40 +247,39 @@ static void run_instr(Trainer *t, Step *s, const TInstr *in) {
       dl[j] = (float)((double)dl[j] * s->n / s->total);
     break;
   }
-  case TI_BACKWARD:
-    if (!t->split)
-      run_backward(t, s, in);
+  case TI_BACKWARD: {
+    double t0 = t->prof_backward ? now_seconds() : 0;
+    run_backward(t, s, in);
+    if (t->prof_backward)
+      t->prof_backward[in->node] += now_seconds() - t0;
     if (t->syncing) {  // buckets whose layers are done start their sums meanwhile
       start_ready_buckets(t, in->node);
       dist_progress();
     }
     break;
+  }
   case TI_UPDATE:
     run_update(t, s, in);
     break;
   }
 }
 
-// Runs the instructions of the kinds in [first, last] in program order. With a split, the
-// model-parallel forward runs before the loss and its backward after it.
-static void run(Trainer *t, Step *s, const float *x, TInstrKind first, TInstrKind last) {
+// Runs the instructions of the phases [first, last] in program order.
+static void run(Trainer *t, Step *s, const float *x, TPhase first, TPhase last) {
   const TrainProgram *p = t->p;
-  if (first <= TI_FORWARD && !t->split)
+  s->x = x;
+  if (first <= PHASE_FORWARD && !t->split)
     memcpy(t->buf[p->input], x, p->values[p->input].elems * s->n * sizeof(float));
   for (int i = 0; i < p->n_instrs; i++) {
     const TInstr *in = &p->instrs[i];
-    if (in->kind < first || in->kind > last)
+    TPhase phase = train_instr_phase(in->kind);
+    if (phase < first || phase > last)
       continue;
     zero_gradients_born_at(t, i, s->n);
-    if (t->split && in->kind == TI_LOSS)
-      split_forward(t->split, t->k, s->w, x, s->n, s->training ? t->masks : NULL,
-                    t->buf[p->act[p->logits]]);
     double t0 = in->kind == TI_UPDATE && t->prof_update ? now_seconds() : 0;
     run_instr(t, s, in);
     if (in->kind == TI_UPDATE && t->prof_update)
       *t->prof_update += now_seconds() - t0;
-    if (t->split && in->kind == TI_LOSS)
-      split_backward(t->split, t->k, s->w, t->buf[p->grad[p->logits]], s->n, t->gw);
   }
 }
 
@@ -282,7 +299,7 @@ double trainer_grad(Trainer *t, const Weights *w, uint64_t seed, int64_t step, c
     return NAN;
   Step s = {.w = w, .seed = seed, .step = step, .training = true, .n = n, .labels = labels,
             .top1 = top1};
-  run(t, &s, x, TI_MASK, TI_BACKWARD);
+  run(t, &s, x, PHASE_MASK, PHASE_BACKWARD);
   for (int i = 0; grad && i < grad->n; i++)  // the same graph: the same tensors in order
     memcpy(grad->data[i], t->gw->data[i], grad->info[i].elems * sizeof(float));
   return s.loss;
@@ -294,7 +311,7 @@ double trainer_step(Trainer *t, TrainState *st, double lr, const float *x, const
   if (loss != loss)
     return loss;
   Step s = {.w = st->w, .v = st->v, .n = n, .lr = lr};
-  run(t, &s, x, TI_UPDATE, TI_UPDATE);
+  run(t, &s, x, PHASE_UPDATE, PHASE_UPDATE);
   st->step++;
   return loss;
 }
@@ -360,7 +377,7 @@ double trainer_step_part(Trainer *t, TrainState *st, double lr, const float *x,
     Step s = {.w = st->w, .seed = st->seed, .step = st->step, .training = true, .n = n,
               .first = first, .total = total, .labels = labels, .top1 = &hits};
     t->syncing = true;
-    run(t, &s, x, TI_MASK, TI_BACKWARD);
+    run(t, &s, x, PHASE_MASK, PHASE_BACKWARD);
     t->syncing = false;
     loss_sum = n * s.loss;
   } else {  // nothing of this batch here: a zero gradient, still summed with the others'
@@ -369,7 +386,7 @@ double trainer_step_part(Trainer *t, TrainState *st, double lr, const float *x,
   }
   finish_buckets(t);
   Step u = {.w = st->w, .v = st->v, .lr = lr};
-  run(t, &u, x, TI_UPDATE, TI_UPDATE);
+  run(t, &u, x, PHASE_UPDATE, PHASE_UPDATE);
   st->step++;
   if (top1)
     *top1 = hits;
@@ -380,11 +397,7 @@ void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *
   const float *logits_buf = t->buf[t->p->act[t->p->logits]];
   for (int at = 0; at < n; at += t->batch) {
     Step s = {.w = w, .n = n - at < t->batch ? n - at : t->batch};
-    const float *xa = x + (int64_t)at * shape_elems(t->g->nodes[0].out);
-    if (t->split)
-      split_forward(t->split, t->k, w, xa, s.n, NULL, (float *)logits_buf);
-    else
-      run(t, &s, xa, TI_FORWARD, TI_FORWARD);
+    run(t, &s, x + (int64_t)at * shape_elems(t->g->nodes[0].out), PHASE_FORWARD, PHASE_FORWARD);
     memcpy(logits + (int64_t)at * t->classes, logits_buf, (size_t)s.n * t->classes * sizeof(float));
   }
 }

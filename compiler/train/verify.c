@@ -145,6 +145,63 @@ static bool check_plan(const TrainProgram *p) {
   return true;
 }
 
+// Where instruction kind `kind` of node `node` is (the first, or the last when `last`);
+// -1 if none.
+static int find(const TrainProgram *p, TInstrKind kind, int node, bool last) {
+  int at = -1;
+  for (int i = 0; i < p->n_instrs; i++)
+    if (p->instrs[i].kind == kind && p->instrs[i].node == node && (last || at < 0))
+      at = i;
+  return at;
+}
+
+// Whether instruction i reads (as an input) or adds to (as an input's gradient) value v.
+static bool uses_as_input(const TInstr *in, int v, bool gradient) {
+  for (int j = 0; j < in->n_x; j++)
+    if ((gradient ? (in->dx ? in->dx[j] : -1) : in->x[j]) == v)
+      return true;
+  return false;
+}
+
+static bool transfer_fail(const TrainProgram *p, int t, const char *what) {
+  const Transfer *tr = &p->plan->transfers[t];
+  fprintf(stderr, "alexc: internal error: training program: transfer %d (%s, d%d -> d%d) %s\n",
+          t, p->g->nodes[tr->node].name, tr->from, tr->to, what);
+  return false;
+}
+
+// With a plan: each transfer is sent once, after its node's forward and before any
+// forward that reads the node; and reduced once when its node wants a gradient (and is
+// not the logits), after every backward that adds to that gradient and before the
+// node's own backward: a device's gradient is complete before its backward reads it.
+static bool check_transfers(const TrainProgram *p) {
+  for (int t = 0; p->plan && t < p->plan->n_transfers; t++) {
+    int node = p->plan->transfers[t].node, sends = 0, reduces = 0, send = -1, reduce = -1;
+    for (int i = 0; i < p->n_instrs; i++)
+      if (p->instrs[i].transfer == t && p->instrs[i].kind == TI_SEND)
+        sends++, send = i;
+      else if (p->instrs[i].transfer == t && p->instrs[i].kind == TI_REDUCE)
+        reduces++, reduce = i;
+    bool wants = p->needs_grad[node] && node != p->logits;
+    if (sends != 1 || reduces != wants)
+      return transfer_fail(p, t, wants ? "is not sent and reduced exactly once"
+                                       : "is not sent exactly once, or is reduced");
+    if (send < find(p, TI_FORWARD, node, false))
+      return transfer_fail(p, t, "is sent before its node's forward");
+    for (int i = 0; i < p->n_instrs; i++) {
+      const TInstr *in = &p->instrs[i];
+      if (in->kind == TI_FORWARD && uses_as_input(in, p->act[node], false) && i < send)
+        return transfer_fail(p, t, "is sent after a forward that reads it");
+      if (wants && in->kind == TI_BACKWARD && uses_as_input(in, p->grad[node], true) &&
+          i > reduce)
+        return transfer_fail(p, t, "is reduced before a backward adds to its gradient");
+    }
+    if (wants && reduce > find(p, TI_BACKWARD, node, true))
+      return transfer_fail(p, t, "is reduced after its node's backward");
+  }
+  return true;
+}
+
 bool train_program_verify(const TrainProgram *p) {
   for (int v = 0; v < p->n_values; v++)
     if (!value_ok(p, v)) {
@@ -184,7 +241,7 @@ bool train_program_verify(const TrainProgram *p) {
       }
     }
   }
-  ok = ok && check_order(p, use) && check_plan(p);
+  ok = ok && check_order(p, use) && check_plan(p) && check_transfers(p);
   free(use);
   return ok;
 }

@@ -6,7 +6,8 @@
 // for; the memory plan shares memory and verifies; one step's loss and gradients and two
 // SGD steps' weights are bit-identical between the fused and plain programs with both
 // kernel tables. Then broken programs, each made by editing a good one, must be refused
-// by the verifier.
+// by the verifier. The same for the program of a model-parallel split (sends and
+// reductions in place of the plan's transfers).
 //
 // usage: test_program SPEC...
 #include <stdlib.h>
@@ -193,6 +194,44 @@ static void check_refusals(const Graph *g, const char *spec) {
   }
 }
 
+// The program of a model-parallel split: the plan's transfers as sends and reductions,
+// verified on 2 to 4 devices; then three edits the verifier must refuse.
+static void check_split(const Graph *g, const char *spec) {
+  for (int devices = 2; devices <= 4; devices++) {
+    TrainProgram *p = autodiff(g);
+    Split *s = p ? split_new(g, devices, 2, p->logits, p->needs_grad) : NULL;
+    if (!s) {
+      expect(false, "a split program", spec);
+      train_program_free(p);
+      continue;
+    }
+    train_add_transfers(p, split_plan(s));
+    train_plan_memory(p);
+    expect(train_program_verify(p), "the split program verifies", spec);
+    int reduce = find_instr(p, TI_REDUCE, 0), send = find_instr(p, TI_SEND, 0);
+    if (devices == 2 && reduce >= 0 && send >= 0) {
+      printf("  %s: expect refusals of a send before its forward, a reduction after its "
+             "node's backward, and a lost reduction:\n", spec);
+      fflush(stdout);
+      swap_instrs(p, send, send - 1);  // the forward before it is its node's
+      expect(!train_program_verify(p), "a send before its node's forward", spec);
+      swap_instrs(p, send, send - 1);
+      int r = reduce;  // the last reduction of its node, then its backward
+      while (p->instrs[r + 1].kind == TI_REDUCE)
+        r++;
+      swap_instrs(p, r, r + 1);
+      expect(!train_program_verify(p), "a reduction after its node's backward", spec);
+      swap_instrs(p, r, r + 1);
+      memmove(&p->instrs[reduce], &p->instrs[reduce + 1],  // a reduction lost
+              (p->n_instrs - reduce - 1) * sizeof *p->instrs);
+      p->n_instrs--;
+      expect(!train_program_verify(p), "a lost reduction", spec);
+    }
+    train_program_free(p);
+    split_free(s);
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: test_program SPEC...\n");
@@ -209,6 +248,7 @@ int main(int argc, char **argv) {
     check_bits(g, &ref_train_kernels, argv[i]);
     check_bits(g, &cpu_train_kernels, argv[i]);
     check_refusals(g, argv[i]);
+    check_split(g, argv[i]);
     printf("%s %s\n", failures == before ? "ok  " : "FAIL", argv[i]);
     graph_free(g);
   }
