@@ -1,5 +1,7 @@
-# 20 SGD steps through the trainer against PyTorch (tests/train/golden/, written by
-# make_train_golden.py), with each kernel table. mini_alexnet: label 'train'. AlexNet:
+# SGD steps through the trainer against PyTorch (tests/train/golden/, written by
+# make_train_golden.py), with each kernel table: 20 for mini_alexnet, 5 for AlexNet (no
+# 20-step AlexNet run keeps float32 PyTorch within 1e-5 of float64: see ALEXNET in
+# make_train_golden.py). mini_alexnet: label 'train'. AlexNet:
 # label 'slow' only (the double-accumulating reference backward takes minutes on it), and
 # not in the sanitizer build. The .dN tests train on N logical devices (--devices N) and
 # also check the result against one device's: 2 is the paper's split, 4 splits conv2's

@@ -1,5 +1,5 @@
-// 20 steps of SGD through the trainer against PyTorch (tests/train/golden/CASE, written by
-// tests/train/make_train_golden.py in float64).
+// Steps of SGD through the trainer against PyTorch (tests/train/golden/CASE, written by
+// tests/train/make_train_golden.py in float64): 20 for mini-AlexNet, 5 for AlexNet.
 //
 //   test_steps ref|cpu GOLDEN_DIR [DEVICES]
 //
