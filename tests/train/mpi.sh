@@ -48,10 +48,12 @@ metrics_close() {
   [ "$(wc -l < "$1")" -eq "$(wc -l < "$2")" ] || fail "$1 and $2 hold different numbers of rows"
 }
 
+cases=0
 # same_as_one N B TARGET ARGS...: N ranks at batch B against one process at N*B.
 same_as_one() {
   local n="$1" b="$2" target="$3"; shift 3
-  local one="$tmp/one-$n-$target" many="$tmp/many-$n-$target"
+  cases=$((cases + 1))
+  local one="$tmp/one-$cases" many="$tmp/many-$cases"
   train 0 "$one" --batch $((n * b)) --target "$target" "$@" > /dev/null
   train "$n" "$many" --batch "$b" --target "$target" "$@" > "$many.log"
   grep -q "$n ranks of batch $b" "$many.log" || fail "the run does not say it has $n ranks: $(cat "$many.log")"
@@ -70,6 +72,8 @@ same() {
   same_as_one 2 20 cpu --limit 410 --epochs 2 --lr 0.01
   # 301 images at 30 a step: the last batch has 1 image, so two of the 3 ranks hold none.
   same_as_one 3 10 cpu --limit 301 --epochs 2 --lr 0.01
+  # Ranks of 2 logical devices each (the model-parallel split inside every rank).
+  same_as_one 2 20 cpu --limit 410 --epochs 1 --lr 0.01 --devices 2
 }
 
 # The reference kernels (slow): 20 steps of 8.
