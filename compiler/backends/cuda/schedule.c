@@ -159,7 +159,8 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
   rt_plan_add_step(p, &chunk);
   RtAddr col = {RT_SPACE_SCRATCH, cg.kernels * P, 0, 0};
   RtStep im = step(RT_STEP_KERNEL, d, n, iname);
-  im.work = cg.groups * cg.kk * P;
+  // A thread per (image, input channel, pixel), each writing its K x K taps.
+  im.work = cg.groups * (cg.kk / ((int64_t)n->conv.kernel * n->conv.kernel)) * P;
   im.n_args = 2;
   im.args[0] = (RtAddr){RT_SPACE_ARENA, pi->offset, 0, range_len(pi->held) * shape_plane(in->out)};
   im.args[1] = col;

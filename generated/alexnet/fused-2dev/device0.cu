@@ -56,7 +56,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node01_im2col
 
-// im2col for groups [0, 1): one thread per column-matrix element.
+// im2col for groups [0, 1): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k01_conv1_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -65,20 +66,30 @@ extern "C" __global__ void k01_conv1_im2col(
   constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD_TOP = 0, PAD_LEFT = 0;
   constexpr int OUT_H = 55, OUT_W = 55, IN_PER_GROUP = 3;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -192,7 +203,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node02_im2col
 
-// im2col for groups [0, 1): one thread per column-matrix element.
+// im2col for groups [0, 1): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k02_conv2_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -201,20 +213,30 @@ extern "C" __global__ void k02_conv2_im2col(
   constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD_TOP = 2, PAD_LEFT = 2;
   constexpr int OUT_H = 27, OUT_W = 27, IN_PER_GROUP = 48;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -364,7 +386,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node04_im2col
 
-// im2col for groups [0, 1): one thread per column-matrix element.
+// im2col for groups [0, 1): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k04_conv3_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -373,20 +396,30 @@ extern "C" __global__ void k04_conv3_im2col(
   constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 256;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -461,7 +494,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node05_im2col
 
-// im2col for groups [0, 1): one thread per column-matrix element.
+// im2col for groups [0, 1): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k05_conv4_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -470,20 +504,30 @@ extern "C" __global__ void k05_conv4_im2col(
   constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -558,7 +602,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node06_im2col
 
-// im2col for groups [0, 1): one thread per column-matrix element.
+// im2col for groups [0, 1): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k06_conv5_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -567,20 +612,30 @@ extern "C" __global__ void k06_conv5_im2col(
   constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
