@@ -13,6 +13,7 @@
 #include "alexrt_cuda.h"
 
 #define CUDA_BLOCK 256  // threads per block of every generated kernel
+#define CUDA_WARP 32    // threads per warp (the softmax's threads per image)
 
 // How a conv layer is computed (`--conv`):
 //   gemm    im2col kernel + one cuBLAS SGEMM per group + one epilogue kernel (bias and

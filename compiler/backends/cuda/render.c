@@ -249,26 +249,39 @@ static void emit_softmax(const Ctx *x, const char *kname) {
   const Placement *pi = &in->place[x->device], *po = &n->place[x->device];
   Range r = po->stage[0];
   fprintf(x->f,
-          "// One thread per image: the normaliser needs the whole vector, and a vector\n"
-          "// of %lld is small next to the layers before it.\n"
+          "// A warp per image: the normaliser needs the whole vector of %lld. Lane l reads\n"
+          "// elements l, l + 32, ... (a warp's loads are consecutive floats: coalesced) and\n"
+          "// keeps their max and sum; shuffles combine the 32 lanes' values, leaving every\n"
+          "// lane the same max and sum (each step adds the same two values, in either order).\n"
           "extern \"C\" __global__ void %s(\n    ",
           (long long)n->out.c, kname);
   emit_params(x, true);
   fprintf(x->f,
           ") {\n"
-          "  constexpr int N = %lld;\n"
+          "  constexpr int N = %lld, WARP = 32;\n"
           "  constexpr int IN_HELD_BEGIN = %lld, IN_HELD = %lld;\n"
           "  constexpr int OUT_HELD_BEGIN = %lld, OUT_HELD = %lld;\n"
           "  constexpr int C_BEGIN = %lld, C_END = %lld;  // computed here\n"
-          "  for (long long img = blockIdx.x * (long long)blockDim.x + threadIdx.x; img < batch;\n"
-          "       img += (long long)gridDim.x * blockDim.x) {\n"
+          "  constexpr unsigned ALL = 0xffffffffu;  // every lane takes part in each shuffle\n"
+          "  const int lane = threadIdx.x %% WARP;\n"
+          "  // The lanes of a warp take the same images (blockDim is a multiple of 32), so they\n"
+          "  // meet at every shuffle.\n"
+          "  for (long long img = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / WARP; img < batch;\n"
+          "       img += (long long)gridDim.x * blockDim.x / WARP) {\n"
           "    const float *v = x0 + img * IN_HELD - IN_HELD_BEGIN;\n"
-          "    float m = -INFINITY, sum = 0.0f;\n"
-          "    for (int k = 0; k < N; k++)\n"
+          "    float m = -INFINITY;\n"
+          "    for (int k = lane; k < N; k += WARP)\n"
           "      m = v[k] > m ? v[k] : m;\n"
-          "    for (int k = 0; k < N; k++)\n"
+          "    for (int o = WARP / 2; o > 0; o /= 2) {\n"
+          "      const float other = __shfl_xor_sync(ALL, m, o);\n"
+          "      m = other > m ? other : m;\n"
+          "    }\n"
+          "    float sum = 0.0f;\n"
+          "    for (int k = lane; k < N; k += WARP)\n"
           "      sum += expf(v[k] - m);\n"
-          "    for (int k = C_BEGIN; k < C_END; k++)\n"
+          "    for (int o = WARP / 2; o > 0; o /= 2)\n"
+          "      sum += __shfl_xor_sync(ALL, sum, o);\n"
+          "    for (int k = C_BEGIN + lane; k < C_END; k += WARP)\n"
           "      y[img * OUT_HELD + (k - OUT_HELD_BEGIN)] = expf(v[k] - m) / sum;\n"
           "  }\n"
           "}\n",

@@ -344,7 +344,8 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const 
     return false;
   fputc('\n', src);
   RtStep s = step(RT_STEP_KERNEL, d, n, kname);
-  s.work = n->op == OP_SOFTMAX ? 1 : range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
+  s.work = n->op == OP_SOFTMAX ? CUDA_WARP  // a warp per image (render.c)
+                               : range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
   for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++) {
     // A device's share of a concat may read none of one input (a branch kept on another
     // device), which then has no buffer here: the kernel never touches it, so the
