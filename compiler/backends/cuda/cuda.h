@@ -33,6 +33,7 @@
 typedef enum { CUDA_CONV_GEMM, CUDA_CONV_DIRECT, CUDA_CONV_IMPLICIT, CUDA_CONV_FUSED } CudaConv;
 
 #define CUDA_SCRATCH_BYTES ((int64_t)256 << 20)  // default per-device scratch budget
+#define CUDA_CHUNK_ALIGN 8  // images per chunk: a multiple of this (see schedule.c)
 #define CUDA_MAX_LAYER_CONVS 16                  // per-layer --conv choices at most
 
 typedef struct {

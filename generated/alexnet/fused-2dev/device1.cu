@@ -13,7 +13,7 @@
 // Convolutions (--conv gemm): an im2col kernel writes the column matrix of a chunk
 // of images to scratch, cuBLAS (one GEMM per group) computes each conv output
 // once, and the conv's kernel is its epilogue (bias + fused ReLU/LRN/pool) reading
-// the GEMM output. Scratch: 1249325 floats per image, 53 images per chunk.
+// the GEMM output. Scratch: 1249325 floats per image, 48 images per chunk.
 //
 //   k01_conv1_im2col       conv1                        3x227x227 -> columns, channels [46, 96)
 //   k01_conv1              conv1+relu1+norm1+pool1      3x227x227 -> 96x27x27, channels [48, 96)

@@ -14,7 +14,7 @@
 // im2col buffer) computes each conv output once into scratch, and the conv's
 // kernel is its epilogue (bias + fused ReLU/LRN/pool) reading it; a conv with a
 // ReLU or nothing after it is the one kernel, adding the bias and the ReLU
-// itself. Scratch: 290400 floats per image, 231 images per chunk.
+// itself. Scratch: 290400 floats per image, 224 images per chunk.
 //
 //   k01_conv1_implicit     conv1                        3x227x227 -> 96x55x55, channels [0, 96)
 //   k01_conv1              conv1+relu1+norm1+pool1      3x227x227 -> 96x27x27, channels [0, 96)
