@@ -570,7 +570,7 @@ void emit_header(const Graph *g, int d, const char *how, const CudaOptions *o,
           "//\n",
           g->name, how, d, g->n_devices);
   static const char *const GEMMS[] = {
-      [RT_FP32] = "GEMMs in fp32 (cublasSgemm, pedantic: no TF32)",
+      [RT_FP32] = "GEMMs in fp32 (cublasSgemm, default math mode: no TF32)",
       [RT_TF32] = "GEMMs on TF32 tensor cores (float operands and sums)",
       [RT_BF16] = ("GEMMs on bfloat16 operands (im2col columns, fc inputs and weights),\n"
                    "// float sums and outputs")};

@@ -8,7 +8,7 @@
 // in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,
 // then the batch size; everything else is a constant.
 //
-// Precision fp32: GEMMs in fp32 (cublasSgemm, pedantic: no TF32).
+// Precision fp32: GEMMs in fp32 (cublasSgemm, default math mode: no TF32).
 //
 // Convolutions (--conv fused): a conv node is one kernel. A block computes, with
 // an implicit GEMM, the conv output its output tile needs (LRN halo and pool

@@ -8,7 +8,7 @@
 // in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,
 // then the batch size; everything else is a constant.
 //
-// Precision fp32: GEMMs in fp32 (cublasSgemm, pedantic: no TF32).
+// Precision fp32: GEMMs in fp32 (cublasSgemm, default math mode: no TF32).
 //
 // Convolutions (--conv implicit): a tiled implicit-GEMM kernel (shared memory, no
 // im2col buffer) computes each conv output once into scratch, and the conv's

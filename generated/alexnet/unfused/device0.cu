@@ -8,7 +8,7 @@
 // in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,
 // then the batch size; everything else is a constant.
 //
-// Precision fp32: GEMMs in fp32 (cublasSgemm, pedantic: no TF32).
+// Precision fp32: GEMMs in fp32 (cublasSgemm, default math mode: no TF32).
 //
 // Convolutions (--conv gemm): an im2col kernel writes the column matrix of a chunk
 // of images to scratch, cuBLAS (one GEMM per group) computes each conv output
