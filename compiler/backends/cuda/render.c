@@ -157,9 +157,12 @@ static bool emit_stage(const Ctx *x, int k) {
     break;
   case OP_LRN: {
     const LrnAttrs *a = &s->lrn;
+    // The paper's beta, 0.75: x^-0.75 = x^-0.5 * x^-0.25, rsqrtf and a sqrtf instead of
+    // powf's logarithm and exponential. Other betas keep powf.
+    bool three_quarters = a->beta == 0.75;
     fprintf(f,
             "  constexpr int HALF = %d, PER_GROUP = %lld;  // window: c +- HALF within c's group\n"
-            "  constexpr float K = %s, ALPHA = %s, BETA = %s;\n"
+            "  constexpr float K = %s, ALPHA = %s%s%s;\n"
             "  const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;\n"
             "  const int lo = c - HALF < first ? first : c - HALF;\n"
             "  const int hi = c + HALF > last ? last : c + HALF;\n"
@@ -171,9 +174,13 @@ static bool emit_stage(const Ctx *x, int k) {
             "    if (j == c)\n"
             "      centre = v;\n"
             "  }\n"
-            "  return centre / powf(K + ALPHA * sum, BETA);\n",
+            "%s",
             a->size / 2, (long long)(in.c / a->groups), flit(a->k, fa), flit(a->alpha, fb),
-            flit(a->beta, fc), prev);
+            three_quarters ? "" : ", BETA = ", three_quarters ? "" : flit(a->beta, fc), prev,
+            three_quarters ? "  // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.\n"
+                             "  const float r = rsqrtf(K + ALPHA * sum);\n"
+                             "  return centre * (r * sqrtf(r));\n"
+                           : "  return centre / powf(K + ALPHA * sum, BETA);\n");
     break;
   }
   case OP_MAXPOOL: {

@@ -132,7 +132,7 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 // Stage 2, norm1: lrn 96x55x55 -> 96x55x55, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
 __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 96;  // window: c +- HALF within c's group
-  constexpr float K = 2.0f, ALPHA = 0.0001f, BETA = 0.75f;
+  constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
   const int lo = c - HALF < first ? first : c - HALF;
   const int hi = c + HALF > last ? last : c + HALF;
@@ -144,7 +144,9 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
     if (j == c)
       centre = v;
   }
-  return centre / powf(K + ALPHA * sum, BETA);
+  // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
+  const float r = rsqrtf(K + ALPHA * sum);
+  return centre * (r * sqrtf(r));
 }
 
 // Stage 3, pool1: maxpool 96x55x55 -> 96x27x27, 3x3 window, stride 2, pad 0.
@@ -391,7 +393,7 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 // Stage 2, norm2: lrn 256x27x27 -> 256x27x27, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
 __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 256;  // window: c +- HALF within c's group
-  constexpr float K = 2.0f, ALPHA = 0.0001f, BETA = 0.75f;
+  constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
   const int lo = c - HALF < first ? first : c - HALF;
   const int hi = c + HALF > last ? last : c + HALF;
@@ -403,7 +405,9 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
     if (j == c)
       centre = v;
   }
-  return centre / powf(K + ALPHA * sum, BETA);
+  // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
+  const float r = rsqrtf(K + ALPHA * sum);
+  return centre * (r * sqrtf(r));
 }
 
 // Stage 3, pool2: maxpool 256x27x27 -> 256x13x13, 3x3 window, stride 2, pad 0.
