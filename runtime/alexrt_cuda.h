@@ -34,7 +34,7 @@
 typedef enum { RT_SPACE_ARENA, RT_SPACE_WEIGHTS, RT_SPACE_SCRATCH } RtSpace;
 
 // The arithmetic of the GEMMs (`--precision`); everything else is float32 always.
-//   fp32  cublasSgemm in pedantic math mode: no TF32 anywhere
+//   fp32  cublasSgemm in the default math mode: no TF32 (never used for Sgemm there)
 //   tf32  float operands, multiplied on TF32 tensor cores (10-bit mantissa), float sums
 //   bf16  bfloat16 operands (weights converted at upload, im2col columns and fc inputs
 //         written as bfloat16), float sums and outputs

@@ -216,9 +216,10 @@ static bool set_math(RtCuda *r, int d, cublasMath_t mode) {
   return true;
 }
 
-// fp32: cublasSgemm in pedantic math mode (no TF32 anywhere); tf32: the same call with
-// TF32 tensor-core math allowed; bf16: cublasGemmEx on bfloat16 A and B with float
-// accumulation and a float C. One handle serves all: its math mode is set when a GEMM
+// fp32: cublasSgemm in the default math mode, which never uses TF32 for Sgemm (pedantic
+// mode is meant for numerical studies and may be slower, cuBLAS's documentation says);
+// tf32: the same call with TF32 tensor-core math allowed; bf16: cublasGemmEx on bfloat16
+// A and B with float accumulation and a float C. One handle serves all: its math mode is set when a GEMM
 // needs another than the last.
 static bool gemm(void *ctx, int d, RtPrecision prec, char transa, char transb, int64_t m,
                  int64_t n, int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b,
@@ -234,9 +235,7 @@ static bool gemm(void *ctx, int d, RtPrecision prec, char transa, char transb, i
   cublasOperation_t tb = transb == 'T' ? CUBLAS_OP_T : CUBLAS_OP_N;
   const void *A = (const void *)(uintptr_t)a, *B = (const void *)(uintptr_t)b;
   float *C = (float *)(uintptr_t)c;
-  if (!set_math(r, d, prec == RT_BF16   ? CUBLAS_DEFAULT_MATH
-                     : prec == RT_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                       : CUBLAS_PEDANTIC_MATH))
+  if (!set_math(r, d, prec == RT_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH))
     return false;
   if (prec == RT_BF16)
     return blas_ok(blas.cublasGemmEx(h, ta, tb, (int)m, (int)n, (int)k, &alpha, A, CUDA_R_16BF,

@@ -17,6 +17,14 @@
 // The runner first runs thread 0 as a fiber: if it finishes without a barrier, the
 // other threads are plain calls (and one that does reach a barrier is an error).
 //
+// __shfl_xor_sync (the softmax's warp reductions) is a meeting point of the 32 lanes of
+// a warp: each lane gives its value and waits; when every lane of the warp waits at its
+// same (n-th) shuffle, each gets its partner's value and they go on. Warps are
+// independent of each other (one may finish while another still shuffles). A warp whose
+// lanes do not all arrive (a lane finished, or waits at a barrier, or at another
+// shuffle), a mask other than all 32 lanes, or lanes asking for different partners is
+// an error: on a GPU, undefined behaviour.
+//
 // __shared__ variables are `static thread_local`: one copy per OS thread, which the
 // fibers of the block running on it share, as a block's threads share shared memory.
 // Blocks of a launch must therefore run one after another on a thread (as they do).
@@ -67,6 +75,13 @@ struct dim3 {
 // The bit-cast intrinsic the bfloat16 conversion uses (--precision bf16).
 static inline unsigned __float_as_uint(float f) { return emu_bits(f); }
 
+// CUDA's rsqrtf (the LRN's x^-0.75) is not correctly rounded: the CUDA C++ Programming
+// Guide gives it 2 ulp of maximum error. The emulation adds that much (2 ulp above
+// 1 / sqrtf(x)), so the accuracy the tests measure allows for the approximation.
+static inline float rsqrtf(float x) {
+  return nextafterf(nextafterf(1.0f / sqrtf(x), INFINITY), INFINITY);
+}
+
 static thread_local dim3 blockIdx, threadIdx, blockDim, gridDim;
 
 static void set_thread(unsigned block, unsigned thread, unsigned block_dim, unsigned grid_dim) {
@@ -91,7 +106,13 @@ struct Fiber {
   ucontext_t context;
   char *stack;          // STACK_BYTES, above a guard page
   unsigned barriers;    // __syncthreads() reached
+  unsigned shuffles;    // __shfl_xor_sync() reached
   bool started, finished;
+  bool at_barrier;      // waiting at a __syncthreads() for the other threads
+  bool at_shuffle;      // waiting at a shuffle: its value, mask and partner lane offset
+  float shuffle_value;
+  unsigned shuffle_mask;
+  int shuffle_xor;
   void *fake_stack;     // ASan's, while switched away
 };
 
@@ -105,7 +126,7 @@ struct Block {
   unsigned current;     // the fiber running
   ucontext_t scheduler;
   bool direct;          // threads 1.. run as plain calls: thread 0 met no barrier
-  unsigned direct_barriers;
+  unsigned direct_barriers, direct_shuffles;
   const void *scheduler_stack;  // ASan: the scheduler's stack, to switch back to it
   size_t scheduler_stack_size;
   void *scheduler_fake_stack;
@@ -154,19 +175,16 @@ static bool resume(Block *b, unsigned t) {
   return true;
 }
 
-static void barrier() {
-  Block *b = active;
-  if (!b) {
-    fprintf(stderr, "cuda_emu: __syncthreads() in a kernel not run through "
-                    "alexc_emu_run_block()\n");
+static Block *active_block(const char *what) {
+  if (!active) {
+    fprintf(stderr, "cuda_emu: %s in a kernel not run through alexc_emu_run_block()\n", what);
     abort();
   }
-  if (b->direct) {  // counted; run_block reports the mismatch with thread 0
-    b->direct_barriers++;
-    return;
-  }
-  Fiber *f = &b->fibers[b->current];
-  f->barriers++;
+  return active;
+}
+
+// The running fiber hands control back to the scheduler until it is resumed.
+static void yield(Block *b, Fiber *f) {
 #ifdef ALEXC_EMU_ASAN
   __sanitizer_start_switch_fiber(&f->fake_stack, b->scheduler_stack, b->scheduler_stack_size);
 #endif
@@ -174,6 +192,77 @@ static void barrier() {
 #ifdef ALEXC_EMU_ASAN
   __sanitizer_finish_switch_fiber(f->fake_stack, &b->scheduler_stack, &b->scheduler_stack_size);
 #endif
+}
+
+static void barrier() {
+  Block *b = active_block("__syncthreads()");
+  if (b->direct) {  // counted; run_block reports the mismatch with thread 0
+    b->direct_barriers++;
+    return;
+  }
+  Fiber *f = &b->fibers[b->current];
+  f->barriers++;
+  f->at_barrier = true;
+  yield(b, f);
+}
+
+// The value of lane (this lane ^ lane_xor) of the warp, once every lane has given its.
+// The scheduler (exchange) puts it in shuffle_value before resuming the lane.
+static float shuffle_xor(unsigned mask, float value, int lane_xor) {
+  Block *b = active_block("__shfl_xor_sync()");
+  if (b->direct) {  // thread 0 met none: counted, reported as for barriers
+    b->direct_shuffles++;
+    return value;
+  }
+  Fiber *f = &b->fibers[b->current];
+  f->shuffles++;
+  f->at_shuffle = true;
+  f->shuffle_value = value;
+  f->shuffle_mask = mask;
+  f->shuffle_xor = lane_xor;
+  yield(b, f);
+  return f->shuffle_value;
+}
+
+// After a round: each warp with a lane waiting at a shuffle has every lane waiting at
+// the same shuffle, same mask and partner offset; then each lane gets its partner's
+// value and may go on. Sets *any when some warp exchanged; false after a message.
+static bool exchange(Block *b, bool *any) {
+  *any = false;
+  for (unsigned w = 0; w * 32 < b->block_dim; w++) {
+    Fiber *lane = &b->fibers[w * 32];
+    bool waiting = false;
+    for (unsigned l = 0; l < 32 && w * 32 + l < b->block_dim; l++)
+      waiting |= lane[l].at_shuffle;
+    if (!waiting)
+      continue;
+    if (b->block_dim % 32) {
+      fprintf(stderr, "cuda_emu: block %u: a shuffle in a block of %u threads, not whole "
+                      "warps\n", b->block, b->block_dim);
+      return false;
+    }
+    for (unsigned l = 0; l < 32; l++) {
+      const Fiber *f = &lane[l];
+      if (!f->at_shuffle || f->shuffles != lane[0].shuffles || f->shuffle_mask != 0xffffffffu ||
+          f->shuffle_xor != lane[0].shuffle_xor || f->shuffle_xor < 0 || f->shuffle_xor > 31) {
+        fprintf(stderr, "cuda_emu: block %u warp %u: lane %u %s (shuffle %u, mask %#x, xor %d); "
+                        "lane 0 at shuffle %u (mask %#x, xor %d)\n", b->block, w, l,
+                f->at_shuffle ? "at a shuffle" : f->finished ? "finished" : "at a barrier",
+                f->shuffles, f->shuffle_mask, f->shuffle_xor, lane[0].shuffles,
+                lane[0].shuffle_mask, lane[0].shuffle_xor);
+        return false;
+      }
+    }
+    float given[32];
+    for (unsigned l = 0; l < 32; l++)
+      given[l] = lane[l].shuffle_value;
+    for (unsigned l = 0; l < 32; l++) {
+      lane[l].shuffle_value = given[l ^ (unsigned)lane[l].shuffle_xor];
+      lane[l].at_shuffle = false;
+    }
+    *any = true;
+  }
+  return true;
 }
 
 // After a round: every thread has reached as many barriers as thread 0, and has finished
@@ -199,32 +288,46 @@ static int run(Block *b) {
     b->direct = true;
     for (unsigned t = 1; t < b->block_dim; t++) {
       set_thread(b->block, t, b->block_dim, b->grid_dim);
-      b->direct_barriers = 0;
+      b->direct_barriers = b->direct_shuffles = 0;
       b->thread(b->arg);
-      if (b->direct_barriers) {
-        fprintf(stderr, "cuda_emu: block %u: thread %u reached %u __syncthreads(), thread 0 "
-                        "none\n", b->block, t, b->direct_barriers);
+      if (b->direct_barriers || b->direct_shuffles) {
+        fprintf(stderr, "cuda_emu: block %u: thread %u reached %u __syncthreads() and %u "
+                        "shuffles, thread 0 none\n", b->block, t, b->direct_barriers,
+                b->direct_shuffles);
         return -1;
       }
     }
     return 0;
   }
-  for (;;) {  // a round: every thread to its next barrier (or its end)
-    for (unsigned t = 1; t < b->block_dim; t++)
-      if (!resume(b, t))
+  // A round: every thread that may go on (thread 0 is already at its first stop) runs to
+  // its next barrier, shuffle or end. Warps whose lanes all wait at a shuffle exchange
+  // and go on in the next round; when none does, every thread is at a barrier or
+  // finished, and they must agree.
+  for (;;) {
+    for (unsigned t = 0; t < b->block_dim; t++)
+      if (!b->fibers[t].finished && !b->fibers[t].at_barrier && !b->fibers[t].at_shuffle &&
+          !resume(b, t))
         return -1;
+    bool exchanged;
+    if (!exchange(b, &exchanged))
+      return -1;
+    if (exchanged)
+      continue;  // the lanes released go on to their next stop
     if (!agreed(b))
       return -1;
     if (b->fibers[0].finished)
       return 0;
-    if (!resume(b, 0))
-      return -1;
+    for (unsigned t = 0; t < b->block_dim; t++)  // all at the barrier: it opens
+      b->fibers[t].at_barrier = false;
   }
 }
 
 }  // namespace alexc_emu
 
 static inline void __syncthreads() { alexc_emu::barrier(); }
+static inline float __shfl_xor_sync(unsigned mask, float value, int lane_xor) {
+  return alexc_emu::shuffle_xor(mask, value, lane_xor);
+}
 
 extern "C" int alexc_emu_run_block(unsigned block, unsigned block_dim, unsigned grid_dim,
                                    void (*thread)(void *), void *arg) {

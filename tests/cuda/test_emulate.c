@@ -271,6 +271,50 @@ static const float *weight_by_name(const Weights *w, const char *tensor) {
   return NULL;
 }
 
+// ---------------------------------------------------------------- the schedule
+
+// A chunk-sized GEMM quantity of `bytes` in a full chunk: a multiple of 16 bytes?
+static bool aligned16(const RtStep *s, const char *what, int64_t bytes) {
+  if (bytes % 16 == 0)
+    return true;
+  fprintf(stderr, "  %s: a GEMM's %s is %lld bytes in a full chunk, not a multiple of 16\n",
+          s->layer, what, (long long)bytes);
+  return false;
+}
+
+// Every GEMM inside a chunk, with the chunk's full image count n: its leading dimensions
+// and its operands' offsets that grow with n are multiples of 16 bytes (the chunk size is
+// chosen for it, schedule.c). Those fixed by the network (an fc layer's feature count)
+// are not the chunk's to choose and are not checked.
+static bool gemms_aligned(const RtPlan *p) {
+  bool ok = true;
+  for (int i = 0; i < p->n_steps; i++) {
+    const RtStep *c = &p->steps[i];
+    if (c->kind != RT_STEP_CHUNK || c->images < CUDA_CHUNK_ALIGN)
+      continue;
+    int64_t n = c->images;
+    for (int j = i + 1; j <= i + c->body && j < p->n_steps; j++) {
+      const RtStep *s = &p->steps[j];
+      if (s->kind != RT_STEP_GEMM)
+        continue;
+      int64_t ab = s->prec == RT_BF16 ? 2 : 4;  // bytes per A and B element
+      const RtDim ld[] = {s->lda, s->ldb, s->ldc};
+      const int64_t size[] = {ab, ab, 4};
+      const char *name[] = {"lda", "ldb", "ldc"};
+      for (int k = 0; k < 3; k++)
+        if (ld[k].per_image)
+          ok &= aligned16(s, name[k], (ld[k].per_image * n + ld[k].fixed) * size[k]);
+      // Addresses count float-sized elements whatever the operand's type.
+      const RtAddr at[] = {s->a, s->b, s->c};
+      const char *op[] = {"A offset", "B offset", "C offset"};
+      for (int k = 0; k < 3; k++)
+        if (at[k].space == RT_SPACE_SCRATCH && at[k].per_image)
+          ok &= aligned16(s, op[k], (at[k].per_image * n + at[k].fixed) * 4);
+    }
+  }
+  return ok;
+}
+
 static bool run_variant(const char *spec, const Variant *v, const Weights *w, const float *x,
                         int batch, const float *want) {
   Graph *g = load_spec(spec);
@@ -296,6 +340,13 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
   co.precision = v->prec;
   CudaProgram prog;
   if (!g || !run_passes(g, &o) || !cuda_generate(g, v->name, &co, &prog)) {
+    graph_free(g);
+    return false;
+  }
+  // The schedule as the compiler chooses it (not under a test's chunk cap).
+  if (!v->max_chunk && !gemms_aligned(&prog.plan)) {
+    printf("  %-20s %-30s FAIL: GEMM alignment\n", g->name, v->name);
+    cuda_program_free(&prog);
     graph_free(g);
     return false;
   }

@@ -71,6 +71,13 @@ static bool compile_error_shows_the_line(void) {
   return ok;
 }
 
+// Line tables for compute-sanitizer and Nsight Compute (NVRTC's -lineinfo): the CUBIN,
+// an ELF file, has a .debug_line section, so its section-name table holds the name.
+static bool has_line_info(const uint8_t *cubin, size_t size) {
+  static const char name[] = ".debug_line";  // with its terminating NUL
+  return memmem(cubin, size, name, sizeof name) != NULL;
+}
+
 int main(int argc, char **argv) {
   if (!cuda_have_nvrtc()) {
     printf("SKIP: this build has no NVRTC (ALEXC_CUDA=OFF)\n");
@@ -91,7 +98,9 @@ int main(int argc, char **argv) {
       fprintf(stderr, "%s\n", rt_error());
     ok = ok && cuda_compile_source((const char *)data, files[i], "sm_90", &cubin, &cubin_size, &ptx,
                                    &ptx_size);
-    printf("  %-50s %s", files[i], ok ? "OK" : "FAIL");
+    bool compiled = ok;
+    ok = ok && has_line_info(cubin, cubin_size);
+    printf("  %-50s %s", files[i], ok ? "OK" : compiled ? "FAIL (no line info)" : "FAIL");
     if (ok)
       printf("  (%zu bytes of CUBIN, %zu of PTX)", cubin_size, ptx_size);
     printf("\n");

@@ -93,9 +93,11 @@ if(ALEXC_CUDA AND ALEXC_CXX)
   alexc_label(cuda.fake cuda)
 endif()
 
-# scripts/gpu-check.sh's steps (alexc bench in every precision and layout, tests/cuda/gpu.sh)
-# rehearsed against the fake driver on the small spec, so the script the GPU machine
-# runs has run before its minutes are spent. About a minute: not in the sanitizer job.
+# scripts/gpu-check.sh's phases (environment, logits against the reference, the
+# sanitizers, the batch cross-check, timings, Nsight Compute) rehearsed against the fake
+# driver on the small spec, so the script the GPU machine runs has run before its
+# minutes are spent; compute-sanitizer, ncu and nvidia-smi are absent here, and their
+# phases must say "skipped: not found". A few minutes: not in the sanitizer job.
 add_test(NAME cuda.rehearse COMMAND ${CMAKE_COMMAND} -E env ALEXC=${ALEXC_BIN}
                                     OUT=${CMAKE_CURRENT_BINARY_DIR}/rehearse-out
                                     bash ${PROJECT_SOURCE_DIR}/scripts/gpu-check.sh rehearse

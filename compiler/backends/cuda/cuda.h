@@ -13,6 +13,7 @@
 #include "alexrt_cuda.h"
 
 #define CUDA_BLOCK 256  // threads per block of every generated kernel
+#define CUDA_WARP 32    // threads per warp (the softmax's threads per image)
 
 // How a conv layer is computed (`--conv`):
 //   gemm    im2col kernel + one cuBLAS SGEMM per group + one epilogue kernel (bias and
@@ -32,6 +33,7 @@
 typedef enum { CUDA_CONV_GEMM, CUDA_CONV_DIRECT, CUDA_CONV_IMPLICIT, CUDA_CONV_FUSED } CudaConv;
 
 #define CUDA_SCRATCH_BYTES ((int64_t)256 << 20)  // default per-device scratch budget
+#define CUDA_CHUNK_ALIGN 8  // images per chunk: a multiple of this (see schedule.c)
 #define CUDA_MAX_LAYER_CONVS 16                  // per-layer --conv choices at most
 
 typedef struct {

@@ -67,8 +67,10 @@ static bool run_nvrtc(const char *source, const char *name, const char *arch, bo
     return false;
   }
   char *arch_opt = format("--gpu-architecture=%s", arch), *include = include_option();
-  const char *opts[] = {arch_opt, "-std=c++17", include};
-  rc = nvrtcCompileProgram(prog, 3, opts);
+  // -lineinfo: source lines in the CUBIN, so compute-sanitizer and Nsight Compute name
+  // the generated line a fault or a hot spot is on (no effect on the code).
+  const char *opts[] = {arch_opt, "-std=c++17", "-lineinfo", include};
+  rc = nvrtcCompileProgram(prog, 4, opts);
   size_t log_size = 0;
   nvrtcGetProgramLogSize(prog, &log_size);
   char *log = xcalloc(log_size + 1, 1);
@@ -115,7 +117,7 @@ bool cuda_compile_source(const char *source, const char *name, const char *arch,
   int major = 0, minor = 0;
   nvrtcVersion(&major, &minor);
   char *include = include_option();
-  char *version = format("nvrtc %d.%d -std=c++17 %s %s", major, minor, include, arch);
+  char *version = format("nvrtc %d.%d -std=c++17 -lineinfo %s %s", major, minor, include, arch);
   uint64_t h = fnv1a(FNV_OFFSET, version, strlen(version) + 1);
   free(version);
   free(include);

@@ -157,9 +157,12 @@ static bool emit_stage(const Ctx *x, int k) {
     break;
   case OP_LRN: {
     const LrnAttrs *a = &s->lrn;
+    // The paper's beta, 0.75: x^-0.75 = x^-0.5 * x^-0.25, rsqrtf and a sqrtf instead of
+    // powf's logarithm and exponential. Other betas keep powf.
+    bool three_quarters = a->beta == 0.75;
     fprintf(f,
             "  constexpr int HALF = %d, PER_GROUP = %lld;  // window: c +- HALF within c's group\n"
-            "  constexpr float K = %s, ALPHA = %s, BETA = %s;\n"
+            "  constexpr float K = %s, ALPHA = %s%s%s;\n"
             "  const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;\n"
             "  const int lo = c - HALF < first ? first : c - HALF;\n"
             "  const int hi = c + HALF > last ? last : c + HALF;\n"
@@ -171,9 +174,13 @@ static bool emit_stage(const Ctx *x, int k) {
             "    if (j == c)\n"
             "      centre = v;\n"
             "  }\n"
-            "  return centre / powf(K + ALPHA * sum, BETA);\n",
+            "%s",
             a->size / 2, (long long)(in.c / a->groups), flit(a->k, fa), flit(a->alpha, fb),
-            flit(a->beta, fc), prev);
+            three_quarters ? "" : ", BETA = ", three_quarters ? "" : flit(a->beta, fc), prev,
+            three_quarters ? "  // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.\n"
+                             "  const float r = rsqrtf(K + ALPHA * sum);\n"
+                             "  return centre * (r * sqrtf(r));\n"
+                           : "  return centre / powf(K + ALPHA * sum, BETA);\n");
     break;
   }
   case OP_MAXPOOL: {
@@ -249,26 +256,39 @@ static void emit_softmax(const Ctx *x, const char *kname) {
   const Placement *pi = &in->place[x->device], *po = &n->place[x->device];
   Range r = po->stage[0];
   fprintf(x->f,
-          "// One thread per image: the normaliser needs the whole vector, and a vector\n"
-          "// of %lld is small next to the layers before it.\n"
+          "// A warp per image: the normaliser needs the whole vector of %lld. Lane l reads\n"
+          "// elements l, l + 32, ... (a warp's loads are consecutive floats: coalesced) and\n"
+          "// keeps their max and sum; shuffles combine the 32 lanes' values, leaving every\n"
+          "// lane the same max and sum (each step adds the same two values, in either order).\n"
           "extern \"C\" __global__ void %s(\n    ",
           (long long)n->out.c, kname);
   emit_params(x, true);
   fprintf(x->f,
           ") {\n"
-          "  constexpr int N = %lld;\n"
+          "  constexpr int N = %lld, WARP = 32;\n"
           "  constexpr int IN_HELD_BEGIN = %lld, IN_HELD = %lld;\n"
           "  constexpr int OUT_HELD_BEGIN = %lld, OUT_HELD = %lld;\n"
           "  constexpr int C_BEGIN = %lld, C_END = %lld;  // computed here\n"
-          "  for (long long img = blockIdx.x * (long long)blockDim.x + threadIdx.x; img < batch;\n"
-          "       img += (long long)gridDim.x * blockDim.x) {\n"
+          "  constexpr unsigned ALL = 0xffffffffu;  // every lane takes part in each shuffle\n"
+          "  const int lane = threadIdx.x %% WARP;\n"
+          "  // The lanes of a warp take the same images (blockDim is a multiple of 32), so they\n"
+          "  // meet at every shuffle.\n"
+          "  for (long long img = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / WARP; img < batch;\n"
+          "       img += (long long)gridDim.x * blockDim.x / WARP) {\n"
           "    const float *v = x0 + img * IN_HELD - IN_HELD_BEGIN;\n"
-          "    float m = -INFINITY, sum = 0.0f;\n"
-          "    for (int k = 0; k < N; k++)\n"
+          "    float m = -INFINITY;\n"
+          "    for (int k = lane; k < N; k += WARP)\n"
           "      m = v[k] > m ? v[k] : m;\n"
-          "    for (int k = 0; k < N; k++)\n"
+          "    for (int o = WARP / 2; o > 0; o /= 2) {\n"
+          "      const float other = __shfl_xor_sync(ALL, m, o);\n"
+          "      m = other > m ? other : m;\n"
+          "    }\n"
+          "    float sum = 0.0f;\n"
+          "    for (int k = lane; k < N; k += WARP)\n"
           "      sum += expf(v[k] - m);\n"
-          "    for (int k = C_BEGIN; k < C_END; k++)\n"
+          "    for (int o = WARP / 2; o > 0; o /= 2)\n"
+          "      sum += __shfl_xor_sync(ALL, sum, o);\n"
+          "    for (int k = C_BEGIN + lane; k < C_END; k += WARP)\n"
           "      y[img * OUT_HELD + (k - OUT_HELD_BEGIN)] = expf(v[k] - m) / sum;\n"
           "  }\n"
           "}\n",
@@ -387,6 +407,13 @@ bool emit_node(const Ctx *x, const char *kname) {
 // column matrix of each group the device computes, column-major as cuBLAS reads it
 // (rows: the chunk's pixels, image-major; columns: input channel x kernel row x kernel
 // column), group after group. Zero where the window hangs over the padding.
+//
+// One thread per (image, input channel, output pixel) writes that pixel's K x K taps of
+// the channel: the taps are unrolled at generation-time constants, so per element a
+// thread does a bounds test, a load at a constant offset and a store one column (ld
+// elements) further on; the index arithmetic (divisions by constants only) is paid
+// once per K x K elements. Consecutive threads take consecutive pixels: their stores
+// are consecutive rows of a column, coalesced.
 void emit_im2col(const Ctx *x, const char *kname, const ConvGemm *cg) {
   const Node *n = x->n;
   const ConvAttrs *a = &n->conv;
@@ -397,37 +424,52 @@ void emit_im2col(const Ctx *x, const char *kname, const ConvGemm *cg) {
   emit_loader(x, 0);
   fprintf(f, "}  // namespace node%02d_im2col\n\n", x->node);
   fprintf(f,
-          "// im2col for groups [%lld, %lld): one thread per column-matrix element%s.\n"
+          "// im2col for groups [%lld, %lld)%s: one thread per image, input channel and output\n"
+          "// pixel, writing that pixel's K x K column-matrix elements of the channel.\n"
           "extern \"C\" __global__ void %s(\n"
           "    const float *__restrict__ x0,\n    %s *__restrict__ col,\n    int batch) {\n"
           "  using namespace node%02d_im2col;\n"
           "  constexpr int IN_H = %lld, IN_W = %lld, K = %d, STRIDE = %d, PAD_TOP = %d, PAD_LEFT = %d;\n"
           "  constexpr int OUT_H = %lld, OUT_W = %lld, IN_PER_GROUP = %lld;\n"
           "  constexpr int FIRST_GROUP = %lld, GROUPS = %lld;\n"
-          "  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;\n"
+          "  constexpr int PIXELS = OUT_H * OUT_W;\n"
+          "  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image\n%s"
           "  const Ptrs p = {x0};\n"
           "  const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels\n"
-          "  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;\n"
+          "  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;\n"
           "       i += (long long)gridDim.x * blockDim.x) {\n"
-          "    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld %% KK);\n"
-          "    const long long row = i %% ld, img = row / PIXELS;\n"
-          "    const int pixel = (int)(row %% PIXELS), oy = pixel / OUT_W, ox = pixel %% OUT_W;\n"
-          "    const int ic = kk / (K * K), ky = kk / K %% K, kx = kk %% K;\n"
-          "    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;\n"
-          "    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W\n"
-          "                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)\n"
-          "                        : 0.0f;\n"
-          "%s"
+          "    // Divisions by constants only, which the compiler turns into multiplications.\n"
+          "    const long long img = i / PER_IMAGE;\n"
+          "    const int e = (int)(i - img * PER_IMAGE), pixel = e %% PIXELS;\n"
+          "    const int ch = e / PIXELS;  // input channel, counted from the first group's first\n"
+          "    const int c = FIRST_GROUP * IN_PER_GROUP + ch;\n"
+          "    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel %% OUT_W * STRIDE - PAD_LEFT;\n"
+          "    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.%s\n"
+          "    %s *out = col + (ch * (K * K)%s) * ld + img * PIXELS + pixel;\n"
+          "#pragma unroll\n"
+          "    for (int ky = 0; ky < K; ky++) {\n"
+          "      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;\n"
+          "#pragma unroll\n"
+          "      for (int kx = 0; kx < K; kx++) {\n"
+          "        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;\n"
+          "        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;\n"
+          "        out[(ky * K + kx) * ld] = %s;\n"
+          "      }\n"
+          "    }\n"
           "  }\n"
           "}\n\n",
           (long long)cg->first_group, (long long)(cg->first_group + cg->groups),
           x->bf16 ? " (bfloat16: unsigned short)" : "", kname, x->bf16 ? "unsigned short" : "float", x->node,
           (long long)in.h, (long long)in.w, a->kernel, a->stride, a->pad.top, a->pad.left,
           (long long)n->head_out.h, (long long)n->head_out.w, (long long)(in.c / a->groups),
-          (long long)cg->first_group, (long long)cg->groups, x->bf16 ? "    // Each group's columns start at its float-sized offset (as for fp32), so the\n"
-                    "    // bfloat16 columns of group g sit at element 2 * g * KK * ld.\n"
-                    "    col[i + group * (KK * ld)] = to_bf16(v);\n"
-                  : "    col[i] = v;\n");
+          (long long)cg->first_group, (long long)cg->groups,
+          x->bf16 ? "  constexpr int KK = IN_PER_GROUP * K * K;  // a group's columns\n" : "",
+          x->bf16 ? "\n    // Each group's bfloat16 columns start at its float-sized offset (as for fp32),\n"
+                    "    // group g's at element 2 * g * KK * ld: channel ch is ch / IN_PER_GROUP groups\n"
+                    "    // of KK columns further than its fp32 place."
+                  : "",
+          x->bf16 ? "unsigned short" : "float", x->bf16 ? " + ch / IN_PER_GROUP * KK" : "",
+          x->bf16 ? "to_bf16(v)" : "v");
 }
 
 
@@ -535,7 +577,7 @@ void emit_header(const Graph *g, int d, const char *how, const CudaOptions *o,
           "//\n",
           g->name, how, d, g->n_devices);
   static const char *const GEMMS[] = {
-      [RT_FP32] = "GEMMs in fp32 (cublasSgemm, pedantic: no TF32)",
+      [RT_FP32] = "GEMMs in fp32 (cublasSgemm, default math mode: no TF32)",
       [RT_TF32] = "GEMMs on TF32 tensor cores (float operands and sums)",
       [RT_BF16] = ("GEMMs on bfloat16 operands (im2col columns, fc inputs and weights),\n"
                    "// float sums and outputs")};

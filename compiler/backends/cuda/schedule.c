@@ -159,7 +159,8 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
   rt_plan_add_step(p, &chunk);
   RtAddr col = {RT_SPACE_SCRATCH, cg.kernels * P, 0, 0};
   RtStep im = step(RT_STEP_KERNEL, d, n, iname);
-  im.work = cg.groups * cg.kk * P;
+  // A thread per (image, input channel, pixel), each writing its K x K taps.
+  im.work = cg.groups * (cg.kk / ((int64_t)n->conv.kernel * n->conv.kernel)) * P;
   im.n_args = 2;
   im.args[0] = (RtAddr){RT_SPACE_ARENA, pi->offset, 0, range_len(pi->held) * shape_plane(in->out)};
   im.args[1] = col;
@@ -343,7 +344,8 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const 
     return false;
   fputc('\n', src);
   RtStep s = step(RT_STEP_KERNEL, d, n, kname);
-  s.work = n->op == OP_SOFTMAX ? 1 : range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
+  s.work = n->op == OP_SOFTMAX ? CUDA_WARP  // a warp per image (render.c)
+                               : range_len(pl->stage[n->n_epilogue]) * shape_plane(n->out);
   for (int j = 0; j < n->n_inputs && !reads_own_output(n); j++) {
     // A device's share of a concat may read none of one input (a branch kept on another
     // device), which then has no buffer here: the kernel never touches it, so the
@@ -427,6 +429,23 @@ static int64_t scratch_per_image(const Graph *g, const Node *n, int d, const Cud
   return 0;
 }
 
+// Images per chunk: as many as the scratch budget holds (at least one), rounded down to
+// a multiple of CUDA_CHUNK_ALIGN (8) where that many fit. The conv GEMMs' leading
+// dimensions and operand offsets are pixels x images of the chunk, and the pixel counts
+// are often odd (AlexNet's 3025, 729, 169): 34 images made every conv GEMM's leading
+// dimension 2 floats past a multiple of 4. A multiple of 8 images makes each of them,
+// and each operand's start in scratch, a multiple of 16 bytes in every full chunk, for
+// fp32 and for bf16 (2-byte elements) alike, which cuBLAS's vectorized kernels want.
+// A batch that is a multiple of 8 then has no unaligned chunk at all.
+static int64_t images_per_chunk(int64_t scratch_per_image, const CudaOptions *o) {
+  int64_t chunk = o->scratch_bytes / (int64_t)sizeof(float) / scratch_per_image;
+  if (chunk >= CUDA_CHUNK_ALIGN)
+    chunk -= chunk % CUDA_CHUNK_ALIGN;
+  if (o->max_chunk > 0 && chunk > o->max_chunk)  // tests: short chunks on small batches
+    chunk = o->max_chunk;
+  return chunk > 1 ? chunk : 1;
+}
+
 // --conv's layer choices name conv layers, and no conv computed directly is asked for
 // tf32 or bf16. False after a message.
 static bool check_conv_choices(const Graph *g, const CudaOptions *o) {
@@ -482,12 +501,8 @@ bool cuda_generate(const Graph *g, const char *how, const CudaOptions *opts, Cud
       int64_t need = scratch_per_image(g, &g->nodes[i], d, &o);
       p->dev[d].scratch = need > p->dev[d].scratch ? need : p->dev[d].scratch;
     }
-    if (p->dev[d].scratch) {
-      int64_t chunk = o.scratch_bytes / (int64_t)sizeof(float) / p->dev[d].scratch;
-      if (o.max_chunk > 0 && chunk > o.max_chunk)
-        chunk = o.max_chunk;
-      p->dev[d].chunk = chunk > 1 ? chunk : 1;
-    }
+    if (p->dev[d].scratch)
+      p->dev[d].chunk = images_per_chunk(p->dev[d].scratch, &o);
     emit_header(g, d, how, &o, &p->dev[d], src[d]);
   }
   bool ok = true;

@@ -8,12 +8,12 @@
 // in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,
 // then the batch size; everything else is a constant.
 //
-// Precision fp32: GEMMs in fp32 (cublasSgemm, pedantic: no TF32).
+// Precision fp32: GEMMs in fp32 (cublasSgemm, default math mode: no TF32).
 //
 // Convolutions (--conv gemm): an im2col kernel writes the column matrix of a chunk
 // of images to scratch, cuBLAS (one GEMM per group) computes each conv output
 // once, and the conv's kernel is its epilogue (bias + fused ReLU/LRN/pool) reading
-// the GEMM output. Scratch: 1249325 floats per image, 53 images per chunk.
+// the GEMM output. Scratch: 1249325 floats per image, 48 images per chunk.
 //
 //   k01_conv1_im2col       conv1                        3x227x227 -> columns, channels [46, 96)
 //   k01_conv1              conv1+relu1+norm1+pool1      3x227x227 -> 96x27x27, channels [48, 96)
@@ -55,7 +55,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node01_im2col
 
-// im2col for groups [0, 1): one thread per column-matrix element.
+// im2col for groups [0, 1): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k01_conv1_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -64,20 +65,30 @@ extern "C" __global__ void k01_conv1_im2col(
   constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD_TOP = 0, PAD_LEFT = 0;
   constexpr int OUT_H = 55, OUT_W = 55, IN_PER_GROUP = 3;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -116,7 +127,7 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 // Stage 2, norm1: lrn 96x55x55 -> 96x55x55, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
 __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 96;  // window: c +- HALF within c's group
-  constexpr float K = 2.0f, ALPHA = 0.0001f, BETA = 0.75f;
+  constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
   const int lo = c - HALF < first ? first : c - HALF;
   const int hi = c + HALF > last ? last : c + HALF;
@@ -128,7 +139,9 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
     if (j == c)
       centre = v;
   }
-  return centre / powf(K + ALPHA * sum, BETA);
+  // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
+  const float r = rsqrtf(K + ALPHA * sum);
+  return centre * (r * sqrtf(r));
 }
 
 // Stage 3, pool1: maxpool 96x55x55 -> 96x27x27, 3x3 window, stride 2, pad 0.
@@ -191,7 +204,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node02_im2col
 
-// im2col for groups [1, 2): one thread per column-matrix element.
+// im2col for groups [1, 2): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k02_conv2_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -200,20 +214,30 @@ extern "C" __global__ void k02_conv2_im2col(
   constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD_TOP = 2, PAD_LEFT = 2;
   constexpr int OUT_H = 27, OUT_W = 27, IN_PER_GROUP = 48;
   constexpr int FIRST_GROUP = 1, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -290,7 +314,7 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 // Stage 0, norm2: lrn 256x27x27 -> 256x27x27, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 256;  // window: c +- HALF within c's group
-  constexpr float K = 2.0f, ALPHA = 0.0001f, BETA = 0.75f;
+  constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
   const int lo = c - HALF < first ? first : c - HALF;
   const int hi = c + HALF > last ? last : c + HALF;
@@ -302,7 +326,9 @@ __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int
     if (j == c)
       centre = v;
   }
-  return centre / powf(K + ALPHA * sum, BETA);
+  // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
+  const float r = rsqrtf(K + ALPHA * sum);
+  return centre * (r * sqrtf(r));
 }
 
 // Stage 1, pool2: maxpool 256x27x27 -> 256x13x13, 3x3 window, stride 2, pad 0.
@@ -363,7 +389,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node04_im2col
 
-// im2col for groups [0, 1): one thread per column-matrix element.
+// im2col for groups [0, 1): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k04_conv3_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -372,20 +399,30 @@ extern "C" __global__ void k04_conv3_im2col(
   constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 256;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -460,7 +497,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node05_im2col
 
-// im2col for groups [1, 2): one thread per column-matrix element.
+// im2col for groups [1, 2): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k05_conv4_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -469,20 +507,30 @@ extern "C" __global__ void k05_conv4_im2col(
   constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
   constexpr int FIRST_GROUP = 1, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -557,7 +605,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node06_im2col
 
-// im2col for groups [1, 2): one thread per column-matrix element.
+// im2col for groups [1, 2): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k06_conv5_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -566,20 +615,30 @@ extern "C" __global__ void k06_conv5_im2col(
   constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
   constexpr int FIRST_GROUP = 1, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 

@@ -132,7 +132,7 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 // Stage 2, norm1: lrn 96x55x55 -> 96x55x55, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
 __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 96;  // window: c +- HALF within c's group
-  constexpr float K = 2.0f, ALPHA = 0.0001f, BETA = 0.75f;
+  constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
   const int lo = c - HALF < first ? first : c - HALF;
   const int hi = c + HALF > last ? last : c + HALF;
@@ -144,7 +144,9 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
     if (j == c)
       centre = v;
   }
-  return centre / powf(K + ALPHA * sum, BETA);
+  // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
+  const float r = rsqrtf(K + ALPHA * sum);
+  return centre * (r * sqrtf(r));
 }
 
 // Stage 3, pool1: maxpool 96x55x55 -> 96x27x27, 3x3 window, stride 2, pad 0.
@@ -391,7 +393,7 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 // Stage 2, norm2: lrn 256x27x27 -> 256x27x27, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
 __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 256;  // window: c +- HALF within c's group
-  constexpr float K = 2.0f, ALPHA = 0.0001f, BETA = 0.75f;
+  constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
   const int lo = c - HALF < first ? first : c - HALF;
   const int hi = c + HALF > last ? last : c + HALF;
@@ -403,7 +405,9 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
     if (j == c)
       centre = v;
   }
-  return centre / powf(K + ALPHA * sum, BETA);
+  // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
+  const float r = rsqrtf(K + ALPHA * sum);
+  return centre * (r * sqrtf(r));
 }
 
 // Stage 3, pool2: maxpool 256x27x27 -> 256x13x13, 3x3 window, stride 2, pad 0.
@@ -1369,25 +1373,38 @@ extern "C" __global__ void k09_fc8(
 // prob: softmax 1000 -> 1000
 //   features [0, 1000) on this device
 
-// One thread per image: the normaliser needs the whole vector, and a vector
-// of 1000 is small next to the layers before it.
+// A warp per image: the normaliser needs the whole vector of 1000. Lane l reads
+// elements l, l + 32, ... (a warp's loads are consecutive floats: coalesced) and
+// keeps their max and sum; shuffles combine the 32 lanes' values, leaving every
+// lane the same max and sum (each step adds the same two values, in either order).
 extern "C" __global__ void k10_prob(
     const float *__restrict__ x0,
     float *__restrict__ y,
     int batch) {
-  constexpr int N = 1000;
+  constexpr int N = 1000, WARP = 32;
   constexpr int IN_HELD_BEGIN = 0, IN_HELD = 1000;
   constexpr int OUT_HELD_BEGIN = 0, OUT_HELD = 1000;
   constexpr int C_BEGIN = 0, C_END = 1000;  // computed here
-  for (long long img = blockIdx.x * (long long)blockDim.x + threadIdx.x; img < batch;
-       img += (long long)gridDim.x * blockDim.x) {
+  constexpr unsigned ALL = 0xffffffffu;  // every lane takes part in each shuffle
+  const int lane = threadIdx.x % WARP;
+  // The lanes of a warp take the same images (blockDim is a multiple of 32), so they
+  // meet at every shuffle.
+  for (long long img = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / WARP; img < batch;
+       img += (long long)gridDim.x * blockDim.x / WARP) {
     const float *v = x0 + img * IN_HELD - IN_HELD_BEGIN;
-    float m = -INFINITY, sum = 0.0f;
-    for (int k = 0; k < N; k++)
+    float m = -INFINITY;
+    for (int k = lane; k < N; k += WARP)
       m = v[k] > m ? v[k] : m;
-    for (int k = 0; k < N; k++)
+    for (int o = WARP / 2; o > 0; o /= 2) {
+      const float other = __shfl_xor_sync(ALL, m, o);
+      m = other > m ? other : m;
+    }
+    float sum = 0.0f;
+    for (int k = lane; k < N; k += WARP)
       sum += expf(v[k] - m);
-    for (int k = C_BEGIN; k < C_END; k++)
+    for (int o = WARP / 2; o > 0; o /= 2)
+      sum += __shfl_xor_sync(ALL, sum, o);
+    for (int k = C_BEGIN + lane; k < C_END; k += WARP)
       y[img * OUT_HELD + (k - OUT_HELD_BEGIN)] = expf(v[k] - m) / sum;
   }
 }

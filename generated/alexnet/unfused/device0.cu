@@ -8,12 +8,12 @@
 // in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,
 // then the batch size; everything else is a constant.
 //
-// Precision fp32: GEMMs in fp32 (cublasSgemm, pedantic: no TF32).
+// Precision fp32: GEMMs in fp32 (cublasSgemm, default math mode: no TF32).
 //
 // Convolutions (--conv gemm): an im2col kernel writes the column matrix of a chunk
 // of images to scratch, cuBLAS (one GEMM per group) computes each conv output
 // once, and the conv's kernel is its epilogue (bias + fused ReLU/LRN/pool) reading
-// the GEMM output. Scratch: 1936224 floats per image, 34 images per chunk.
+// the GEMM output. Scratch: 1936224 floats per image, 32 images per chunk.
 //
 //   k01_conv1_im2col       conv1                        3x227x227 -> columns, channels [0, 96)
 //   k01_conv1              conv1                        3x227x227 -> 96x55x55, channels [0, 96)
@@ -66,7 +66,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node01_im2col
 
-// im2col for groups [0, 1): one thread per column-matrix element.
+// im2col for groups [0, 1): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k01_conv1_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -75,20 +76,30 @@ extern "C" __global__ void k01_conv1_im2col(
   constexpr int IN_H = 227, IN_W = 227, K = 11, STRIDE = 4, PAD_TOP = 0, PAD_LEFT = 0;
   constexpr int OUT_H = 55, OUT_W = 55, IN_PER_GROUP = 3;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -199,7 +210,7 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 // Stage 0, norm1: lrn 96x55x55 -> 96x55x55, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 96;  // window: c +- HALF within c's group
-  constexpr float K = 2.0f, ALPHA = 0.0001f, BETA = 0.75f;
+  constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
   const int lo = c - HALF < first ? first : c - HALF;
   const int hi = c + HALF > last ? last : c + HALF;
@@ -211,7 +222,9 @@ __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int
     if (j == c)
       centre = v;
   }
-  return centre / powf(K + ALPHA * sum, BETA);
+  // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
+  const float r = rsqrtf(K + ALPHA * sum);
+  return centre * (r * sqrtf(r));
 }
 
 }  // namespace node03
@@ -310,7 +323,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node05_im2col
 
-// im2col for groups [0, 2): one thread per column-matrix element.
+// im2col for groups [0, 2): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k05_conv2_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -319,20 +333,30 @@ extern "C" __global__ void k05_conv2_im2col(
   constexpr int IN_H = 27, IN_W = 27, K = 5, STRIDE = 1, PAD_TOP = 2, PAD_LEFT = 2;
   constexpr int OUT_H = 27, OUT_W = 27, IN_PER_GROUP = 48;
   constexpr int FIRST_GROUP = 0, GROUPS = 2;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -443,7 +467,7 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 // Stage 0, norm2: lrn 256x27x27 -> 256x27x27, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
 __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 256;  // window: c +- HALF within c's group
-  constexpr float K = 2.0f, ALPHA = 0.0001f, BETA = 0.75f;
+  constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
   const int lo = c - HALF < first ? first : c - HALF;
   const int hi = c + HALF > last ? last : c + HALF;
@@ -455,7 +479,9 @@ __device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int
     if (j == c)
       centre = v;
   }
-  return centre / powf(K + ALPHA * sum, BETA);
+  // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
+  const float r = rsqrtf(K + ALPHA * sum);
+  return centre * (r * sqrtf(r));
 }
 
 }  // namespace node07
@@ -554,7 +580,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node09_im2col
 
-// im2col for groups [0, 1): one thread per column-matrix element.
+// im2col for groups [0, 1): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k09_conv3_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -563,20 +590,30 @@ extern "C" __global__ void k09_conv3_im2col(
   constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 256;
   constexpr int FIRST_GROUP = 0, GROUPS = 1;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -687,7 +724,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node11_im2col
 
-// im2col for groups [0, 2): one thread per column-matrix element.
+// im2col for groups [0, 2): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k11_conv4_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -696,20 +734,30 @@ extern "C" __global__ void k11_conv4_im2col(
   constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
   constexpr int FIRST_GROUP = 0, GROUPS = 2;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -820,7 +868,8 @@ __device__ __forceinline__ float in0(const Ptrs &p, long long img, int c, int y,
 
 }  // namespace node13_im2col
 
-// im2col for groups [0, 2): one thread per column-matrix element.
+// im2col for groups [0, 2): one thread per image, input channel and output
+// pixel, writing that pixel's K x K column-matrix elements of the channel.
 extern "C" __global__ void k13_conv5_im2col(
     const float *__restrict__ x0,
     float *__restrict__ col,
@@ -829,20 +878,30 @@ extern "C" __global__ void k13_conv5_im2col(
   constexpr int IN_H = 13, IN_W = 13, K = 3, STRIDE = 1, PAD_TOP = 1, PAD_LEFT = 1;
   constexpr int OUT_H = 13, OUT_W = 13, IN_PER_GROUP = 192;
   constexpr int FIRST_GROUP = 0, GROUPS = 2;
-  constexpr int KK = IN_PER_GROUP * K * K, PIXELS = OUT_H * OUT_W;
+  constexpr int PIXELS = OUT_H * OUT_W;
+  constexpr int PER_IMAGE = GROUPS * IN_PER_GROUP * PIXELS;  // threads per image
   const Ptrs p = {x0};
   const long long ld = (long long)batch * PIXELS;  // rows: the chunk's pixels
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < GROUPS * KK * ld;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * (long long)PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
-    const int group = (int)(i / (KK * ld)), kk = (int)(i / ld % KK);
-    const long long row = i % ld, img = row / PIXELS;
-    const int pixel = (int)(row % PIXELS), oy = pixel / OUT_W, ox = pixel % OUT_W;
-    const int ic = kk / (K * K), ky = kk / K % K, kx = kk % K;
-    const int iy = oy * STRIDE - PAD_TOP + ky, ix = ox * STRIDE - PAD_LEFT + kx;
-    const float v = iy >= 0 && iy < IN_H && ix >= 0 && ix < IN_W
-                        ? in0(p, img, (FIRST_GROUP + group) * IN_PER_GROUP + ic, iy, ix)
-                        : 0.0f;
-    col[i] = v;
+    // Divisions by constants only, which the compiler turns into multiplications.
+    const long long img = i / PER_IMAGE;
+    const int e = (int)(i - img * PER_IMAGE), pixel = e % PIXELS;
+    const int ch = e / PIXELS;  // input channel, counted from the first group's first
+    const int c = FIRST_GROUP * IN_PER_GROUP + ch;
+    const int iy0 = pixel / OUT_W * STRIDE - PAD_TOP, ix0 = pixel % OUT_W * STRIDE - PAD_LEFT;
+    // Column (ch, 0, 0) in this pixel's row; tap (ky, kx) is ky * K + kx columns further.
+    float *out = col + (ch * (K * K)) * ld + img * PIXELS + pixel;
+#pragma unroll
+    for (int ky = 0; ky < K; ky++) {
+      const bool row_in = iy0 + ky >= 0 && iy0 + ky < IN_H;
+#pragma unroll
+      for (int kx = 0; kx < K; kx++) {
+        const bool in = row_in && ix0 + kx >= 0 && ix0 + kx < IN_W;
+        const float v = in ? in0(p, img, c, iy0 + ky, ix0 + kx) : 0.0f;
+        out[(ky * K + kx) * ld] = v;
+      }
+    }
   }
 }
 
@@ -1207,25 +1266,38 @@ extern "C" __global__ void k23_fc8(
 // prob: softmax 1000 -> 1000
 //   features [0, 1000) on this device
 
-// One thread per image: the normaliser needs the whole vector, and a vector
-// of 1000 is small next to the layers before it.
+// A warp per image: the normaliser needs the whole vector of 1000. Lane l reads
+// elements l, l + 32, ... (a warp's loads are consecutive floats: coalesced) and
+// keeps their max and sum; shuffles combine the 32 lanes' values, leaving every
+// lane the same max and sum (each step adds the same two values, in either order).
 extern "C" __global__ void k24_prob(
     const float *__restrict__ x0,
     float *__restrict__ y,
     int batch) {
-  constexpr int N = 1000;
+  constexpr int N = 1000, WARP = 32;
   constexpr int IN_HELD_BEGIN = 0, IN_HELD = 1000;
   constexpr int OUT_HELD_BEGIN = 0, OUT_HELD = 1000;
   constexpr int C_BEGIN = 0, C_END = 1000;  // computed here
-  for (long long img = blockIdx.x * (long long)blockDim.x + threadIdx.x; img < batch;
-       img += (long long)gridDim.x * blockDim.x) {
+  constexpr unsigned ALL = 0xffffffffu;  // every lane takes part in each shuffle
+  const int lane = threadIdx.x % WARP;
+  // The lanes of a warp take the same images (blockDim is a multiple of 32), so they
+  // meet at every shuffle.
+  for (long long img = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / WARP; img < batch;
+       img += (long long)gridDim.x * blockDim.x / WARP) {
     const float *v = x0 + img * IN_HELD - IN_HELD_BEGIN;
-    float m = -INFINITY, sum = 0.0f;
-    for (int k = 0; k < N; k++)
+    float m = -INFINITY;
+    for (int k = lane; k < N; k += WARP)
       m = v[k] > m ? v[k] : m;
-    for (int k = 0; k < N; k++)
+    for (int o = WARP / 2; o > 0; o /= 2) {
+      const float other = __shfl_xor_sync(ALL, m, o);
+      m = other > m ? other : m;
+    }
+    float sum = 0.0f;
+    for (int k = lane; k < N; k += WARP)
       sum += expf(v[k] - m);
-    for (int k = C_BEGIN; k < C_END; k++)
+    for (int o = WARP / 2; o > 0; o /= 2)
+      sum += __shfl_xor_sync(ALL, sum, o);
+    for (int k = C_BEGIN + lane; k < C_END; k += WARP)
       y[img * OUT_HELD + (k - OUT_HELD_BEGIN)] = expf(v[k] - m) / sum;
   }
 }

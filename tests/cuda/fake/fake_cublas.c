@@ -15,6 +15,11 @@
 // handle's math mode asks for it and the inputs are fp32), CUBLAS_COMPUTE_32F_PEDANTIC
 // (fp32) or CUBLAS_COMPUTE_32F_FAST_TF32 (fp32 inputs only, as in cuBLAS's table);
 // anything else is CUBLAS_STATUS_NOT_SUPPORTED. Accumulation is fp32 throughout.
+//
+// One rule of alexc's rather than cuBLAS's: a GEMM in CUBLAS_PEDANTIC_MATH is a
+// violation. Real cuBLAS accepts it, but pedantic mode is meant for numerical studies
+// and may be slower, and the default mode already keeps Sgemm off TF32, so the runtime
+// must not ask for it.
 #define _GNU_SOURCE
 #include <cublas_v2.h>
 #include <stdio.h>
@@ -171,11 +176,22 @@ static EmuMath handle_math(cublasHandle_t h) {
                                                                       : EMU_MATH_FP32;
 }
 
+// The rule in the header comment: no GEMM in pedantic math mode.
+static bool pedantic_ok(const char *what, cublasHandle_t h) {
+  if (!h || ((unsigned)h->math & 0xf) != CUBLAS_PEDANTIC_MATH)
+    return true;
+  fake_cuda_violation("%s in CUBLAS_PEDANTIC_MATH: alexc's fp32 GEMMs use CUBLAS_DEFAULT_MATH "
+                      "(which never uses TF32 for Sgemm)", what);
+  return false;
+}
+
 cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa,
                            cublasOperation_t transb, int m, int n, int k, const float *alpha,
                            const float *A, int lda, const float *B, int ldb, const float *beta,
                            float *C, int ldc) {
   if (!alpha || !beta)
+    return CUBLAS_STATUS_INVALID_VALUE;
+  if (!pedantic_ok("cublasSgemm", handle))
     return CUBLAS_STATUS_INVALID_VALUE;
   Gemm g = {op_char(transa), op_char(transb), m, n, k, lda,     ldb,     ldc,
             *alpha,          *beta,           A, B, C, EMU_F32, EMU_F32, handle_math(handle)};
@@ -210,7 +226,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
             (int)Atype, (int)Btype, (int)Ctype, (int)computeType);
     return CUBLAS_STATUS_NOT_SUPPORTED;
   }
-  if (!alpha || !beta)
+  if (!alpha || !beta || !pedantic_ok("cublasGemmEx", handle))
     return CUBLAS_STATUS_INVALID_VALUE;
   // Compute type 32F is the handle's choice; PEDANTIC never, FAST_TF32 always rounds.
   EmuMath math = computeType == CUBLAS_COMPUTE_32F_FAST_TF32 ? EMU_MATH_TF32
