@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU training table of docs/benchmarks.md: the training step (forward, loss,
-# backward, SGD update) of the paper's AlexNet at batch 16 and of mini-AlexNet at batch
-# 128 with alexc's CPU target, then PyTorch's train step for the same AlexNet and batch
+# backward, SGD update) of the paper's AlexNet at batch 16 (the fused training program,
+# then the plain one) and of mini-AlexNet at batch 128 with alexc's CPU target, then PyTorch's train step for the same AlexNet and batch
 # in the same run (../shared/bench/torch_peers.py, Debian's PyTorch), skipped where
 # PyTorch is absent. Run on a quiet machine.
 # usage: scripts/bench-train.sh [ALEXC] [RUNS]
@@ -11,7 +11,7 @@ alexc=${1:-build/alexc}
 runs=${2:-10}
 echo "### alexc, paper's AlexNet, batch 16"
 echo
-"$alexc" bench specs/alexnet.yaml --target cpu --train --batch 16 --runs "$runs"
+"$alexc" bench specs/alexnet.yaml --target cpu --train --batch 16 --runs "$runs" --compare-unfused
 echo
 echo "### alexc, mini-AlexNet, batch 128"
 echo
