@@ -126,7 +126,9 @@ void train_program_dump(const TrainProgram *p, FILE *out) {
     if (count[k])
       fprintf(out, "  %-19s %4d  %12lld bytes%s\n", train_value_kinds[k], count[k],
               (long long)bytes[k], train_value_per_image(k) ? " per image" : "");
-  if (p->offset)
+  if (p->plan)  // the values are the whole tensors; each device keeps its own copies
+    fprintf(out, "memory: each device's copies of the tensors, kept by the split (below)\n");
+  else if (p->offset)
     fprintf(out, "memory plan: %lld bytes per image for the step's per-image values, shared "
             "where their lives do not overlap (%lld if each had its own)\n",
             (long long)p->arena * 4, (long long)p->unshared * 4);
