@@ -469,7 +469,9 @@ typedef struct {
   const uint8_t *mask;    // dropout: the keep mask (training); NULL: identity
   // Backward only: a ReLU's backward fused into this op's (the program's conv-relu and
   // fc-relu patterns). dy is then the gradient of relu(y), and the kernel first keeps it
-  // where relu_y, the ReLU's output, is > 0 and zeroes it elsewhere. NULL: not fused.
+  // where relu_y, the ReLU's output, is > 0 and zeroes it elsewhere; it may do so in
+  // place, since this backward is dy's last reader (the verifier checks it). NULL: not
+  // fused.
   const float *relu_y;
   // State the forward saves for the backward (the program's TV_SAVED value; LRN: the
   // window sums of squares, (batch, n->out)). Forward: written when not NULL; backward:

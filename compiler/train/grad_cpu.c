@@ -182,7 +182,7 @@ typedef struct {
 } Buf;
 
 static Buf scratch_bufs[MAX_THREADS][N_SLOTS];
-static Buf shared_bufs[3];  // packed weights, dW partials, masked dy (used under op_lock)
+static Buf shared_bufs[2];  // packed weights, dW partials (used under op_lock)
 
 static float *grow(Buf *b, size_t n) {
   if (b->n < n) {
@@ -601,8 +601,8 @@ static inline V4 relu_keep4(const float *y, const float *g) {
   return (V4){0, 0, 0, 0} + (V4)((V4i)gv & keep);
 }
 
-LOOP static void relu_keep_span(const float *restrict y, const float *restrict dy,
-                                float *restrict out, int64_t n) {
+LOOP static void relu_keep_span(const float *restrict y, const float *dy, float *out,
+                                int64_t n) {  // out may be dy (in place)
   int64_t i = 0;
   for (; i + 4 <= n; i += 4)
     *(V4u *)(out + i) = relu_keep4(y + i, dy + i);
@@ -663,8 +663,9 @@ static void dropout_bwd_task(void *ctx, int t, int tid) {
     add_loop(e->dy + i0, e->dx + i0, n);
 }
 
-// A fused ReLU's backward (OpCall.relu_y): y = 0 + (dy where relu_y > 0), exactly what
-// relu_bwd_loop adds to a zeroed gradient, so fused and plain programs agree to the bit.
+// A fused ReLU's backward (OpCall.relu_y): dy = 0 + (dy where relu_y > 0) in place, exactly
+// what relu_bwd_loop adds to a zeroed gradient, so fused and plain programs agree to the
+// bit; the op's backward then reads it as the plain program's gradient.
 static void relu_mask_task(void *ctx, int t, int tid) {
   EW_RANGE;
   relu_keep_span(e->c->relu_y + i0, e->dy + i0, e->y + i0, n);
@@ -839,20 +840,15 @@ static void conv_bwd_task(void *ctx, int t, int tid) {
   for (int sb = sb0; sb < sb1; sb++) {
     int n0 = sub_first(v, sb), cnt = sub_count(v, sb), N = cnt * v->P;
     Mat dY;
-    const float *ry = v->c->relu_y;
-    if (cnt == 1 && !ry) {
+    if (cnt == 1) {
       dY = (Mat){v->dy + ((size_t)n0 * v->OC + g * v->opg) * v->P, v->P, 1};
-    } else {  // the sub-batch's images side by side; a fused ReLU's mask on the way
+    } else {  // the sub-batch's images side by side
       float *dyb = scratch(tid, S_DY, (size_t)v->opg * N);
       for (int oc = 0; oc < v->opg; oc++)
-        for (int img = 0; img < cnt; img++) {
-          size_t from = ((size_t)(n0 + img) * v->OC + g * v->opg + oc) * v->P;
-          float *to = dyb + (size_t)oc * N + (size_t)img * v->P;
-          if (ry)
-            relu_keep_span(ry + from, v->dy + from, to, v->P);
-          else
-            memcpy(to, v->dy + from, (size_t)v->P * sizeof(float));
-        }
+        for (int img = 0; img < cnt; img++)
+          memcpy(dyb + (size_t)oc * N + (size_t)img * v->P,
+                 v->dy + ((size_t)(n0 + img) * v->OC + g * v->opg + oc) * v->P,
+                 (size_t)v->P * sizeof(float));
       dY = (Mat){dyb, N, 1};
     }
     float *col = scratch(tid, S_COL, (size_t)v->Kg * N);
@@ -891,33 +887,23 @@ static void reduce_task(void *ctx, int t, int tid) {
 
 // db[o] = sum over images and positions of dy[img][o][p], in double, in order.
 typedef struct {
-  const float *dy, *relu_y;  // relu_y: a fused ReLU's output (masks dy), or NULL
+  const float *dy;
   float *db;
   int batch, channels, plane;
 } BiasGrad;
 
 // Sum of a plane: 16 float lanes (vectorised), then the lanes in double; a fixed order.
-// With ry (a fused ReLU), of the masked values relu_keep(ry, r): the same numbers in
-// the same order as the plain program's, so the same bits.
-static double plane_sum(const float *restrict r, const float *restrict ry, int n) {
+static double plane_sum(const float *restrict r, int n) {
   float lane[16] = {0};
   int p = 0;
-  if (ry) {  // lane l of acc[q] is lane 4q + l: the same sums in the same order
-    V4 acc[4] = {{0}};
-    for (; p + 16 <= n; p += 16)
-      for (int q = 0; q < 4; q++)
-        acc[q] += relu_keep4(ry + p + 4 * q, r + p + 4 * q);
-    memcpy(lane, acc, sizeof lane);
-  } else {
-    for (; p + 16 <= n; p += 16)
-      for (int l = 0; l < 16; l++)
-        lane[l] += r[p + l];
-  }
+  for (; p + 16 <= n; p += 16)
+    for (int l = 0; l < 16; l++)
+      lane[l] += r[p + l];
   double acc = 0;
   for (int l = 0; l < 16; l++)
     acc += lane[l];
   for (; p < n; p++)
-    acc += ry ? relu_keep(ry[p], r[p]) : r[p];
+    acc += r[p];
   return acc;
 }
 
@@ -927,20 +913,14 @@ static void bias_task(void *ctx, int t, int tid) {
   for (int o = t * 64; o < imin(b->channels, t * 64 + 64); o++) {
     double acc = 0;
     for (int i = 0; i < b->batch; i++)
-      if (b->plane == 1) {
-        size_t at = (size_t)i * b->channels + o;
-        acc += b->relu_y ? relu_keep(b->relu_y[at], b->dy[at]) : b->dy[at];
-      } else {
-        size_t at = ((size_t)i * b->channels + o) * b->plane;
-        acc += plane_sum(b->dy + at, b->relu_y ? b->relu_y + at : NULL, b->plane);
-      }
+      acc += b->plane == 1 ? b->dy[(size_t)i * b->channels + o]
+                           : plane_sum(b->dy + ((size_t)i * b->channels + o) * b->plane, b->plane);
     b->db[o] = (float)acc;
   }
 }
 
-static void bias_grad(const float *dy, const float *relu_y, float *db, int batch, int channels,
-                      int plane) {
-  BiasGrad b = {dy, relu_y, db, batch, channels, plane};
+static void bias_grad(const float *dy, float *db, int batch, int channels, int plane) {
+  BiasGrad b = {dy, db, batch, channels, plane};
   parallel_for((channels + 63) / 64, bias_task, &b);
 }
 
@@ -962,7 +942,7 @@ static void conv_backward(const OpCall *c, const float *dy, float *dx, float *dw
     parallel_for(ew_tasks(r.n), reduce_task, &r);
   }
   if (db)
-    bias_grad(dy, c->relu_y, db, c->batch, v.OC, v.P);  // conv: masks as it reads
+    bias_grad(dy, db, c->batch, v.OC, v.P);
 }
 
 // ---------------------------------------------------------------- fully connected
@@ -983,7 +963,7 @@ static void fc_backward(const OpCall *c, const float *dy, float *dx, float *dw, 
   if (dx)  // dX += dY W
     par_gemm(B, in, out, (Mat){dy, out, 1}, (Mat){c->w, in, 1}, dx, in, true);
   if (db)
-    bias_grad(dy, NULL, db, B, out, 1);
+    bias_grad(dy, db, B, out, 1);
 }
 
 // ---------------------------------------------------------------- LRN
@@ -1338,11 +1318,9 @@ static void cpu_backward(const OpCall *c, const float *dy, float *const *dx, flo
   float *dx0 = n->n_inputs ? dx[0] : NULL;
   pthread_mutex_lock(&op_lock);
   pick_isa();
-  if (c->relu_y && n->op != OP_CONV) {  // fc: one masking pass (the conv masks as it reads)
-    float *masked = grow(&shared_bufs[2], (size_t)total);
-    Ew m = {c, NULL, dy, masked, NULL, total, 0};
+  if (c->relu_y) {  // masked in place: one pass for the ReLU's backward and dy's zeroing
+    Ew m = {c, NULL, dy, (float *)dy, NULL, total, 0};
     parallel_for(ew_tasks(total), relu_mask_task, &m);
-    dy = masked;
   }
   Ew e = {c, n->n_inputs ? c->x[0] : NULL, dy, NULL, dx0, total, 0};
   switch (n->op) {

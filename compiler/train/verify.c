@@ -87,14 +87,22 @@ static bool check_operand(const TrainProgram *p, int i, const TOperand *o) {
   return true;
 }
 
-// A ReLU fused into a backward must be the ReLU that reads this node's output.
+// A ReLU fused into a backward must be the ReLU that reads this node's output, and the
+// backward must be its gradient's last reader (a kernel may mask that gradient in place).
 static bool fused_relu_ok(const TrainProgram *p, int i) {
   const TInstr *in = &p->instrs[i];
   if (in->relu < 0)
     return in->relu_y < 0;
   const Node *r = &p->g->nodes[in->relu];
-  return in->kind == TI_BACKWARD && r->op == OP_RELU && r->inputs[0] == in->node &&
-         in->relu_y >= 0;
+  bool ok = in->kind == TI_BACKWARD && r->op == OP_RELU && r->inputs[0] == in->node &&
+            in->relu_y >= 0;
+  int values[TRAIN_MAX_OPERANDS];
+  for (int k = i + 1; ok && k < p->n_instrs; k++) {
+    int n = train_instr_values((TInstr *)&p->instrs[k], values);
+    for (int j = 0; j < n; j++)
+      ok = ok && values[j] != in->dy;
+  }
+  return ok;
 }
 
 typedef struct {
@@ -216,7 +224,8 @@ bool train_program_verify(const TrainProgram *p) {
   TOperand ops[TRAIN_MAX_OPERANDS];
   for (int i = 0; i < p->n_instrs && ok; i++) {
     TInstr *in = &p->instrs[i];
-    ok = fused_relu_ok(p, i) || fail(p, i, "the fused ReLU %s%s is not its output's reader",
+    ok = fused_relu_ok(p, i) || fail(p, i, "the fused ReLU %s%s is not its output's reader, "
+                                     "or its gradient is used after it",
                                      in->relu >= 0 ? p->g->nodes[in->relu].name : "", "");
     int n = train_instr_operands(in, ops);
     for (int k = 0; k < n && ok; k++) {
