@@ -665,15 +665,72 @@ static DataOptions data_options(const Graph *g, const TrainArgs *a, bool train) 
                        a->seed, train ? a->limit : a->test_limit, 0, a->rank, a->ranks};
 }
 
-// Several ranks: whether every rank got through its setup (each printed its own failure;
-// the others stop quietly), then rank 0's state (fresh or resumed) sent to all, so that
-// the others need neither the run directory nor the --weights file.
+// ---------------------------------------------------------------- one message a job
+// Under mpirun every rank parses the same flags, spec and data, so a setup error would be
+// printed once per rank. Ranks other than 0 therefore hold what they print to stderr
+// until the ranks have compared their setups (share_start): when rank 0 failed too, it
+// has said it and the held text goes; when rank 0 did not, the error is this rank's own
+// (a file missing on its machine) and is shown with the rank's number.
+
+static int real_stderr = -1;  // while held: the process's stderr; fd 2 is `held`
+static FILE *held;
+
+// The launcher's rank for this process (before MPI_Init), 0 without a launcher.
+static int launcher_rank(void) {
+  const char *names[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (getenv(names[i]))
+      return atoi(getenv(names[i]));
+  return 0;
+}
+
+static void hold_messages(void) {
+  if (launcher_rank() <= 0 || !(held = tmpfile()))
+    return;
+  fflush(stderr);
+  real_stderr = dup(2);
+  if (real_stderr < 0 || dup2(fileno(held), 2) < 0) {  // cannot hold: print as usual
+    if (real_stderr >= 0)
+      close(real_stderr);
+    real_stderr = -1;
+    fclose(held);
+    held = NULL;
+  }
+}
+
+static void release_messages(bool show) {
+  if (real_stderr < 0)
+    return;
+  fflush(stderr);
+  dup2(real_stderr, 2);
+  close(real_stderr);
+  real_stderr = -1;
+  char line[1024];
+  rewind(held);
+  bool line_start = true;
+  while (show && fgets(line, sizeof line, held)) {
+    if (line_start)
+      fprintf(stderr, "[rank %d] ", launcher_rank());
+    fputs(line, stderr);
+    line_start = strchr(line, '\n') != NULL;
+  }
+  fclose(held);
+  held = NULL;
+}
+
+// Several ranks: whether every rank got through its setup (rank 0 printed its failure;
+// another rank's is shown only when rank 0 did not fail), then rank 0's state (fresh or
+// resumed) sent to all, so that the others need neither the run directory nor the
+// --weights file.
 static bool share_start(Run *r, bool ok) {
-  if (r->a->ranks < 2)
+  if (r->a->ranks < 2) {
+    release_messages(!ok);
     return ok;
-  double failed = !ok;
-  dist_allreduce_f64(&failed, 1);
-  if (failed)
+  }
+  double failed[2] = {!ok, r->a->rank == 0 && !ok};  // any rank, rank 0
+  dist_allreduce_f64(failed, 2);
+  release_messages(!ok && !failed[1]);
+  if (failed[0])
     return false;
   if (r->a->rank) {
     r->s.w = weights_zeros(r->g);
@@ -702,29 +759,30 @@ static bool start_lead(Run *r, const char *config, int *lock) {
   return start_state(r, config);
 }
 
-static int train_run(TrainArgs *a) {
-  Graph *g = load_spec(a->spec);
-  if (!g)
-    return EXIT_ERR;
-  if (!resolve_settings(a, g)) {
-    graph_free(g);
-    return EXIT_ERR;
-  }
+// Everything a run needs before its first step, on every rank. False after a message.
+static bool set_up(Run *r, TrainArgs *a, Graph *g, char **config, int *lock) {
+  if (!g || !resolve_settings(a, g))
+    return false;
+  *config = config_text(a);
   const Target *target = target_find(a->target);
-  int status = EXIT_ERR, lock = -1;
-  Run r = {.a = a, .g = g, .files = run_files(a->out)};
-  char *config = config_text(a);
   if (!target || !target->train) {
     error("--target %s cannot train (training targets: ref, cpu)", a->target);
-    goto done;
+    return false;
   }
   if (a->threads)
     cpu_train_set_threads(a->threads);
   DataOptions dtr = data_options(g, a, true), dte = data_options(g, a, false);
-  bool started = (r.train = data_open(a->data, &dtr)) && (r.test = data_open(a->data, &dte)) &&
-                 (r.t = trainer_new(g, target->train, a->batch, a->devices)) &&
-                 classes_fit(r.train, r.t, a->data, g) && start_lead(&r, config, &lock);
-  if (!share_start(&r, started))
+  return (r->train = data_open(a->data, &dtr)) && (r->test = data_open(a->data, &dte)) &&
+         (r->t = trainer_new(g, target->train, a->batch, a->devices)) &&
+         classes_fit(r->train, r->t, a->data, g) && start_lead(r, *config, lock);
+}
+
+static int train_run(TrainArgs *a) {
+  Graph *g = load_spec(a->spec);
+  int status = EXIT_ERR, lock = -1;
+  Run r = {.a = a, .g = g, .files = run_files(a->out)};
+  char *config = NULL;
+  if (!share_start(&r, set_up(&r, a, g, &config, &lock)))
     goto done;
   trainer_set_bucket_bytes(r.t, (int64_t)a->bucket_kib << 10);
   r.parts = xcalloc(a->ranks + 1, sizeof *r.parts);
@@ -911,13 +969,18 @@ static int parse_command(const char *cmd, const char *help, int argc, char **arg
 int cmd_train(int argc, char **argv) {
   TrainArgs a;
   bool ten_crop;
+  hold_messages();  // until share_start, or a usage error every rank makes alike
   int rc = parse_command("train", TRAIN_HELP, argc, argv, &a, &ten_crop);
-  if (rc)
+  if (!rc && (!a.data || !a.out))
+    rc = usage_error("train", "--data and --out are required");
+  if (rc) {
+    release_messages(false);
     return rc < 0 ? EXIT_OK : rc;
-  if (!a.data || !a.out)
-    return usage_error("train", "--data and --out are required");
-  if (!dist_init())
+  }
+  if (!dist_init()) {
+    release_messages(true);
     return EXIT_ERR;
+  }
   a.rank = dist_rank();
   a.ranks = dist_size();
   if (a.ranks > 1 && !a.threads) {  // ranks sharing a machine share its CPUs

@@ -8,8 +8,10 @@
 #           checkpoint, byte for byte, as 2 ranks never interrupted; resuming with another
 #           rank count (or none) is refused with a message;
 #   killed: one rank SIGKILLed mid-run ends the job, non-zero, within a bounded time,
-#           saying which rank died; the checkpoint left behind is whole and loads.
-# usage: mpi.sh ALEXC WEIGHTS_CLOSE [same|same_ref|resume|killed]   (no part: all four)
+#           saying which rank died; the checkpoint left behind is whole and loads;
+#   errors: a setup error every rank makes (a bad flag, bad data) is printed once, not once
+#           a rank; one that only rank 1 makes is printed, naming the rank.
+# usage: mpi.sh ALEXC WEIGHTS_CLOSE [same|same_ref|resume|killed|errors]   (no part: all)
 set -euo pipefail
 alexc="$1"
 close="$2"
@@ -170,12 +172,30 @@ killed() {
   [ -e "$tmp/k/weights.safetensors" ] || fail "the resumed run wrote no weights"
 }
 
+# count_in FILE TEXT: how many lines of FILE hold TEXT.
+count_in() { grep -c -- "$2" "$1" || true; }
+
+errors() {
+  local log="$tmp/err.log"
+  ! train 2 "$tmp/e" --bogus-flag > "$log" 2>&1 || fail "a bad flag was accepted"
+  [ "$(count_in "$log" "unrecognized option")" -eq 1 ] || fail "a bad flag is not reported once: $(cat "$log")"
+  ! "$mpirun" "${mpi_flags[@]}" -np 2 "$alexc" train "$spec" --data "$tmp/none" --out "$tmp/e" \
+    > "$log" 2>&1 || fail "missing data was accepted"
+  [ "$(count_in "$log" "$tmp/none")" -eq 1 ] || fail "missing data is not reported once: $(cat "$log")"
+  # Rank 1 alone fails (mpirun's MPMD form gives it other flags): its message is shown.
+  ! "$mpirun" "${mpi_flags[@]}" -np 1 "$alexc" train "$spec" --data "$data" --out "$tmp/e" --limit 64 \
+    : -np 1 "$alexc" train "$spec" --data "$tmp/none" --out "$tmp/e" --limit 64 \
+    > "$log" 2>&1 || fail "rank 1's missing data was accepted"
+  grep -q "^\[rank 1\] alexc: error: $tmp/none" "$log" || fail "rank 1's error is not shown: $(cat "$log")"
+}
+
 case "$part" in
   same) same ;;
   same_ref) same_ref ;;
   resume) resume ;;
   killed) killed ;;
-  all) same; same_ref; resume; killed ;;
+  errors) errors ;;
+  all) same; same_ref; resume; killed; errors ;;
   *) fail "unknown part $part" ;;
 esac
 echo "ok"
