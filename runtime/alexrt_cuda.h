@@ -239,6 +239,11 @@ bool rt_cuda_device(char *arch, size_t arch_size, char *name, size_t name_size);
 RtCuda *rt_cuda_open(const RtPlan *p, const float *(*get)(void *ctx, const char *tensor),
                      void *ctx);
 bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y);
+// Whether a batch's steps are captured into a CUDA graph (once per batch size) and
+// replayed (default: on, unless ALEXC_CUDA_GRAPHS=0; used only when the plan is on one
+// GPU), and how many captures and launches there have been.
+void rt_cuda_set_graphs(RtCuda *r, bool on);
+void rt_cuda_graph_stats(const RtCuda *r, int *captures, int *launches);
 void rt_cuda_close(RtCuda *r);
 
 // Timings of one batch (rt_cuda_time), from CUDA events on the GPUs' streams.

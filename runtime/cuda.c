@@ -18,6 +18,16 @@
 // chunk loops, like every address, are rt_plan_run's (runtime/cuda_plan.c), the same
 // code the CPU emulator of tests/cuda/ runs. tests/cuda/fake/ is a CPU stand-in for
 // libcuda and cuBLAS that runs this file's calls with the streams in a random order.
+//
+// CUDA graphs. A batch's steps (everything between the input's upload and the output's
+// download) are captured once per batch size into a CUDA graph and replayed: one
+// cuGraphLaunch instead of a launch and a GEMM call per step, so the GPU does not wait
+// for the host between kernels. The capture starts on device 0's stream; the other
+// streams join it through the first transfer's event and are joined back at the end
+// (join_streams), so a multi-stream plan is one graph with its concurrency kept.
+// Only when every logical device is on one GPU (graphs spanning GPUs are not used);
+// rt_cuda_set_graphs(r, false) or ALEXC_CUDA_GRAPHS=0 issues the steps directly, as
+// per-step timing (rt_cuda_time with per_layer) always does.
 #define _GNU_SOURCE
 #include <cublas_v2.h>
 #include <cuda.h>
@@ -44,7 +54,8 @@
   X(cuMemAlloc) X(cuMemFree) X(cuMemGetInfo) X(cuMemcpy2D) X(cuMemcpy2DAsync)             \
   X(cuMemcpy3DPeerAsync) X(cuLaunchKernel) X(cuStreamCreate) X(cuStreamDestroy)           \
   X(cuStreamSynchronize) X(cuStreamWaitEvent) X(cuEventCreate) X(cuEventDestroy)          \
-  X(cuEventRecord) X(cuEventElapsedTime)
+  X(cuEventRecord) X(cuEventElapsedTime) X(cuStreamBeginCapture) X(cuStreamEndCapture)   \
+  X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)
 #define CUBLAS_FUNCS(X)                                                                    \
   X(cublasCreate) X(cublasDestroy) X(cublasSetStream) X(cublasSetMathMode) X(cublasSgemm) \
   X(cublasGemmEx)
@@ -169,6 +180,10 @@ struct RtCuda {
   cublasMath_t math[RT_PLAN_MAX_DEVICES];    // the mode blas[d] is in (set when it changes)
   bool math_set[RT_PLAN_MAX_DEVICES];
   int arena_batch;  // the arenas (and scratch buffers) are sized for this many images
+  bool graphs;       // replay captured graphs (one GPU only)
+  CUgraphExec graph;  // the steps of a batch of graph_batch images, on these buffers
+  int graph_batch;
+  int graph_captures, graph_launches;  // for rt_cuda_graph_stats
   // Timing (rt_cuda_time): events recorded around steps, reused from run to run.
   Timed *timed;
   int n_timed, cap_timed;
@@ -343,9 +358,17 @@ static void free_buffer(CUdeviceptr *p) {
   *p = 0;
 }
 
+static void drop_graph(RtCuda *r) {
+  if (r->graph && use(r, 0))
+    cu.cuGraphExecDestroy(r->graph);
+  r->graph = NULL;
+  r->graph_batch = 0;
+}
+
 void rt_cuda_close(RtCuda *r) {
   if (!r)
     return;
+  drop_graph(r);
   for (int d = 0; d < r->plan->n_devices; d++) {
     if (!gpu(r, d)->ctx || !use(r, d))
       continue;
@@ -460,6 +483,8 @@ RtCuda *rt_cuda_open(const RtPlan *p, const float *(*get)(void *ctx, const char 
   }
   r->plan = p;
   r->n_gpus = p->n_devices < gpu_count ? p->n_devices : gpu_count;
+  const char *graphs = getenv("ALEXC_CUDA_GRAPHS");
+  r->graphs = !(graphs && !strcmp(graphs, "0"));
   bool ok = true;
   for (int g = 0; g < r->n_gpus && ok; g++)
     ok = open_gpu(&r->gpu[g], g);
@@ -485,6 +510,7 @@ static bool size_buffers(RtCuda *r, int batch) {
     return true;
   if (!sync_all(r))
     return false;
+  drop_graph(r);  // its addresses are those of the buffers about to go
   r->arena_batch = 0;
   for (int d = 0; d < p->n_devices; d++) {
     if (!use(r, d))
@@ -556,20 +582,77 @@ static RtPlanOps plan_ops(RtCuda *r) {
   return ops;
 }
 
-bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y) {
-  if (!size_buffers(r, batch))
-    return false;
-  RtPlanOps ops = plan_ops(r);
-  return rt_plan_run(r->plan, &ops, x, batch, y) && sync_all(r);
-}
-
 // Every stream waits for device 0's, and device 0's for every other: a common start
-// and end line for the whole run's two events.
+// and end line for the whole run's two events, and for a captured graph.
 static bool join_streams(RtCuda *r, bool start) {
   for (int d = 1; d < r->plan->n_devices; d++)
     if (!(start ? wait_for(r, d, 0) : wait_for(r, 0, d)))
       return false;
   return true;
+}
+
+void rt_cuda_set_graphs(RtCuda *r, bool on) {
+  if (!on)
+    drop_graph(r);
+  r->graphs = on;
+}
+
+void rt_cuda_graph_stats(const RtCuda *r, int *captures, int *launches) {
+  *captures = r->graph_captures;
+  *launches = r->graph_launches;
+}
+
+// Captures the steps of a batch of `batch` images into r->graph. A capture that fails
+// is ended (a stream left capturing would refuse all later work) before reporting.
+static bool capture_graph(RtCuda *r, const RtPlanOps *ops, int batch) {
+  drop_graph(r);
+  if (!use(r, 0))
+    return false;
+  CU(cu.cuStreamBeginCapture(r->stream[0], CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+     "cuStreamBeginCapture");
+  bool ok = join_streams(r, true) && rt_plan_steps(r->plan, ops, batch) &&
+            join_streams(r, false) && use(r, 0);
+  char why[512] = "";
+  if (!ok)
+    snprintf(why, sizeof why, "%s", rt_error());
+  CUgraph g = NULL;
+  CUresult rc = cu.cuStreamEndCapture(r->stream[0], &g);
+  if (ok && rc != CUDA_SUCCESS)
+    return cu_fail("capturing the steps into a CUDA graph", rc);
+  if (ok)
+    rc = cu.cuGraphInstantiate(&r->graph, g, 0);
+  if (g)
+    cu.cuGraphDestroy(g);
+  if (!ok)
+    return rt_fail("%s", why);
+  CU(rc, "cuGraphInstantiate");
+  r->graph_batch = batch;
+  r->graph_captures++;
+  return true;
+}
+
+// The steps of a batch: the graph captured for this batch size (captured now if there
+// is none), or each step issued directly.
+static bool run_steps(RtCuda *r, const RtPlanOps *ops, int batch) {
+  if (!r->graphs || r->n_gpus != 1)
+    return rt_plan_steps(r->plan, ops, batch);
+  if (r->graph_batch != batch && !capture_graph(r, ops, batch))
+    return false;
+  // Device 0's stream launches it: the others' earlier work (their input uploads)
+  // comes first, and their later work (downloads) waits for it.
+  if (!join_streams(r, false) || !use(r, 0))
+    return false;
+  CU(cu.cuGraphLaunch(r->graph, r->stream[0]), "cuGraphLaunch");
+  r->graph_launches++;
+  return join_streams(r, true);
+}
+
+bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y) {
+  if (!size_buffers(r, batch))
+    return false;
+  RtPlanOps ops = plan_ops(r);
+  return rt_plan_upload(r->plan, &ops, x, batch) && run_steps(r, &ops, batch) &&
+         rt_plan_download(r->plan, &ops, y, batch) && sync_all(r);
 }
 
 static RtLayerTime *layer_slot(RtTimes *t, const RtStep *s) {
@@ -625,7 +708,8 @@ bool rt_cuda_time(RtCuda *r, const float *x, int batch, float *y, bool per_layer
   float ms = 0;
   bool ok = rt_plan_upload(r->plan, &ops, x, batch) && sync_all(r) && use(r, 0);
   ok = ok && (rc = cu.cuEventRecord(start, r->stream[0])) == CUDA_SUCCESS;
-  ok = ok && join_streams(r, true) && rt_plan_steps(r->plan, &ops, batch) &&
+  ok = ok && join_streams(r, true) &&
+       (per_layer ? rt_plan_steps(r->plan, &ops, batch) : run_steps(r, &ops, batch)) &&
        join_streams(r, false) && use(r, 0);
   ok = ok && (rc = cu.cuEventRecord(stop, r->stream[0])) == CUDA_SUCCESS;
   ok = ok && rt_plan_download(r->plan, &ops, y, batch) && sync_all(r) && use(r, 0);

@@ -29,6 +29,13 @@ bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y) {
 
 void rt_cuda_close(RtCuda *r) { (void)r; }
 
+void rt_cuda_set_graphs(RtCuda *r, bool on) { (void)r, (void)on; }
+
+void rt_cuda_graph_stats(const RtCuda *r, int *captures, int *launches) {
+  (void)r;
+  *captures = *launches = 0;
+}
+
 bool rt_cuda_time(RtCuda *r, const float *x, int batch, float *y, bool per_layer, RtTimes *t) {
   (void)r, (void)x, (void)batch, (void)y, (void)per_layer, (void)t;
   return none();

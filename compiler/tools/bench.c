@@ -6,7 +6,10 @@
 // table. Medians throughout. Layers are the fused graph's nodes (conv1+relu1+norm1+pool1
 // is one row); an unfused run's layers are added up into the fused row that holds them,
 // so the two columns compare the same work. With several devices a row's time is the
-// slowest device's (the towers run concurrently).
+// slowest device's (the towers run concurrently). The end-to-end runs replay the batch's
+// steps as a CUDA graph (runtime/cuda.c; on one GPU, unless --no-graph); the per-layer
+// runs issue each step between its events, so their sum also holds the launch gaps a
+// graph removes.
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,13 +31,15 @@ static const char BENCH_HELP[] =
     "  --compare-unfused also compile without fusion and show both side by side; checks\n"
     "                    that their outputs agree within the precision's tolerance\n"
     "  --seed S          weights from seed S (default 1; times do not depend on values)\n"
+    "  --no-graph        issue the steps one by one instead of replaying them as a CUDA\n"
+    "                    graph (the per-layer runs always issue them one by one)\n"
     CUDA_OPTIONS_HELP
     PASS_OPTIONS_HELP;
 
 typedef struct {
   const char *target, *arch;
   int batch, runs, warmup;
-  bool compare_unfused;
+  bool compare_unfused, no_graph;
   uint64_t seed;
   PassOptions passes;
   CudaOptions cuda;
@@ -43,7 +48,7 @@ typedef struct {
 static int parse_bench_args(int argc, char **argv, BenchArgs *a) {
   static const struct option opts[] = {
       {"target", required_argument, 0, 'T'}, BENCH_LONG_OPTIONS,
-      {"compare-unfused", no_argument, 0, 'u'},
+      {"compare-unfused", no_argument, 0, 'u'}, {"no-graph", no_argument, 0, 'G'},
       {"help", no_argument, 0, 'h'},         CUDA_LONG_OPTIONS,
       PASS_LONG_OPTIONS,                     {0, 0, 0, 0}};
   *a = (BenchArgs){.batch = 128, .runs = 20, .warmup = 3, .seed = 1, .passes = pass_defaults(),
@@ -61,6 +66,7 @@ static int parse_bench_args(int argc, char **argv, BenchArgs *a) {
     switch (c) {
     case 'T': a->target = optarg; break;
     case 'u': a->compare_unfused = true; break;
+    case 'G': a->no_graph = true; break;
     case 'h':
       fputs(BENCH_HELP, stdout);
       return -1;
@@ -166,6 +172,7 @@ static void table_free(Table *t) {
 typedef struct {
   const char *name;
   double total[2];  // median, min (ms)
+  int captures, launches;  // CUDA graphs behind the end-to-end runs
   RtMemory mem;
   float *y;
 } Result;
@@ -197,6 +204,8 @@ static bool bench_config(const BenchArgs *a, const char *spec, bool fuse, Table 
   res->y = xcalloc(out, sizeof(float));
   double *totals = xcalloc(a->runs, sizeof(double));
   RtTimes times;
+  if (ok)
+    rt_cuda_set_graphs(m.rt, !a->no_graph);
   for (int i = 0; ok && i < a->warmup; i++)
     ok = rt_cuda_run(m.rt, x, a->batch, res->y);
   for (int i = 0; ok && i < a->runs; i++) {
@@ -213,6 +222,8 @@ static bool bench_config(const BenchArgs *a, const char *spec, bool fuse, Table 
     rt_times_free(&times);
   }
   ok = ok && rt_cuda_memory(m.rt, &res->mem);
+  if (ok)
+    rt_cuda_graph_stats(m.rt, &res->captures, &res->launches);
   if (!ok && m.rt)
     error("%s", rt_error());
   if (ok) {
@@ -261,10 +272,11 @@ static void print_table(const BenchArgs *a, Table *t, const Result *res, int con
     else
       printf(" |\n");
   }
-  printf("| sum of layers (events around each step) |");
+  printf("| sum of layers (events around each step, issued one by one) |");
   for (int c = 0; c < configs; c++)
     printf(" %.3f |", sum[c]);
-  printf(" |\n| **total** (end to end, median) |");
+  printf(" |\n| **total** (end to end, median; %s) |",
+         res[0].launches ? "a CUDA graph" : "issued one by one");
   for (int c = 0; c < configs; c++)
     printf(" **%.3f** |", res[c].total[0]);
   printf(" %.2f |\n| total, fastest run |", 2.0 * graph_macs(t->fused) * batch / res[0].total[0] / 1e9);
@@ -283,6 +295,11 @@ static void print_table(const BenchArgs *a, Table *t, const Result *res, int con
   }
   printf("\n\n%.3g GMAC per image (alexc check): TFLOP/s = 2 x MACs x batch / time.\n",
          graph_macs(t->fused) / 1e9);
+  for (int c = 0; c < configs; c++)
+    if (res[c].launches)
+      printf("%s: the end-to-end runs replayed %d capture%s of the batch's steps as a CUDA "
+             "graph (%d launches).\n", res[c].name, res[c].captures,
+             res[c].captures == 1 ? "" : "s", res[c].launches);
 }
 
 // One configuration layer by layer (the unfused run: each op alone, as a peer that

@@ -121,5 +121,20 @@ rc=$?
 printf '  %-38s %-21s %-6s %-4s  2 GPU(s)  seed 1  %-22s %s\n' "alexc bench mini-alexnet" \
   "--compare-unfused" gemm fp32 "" "$(verdict $rc)"
 [ $rc -eq 0 ] || fail "alexc bench mini-alexnet --devices 2 --compare-unfused" "$tmp/out"
+# CUDA graphs (runtime/cuda.c): every `alexc run` above on one fake GPU replayed a
+# capture of its steps (the fake checks the capture: joined streams, nothing CUDA
+# refuses while capturing); here a bench shows the replays, and the same bench with
+# --no-graph issues the steps one by one.
+cases=$((cases + 1))
+LD_LIBRARY_PATH=$fake_lib ALEXC_FAKE_CUDA_GPUS=1 "$alexc" bench specs/mini-alexnet.yaml \
+  --target cuda --devices 2 --batch 3 --runs 2 --warmup 1 >"$tmp/out" 2>&1
+rc=$?
+grep -q "replayed 1 capture of the batch's steps as a CUDA graph (3 launches)" "$tmp/out" || rc=1
+LD_LIBRARY_PATH=$fake_lib ALEXC_FAKE_CUDA_GPUS=1 "$alexc" bench specs/mini-alexnet.yaml \
+  --target cuda --devices 2 --batch 3 --runs 2 --warmup 1 --no-graph >"$tmp/out2" 2>&1 || rc=1
+! grep -q "CUDA graph" "$tmp/out2" || rc=1
+printf '  %-38s %-21s %-6s %-4s  1 GPU(s)  seed 1  %-22s %s\n' "alexc bench mini-alexnet" \
+  "--devices 2, graphs" gemm fp32 "" "$(verdict $rc)"
+[ $rc -eq 0 ] || { cat "$tmp/out2" >>"$tmp/out"; fail "alexc bench with CUDA graphs on one fake GPU" "$tmp/out"; }
 echo "$cases case(s), $failures failure(s)"
 [ $failures -eq 0 ]

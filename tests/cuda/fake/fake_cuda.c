@@ -37,6 +37,18 @@
 // cuEventQuery drains instead of answering CUDA_ERROR_NOT_READY; elapsed times are the
 // host's clock when the records happened to run.
 //
+// Stream capture and graphs (cuStreamBeginCapture .. cuGraphLaunch). While a stream is
+// capturing, its work is recorded instead of queued; a stream that waits for an event
+// recorded in the capture joins it; cuStreamEndCapture requires every joined stream to
+// have been joined back (the origin waiting for its last work: otherwise CUDA's
+// CUDA_ERROR_STREAM_CAPTURE_UNJOINED). What CUDA refuses during a capture is a violation
+// here: synchronising with a capturing stream or event, the legacy stream, copies to or
+// from host memory, allocations, waits across the capture's boundary. A launched graph
+// runs on streams of its own, one per captured stream, with events of its own in place
+// of the captured ones (an event recorded in a capture is a dependency, not a record a
+// host can see), after the launching stream's earlier work and before its later work:
+// work of the captured streams outside the graph is not ordered with it, as on a GPU.
+//
 // Environment: ALEXC_FAKE_CUDA_GPUS (1..8, default 1), ALEXC_FAKE_CUDA_MODULES (the
 // directory of <hash>.so and <hash>.cu; with ALEXC_FAKE_CUDA_CACHE and
 // ALEXC_FAKE_CUDA_EMU, missing ones are built from the NVRTC cache's sources),
@@ -100,9 +112,25 @@ typedef struct Op {
   FakeWork run;      // OP_WORK: run(arg), then free(arg)
   void *arg;
   CUevent event;  // OP_RECORD: this record of event; OP_WAIT: waits for it
-  uint64_t seq;   // the record's number (1, 2, ... per event)
+  uint64_t seq;   // the record's number (1, 2, ... per event); captured: the capture's
+  bool borrowed;  // arg belongs to a graph, which runs it again at every launch
+  CUstream on;    // captured: the stream it was issued on
   struct Op *next;
 } Op;
+
+// A stream capture in progress, then (ended) a graph: its operations in issue order.
+// Captured records are numbered 1.. (Op.seq) in place of event records.
+typedef struct Capture {
+  CUstream origin;
+  Op *head, *tail;
+  uint64_t records;
+  bool invalid;  // something CUDA refuses happened during it
+  int execs;     // instantiations alive (a graph outlives cuGraphDestroy while used)
+  bool destroyed;
+} Capture;
+struct CUgraph_st {
+  Capture c;
+};
 
 struct CUstream_st {
   CUcontext ctx;
@@ -110,6 +138,7 @@ struct CUstream_st {
   int id;  // creation order, for messages
   Op *head, *tail;
   int pending;
+  Capture *capture;  // capturing into this, or NULL
 };
 
 typedef struct {
@@ -122,6 +151,8 @@ struct CUevent_st {
   unsigned flags;
   uint64_t recorded;  // records enqueued so far; the latest is the event's state
   Record *rec;        // rec[seq - 1]
+  Capture *capture;   // last recorded in this capture (its record number: capture_seq)
+  uint64_t capture_seq;
 };
 
 struct CUfunc_st {
@@ -287,6 +318,33 @@ CUresult cuInit(unsigned int flags) {
       return fake.sticky;                \
   } while (0)
 
+// The capture in progress (one at a time: the runtime captures from one thread).
+static Capture *capturing;
+
+static void capture_op(CUstream s, Op *op) {
+  Capture *c = s->capture;
+  op->on = s;
+  op->next = NULL;
+  if (c->tail)
+    c->tail->next = op;
+  else
+    c->head = op;
+  c->tail = op;
+}
+
+// A call CUDA refuses while a capture is in progress (it also invalidates the capture).
+static CUresult capture_violation(const char *what) {
+  capturing->invalid = true;
+  return VIOLATION(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                   "%s during a stream capture (CUDA refuses it and invalidates the capture)",
+                   what);
+}
+#define NOT_WHILE_CAPTURING(what)      \
+  do {                                 \
+    if (capturing)                     \
+      return capture_violation(what);  \
+  } while (0)
+
 // SplitMix64: a seeded, portable sequence, so a seed replays the same schedule.
 static uint64_t next_random(void) {
   uint64_t z = (fake.rng += 0x9e3779b97f4a7c15ull);
@@ -319,6 +377,15 @@ static const struct {
     {CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED, "CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED",
      "peer access is already enabled"},
     {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+    {CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE", "the resource is in an illegal state"},
+    {CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+     "operation not permitted when stream is capturing"},
+    {CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+     "operation failed due to a previous error during capture"},
+    {CUDA_ERROR_STREAM_CAPTURE_ISOLATION, "CUDA_ERROR_STREAM_CAPTURE_ISOLATION",
+     "a dependency would cross the capture sequence boundary"},
+    {CUDA_ERROR_STREAM_CAPTURE_UNJOINED, "CUDA_ERROR_STREAM_CAPTURE_UNJOINED",
+     "capture was not joined back to the origin stream"},
     {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
 };
 
@@ -601,6 +668,7 @@ static uint32_t *map_alloc(size_t bytes, Alloc *a) {
 
 CUresult cuMemAlloc(CUdeviceptr *dptr, size_t bytes) {
   NEED_CONTEXT(c);
+  NOT_WHILE_CAPTURING("cuMemAlloc");
   int d = c->device;
   if (!dptr || !bytes)
     return VIOLATION(CUDA_ERROR_INVALID_VALUE, "cuMemAlloc: %s",
@@ -622,6 +690,7 @@ CUresult cuMemAlloc(CUdeviceptr *dptr, size_t bytes) {
 
 CUresult cuMemFree(CUdeviceptr dptr) {
   NEED_INIT();
+  NOT_WHILE_CAPTURING("cuMemFree");
   if (!dptr)
     return CUDA_SUCCESS;
   fake_cuda_drain_all();  // cuMemFree waits for the device, so queued work still sees it
@@ -689,7 +758,8 @@ static void run_op(Op *op) {
   case OP_WAIT:  // op_ready() said the record it waits for has run
     break;
   }
-  free(op->arg);
+  if (!op->borrowed)
+    free(op->arg);
   free(op);
 }
 
@@ -806,6 +876,11 @@ static void drain_event(CUevent e, uint64_t seq) {
 
 // Queues op on stream s, or on the legacy stream runs it now, after what that waits for.
 static CUresult enqueue(CUstream s, Op *op) {
+  if (is_legacy(s) && capturing) {
+    free(op->arg);
+    free(op);
+    return capture_violation("work on the legacy stream");
+  }
   if (is_legacy(s)) {
     CUcontext c = fake_cuda_current();
     if (!c) {
@@ -826,6 +901,10 @@ static CUresult enqueue(CUstream s, Op *op) {
     free(op->arg);
     free(op);
     return VIOLATION(CUDA_ERROR_INVALID_HANDLE, "%s: %p is not a live stream", what, (void *)s);
+  }
+  if (s->capture) {
+    capture_op(s, op);
+    return CUDA_SUCCESS;
   }
   if (s->tail)
     s->tail->next = op;
@@ -869,6 +948,7 @@ CUresult cuStreamCreate(CUstream *ps, unsigned int flags) {
 
 CUresult cuStreamDestroy(CUstream s) {
   NEED_INIT();
+  NOT_WHILE_CAPTURING("cuStreamDestroy");
   int i = is_legacy(s) ? -1 : stream_index(s);
   if (i < 0)
     return VIOLATION(CUDA_ERROR_INVALID_HANDLE, "cuStreamDestroy: %p is not a live stream",
@@ -881,6 +961,7 @@ CUresult cuStreamDestroy(CUstream s) {
 
 CUresult cuStreamSynchronize(CUstream s) {
   NEED_INIT();
+  NOT_WHILE_CAPTURING("cuStreamSynchronize");
   if (is_legacy(s)) {
     NEED_CONTEXT(c);
     drain_context(c, true);
@@ -895,6 +976,7 @@ CUresult cuStreamSynchronize(CUstream s) {
 
 CUresult cuCtxSynchronize(void) {
   NEED_CONTEXT(c);
+  NOT_WHILE_CAPTURING("cuCtxSynchronize");
   drain_context(c, false);
   return fake.sticky;
 }
@@ -925,6 +1007,7 @@ CUresult cuEventCreate(CUevent *pe, unsigned int flags) {
 
 CUresult cuEventDestroy(CUevent e) {
   NEED_EVENT(e);
+  NOT_WHILE_CAPTURING("cuEventDestroy");
   fake_cuda_drain_all();  // no queued record or wait may outlive it
   for (int i = 0; i < fake.n_events; i++)
     if (fake.events[i] == e)
@@ -945,6 +1028,16 @@ CUresult cuEventRecord(CUevent e, CUstream s) {
                      "cuEventRecord: the event belongs to device %d's context, the stream to "
                      "device %d's",
                      e->ctx->device, c->device);
+  if (!is_legacy(s) && s->capture) {  // a dependency of the capture, not a record
+    Op *op = xmalloc(sizeof *op);
+    *op = (Op){.kind = OP_RECORD, .what = "cuEventRecord", .event = e,
+               .seq = ++s->capture->records};
+    e->capture = s->capture;
+    e->capture_seq = op->seq;
+    capture_op(s, op);
+    return CUDA_SUCCESS;
+  }
+  e->capture = NULL;
   Record *rec = realloc(e->rec, (e->recorded + 1) * sizeof *rec);
   if (!rec)
     abort();
@@ -959,6 +1052,23 @@ CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int flags) {
   NEED_EVENT(e);
   if (flags)
     return VIOLATION(CUDA_ERROR_INVALID_VALUE, "cuStreamWaitEvent: flags must be 0");
+  if (e->capture && e->capture == capturing && !is_legacy(s) && stream_index(s) >= 0) {
+    // A wait for the capture's work: the stream joins the capture (or already is in it).
+    if (s->capture && s->capture != capturing)
+      return capture_violation("cuStreamWaitEvent across two captures");
+    s->capture = capturing;
+    Op *op = xmalloc(sizeof *op);
+    *op = (Op){.kind = OP_WAIT, .what = "cuStreamWaitEvent", .event = e, .seq = e->capture_seq};
+    capture_op(s, op);
+    return CUDA_SUCCESS;
+  }
+  if (e->capture)
+    return VIOLATION(CUDA_ERROR_STREAM_CAPTURE_ISOLATION,
+                     "cuStreamWaitEvent: the event was last recorded in a stream capture%s",
+                     e->capture == capturing ? ", the stream is the legacy one"
+                                             : " that has ended");
+  if (!is_legacy(s) && s->capture)
+    return capture_violation("cuStreamWaitEvent for an event recorded outside the capture");
   if (!e->recorded)  // CUDA: waiting for a never-recorded event waits for nothing
     return fake_cuda_stream_context(s) ? CUDA_SUCCESS
                                        : VIOLATION(CUDA_ERROR_INVALID_HANDLE,
@@ -971,6 +1081,7 @@ CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int flags) {
 
 CUresult cuEventSynchronize(CUevent e) {
   NEED_EVENT(e);
+  NOT_WHILE_CAPTURING("cuEventSynchronize");
   drain_event(e, e->recorded);
   return fake.sticky;
 }
@@ -979,6 +1090,7 @@ CUresult cuEventSynchronize(CUevent e) {
 // done at its first query, which is one of the schedules a GPU may produce.
 CUresult cuEventQuery(CUevent e) {
   NEED_EVENT(e);
+  NOT_WHILE_CAPTURING("cuEventQuery");
   drain_event(e, e->recorded);
   return fake.sticky;
 }
@@ -990,6 +1102,7 @@ static double ms_between(struct timespec a, struct timespec b) {
 CUresult cuEventElapsedTime(float *ms, CUevent start, CUevent end) {
   NEED_EVENT(start);
   NEED_EVENT(end);
+  NOT_WHILE_CAPTURING("cuEventElapsedTime");
   if (!ms)
     return CUDA_ERROR_INVALID_VALUE;
   if ((start->flags | end->flags) & CU_EVENT_DISABLE_TIMING)
@@ -1003,6 +1116,241 @@ CUresult cuEventElapsedTime(float *ms, CUevent start, CUevent end) {
     return fake.sticky;
   *ms = (float)ms_between(start->rec[start->recorded - 1].when, end->rec[end->recorded - 1].when);
   return CUDA_SUCCESS;
+}
+
+// ---------------------------------------------------------------- stream capture, graphs
+
+CUresult cuStreamBeginCapture(CUstream s, CUstreamCaptureMode mode) {
+  NEED_CONTEXT(c);
+  CUresult rc = check_stream("cuStreamBeginCapture", s, c);
+  if (rc != CUDA_SUCCESS)
+    return rc;
+  if (is_legacy(s))
+    return VIOLATION(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                     "cuStreamBeginCapture: the legacy stream cannot be captured");
+  if (mode != CU_STREAM_CAPTURE_MODE_GLOBAL && mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
+      mode != CU_STREAM_CAPTURE_MODE_RELAXED)
+    return VIOLATION(CUDA_ERROR_INVALID_VALUE, "cuStreamBeginCapture: mode %d", (int)mode);
+  if (capturing)  // several captures at once are legal in CUDA; the runtime never needs it
+    return VIOLATION(CUDA_ERROR_NOT_SUPPORTED,
+                     "cuStreamBeginCapture: a capture is already in progress (not emulated)");
+  CUgraph g = xmalloc(sizeof *g);
+  *g = (struct CUgraph_st){.c = {.origin = s}};
+  capturing = &g->c;
+  s->capture = capturing;
+  return CUDA_SUCCESS;
+}
+
+static void free_ops(Op *op) {
+  while (op) {
+    Op *next = op->next;
+    free(op->arg);
+    free(op);
+    op = next;
+  }
+}
+
+static void free_graph_if_unused(CUgraph g) {
+  if (!g->c.destroyed || g->c.execs)
+    return;
+  for (int i = 0; i < fake.n_events; i++)  // last recorded in it: now never recorded
+    if (fake.events[i]->capture == &g->c)
+      fake.events[i]->capture = NULL;
+  free_ops(g->c.head);
+  free(g);
+}
+
+// Every stream that joined the capture must be joined back: its last operation a
+// record that the origin then waits for.
+static bool all_joined(const Capture *c) {
+  for (const Op *op = c->head; op; op = op->next) {
+    if (op->on == c->origin)
+      continue;
+    const Op *last = op;
+    for (const Op *o = op->next; o; o = o->next)
+      if (o->on == op->on)
+        last = o;
+    bool joined = false;
+    for (const Op *o = last->next; o && last->kind == OP_RECORD; o = o->next)
+      joined |= o->on == c->origin && o->kind == OP_WAIT && o->seq == last->seq;
+    if (!joined) {
+      fake_cuda_violation("cuStreamEndCapture: stream %d joined the capture and was not "
+                          "joined back (its last work, '%s', is not waited for by the origin)",
+                          op->on->id, last->what);
+      return false;
+    }
+  }
+  return true;
+}
+
+CUresult cuStreamEndCapture(CUstream s, CUgraph *graph) {
+  NEED_INIT();
+  if (!graph || is_legacy(s) || stream_index(s) < 0)
+    return VIOLATION(CUDA_ERROR_INVALID_VALUE, "cuStreamEndCapture: bad arguments");
+  if (!capturing || capturing->origin != s)
+    return VIOLATION(CUDA_ERROR_ILLEGAL_STATE,
+                     "cuStreamEndCapture: stream %d did not begin a capture", s->id);
+  Capture *c = capturing;
+  capturing = NULL;
+  for (int i = 0; i < fake.n_streams; i++)
+    if (fake.streams[i]->capture == c)
+      fake.streams[i]->capture = NULL;
+  CUgraph g = (CUgraph)((char *)c - offsetof(struct CUgraph_st, c));
+  *graph = NULL;
+  if (c->invalid || !all_joined(c)) {
+    g->c.destroyed = true;
+    free_graph_if_unused(g);
+    return c->invalid ? CUDA_ERROR_STREAM_CAPTURE_INVALIDATED : CUDA_ERROR_STREAM_CAPTURE_UNJOINED;
+  }
+  *graph = g;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGraphDestroy(CUgraph g) {
+  NEED_INIT();
+  if (!g || g->c.destroyed)
+    return VIOLATION(CUDA_ERROR_INVALID_VALUE, "cuGraphDestroy: not a live graph");
+  g->c.destroyed = true;
+  free_graph_if_unused(g);
+  return CUDA_SUCCESS;
+}
+
+// An instantiated graph: the captured operations, run at each launch on streams of its
+// own (mirror[k] for the k-th distinct captured stream) with events of its own
+// (record[i - 1] for captured record i), so a launch is ordered only through the
+// launching stream, as on a GPU.
+struct CUgraphExec_st {
+  CUgraph g;
+  int n_mirrors;
+  CUstream captured[64], mirror[64];
+  CUevent done[64];  // each mirror's end, which the launching stream waits for
+  CUevent start;
+  CUevent *record;
+};
+
+static int mirror_of(CUgraphExec e, CUstream s) {
+  for (int k = 0; k < e->n_mirrors; k++)
+    if (e->captured[k] == s)
+      return k;
+  return -1;
+}
+
+static CUresult make_mirror_stream(CUcontext ctx, CUstream *out) {
+  CUcontext saved = current;
+  current = ctx;
+  CUresult rc = cuStreamCreate(out, CU_STREAM_NON_BLOCKING);
+  current = saved;
+  return rc;
+}
+
+static CUresult make_event(CUcontext ctx, CUevent *out) {
+  CUcontext saved = current;
+  current = ctx;
+  CUresult rc = cuEventCreate(out, CU_EVENT_DISABLE_TIMING);
+  current = saved;
+  return rc;
+}
+
+CUresult cuGraphExecDestroy(CUgraphExec e);
+
+CUresult cuGraphInstantiate(CUgraphExec *out, CUgraph g, unsigned long long flags) {
+  NEED_INIT();
+  NOT_WHILE_CAPTURING("cuGraphInstantiate");
+  if (!out || !g || g->c.destroyed || flags)
+    return VIOLATION(CUDA_ERROR_INVALID_VALUE, "cuGraphInstantiate: bad arguments");
+  CUgraphExec e = xmalloc(sizeof *e);
+  *e = (struct CUgraphExec_st){.g = g};
+  g->c.execs++;
+  e->record = xmalloc(sizeof(CUevent) * (size_t)(g->c.records + 1));
+  memset(e->record, 0, sizeof(CUevent) * (size_t)(g->c.records + 1));
+  CUresult rc = make_event(g->c.origin->ctx, &e->start);
+  for (const Op *op = g->c.head; op && rc == CUDA_SUCCESS; op = op->next) {
+    if (mirror_of(e, op->on) < 0) {
+      if (e->n_mirrors == 64) {
+        rc = VIOLATION(CUDA_ERROR_NOT_SUPPORTED, "cuGraphInstantiate: over 64 streams");
+        break;
+      }
+      int k = e->n_mirrors++;
+      e->captured[k] = op->on;
+      if ((rc = make_mirror_stream(op->on->ctx, &e->mirror[k])) == CUDA_SUCCESS)
+        rc = make_event(op->on->ctx, &e->done[k]);
+    }
+    if (rc == CUDA_SUCCESS && op->kind == OP_RECORD)
+      rc = make_event(op->on->ctx, &e->record[op->seq - 1]);
+  }
+  if (rc != CUDA_SUCCESS) {
+    cuGraphExecDestroy(e);
+    return rc;
+  }
+  *out = e;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGraphExecDestroy(CUgraphExec e) {
+  NEED_INIT();
+  NOT_WHILE_CAPTURING("cuGraphExecDestroy");
+  if (!e)
+    return VIOLATION(CUDA_ERROR_INVALID_VALUE, "cuGraphExecDestroy: NULL");
+  fake_cuda_drain_all();  // a GPU finishes a launched graph first
+  for (uint64_t i = 0; i < e->g->c.records; i++)
+    if (e->record[i])
+      cuEventDestroy(e->record[i]);
+  for (int k = 0; k < e->n_mirrors; k++) {
+    if (e->mirror[k])
+      cuStreamDestroy(e->mirror[k]);
+    if (e->done[k])
+      cuEventDestroy(e->done[k]);
+  }
+  if (e->start)
+    cuEventDestroy(e->start);
+  free(e->record);
+  e->g->c.execs--;
+  free_graph_if_unused(e->g);
+  free(e);
+  return fake.sticky;
+}
+
+// The launching stream's earlier work, then every captured operation on its mirror in
+// capture order (the work itself borrowed from the graph), then the launching stream's
+// later work.
+CUresult cuGraphLaunch(CUgraphExec e, CUstream s) {
+  NEED_CONTEXT(c);
+  NOT_WHILE_CAPTURING("cuGraphLaunch");  // legal in CUDA (a child graph); not needed here
+  CUresult rc = check_stream("cuGraphLaunch", s, c);
+  if (rc != CUDA_SUCCESS)
+    return rc;
+  if (!e)
+    return VIOLATION(CUDA_ERROR_INVALID_VALUE, "cuGraphLaunch: NULL graph");
+  CUcontext saved = current;
+  current = fake_cuda_stream_context(s);
+  rc = cuEventRecord(e->start, s);
+  for (int k = 0; k < e->n_mirrors && rc == CUDA_SUCCESS; k++) {
+    current = e->mirror[k]->ctx;
+    rc = cuStreamWaitEvent(e->mirror[k], e->start, 0);
+  }
+  for (const Op *op = e->g->c.head; op && rc == CUDA_SUCCESS; op = op->next) {
+    CUstream m = e->mirror[mirror_of(e, op->on)];
+    current = m->ctx;
+    if (op->kind == OP_RECORD) {
+      rc = cuEventRecord(e->record[op->seq - 1], m);
+    } else if (op->kind == OP_WAIT) {
+      rc = cuStreamWaitEvent(m, e->record[op->seq - 1], 0);
+    } else {
+      Op *run = xmalloc(sizeof *run);
+      *run = (Op){.kind = OP_WORK, .what = op->what, .run = op->run, .arg = op->arg,
+                  .borrowed = true};
+      rc = enqueue(m, run);
+    }
+  }
+  for (int k = 0; k < e->n_mirrors && rc == CUDA_SUCCESS; k++) {
+    current = e->mirror[k]->ctx;
+    rc = cuEventRecord(e->done[k], e->mirror[k]);
+    current = fake_cuda_stream_context(s);
+    if (rc == CUDA_SUCCESS)
+      rc = cuStreamWaitEvent(s, e->done[k], 0);
+  }
+  current = saved;
+  return rc;
 }
 
 // ---------------------------------------------------------------- copies and memset
@@ -1084,7 +1432,9 @@ static CUresult make_copy(const char *what, End dst, End src, size_t width, size
   return CUDA_SUCCESS;
 }
 
-static CUresult queue_copy(CUstream s, const char *what, const Copy *c) {
+static CUresult queue_copy(CUstream s, const char *what, const Copy *c, bool host) {
+  if (host && !is_legacy(s) && stream_index(s) >= 0 && s->capture)
+    return capture_violation("a copy to or from host memory");
   if (!c->width)
     return CUDA_SUCCESS;
   Copy *arg = xmalloc(sizeof *arg);
@@ -1110,7 +1460,7 @@ static CUresult memcpy_2d(const char *what, const CUDA_MEMCPY2D *p, CUstream s) 
       (rc = make_copy(what, dst, src, p->WidthInBytes, p->Height, 1, p->dstPitch, p->srcPitch, 0, 0,
                       &c)) != CUDA_SUCCESS)
     return rc;
-  return queue_copy(s, what, &c);
+  return queue_copy(s, what, &c, dst.device < 0 || src.device < 0);
 }
 
 CUresult cuMemcpy2D(const CUDA_MEMCPY2D *p) { return memcpy_2d("cuMemcpy2D", p, NULL); }
@@ -1150,7 +1500,7 @@ static CUresult memcpy_peer(const char *what, const CUDA_MEMCPY3D_PEER *p, CUstr
     if (live_context(p->dstContext))
       drain_context(p->dstContext, true);
   }
-  return queue_copy(s, what, &c);
+  return queue_copy(s, what, &c, false);
 }
 
 CUresult cuMemcpy3DPeer(const CUDA_MEMCPY3D_PEER *p) {
