@@ -64,6 +64,10 @@ typedef struct {
 
 typedef enum { RT_STEP_KERNEL, RT_STEP_GEMM, RT_STEP_TRANSFER, RT_STEP_CHUNK } RtStepKind;
 
+// What a GEMM step does to C after the product: nothing, or adds a bias per row of C
+// (an fc layer's output feature), then optionally a ReLU: cublasLt's epilogues.
+typedef enum { RT_GEMM_PLAIN, RT_GEMM_BIAS, RT_GEMM_BIAS_RELU } RtGemmEpilogue;
+
 typedef struct {
   RtStepKind kind;
   int device;                // kernel, gemm: where it runs; transfer: the receiver
@@ -83,10 +87,13 @@ typedef struct {
   // conv: N, N, m = pixels of the chunk, n = a group's kernels, k = in/groups * K * K:
   //       out[c][pixel] = sum_kk col[kk][pixel] * W[c][kk] (im2col, channel-major).
   // prec RT_BF16: A and B hold bfloat16 (C is float either way).
+  // epilogue: C[i][j] += bias[i] (then max(0, C)), bias m floats (fc: the layer's slice).
   char transa, transb;
   RtPrecision prec;
   RtDim m, n, k, lda, ldb, ldc;
   RtAddr a, b, c;
+  RtGemmEpilogue epilogue;
+  RtAddr bias;
 
   // RT_STEP_CHUNK: the next `body` steps (kernels and GEMMs on `device`) run once per
   // chunk of at most `images` images of the batch; inside, kernels get the chunk's
@@ -175,7 +182,7 @@ void rt_plan_add_tensor(RtPlan *p, const char *name, RtShape shape);
 // The tensor called `name`, or NULL.
 const RtPlanTensor *rt_plan_tensor(const RtPlan *p, const char *name);
 
-// The artifact file: a text header ("alexc-cuda-plan 4"), one line per plan item,
+// The artifact file: a text header ("alexc-cuda-plan 5"), one line per plan item,
 // "end", then the modules' bytes. Described in runtime/cuda_plan.c and
 // compiler/backends/cuda/README.md.
 bool rt_plan_save(const RtPlan *p, const char *path);
@@ -204,6 +211,11 @@ typedef struct {
   bool (*gemm)(void *ctx, int device, RtPrecision prec, char transa, char transb, int64_t m,
                int64_t n, int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b,
                int64_t ldb, float beta, uint64_t c, int64_t ldc);
+  // The same GEMM (alpha 1, beta 0) with an epilogue: C = op_a(A) op_b(B) + bias (m
+  // floats, one per row of C), then max(0, C) when relu (cublasLt).
+  bool (*gemm_bias)(void *ctx, int device, RtPrecision prec, char transa, char transb,
+                    int64_t m, int64_t n, int64_t k, uint64_t a, int64_t lda, uint64_t b,
+                    int64_t ldb, uint64_t c, int64_t ldc, uint64_t bias, bool relu);
   // Copies `height` rows of `width` floats; a device of -1 means host memory.
   bool (*copy)(void *ctx, int dst_device, uint64_t dst, int64_t dst_pitch, int src_device,
                uint64_t src, int64_t src_pitch, int64_t width, int64_t height);

@@ -29,6 +29,7 @@
 // rt_cuda_set_graphs(r, false) or ALEXC_CUDA_GRAPHS=0 issues the steps directly, as
 // per-step timing (rt_cuda_time with per_layer) always does.
 #define _GNU_SOURCE
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda.h>
 #include <dlfcn.h>
@@ -60,6 +61,14 @@
   X(cublasCreate) X(cublasDestroy) X(cublasSetStream) X(cublasSetMathMode) X(cublasSgemm) \
   X(cublasGemmEx)
 
+// cublasLt, for GEMMs with an epilogue (an fc layer's bias and ReLU): loaded when a
+// plan has such a GEMM.
+#define LT_FUNCS(X)                                                                        \
+  X(cublasLtCreate) X(cublasLtDestroy) X(cublasLtMatmulDescCreate)                        \
+  X(cublasLtMatmulDescDestroy) X(cublasLtMatmulDescSetAttribute)                          \
+  X(cublasLtMatrixLayoutCreate) X(cublasLtMatrixLayoutDestroy)                            \
+  X(cublasLtMatmulPreferenceCreate) X(cublasLtMatmulPreferenceDestroy)                    \
+  X(cublasLtMatmulPreferenceSetAttribute) X(cublasLtMatmulAlgoGetHeuristic) X(cublasLtMatmul)
 #define DECLARE(f) __typeof__(&f) f;
 static struct {
   void *lib;
@@ -69,6 +78,10 @@ static struct {
   void *lib;
   CUBLAS_FUNCS(DECLARE)
 } blas;
+static struct {
+  void *lib;
+  LT_FUNCS(DECLARE)
+} lt;
 
 static bool cu_fail(const char *what, CUresult rc) {
   const char *msg = NULL;
@@ -125,6 +138,32 @@ static bool load_libraries(char *why, size_t size) {
   return true;
 }
 
+// cublasLt, the first time a plan needs it.
+static bool load_cublaslt(void) {
+  static char why[512];
+  if (lt.lib)
+    return true;
+  if (why[0])
+    return rt_fail("%s", why);
+  const char *names[] = {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"};
+  for (size_t i = 0; i < sizeof names / sizeof *names && !lt.lib; i++)
+    lt.lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+  if (!lt.lib) {
+    snprintf(why, sizeof why, "cuBLASLt not found (libcublasLt.so.13/12): the fc layers' "
+             "bias and ReLU epilogues need it");
+    return rt_fail("%s", why);
+  }
+#define LOAD_LT(f)                                                                     \
+  if (!(lt.f = (__typeof__(lt.f))dlsym(lt.lib, STR(f)))) {                             \
+    snprintf(why, sizeof why, "cuBLASLt lacks %s: it is older than this toolkit", STR(f)); \
+    dlclose(lt.lib);                                                                   \
+    lt.lib = NULL;                                                                     \
+    return rt_fail("%s", why);                                                         \
+  }
+  LT_FUNCS(LOAD_LT)
+  return true;
+}
+
 bool rt_cuda_available(void) {
   static bool tried, ok;
   static char why[512];
@@ -159,6 +198,26 @@ typedef struct {
   size_t used_before;  // device memory in use once the primary context was current
 } Gpu;
 
+// A cublasLt matmul ready to run: its descriptors and the algorithm cuBLASLt's heuristic
+// chose, for one GEMM shape with an epilogue and the alignments of its pointers (the
+// heuristic picks by them, so a call whose pointers are less aligned gets its own).
+typedef struct {
+  int device;
+  RtPrecision prec;
+  char ta, tb;
+  int64_t m, n, k, lda, ldb, ldc;
+  bool relu;
+  unsigned align[4];  // bytes: A, B, C (and D), bias; 256 at most
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t a, b, c;
+  cublasLtMatmulAlgo_t algo;
+  size_t workspace;
+} LtMatmul;
+
+// The workspace each device with cublasLt matmuls gets: what cuBLAS's documentation
+// recommends for Hopper, allocated at open (a graph capture may not allocate).
+#define LT_WORKSPACE_BYTES ((size_t)32 << 20)
+
 // A step run between two timing events (rt_cuda_time with per_layer).
 typedef struct {
   const RtStep *step;
@@ -177,6 +236,10 @@ struct RtCuda {
   CUmodule module[RT_PLAN_MAX_DEVICES];
   CUdeviceptr arena[RT_PLAN_MAX_DEVICES], weights[RT_PLAN_MAX_DEVICES];
   CUdeviceptr scratch[RT_PLAN_MAX_DEVICES];  // one chunk's im2col columns and conv GEMM output
+  cublasLtHandle_t lt[RT_PLAN_MAX_DEVICES];  // devices with epilogue GEMMs
+  CUdeviceptr lt_workspace[RT_PLAN_MAX_DEVICES];
+  LtMatmul *matmuls;
+  int n_matmuls;
   cublasMath_t math[RT_PLAN_MAX_DEVICES];    // the mode blas[d] is in (set when it changes)
   bool math_set[RT_PLAN_MAX_DEVICES];
   int arena_batch;  // the arenas (and scratch buffers) are sized for this many images
@@ -260,6 +323,135 @@ static bool gemm(void *ctx, int d, RtPrecision prec, char transa, char transb, i
   return blas_ok(blas.cublasSgemm(h, ta, tb, (int)m, (int)n, (int)k, &alpha, A, (int)lda, B,
                                   (int)ldb, &beta, C, (int)ldc),
                  prec == RT_TF32 ? "cublasSgemm (tf32)" : "cublasSgemm");
+}
+
+static unsigned alignment(uint64_t p) {
+  unsigned a = 256;
+  while (a > 1 && p % a)
+    a /= 2;
+  return a;
+}
+
+static bool lt_ok(cublasStatus_t st, const char *what) {
+  return st == CUBLAS_STATUS_SUCCESS || rt_fail("cuda: %s failed (cuBLASLt status %d)", what, (int)st);
+}
+
+static void free_matmul(LtMatmul *mm) {
+  if (mm->desc)
+    lt.cublasLtMatmulDescDestroy(mm->desc);
+  if (mm->a)
+    lt.cublasLtMatrixLayoutDestroy(mm->a);
+  if (mm->b)
+    lt.cublasLtMatrixLayoutDestroy(mm->b);
+  if (mm->c)
+    lt.cublasLtMatrixLayoutDestroy(mm->c);
+}
+
+// Descriptors for mm's shape and the heuristic's best algorithm for its alignments.
+static bool make_matmul(RtCuda *r, LtMatmul *mm, uint64_t bias) {
+  cublasComputeType_t compute = mm->prec == RT_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  cudaDataType ab = mm->prec == RT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+  cublasOperation_t ta = mm->ta == 'T' ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasOperation_t tb = mm->tb == 'T' ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasLtEpilogue_t epi = mm->relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+  const void *bias_ptr = (const void *)(uintptr_t)bias;  // its alignment informs the choice
+  bool ok =
+      lt_ok(lt.cublasLtMatmulDescCreate(&mm->desc, compute, CUDA_R_32F), "cublasLtMatmulDescCreate") &&
+      lt_ok(lt.cublasLtMatmulDescSetAttribute(mm->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta),
+            "setting TRANSA") &&
+      lt_ok(lt.cublasLtMatmulDescSetAttribute(mm->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb),
+            "setting TRANSB") &&
+      lt_ok(lt.cublasLtMatmulDescSetAttribute(mm->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
+                                              sizeof epi), "setting the epilogue") &&
+      lt_ok(lt.cublasLtMatmulDescSetAttribute(mm->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                              &bias_ptr, sizeof bias_ptr), "setting the bias") &&
+      lt_ok(lt.cublasLtMatrixLayoutCreate(&mm->a, ab, mm->ta == 'T' ? mm->k : mm->m,
+                                          mm->ta == 'T' ? mm->m : mm->k, mm->lda), "layout of A") &&
+      lt_ok(lt.cublasLtMatrixLayoutCreate(&mm->b, ab, mm->tb == 'T' ? mm->n : mm->k,
+                                          mm->tb == 'T' ? mm->k : mm->n, mm->ldb), "layout of B") &&
+      lt_ok(lt.cublasLtMatrixLayoutCreate(&mm->c, CUDA_R_32F, mm->m, mm->n, mm->ldc), "layout of C");
+  cublasLtMatmulPreference_t pref = NULL;
+  size_t ws = LT_WORKSPACE_BYTES;
+  ok = ok && lt_ok(lt.cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate") &&
+       lt_ok(lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                     &ws, sizeof ws), "setting the workspace");
+  const cublasLtMatmulPreferenceAttributes_t aligns[4] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  for (int i = 0; i < 4 && ok; i++) {
+    uint32_t bytes = mm->align[i < 3 ? i : 2];
+    ok = lt_ok(lt.cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &bytes, sizeof bytes),
+               "setting an alignment");
+  }
+  cublasLtMatmulHeuristicResult_t best;
+  int found = 0;
+  ok = ok && lt_ok(lt.cublasLtMatmulAlgoGetHeuristic(r->lt[mm->device], mm->desc, mm->a, mm->b,
+                                                     mm->c, mm->c, pref, 1, &best, &found),
+                   "cublasLtMatmulAlgoGetHeuristic");
+  if (pref)
+    lt.cublasLtMatmulPreferenceDestroy(pref);
+  if (ok && !found)
+    ok = rt_fail("cuda: cuBLASLt has no algorithm for a GEMM with a bias epilogue (m %lld, n "
+                 "%lld, k %lld, %s)", (long long)mm->m, (long long)mm->n, (long long)mm->k,
+                 rt_precision_name(mm->prec));
+  if (ok) {
+    mm->algo = best.algo;
+    mm->workspace = best.workspaceSize;
+  }
+  return ok;
+}
+
+// The matmul for this shape and these alignments, made the first time it is needed.
+static LtMatmul *find_matmul(RtCuda *r, const LtMatmul *key, uint64_t bias) {
+  for (int i = 0; i < r->n_matmuls; i++) {
+    LtMatmul *mm = &r->matmuls[i];
+    if (mm->device == key->device && mm->prec == key->prec && mm->ta == key->ta &&
+        mm->tb == key->tb && mm->m == key->m && mm->n == key->n && mm->k == key->k &&
+        mm->lda == key->lda && mm->ldb == key->ldb && mm->ldc == key->ldc &&
+        mm->relu == key->relu && !memcmp(mm->align, key->align, sizeof mm->align))
+      return mm;
+  }
+  LtMatmul *grown = realloc(r->matmuls, (r->n_matmuls + 1) * sizeof *grown);
+  if (!grown) {
+    rt_fail("out of memory");
+    return NULL;
+  }
+  r->matmuls = grown;
+  LtMatmul *mm = &r->matmuls[r->n_matmuls];
+  *mm = *key;
+  if (!make_matmul(r, mm, bias)) {
+    free_matmul(mm);
+    return NULL;
+  }
+  r->n_matmuls++;
+  return mm;
+}
+
+// A GEMM with a bias (and ReLU) epilogue, through cublasLt: an fc layer in one call.
+static bool gemm_bias(void *ctx, int d, RtPrecision prec, char transa, char transb, int64_t m,
+                      int64_t n, int64_t k, uint64_t a, int64_t lda, uint64_t b, int64_t ldb,
+                      uint64_t c, int64_t ldc, uint64_t bias, bool relu) {
+  RtCuda *r = ctx;
+  if (!r->lt[d])
+    return rt_fail("cuda: a GEMM with an epilogue on device %d, which has no cuBLASLt handle", d);
+  if (!use(r, d))
+    return false;
+  LtMatmul key = {.device = d, .prec = prec, .ta = transa, .tb = transb, .m = m, .n = n,
+                  .k = k, .lda = lda, .ldb = ldb, .ldc = ldc, .relu = relu,
+                  .align = {alignment(a), alignment(b), alignment(c), alignment(bias)}};
+  LtMatmul *mm = find_matmul(r, &key, bias);
+  if (!mm)
+    return false;
+  const void *bias_ptr = (const void *)(uintptr_t)bias;
+  float one = 1, zero = 0;
+  const void *A = (const void *)(uintptr_t)a, *B = (const void *)(uintptr_t)b;
+  void *C = (void *)(uintptr_t)c;
+  return lt_ok(lt.cublasLtMatmulDescSetAttribute(mm->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                 &bias_ptr, sizeof bias_ptr), "setting the bias") &&
+         lt_ok(lt.cublasLtMatmul(r->lt[d], mm->desc, &one, A, mm->a, B, mm->b, &zero, C, mm->c,
+                                 C, mm->c, &mm->algo, (void *)(uintptr_t)r->lt_workspace[d],
+                                 mm->workspace, r->stream[d]),
+               "cublasLtMatmul (GEMM with bias epilogue)");
 }
 
 // Makes stream `waiter` wait for everything issued so far on logical device `d`'s stream.
@@ -383,7 +575,14 @@ void rt_cuda_close(RtCuda *r) {
       blas.cublasDestroy(r->blas[d]);
     if (r->ready[d])
       cu.cuEventDestroy(r->ready[d]);
+    free_buffer(&r->lt_workspace[d]);
   }
+  for (int i = 0; i < r->n_matmuls; i++)
+    free_matmul(&r->matmuls[i]);
+  free(r->matmuls);
+  for (int d = 0; d < r->plan->n_devices; d++)
+    if (r->lt[d])
+      lt.cublasLtDestroy(r->lt[d]);
   free_timing(r);
   for (int d = 0; d < r->plan->n_devices; d++)
     if (r->stream[d] && use(r, d))
@@ -451,6 +650,14 @@ static bool upload_weights(RtCuda *r, int d, const float *(*get)(void *, const c
   return true;
 }
 
+static bool has_epilogue_gemm(const RtPlan *p, int d) {
+  for (int i = 0; i < p->n_steps; i++)
+    if (p->steps[i].kind == RT_STEP_GEMM && p->steps[i].device == d &&
+        p->steps[i].epilogue != RT_GEMM_PLAIN)
+      return true;
+  return false;
+}
+
 static bool load_device(RtCuda *r, int d, const float *(*get)(void *, const char *), void *ctx) {
   const RtPlanDevice *v = &r->plan->dev[d];
   if (!use(r, d))
@@ -468,6 +675,11 @@ static bool load_device(RtCuda *r, int d, const float *(*get)(void *, const char
     return cu_fail("loading the kernels (built for the plan's --arch)", rc);
   if (!upload_weights(r, d, get, ctx))
     return false;
+  if (has_epilogue_gemm(r->plan, d)) {
+    if (!load_cublaslt() || !lt_ok(lt.cublasLtCreate(&r->lt[d]), "cublasLtCreate"))
+      return false;
+    CU(cu.cuMemAlloc(&r->lt_workspace[d], LT_WORKSPACE_BYTES), "allocating cuBLASLt's workspace");
+  }
   CU(cu.cuCtxSynchronize(), "uploading weights");
   return true;
 }
@@ -573,7 +785,7 @@ static bool mark(void *ctx, const RtStep *s, bool end) {
 }
 
 static RtPlanOps plan_ops(RtCuda *r) {
-  RtPlanOps ops = {.ctx = r, .launch = launch, .gemm = gemm, .copy = copy};
+  RtPlanOps ops = {.ctx = r, .launch = launch, .gemm = gemm, .gemm_bias = gemm_bias, .copy = copy};
   for (int d = 0; d < r->plan->n_devices; d++) {
     ops.arena[d] = r->arena[d];
     ops.weights[d] = r->weights[d];
@@ -737,7 +949,8 @@ bool rt_cuda_memory(RtCuda *r, RtMemory *m) {
   for (int d = 0; d < p->n_devices; d++)  // as upload_weights and size_buffers allocate
     m->alexc_bytes[r->gpu_of[d]] +=
         (p->dev[d].weights + p->dev[d].arena * r->arena_batch +
-         rt_plan_scratch_elems(p, d, r->arena_batch)) * (int64_t)sizeof(float);
+         rt_plan_scratch_elems(p, d, r->arena_batch)) * (int64_t)sizeof(float) +
+        (r->lt_workspace[d] ? (int64_t)LT_WORKSPACE_BYTES : 0);
   for (int g = 0; g < r->n_gpus; g++) {
     size_t free_bytes, total;
     CU(cu.cuCtxSetCurrent(r->gpu[g].ctx), "cuCtxSetCurrent");

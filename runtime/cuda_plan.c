@@ -3,7 +3,7 @@
 //
 // The artifact is a text header, readable with `head`, then the modules' bytes:
 //
-//   alexc-cuda-plan 4
+//   alexc-cuda-plan 5
 //   network alexnet
 //   arch sm_90
 //   precision fp32                          fp32, tf32 or bf16: the GEMMs' arithmetic
@@ -16,7 +16,7 @@
 //   input 0 ADDR PITCH HOST_OFFSET HOST_PITCH WIDTH
 //   output 0 ADDR PITCH HOST_OFFSET HOST_PITCH WIDTH
 //   kernel 0 NAME LAYER WORK BLOCK N ADDR...  one line per step, in execution order
-//   gemm 0 LAYER PREC TA TB M N K A LDA B LDB C LDC
+//   gemm 0 LAYER PREC TA TB M N K A LDA B LDB C LDC EPILOGUE [BIAS]
 //   chunk 0 LAYER IMAGES STEPS
 //   transfer FROM TO LAYER SRC SRC_PITCH DST DST_PITCH WIDTH
 //   end
@@ -27,7 +27,10 @@
 // (weight element F).
 //
 // `gemm` is cublasSgemm(TA, TB, M, N, K, 1, A, LDA, B, LDB, 0, C, LDC), column-major,
-// in precision PREC (fp32, tf32, or bf16: A and B in bfloat16), TA and TB `N` or `T`; each of M N K LDA LDB LDC is written `Pb+F`: P times the batch
+// in precision PREC (fp32, tf32, or bf16: A and B in bfloat16), TA and TB `N` or `T`,
+// then EPILOGUE: `plain`, or `bias` or `bias_relu` followed by the BIAS address (M floats,
+// added to each column of C, then the ReLU: cublasLt's epilogues, which let an fc layer
+// with its bias and ReLU be one call). Each of M N K LDA LDB LDC is written `Pb+F`: P times the batch
 // (the chunk's image count inside a chunk) plus F. The fc layers use `T N 0b+OUT 1b+0
 // 0b+IN`; a conv with --conv gemm uses `N N PIXb+0 0b+KERNELS 0b+IN*K*K`, the A matrix
 // its im2col columns in scratch (rows: pixels of the chunk's images, columns: input
@@ -54,13 +57,14 @@
 #include "internal.h"
 
 #define MAGIC_ANY "alexc-cuda-plan "  // then the format: an old plan is not junk
-#define FORMAT "4"
+#define FORMAT "5"
 #define MAGIC MAGIC_ANY FORMAT "\n"
 #define MAX_LINE 4096
 #define BIG ((int64_t)1 << 40)
 #define BIG_DIM ((int64_t)1 << 31)
 
 static const char *const PRECISIONS[] = {"fp32", "tf32", "bf16"};
+static const char *const EPILOGUES[] = {"plain", "bias", "bias_relu"};  // by RtGemmEpilogue
 
 const char *rt_precision_name(RtPrecision p) {
   return (unsigned)p < 3 ? PRECISIONS[p] : "?";
@@ -235,6 +239,9 @@ bool rt_plan_serialize(const RtPlan *p, uint8_t **data, size_t *data_size) {
       put_dim(f, s->ldb);
       put_addr(f, s->c);
       put_dim(f, s->ldc);
+      fprintf(f, " %s", EPILOGUES[s->epilogue]);
+      if (s->epilogue != RT_GEMM_PLAIN)
+        put_addr(f, s->bias);
       break;
     case RT_STEP_CHUNK:
       fprintf(f, "chunk %d %s %" PRId64 " %d", s->device, s->name, s->images, s->body);
@@ -297,6 +304,15 @@ static bool num(const char *s, int64_t lo, int64_t hi, int64_t *out) {
     return false;
   *out = v;
   return true;
+}
+
+static bool epilogue(const char *s, RtGemmEpilogue *e) {
+  for (int i = 0; i < 3; i++)
+    if (!strcmp(s, EPILOGUES[i])) {
+      *e = (RtGemmEpilogue)i;
+      return true;
+    }
+  return false;
 }
 
 static bool addr(const char *s, RtAddr *a) {
@@ -429,14 +445,16 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
         return false;
     rt_plan_add_step(p, &s);
     return true;
-  } else if (!strcmp(w, "gemm") && t->n == 15) {
+  } else if (!strcmp(w, "gemm") && (t->n == 16 || t->n == 17)) {
     s.kind = RT_STEP_GEMM;
     const char *ta = t->tok[4], *tb = t->tok[5];
     if (!name(t->tok[2], s.name) || !rt_parse_precision(t->tok[3], &s.prec) || strlen(ta) != 1 ||
         strlen(tb) != 1 || !strchr("NT", *ta) || !strchr("NT", *tb) || !dim(t->tok[6], &s.m) ||
         !dim(t->tok[7], &s.n) || !dim(t->tok[8], &s.k) || !addr(t->tok[9], &s.a) ||
         !dim(t->tok[10], &s.lda) || !addr(t->tok[11], &s.b) || !dim(t->tok[12], &s.ldb) ||
-        !addr(t->tok[13], &s.c) || !dim(t->tok[14], &s.ldc))
+        !addr(t->tok[13], &s.c) || !dim(t->tok[14], &s.ldc) ||
+        !epilogue(t->tok[15], &s.epilogue) || (t->n == 17) != (s.epilogue != RT_GEMM_PLAIN) ||
+        (t->n == 17 && !addr(t->tok[16], &s.bias)))
       return false;
     s.transa = *ta;
     s.transb = *tb;
@@ -628,6 +646,12 @@ static bool run_step(const RtStep *s, const RtPlanOps *ops, Span sp) {
                        sp.n);
   }
   case RT_STEP_GEMM:
+    if (s->epilogue != RT_GEMM_PLAIN)
+      return ops->gemm_bias(ops->ctx, d, s->prec, s->transa, s->transb, extent(s->m, sp),
+                            extent(s->n, sp), extent(s->k, sp), resolve(ops, d, s->a, sp),
+                            extent(s->lda, sp), resolve(ops, d, s->b, sp), extent(s->ldb, sp),
+                            resolve(ops, d, s->c, sp), extent(s->ldc, sp),
+                            resolve(ops, d, s->bias, sp), s->epilogue == RT_GEMM_BIAS_RELU);
     return ops->gemm(ops->ctx, d, s->prec, s->transa, s->transb, extent(s->m, sp), extent(s->n, sp),
                      extent(s->k, sp), 1.0f, resolve(ops, d, s->a, sp), extent(s->lda, sp),
                      resolve(ops, d, s->b, sp), extent(s->ldb, sp), 0.0f,

@@ -156,6 +156,7 @@ phase_env() {
     fi
     echo "libcuda.so.1:    $(where_lib libcuda.so.1)"
     echo "libcublas.so.13: $(where_lib libcublas.so.13)"
+    echo "libcublasLt.so.13: $(where_lib libcublasLt.so.13)"
     echo "libnvrtc:        $(where_lib libnvrtc.so.13)"
     local mma=not-found dir
     for dir in "${CUDA_HOME:-}/include" /usr/local/cuda/include; do

@@ -151,4 +151,16 @@ static inline const char *emu_gemm(char ta, char tb, int64_t m, int64_t n, int64
   return NULL;
 }
 
+// cublasLt's CUBLASLT_EPILOGUE_BIAS and _RELU_BIAS after a GEMM into the float C (m x n,
+// column-major): C[i][j] += bias[i], then max(0, C[i][j]) when relu, in float, as the
+// epilogue adds the bias to the accumulator before storing.
+static inline void emu_bias_epilogue(int64_t m, int64_t n, float *c, int64_t ldc,
+                                     const float *bias, int relu) {
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t i = 0; i < m; i++) {
+      float v = c[j * ldc + i] + bias[i];
+      c[j * ldc + i] = relu && !(v > 0) ? 0.0f : v;
+    }
+}
+
 #endif

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The real CUDA runtime (runtime/cuda.c) on the CPU: `alexc run --target cuda
-# --compare-ref` with libcuda and cuBLAS replaced by the fakes of tests/cuda/fake/
+# --compare-ref` with libcuda, cuBLAS and cuBLASLt replaced by the fakes of tests/cuda/fake/
 # (found through LD_LIBRARY_PATH), which run the generated kernels compiled for the CPU,
 # check every address against the allocations, and run the streams lazily in a seeded
 # random order. Each case runs with two schedules (ALEXC_FAKE_CUDA_SEED) and, with

@@ -228,6 +228,19 @@ static bool gemm(void *ctx, int d, RtPrecision prec, char ta, char tb, int64_t m
   return true;
 }
 
+// The GEMM, then cublasLt's bias (and ReLU) epilogue on C (emu_gemm.h).
+static bool gemm_bias(void *ctx, int d, RtPrecision prec, char ta, char tb, int64_t m, int64_t n,
+                      int64_t k, uint64_t a, int64_t lda, uint64_t b, int64_t ldb, uint64_t c,
+                      int64_t ldc, uint64_t bias, bool relu) {
+  Emu *e = ctx;
+  if (!gemm(ctx, d, prec, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc))
+    return false;
+  if (m && n && !check(e, d, bias, m * 4, "gemm bias"))
+    return false;
+  emu_bias_epilogue(m, n, (float *)(uintptr_t)c, ldc, (const float *)(uintptr_t)bias, relu);
+  return true;
+}
+
 static bool copy(void *ctx, int dst_dev, uint64_t dst, int64_t dst_pitch, int src_dev,
                  uint64_t src, int64_t src_pitch, int64_t width, int64_t height) {
   Emu *e = ctx;
@@ -368,7 +381,8 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
     y[i] = NAN;
   Emu e = {.x = x, .y = y, .x_elems = rt_shape_elems(p->in) * batch, .y_elems = out_elems,
            .max_grid = v->max_grid};
-  RtPlanOps ops = {.ctx = &e, .launch = launch, .gemm = gemm, .copy = copy};
+  RtPlanOps ops = {.ctx = &e, .launch = launch, .gemm = gemm, .gemm_bias = gemm_bias,
+                   .copy = copy};
   bool ok = true;
   for (int d = 0; d < p->n_devices && ok; d++) {
     char *cu = format("%s/%s-%s-device%d.cu", workdir, g->name, v->name, d);

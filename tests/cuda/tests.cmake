@@ -84,6 +84,12 @@ if(ALEXC_CUDA AND ALEXC_CXX)
   set_target_properties(fake_cublas PROPERTIES PREFIX "" OUTPUT_NAME libcublas SUFFIX .so.13
                         LIBRARY_OUTPUT_DIRECTORY ${ALEXC_FAKE_CUDA_DIR}
                         BUILD_RPATH "$ORIGIN")
+  add_library(fake_cublaslt SHARED cuda/fake/fake_cublaslt.c)
+  target_include_directories(fake_cublaslt PRIVATE ${ALEXC_CUDA_INCLUDE})
+  target_link_libraries(fake_cublaslt PRIVATE fake_cuda)
+  set_target_properties(fake_cublaslt PROPERTIES PREFIX "" OUTPUT_NAME libcublasLt SUFFIX .so.13
+                        LIBRARY_OUTPUT_DIRECTORY ${ALEXC_FAKE_CUDA_DIR}
+                        BUILD_RPATH "$ORIGIN")
   add_test(NAME cuda.fake
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda/fake.sh ${ALEXC_BIN}
                    ${ALEXC_FAKE_CUDA_DIR} ${ALEXC_CXX}

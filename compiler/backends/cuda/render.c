@@ -532,7 +532,7 @@ static void emit_kernel_list(const Graph *g, int d, const CudaOptions *o, FILE *
   for (int i = 1; i < g->n_nodes; i++) {
     const Node *n = &g->nodes[i];
     Range r = n->place[d].stage[n->n_epilogue];
-    if (!range_len(r) || is_noop(n, d) || (n->op == OP_FC && !has_bias(n) && !n->n_epilogue))
+    if (!range_len(r) || is_noop(n, d))
       continue;
     char kname[RT_PLAN_NAME], stages[256];
     cuda_kernel_name(g, i, kname, sizeof kname);
@@ -540,6 +540,14 @@ static void emit_kernel_list(const Graph *g, int d, const CudaOptions *o, FILE *
     for (int k = 0; k < n->n_epilogue && at < (int)sizeof stages; k++)
       at += snprintf(stages + at, sizeof stages - at, "+%s", n->epilogue[k].name);
     Shape in = n->n_inputs ? g->nodes[n->inputs[0]].out : n->out;
+    if (fc_gemm_only(n)) {  // a plan step, not a kernel of this file
+      static const char *const how[] = {"cuBLAS GEMM", "cublasLt GEMM, bias epilogue",
+                                        "cublasLt GEMM, bias+ReLU epilogue"};
+      fprintf(f, "//   %-22s %-28s %s -> %s, features [%lld, %lld): %s\n", "-",
+              stages, shape_str(in, a, sizeof a), shape_str(n->out, b, sizeof b),
+              (long long)r.begin, (long long)r.end, how[fc_gemm_epilogue(n)]);
+      continue;
+    }
     if (is_gemm_conv(n, o)) {
       char iname[RT_PLAN_NAME + 8];
       snprintf(iname, sizeof iname, "%s_im2col", kname);
@@ -571,9 +579,10 @@ void emit_header(const Graph *g, int d, const char *how, const CudaOptions *o,
           "// float32, NCHW; a device holds a channel range of each tensor, stored image,\n"
           "// then held channel, then plane. One thread per output element; fused stages\n"
           "// are computed in registers (each stage a __device__ function calling the one\n"
-          "// before it at the positions it needs), never written to memory. fc GEMMs run\n"
-          "// in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,\n"
-          "// then the batch size; everything else is a constant.\n"
+          "// before it at the positions it needs), never written to memory. fc layers are\n"
+          "// GEMMs in cuBLAS, their bias and ReLU its epilogue (cublasLt) where nothing\n"
+          "// else follows them, or a kernel here. Kernel arguments: buffers, then the\n"
+          "// batch size; everything else is a constant.\n"
           "//\n",
           g->name, how, d, g->n_devices);
   static const char *const GEMMS[] = {

@@ -33,6 +33,23 @@ static inline bool has_bias(const Node *n) {
 }
 // fc: cuBLAS computes the head into the output buffer; the kernel reads it back.
 static inline bool reads_own_output(const Node *n) { return n->op == OP_FC; }
+// Whether an fc node's bias and ReLU are its GEMM's epilogue (cublasLt): it has a bias,
+// and its fused stages are ReLUs and dropouts (the identity at inference) only. The node
+// then has no kernel.
+static inline RtGemmEpilogue fc_gemm_epilogue(const Node *n) {
+  bool relu = false;
+  for (int k = 0; k < n->n_epilogue; k++) {
+    if (n->epilogue[k].op == OP_RELU)
+      relu = true;
+    else if (n->epilogue[k].op != OP_DROPOUT)
+      return RT_GEMM_PLAIN;
+  }
+  return !has_bias(n) ? RT_GEMM_PLAIN : relu ? RT_GEMM_BIAS_RELU : RT_GEMM_BIAS;
+}
+// An fc node whose GEMM is all its work on the device (no kernel of its own).
+static inline bool fc_gemm_only(const Node *n) {
+  return n->op == OP_FC && (fc_gemm_epilogue(n) != RT_GEMM_PLAIN || (!has_bias(n) && !n->n_epilogue));
+}
 // Dropout and flatten whose output shares its input's buffer are no-ops.
 static inline bool is_noop(const Node *n, int d) {
   return !n->n_epilogue && n->place[d].in_place && (n->op == OP_DROPOUT || n->op == OP_FLATTEN);

@@ -16,8 +16,10 @@
 // FIRST_KERNEL constants rebase channel numbers into the slice.
 //
 // fc layers: the GEMM runs in cuBLAS (a plan step), written straight into the output
-// buffer; the node's kernel is then only its epilogue (bias, ReLU, dropout), reading
-// and rewriting the same elements.
+// buffer. Its bias and ReLU are the GEMM's epilogue (cublasLt's bias and ReLU-bias
+// epilogues) when nothing else follows them (dropout is the identity at inference), so
+// the node has no kernel; otherwise the node's kernel is its epilogue, reading and
+// rewriting the same elements.
 //
 // conv layers (--conv, per layer; cuda.h lists the schemes):
 //   gemm (the default): per chunk of images, an im2col kernel writes the column matrix
@@ -267,7 +269,7 @@ static bool plan_conv_fused(const Graph *g, int i, int d, FILE *src, RtPlan *p, 
   return true;
 }
 static bool plan_fc_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, int64_t w_at,
-                         const char *kname, RtPrecision prec) {
+                         int64_t b_at, const char *kname, RtPrecision prec) {
   const Node *n = &g->nodes[i], *in = &g->nodes[n->inputs[0]];
   const Placement *pl = &n->place[d], *pi = &in->place[d];
   Range r0 = pl->stage[0];
@@ -289,6 +291,8 @@ static bool plan_fc_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, int
   s.ldb = (RtDim){0, features};
   s.c = arena(pl->offset, r0.begin - pl->held.begin);
   s.ldc = (RtDim){0, held};
+  s.epilogue = fc_gemm_epilogue(n);
+  s.bias = weight(b_at);
   if (prec != RT_BF16) {
     rt_plan_add_step(p, &s);
     return true;
@@ -334,9 +338,9 @@ static bool plan_node(const Graph *g, int i, int d, FILE *src, RtPlan *p, const 
     return plan_conv_implicit(g, i, d, src, p, b_at, kname, o->precision);
   int64_t w_at = has_weights(n) ? add_slice(p, d, n, false, r0, o->precision == RT_BF16) : 0;
   if (n->op == OP_FC) {
-    if (!plan_fc_gemm(g, i, d, src, p, w_at, kname, o->precision))
+    if (!plan_fc_gemm(g, i, d, src, p, w_at, b_at, kname, o->precision))
       return false;
-    if (!has_bias(n) && !n->n_epilogue)
+    if (fc_gemm_only(n))
       return true;  // nothing left for a kernel
   }
   Ctx x = {g, n, i, d, src, false, false, false};

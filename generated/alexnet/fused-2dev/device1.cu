@@ -4,9 +4,10 @@
 // float32, NCHW; a device holds a channel range of each tensor, stored image,
 // then held channel, then plane. One thread per output element; fused stages
 // are computed in registers (each stage a __device__ function calling the one
-// before it at the positions it needs), never written to memory. fc GEMMs run
-// in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,
-// then the batch size; everything else is a constant.
+// before it at the positions it needs), never written to memory. fc layers are
+// GEMMs in cuBLAS, their bias and ReLU its epilogue (cublasLt) where nothing
+// else follows them, or a kernel here. Kernel arguments: buffers, then the
+// batch size; everything else is a constant.
 //
 // Precision fp32: GEMMs in fp32 (cublasSgemm, default math mode: no TF32).
 //
@@ -27,9 +28,9 @@
 //   k06_conv5_im2col       conv5                        384x13x13 -> columns, channels [128, 256)
 //   k06_conv5              conv5+relu5+pool5            384x13x13 -> 256x6x6, channels [128, 256)
 //   k07_flatten            flatten                      256x6x6 -> 9216, features [4608, 9216)
-//   k08_fc6                fc6+relu6+drop6              9216 -> 4096, features [2048, 4096)
-//   k09_fc7                fc7+relu7+drop7              4096 -> 4096, features [2048, 4096)
-//   k10_fc8                fc8                          4096 -> 1000, features [500, 1000)
+//   -                      fc6+relu6+drop6              9216 -> 4096, features [2048, 4096): cublasLt GEMM, bias+ReLU epilogue
+//   -                      fc7+relu7+drop7              4096 -> 4096, features [2048, 4096): cublasLt GEMM, bias+ReLU epilogue
+//   -                      fc8                          4096 -> 1000, features [500, 1000): cublasLt GEMM, bias epilogue
 
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
@@ -749,162 +750,6 @@ extern "C" __global__ void k07_flatten(
   constexpr int HELD_BEGIN = 0, HELD = 9216;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
   const Ptrs p = {x0};
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
-       i += (long long)gridDim.x * blockDim.x) {
-    const long long img = i / PER_IMAGE;
-    const int e = (int)(i % PER_IMAGE);
-    const int c = C_BEGIN + e / (H * W), oy = e / W % H, ox = e % W;
-    y[(img * HELD + (c - HELD_BEGIN)) * (H * W) + oy * W + ox] = stage0(p, img, c, oy, ox);
-  }
-}
-
-// ---------------------------------------------------------------- k08_fc6
-//
-// fc6: fc 9216 -> 4096 (GEMM in cuBLAS)
-//   features [2048, 4096) on this device
-// then relu6: relu 4096 -> 4096
-//   features [2048, 4096) on this device
-// then drop6: dropout 4096 -> 4096, p 0.5: the identity at inference
-//   features [2048, 4096) on this device
-
-namespace node08 {
-
-struct Ptrs {
-  const float *y;  // the GEMM's output, rewritten in place
-  const float *b;
-};
-
-// Stage 0, fc6: fc 9216 -> 4096 (GEMM in cuBLAS).
-__device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int HELD_BEGIN = 0, HELD = 4096;
-  constexpr int FIRST_KERNEL = 2048;  // this device's bias starts there
-  return p.y[img * HELD + (c - HELD_BEGIN)] + p.b[c - FIRST_KERNEL];
-  (void)y;
-  (void)x;
-}
-
-// Stage 1, relu6: relu 4096 -> 4096.
-__device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int y, int x) {
-  const float v = stage0(p, img, c, y, x);
-  return v > 0.0f ? v : 0.0f;
-}
-
-// Stage 2, drop6: dropout 4096 -> 4096, p 0.5: the identity at inference.
-__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
-  return stage1(p, img, c, y, x);
-}
-
-}  // namespace node08
-
-// One thread per output element on this device: image, channel, row, column.
-extern "C" __global__ void k08_fc6(
-    float *y,
-    const float *__restrict__ b,
-    int batch) {
-  using namespace node08;
-  constexpr int C_BEGIN = 2048, C_END = 4096, H = 1, W = 1;
-  constexpr int HELD_BEGIN = 0, HELD = 4096;  // channels of y on this device
-  constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {y, b};
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
-       i += (long long)gridDim.x * blockDim.x) {
-    const long long img = i / PER_IMAGE;
-    const int e = (int)(i % PER_IMAGE);
-    const int c = C_BEGIN + e / (H * W), oy = e / W % H, ox = e % W;
-    y[(img * HELD + (c - HELD_BEGIN)) * (H * W) + oy * W + ox] = stage2(p, img, c, oy, ox);
-  }
-}
-
-// ---------------------------------------------------------------- k09_fc7
-//
-// fc7: fc 4096 -> 4096 (GEMM in cuBLAS)
-//   features [2048, 4096) on this device
-// then relu7: relu 4096 -> 4096
-//   features [2048, 4096) on this device
-// then drop7: dropout 4096 -> 4096, p 0.5: the identity at inference
-//   features [2048, 4096) on this device
-
-namespace node09 {
-
-struct Ptrs {
-  const float *y;  // the GEMM's output, rewritten in place
-  const float *b;
-};
-
-// Stage 0, fc7: fc 4096 -> 4096 (GEMM in cuBLAS).
-__device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int HELD_BEGIN = 0, HELD = 4096;
-  constexpr int FIRST_KERNEL = 2048;  // this device's bias starts there
-  return p.y[img * HELD + (c - HELD_BEGIN)] + p.b[c - FIRST_KERNEL];
-  (void)y;
-  (void)x;
-}
-
-// Stage 1, relu7: relu 4096 -> 4096.
-__device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int y, int x) {
-  const float v = stage0(p, img, c, y, x);
-  return v > 0.0f ? v : 0.0f;
-}
-
-// Stage 2, drop7: dropout 4096 -> 4096, p 0.5: the identity at inference.
-__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
-  return stage1(p, img, c, y, x);
-}
-
-}  // namespace node09
-
-// One thread per output element on this device: image, channel, row, column.
-extern "C" __global__ void k09_fc7(
-    float *y,
-    const float *__restrict__ b,
-    int batch) {
-  using namespace node09;
-  constexpr int C_BEGIN = 2048, C_END = 4096, H = 1, W = 1;
-  constexpr int HELD_BEGIN = 0, HELD = 4096;  // channels of y on this device
-  constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {y, b};
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
-       i += (long long)gridDim.x * blockDim.x) {
-    const long long img = i / PER_IMAGE;
-    const int e = (int)(i % PER_IMAGE);
-    const int c = C_BEGIN + e / (H * W), oy = e / W % H, ox = e % W;
-    y[(img * HELD + (c - HELD_BEGIN)) * (H * W) + oy * W + ox] = stage2(p, img, c, oy, ox);
-  }
-}
-
-// ---------------------------------------------------------------- k10_fc8
-//
-// fc8: fc 4096 -> 1000 (GEMM in cuBLAS)
-//   features [500, 1000) on this device
-
-namespace node10 {
-
-struct Ptrs {
-  const float *y;  // the GEMM's output, rewritten in place
-  const float *b;
-};
-
-// Stage 0, fc8: fc 4096 -> 1000 (GEMM in cuBLAS).
-__device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int HELD_BEGIN = 500, HELD = 500;
-  constexpr int FIRST_KERNEL = 500;  // this device's bias starts there
-  return p.y[img * HELD + (c - HELD_BEGIN)] + p.b[c - FIRST_KERNEL];
-  (void)y;
-  (void)x;
-}
-
-}  // namespace node10
-
-// One thread per output element on this device: image, channel, row, column.
-extern "C" __global__ void k10_fc8(
-    float *y,
-    const float *__restrict__ b,
-    int batch) {
-  using namespace node10;
-  constexpr int C_BEGIN = 500, C_END = 1000, H = 1, W = 1;
-  constexpr int HELD_BEGIN = 500, HELD = 500;  // channels of y on this device
-  constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {y, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;

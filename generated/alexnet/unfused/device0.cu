@@ -4,9 +4,10 @@
 // float32, NCHW; a device holds a channel range of each tensor, stored image,
 // then held channel, then plane. One thread per output element; fused stages
 // are computed in registers (each stage a __device__ function calling the one
-// before it at the positions it needs), never written to memory. fc GEMMs run
-// in cuBLAS; their kernels here are the epilogues. Kernel arguments: buffers,
-// then the batch size; everything else is a constant.
+// before it at the positions it needs), never written to memory. fc layers are
+// GEMMs in cuBLAS, their bias and ReLU its epilogue (cublasLt) where nothing
+// else follows them, or a kernel here. Kernel arguments: buffers, then the
+// batch size; everything else is a constant.
 //
 // Precision fp32: GEMMs in fp32 (cublasSgemm, default math mode: no TF32).
 //
@@ -35,11 +36,11 @@
 //   k13_conv5              conv5                        384x13x13 -> 256x13x13, channels [0, 256)
 //   k14_relu5              relu5                        256x13x13 -> 256x13x13, channels [0, 256)
 //   k15_pool5              pool5                        256x13x13 -> 256x6x6, channels [0, 256)
-//   k17_fc6                fc6                          9216 -> 4096, features [0, 4096)
+//   -                      fc6                          9216 -> 4096, features [0, 4096): cublasLt GEMM, bias epilogue
 //   k18_relu6              relu6                        4096 -> 4096, features [0, 4096)
-//   k20_fc7                fc7                          4096 -> 4096, features [0, 4096)
+//   -                      fc7                          4096 -> 4096, features [0, 4096): cublasLt GEMM, bias epilogue
 //   k21_relu7              relu7                        4096 -> 4096, features [0, 4096)
-//   k23_fc8                fc8                          4096 -> 1000, features [0, 1000)
+//   -                      fc8                          4096 -> 1000, features [0, 1000): cublasLt GEMM, bias epilogue
 //   k24_prob               prob                         1000 -> 1000, features [0, 1000)
 
 #ifndef INFINITY
@@ -1047,48 +1048,6 @@ extern "C" __global__ void k15_pool5(
   }
 }
 
-// ---------------------------------------------------------------- k17_fc6
-//
-// fc6: fc 9216 -> 4096 (GEMM in cuBLAS)
-//   features [0, 4096) on this device
-
-namespace node17 {
-
-struct Ptrs {
-  const float *y;  // the GEMM's output, rewritten in place
-  const float *b;
-};
-
-// Stage 0, fc6: fc 9216 -> 4096 (GEMM in cuBLAS).
-__device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int HELD_BEGIN = 0, HELD = 4096;
-  constexpr int FIRST_KERNEL = 0;  // this device's bias starts there
-  return p.y[img * HELD + (c - HELD_BEGIN)] + p.b[c - FIRST_KERNEL];
-  (void)y;
-  (void)x;
-}
-
-}  // namespace node17
-
-// One thread per output element on this device: image, channel, row, column.
-extern "C" __global__ void k17_fc6(
-    float *y,
-    const float *__restrict__ b,
-    int batch) {
-  using namespace node17;
-  constexpr int C_BEGIN = 0, C_END = 4096, H = 1, W = 1;
-  constexpr int HELD_BEGIN = 0, HELD = 4096;  // channels of y on this device
-  constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {y, b};
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
-       i += (long long)gridDim.x * blockDim.x) {
-    const long long img = i / PER_IMAGE;
-    const int e = (int)(i % PER_IMAGE);
-    const int c = C_BEGIN + e / (H * W), oy = e / W % H, ox = e % W;
-    y[(img * HELD + (c - HELD_BEGIN)) * (H * W) + oy * W + ox] = stage0(p, img, c, oy, ox);
-  }
-}
-
 // ---------------------------------------------------------------- k18_relu6
 //
 // relu6: relu 4096 -> 4096
@@ -1133,48 +1092,6 @@ extern "C" __global__ void k18_relu6(
   }
 }
 
-// ---------------------------------------------------------------- k20_fc7
-//
-// fc7: fc 4096 -> 4096 (GEMM in cuBLAS)
-//   features [0, 4096) on this device
-
-namespace node20 {
-
-struct Ptrs {
-  const float *y;  // the GEMM's output, rewritten in place
-  const float *b;
-};
-
-// Stage 0, fc7: fc 4096 -> 4096 (GEMM in cuBLAS).
-__device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int HELD_BEGIN = 0, HELD = 4096;
-  constexpr int FIRST_KERNEL = 0;  // this device's bias starts there
-  return p.y[img * HELD + (c - HELD_BEGIN)] + p.b[c - FIRST_KERNEL];
-  (void)y;
-  (void)x;
-}
-
-}  // namespace node20
-
-// One thread per output element on this device: image, channel, row, column.
-extern "C" __global__ void k20_fc7(
-    float *y,
-    const float *__restrict__ b,
-    int batch) {
-  using namespace node20;
-  constexpr int C_BEGIN = 0, C_END = 4096, H = 1, W = 1;
-  constexpr int HELD_BEGIN = 0, HELD = 4096;  // channels of y on this device
-  constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {y, b};
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
-       i += (long long)gridDim.x * blockDim.x) {
-    const long long img = i / PER_IMAGE;
-    const int e = (int)(i % PER_IMAGE);
-    const int c = C_BEGIN + e / (H * W), oy = e / W % H, ox = e % W;
-    y[(img * HELD + (c - HELD_BEGIN)) * (H * W) + oy * W + ox] = stage0(p, img, c, oy, ox);
-  }
-}
-
 // ---------------------------------------------------------------- k21_relu7
 //
 // relu7: relu 4096 -> 4096
@@ -1210,48 +1127,6 @@ extern "C" __global__ void k21_relu7(
   constexpr int HELD_BEGIN = 0, HELD = 4096;  // channels of y on this device
   constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
   const Ptrs p = {x0};
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
-       i += (long long)gridDim.x * blockDim.x) {
-    const long long img = i / PER_IMAGE;
-    const int e = (int)(i % PER_IMAGE);
-    const int c = C_BEGIN + e / (H * W), oy = e / W % H, ox = e % W;
-    y[(img * HELD + (c - HELD_BEGIN)) * (H * W) + oy * W + ox] = stage0(p, img, c, oy, ox);
-  }
-}
-
-// ---------------------------------------------------------------- k23_fc8
-//
-// fc8: fc 4096 -> 1000 (GEMM in cuBLAS)
-//   features [0, 1000) on this device
-
-namespace node23 {
-
-struct Ptrs {
-  const float *y;  // the GEMM's output, rewritten in place
-  const float *b;
-};
-
-// Stage 0, fc8: fc 4096 -> 1000 (GEMM in cuBLAS).
-__device__ __forceinline__ float stage0(const Ptrs &p, long long img, int c, int y, int x) {
-  constexpr int HELD_BEGIN = 0, HELD = 1000;
-  constexpr int FIRST_KERNEL = 0;  // this device's bias starts there
-  return p.y[img * HELD + (c - HELD_BEGIN)] + p.b[c - FIRST_KERNEL];
-  (void)y;
-  (void)x;
-}
-
-}  // namespace node23
-
-// One thread per output element on this device: image, channel, row, column.
-extern "C" __global__ void k23_fc8(
-    float *y,
-    const float *__restrict__ b,
-    int batch) {
-  using namespace node23;
-  constexpr int C_BEGIN = 0, C_END = 1000, H = 1, W = 1;
-  constexpr int HELD_BEGIN = 0, HELD = 1000;  // channels of y on this device
-  constexpr long long PER_IMAGE = (long long)(C_END - C_BEGIN) * H * W;
-  const Ptrs p = {y, b};
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < batch * PER_IMAGE;
        i += (long long)gridDim.x * blockDim.x) {
     const long long img = i / PER_IMAGE;
