@@ -28,6 +28,10 @@
 //   from a stream picked at random (ALEXC_FAKE_CUDA_SEED) among those whose next
 //   operation may start. So two streams without an event between them run in either
 //   order, and work nobody waited for has not run when the host looks at its results.
+//   With an even seed the picks also include streams nobody waits for yet (a GPU runs
+//   work as soon as it may): work the host orders only by the order of its waits (a
+//   copy on one stream that should wait for another, synchronised after it) then runs
+//   early in some schedules instead of always late.
 //
 // The legacy default stream (NULL, CU_STREAM_LEGACY, and CU_STREAM_PER_THREAD too, a
 // simplification) runs its work at once, after draining what it waits for on a GPU:
@@ -180,6 +184,7 @@ static struct {
   int n_gpus;
   bool verbose;
   uint64_t rng;
+  bool eager;  // even seeds: run_needed may also run work nobody waits for yet
   const char *modules;
   int violations;
   CUresult sticky;  // CUDA_ERROR_ILLEGAL_ADDRESS once a kernel faulted, as on a GPU
@@ -301,6 +306,7 @@ CUresult cuInit(unsigned int flags) {
   fake.initialized = true;
   fake.n_gpus = env_int("ALEXC_FAKE_CUDA_GPUS", 1, 1, MAX_GPUS);
   fake.rng = (uint64_t)env_int("ALEXC_FAKE_CUDA_SEED", 1, 0, 1 << 30);
+  fake.eager = fake.rng % 2 == 0;
   fake.verbose = env_int("ALEXC_FAKE_CUDA_VERBOSE", 0, 0, 1);
   fake.modules = getenv("ALEXC_FAKE_CUDA_MODULES");
   for (int d = 0; d < MAX_GPUS; d++)
@@ -806,25 +812,32 @@ static void deadlock(const int *need) {
 }
 
 // Runs the needed operations, each time the head of a stream picked at random among
-// those whose head may start: every interleaving that respects stream order and event
-// waits can happen, and a seed replays one.
+// those whose head may start (eager: and among streams nobody needs yet whose head may
+// start): every interleaving that respects stream order and event waits can happen, and
+// a seed replays one.
 static void run_needed(int *need) {
   close_needs(need);
-  int *ready = xmalloc(sizeof(int) * (size_t)(fake.n_streams + 1));
+  int *ready = xmalloc(sizeof(int) * (size_t)(2 * fake.n_streams + 1));
   for (;;) {
-    int n_ready = 0, waiting = 0;
+    int n_ready = 0, n_extra = 0, waiting = 0;
+    int *extra = ready + fake.n_streams;
     for (int i = 0; i < fake.n_streams; i++) {
+      Op *head = fake.streams[i]->head;
       waiting += need[i] > 0;
-      if (need[i] > 0 && op_ready(fake.streams[i]->head))
+      if (need[i] > 0 && op_ready(head))
         ready[n_ready++] = i;
+      else if (fake.eager && !need[i] && head && op_ready(head))
+        extra[n_extra++] = i;
     }
     if (!n_ready) {
       if (waiting)
         deadlock(need);
       break;
     }
-    int i = ready[next_random() % (uint64_t)n_ready];
-    need[i]--;
+    uint64_t pick = next_random() % (uint64_t)(n_ready + n_extra);
+    int i = pick < (uint64_t)n_ready ? ready[pick] : extra[pick - (uint64_t)n_ready];
+    if (need[i])
+      need[i]--;
     run_op(pop(fake.streams[i]));
   }
   free(ready);
