@@ -1,10 +1,12 @@
 // `alexc bench SPEC --target cpu --train`: times the training step (forward keeping
 // activations, loss, backward, the SGD update) with the CPU target's training kernels,
 // layer by layer, on random images and labels. Medians of R steps after W warm-up steps;
-// a layer's GFLOP/s counts the forward's MACs once and the backward's twice (data and
-// weights), which is what a convolution's backward does (conv1's data gradient, which
-// nothing needs, is skipped, so its backward counts once); the whole step's rate counts
-// every layer's MACs three times.
+// a layer's GFLOP/s counts the MACs of what runs: the forward once, and in the backward
+// the weight gradient and the data gradient once each where the program computes them
+// (conv1's data gradient, which nothing needs, is never computed); the whole step's
+// rate sums the same counts. A fused chain's backward (conv-relu-lrn-pool, ...) runs in
+// its conv's instruction, so the conv's row holds it and the chain's rows show none.
+// Also the program's memory plan: the per-image values' bytes per image.
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,7 +17,28 @@ typedef struct {
   double *forward, *backward, update, total;
 } StepTimes;
 
-static void print_layers(const Graph *g, const StepTimes *st, int runs, int batch) {
+// How many times a step runs node i's MACs: the forward, and the backward's weight and
+// data gradients where the program computes them.
+static int mac_passes(const TrainProgram *p, int i) {
+  int passes = 1;
+  for (int k = 0; k < p->n_instrs; k++) {
+    const TInstr *in = &p->instrs[k];
+    if (in->kind == TI_BACKWARD && in->node == i)
+      passes += (in->dw >= 0) + (in->n_x > 0 && in->dx[0] >= 0);
+  }
+  return passes;
+}
+
+// The step's floating-point operations counted as above.
+static double step_flops(const Graph *g, const TrainProgram *p, int batch) {
+  double flops = 0;
+  for (int i = 1; i < g->n_nodes; i++)
+    flops += 2.0 * g->nodes[i].macs * batch * mac_passes(p, i);
+  return flops;
+}
+
+static void print_layers(const Graph *g, const TrainProgram *p, const StepTimes *st, int runs,
+                         int batch) {
   double *f = xcalloc(runs, sizeof *f), *b = xcalloc(runs, sizeof *b);
   printf("| layer | forward ms | backward ms | GFLOP/s |\n|---|---:|---:|---:|\n");
   for (int i = 1; i < g->n_nodes; i++) {
@@ -27,8 +50,7 @@ static void print_layers(const Graph *g, const StepTimes *st, int runs, int batc
     if (fm + bm < 1e-7)
       continue;
     const Node *n = &g->nodes[i];
-    double passes = n->macs ? (g->nodes[n->inputs[0]].op == OP_INPUT ? 2 : 3) : 0;
-    double flops = 2.0 * n->macs * batch * passes;
+    double flops = 2.0 * n->macs * batch * mac_passes(p, i);
     if (flops > 0)
       printf("| %s | %.2f | %.2f | %.1f |\n", n->name, fm * 1e3, bm * 1e3, flops / (fm + bm) / 1e9);
     else
@@ -49,6 +71,9 @@ static double time_program(const Graph *g, bool fused, int batch, int runs, int 
   Trainer *t = trainer_new_fused(g, &cpu_train_kernels, batch, 1, fused ? NULL : plain);
   if (!t)
     return -1;
+  TrainProgram *p = autodiff(g);  // the trainer's program, for its counts and memory plan
+  train_fuse_backward(p, fused ? NULL : plain);
+  train_plan_memory(p);
   TrainState s = {.w = weights_init(g, seed, INIT_FAN_IN), .v = weights_zeros(g), .seed = seed};
   float *x = random_input(g, batch, seed);
   int32_t *labels = xcalloc(batch, sizeof *labels);
@@ -71,10 +96,13 @@ static double time_program(const Graph *g, bool fused, int batch, int runs, int 
   printf("%s: training step (forward, loss, backward, SGD) on the CPU target, batch %d, "
          "%s program (`alexc dump --train%s`), median of %d steps\n\n", g->name, batch,
          fused ? "fused" : "unfused", fused ? "" : " --no-fuse", runs);
-  print_layers(g, st, runs, batch);
+  print_layers(g, p, st, runs, batch);
   double step = median(totals, runs);
   printf("\nstep: %.2f ms (%.0f images/s), %.1f GFLOP/s over the whole step\n", step * 1e3,
-         batch / step, 6.0 * graph_macs(g) * batch / step / 1e9);
+         batch / step, step_flops(g, p, batch) / step / 1e9);
+  printf("per-image values (the memory plan): %.2f MB per image, %.1f MB at batch %d\n",
+         p->arena * 4 / 1e6, p->arena * 4.0 * batch / 1e6, batch);
+  train_program_free(p);
   for (int r = 0; r < runs; r++) {
     free(st[r].forward);
     free(st[r].backward);
