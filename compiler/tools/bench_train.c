@@ -6,9 +6,12 @@
 // (conv1's data gradient, which nothing needs, is never computed); the whole step's
 // rate sums the same counts. A fused chain's backward (conv-relu-lrn-pool, ...) runs in
 // its conv's instruction, so the conv's row holds it and the chain's rows show none.
-// Also the program's memory plan: the per-image values' bytes per image.
+// Also the program's memory plan (the per-image values' bytes per image), and the CPU
+// time a step takes summed over the threads (getrusage): on a machine shared with other
+// work the wall time measures the load as much as the program, the CPU time much less.
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "cli.h"
 
@@ -16,6 +19,12 @@
 typedef struct {
   double *forward, *backward, update, total;
 } StepTimes;
+
+static double cpu_seconds(void) {
+  struct rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
 
 // How many times a step runs node i's MACs: the forward, and the backward's weight and
 // data gradients where the program computes them.
@@ -81,7 +90,10 @@ static double time_program(const Graph *g, bool fused, int batch, int runs, int 
     labels[i] = (7 * i + 3) % trainer_classes(t);
   StepTimes *st = xcalloc(runs, sizeof *st);
   double *totals = xcalloc(runs, sizeof *totals);
+  double cpu0 = 0;
   for (int r = -warmup; r < runs; r++) {
+    if (r == 0)
+      cpu0 = cpu_seconds();
     StepTimes *at = r >= 0 ? &st[r] : NULL;
     if (at) {
       at->forward = xcalloc(g->n_nodes, sizeof(double));
@@ -97,9 +109,10 @@ static double time_program(const Graph *g, bool fused, int batch, int runs, int 
          "%s program (`alexc dump --train%s`), median of %d steps\n\n", g->name, batch,
          fused ? "fused" : "unfused", fused ? "" : " --no-fuse", runs);
   print_layers(g, p, st, runs, batch);
-  double step = median(totals, runs);
+  double cpu = (cpu_seconds() - cpu0) / runs, step = median(totals, runs);
   printf("\nstep: %.2f ms (%.0f images/s), %.1f GFLOP/s over the whole step\n", step * 1e3,
          batch / step, step_flops(g, p, batch) / step / 1e9);
+  printf("CPU time per step (all threads, mean): %.2f ms\n", cpu * 1e3);
   printf("per-image values (the memory plan): %.2f MB per image, %.1f MB at batch %d\n",
          p->arena * 4 / 1e6, p->arena * 4.0 * batch / 1e6, batch);
   train_program_free(p);
