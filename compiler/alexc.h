@@ -483,11 +483,13 @@ typedef struct {
   // dy is then the gradient of the chain's last output, and the kernel computes what the
   // plain ops would: the pool's backward into a zeroed d(pool input), the LRN's into a
   // zeroed d(LRN input), the ReLU's mask, then this op's backward. dy is read only. lrn:
-  // the LRN's node (NULL: none), lrn_y its output, lrn_saved its window sums (NULL:
-  // recomputed); its input is relu_y. pool: the max-pool's node (NULL: none), pool_y its
-  // output (the maxima); its input is lrn_y, or relu_y without an LRN.
+  // the LRN's node (NULL: none), lrn_saved its window sums (NULL: recomputed); its input
+  // is relu_y, and its output is not passed: the kernel recomputes it from relu_y and the
+  // sums, exactly as the forward computed it, so that the program need not keep it. pool:
+  // the max-pool's node (NULL: none), pool_y its output (the maxima); its input is the
+  // LRN's output, or relu_y without an LRN.
   const Node *lrn, *pool;
-  const float *lrn_y, *lrn_saved, *pool_y;
+  const float *lrn_saved, *pool_y;
 } OpCall;
 
 typedef struct {
@@ -655,9 +657,10 @@ typedef struct {
   int relu;      // TI_BACKWARD with a ReLU's backward fused in: the ReLU's node, else -1
   int relu_y;    // and its output (the mask's source)
   // A longer fused chain after that ReLU (OpCall.lrn, .pool): dy is then the gradient of
-  // the chain's last node. lrn: the LRN's node, else -1; lrn_y, lrn_saved: its output and
-  // window sums. pool: the max-pool's node, else -1; pool_y: its output.
-  int lrn, lrn_y, lrn_saved;
+  // the chain's last node. lrn: the LRN's node, else -1; lrn_saved: its window sums (its
+  // output is recomputed from them, so the program need not keep it for the backward).
+  // pool: the max-pool's node, else -1; pool_y: its output.
+  int lrn, lrn_saved;
   int pool, pool_y;
   int transfer;  // TI_SEND, TI_REDUCE: the index of the plan's transfer
 } TInstr;

@@ -30,7 +30,7 @@ static TInstr *add_instr(TrainProgram *p, TInstrKind kind, int node) {
   p->instrs = xrealloc(p->instrs, (p->n_instrs + 1) * sizeof *p->instrs);
   TInstr *in = &p->instrs[p->n_instrs++];
   *in = (TInstr){kind, node, 0, NULL, NULL, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                 -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+                 -1, -1, -1, -1, -1, -1, -1, -1, -1};
   return in;
 }
 
@@ -245,7 +245,6 @@ int train_instr_operands(TInstr *in, TOperand *ops) {
   n = push(ops, n, &in->labels, "labels", false);
   n = push(ops, n, &in->loss, "loss", true);
   n = push(ops, n, &in->relu_y, "relu_y", false);
-  n = push(ops, n, &in->lrn_y, "lrn_y", false);
   n = push(ops, n, &in->lrn_saved, "lrn_saved", false);
   n = push(ops, n, &in->pool_y, "pool_y", false);
   for (int j = 0; bwd && j < in->n_x; j++)

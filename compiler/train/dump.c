@@ -92,7 +92,8 @@ static void print_instr(const TrainProgram *p, TInstr *in, FILE *out) {
       if (in->pool >= 0)
         fprintf(out, "%s' fused, ", p->g->nodes[in->pool].name);
       if (in->lrn >= 0)
-        fprintf(out, "%s' fused (its saved sums), ", p->g->nodes[in->lrn].name);
+        fprintf(out, "%s' fused (its output recomputed from its saved sums), ",
+                p->g->nodes[in->lrn].name);
       fprintf(out, "%s fused: dy where %%%s > 0]", relu, relu);
     }
     fputc('\n', out);

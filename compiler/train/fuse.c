@@ -152,7 +152,7 @@ static int fuse_chain(TrainProgram *p, int h, const char *const *enabled) {
       hi->relu = node, hi->relu_y = p->act[node];
       break;
     case OP_LRN:
-      hi->lrn = node, hi->lrn_y = p->act[node], hi->lrn_saved = p->saved[node];
+      hi->lrn = node, hi->lrn_saved = p->saved[node];  // its output is recomputed
       break;
     default:  // OP_MAXPOOL
       hi->pool = node, hi->pool_y = p->act[node];

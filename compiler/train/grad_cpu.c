@@ -1061,21 +1061,31 @@ static void lrn_sum(const Lrn *l, const float *x, int ch, float *sum) {
   }
 }
 
-CLONES static void lrn_fwd_task(void *ctx, int t, int tid) {
-  const Lrn *l = ctx;
-  const float *x = l->x + (size_t)t * l->C * l->P;
-  float *y = l->out + (size_t)t * l->C * l->P;
-  float *sum = scratch(tid, S_COL, (size_t)2 * l->P), *sc = sum + l->P;
+// One image's forward, y = x (k + alpha s)^-beta, s the window sums of squares: into
+// sums (the image's saved sums, or NULL: scratch), or read from them when `have_sums` (a
+// fused chain recomputing the output from the forward's saved sums). Out of line and
+// cloned, so that the forward and the recomputation run the same machine code: the same
+// sums give the same bits. Uses S_COL.
+CLONES __attribute__((noinline)) static void lrn_fwd_image(const Lrn *l, const float *x,
+                                                           float *y, float *sums,
+                                                           bool have_sums, int tid) {
+  float *tmp = scratch(tid, S_COL, (size_t)2 * l->P), *sc = tmp + l->P;
   for (int ch = 0; ch < l->C; ch++) {
-    if (l->saved)
-      sum = l->saved + ((size_t)t * l->C + ch) * l->P;
-    lrn_sum(l, x, ch, sum);
+    float *sum = sums ? sums + (size_t)ch * l->P : tmp;
+    if (!have_sums)
+      lrn_sum(l, x, ch, sum);
     lrn_scale(l, sum, sc, l->P);
     const float *xc = x + (size_t)ch * l->P;
     float *yc = y + (size_t)ch * l->P;
     for (int p = 0; p < l->P; p++)
       yc[p] = xc[p] * sc[p];
   }
+}
+
+static void lrn_fwd_task(void *ctx, int t, int tid) {
+  const Lrn *l = ctx;
+  size_t off = (size_t)t * l->C * l->P;
+  lrn_fwd_image(l, l->x + off, l->out + off, l->saved ? l->saved + off : NULL, false, tid);
 }
 
 // One image's backward (x, y, dy, dx its planes; saved its window sums, or NULL to
@@ -1252,12 +1262,13 @@ static Pool pool_setup(const OpCall *c) {
 
 // A conv's backward with a fused chain after it (conv -> ReLU -> LRN? -> max-pool?,
 // OpCall.lrn, .pool): per sub-batch of the conv's backward, each image's chain runs in
-// this thread's scratch (its pool's and LRN's input gradients, S_CHAIN, and the masked
-// d(conv out) in the GEMM's layout, S_DY), which the sub-batch's dW and dx GEMMs then
-// read while it is still in cache; no whole-batch gradient inside the chain exists. Each
-// piece is the plain op's own code on the same image (pool_planes, lrn_bwd_image,
-// relu_keep_span, plane_sum), into zeroed buffers as the plain program's gradients are,
-// so the result is the plain program's to the bit.
+// this thread's scratch (S_CHAIN: the LRN's output, recomputed from the saved sums, and
+// the pool's and LRN's input gradients; S_DY: the masked d(conv out) in the GEMM's
+// layout), which the sub-batch's dW and dx GEMMs then read while it is still in cache; no
+// whole-batch gradient inside the chain exists. Each piece is the plain op's own code on
+// the same image (lrn_fwd_image, pool_planes, lrn_bwd_image, relu_keep_span, plane_sum),
+// into zeroed buffers as the plain program's gradients are, so the result is the plain
+// program's to the bit.
 typedef struct {
   Conv v;             // the conv's backward; v.dy unused (dY comes from the chain)
   const OpCall *c;
@@ -1274,22 +1285,27 @@ static void chain_image(const Chain *ch, int i, float *dst, ptrdiff_t ld, int ti
   size_t E = ch->inner;
   int OC = ch->v.OC, P = ch->v.P;
   const float *g = ch->dy + (size_t)i * ch->last, *relu_y = c->relu_y + (size_t)i * E;
-  float *buf = scratch(tid, S_CHAIN, (c->pool && c->lrn ? 2 : 1) * E);
+  // [LRN output | its sums without saved ones | d(pool input) | d(LRN input)], as needed
+  float *buf = scratch(tid, S_CHAIN, 4 * E), *lrn_y = buf, *sums = buf + E, *pooled = buf + 2 * E;
+  const float *saved = c->lrn_saved ? c->lrn_saved + (size_t)i * E : NULL;
+  if (c->lrn) {  // the forward's output again: from its saved sums, or from scratch
+    lrn_fwd_image(&ch->lrn, relu_y, lrn_y, saved ? (float *)saved : sums, saved != NULL, tid);
+    saved = saved ? saved : sums;
+  }
   if (c->pool) {  // d(pool input) = pool'(dy), into zeros
     Pool p = ch->pool;
-    p.x = (c->lrn ? c->lrn_y : c->relu_y) + (size_t)i * E;
+    p.x = c->lrn ? lrn_y : relu_y;
     p.y = c->pool_y ? (float *)c->pool_y + (size_t)i * ch->pooled : NULL;
     p.dy = g;
-    p.dx = buf;
-    memset(buf, 0, E * sizeof(float));
+    p.dx = pooled;
+    memset(pooled, 0, E * sizeof(float));
     pool_planes(&p, 0, OC, tid, true);
-    g = buf;
+    g = pooled;
   }
   if (c->lrn) {  // d(ReLU output) = LRN'(...), into zeros
-    float *d = c->pool ? buf + E : buf;
+    float *d = buf + 3 * E;
     memset(d, 0, E * sizeof(float));
-    lrn_bwd_image(&ch->lrn, relu_y, c->lrn_y + (size_t)i * E, g,
-                  c->lrn_saved ? c->lrn_saved + (size_t)i * E : NULL, d, tid);
+    lrn_bwd_image(&ch->lrn, relu_y, lrn_y, g, saved, d, tid);
     g = d;
   }
   for (int oc = 0; oc < OC; oc++) {  // the ReLU's mask, and db's share (as bias_task sums)

@@ -171,7 +171,7 @@ static OpCall call_for(const Trainer *t, const Step *s, const TInstr *in, const 
                   .relu_y = value_at(t, s, in->relu_y), .saved = value_at(t, s, in->saved),
                   .lrn = in->lrn >= 0 ? &nodes[in->lrn] : NULL,
                   .pool = in->pool >= 0 ? &nodes[in->pool] : NULL,
-                  .lrn_y = value_at(t, s, in->lrn_y), .lrn_saved = value_at(t, s, in->lrn_saved),
+                  .lrn_saved = value_at(t, s, in->lrn_saved),
                   .pool_y = value_at(t, s, in->pool_y)};
 }
 

@@ -23,7 +23,7 @@ static TValueKind role_kind(const TInstr *in, const TOperand *o) {
   const char *r = o->role;
   if (!strcmp(r, "x"))
     return TV_KIND_COUNT;  // the input or an activation: checked by the caller
-  if (!strcmp(r, "y") || !strcmp(r, "relu_y") || !strcmp(r, "lrn_y") || !strcmp(r, "pool_y"))
+  if (!strcmp(r, "y") || !strcmp(r, "relu_y") || !strcmp(r, "pool_y"))
     return TV_ACT;
   if (!strcmp(r, "dy") || !strcmp(r, "dx"))
     return TV_GRAD;
@@ -62,7 +62,7 @@ static int chain_end(const TInstr *in) {
 
 // Which node an operand must belong to: the instruction's own node for its output and
 // parameters, input j's for x[j] and dx[j], the fused chain's last node for dy, each
-// fused node for its own operands (relu_y, lrn_y, lrn_saved, pool_y).
+// fused node for its own operands (relu_y, lrn_saved, pool_y).
 static int role_node(const TrainProgram *p, const TInstr *in, const TOperand *o) {
   const Node *n = &p->g->nodes[in->node];
   if (o->ref >= in->x && o->ref < in->x + in->n_x)
@@ -75,7 +75,7 @@ static int role_node(const TrainProgram *p, const TInstr *in, const TOperand *o)
     return chain_end(in);
   if (!strcmp(o->role, "relu_y"))
     return in->relu;
-  if (!strcmp(o->role, "lrn_y") || !strcmp(o->role, "lrn_saved"))
+  if (!strcmp(o->role, "lrn_saved"))
     return in->lrn;
   if (!strcmp(o->role, "pool_y"))
     return in->pool;
@@ -113,8 +113,7 @@ static bool reads(const TrainProgram *p, int node, int from) {
 static const char *fused_chain_error(const TrainProgram *p, int i) {
   const TInstr *in = &p->instrs[i];
   if (in->relu < 0)
-    return in->relu_y < 0 && in->lrn < 0 && in->pool < 0 && in->lrn_y < 0 && in->lrn_saved < 0 &&
-                   in->pool_y < 0
+    return in->relu_y < 0 && in->lrn < 0 && in->pool < 0 && in->lrn_saved < 0 && in->pool_y < 0
                ? NULL
                : "an LRN or max-pool fused without a ReLU";
   const Node *g = p->g->nodes;
@@ -125,10 +124,12 @@ static const char *fused_chain_error(const TrainProgram *p, int i) {
     return "an LRN or max-pool fused into the backward of an op other than a conv";
   int prev = in->relu;
   if (in->lrn >= 0) {
-    if (!reads(p, in->lrn, prev) || g[in->lrn].op != OP_LRN || in->lrn_y < 0)
+    if (!reads(p, in->lrn, prev) || g[in->lrn].op != OP_LRN)
       return "the fused LRN is not the reader of the ReLU's output";
+    if (in->lrn_saved < 0)  // its output is recomputed from them
+      return "the fused LRN has no saved window sums";
     prev = in->lrn;
-  } else if (in->lrn_y >= 0 || in->lrn_saved >= 0) {
+  } else if (in->lrn_saved >= 0) {
     return "LRN operands without a fused LRN";
   }
   if (in->pool >= 0 &&

@@ -117,6 +117,23 @@ static bool inner_gradients_gone(const TrainProgram *p) {
   return true;
 }
 
+// A fused LRN's output is recomputed from its saved sums: when a fused pool reads it, no
+// backward does, so it dies after the pool's forward. (Without a pool it is the next
+// layer's input, which that layer's backward reads.)
+static bool lrn_outputs_unread(TrainProgram *p) {
+  int values[TRAIN_MAX_OPERANDS];
+  for (int i = 0; i < p->n_instrs; i++) {
+    int lrn = p->instrs[i].pool >= 0 ? p->instrs[i].lrn : -1;
+    for (int k = 0; lrn >= 0 && k < p->n_instrs; k++) {
+      int n = train_instr_values(&p->instrs[k], values);
+      for (int j = 0; j < n && p->instrs[k].kind == TI_BACKWARD; j++)
+        if (values[j] == p->act[lrn])
+          return false;
+    }
+  }
+  return true;
+}
+
 static void check_patterns(const Graph *g, const char *spec, const char *const *names,
                            Patterns on) {
   static const char *const none[] = {NULL};
@@ -146,6 +163,7 @@ static void check_patterns(const Graph *g, const char *spec, const char *const *
   expect(p->n_instrs == plain->n_instrs - folded, "a fused node's backward instruction is gone",
          spec);
   expect(inner_gradients_gone(p), "no gradient inside a fused chain is left", spec);
+  expect(lrn_outputs_unread(p), "no backward reads a fused LRN's output (recomputed)", spec);
   train_program_free(p);
   train_program_free(plain);
 }
@@ -276,14 +294,13 @@ static bool break_chain(TrainProgram *p, int e) {
   const Graph *g = p->g;
   int l = chain_with(p, true), q = chain_with(p, false);
   if (e == 0 && l >= 0 && p->instrs[l].pool >= 0) {  // the LRN dropped from lrn-pool
-    p->instrs[l].lrn = p->instrs[l].lrn_y = p->instrs[l].lrn_saved = -1;
+    p->instrs[l].lrn = p->instrs[l].lrn_saved = -1;
     return true;
   }
   if (e == 1 && l >= 0) {  // another LRN's node and operands
     for (int i = l + 1; i < p->n_instrs; i++)
       if (p->instrs[i].lrn >= 0) {
         p->instrs[l].lrn = p->instrs[i].lrn;
-        p->instrs[l].lrn_y = p->instrs[i].lrn_y;
         p->instrs[l].lrn_saved = p->instrs[i].lrn_saved;
         return true;
       }
@@ -301,7 +318,7 @@ static bool break_chain(TrainProgram *p, int e) {
     b->dx[0] = grad;
     b->y = p->act[pool];
     b->w = b->b = b->dw = b->db = -1;
-    b->relu = b->relu_y = b->lrn = b->lrn_y = b->lrn_saved = b->pool = b->pool_y = -1;
+    b->relu = b->relu_y = b->lrn = b->lrn_saved = b->pool = b->pool_y = -1;
     return true;
   }
   if (e == 3) {  // a conv-relu whose ReLU feeds a max-pool and something else
