@@ -1063,17 +1063,21 @@ static void lrn_sum(const Lrn *l, const float *x, int ch, float *sum) {
 
 // One image's forward, y = x (k + alpha s)^-beta, s the window sums of squares: into
 // sums (the image's saved sums, or NULL: scratch), or read from them when `have_sums` (a
-// fused chain recomputing the output from the forward's saved sums). Out of line and
-// cloned, so that the forward and the recomputation run the same machine code: the same
-// sums give the same bits. Uses S_COL.
+// fused chain recomputing the output from the forward's saved sums, which also keeps the
+// scales (k + alpha s)^-beta in `scales` for the LRN's backward; else NULL). Out of line
+// and cloned, so that the forward and the recomputation run the same machine code: the
+// same sums give the same bits. Uses S_COL.
 CLONES __attribute__((noinline)) static void lrn_fwd_image(const Lrn *l, const float *x,
                                                            float *y, float *sums,
-                                                           bool have_sums, int tid) {
+                                                           bool have_sums, float *scales,
+                                                           int tid) {
   float *tmp = scratch(tid, S_COL, (size_t)2 * l->P), *sc = tmp + l->P;
   for (int ch = 0; ch < l->C; ch++) {
     float *sum = sums ? sums + (size_t)ch * l->P : tmp;
     if (!have_sums)
       lrn_sum(l, x, ch, sum);
+    if (scales)
+      sc = scales + (size_t)ch * l->P;
     lrn_scale(l, sum, sc, l->P);
     const float *xc = x + (size_t)ch * l->P;
     float *yc = y + (size_t)ch * l->P;
@@ -1085,16 +1089,20 @@ CLONES __attribute__((noinline)) static void lrn_fwd_image(const Lrn *l, const f
 static void lrn_fwd_task(void *ctx, int t, int tid) {
   const Lrn *l = ctx;
   size_t off = (size_t)t * l->C * l->P;
-  lrn_fwd_image(l, l->x + off, l->out + off, l->saved ? l->saved + off : NULL, false, tid);
+  lrn_fwd_image(l, l->x + off, l->out + off, l->saved ? l->saved + off : NULL, false, NULL,
+                tid);
 }
 
 // One image's backward (x, y, dy, dx its planes; saved its window sums, or NULL to
-// recompute them): dx_m += dy_m s_m^-beta - 2 alpha beta x_m sum_{i in W(m)} dy_i y_i / s_i.
+// recompute them; scales their (k + alpha s)^-beta when a fused chain has them from
+// recomputing y, else NULL: computed here, by the same function, so the same bits):
+// dx_m += dy_m s_m^-beta - 2 alpha beta x_m sum_{i in W(m)} dy_i y_i / s_i.
 // Out of line (and cloned), so that the plain LRN backward and a fused chain's run the
 // same machine code and round alike. Uses S_COL.
 CLONES __attribute__((noinline)) static void lrn_bwd_image(const Lrn *l, const float *x,
                                                            const float *y, const float *dy,
-                                                           const float *saved, float *dx,
+                                                           const float *saved,
+                                                           const float *scales, float *dx,
                                                            int tid) {
   float *buf = scratch(tid, S_COL, (size_t)(2 * l->C + 2) * l->P);
   float *ts = buf, *ss = buf + (size_t)l->C * l->P, *sum = ss + (size_t)l->C * l->P,
@@ -1111,7 +1119,10 @@ CLONES __attribute__((noinline)) static void lrn_bwd_image(const Lrn *l, const f
   }
   float f = 2.0f * l->alpha * l->beta;
   for (int ch = 0; ch < l->C; ch++) {
-    lrn_scale(l, ss + (size_t)ch * l->P, sc, l->P);
+    if (scales)
+      sc = (float *)scales + (size_t)ch * l->P;
+    else
+      lrn_scale(l, ss + (size_t)ch * l->P, sc, l->P);
     int lo, hi;
     lrn_window(l, ch, &lo, &hi);
     for (int p = 0; p < l->P; p++)
@@ -1132,7 +1143,7 @@ static void lrn_bwd_task(void *ctx, int t, int tid) {
   const Lrn *l = ctx;
   size_t off = (size_t)t * l->C * l->P;
   lrn_bwd_image(l, l->x + off, l->y + off, l->dy + off, l->saved ? l->saved + off : NULL,
-                l->dx + off, tid);
+                NULL, l->dx + off, tid);
 }
 
 // LRN node n's shape and constants (no tensors).
@@ -1285,11 +1296,14 @@ static void chain_image(const Chain *ch, int i, float *dst, ptrdiff_t ld, int ti
   size_t E = ch->inner;
   int OC = ch->v.OC, P = ch->v.P;
   const float *g = ch->dy + (size_t)i * ch->last, *relu_y = c->relu_y + (size_t)i * E;
-  // [LRN output | its sums without saved ones | d(pool input) | d(LRN input)], as needed
-  float *buf = scratch(tid, S_CHAIN, 4 * E), *lrn_y = buf, *sums = buf + E, *pooled = buf + 2 * E;
+  // [LRN output | its scales | its sums without saved ones | d(pool input) | d(LRN
+  // input)], the parts the chain has
+  float *buf = scratch(tid, S_CHAIN, 5 * E), *lrn_y = buf, *scales = buf + E,
+        *sums = buf + 2 * E, *pooled = buf + 3 * E;
   const float *saved = c->lrn_saved ? c->lrn_saved + (size_t)i * E : NULL;
   if (c->lrn) {  // the forward's output again: from its saved sums, or from scratch
-    lrn_fwd_image(&ch->lrn, relu_y, lrn_y, saved ? (float *)saved : sums, saved != NULL, tid);
+    lrn_fwd_image(&ch->lrn, relu_y, lrn_y, saved ? (float *)saved : sums, saved != NULL,
+                  scales, tid);
     saved = saved ? saved : sums;
   }
   if (c->pool) {  // d(pool input) = pool'(dy), into zeros
@@ -1303,9 +1317,9 @@ static void chain_image(const Chain *ch, int i, float *dst, ptrdiff_t ld, int ti
     g = pooled;
   }
   if (c->lrn) {  // d(ReLU output) = LRN'(...), into zeros
-    float *d = buf + 3 * E;
+    float *d = buf + 4 * E;
     memset(d, 0, E * sizeof(float));
-    lrn_bwd_image(&ch->lrn, relu_y, lrn_y, g, saved, d, tid);
+    lrn_bwd_image(&ch->lrn, relu_y, lrn_y, g, saved, scales, d, tid);
     g = d;
   }
   for (int oc = 0; oc < OC; oc++) {  // the ReLU's mask, and db's share (as bias_task sums)
