@@ -114,13 +114,15 @@ static int sole_reader(const TrainProgram *p, int node) {
 
 // The nodes of pattern `pat` after head `head` into chain[], if they are there: each op
 // the pattern's, each the sole reader of the one before (so that nothing else adds to
-// the gradients that disappear), each with its own backward to fold.
+// the gradients that disappear), each with its own backward to fold, an LRN with its
+// saved window sums (the fused kernel recomputes its output from them).
 static bool match(const TrainProgram *p, const BackwardPattern *pat, int head, int *chain) {
   if (p->g->nodes[head].op != pat->head)
     return false;
   for (int k = 0, at = head; k < pat->n_chain; k++) {
     at = sole_reader(p, at);
-    if (at < 0 || p->g->nodes[at].op != pat->chain[k] || backward_of(p, at) < 0)
+    if (at < 0 || p->g->nodes[at].op != pat->chain[k] || backward_of(p, at) < 0 ||
+        (pat->chain[k] == OP_LRN && p->saved[at] < 0))
       return false;
     chain[k] = at;
   }
