@@ -21,9 +21,13 @@
 //     fixed order: results are bit-identical for any number of threads and run to run.
 //     Every element of a GEMM is summed in the same order wherever its tile falls (the K
 //     blocking is global, edge tiles go through the same kernel), so tiling is free.
-//   - LRN recomputes its window sums in the backward (nothing saved), with x^-0.75 as
-//     1/(sqrt(s) sqrt(sqrt(s))) for the paper's beta; max-pool recomputes its argmax
-//     (first maximum in scan order, padding never wins, as the reference).
+//   - LRN's backward reads the window sums its forward saved (recomputed when none
+//     were), with x^-0.75 as 1/(sqrt(s) sqrt(sqrt(s))) for the paper's beta; max-pool
+//     recomputes its argmax (first maximum in scan order, padding never wins, as the
+//     reference).
+//   - A fused backward chain (conv -> ReLU -> LRN? -> max-pool?) runs image by image in
+//     per-thread scratch inside the conv's backward, with the plain ops' own code, so it
+//     computes the plain program's bits ("fused chains" below).
 //
 // Calls are serialised by a lock (the pool and the scratch buffers are shared).
 #define _GNU_SOURCE
