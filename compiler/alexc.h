@@ -468,10 +468,10 @@ typedef struct {
   const float *w, *b;     // the layer's weight and bias, or NULL
   const uint8_t *mask;    // dropout: the keep mask (training); NULL: identity
   // Backward only: a ReLU's backward fused into this op's (the program's conv-relu and
-  // fc-relu patterns). dy is then the gradient of relu(y), and the kernel first keeps it
-  // where relu_y, the ReLU's output, is > 0 and zeroes it elsewhere; it may do so in
-  // place, since this backward is dy's last reader (the verifier checks it). NULL: not
-  // fused.
+  // fc-relu patterns, and the first link of the longer chains below). dy is then the
+  // gradient of relu(y), and the kernel first keeps it where relu_y, the ReLU's output,
+  // is > 0 and zeroes it elsewhere; it may do so in place, since this backward is dy's
+  // last reader (the verifier checks it). NULL: not fused.
   const float *relu_y;
   // State the forward saves for the backward (the program's TV_SAVED value; LRN: the
   // window sums of squares, (batch, n->out)). Forward: written when not NULL; backward:
@@ -711,7 +711,7 @@ void train_drop_unused_values(TrainProgram *p);
 // masks the ReLU's output gradient itself; the conv's own output gradient disappears.
 // "conv-relu-lrn-pool", "conv-relu-lrn" and "conv-relu-pool" fold the whole chain: the
 // conv's backward takes the chain's last gradient, and the gradients of the conv's, the
-// ReLU's and the LRN's outputs disappear (the kernels keep them per image).
+// ReLU's and the LRN's outputs disappear (the kernels keep them to themselves).
 void train_fuse_backward(TrainProgram *p, const char *const *patterns);
 // Plans the per-image values into one arena (train/memplan.c): values whose lives do not
 // overlap share memory. Rerun after any rewrite (fusion drops the plan).
