@@ -468,16 +468,28 @@ typedef struct {
   const float *w, *b;     // the layer's weight and bias, or NULL
   const uint8_t *mask;    // dropout: the keep mask (training); NULL: identity
   // Backward only: a ReLU's backward fused into this op's (the program's conv-relu and
-  // fc-relu patterns). dy is then the gradient of relu(y), and the kernel first keeps it
-  // where relu_y, the ReLU's output, is > 0 and zeroes it elsewhere; it may do so in
-  // place, since this backward is dy's last reader (the verifier checks it). NULL: not
-  // fused.
+  // fc-relu patterns, and the first link of the longer chains below). dy is then the
+  // gradient of relu(y), and the kernel first keeps it where relu_y, the ReLU's output,
+  // is > 0 and zeroes it elsewhere; it may do so in place, since this backward is dy's
+  // last reader (the verifier checks it). NULL: not fused.
   const float *relu_y;
   // State the forward saves for the backward (the program's TV_SAVED value; LRN: the
   // window sums of squares, (batch, n->out)). Forward: written when not NULL; backward:
   // read instead of recomputed when not NULL. A table may ignore it: the reference
   // recomputes in double, so the oracle never depends on what a forward saved.
   float *saved;
+  // Backward only: a longer chain fused after that ReLU (the conv-relu-lrn, conv-relu-pool
+  // and conv-relu-lrn-pool patterns), in forward order conv -> ReLU -> LRN -> max-pool.
+  // dy is then the gradient of the chain's last output, and the kernel computes what the
+  // plain ops would: the pool's backward into a zeroed d(pool input), the LRN's into a
+  // zeroed d(LRN input), the ReLU's mask, then this op's backward. dy is read only. lrn:
+  // the LRN's node (NULL: none), lrn_saved its window sums (NULL: recomputed); its input
+  // is relu_y, and its output is not passed: the kernel recomputes it from relu_y and the
+  // sums, exactly as the forward computed it, so that the program need not keep it. pool:
+  // the max-pool's node (NULL: none), pool_y its output (the maxima); its input is the
+  // LRN's output, or relu_y without an LRN.
+  const Node *lrn, *pool;
+  const float *lrn_saved, *pool_y;
 } OpCall;
 
 typedef struct {
@@ -620,7 +632,7 @@ typedef enum {
   TI_MASK,      // out: the dropout layer's mask, drawn from (seed, step, layer)
   TI_FORWARD,   // y = op(x..., w, b, mask)
   TI_LOSS,      // loss, dy (the logits' gradient) = softmax_xent(x[0] = logits, labels)
-  TI_BACKWARD,  // dx[j] += ..., dw = ..., db = ... from dy (and x, y, w, mask, relu_y)
+  TI_BACKWARD,  // dx[j] += ..., dw = ..., db = ... from dy (and x, y, w, mask, a fused chain's)
   TI_UPDATE,    // the paper's SGD on one parameter: v = 0.9 v - 0.0005 lr w - lr dw; w += v
   // With devices > 1 (the partition plan's transfers; forward and backward then run each
   // device's share of the node, train/parallel.c):
@@ -644,6 +656,12 @@ typedef struct {
   int labels, loss;  // TI_LOSS
   int relu;      // TI_BACKWARD with a ReLU's backward fused in: the ReLU's node, else -1
   int relu_y;    // and its output (the mask's source)
+  // A longer fused chain after that ReLU (OpCall.lrn, .pool): dy is then the gradient of
+  // the chain's last node. lrn: the LRN's node, else -1; lrn_saved: its window sums (its
+  // output is recomputed from them, so the program need not keep it for the backward).
+  // pool: the max-pool's node, else -1; pool_y: its output.
+  int lrn, lrn_saved;
+  int pool, pool_y;
   int transfer;  // TI_SEND, TI_REDUCE: the index of the plan's transfer
 } TInstr;
 
@@ -691,6 +709,9 @@ void train_drop_unused_values(TrainProgram *p);
 // Fuses backward chains by the patterns in `patterns` (names, NULL-terminated; NULL: all):
 // "conv-relu" and "fc-relu" fold a ReLU's backward into the conv's or fc's, which then
 // masks the ReLU's output gradient itself; the conv's own output gradient disappears.
+// "conv-relu-lrn-pool", "conv-relu-lrn" and "conv-relu-pool" fold the whole chain: the
+// conv's backward takes the chain's last gradient, and the gradients of the conv's, the
+// ReLU's and the LRN's outputs disappear (the kernels keep them to themselves).
 void train_fuse_backward(TrainProgram *p, const char *const *patterns);
 // Plans the per-image values into one arena (train/memplan.c): values whose lives do not
 // overlap share memory. Rerun after any rewrite (fusion drops the plan).

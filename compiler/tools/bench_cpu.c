@@ -39,7 +39,8 @@ static const char HELP[] =
     "  --seed S          weights from seed S (default 1; times do not depend on values)\n"
     "  --train           time the training step instead (forward, backward, SGD update)\n"
     "                    per layer, with the CPU target's training kernels; --no-fuse\n"
-    "                    times the plain training program, --compare-unfused both\n"
+    "                    times the plain training program, --compare-unfused both, a\n"
+    "                    step of each in turn (wall and CPU time, memory per image)\n"
     PASS_OPTIONS_HELP;
 
 typedef struct {

@@ -29,7 +29,8 @@ static int add_value(TrainProgram *p, TValueKind kind, int node, bool bias, int6
 static TInstr *add_instr(TrainProgram *p, TInstrKind kind, int node) {
   p->instrs = xrealloc(p->instrs, (p->n_instrs + 1) * sizeof *p->instrs);
   TInstr *in = &p->instrs[p->n_instrs++];
-  *in = (TInstr){kind, node, 0, NULL, NULL, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+  *in = (TInstr){kind, node, 0, NULL, NULL, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                 -1, -1, -1, -1, -1, -1, -1, -1, -1};
   return in;
 }
 
@@ -244,6 +245,8 @@ int train_instr_operands(TInstr *in, TOperand *ops) {
   n = push(ops, n, &in->labels, "labels", false);
   n = push(ops, n, &in->loss, "loss", true);
   n = push(ops, n, &in->relu_y, "relu_y", false);
+  n = push(ops, n, &in->lrn_saved, "lrn_saved", false);
+  n = push(ops, n, &in->pool_y, "pool_y", false);
   for (int j = 0; bwd && j < in->n_x; j++)
     n = push(ops, n, &in->dx[j], "dx", true);
   if (upd) {

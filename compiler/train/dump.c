@@ -86,9 +86,16 @@ static void print_instr(const TrainProgram *p, TInstr *in, FILE *out) {
     print_list(p, in, false, out);
     fputs(") -> ", out);
     print_list(p, in, true, out);
-    if (in->relu >= 0)
-      fprintf(out, "  [%s fused: dy where %%%s > 0]", p->g->nodes[in->relu].name,
-              p->g->nodes[in->relu].name);
+    if (in->relu >= 0) {  // the fused chain, last node first, as its backward runs
+      const char *relu = p->g->nodes[in->relu].name;
+      fputs("  [", out);
+      if (in->pool >= 0)
+        fprintf(out, "%s' fused, ", p->g->nodes[in->pool].name);
+      if (in->lrn >= 0)
+        fprintf(out, "%s' fused (its output recomputed from its saved sums), ",
+                p->g->nodes[in->lrn].name);
+      fprintf(out, "%s fused: dy where %%%s > 0]", relu, relu);
+    }
     fputc('\n', out);
     break;
   case TI_SEND:

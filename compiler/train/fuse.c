@@ -1,21 +1,33 @@
 // Backward fusion of the training program (alexc.h: train_fuse_backward), patterns as
-// data as in passes/fuse.c: a ReLU's backward folds into the backward of the op that
-// feeds it, which masks the ReLU's output gradient itself.
+// data as in passes/fuse.c: the backward of a chain of ops that follow a conv or fc (a
+// ReLU, then an LRN and/or a max-pool) folds into the head's backward, which takes the
+// chain's last output gradient and produces the head's parameter and input gradients.
+// The gradients inside the chain are then never values of the program: a kernel keeps
+// them per image (grad_cpu.c) or in temporaries (grad_ref.c).
 #include <stdlib.h>
 #include <string.h>
 
 #include "../alexc.h"
 
-// A pattern names the op whose backward takes over its ReLU's: the op's own output
-// gradient is then never stored, zeroed or added to.
+#define MAX_CHAIN 3
+
+// A pattern: the head op, then the ops after it, each the sole reader of the one before.
+// Longer patterns come first: the first enabled pattern that matches wins, so that with
+// every pattern on, conv1 and conv2 of AlexNet fuse their whole conv-relu-lrn-pool chain,
+// and conv5 its conv-relu-pool.
 typedef struct {
   const char *name;
   OpKind head;
+  int n_chain;
+  OpKind chain[MAX_CHAIN];
 } BackwardPattern;
 
 static const BackwardPattern backward_patterns[] = {
-    {"conv-relu", OP_CONV},
-    {"fc-relu", OP_FC},
+    {"conv-relu-lrn-pool", OP_CONV, 3, {OP_RELU, OP_LRN, OP_MAXPOOL}},
+    {"conv-relu-lrn", OP_CONV, 2, {OP_RELU, OP_LRN}},
+    {"conv-relu-pool", OP_CONV, 2, {OP_RELU, OP_MAXPOOL}},
+    {"conv-relu", OP_CONV, 1, {OP_RELU}},
+    {"fc-relu", OP_FC, 1, {OP_RELU}},
 };
 
 static bool pattern_on(const char *name, const char *const *enabled) {
@@ -89,36 +101,80 @@ void train_drop_unused_values(TrainProgram *p) {
   p->offset = NULL, p->first = p->last = NULL;
 }
 
-// Folds ReLU backward i into the backward of the node feeding it, if a pattern allows.
-static bool fuse_relu(TrainProgram *p, int i, const char *const *enabled) {
-  const TInstr *r = &p->instrs[i];
-  const Node *relu = &p->g->nodes[r->node];
-  int head = relu->inputs[0], h = backward_of(p, head);
-  if (relu->op != OP_RELU || h < 0 || head == p->logits || readers(p, head) != 1)
+// The sole reader of node `node` among the nodes up to the logits, or -1.
+static int sole_reader(const TrainProgram *p, int node) {
+  if (node == p->logits || readers(p, node) != 1)
+    return -1;
+  for (int i = node + 1; i <= p->logits; i++)
+    for (int j = 0; j < p->g->nodes[i].n_inputs; j++)
+      if (p->g->nodes[i].inputs[j] == node)
+        return i;
+  return -1;
+}
+
+// The nodes of pattern `pat` after head `head` into chain[], if they are there: each op
+// the pattern's, each the sole reader of the one before (so that nothing else adds to
+// the gradients that disappear), each with its own backward to fold, an LRN with its
+// saved window sums (the fused kernel recomputes its output from them).
+static bool match(const TrainProgram *p, const BackwardPattern *pat, int head, int *chain) {
+  if (p->g->nodes[head].op != pat->head)
     return false;
-  bool matched = false;
-  for (size_t k = 0; k < sizeof backward_patterns / sizeof *backward_patterns; k++)
-    matched = matched || (backward_patterns[k].head == p->g->nodes[head].op &&
-                          pattern_on(backward_patterns[k].name, enabled));
-  if (!matched)
-    return false;
-  TInstr *hi = &p->instrs[h];
-  hi->dy = r->dy;
-  hi->relu = r->node;
-  hi->relu_y = p->act[r->node];
-  p->grad[head] = -1;
-  remove_instr(p, i);
+  for (int k = 0, at = head; k < pat->n_chain; k++) {
+    at = sole_reader(p, at);
+    if (at < 0 || p->g->nodes[at].op != pat->chain[k] || backward_of(p, at) < 0 ||
+        (pat->chain[k] == OP_LRN && p->saved[at] < 0))
+      return false;
+    chain[k] = at;
+  }
   return true;
+}
+
+// Folds the chain after head h's node into instruction h, if a pattern allows: h takes
+// the chain's last gradient, and the chain's backward instructions go. Returns how many
+// instructions went.
+static int fuse_chain(TrainProgram *p, int h, const char *const *enabled) {
+  int head = p->instrs[h].node, chain[MAX_CHAIN];
+  const BackwardPattern *pat = NULL;
+  for (size_t k = 0; !pat && k < sizeof backward_patterns / sizeof *backward_patterns; k++)
+    if (pattern_on(backward_patterns[k].name, enabled) &&
+        match(p, &backward_patterns[k], head, chain))
+      pat = &backward_patterns[k];
+  if (!pat)
+    return 0;
+  TInstr *hi = &p->instrs[h];
+  int last = chain[pat->n_chain - 1];
+  hi->dy = p->grad[last];
+  p->grad[head] = -1;
+  for (int k = 0; k < pat->n_chain; k++) {
+    int node = chain[k];
+    if (k < pat->n_chain - 1)
+      p->grad[node] = -1;
+    switch (p->g->nodes[node].op) {
+    case OP_RELU:
+      hi->relu = node, hi->relu_y = p->act[node];
+      break;
+    case OP_LRN:
+      hi->lrn = node, hi->lrn_saved = p->saved[node];  // its output is recomputed
+      break;
+    default:  // OP_MAXPOOL
+      hi->pool = node, hi->pool_y = p->act[node];
+      break;
+    }
+  }
+  // The chain's own backward instructions come before h (reverse node order).
+  for (int k = 0; k < pat->n_chain; k++)
+    remove_instr(p, backward_of(p, chain[k]));
+  return pat->n_chain;
 }
 
 void train_fuse_backward(TrainProgram *p, const char *const *patterns) {
   bool fused = false;
-  for (int i = 0; i < p->n_instrs;)
-    if (p->instrs[i].kind == TI_BACKWARD && fuse_relu(p, i, patterns))
-      fused = true;  // instruction i is gone; i now names the next one
-    else
-      i++;
+  for (int i = 0; i < p->n_instrs; i++)
+    if (p->instrs[i].kind == TI_BACKWARD) {
+      int gone = fuse_chain(p, i, patterns);
+      i -= gone;  // the chain's instructions were before i
+      fused = fused || gone > 0;
+    }
   if (fused)
     train_drop_unused_values(p);
 }
-

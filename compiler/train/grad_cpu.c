@@ -21,9 +21,13 @@
 //     fixed order: results are bit-identical for any number of threads and run to run.
 //     Every element of a GEMM is summed in the same order wherever its tile falls (the K
 //     blocking is global, edge tiles go through the same kernel), so tiling is free.
-//   - LRN recomputes its window sums in the backward (nothing saved), with x^-0.75 as
-//     1/(sqrt(s) sqrt(sqrt(s))) for the paper's beta; max-pool recomputes its argmax
-//     (first maximum in scan order, padding never wins, as the reference).
+//   - LRN's backward reads the window sums its forward saved (recomputed when none
+//     were), with x^-0.75 as 1/(sqrt(s) sqrt(sqrt(s))) for the paper's beta; max-pool
+//     recomputes its argmax (first maximum in scan order, padding never wins, as the
+//     reference).
+//   - A fused backward chain (conv -> ReLU -> LRN? -> max-pool?) runs image by image in
+//     per-thread scratch inside the conv's backward, with the plain ops' own code, so it
+//     computes the plain program's bits ("fused chains" below).
 //
 // Calls are serialised by a lock (the pool and the scratch buffers are shared).
 #define _GNU_SOURCE
@@ -174,7 +178,7 @@ static void parallel_for(int n, TaskFn fn, void *ctx) {
 
 // ---------------------------------------------------------------- scratch memory
 
-enum { S_PACKA, S_PACKB, S_COL, S_DY, S_OUT, N_SLOTS };
+enum { S_PACKA, S_PACKB, S_COL, S_DY, S_OUT, S_CHAIN, N_SLOTS };
 
 typedef struct {
   float *p;
@@ -182,7 +186,7 @@ typedef struct {
 } Buf;
 
 static Buf scratch_bufs[MAX_THREADS][N_SLOTS];
-static Buf shared_bufs[2];  // packed weights, dW partials (used under op_lock)
+static Buf shared_bufs[3];  // packed weights, dW partials, bias sums (used under op_lock)
 
 static float *grow(Buf *b, size_t n) {
   if (b->n < n) {
@@ -830,13 +834,31 @@ static void conv_forward(const OpCall *c, float *y) {
   parallel_for(v.nsub * v.G, conv_fwd_task, &v);
 }
 
+// Sub-batch sb (of chunk ch, whose first is sb0), group g, from dY (the group's opg rows
+// of the sub-batch's images side by side): the chunk's dW partial += dY col^T, and
+// dx += col2im(W^T dY).
+static void conv_bwd_sub(const Conv *v, int ch, int sb, int sb0, int g, Mat dY, int tid) {
+  int n0 = sub_first(v, sb), cnt = sub_count(v, sb), N = cnt * v->P;
+  float *col = scratch(tid, S_COL, (size_t)v->Kg * N);
+  if (v->part) {
+    im2col(v, n0, cnt, g, col);
+    float *dw = v->part + (v->nchunk > 1 ? (size_t)ch * v->w_elems : 0) +
+                (size_t)g * v->opg * v->Kg;
+    gemm(v->opg, v->Kg, N, dY, NULL, (Mat){col, 1, N}, dw, v->Kg, sb > sb0, tid);
+  }
+  if (v->dx) {
+    gemm(v->Kg, N, v->opg, (Mat){NULL, 0, 0}, v->wpk + g * v->wpk_size, dY, col, N, false, tid);
+    col2im_add(v, n0, cnt, g, col);
+  }
+}
+
+static int chunk_first(const Conv *v, int ch) { return (int)((int64_t)ch * v->nsub / v->nchunk); }
+
 // Chunk `ch` of the backward: sub-batches [first, end), group g. dW partial of the chunk
 // (dY col^T, summed over its sub-batches in order), and dx += col2im(W^T dY).
 static void conv_bwd_task(void *ctx, int t, int tid) {
   const Conv *v = ctx;
-  int ch = t / v->G, g = t % v->G;
-  int sb0 = (int)((int64_t)ch * v->nsub / v->nchunk),
-      sb1 = (int)((int64_t)(ch + 1) * v->nsub / v->nchunk);
+  int ch = t / v->G, g = t % v->G, sb0 = chunk_first(v, ch), sb1 = chunk_first(v, ch + 1);
   for (int sb = sb0; sb < sb1; sb++) {
     int n0 = sub_first(v, sb), cnt = sub_count(v, sb), N = cnt * v->P;
     Mat dY;
@@ -851,18 +873,7 @@ static void conv_bwd_task(void *ctx, int t, int tid) {
                  (size_t)v->P * sizeof(float));
       dY = (Mat){dyb, N, 1};
     }
-    float *col = scratch(tid, S_COL, (size_t)v->Kg * N);
-    if (v->part) {
-      im2col(v, n0, cnt, g, col);
-      float *dw = v->part + (v->nchunk > 1 ? (size_t)ch * v->w_elems : 0) +
-                  (size_t)g * v->opg * v->Kg;
-      gemm(v->opg, v->Kg, N, dY, NULL, (Mat){col, 1, N}, dw, v->Kg, sb > sb0, tid);
-    }
-    if (v->dx) {
-      gemm(v->Kg, N, v->opg, (Mat){NULL, 0, 0}, v->wpk + g * v->wpk_size, dY, col, N, false,
-           tid);
-      col2im_add(v, n0, cnt, g, col);
-    }
+    conv_bwd_sub(v, ch, sb, sb0, g, dY, tid);
   }
 }
 
@@ -1054,15 +1065,23 @@ static void lrn_sum(const Lrn *l, const float *x, int ch, float *sum) {
   }
 }
 
-CLONES static void lrn_fwd_task(void *ctx, int t, int tid) {
-  const Lrn *l = ctx;
-  const float *x = l->x + (size_t)t * l->C * l->P;
-  float *y = l->out + (size_t)t * l->C * l->P;
-  float *sum = scratch(tid, S_COL, (size_t)2 * l->P), *sc = sum + l->P;
+// One image's forward, y = x (k + alpha s)^-beta, s the window sums of squares: into
+// sums (the image's saved sums, or NULL: scratch), or read from them when `have_sums` (a
+// fused chain recomputing the output from the forward's saved sums, which also keeps the
+// scales (k + alpha s)^-beta in `scales` for the LRN's backward; else NULL). Out of line
+// and cloned, so that the forward and the recomputation run the same machine code: the
+// same sums give the same bits. Uses S_COL.
+CLONES __attribute__((noinline)) static void lrn_fwd_image(const Lrn *l, const float *x,
+                                                           float *y, float *sums,
+                                                           bool have_sums, float *scales,
+                                                           int tid) {
+  float *tmp = scratch(tid, S_COL, (size_t)2 * l->P), *sc = tmp + l->P;
   for (int ch = 0; ch < l->C; ch++) {
-    if (l->saved)
-      sum = l->saved + ((size_t)t * l->C + ch) * l->P;
-    lrn_sum(l, x, ch, sum);
+    float *sum = sums ? sums + (size_t)ch * l->P : tmp;
+    if (!have_sums)
+      lrn_sum(l, x, ch, sum);
+    if (scales)
+      sc = scales + (size_t)ch * l->P;
     lrn_scale(l, sum, sc, l->P);
     const float *xc = x + (size_t)ch * l->P;
     float *yc = y + (size_t)ch * l->P;
@@ -1071,20 +1090,32 @@ CLONES static void lrn_fwd_task(void *ctx, int t, int tid) {
   }
 }
 
-// dx_m += dy_m s_m^-beta - 2 alpha beta x_m sum_{i in W(m)} dy_i y_i / s_i.
-CLONES static void lrn_bwd_task(void *ctx, int t, int tid) {
+static void lrn_fwd_task(void *ctx, int t, int tid) {
   const Lrn *l = ctx;
   size_t off = (size_t)t * l->C * l->P;
-  const float *x = l->x + off, *y = l->y + off, *dy = l->dy + off;
-  float *dx = l->dx + off;
+  lrn_fwd_image(l, l->x + off, l->out + off, l->saved ? l->saved + off : NULL, false, NULL,
+                tid);
+}
+
+// One image's backward (x, y, dy, dx its planes; saved its window sums, or NULL to
+// recompute them; scales their (k + alpha s)^-beta when a fused chain has them from
+// recomputing y, else NULL: computed here, by the same function, so the same bits):
+// dx_m += dy_m s_m^-beta - 2 alpha beta x_m sum_{i in W(m)} dy_i y_i / s_i.
+// Out of line (and cloned), so that the plain LRN backward and a fused chain's run the
+// same machine code and round alike. Uses S_COL.
+CLONES __attribute__((noinline)) static void lrn_bwd_image(const Lrn *l, const float *x,
+                                                           const float *y, const float *dy,
+                                                           const float *saved,
+                                                           const float *scales, float *dx,
+                                                           int tid) {
   float *buf = scratch(tid, S_COL, (size_t)(2 * l->C + 2) * l->P);
   float *ts = buf, *ss = buf + (size_t)l->C * l->P, *sum = ss + (size_t)l->C * l->P,
         *sc = sum + l->P;
-  if (l->saved)  // the forward's window sums: the same function of x, so the same bits
-    ss = l->saved + off;
+  if (saved)  // the forward's window sums: the same function of x, so the same bits
+    ss = (float *)saved;
   for (int ch = 0; ch < l->C; ch++) {  // ss = window sums, ts = dy y / s
     float *sch = ss + (size_t)ch * l->P, *tc = ts + (size_t)ch * l->P;
-    if (!l->saved)
+    if (!saved)
       lrn_sum(l, x, ch, sch);
     const float *yc = y + (size_t)ch * l->P, *gc = dy + (size_t)ch * l->P;
     for (int p = 0; p < l->P; p++)
@@ -1092,7 +1123,10 @@ CLONES static void lrn_bwd_task(void *ctx, int t, int tid) {
   }
   float f = 2.0f * l->alpha * l->beta;
   for (int ch = 0; ch < l->C; ch++) {
-    lrn_scale(l, ss + (size_t)ch * l->P, sc, l->P);
+    if (scales)
+      sc = (float *)scales + (size_t)ch * l->P;
+    else
+      lrn_scale(l, ss + (size_t)ch * l->P, sc, l->P);
     int lo, hi;
     lrn_window(l, ch, &lo, &hi);
     for (int p = 0; p < l->P; p++)
@@ -1109,13 +1143,27 @@ CLONES static void lrn_bwd_task(void *ctx, int t, int tid) {
   }
 }
 
+static void lrn_bwd_task(void *ctx, int t, int tid) {
+  const Lrn *l = ctx;
+  size_t off = (size_t)t * l->C * l->P;
+  lrn_bwd_image(l, l->x + off, l->y + off, l->dy + off, l->saved ? l->saved + off : NULL,
+                NULL, l->dx + off, tid);
+}
+
+// LRN node n's shape and constants (no tensors).
+static Lrn lrn_for(const Node *n) {
+  const LrnAttrs *a = &n->lrn;
+  Shape s = n->out;
+  return (Lrn){.C = (int)s.c, .P = (int)shape_plane(s), .per_group = (int)(s.c / a->groups),
+               .half = a->size / 2, .alpha = (float)a->alpha, .k = (float)a->k,
+               .beta = (float)a->beta, .b075 = a->beta == 0.75};
+}
+
 static Lrn lrn_setup(const OpCall *c) {
-  const LrnAttrs *a = &c->n->lrn;
-  Shape s = c->n->out;
-  Lrn l = {.c = c, .x = c->x[0], .C = (int)s.c, .P = (int)shape_plane(s),
-           .per_group = (int)(s.c / a->groups), .half = a->size / 2, .alpha = (float)a->alpha,
-           .k = (float)a->k, .beta = (float)a->beta, .b075 = a->beta == 0.75,
-           .saved = c->saved};
+  Lrn l = lrn_for(c->n);
+  l.c = c;
+  l.x = c->x[0];
+  l.saved = c->saved;
   return l;
 }
 
@@ -1192,9 +1240,10 @@ static inline __attribute__((always_inline)) void pool_plane(const Pool *p, int 
   }
 }
 
-static void pool_task(const Pool *p, int t, int tid, bool bwd) {
+// Planes [pl0, pl1) (a plain pool's task, or one image of a fused chain). Uses S_COL.
+static void pool_planes(const Pool *p, int pl0, int pl1, int tid, bool bwd) {
   int *args = bwd ? (int *)scratch(tid, S_COL, (size_t)p->OH * p->OW) : NULL;
-  for (int pl = t * POOL_PLANES; pl < imin(p->planes, (t + 1) * POOL_PLANES); pl++) {
+  for (int pl = pl0; pl < pl1; pl++) {
     if (p->k == 3)
       pool_plane(p, pl, 3, bwd, args);
     else
@@ -1202,15 +1251,133 @@ static void pool_task(const Pool *p, int t, int tid, bool bwd) {
   }
 }
 
+static void pool_task(const Pool *p, int t, int tid, bool bwd) {
+  pool_planes(p, t * POOL_PLANES, imin(p->planes, (t + 1) * POOL_PLANES), tid, bwd);
+}
+
 static void pool_fwd_task(void *ctx, int t, int tid) { pool_task(ctx, t, tid, false); }
 static void pool_bwd_task(void *ctx, int t, int tid) { pool_task(ctx, t, tid, true); }
 
+// Max-pool node n's shapes and window, for `batch` images (no tensors).
+static Pool pool_for(const Graph *g, const Node *n, int batch) {
+  Shape in = g->nodes[n->inputs[0]].out, out = n->out;
+  const PoolAttrs *a = &n->pool;
+  return (Pool){.H = (int)in.h, .W = (int)in.w, .OH = (int)out.h, .OW = (int)out.w,
+                .k = a->kernel, .s = a->stride, .pt = a->pad.top, .pl = a->pad.left,
+                .planes = (int)(in.c * batch)};
+}
+
 static Pool pool_setup(const OpCall *c) {
-  Shape in = in_shape(c, 0), out = c->n->out;
-  const PoolAttrs *a = &c->n->pool;
-  return (Pool){.x = c->x[0], .H = (int)in.h, .W = (int)in.w, .OH = (int)out.h,
-                .OW = (int)out.w, .k = a->kernel, .s = a->stride, .pt = a->pad.top,
-                .pl = a->pad.left, .planes = (int)(in.c * c->batch)};
+  Pool p = pool_for(c->g, c->n, c->batch);
+  p.x = c->x[0];
+  return p;
+}
+
+// ---------------------------------------------------------------- fused chains
+
+// A conv's backward with a fused chain after it (conv -> ReLU -> LRN? -> max-pool?,
+// OpCall.lrn, .pool): per sub-batch of the conv's backward, each image's chain runs in
+// this thread's scratch (S_CHAIN: the LRN's output, recomputed from the saved sums, and
+// the pool's and LRN's input gradients; S_DY: the masked d(conv out) in the GEMM's
+// layout), which the sub-batch's dW and dx GEMMs then read while it is still in cache; no
+// whole-batch gradient inside the chain exists. Each piece is the plain op's own code on
+// the same image (lrn_fwd_image, pool_planes, lrn_bwd_image, relu_keep_span, plane_sum),
+// into zeroed buffers as the plain program's gradients are, so the result is the plain
+// program's to the bit.
+typedef struct {
+  Conv v;             // the conv's backward; v.dy unused (dY comes from the chain)
+  const OpCall *c;
+  Lrn lrn;
+  Pool pool;
+  const float *dy;    // the chain's last gradient (batch, the last node's out)
+  size_t inner, last, pooled;  // per image: the conv's (ReLU's, LRN's) output, dy, pool_y
+  double *bsum;       // per image and channel: the plane sum of d(conv out), for db
+} Chain;
+
+// Image i's d(conv out) into dst, channel oc at dst + oc * ld.
+static void chain_image(const Chain *ch, int i, float *dst, ptrdiff_t ld, int tid) {
+  const OpCall *c = ch->c;
+  size_t E = ch->inner;
+  int OC = ch->v.OC, P = ch->v.P;
+  const float *g = ch->dy + (size_t)i * ch->last, *relu_y = c->relu_y + (size_t)i * E;
+  // [LRN output | its scales | its sums without saved ones | d(pool input) | d(LRN
+  // input)], the parts the chain has
+  float *buf = scratch(tid, S_CHAIN, 5 * E), *lrn_y = buf, *scales = buf + E,
+        *sums = buf + 2 * E, *pooled = buf + 3 * E;
+  const float *saved = c->lrn_saved ? c->lrn_saved + (size_t)i * E : NULL;
+  if (c->lrn) {  // the forward's output again: from its saved sums, or from scratch
+    lrn_fwd_image(&ch->lrn, relu_y, lrn_y, saved ? (float *)saved : sums, saved != NULL,
+                  scales, tid);
+    saved = saved ? saved : sums;
+  }
+  if (c->pool) {  // d(pool input) = pool'(dy), into zeros
+    Pool p = ch->pool;
+    p.x = c->lrn ? lrn_y : relu_y;
+    p.y = c->pool_y ? (float *)c->pool_y + (size_t)i * ch->pooled : NULL;
+    p.dy = g;
+    p.dx = pooled;
+    memset(pooled, 0, E * sizeof(float));
+    pool_planes(&p, 0, OC, tid, true);
+    g = pooled;
+  }
+  if (c->lrn) {  // d(ReLU output) = LRN'(...), into zeros
+    float *d = buf + 4 * E;
+    memset(d, 0, E * sizeof(float));
+    lrn_bwd_image(&ch->lrn, relu_y, lrn_y, g, saved, scales, d, tid);
+    g = d;
+  }
+  for (int oc = 0; oc < OC; oc++) {  // the ReLU's mask, and db's share (as bias_task sums)
+    float *d = dst + (ptrdiff_t)oc * ld;
+    relu_keep_span(relu_y + (size_t)oc * P, g + (size_t)oc * P, d, P);
+    ch->bsum[(size_t)i * OC + oc] = P == 1 ? d[0] : plane_sum(d, P);
+  }
+}
+
+static void chain_task(void *ctx, int t, int tid) {
+  const Chain *ch = ctx;
+  const Conv *v = &ch->v;
+  int sb0 = chunk_first(v, t), sb1 = chunk_first(v, t + 1);
+  for (int sb = sb0; sb < sb1; sb++) {
+    int n0 = sub_first(v, sb), cnt = sub_count(v, sb), N = cnt * v->P;
+    float *dyb = scratch(tid, S_DY, (size_t)v->OC * N);
+    for (int img = 0; img < cnt; img++)
+      chain_image(ch, n0 + img, dyb + (size_t)img * v->P, N, tid);
+    for (int g = 0; g < v->G; g++)
+      conv_bwd_sub(v, t, sb, sb0, g, (Mat){dyb + (size_t)g * v->opg * N, N, 1}, tid);
+  }
+}
+
+static void conv_backward_chain(const OpCall *c, const float *dy, float *dx, float *dw,
+                                float *db) {
+  Chain ch = {.v = conv_setup(c), .c = c, .dy = dy};
+  Conv *v = &ch.v;
+  v->dx = dx;
+  if (dw)
+    v->part = v->nchunk > 1 ? grow(&shared_bufs[1], (size_t)v->nchunk * v->w_elems) : dw;
+  if (dx) {
+    v->wpk_size = packed_a_size(v->Kg, v->opg);
+    v->wpk = pack_groups((Mat){c->w, 1, v->Kg}, v->Kg, v->opg, v->G, (ptrdiff_t)v->opg * v->Kg, 0);
+  }
+  ch.inner = (size_t)v->OC * v->P;
+  ch.last = shape_elems(c->pool ? c->pool->out : c->lrn->out);
+  if (c->lrn)
+    ch.lrn = lrn_for(c->lrn);
+  if (c->pool) {
+    ch.pool = pool_for(c->g, c->pool, 1);
+    ch.pooled = shape_elems(c->pool->out);
+  }
+  ch.bsum = (double *)grow(&shared_bufs[2], (size_t)2 * c->batch * v->OC);
+  parallel_for(v->nchunk, chain_task, &ch);
+  if (dw && v->nchunk > 1) {
+    Reduce r = {v->part, dw, (int64_t)v->w_elems, v->nchunk};
+    parallel_for(ew_tasks(r.n), reduce_task, &r);
+  }
+  for (int o = 0; o < v->OC && db; o++) {  // bias_task's sum: images in order, in double
+    double acc = 0;
+    for (int i = 0; i < c->batch; i++)
+      acc += ch.bsum[(size_t)i * v->OC + o];
+    db[o] = (float)acc;
+  }
 }
 
 // ---------------------------------------------------------------- softmax, concat
@@ -1318,14 +1485,18 @@ static void cpu_backward(const OpCall *c, const float *dy, float *const *dx, flo
   float *dx0 = n->n_inputs ? dx[0] : NULL;
   pthread_mutex_lock(&op_lock);
   pick_isa();
-  if (c->relu_y) {  // masked in place: one pass for the ReLU's backward and dy's zeroing
+  if (c->relu_y && !c->lrn && !c->pool) {  // masked in place: one pass for the ReLU's
+                                            // backward and dy's zeroing
     Ew m = {c, NULL, dy, (float *)dy, NULL, total, 0};
     parallel_for(ew_tasks(total), relu_mask_task, &m);
   }
   Ew e = {c, n->n_inputs ? c->x[0] : NULL, dy, NULL, dx0, total, 0};
   switch (n->op) {
   case OP_CONV:
-    conv_backward(c, dy, dx0, dw, db);
+    if (c->lrn || c->pool)
+      conv_backward_chain(c, dy, dx0, dw, db);
+    else
+      conv_backward(c, dy, dx0, dw, db);
     break;
   case OP_FC:
     fc_backward(c, dy, dx0, dw, db);

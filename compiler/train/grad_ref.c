@@ -307,7 +307,52 @@ static float *relu_masked(const OpCall *c, const float *dy) {
 }
 
 static void ref_backward(const OpCall *c, const float *dy, float *const *dx, float *dw,
+                         float *db);
+
+// A fused chain's backward after the ReLU (OpCall.lrn, .pool): the plain ops composed,
+// each into a zeroed whole-batch temporary as the plain program's gradients would be,
+// then the ReLU's mask and the head's backward; the LRN's output is recomputed by the
+// LRN's own forward, so it is the one the forward stored. The oracle fuses nothing.
+static void chain_backward(const OpCall *c, const float *dy, float *const *dx, float *dw,
+                           float *db) {
+  int64_t inner = shape_elems(c->n->out) * c->batch;  // the ReLU's (and the LRN's) output
+  const float *g = dy;
+  float *pooled = NULL, *normed = NULL, *lrn_y = NULL;
+  if (c->lrn) {
+    const float *xs[1] = {c->relu_y};
+    OpCall fc = {.g = c->g, .n = c->lrn, .batch = c->batch, .x = xs};
+    lrn_y = xcalloc(inner, sizeof *lrn_y);
+    ref_forward(&fc, lrn_y);
+  }
+  if (c->pool) {  // into d(pool input): the LRN's output, or the ReLU's
+    const float *xs[1] = {c->lrn ? lrn_y : c->relu_y};
+    OpCall pc = {.g = c->g, .n = c->pool, .batch = c->batch, .x = xs, .y = c->pool_y};
+    pooled = xcalloc(inner, sizeof *pooled);
+    maxpool_backward(&pc, g, &pooled);
+    g = pooled;
+  }
+  if (c->lrn) {  // into d(ReLU output)
+    const float *xs[1] = {c->relu_y};
+    OpCall lc = {.g = c->g, .n = c->lrn, .batch = c->batch, .x = xs, .y = lrn_y,
+                 .saved = (float *)c->lrn_saved};
+    normed = xcalloc(inner, sizeof *normed);
+    lrn_backward(&lc, g, &normed);
+    g = normed;
+  }
+  OpCall head = *c;
+  head.lrn = head.pool = NULL;
+  ref_backward(&head, g, dx, dw, db);  // the ReLU's mask, then the head's backward
+  free(pooled);
+  free(normed);
+  free(lrn_y);
+}
+
+static void ref_backward(const OpCall *c, const float *dy, float *const *dx, float *dw,
                          float *db) {
+  if (c->lrn || c->pool) {
+    chain_backward(c, dy, dx, dw, db);
+    return;
+  }
   if (c->relu_y) {
     float *masked = relu_masked(c, dy);
     OpCall plain = *c;

@@ -243,8 +243,9 @@ static OpCall piece_call(const Piece *p, const Weights *w, int n) {
   const Graph *g = p->g;
   const char *name = g->nodes[g->output].name;
   const float *wt = weights_get(w, name, false), *b = weights_get(w, name, true);
-  return (OpCall){g, &g->nodes[g->output], n, (const float *const *)p->x, p->y,
-                  wt ? wt + p->w_off : NULL, b ? b + p->b_off : NULL, p->mask, NULL, NULL};
+  return (OpCall){.g = g, .n = &g->nodes[g->output], .batch = n, .x = (const float *const *)p->x,
+                  .y = p->y, .w = wt ? wt + p->w_off : NULL, .b = b ? b + p->b_off : NULL,
+                  .mask = p->mask};  // the plain op: nothing fused, nothing saved
 }
 
 // The piece's input channels, gathered from its device's copies.

@@ -163,10 +163,16 @@ static float *value_at(const Trainer *t, const Step *s, int v) {
 static OpCall call_for(const Trainer *t, const Step *s, const TInstr *in, const float **xs) {
   for (int j = 0; j < in->n_x; j++)
     xs[j] = value_at(t, s, in->x[j]);
-  return (OpCall){t->g, &t->g->nodes[in->node], s->n, xs, value_at(t, s, in->y),
-                  value_at(t, s, in->w), value_at(t, s, in->b),
-                  s->training && in->mask >= 0 ? t->buf[in->mask] : NULL,
-                  value_at(t, s, in->relu_y), value_at(t, s, in->saved)};
+  const Node *nodes = t->g->nodes;
+  return (OpCall){.g = t->g, .n = &nodes[in->node], .batch = s->n, .x = xs,
+                  .y = value_at(t, s, in->y), .w = value_at(t, s, in->w),
+                  .b = value_at(t, s, in->b),
+                  .mask = s->training && in->mask >= 0 ? t->buf[in->mask] : NULL,
+                  .relu_y = value_at(t, s, in->relu_y), .saved = value_at(t, s, in->saved),
+                  .lrn = in->lrn >= 0 ? &nodes[in->lrn] : NULL,
+                  .pool = in->pool >= 0 ? &nodes[in->pool] : NULL,
+                  .lrn_saved = value_at(t, s, in->lrn_saved),
+                  .pool_y = value_at(t, s, in->pool_y)};
 }
 
 static void run_forward(Trainer *t, const Step *s, const TInstr *in) {

@@ -23,7 +23,7 @@ static TValueKind role_kind(const TInstr *in, const TOperand *o) {
   const char *r = o->role;
   if (!strcmp(r, "x"))
     return TV_KIND_COUNT;  // the input or an activation: checked by the caller
-  if (!strcmp(r, "y") || !strcmp(r, "relu_y"))
+  if (!strcmp(r, "y") || !strcmp(r, "relu_y") || !strcmp(r, "pool_y"))
     return TV_ACT;
   if (!strcmp(r, "dy") || !strcmp(r, "dx"))
     return TV_GRAD;
@@ -35,7 +35,7 @@ static TValueKind role_kind(const TInstr *in, const TOperand *o) {
     return TV_MOMENTUM;
   if (!strcmp(r, "mask"))
     return TV_MASK;
-  if (!strcmp(r, "saved"))
+  if (!strcmp(r, "saved") || !strcmp(r, "lrn_saved"))
     return TV_SAVED;
   (void)in;
   return !strcmp(r, "labels") ? TV_LABELS : TV_LOSS;
@@ -54,8 +54,15 @@ static bool value_ok(const TrainProgram *p, int v) {
   return t->elems == shape_elems(n->out);
 }
 
+// The last node of the chain fused into a backward (its dy is that node's gradient), or
+// the instruction's own node.
+static int chain_end(const TInstr *in) {
+  return in->pool >= 0 ? in->pool : in->lrn >= 0 ? in->lrn : in->relu >= 0 ? in->relu : in->node;
+}
+
 // Which node an operand must belong to: the instruction's own node for its output and
-// parameters, input j's for x[j] and dx[j], the fused ReLU's for dy and relu_y.
+// parameters, input j's for x[j] and dx[j], the fused chain's last node for dy, each
+// fused node for its own operands (relu_y, lrn_saved, pool_y).
 static int role_node(const TrainProgram *p, const TInstr *in, const TOperand *o) {
   const Node *n = &p->g->nodes[in->node];
   if (o->ref >= in->x && o->ref < in->x + in->n_x)
@@ -64,8 +71,14 @@ static int role_node(const TrainProgram *p, const TInstr *in, const TOperand *o)
     return n->inputs[o->ref - in->dx];
   if (!strcmp(o->role, "labels") || !strcmp(o->role, "loss"))
     return -1;
-  if (in->relu >= 0 && (!strcmp(o->role, "dy") || !strcmp(o->role, "relu_y")))
+  if (in->kind == TI_BACKWARD && !strcmp(o->role, "dy"))
+    return chain_end(in);
+  if (!strcmp(o->role, "relu_y"))
     return in->relu;
+  if (!strcmp(o->role, "lrn_saved"))
+    return in->lrn;
+  if (!strcmp(o->role, "pool_y"))
+    return in->pool;
   return in->node;
 }
 
@@ -87,20 +100,89 @@ static bool check_operand(const TrainProgram *p, int i, const TOperand *o) {
   return true;
 }
 
-// A ReLU fused into a backward must be the ReLU that reads this node's output, and the
-// backward must be its gradient's last reader (a kernel may mask that gradient in place).
-static bool fused_relu_ok(const TrainProgram *p, int i) {
+// Whether node `node` reads node `from` (and only it: the chain's ops have one input).
+static bool reads(const TrainProgram *p, int node, int from) {
+  return node >= 0 && node < p->g->n_nodes && p->g->nodes[node].n_inputs == 1 &&
+         p->g->nodes[node].inputs[0] == from;
+}
+
+// A chain fused into a backward (node -> ReLU -> LRN? -> max-pool?): each fused node of
+// the op its role says, reading the one before, with its operands present; only a
+// backward carries one; and the backward is dy's last reader (a kernel may mask that
+// gradient in place). Returns NULL or what is wrong.
+static const char *fused_chain_error(const TrainProgram *p, int i) {
   const TInstr *in = &p->instrs[i];
   if (in->relu < 0)
-    return in->relu_y < 0;
-  const Node *r = &p->g->nodes[in->relu];
-  bool ok = in->kind == TI_BACKWARD && r->op == OP_RELU && r->inputs[0] == in->node &&
-            in->relu_y >= 0;
+    return in->relu_y < 0 && in->lrn < 0 && in->pool < 0 && in->lrn_saved < 0 && in->pool_y < 0
+               ? NULL
+               : "an LRN or max-pool fused without a ReLU";
+  const Node *g = p->g->nodes;
+  if (in->kind != TI_BACKWARD || !reads(p, in->relu, in->node) || g[in->relu].op != OP_RELU ||
+      in->relu_y < 0)
+    return "the fused ReLU is not the reader of the node's output";
+  if ((in->lrn >= 0 || in->pool >= 0) && g[in->node].op != OP_CONV)
+    return "an LRN or max-pool fused into the backward of an op other than a conv";
+  int prev = in->relu;
+  if (in->lrn >= 0) {
+    if (!reads(p, in->lrn, prev) || g[in->lrn].op != OP_LRN)
+      return "the fused LRN is not the reader of the ReLU's output";
+    if (in->lrn_saved < 0)  // its output is recomputed from them
+      return "the fused LRN has no saved window sums";
+    prev = in->lrn;
+  } else if (in->lrn_saved >= 0) {
+    return "LRN operands without a fused LRN";
+  }
+  if (in->pool >= 0 &&
+      (!reads(p, in->pool, prev) || g[in->pool].op != OP_MAXPOOL || in->pool_y < 0))
+    return "the fused max-pool is not the reader of the chain's last output";
+  if (in->pool < 0 && in->pool_y >= 0)
+    return "a pool operand without a fused max-pool";
   int values[TRAIN_MAX_OPERANDS];
-  for (int k = i + 1; ok && k < p->n_instrs; k++) {
+  for (int k = i + 1; k < p->n_instrs; k++) {
     int n = train_instr_values((TInstr *)&p->instrs[k], values);
     for (int j = 0; j < n; j++)
-      ok = ok && values[j] != in->dy;
+      if (values[j] == in->dy)
+        return "the chain's gradient is used after the fused backward";
+  }
+  return NULL;
+}
+
+// The gradients a fused chain keeps to itself, those of the head's and every fused
+// node's output but the last, are no values of the program: no instruction reads or
+// adds to one (nothing else may, since the kernel never stores them), and no other
+// instruction runs a fused node's backward again. Each fused node's output has the next
+// as its only reader among the nodes up to the logits, so no other backward adds to
+// those gradients; this checks that no gradient of them is left in the program.
+static bool chain_gradients_ok(const TrainProgram *p) {
+  bool ok = true;
+  for (int i = 0; i < p->n_instrs && ok; i++) {
+    const TInstr *in = &p->instrs[i];
+    if (in->kind != TI_BACKWARD || in->relu < 0)
+      continue;
+    int inner[4], n_inner = 0, fused[3] = {in->relu, in->lrn, in->pool};
+    inner[n_inner++] = in->node;
+    for (int k = 0; k < 3; k++)
+      if (fused[k] >= 0 && fused[k] != chain_end(in))
+        inner[n_inner++] = fused[k];
+    for (int k = 0; k < n_inner && ok; k++) {
+      int readers = 0;
+      for (int j = inner[k] + 1; j <= p->logits; j++)
+        for (int e = 0; e < p->g->nodes[j].n_inputs; e++)
+          readers += p->g->nodes[j].inputs[e] == inner[k];
+      ok = readers == 1 || fail(p, i, "fused node %s%s's output has another reader",
+                                p->g->nodes[inner[k]].name, "");
+    }
+    for (int v = 0; v < p->n_values && ok; v++)
+      for (int k = 0; k < n_inner && ok; k++)
+        ok = !(p->values[v].kind == TV_GRAD && p->values[v].node == inner[k]) ||
+             fail(p, i, "the gradient of %s%s, kept inside the fused chain, is a value of the "
+                  "program", p->g->nodes[inner[k]].name, "");
+    for (int j = 0; j < p->n_instrs && ok; j++)
+      for (int k = 0; k < 3 && ok; k++)
+        ok = !(j != i && fused[k] >= 0 && p->instrs[j].kind == TI_BACKWARD &&
+               p->instrs[j].node == fused[k]) ||
+             fail(p, i, "the backward of fused node %s%s runs again", p->g->nodes[fused[k]].name,
+                  "");
   }
   return ok;
 }
@@ -224,9 +306,8 @@ bool train_program_verify(const TrainProgram *p) {
   TOperand ops[TRAIN_MAX_OPERANDS];
   for (int i = 0; i < p->n_instrs && ok; i++) {
     TInstr *in = &p->instrs[i];
-    ok = fused_relu_ok(p, i) || fail(p, i, "the fused ReLU %s%s is not its output's reader, "
-                                     "or its gradient is used after it",
-                                     in->relu >= 0 ? p->g->nodes[in->relu].name : "", "");
+    const char *chain = fused_chain_error(p, i);
+    ok = !chain || fail(p, i, "%s%s", chain, "");
     int n = train_instr_operands(in, ops);
     for (int k = 0; k < n && ok; k++) {
       int v = *ops[k].ref;
@@ -250,7 +331,7 @@ bool train_program_verify(const TrainProgram *p) {
       }
     }
   }
-  ok = ok && check_order(p, use) && check_plan(p) && check_transfers(p);
+  ok = ok && chain_gradients_ok(p) && check_order(p, use) && check_plan(p) && check_transfers(p);
   free(use);
   return ok;
 }

@@ -255,8 +255,8 @@ static bool op_case_setup(const OpCase *oc, uint64_t seed, OpCaseData *d) {
   }
   d->dy = xcalloc(d->y_elems, sizeof(float));
   fill_normal(d->dy, d->y_elems, seed, op_case_stream(oc, "dy", buf, sizeof buf), 1.0);
-  d->call = (OpCall){d->g, n, d->batch, (const float *const *)d->x, NULL, d->w, d->b, d->mask, NULL,
-                     NULL};
+  d->call = (OpCall){.g = d->g, .n = n, .batch = d->batch, .x = (const float *const *)d->x,
+                     .w = d->w, .b = d->b, .mask = d->mask};
   return true;
 }
 

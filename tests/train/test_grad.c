@@ -322,7 +322,7 @@ static void test_pool_ties(void) {
   Graph *g = spec(OPC_IN(1, 2, 3) "  - {name: p, op: maxpool, kernel: 2, stride: 1}\n");
   float x[6] = {1, 1, 1, 1, 1, 1}, y[2], dy[2] = {10, 100}, dx[6] = {0};
   const float *xs[1] = {x};
-  OpCall c = {g, &g->nodes[1], 1, xs, y, NULL, NULL, NULL, NULL, NULL};
+  OpCall c = {.g = g, .n = &g->nodes[1], .batch = 1, .x = xs, .y = y};
   K->forward(&c, y);
   K->backward(&c, dy, (float *[]){dx}, NULL, NULL);
   // Windows at columns 0-1 and 1-2: each's first element is row 0 of its first column.
@@ -334,7 +334,7 @@ static void test_pool_ties(void) {
   g = spec(OPC_IN(1, 2, 2) "  - {name: p, op: maxpool, kernel: 3, stride: 2, pad: 1}\n");
   float neg[4] = {-5, -3, -3, -7}, y1[1], g1[1] = {2}, d1[4] = {0};
   const float *ns[1] = {neg};
-  c = (OpCall){g, &g->nodes[1], 1, ns, y1, NULL, NULL, NULL, NULL, NULL};
+  c = (OpCall){.g = g, .n = &g->nodes[1], .batch = 1, .x = ns, .y = y1};
   K->forward(&c, y1);
   CHECK(y1[0] == -3);
   K->backward(&c, g1, (float *[]){d1}, NULL, NULL);
@@ -350,7 +350,7 @@ static void test_relu_zero(void) {
   Graph *g = spec(OPC_IN(1, 1, 3) "  - {name: r, op: relu}\n");
   float x[3] = {-1, 0, 2}, y[3], dy[3] = {5, 6, 7}, dx[3] = {0};
   const float *xs[1] = {x};
-  OpCall c = {g, &g->nodes[1], 1, xs, y, NULL, NULL, NULL, NULL, NULL};
+  OpCall c = {.g = g, .n = &g->nodes[1], .batch = 1, .x = xs, .y = y};
   K->forward(&c, y);
   K->backward(&c, dy, (float *[]){dx}, NULL, NULL);
   CHECK(dx[0] == 0 && dx[1] == 0 && dx[2] == 7);
@@ -371,7 +371,7 @@ static void test_dropout_mask(void) {
     mask[i] = (uint8_t)(i % 3 != 1);
   }
   const float *xs[1] = {x};
-  OpCall c = {g, &g->nodes[1], 2, xs, y, NULL, NULL, mask, NULL, NULL};
+  OpCall c = {.g = g, .n = &g->nodes[1], .batch = 2, .x = xs, .y = y, .mask = mask};
   K->forward(&c, y);
   K->backward(&c, dy, (float *[]){dx}, NULL, NULL);
   for (int i = 0; i < N; i++) {

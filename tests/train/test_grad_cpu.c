@@ -240,8 +240,9 @@ static OpCall walk_call(const Graph *g, const Weights *wt, Walk *w, int i, int b
   const Node *n = &g->nodes[i];
   for (int j = 0; j < n->n_inputs; j++)
     xs[j] = w->act[n->inputs[j]];
-  return (OpCall){g, n, batch, xs, w->act[i], weights_get(wt, n->name, false),
-                  weights_get(wt, n->name, true), w->mask[i], NULL, NULL};
+  return (OpCall){.g = g, .n = n, .batch = batch, .x = xs, .y = w->act[i],
+                  .w = weights_get(wt, n->name, false), .b = weights_get(wt, n->name, true),
+                  .mask = w->mask[i]};
 }
 
 static bool input_grad = true;  // the walk computes the input's gradient (the bench: not)
