@@ -1,0 +1,47 @@
+// Training on the CUDA backend (train.c): a whole SGD step of a training program as one
+// CUDA C++ translation unit and a plan (runtime/alexrt_cuda.h) that runs it on one device.
+//
+// Memory, all on the device:
+//   arena    the program's memory plan (train/memplan.c: floats per image, offsets per
+//            value), then TRAIN_CUDA_EXTRA floats per image: each image's loss (a double),
+//            its label (int32) and its top-1 hit (int32), at the addresses below.
+//   weights  the parameters, packed in graph order (each tensor 16-byte aligned), then
+//            their gradients and their momenta at the same offsets plus grad_base and
+//            momentum_base, then a TrainControl (learning rate, seed, step) the host
+//            writes before each step.
+//   scratch  per image: im2col columns and a conv's channel-major output or gradient, an
+//            fc's input gradient before it is added.
+// The update is one kernel over [0, params) of the three regions.
+#ifndef ALEXC_CUDA_TRAIN_H
+#define ALEXC_CUDA_TRAIN_H
+
+#include "cuda.h"
+
+#define TRAIN_CUDA_EXTRA 16  // floats per image after the program's arena
+
+typedef struct {
+  RtPlan plan;         // one device; the module empty until compiled
+  char *source;        // the translation unit (owned)
+  TrainProgram *prog;  // fused and memory-planned (owned)
+  Weights *layout;     // the parameter tensors in graph order (zeros; for names and sizes)
+  int64_t *param_offset;  // per layout tensor: its offset in the parameter region
+  int64_t params;         // the parameter region's floats (padding included)
+  int64_t grad_base, momentum_base, control;  // weight-buffer offsets
+  RtAddr loss, labels, hits;  // per image: double, int32, int32
+  int forward_end;  // steps [0, forward_end) draw the masks and run the forward
+} CudaTrainPlan;
+
+// The program's step as a plan and source. `patterns`: backward fusion patterns as
+// train_fuse_backward takes them (NULL: all). False with a message for a graph the
+// generator cannot train (or that autodiff refuses).
+bool cuda_train_generate(const Graph *g, const char *const *patterns, CudaTrainPlan *out);
+void cuda_train_free(CudaTrainPlan *t);
+
+// The device layout as the host writes it: the control block's layout (it must match the
+// generated source's struct TrainControl).
+typedef struct {
+  double lr;
+  uint64_t seed, step;
+} CudaTrainControl;
+
+#endif

@@ -1,0 +1,31 @@
+# CUDA training (compiler/backends/cuda/train.c), checked without a GPU.
+#   cuda.train_emulate.SPEC   the generated training step compiled by g++ for the CPU and run
+#                             through the plan interpreter: two SGD steps against the
+#                             reference's gradients and update
+#   cuda.train_mutants        broken variants of mini-alexnet's generated step must fail
+file(GLOB ALEXC_CUDA_TRAIN_SPECS ${PROJECT_SOURCE_DIR}/specs/*.yaml
+     ${CMAKE_CURRENT_SOURCE_DIR}/passes/graphs/*.yaml)
+if(ALEXC_CXX)
+  add_executable(test_train_emulate cuda/test_train_emulate.c)
+  target_link_libraries(test_train_emulate PRIVATE alexc_core ${CMAKE_DL_LIBS})
+  if(ALEXC_SANITIZE)
+    target_compile_definitions(test_train_emulate PRIVATE ALEXC_SANITIZE_KERNELS)
+  endif()
+  set(_train_args ${ALEXC_CXX} ${CMAKE_CURRENT_SOURCE_DIR}/cuda/cuda_emu.h
+                  ${CMAKE_CURRENT_BINARY_DIR}/cuda-train-emulate)
+  foreach(spec ${ALEXC_CUDA_TRAIN_SPECS})
+    get_filename_component(name ${spec} NAME_WE)
+    add_test(NAME cuda.train_emulate.${name} COMMAND test_train_emulate ${_train_args} ${spec}
+             WORKING_DIRECTORY ${ALEXC_ROOT})
+    if(name MATCHES "^alexnet")
+      set_property(TEST cuda.train_emulate.${name} APPEND PROPERTY LABELS cuda slow)
+    else()
+      alexc_label(cuda.train_emulate.${name} cuda)
+    endif()
+  endforeach()
+  add_test(NAME cuda.train_mutants
+           COMMAND test_train_emulate ${_train_args} ${PROJECT_SOURCE_DIR}/specs/mini-alexnet.yaml
+                   --mutants
+           WORKING_DIRECTORY ${ALEXC_ROOT})
+  alexc_label(cuda.train_mutants cuda)
+endif()
