@@ -15,7 +15,10 @@
 // col2im off by one, the momentum constant wrong, ...) are applied one at a time and
 // each must make the comparison fail: the check is shown to be able to fail.
 //
-// usage: test_train_emulate CXX EMU_HEADER WORKDIR SPEC [--batch N] [--mutants]
+// With --nvrtc, the generated source is compiled by NVRTC for sm_90 instead (exit 77, a
+// skip, in a build without NVRTC): what a GPU would load, checked without one.
+//
+// usage: test_train_emulate CXX EMU_HEADER WORKDIR SPEC [--batch N] [--mutants] [--nvrtc]
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -32,12 +35,16 @@
 
 static const char *cxx, *emu_header, *workdir;
 
-// Tolerances, max|got - want| / max|want| per tensor (see compiler/backends/cuda/README.md
-// for what was measured). The gradients come from float GEMMs of up to batch * pixels
-// terms against the reference's double sums.
+// Tolerances, max|got - want| / max|want| per tensor (losses: |got - want| / max(1, |want|)).
+// Measured when this was written (two steps of every spec; compiler/backends/cuda/README.md):
+// forward outputs 2.9e-6, losses 2.2e-6, gradients on the device's forward 2.0e-6 (AlexNet;
+// small specs 1.4e-6 against the reference's own step); each limit is 3.5 to 5 times that.
+// The device's float sums (the emulated GEMM adds its k terms in order) against the
+// reference's double ones.
+#define TOL_FORWARD 1e-5
 #define TOL_LOSS 1e-5
-#define TOL_GRAD 1e-4
-#define TOL_STATE 1e-4  // momenta and weights after the update
+#define TOL_GRAD 1e-5
+#define TOL_STATE 1e-5  // momenta and weights after the update
 
 // ---------------------------------------------------------------- the emulated device
 
@@ -206,18 +213,119 @@ static double worst(const Weights *got, const Weights *want, const char **which)
 }
 
 typedef struct {
-  double loss, grad, momentum, weight;
-  bool masks_ok, hits_ok, ran;
+  double loss, grad, momentum, weight;  // against the reference's own step
+  double same_loss, same_grad;          // against the reference backward on the device's forward
+  double forward;      // the forward's outputs against the reference's training forward
+  int64_t decisions;  // ReLU signs and max-pool winners that differ between the two forwards
+  bool masks_ok, hits_ok, update_exact, ran;
 } Result;
 
-// One step on the emulated device, from (w, v); compared with the reference's. On
-// return w and v hold the CUDA step's result.
+// Runs steps [from, to) of the plan.
+static bool run_steps(const CudaTrainPlan *t, const RtPlanOps *ops, int from, int to, int batch) {
+  RtPlan part = t->plan;
+  part.steps += from;
+  part.n_steps = to - from;
+  return rt_plan_steps(&part, ops, batch) && !((Emu *)ops->ctx)->failed;
+}
+
+// The places where the gradient is not continuous: a ReLU's output at 0 (its backward
+// passes dy only where it is > 0) and a max-pool window's winner (its backward routes dy
+// to one element). Runs the reference's own training forward (ref_train_kernels, the
+// trainer's masks) on the host and counts the ReLU outputs whose sign test and the
+// windows whose first maximum differ from the device's forward (hv, its host copies).
+// Where any differs, the two steps' gradients differ by whole dy terms, as those of any
+// two float forwards may.
+// Also returns in *forward the worst max|device - reference| / max|reference| over the
+// forward's outputs (and *which, its layer).
+static int64_t decisions_differ(const Graph *g, const TrainProgram *p, const Weights *w,
+                                const float *x, int batch, const float *const *hv,
+                                uint64_t seed, int64_t stepno, double *forward,
+                                const char **which) {
+  *forward = 0;
+  float **rv = xcalloc(p->n_values, sizeof *rv);
+  for (int v = 0; v < p->n_values; v++)
+    if (train_value_in_arena(p->values[v].kind))
+      rv[v] = xcalloc(train_value_floats(&p->values[v]) * batch, sizeof(float));
+  memcpy(rv[p->input], x, p->values[p->input].elems * batch * sizeof(float));
+  int64_t total = 0;
+  for (int i = 0; i < p->n_instrs; i++) {
+    const TInstr *in = &p->instrs[i];
+    const Node *n = &g->nodes[in->node];
+    if (in->kind == TI_MASK)
+      dropout_mask(seed, (uint64_t)stepno, n->name, 0, shape_elems(n->out) * batch,
+                   n->dropout.p, (uint8_t *)rv[in->mask]);
+    if (in->kind != TI_FORWARD)
+      continue;
+    const float *xs[64];
+    for (int j = 0; j < in->n_x; j++)
+      xs[j] = rv[in->x[j]];
+    OpCall c = {g, n, batch, xs, NULL, in->w >= 0 ? weights_get(w, n->name, false) : NULL,
+                in->b >= 0 ? weights_get(w, n->name, true) : NULL,
+                in->mask >= 0 ? (const uint8_t *)rv[in->mask] : NULL, NULL, NULL};
+    ref_train_kernels.forward(&c, rv[in->y]);
+    Compare fc = compare(hv[in->y], rv[in->y], shape_elems(n->out) * batch);
+    double rel = fc.finite ? fc.rel : INFINITY;
+    if (!(rel <= *forward)) {
+      *forward = rel;
+      *which = n->name;
+    }
+    int64_t differ = 0, count = 0;
+    if (n->op == OP_RELU) {
+      const float *a = hv[in->y], *b = rv[in->y];
+      count = shape_elems(n->out) * batch;
+      for (int64_t e = 0; e < count; e++)
+        differ += (a[e] > 0) != (b[e] > 0);
+    }
+    Shape s = g->nodes[n->inputs[0]].out;
+    const PoolAttrs *a = &n->pool;
+    for (int64_t pl = 0; n->op == OP_MAXPOOL && pl < s.c * batch; pl++)
+      for (int64_t oy = 0; oy < n->out.h; oy++)
+        for (int64_t ox = 0; ox < n->out.w; ox++) {
+          int64_t arg[2] = {-1, -1};
+          for (int side = 0; side < 2; side++) {
+            const float *src = (side ? rv : (float *const *)hv)[in->x[0]] + pl * s.h * s.w;
+            float m = -INFINITY;
+            for (int ky = 0; ky < a->kernel; ky++)
+              for (int kx = 0; kx < a->kernel; kx++) {
+                int64_t iy = oy * a->stride - a->pad.top + ky;
+                int64_t ix = ox * a->stride - a->pad.left + kx;
+                if (iy >= 0 && iy < s.h && ix >= 0 && ix < s.w && src[iy * s.w + ix] > m) {
+                  m = src[iy * s.w + ix];
+                  arg[side] = iy * s.w + ix;
+                }
+              }
+          }
+          differ += arg[0] != arg[1];
+          count++;
+        }
+    if (differ)
+      printf("      %s: %lld of %lld %s differ from the reference's forward\n", n->name,
+             (long long)differ, (long long)count,
+             n->op == OP_RELU ? "outputs' signs" : "windows' winners");
+    total += differ;
+  }
+  for (int v = 0; v < p->n_values; v++)
+    free(rv[v]);
+  free(rv);
+  return total;
+}
+
+// One step on the emulated device, from (w, v), compared two ways:
+//  - with the reference's own step (trainer_grad with ref_train_kernels, then its update):
+//    the loss, the top-1 hits, every gradient, the updated momenta and weights;
+//  - with the reference backward run on the device's forward (its activations, masks and
+//    logits, copied out as each forward instruction finishes): the same ReLU masks and
+//    max-pool winners on both sides, so what differs is the backward's arithmetic alone.
+//    The loss is softmax_xent() of the device's logits, and the update is
+//    sgd_update_span() of the device's gradients, which must give the device's bits.
+// On return w and v hold the device's step.
 static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, Weights *v,
                    const float *x, const int32_t *labels, int batch, int64_t stepno, double lr,
                    bool verbose) {
   Result res = {0};
   const TrainProgram *p = t->prog;
   const uint64_t seed = 5;
+  int classes = (int)g->nodes[p->logits].out.c;
   // The device's state: NaN wherever nothing is written on purpose.
   for (int64_t i = 0; i < e->arena_elems; i++)
     e->arena[i] = NAN;
@@ -235,21 +343,43 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
   memcpy(e->arena + p->offset[p->input] * batch, x,
          p->values[p->input].elems * batch * sizeof(float));
   memcpy(e->arena + t->labels.per_image * batch, labels, batch * sizeof(int32_t));
-
   RtPlanOps ops = {.ctx = e, .launch = launch, .gemm = gemm, .copy = copy};
   ops.arena[0] = (uint64_t)(uintptr_t)e->arena;
   ops.weights[0] = (uint64_t)(uintptr_t)e->weights;
   ops.scratch[0] = (uint64_t)(uintptr_t)e->scratch;
-  // The masks and the forward first, to read the masks before the backward may reuse
-  // their memory; then the rest.
-  RtPlan head = t->plan, tail = t->plan;
-  head.n_steps = t->forward_end;
-  tail.steps += t->forward_end;
-  tail.n_steps -= t->forward_end;
-  if (!rt_plan_steps(&head, &ops, batch) || e->failed) {
-    fprintf(stderr, "  the forward failed: %s\n", rt_error());
+
+  // The masks, the forward and the loss, one instruction at a time, keeping a host copy
+  // of every per-image value as its instruction leaves it (the backward may reuse its
+  // memory later). Gradients get host buffers of their own, zeroed.
+  float **hv = xcalloc(p->n_values, sizeof *hv);
+  for (int v2 = 0; v2 < p->n_values; v2++)
+    if (train_value_in_arena(p->values[v2].kind))
+      hv[v2] = xcalloc(train_value_floats(&p->values[v2]) * batch, sizeof(float));
+  memcpy(hv[p->input], x, p->values[p->input].elems * batch * sizeof(float));
+  int first_backward = p->n_instrs;
+  bool ran = true;
+  for (int i = 0; i < p->n_instrs && ran; i++) {
+    TInstr *in = &p->instrs[i];
+    if (train_instr_phase(in->kind) >= PHASE_BACKWARD) {
+      first_backward = i;
+      break;
+    }
+    ran = run_steps(t, &ops, t->instr_step[i], t->instr_step[i + 1], batch);
+    int vals[TRAIN_MAX_OPERANDS], n = train_instr_values(in, vals);
+    for (int k = 0; k < n && in->kind != TI_LOSS; k++)
+      if (hv[vals[k]] && vals[k] != p->input)
+        memcpy(hv[vals[k]], e->arena + p->offset[vals[k]] * batch,
+               train_value_floats(&p->values[vals[k]]) * batch * sizeof(float));
+  }
+  ran = ran && run_steps(t, &ops, t->instr_step[first_backward], t->plan.n_steps, batch);
+  if (!ran) {
+    fprintf(stderr, "  the step failed: %s\n", rt_error());
+    for (int v2 = 0; v2 < p->n_values; v2++)
+      free(hv[v2]);
+    free(hv);
     return res;
   }
+  res.ran = true;
   res.masks_ok = true;
   for (int n = 0; n < g->n_nodes; n++) {
     if (p->mask[n] < 0)
@@ -257,7 +387,7 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
     int64_t elems = shape_elems(g->nodes[n].out) * batch;
     uint8_t *want = xcalloc(elems, 1);
     dropout_mask(seed, (uint64_t)stepno, g->nodes[n].name, 0, elems, g->nodes[n].dropout.p, want);
-    const uint8_t *got = (const uint8_t *)(e->arena + p->offset[p->mask[n]] * batch);
+    const uint8_t *got = (const uint8_t *)hv[p->mask[n]];
     int64_t bad = 0;
     for (int64_t i = 0; i < elems; i++)
       bad += got[i] != want[i];
@@ -267,11 +397,6 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
     res.masks_ok &= bad == 0;
     free(want);
   }
-  if (!rt_plan_steps(&tail, &ops, batch) || e->failed) {
-    fprintf(stderr, "  the backward or update failed: %s\n", rt_error());
-    return res;
-  }
-  res.ran = true;
   double loss = 0;
   int hits = 0;
   const double *losses = (const double *)(e->arena + t->loss.per_image * batch);
@@ -281,17 +406,8 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
     hits += hit[i];
   }
   loss /= batch;
-
-  // The reference: its gradients on the same inputs, then sgd_update_span (its table's
-  // update) on copies of the same weights and momenta.
-  Trainer *r = trainer_new(g, &ref_train_kernels, batch, 1);
-  Weights *gw = weights_zeros(g), *rw = weights_dup(g, w), *rv = weights_dup(g, v);
-  int ref_hits = 0;
-  double ref_loss = trainer_grad(r, w, seed, stepno, x, labels, batch, gw, &ref_hits);
-  for (int i = 0; i < rw->n; i++)
-    ref_train_kernels.update(rw->data[i], rv->data[i], gw->data[i], rw->info[i].elems, lr);
-  // The device's results, into w, v and a gradient set.
-  Weights *cg = weights_zeros(g);
+  // The device's results: gradients, and w and v after the update.
+  Weights *cg = weights_zeros(g), *w0 = weights_dup(g, w), *v0 = weights_dup(g, v);
   for (int i = 0; i < w->n; i++) {
     memcpy(cg->data[i], e->weights + t->grad_base + t->param_offset[i],
            w->info[i].elems * sizeof(float));
@@ -299,31 +415,116 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
     memcpy(v->data[i], e->weights + t->momentum_base + t->param_offset[i],
            v->info[i].elems * sizeof(float));
   }
-  const char *wg = "", *wv = "", *ww = "";
-  res.loss = fabs(loss - ref_loss) / fabs(ref_loss);
+
+  // The reference backward on the device's forward.
+  int same_hits = 0;
+  const TInstr *loss_in = NULL;
+  for (int i = 0; i < p->n_instrs; i++)
+    loss_in = p->instrs[i].kind == TI_LOSS ? &p->instrs[i] : loss_in;
+  double same_loss = softmax_xent(hv[loss_in->x[0]], labels, batch, classes, hv[loss_in->dy],
+                                  &same_hits, NULL);
+  Weights *sg = weights_zeros(g);
+  for (int i = first_backward; i < p->n_instrs; i++) {
+    const TInstr *in = &p->instrs[i];
+    if (in->kind != TI_BACKWARD)
+      continue;
+    const Node *node = &g->nodes[in->node];
+    const float *xs[64];
+    float *dx[64];
+    for (int j = 0; j < in->n_x; j++) {
+      xs[j] = hv[in->x[j]];
+      dx[j] = in->dx[j] >= 0 ? hv[in->dx[j]] : NULL;
+    }
+    OpCall c = {g, node, batch, xs, in->y >= 0 ? hv[in->y] : NULL,
+                in->w >= 0 ? weights_get(w0, node->name, false) : NULL,
+                in->b >= 0 ? weights_get(w0, node->name, true) : NULL,
+                in->mask >= 0 ? (const uint8_t *)hv[in->mask] : NULL,
+                in->relu_y >= 0 ? hv[in->relu_y] : NULL, NULL};
+    ref_train_kernels.backward(&c, hv[in->dy], dx,
+                               in->dw >= 0 ? (float *)weights_get(sg, node->name, false) : NULL,
+                               in->db >= 0 ? (float *)weights_get(sg, node->name, true) : NULL);
+  }
+  const char *ws = "";
+  // Losses relative to max(1, |loss|): a step whose loss is near 0 has no relative scale.
+  res.same_loss = fabs(loss - same_loss) / fmax(1.0, fabs(same_loss));
+  res.same_grad = worst(cg, sg, &ws);
+  // The update of the device's own gradients on the host: the same bits.
+  Weights *uw = weights_dup(g, w0), *uv = weights_dup(g, v0);
+  res.update_exact = true;
+  for (int i = 0; i < uw->n; i++) {
+    sgd_update_span(uw->data[i], uv->data[i], cg->data[i], uw->info[i].elems, lr);
+    res.update_exact &= !memcmp(uw->data[i], w->data[i], uw->info[i].elems * sizeof(float)) &&
+                        !memcmp(uv->data[i], v->data[i], uv->info[i].elems * sizeof(float));
+  }
+
+  // The reference's own step: its gradients on the same inputs, then its table's update
+  // on copies of the same weights and momenta.
+  Trainer *r = trainer_new(g, &ref_train_kernels, batch, 1);
+  Weights *gw = weights_zeros(g), *rw = weights_dup(g, w0), *rv = weights_dup(g, v0);
+  int ref_hits = 0;
+  double ref_loss = trainer_grad(r, w0, seed, stepno, x, labels, batch, gw, &ref_hits);
+  for (int i = 0; i < rw->n; i++)
+    ref_train_kernels.update(rw->data[i], rv->data[i], gw->data[i], rw->info[i].elems, lr);
+  // The CPU target's table on the same step, for scale: its float forward may flip the
+  // same near-ties (a ReLU at 0, a max-pool window's winner) as the device's.
+  Trainer *cpu = trainer_new(g, &cpu_train_kernels, batch, 1);
+  Weights *cpug = weights_zeros(g);
+  trainer_grad(cpu, w0, seed, stepno, x, labels, batch, cpug, NULL);
+  const char *wc = "", *wg = "", *wv = "", *ww = "";
+  double cpu_rel = worst(cpug, gw, &wc);
+  if (getenv("ALEXC_TRAIN_EMU_DETAIL"))  // per tensor: the reference's largest, the errors
+    for (int i = 0; i < gw->n; i++) {
+      Compare a = compare(cg->data[i], gw->data[i], gw->info[i].elems);
+      Compare b = compare(cpug->data[i], gw->data[i], gw->info[i].elems);
+      Compare d = compare(cg->data[i], sg->data[i], sg->info[i].elems);
+      printf("      %-16s max|ref| %.3g  cuda rel %.3g  cpu rel %.3g  cuda vs same forward %.3g\n",
+             gw->info[i].name, a.abs / (a.rel > 0 ? a.rel : 1), a.rel, b.rel, d.rel);
+    }
+  const char *wf = "";
+  res.decisions = decisions_differ(g, p, w0, x, batch, (const float *const *)hv, seed, stepno,
+                                   &res.forward, &wf);
+  res.loss = fabs(loss - ref_loss) / fmax(1.0, fabs(ref_loss));
   if (!(res.loss >= 0))
     res.loss = INFINITY;
+  if (!(res.same_loss >= 0))
+    res.same_loss = INFINITY;
   res.grad = worst(cg, gw, &wg);
   res.momentum = worst(v, rv, &wv);
   res.weight = worst(w, rw, &ww);
-  res.hits_ok = hits == ref_hits;
+  res.hits_ok = hits == ref_hits && hits == same_hits;
   if (verbose)
     printf("    step %lld lr %g: loss %.9g (reference %.9g, rel %.3g), top-1 %d/%d (%d), "
-           "masks %s\n      max rel err: gradients %.3g (%s), momenta %.3g (%s), weights %.3g "
-           "(%s)\n",
+           "masks %s\n"
+           "      forward outputs against the reference's: %.3g (%s)\n"
+           "      against the reference's step: gradients %.3g (%s), momenta %.3g (%s), "
+           "weights %.3g (%s)%s\n"
+           "      (the CPU target's table against it: gradients %.3g (%s))\n"
+           "      against the reference backward on the device's forward: loss %.3g, "
+           "gradients %.3g (%s); update %s\n",
            (long long)stepno, lr, loss, ref_loss, res.loss, hits, batch, ref_hits,
-           res.masks_ok ? "equal" : "DIFFER", res.grad, wg, res.momentum, wv, res.weight, ww);
+           res.masks_ok ? "equal" : "DIFFER", res.forward, wf, res.grad, wg, res.momentum, wv, res.weight, ww,
+           res.decisions ? " (not held: the forwards decided differently)" : "", cpu_rel, wc, res.same_loss, res.same_grad, ws,
+           res.update_exact ? "bit-exact" : "NOT bit-exact");
   trainer_free(r);
-  weights_free(gw);
-  weights_free(rw);
-  weights_free(rv);
-  weights_free(cg);
+  trainer_free(cpu);
+  Weights *all[] = {gw, rw, rv, cg, w0, v0, sg, uw, uv, cpug};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+    weights_free(all[i]);
+  for (int v2 = 0; v2 < p->n_values; v2++)
+    free(hv[v2]);
+  free(hv);
   return res;
 }
 
 static bool passed(const Result *r) {
-  return r->ran && r->masks_ok && r->hits_ok && r->loss <= TOL_LOSS && r->grad <= TOL_GRAD &&
-         r->momentum <= TOL_STATE && r->weight <= TOL_STATE;
+  // The gradients of the two steps are held to each other only where the forwards made
+  // the same decisions; the backward on the device's forward always is.
+  bool same_path = r->decisions == 0;
+  return r->ran && r->masks_ok && r->hits_ok && r->update_exact && r->forward <= TOL_FORWARD &&
+         r->loss <= TOL_LOSS &&
+         r->same_loss <= TOL_LOSS && r->same_grad <= TOL_GRAD &&
+         (!same_path ||
+          (r->grad <= TOL_GRAD && r->momentum <= TOL_STATE && r->weight <= TOL_STATE));
 }
 
 // Builds the source (as given) and runs two steps; true when both match the reference.
@@ -353,14 +554,19 @@ static bool run(const Graph *g, const CudaTrainPlan *t, const char *source, cons
     if (w->info[i].is_bias)
       fill_normal(w->data[i], w->info[i].elems, 7, w->info[i].name, 0.1);
     fill_normal(v->data[i], v->info[i].elems, 9, v->info[i].name, 1e-3);
+    // The logits' layer a tenth of fan-in's scale: AlexNet's logits are otherwise ~20
+    // apart (loss 20), and one step saturates the softmax (loss 0, no gradient left).
+    if (w->info[i].node == t->prog->logits)
+      for (int64_t k = 0; k < w->info[i].elems; k++)
+        w->data[i][k] *= 0.1f;
   }
   int classes = (int)g->nodes[t->prog->logits].out.c;
   int32_t *labels = xcalloc(batch, sizeof *labels);
   for (int i = 0; i < batch; i++)
     labels[i] = (int32_t)((i * 7 + 3) % classes);
   float *x = random_input(g, batch, 3);
-  Result r1 = step(g, t, &e, w, v, x, labels, batch, 0, 0.01, verbose);
-  Result r2 = passed(&r1) ? step(g, t, &e, w, v, x, labels, batch, 1, 0.05, verbose) : r1;
+  Result r1 = step(g, t, &e, w, v, x, labels, batch, 0, 0.002, verbose);
+  Result r2 = passed(&r1) ? step(g, t, &e, w, v, x, labels, batch, 1, 0.001, verbose) : r1;
   bool ok2 = passed(&r1) && passed(&r2);
   free(x);
   free(labels);
@@ -413,12 +619,14 @@ int main(int argc, char **argv) {
   workdir = argv[3];
   const char *spec = argv[4];
   int batch = 0;
-  bool mutants = false;
+  bool mutants = false, nvrtc = false;
   for (int i = 5; i < argc; i++) {
     if (!strcmp(argv[i], "--batch") && i + 1 < argc)
       batch = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--mutants"))
       mutants = true;
+    else if (!strcmp(argv[i], "--nvrtc"))
+      nvrtc = true;
     else {
       fprintf(stderr, "test_train_emulate: unknown argument '%s'\n", argv[i]);
       return 2;
@@ -432,11 +640,27 @@ int main(int argc, char **argv) {
   if (!g)
     return 1;
   if (batch <= 0)
-    batch = graph_macs(g) > 100000000 ? 1 : 3;
+    batch = graph_macs(g) > 100000000 ? 2 : 3;
   CudaTrainPlan t;
   if (!cuda_train_generate(g, NULL, &t)) {
     graph_free(g);
     return 1;
+  }
+  if (nvrtc) {
+    uint8_t *cubin = NULL, *ptx = NULL;
+    size_t cubin_size = 0, ptx_size = 0;
+    bool have = cuda_have_nvrtc();
+    bool ok = have && cuda_compile_source(t.source, "train.cu", "sm_90", &cubin, &cubin_size,
+                                          &ptx, &ptx_size);
+    printf("  %s: the training step's source with NVRTC for sm_90: %s (CUBIN %zu bytes, PTX "
+           "%zu)\n",
+           g->name, !have ? "skipped, no NVRTC in this build" : ok ? "OK" : "FAIL", cubin_size,
+           ptx_size);
+    free(cubin);
+    free(ptx);
+    cuda_train_free(&t);
+    graph_free(g);
+    return !have ? 77 : ok ? 0 : 1;
   }
   int kernels = 0, gemms = 0;
   for (int i = 0; i < t.plan.n_steps; i++) {

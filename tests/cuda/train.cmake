@@ -3,6 +3,7 @@
 #                             through the plan interpreter: two SGD steps against the
 #                             reference's gradients and update
 #   cuda.train_mutants        broken variants of mini-alexnet's generated step must fail
+#   cuda.train_nvrtc.SPEC     the generated step compiles with NVRTC for sm_90
 file(GLOB ALEXC_CUDA_TRAIN_SPECS ${PROJECT_SOURCE_DIR}/specs/*.yaml
      ${CMAKE_CURRENT_SOURCE_DIR}/passes/graphs/*.yaml)
 if(ALEXC_CXX)
@@ -22,6 +23,14 @@ if(ALEXC_CXX)
     else()
       alexc_label(cuda.train_emulate.${name} cuda)
     endif()
+  endforeach()
+  foreach(spec ${PROJECT_SOURCE_DIR}/specs/mini-alexnet.yaml ${PROJECT_SOURCE_DIR}/specs/alexnet.yaml
+               ${CMAKE_CURRENT_SOURCE_DIR}/passes/graphs/branch_concat.yaml)
+    get_filename_component(name ${spec} NAME_WE)
+    add_test(NAME cuda.train_nvrtc.${name} COMMAND test_train_emulate ${_train_args} ${spec} --nvrtc
+             WORKING_DIRECTORY ${ALEXC_ROOT})
+    set_tests_properties(cuda.train_nvrtc.${name} PROPERTIES SKIP_RETURN_CODE 77)
+    alexc_label(cuda.train_nvrtc.${name} cuda)
   endforeach()
   add_test(NAME cuda.train_mutants
            COMMAND test_train_emulate ${_train_args} ${PROJECT_SOURCE_DIR}/specs/mini-alexnet.yaml

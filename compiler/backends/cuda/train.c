@@ -131,7 +131,9 @@ static void open_kernel(Gen *G, const char *name, const char *comment, const cha
   out(G, "\n// %s\nnamespace %s_c {\n%s}  // namespace %s_c\n", comment, name, consts, name);
   out(G, "extern \"C\" __global__ void %s(%s, int batch) {\n  using namespace %s_c;\n", name,
       params, name);
-  out(G, "  (void)batch;\n  GRID_STRIDE(i, %s) {\n", total);
+  if (!strstr(total, "batch"))  // a kernel whose work does not grow with the batch
+    out(G, "  (void)batch;\n");
+  out(G, "  GRID_STRIDE(i, %s) {\n", total);
 }
 
 static void close_kernel(Gen *G) { out(G, "  }\n}\n"); }
@@ -932,8 +934,10 @@ bool cuda_train_generate(const Graph *g, const char *const *patterns, CudaTrainP
           "launch these kernels in order,\n// with the GEMMs in cuBLAS between them.\n\n%s",
       g->name, p->n_values, p->n_instrs, PREAMBLE);
   bool updated = false;
+  t->instr_step = xcalloc(p->n_instrs + 1, sizeof *t->instr_step);
   for (int i = 0; i < p->n_instrs && G.ok; i++) {
     const TInstr *in = &p->instrs[i];
+    t->instr_step[i] = plan->n_steps;
     if (train_instr_phase(in->kind) == PHASE_LOSS && !t->forward_end)
       t->forward_end = plan->n_steps;
     for (int v = 0; v < p->n_values; v++)  // gradients born here (the loss overwrites its own)
@@ -975,6 +979,7 @@ bool cuda_train_generate(const Graph *g, const char *const *patterns, CudaTrainP
       break;
     }
   }
+  t->instr_step[p->n_instrs] = plan->n_steps;
   fclose(G.src);
   t->source = text;
   dev->scratch = G.scratch;
@@ -992,5 +997,6 @@ void cuda_train_free(CudaTrainPlan *t) {
   train_program_free(t->prog);
   weights_free(t->layout);
   free(t->param_offset);
+  free(t->instr_step);
   memset(t, 0, sizeof *t);
 }

@@ -29,6 +29,7 @@ typedef struct {
   int64_t grad_base, momentum_base, control;  // weight-buffer offsets
   RtAddr loss, labels, hits;  // per image: double, int32, int32
   int forward_end;  // steps [0, forward_end) draw the masks and run the forward
+  int *instr_step;  // per instruction of prog (and one past the last): its first step
 } CudaTrainPlan;
 
 // The program's step as a plan and source. `patterns`: backward fusion patterns as
