@@ -7,7 +7,8 @@
 // weights, momenta, data and step: the dropout masks bit for bit, the loss, the top-1
 // hits, every parameter gradient, and the updated momenta and weights.
 //
-// Two steps with different learning rates and nonzero starting momenta (so the 0.9 and
+// The plan runs as the artifact file carries it (saved and loaded back). Two steps with
+// different learning rates and nonzero starting momenta (so the 0.9 and
 // the weight decay both show); the second starts from the first's CUDA result, given to
 // the reference as well, so each step is compared on identical inputs.
 //
@@ -662,6 +663,20 @@ int main(int argc, char **argv) {
     graph_free(g);
     return !have ? 77 : ok ? 0 : 1;
   }
+  // Run the plan as the artifact file carries it (saved, loaded back), so the training
+  // step's steps and addresses are shown to fit the format the runtime reads.
+  char *plan_path = format("%s/%s-train.plan", workdir, g->name);
+  RtPlan loaded;
+  if (!rt_plan_save(&t.plan, plan_path) || !rt_plan_load(plan_path, &loaded)) {
+    fprintf(stderr, "  %s\n", rt_error());
+    free(plan_path);
+    cuda_train_free(&t);
+    graph_free(g);
+    return 1;
+  }
+  free(plan_path);
+  rt_plan_free(&t.plan);
+  t.plan = loaded;
   int kernels = 0, gemms = 0;
   for (int i = 0; i < t.plan.n_steps; i++) {
     kernels += t.plan.steps[i].kind == RT_STEP_KERNEL;
