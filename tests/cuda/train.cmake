@@ -4,6 +4,7 @@
 #                             reference's gradients and update
 #   cuda.train_mutants        broken variants of mini-alexnet's generated step must fail
 #   cuda.train_nvrtc.SPEC     the generated step compiles with NVRTC for sm_90
+#   cuda.train_cli            alexc compile --train: the source, and its refusals
 file(GLOB ALEXC_CUDA_TRAIN_SPECS ${PROJECT_SOURCE_DIR}/specs/*.yaml
      ${CMAKE_CURRENT_SOURCE_DIR}/passes/graphs/*.yaml)
 if(ALEXC_CXX)
@@ -38,3 +39,7 @@ if(ALEXC_CXX)
            WORKING_DIRECTORY ${ALEXC_ROOT})
   alexc_label(cuda.train_mutants cuda)
 endif()
+
+add_test(NAME cuda.train_cli COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda/train_cli.sh ${ALEXC_BIN}
+         WORKING_DIRECTORY ${ALEXC_ROOT})
+alexc_label(cuda.train_cli cuda cli)
