@@ -81,11 +81,11 @@ static int compile_train(const char *spec, const PassOptions *passes, const char
     return usage_error("compile", "--train: one device only for now");
   Graph *g = load_spec(spec);
   CudaTrainPlan t;
-  bool ok = g && cuda_train_generate(g, NULL, &t);
+  bool ok = g && cuda_train_generate(g, NULL, 1, &t);
   if (ok) {
     char *path = format("%s/train.cu", emit);
     bool wrote = make_dirs(emit);  // says why not itself
-    if (wrote && !(wrote = rt_write_file_atomic(path, t.source, strlen(t.source))))
+    if (wrote && !(wrote = rt_write_file_atomic(path, t.source[0], strlen(t.source[0]))))
       error("%s", rt_error());
     free(path);
     cuda_train_free(&t);

@@ -322,7 +322,7 @@ static int64_t decisions_differ(const Graph *g, const TrainProgram *p, const Wei
 // On return w and v hold the device's step.
 static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, Weights *v,
                    const float *x, const int32_t *labels, int batch, int64_t stepno, double lr,
-                   bool verbose) {
+                   bool verbose, Weights *grad_out, double *loss_out) {
   Result res = {0};
   const TrainProgram *p = t->prog;
   const uint64_t seed = 5;
@@ -508,6 +508,10 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
            res.update_exact ? "bit-exact" : "NOT bit-exact");
   trainer_free(r);
   trainer_free(cpu);
+  for (int i = 0; grad_out && i < cg->n; i++)
+    memcpy(grad_out->data[i], cg->data[i], cg->info[i].elems * sizeof(float));
+  if (loss_out)
+    *loss_out = loss;
   Weights *all[] = {gw, rw, rv, cg, w0, v0, sg, uw, uv, cpug};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++)
     weights_free(all[i]);
@@ -528,9 +532,143 @@ static bool passed(const Result *r) {
           (r->grad <= TOL_GRAD && r->momentum <= TOL_STATE && r->weight <= TOL_STATE));
 }
 
+// ---------------------------------------------------------------- devices > 1
+
+// The emulated devices of a split plan: one Emu each, copies between them bounds-checked.
+typedef struct {
+  Emu dev[MAX_DEVICES];
+  int n;
+} Machine;
+
+static bool m_launch(void *ctx, int d, const char *kernel, int64_t grid, int block,
+                     const uint64_t *args, int n_args, int batch) {
+  Machine *m = ctx;
+  return d >= 0 && d < m->n && launch(&m->dev[d], 0, kernel, grid, block, args, n_args, batch);
+}
+
+static bool m_gemm(void *ctx, int d, RtPrecision prec, char ta, char tb, int64_t mm, int64_t n,
+                   int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b, int64_t ldb,
+                   float beta, uint64_t c, int64_t ldc) {
+  Machine *m = ctx;
+  return d >= 0 && d < m->n &&
+         gemm(&m->dev[d], 0, prec, ta, tb, mm, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+static bool m_copy(void *ctx, int dst_dev, uint64_t dst, int64_t dst_pitch, int src_dev,
+                   uint64_t src, int64_t src_pitch, int64_t width, int64_t height) {
+  Machine *m = ctx;
+  if (dst_dev < 0 || dst_dev >= m->n || src_dev < 0 || src_dev >= m->n ||
+      !check(&m->dev[dst_dev], dst, ((height - 1) * dst_pitch + width) * 4, "copy destination") ||
+      !check(&m->dev[src_dev], src, ((height - 1) * src_pitch + width) * 4, "copy source"))
+    return false;
+  return copy(ctx, dst_dev, dst, dst_pitch, src_dev, src, src_pitch, width, height);
+}
+
+// One step of the split plan from (w, v); its loss, top-1 hits, gradients (each row from
+// the device whose piece computed it) and the updated w and v.
+static bool split_step(const Graph *g, const CudaTrainPlan *t, Machine *m, Weights *w,
+                       Weights *v, const float *x, const int32_t *labels, int batch,
+                       int64_t stepno, double lr, Weights *grad, double *loss, int *hits) {
+  const TrainProgram *p = t->prog;
+  int64_t in_elems = p->values[p->input].elems;
+  RtPlanOps ops = {.ctx = m, .launch = m_launch, .gemm = m_gemm, .copy = m_copy};
+  for (int d = 0; d < m->n; d++) {
+    Emu *e = &m->dev[d];
+    for (int64_t i = 0; i < e->arena_elems; i++)
+      e->arena[i] = NAN;
+    for (int64_t i = 0; i < e->scratch_elems; i++)
+      e->scratch[i] = NAN;
+    for (int64_t i = 0; i < e->weight_elems; i++)
+      e->weights[i] = NAN;
+    for (int i = 0; i < w->n; i++) {
+      memcpy(e->weights + t->param_offset[i], w->data[i], w->info[i].elems * sizeof(float));
+      memcpy(e->weights + t->momentum_base + t->param_offset[i], v->data[i],
+             v->info[i].elems * sizeof(float));
+    }
+    CudaTrainControl ctl = {lr, 5, (uint64_t)stepno};
+    memcpy(e->weights + t->control, &ctl, sizeof ctl);
+    const RtAddr *in = &t->plan.dev[d].input.dev.addr;
+    memcpy(e->arena + in->per_image * batch + in->fixed, x, in_elems * batch * sizeof(float));
+    ops.arena[d] = (uint64_t)(uintptr_t)e->arena;
+    ops.weights[d] = (uint64_t)(uintptr_t)e->weights;
+    ops.scratch[d] = (uint64_t)(uintptr_t)e->scratch;
+  }
+  memcpy(m->dev[0].arena + t->labels.per_image * batch, labels, batch * sizeof(int32_t));
+  bool ok = rt_plan_steps(&t->plan, &ops, batch);
+  for (int d = 0; d < m->n; d++)
+    ok = ok && !m->dev[d].failed;
+  if (!ok) {
+    fprintf(stderr, "  the split step failed: %s\n", rt_error());
+    return false;
+  }
+  const double *losses = (const double *)(m->dev[0].arena + t->loss.per_image * batch);
+  const int32_t *hit = (const int32_t *)(m->dev[0].arena + t->hits.per_image * batch);
+  *loss = 0, *hits = 0;
+  for (int i = 0; i < batch; i++) {
+    *loss += losses[i];
+    *hits += hit[i];
+  }
+  *loss /= batch;
+  for (int i = 0; i < w->n; i++)  // NaN: a row no piece computed shows
+    for (int64_t k = 0; k < w->info[i].elems; k++)
+      grad->data[i][k] = w->data[i][k] = v->data[i][k] = NAN;
+  for (int k = 0; k < split_n_pieces(t->split); k++) {
+    SplitPiece sp = split_piece(t->split, k);
+    const Node *n = &g->nodes[sp.node];
+    const float *dev = m->dev[sp.device].weights;
+    int64_t out = n->op == OP_CONV ? n->conv.out : n->op == OP_FC ? n->fc.out : 0;
+    for (int i = 0; out && i < w->n; i++) {
+      if (w->info[i].node != sp.node)
+        continue;
+      int64_t row = w->info[i].elems / out, first = sp.out.begin * row;
+      int64_t count = range_len(sp.out) * row, at = t->param_offset[i] + first;
+      memcpy(grad->data[i] + first, dev + t->grad_base + at, count * sizeof(float));
+      memcpy(w->data[i] + first, dev + at, count * sizeof(float));
+      memcpy(v->data[i] + first, dev + t->momentum_base + at, count * sizeof(float));
+    }
+  }
+  return true;
+}
+
+// Builds each device's source of a split plan and loads them; false after a message.
+static bool load_machine(const Graph *g, const CudaTrainPlan *t, int batch, Machine *m) {
+  m->n = t->devices;
+  for (int d = 0; d < m->n; d++) {
+    char *cu = format("%s/%s-train-%ddev-device%d.cu", workdir, g->name, m->n, d);
+    char *so = format("%s/%s-train-%ddev-device%d.so", workdir, g->name, m->n, d);
+    Emu *e = &m->dev[d];
+    bool ok = build_so(t->source[d], cu, so);
+    e->so = ok ? dlopen(so, RTLD_NOW | RTLD_LOCAL) : NULL;
+    if (ok && !e->so)
+      fprintf(stderr, "  dlopen %s: %s\n", so, dlerror());
+    free(cu);
+    free(so);
+    if (!e->so)
+      return false;
+    const RtPlanDevice *dev = &t->plan.dev[d];
+    e->arena_elems = dev->arena * batch;
+    e->weight_elems = dev->weights;
+    e->scratch_elems = rt_plan_scratch_elems(&t->plan, d, batch);
+    e->arena = xcalloc(e->arena_elems ? e->arena_elems : 1, sizeof(float));
+    e->weights = xcalloc(e->weight_elems, sizeof(float));
+    e->scratch = xcalloc(e->scratch_elems ? e->scratch_elems : 1, sizeof(float));
+  }
+  return true;
+}
+
+static void free_machine(Machine *m) {
+  for (int d = 0; d < m->n; d++) {
+    if (m->dev[d].so)
+      dlclose(m->dev[d].so);
+    free(m->dev[d].arena);
+    free(m->dev[d].weights);
+    free(m->dev[d].scratch);
+  }
+}
+
 // Builds the source (as given) and runs two steps; true when both match the reference.
 static bool run(const Graph *g, const CudaTrainPlan *t, const char *source, const char *tag,
-                int batch, bool verbose) {
+                int batch, bool verbose, const CudaTrainPlan *split) {
   char *cu = format("%s/%s-train%s.cu", workdir, g->name, tag);
   char *so = format("%s/%s-train%s.so", workdir, g->name, tag);
   Emu e = {0};
@@ -566,9 +704,33 @@ static bool run(const Graph *g, const CudaTrainPlan *t, const char *source, cons
   for (int i = 0; i < batch; i++)
     labels[i] = (int32_t)((i * 7 + 3) % classes);
   float *x = random_input(g, batch, 3);
-  Result r1 = step(g, t, &e, w, v, x, labels, batch, 0, 0.002, verbose);
-  Result r2 = passed(&r1) ? step(g, t, &e, w, v, x, labels, batch, 1, 0.001, verbose) : r1;
-  bool ok2 = passed(&r1) && passed(&r2);
+  Machine m = {0};
+  bool ok2 = !split || load_machine(g, split, batch, &m);
+  const double lrs[2] = {0.002, 0.001};
+  for (int k = 0; k < 2 && ok2; k++) {
+    Weights *w0 = weights_dup(g, w), *v0 = weights_dup(g, v), *g1 = weights_zeros(g);
+    double loss1 = 0;
+    Result r = step(g, t, &e, w, v, x, labels, batch, k, lrs[k], verbose, g1, &loss1);
+    ok2 = passed(&r);
+    if (ok2 && split) {  // the split's step from the same state, against one device's
+      Weights *gs = weights_zeros(g);
+      double loss2 = 0;
+      int hits2 = 0;
+      ok2 = split_step(g, split, &m, w0, v0, x, labels, batch, k, lrs[k], gs, &loss2, &hits2);
+      const char *wg = "", *wv = "", *ww = "";
+      double dl = fabs(loss2 - loss1) / fmax(1.0, fabs(loss1)), eg = worst(gs, g1, &wg);
+      double ev = worst(v0, v, &wv), ew = worst(w0, w, &ww);
+      ok2 = ok2 && dl <= TOL_LOSS && eg <= TOL_GRAD && ev <= TOL_STATE && ew <= TOL_STATE;
+      printf("      %d devices against one: loss %.3g, gradients %.3g (%s), momenta %.3g (%s), "
+             "weights %.3g (%s): %s\n",
+             split->devices, dl, eg, wg, ev, wv, ew, ww, ok2 ? "OK" : "FAIL");
+      weights_free(gs);
+    }
+    weights_free(w0);
+    weights_free(v0);
+    weights_free(g1);
+  }
+  free_machine(&m);
   free(x);
   free(labels);
   weights_free(w);
@@ -621,6 +783,7 @@ int main(int argc, char **argv) {
   const char *spec = argv[4];
   int batch = 0;
   bool mutants = false, nvrtc = false;
+  int devices = 1;
   for (int i = 5; i < argc; i++) {
     if (!strcmp(argv[i], "--batch") && i + 1 < argc)
       batch = atoi(argv[++i]);
@@ -628,6 +791,8 @@ int main(int argc, char **argv) {
       mutants = true;
     else if (!strcmp(argv[i], "--nvrtc"))
       nvrtc = true;
+    else if (!strcmp(argv[i], "--devices") && i + 1 < argc)
+      devices = atoi(argv[++i]);
     else {
       fprintf(stderr, "test_train_emulate: unknown argument '%s'\n", argv[i]);
       return 2;
@@ -643,7 +808,7 @@ int main(int argc, char **argv) {
   if (batch <= 0)
     batch = graph_macs(g) > 100000000 ? 2 : 3;
   CudaTrainPlan t;
-  if (!cuda_train_generate(g, NULL, &t)) {
+  if (!cuda_train_generate(g, NULL, 1, &t)) {
     graph_free(g);
     return 1;
   }
@@ -651,7 +816,7 @@ int main(int argc, char **argv) {
     uint8_t *cubin = NULL, *ptx = NULL;
     size_t cubin_size = 0, ptx_size = 0;
     bool have = cuda_have_nvrtc();
-    bool ok = have && cuda_compile_source(t.source, "train.cu", "sm_90", &cubin, &cubin_size,
+    bool ok = have && cuda_compile_source(t.source[0], "train.cu", "sm_90", &cubin, &cubin_size,
                                           &ptx, &ptx_size);
     printf("  %s: the training step's source with NVRTC for sm_90: %s (CUBIN %zu bytes, PTX "
            "%zu)\n",
@@ -686,11 +851,21 @@ int main(int argc, char **argv) {
          "%lld floats/image\n",
          g->name, batch, t.plan.n_steps, kernels, gemms, (long long)t.plan.dev[0].arena,
          (long long)t.plan.dev[0].scratch);
-  bool ok = run(g, &t, t.source, "", batch, true);
+  CudaTrainPlan split = {0};
+  if (devices > 1 && !cuda_train_generate(g, NULL, devices, &split)) {
+    cuda_train_free(&t);
+    graph_free(g);
+    return 1;
+  }
+  if (devices > 1)
+    printf("  %s on %d devices: %d steps\n", g->name, devices, split.plan.n_steps);
+  bool ok = run(g, &t, t.source[0], "", batch, true, devices > 1 ? &split : NULL);
+  if (devices > 1)
+    cuda_train_free(&split);
   printf("  %s: %s\n", g->name, ok ? "OK" : "FAIL");
   int caught = 0, tried = 0;
   for (size_t m = 0; ok && mutants && m < sizeof MUTANTS / sizeof *MUTANTS; m++) {
-    char *src = mutate(t.source, MUTANTS[m].from, MUTANTS[m].to);
+    char *src = mutate(t.source[0], MUTANTS[m].from, MUTANTS[m].to);
     tried++;
     if (!src) {
       printf("  mutant '%s': not applicable to this source (FAIL)\n", MUTANTS[m].what);
@@ -698,7 +873,7 @@ int main(int argc, char **argv) {
     }
     char tag[32];
     snprintf(tag, sizeof tag, "-mutant%zu", m);
-    bool survived = run(g, &t, src, tag, batch, false);
+    bool survived = run(g, &t, src, tag, batch, false, NULL);
     printf("  mutant '%s': %s\n", MUTANTS[m].what, survived ? "NOT caught (FAIL)" : "caught");
     caught += !survived;
     free(src);

@@ -29,11 +29,15 @@
 #define PARAM_ALIGN 4  // floats: every parameter tensor 16-byte aligned
 
 typedef struct {
-  const Graph *g;
+  const Graph *g;          // the graph whose nodes instructions name (a piece's, with devices)
   const TrainProgram *p;
   CudaTrainPlan *t;
-  FILE *src;
-  int64_t scratch;  // floats per image the largest instruction needs
+  FILE *src;               // the device's translation unit
+  int device;              // where the steps run
+  int64_t scratch[MAX_DEVICES];  // floats per image the largest instruction needs, per device
+  RtAddr *addr;            // devices > 1: operand ids index this instead of the program's values
+  char prefix[16];         // devices > 1: before kernel names ("p07_": piece 7's)
+  int uniq;                // numbers the copy and zero kernels
   bool ok;
 } Gen;
 
@@ -58,6 +62,8 @@ static int tensor_of(const Gen *G, int v) {
 
 // Where value v lives on the device.
 static RtAddr value_at(const Gen *G, int v) {
+  if (G->addr)
+    return G->addr[v];
   const TValue *tv = &G->p->values[v];
   switch (tv->kind) {
   case TV_PARAM:
@@ -78,7 +84,7 @@ static RtAddr value_at(const Gen *G, int v) {
 static void name_of(const Gen *G, int node, const char *suffix, char *buf, size_t size) {
   char k[RT_PLAN_NAME];
   cuda_kernel_name(G->g, node, k, sizeof k);
-  if (snprintf(buf, size, "%s_%s", k, suffix) >= (int)size) {  // names are <= 64 characters
+  if (snprintf(buf, size, "%s%s_%s", G->prefix, k, suffix) >= (int)size) {  // names are <= 64 characters
     fprintf(stderr, "alexc: internal error: kernel name %s_%s too long\n", k, suffix);
     abort();
   }
@@ -86,8 +92,8 @@ static void name_of(const Gen *G, int node, const char *suffix, char *buf, size_
 
 // A launch of kernel `name` over `work` threads per image (the kernels loop over the rest).
 static void launch(Gen *G, const char *name, int node, int64_t work, int n, const RtAddr *args) {
-  RtStep s = {.kind = RT_STEP_KERNEL, .work = work > 0 ? work : 1, .block = CUDA_BLOCK,
-              .n_args = n};
+  RtStep s = {.kind = RT_STEP_KERNEL, .device = G->device, .work = work > 0 ? work : 1,
+              .block = CUDA_BLOCK, .n_args = n};
   snprintf(s.name, sizeof s.name, "%s", name);
   snprintf(s.layer, sizeof s.layer, "%s", node >= 0 ? G->g->nodes[node].name : "update");
   if (n > RT_PLAN_MAX_ARGS) {
@@ -101,7 +107,7 @@ static void launch(Gen *G, const char *name, int node, int64_t work, int n, cons
 
 static void gemm(Gen *G, int node, char ta, char tb, RtDim m, RtDim n, RtDim k, RtAddr a,
                  RtDim lda, RtAddr b, RtDim ldb, RtAddr c, RtDim ldc) {
-  RtStep s = {.kind = RT_STEP_GEMM, .transa = ta, .transb = tb, .prec = RT_FP32, .m = m,
+  RtStep s = {.kind = RT_STEP_GEMM, .device = G->device, .transa = ta, .transb = tb, .prec = RT_FP32, .m = m,
               .n = n, .k = k, .a = a, .lda = lda, .b = b, .ldb = ldb, .c = c, .ldc = ldc};
   snprintf(s.name, sizeof s.name, "%s", G->g->nodes[node].name);
   snprintf(s.layer, sizeof s.layer, "%s", G->g->nodes[node].name);
@@ -109,8 +115,8 @@ static void gemm(Gen *G, int node, char ta, char tb, RtDim m, RtDim n, RtDim k, 
 }
 
 static void need_scratch(Gen *G, int64_t floats) {
-  if (floats > G->scratch)
-    G->scratch = floats;
+  if (floats > G->scratch[G->device])
+    G->scratch[G->device] = floats;
 }
 
 // ---------------------------------------------------------------- source helpers
@@ -876,114 +882,460 @@ static void layout_params(CudaTrainPlan *t, const Graph *g) {
   t->control = 3 * at;  // 16-byte aligned: a double first
 }
 
-bool cuda_train_generate(const Graph *g, const char *const *patterns, CudaTrainPlan *t) {
-  memset(t, 0, sizeof *t);
-  TrainProgram *p = autodiff(g);
-  if (!p)
-    return false;
-  train_fuse_backward(p, patterns);
-  train_plan_memory(p);
-  if (!train_program_verify(p)) {
-    train_program_free(p);
-    return false;
-  }
-  t->prog = p;
-  layout_params(t, g);
-  RtPlan *plan = &t->plan;
-  snprintf(plan->network, sizeof plan->network, "%s", g->name);
-  snprintf(plan->arch, sizeof plan->arch, "sm_90");
-  plan->precision = RT_FP32;
-  plan->n_devices = 1;
-  plan->in = (RtShape){3, {g->nodes[0].out.c, g->nodes[0].out.h, g->nodes[0].out.w}};
-  if (g->nodes[0].out.rank == 1)
-    plan->in = (RtShape){1, {g->nodes[0].out.c}};
-  plan->out = (RtShape){1, {g->nodes[p->logits].out.c}};
-  // The per-image extras after the program's arena: loss (a double), label, hit.
-  t->loss = arena_at(p->arena);
-  t->labels = arena_at(p->arena + 2);
-  t->hits = arena_at(p->arena + 3);
-  RtPlanDevice *dev = &plan->dev[0];
-  dev->arena = p->arena + TRAIN_CUDA_EXTRA;
-  dev->weights = t->control + 8;
-  for (int i = 0; i < t->layout->n; i++) {
-    const ParamInfo *pi = &t->layout->info[i];
-    RtWeightSlice s = {.first = 0, .count = pi->elems, .offset = t->param_offset[i]};
-    if (snprintf(s.tensor, sizeof s.tensor, "%s", pi->name) >= (int)sizeof s.tensor) {
-      fprintf(stderr, "alexc: cuda training: parameter name '%s' is too long for a plan\n",
-              pi->name);
-      cuda_train_free(t);
-      return false;
-    }
-    rt_plan_add_slice(plan, 0, &s);
-    RtShape shape = {pi->rank, {0}};
-    memcpy(shape.dims, pi->dims, sizeof shape.dims);
-    rt_plan_add_tensor(plan, pi->name, shape);
-  }
-  int64_t in_elems = p->values[p->input].elems;
-  dev->input = (RtHostCopy){{arena_at(p->offset[p->input]), in_elems}, 0, in_elems, in_elems};
-  int64_t classes = g->nodes[p->logits].out.c;
-  dev->output = (RtHostCopy){{arena_at(p->offset[p->act[p->logits]]), classes}, 0, classes,
-                             classes};
+static void emit_forward(Gen *G, const TInstr *in) {
+  const Node *n = &G->g->nodes[in->node];
+  if (n->op == OP_CONV)
+    emit_conv_forward(G, in);
+  else if (n->op == OP_FC)
+    emit_fc_forward(G, in);
+  else
+    emit_forward_simple(G, in);
+}
 
-  Gen G = {.g = g, .p = p, .t = t, .ok = true};
-  char *text = NULL;
-  size_t size = 0;
-  G.src = open_memstream(&text, &size);
-  out(&G, "// alexc: one SGD step of '%s' on one device (training program: %d values, %d "
-          "instructions).\n// Generated by compiler/backends/cuda/train.c; the plan's steps "
-          "launch these kernels in order,\n// with the GEMMs in cuBLAS between them.\n\n%s",
-      g->name, p->n_values, p->n_instrs, PREAMBLE);
+static void emit_backward(Gen *G, const TInstr *in) {
+  const Node *n = &G->g->nodes[in->node];
+  if (n->op == OP_CONV)
+    emit_conv_backward(G, in);
+  else if (n->op == OP_FC)
+    emit_fc_backward(G, in);
+  else
+    emit_backward_simple(G, in);
+}
+
+static void source_header(Gen *G, int devices) {
+  out(G, "// alexc: one SGD step of '%s' on %s (training program: %d values, %d "
+         "instructions).\n// Generated by compiler/backends/cuda/train.c; the plan's steps "
+         "launch these kernels in order,\n// with the GEMMs in cuBLAS between them.\n\n%s",
+      G->g->name, devices > 1 ? "its device of a model-parallel split" : "one device",
+      G->p->n_values, G->p->n_instrs, PREAMBLE);
+}
+
+// One device: the program's memory plan is the arena.
+static void generate_one(Gen *G) {
+  const TrainProgram *p = G->p;
+  CudaTrainPlan *t = G->t;
+  RtPlan *plan = &t->plan;
   bool updated = false;
-  t->instr_step = xcalloc(p->n_instrs + 1, sizeof *t->instr_step);
-  for (int i = 0; i < p->n_instrs && G.ok; i++) {
+  for (int i = 0; i < p->n_instrs && G->ok; i++) {
     const TInstr *in = &p->instrs[i];
     t->instr_step[i] = plan->n_steps;
     if (train_instr_phase(in->kind) == PHASE_LOSS && !t->forward_end)
       t->forward_end = plan->n_steps;
     for (int v = 0; v < p->n_values; v++)  // gradients born here (the loss overwrites its own)
       if (p->values[v].kind == TV_GRAD && p->first[v] == i && in->kind != TI_LOSS)
-        emit_zero(&G, v);
-    const Node *n = &g->nodes[in->node];
+        emit_zero(G, v);
     switch (in->kind) {
     case TI_MASK:
-      emit_mask(&G, in);
+      emit_mask(G, in);
       break;
     case TI_FORWARD:
-      if (n->op == OP_CONV)
-        emit_conv_forward(&G, in);
-      else if (n->op == OP_FC)
-        emit_fc_forward(&G, in);
-      else
-        emit_forward_simple(&G, in);
+      emit_forward(G, in);
       break;
     case TI_LOSS:
-      emit_loss(&G, in);
+      emit_loss(G, in);
       break;
     case TI_BACKWARD:
-      if (n->op == OP_CONV)
-        emit_conv_backward(&G, in);
-      else if (n->op == OP_FC)
-        emit_fc_backward(&G, in);
-      else
-        emit_backward_simple(&G, in);
+      emit_backward(G, in);
       break;
     case TI_UPDATE:  // all of them in one kernel, at the first
       if (!updated)
-        emit_update(&G);
+        emit_update(G);
       updated = true;
       break;
     case TI_SEND:
     case TI_REDUCE:
-      fprintf(stderr, "alexc: cuda training: transfers between devices are not supported yet\n");
-      G.ok = false;
+      fprintf(stderr, "alexc: internal error: a one-device program with transfers\n");
+      G->ok = false;
       break;
     }
   }
+}
+
+// ---------------------------------------------------------------- devices > 1
+
+// dst channels [D0, D0 + LEN) (+)= src channels [S0, S0 + LEN) of (batch, C, PLANE)
+// tensors of SC and DC channels: the gathers and scatters between a device's whole-tensor
+// copies and its pieces' local buffers (train/parallel.c's move_channels).
+static void emit_copy_channels(Gen *G, const char *what, const char *type, RtAddr src,
+                               int64_t sc, int64_t s0, RtAddr dst, int64_t dc, int64_t d0,
+                               int64_t len, int64_t plane, bool add) {
+  if (len <= 0)
+    return;
+  char name[RT_PLAN_NAME], consts[512], params[256];
+  snprintf(name, sizeof name, "%scopy%03d", G->prefix, G->uniq++);
+  snprintf(consts, sizeof consts,
+           "constexpr int SC = %lld, S0 = %lld;  // source channels, the first copied\n"
+           "constexpr int DC = %lld, D0 = %lld;  // destination channels, where they go\n"
+           "constexpr long long LEN = %lld, PLANE = %lld;\n",
+           (long long)sc, (long long)s0, (long long)dc, (long long)d0, (long long)len,
+           (long long)plane);
+  snprintf(params, sizeof params, "const %s *__restrict__ src, %s *__restrict__ dst", type, type);
+  char comment[256];
+  snprintf(comment, sizeof comment, "%s: channels [S0, S0 + LEN) %s channels [D0, D0 + LEN).",
+           what, add ? "added to" : "copied to");
+  open_kernel(G, name, comment, consts, params, "LEN * PLANE * batch");
+  out(G, "    long long img = i / (LEN * PLANE), r = i %% (LEN * PLANE);\n"
+         "    dst[(img * DC + D0) * PLANE + r] %s src[(img * SC + S0) * PLANE + r];\n",
+      add ? "+=" : "=");
+  close_kernel(G);
+  RtAddr a[2] = {src, dst};
+  launch(G, name, -1, len * plane, 2, a);
+}
+
+static void emit_fill_zero(Gen *G, RtAddr at, int64_t floats) {
+  char name[RT_PLAN_NAME], consts[128];
+  snprintf(name, sizeof name, "%szero%03d", G->prefix, G->uniq++);
+  snprintf(consts, sizeof consts, "constexpr long long N = %lld;  // floats per image\n",
+           (long long)floats);
+  open_kernel(G, name, "Zeroes a gradient buffer.", consts, "float *__restrict__ g", "N * batch");
+  out(G, "    g[i] = 0.0f;\n");
+  close_kernel(G);
+  launch(G, name, -1, floats, 1, &at);
+}
+
+static void emit_transfer(Gen *G, int from, int to, RtAddr src, RtAddr dst, int64_t src_pitch,
+                          int64_t dst_pitch, int64_t width, const char *layer) {
+  RtStep s = {.kind = RT_STEP_TRANSFER, .device = to, .from = from, .src = {src, src_pitch},
+              .dst = {dst, dst_pitch}, .width = width};
+  snprintf(s.name, sizeof s.name, "%s", layer);
+  snprintf(s.layer, sizeof s.layer, "%s", layer);
+  rt_plan_add_step(&G->t->plan, &s);
+}
+
+static int64_t bump(int64_t *at, int64_t floats) {
+  int64_t o = *at;
+  *at += (floats + 15) / 16 * 16;  // 64-byte aligned for any batch
+  return o;
+}
+
+// The pieces' operands, by the ids a piece's synthetic instruction uses.
+enum { PX = 0, PDX = 64, PY = 128, PDY, PW, PB, PDW, PDB, PMASK, P_IDS };
+
+static TInstr piece_instr(const SplitPiece *sp, const Node *spec_node, int *xs, int *dxs,
+                          const bool *needs_grad) {
+  TInstr in = {.node = sp->g->output, .n_x = sp->n_in, .x = xs, .dx = dxs, .y = PY, .dy = PDY,
+               .w = spec_node->n_weight ? PW : -1, .b = spec_node->n_bias ? PB : -1,
+               .dw = spec_node->n_weight ? PDW : -1, .db = spec_node->n_bias ? PDB : -1,
+               .v = -1, .mask = spec_node->op == OP_DROPOUT ? PMASK : -1, .saved = -1,
+               .labels = -1, .loss = -1, .relu = -1, .relu_y = -1, .transfer = -1};
+  for (int j = 0; j < sp->n_in; j++) {
+    xs[j] = PX + j;
+    dxs[j] = needs_grad[sp->input[j]] && sp->input[j] != 0 ? PDX + j : -1;
+  }
+  return in;
+}
+
+// Devices > 1: train/parallel.c's split as kernels. Each device keeps a whole-tensor copy
+// of every node's output and gradient (only the channels it holds are ever written or
+// read); each piece gathers its input channels into local buffers, runs the op there
+// (the same emitters as one device, on the piece's local graph) and scatters its output
+// channels back; backward, it scatters (adds) its partial input gradients. The plan's
+// sends are transfers, each reduction a transfer of the receiver's partial gradient into
+// the sender's scratch area plus a kernel adding it. The parameters are replicated; each
+// device computes the gradient rows of its pieces and updates every row (the others'
+// are not its to read: the host reads each row from the device that computed it).
+static void generate_split(Gen *G, const bool *needs_grad) {
+  const TrainProgram *p = G->p;
+  CudaTrainPlan *t = G->t;
+  const Graph *spec = G->g, *plan_g = split_plan(t->split);
+  int devices = t->devices, logits = p->logits, np = split_n_pieces(t->split);
+  int64_t at[MAX_DEVICES] = {0};
+  RtAddr *act[MAX_DEVICES], *grad[MAX_DEVICES], *mask[MAX_DEVICES];
+  for (int d = 0; d < devices; d++) {
+    act[d] = xcalloc(spec->n_nodes, sizeof *act[d]);
+    grad[d] = xcalloc(spec->n_nodes, sizeof *grad[d]);
+    mask[d] = xcalloc(spec->n_nodes, sizeof *mask[d]);
+    for (int i = 0; i <= logits; i++) {
+      int64_t e = shape_elems(spec->nodes[i].out);
+      act[d][i] = arena_at(bump(&at[d], e));
+      grad[d][i] = arena_at(bump(&at[d], e));
+      if (spec->nodes[i].op == OP_DROPOUT)
+        mask[d][i] = arena_at(bump(&at[d], (e + 3) / 4));
+    }
+  }
+  // Per piece: its local inputs and their gradients, output, output gradient, mask.
+  RtAddr(*pa)[P_IDS] = xcalloc(np ? np : 1, sizeof *pa);
+  for (int k = 0; k < np; k++) {
+    SplitPiece sp = split_piece(t->split, k);
+    int d = sp.device;
+    const Node *ln = &sp.g->nodes[sp.g->output];
+    for (int j = 0; j < sp.n_in; j++) {
+      pa[k][PX + j] = arena_at(bump(&at[d], shape_elems(sp.g->nodes[j].out)));
+      pa[k][PDX + j] = arena_at(bump(&at[d], shape_elems(sp.g->nodes[j].out)));
+    }
+    pa[k][PY] = arena_at(bump(&at[d], shape_elems(ln->out)));
+    pa[k][PDY] = arena_at(bump(&at[d], shape_elems(ln->out)));
+    pa[k][PMASK] = arena_at(bump(&at[d], (shape_elems(ln->out) + 3) / 4));
+    for (int q = 0; q < t->layout->n; q++) {
+      if (t->layout->info[q].node != sp.node)
+        continue;
+      int64_t off = t->param_offset[q] + (t->layout->info[q].is_bias ? sp.b_off : sp.w_off);
+      pa[k][t->layout->info[q].is_bias ? PB : PW] = weight_at(off);
+      pa[k][t->layout->info[q].is_bias ? PDB : PDW] = weight_at(t->grad_base + off);
+    }
+  }
+  // Loss, labels, hits, and the whole dlogits on device 0; a reduction's landing area on
+  // its sender.
+  t->loss = arena_at(bump(&at[0], 2));
+  t->labels = arena_at(bump(&at[0], 1));
+  t->hits = arena_at(bump(&at[0], 1));
+  RtAddr dlogits = arena_at(bump(&at[0], spec->nodes[logits].out.c));
+  RtAddr *landing = xcalloc(plan_g->n_transfers ? plan_g->n_transfers : 1, sizeof *landing);
+  for (int k = 0; k < plan_g->n_transfers; k++) {
+    const Transfer *tr = &plan_g->transfers[k];
+    landing[k] = arena_at(
+        bump(&at[tr->from], range_len(tr->range) * shape_plane(spec->nodes[tr->node].out)));
+  }
+  for (int d = 0; d < devices; d++) {
+    int64_t e = p->values[p->input].elems;
+    t->plan.dev[d].arena = at[d];
+    t->plan.dev[d].input = (RtHostCopy){{act[d][0], e}, 0, e, e};
+  }
+  int64_t classes = spec->nodes[logits].out.c;
+  t->plan.dev[0].output = (RtHostCopy){{act[0][logits], classes}, 0, classes, classes};
+
+  int xs[64], dxs[64];
+  RtAddr ctl = weight_at(t->control);
+  bool updated = false, backward_started = false;
+  for (int i = 0; i < p->n_instrs && G->ok; i++) {
+    const TInstr *in = &p->instrs[i];
+    const Node *n = &spec->nodes[in->node];
+    t->instr_step[i] = t->plan.n_steps;
+    if (train_instr_phase(in->kind) == PHASE_LOSS && !t->forward_end)
+      t->forward_end = t->plan.n_steps;
+    G->g = spec;
+    G->prefix[0] = 0;
+    switch (in->kind) {
+    case TI_MASK:  // every device draws the whole mask (the same bits), pieces take theirs
+      for (int d = 0; d < devices; d++) {
+        RtAddr a[2] = {mask[d][in->node], ctl};
+        TInstr m = *in;
+        m.mask = 0;
+        G->addr = a, G->device = d, G->src = t->src_files[d];
+        emit_mask(G, &m);
+      }
+      break;
+    case TI_FORWARD:
+    case TI_BACKWARD: {
+      bool fwd = in->kind == TI_FORWARD;
+      if (!fwd && !backward_started) {  // every gradient zeroed, then each device's dlogits
+        backward_started = true;
+        for (int d = 0; d < devices; d++) {
+          G->device = d, G->src = t->src_files[d];
+          for (int j = 1; j <= logits; j++)
+            emit_fill_zero(G, grad[d][j], shape_elems(spec->nodes[j].out));
+        }
+        for (int d = 0; d < devices; d++) {
+          Range r = plan_g->nodes[logits].place[d].stage[0];
+          if (d == 0) {
+            G->device = 0, G->src = t->src_files[0];
+            emit_copy_channels(G, "dlogits, this device's share", "float", dlogits, classes,
+                               r.begin, grad[0][logits], classes, r.begin, range_len(r), 1,
+                               false);
+          } else if (range_len(r)) {  // rows of `classes` floats, from channel r.begin
+            RtAddr src = dlogits, dst = grad[d][logits];
+            src.fixed = dst.fixed = r.begin;
+            emit_transfer(G, 0, d, src, dst, classes, classes, range_len(r),
+                          spec->nodes[logits].name);
+          }
+        }
+      }
+      for (int q = 0; q < np && G->ok; q++) {
+        int k = fwd ? q : np - 1 - q;
+        SplitPiece sp = split_piece(t->split, k);
+        if (sp.node != in->node)
+          continue;
+        int d = sp.device;
+        Shape whole = n->out;
+        int64_t plane = shape_plane(whole), lout = range_len(sp.lout);
+        G->device = d, G->src = t->src_files[d], G->addr = NULL, G->g = spec;
+        snprintf(G->prefix, sizeof G->prefix, "p%02d_", k);
+        TInstr pin = piece_instr(&sp, n, xs, dxs, needs_grad);
+        if (fwd) {
+          for (int j = 0; j < sp.n_in; j++) {
+            Shape ws = spec->nodes[sp.input[j]].out;
+            emit_copy_channels(G, "the piece's input", "float", act[d][sp.input[j]], ws.c,
+                               sp.in[j].begin, pa[k][PX + j], range_len(sp.in[j]), 0,
+                               range_len(sp.in[j]), shape_plane(ws), false);
+          }
+          if (n->op == OP_DROPOUT)
+            emit_copy_channels(G, "the piece's share of the mask", "unsigned char",
+                               mask[d][in->node], whole.c, sp.lout.begin, pa[k][PMASK], lout, 0,
+                               lout, plane, false);
+          G->g = sp.g, G->addr = pa[k];
+          emit_forward(G, &pin);
+          G->g = spec, G->addr = NULL;
+          emit_copy_channels(G, "the piece's output", "float", pa[k][PY], lout,
+                             sp.out.begin - sp.lout.begin, act[d][in->node], whole.c,
+                             sp.out.begin, range_len(sp.out), plane, false);
+        } else {
+          if (lout != range_len(sp.out))  // an LRN's halo channels: no gradient
+            emit_fill_zero(G, pa[k][PDY], lout * plane);
+          emit_copy_channels(G, "the piece's output gradient", "float", grad[d][in->node],
+                             whole.c, sp.out.begin, pa[k][PDY], lout, sp.out.begin - sp.lout.begin,
+                             range_len(sp.out), plane, false);
+          for (int j = 0; j < sp.n_in; j++)
+            if (dxs[j] >= 0)
+              emit_fill_zero(G, pa[k][PDX + j], shape_elems(sp.g->nodes[j].out));
+          G->g = sp.g, G->addr = pa[k];
+          emit_backward(G, &pin);
+          G->g = spec, G->addr = NULL;
+          for (int j = 0; j < sp.n_in; j++) {
+            Shape ws = spec->nodes[sp.input[j]].out;
+            if (dxs[j] >= 0)
+              emit_copy_channels(G, "the piece's input gradient", "float", pa[k][PDX + j],
+                                 range_len(sp.in[j]), 0, grad[d][sp.input[j]], ws.c,
+                                 sp.in[j].begin, range_len(sp.in[j]), shape_plane(ws), true);
+          }
+        }
+      }
+      G->prefix[0] = 0;
+      break;
+    }
+    case TI_SEND: {
+      const Transfer *tr = &plan_g->transfers[in->transfer];
+      Shape sh = spec->nodes[tr->node].out;
+      int64_t plane = shape_plane(sh);
+      RtAddr src = act[tr->from][tr->node], dst = act[tr->to][tr->node];
+      src.fixed = dst.fixed = tr->range.begin * plane;
+      emit_transfer(G, tr->from, tr->to, src, dst, sh.c * plane, sh.c * plane,
+                    range_len(tr->range) * plane, n->name);
+      break;
+    }
+    case TI_REDUCE: {
+      const Transfer *tr = &plan_g->transfers[in->transfer];
+      Shape sh = spec->nodes[tr->node].out;
+      int64_t plane = shape_plane(sh), len = range_len(tr->range);
+      RtAddr src = grad[tr->to][tr->node];
+      src.fixed = tr->range.begin * plane;
+      emit_transfer(G, tr->to, tr->from, src, landing[in->transfer], sh.c * plane, len * plane,
+                    len * plane, n->name);
+      G->device = tr->from, G->src = t->src_files[tr->from];
+      emit_copy_channels(G, "a reduction: the receiver's partial gradient", "float",
+                         landing[in->transfer], len, 0, grad[tr->from][tr->node], sh.c,
+                         tr->range.begin, len, plane, true);
+      break;
+    }
+    case TI_LOSS: {  // on device 0, from the logits gathered there
+      for (int d = 1; d < devices; d++) {
+        Range r = plan_g->nodes[logits].place[d].stage[0];
+        if (!range_len(r))
+          continue;
+        RtAddr src = act[d][logits], dst = act[0][logits];
+        src.fixed = dst.fixed = r.begin;
+        emit_transfer(G, d, 0, src, dst, classes, classes, range_len(r), n->name);
+      }
+      RtAddr a[5] = {act[0][logits], t->labels, dlogits, t->loss, t->hits};
+      TInstr l = *in;
+      int x0 = 0;
+      l.x = &x0, l.dy = 2;
+      G->addr = a, G->device = 0, G->src = t->src_files[0];
+      emit_loss(G, &l);
+      G->addr = NULL;
+      break;
+    }
+    case TI_UPDATE:
+      for (int d = 0; d < devices && !updated; d++) {
+        G->device = d, G->src = t->src_files[d];
+        emit_update(G);
+      }
+      updated = true;
+      break;
+    }
+  }
+  for (int d = 0; d < devices; d++) {
+    free(act[d]);
+    free(grad[d]);
+    free(mask[d]);
+  }
+  free(pa);
+  free(landing);
+}
+
+bool cuda_train_generate(const Graph *g, const char *const *patterns, int devices,
+                         CudaTrainPlan *t) {
+  memset(t, 0, sizeof *t);
+  if (devices < 1 || devices > MAX_DEVICES) {
+    error("cuda training: %d devices (1 to %d)", devices, MAX_DEVICES);
+    return false;
+  }
+  TrainProgram *p = autodiff(g);
+  if (!p)
+    return false;
+  t->prog = p;
+  t->devices = devices;
+  if (devices > 1) {  // the pieces run the plain ops: nothing fused (as the CPU trainer)
+    if (!(t->split = split_new(g, devices, 1, p->logits, p->needs_grad))) {
+      cuda_train_free(t);
+      return false;
+    }
+    train_add_transfers(p, split_plan(t->split));
+  } else {
+    train_fuse_backward(p, patterns);
+  }
+  train_plan_memory(p);
+  if (!train_program_verify(p)) {
+    cuda_train_free(t);
+    return false;
+  }
+  layout_params(t, g);
+  RtPlan *plan = &t->plan;
+  snprintf(plan->network, sizeof plan->network, "%s", g->name);
+  snprintf(plan->arch, sizeof plan->arch, "sm_90");
+  plan->precision = RT_FP32;
+  plan->n_devices = devices;
+  plan->in = (RtShape){3, {g->nodes[0].out.c, g->nodes[0].out.h, g->nodes[0].out.w}};
+  if (g->nodes[0].out.rank == 1)
+    plan->in = (RtShape){1, {g->nodes[0].out.c}};
+  plan->out = (RtShape){1, {g->nodes[p->logits].out.c}};
+  for (int i = 0; i < t->layout->n; i++) {
+    const ParamInfo *pi = &t->layout->info[i];
+    RtWeightSlice s = {.first = 0, .count = pi->elems, .offset = t->param_offset[i]};
+    if (snprintf(s.tensor, sizeof s.tensor, "%s", pi->name) >= (int)sizeof s.tensor) {
+      error("cuda training: parameter name '%s' is too long for a plan", pi->name);
+      cuda_train_free(t);
+      return false;
+    }
+    for (int d = 0; d < devices; d++)  // replicated: each device reads its rows
+      rt_plan_add_slice(plan, d, &s);
+    RtShape shape = {pi->rank, {0}};
+    memcpy(shape.dims, pi->dims, sizeof shape.dims);
+    rt_plan_add_tensor(plan, pi->name, shape);
+  }
+  Gen G = {.g = g, .p = p, .t = t, .ok = true};
+  char *text[MAX_DEVICES] = {0};
+  size_t size[MAX_DEVICES] = {0};
+  for (int d = 0; d < devices; d++) {
+    t->src_files[d] = open_memstream(&text[d], &size[d]);
+    G.src = t->src_files[d];
+    source_header(&G, devices);
+    plan->dev[d].weights = t->control + 8;
+    plan->dev[d].chunk = INT32_MAX;  // no chunks: the scratch holds the whole batch
+  }
+  G.src = t->src_files[0];
+  t->instr_step = xcalloc(p->n_instrs + 1, sizeof *t->instr_step);
+  if (devices == 1) {
+    // The per-image extras after the program's arena: loss (a double), label, hit.
+    t->loss = arena_at(p->arena);
+    t->labels = arena_at(p->arena + 2);
+    t->hits = arena_at(p->arena + 3);
+    RtPlanDevice *dev = &plan->dev[0];
+    dev->arena = p->arena + TRAIN_CUDA_EXTRA;
+    int64_t in_elems = p->values[p->input].elems, classes = g->nodes[p->logits].out.c;
+    dev->input = (RtHostCopy){{arena_at(p->offset[p->input]), in_elems}, 0, in_elems, in_elems};
+    dev->output = (RtHostCopy){{arena_at(p->offset[p->act[p->logits]]), classes}, 0, classes,
+                               classes};
+    generate_one(&G);
+  } else {
+    generate_split(&G, p->needs_grad);
+  }
   t->instr_step[p->n_instrs] = plan->n_steps;
-  fclose(G.src);
-  t->source = text;
-  dev->scratch = G.scratch;
-  dev->chunk = INT32_MAX;  // no chunks: the scratch holds the whole batch
+  for (int d = 0; d < devices; d++) {
+    fclose(t->src_files[d]);
+    t->src_files[d] = NULL;
+    t->source[d] = text[d];
+    plan->dev[d].scratch = G.scratch[d];
+  }
   if (!G.ok) {
     cuda_train_free(t);
     return false;
@@ -993,7 +1345,12 @@ bool cuda_train_generate(const Graph *g, const char *const *patterns, CudaTrainP
 
 void cuda_train_free(CudaTrainPlan *t) {
   rt_plan_free(&t->plan);
-  free(t->source);
+  for (int d = 0; d < MAX_DEVICES; d++) {
+    if (t->src_files[d])
+      fclose(t->src_files[d]);
+    free(t->source[d]);
+  }
+  split_free(t->split);
   train_program_free(t->prog);
   weights_free(t->layout);
   free(t->param_offset);

@@ -20,8 +20,11 @@
 #define TRAIN_CUDA_EXTRA 16  // floats per image after the program's arena
 
 typedef struct {
-  RtPlan plan;         // one device; the module empty until compiled
-  char *source;        // the translation unit (owned)
+  RtPlan plan;         // the modules empty until compiled
+  int devices;
+  char *source[MAX_DEVICES];  // a translation unit per device (owned)
+  FILE *src_files[MAX_DEVICES];  // while generating
+  Split *split;        // devices > 1: train/parallel.c's pieces, which the plan runs
   TrainProgram *prog;  // fused and memory-planned (owned)
   Weights *layout;     // the parameter tensors in graph order (zeros; for names and sizes)
   int64_t *param_offset;  // per layout tensor: its offset in the parameter region
@@ -32,10 +35,13 @@ typedef struct {
   int *instr_step;  // per instruction of prog (and one past the last): its first step
 } CudaTrainPlan;
 
-// The program's step as a plan and source. `patterns`: backward fusion patterns as
-// train_fuse_backward takes them (NULL: all). False with a message for a graph the
-// generator cannot train (or that autodiff refuses).
-bool cuda_train_generate(const Graph *g, const char *const *patterns, CudaTrainPlan *out);
+// The program's step as a plan and sources. `patterns`: backward fusion patterns as
+// train_fuse_backward takes them (NULL: all; one device only). `devices` > 1: the
+// partition pass's model-parallel split (train/parallel.c's pieces; the program's sends
+// and reductions become transfers and adding kernels). False with a message for a graph
+// the generator cannot train (or that autodiff refuses).
+bool cuda_train_generate(const Graph *g, const char *const *patterns, int devices,
+                         CudaTrainPlan *out);
 void cuda_train_free(CudaTrainPlan *t);
 
 // The device layout as the host writes it: the control block's layout (it must match the
