@@ -19,7 +19,12 @@
 // With --nvrtc, the generated source is compiled by NVRTC for sm_90 instead (exit 77, a
 // skip, in a build without NVRTC): what a GPU would load, checked without one.
 //
-// usage: test_train_emulate CXX EMU_HEADER WORKDIR SPEC [--batch N] [--mutants] [--nvrtc]
+// With --devices N, the split plan (train/parallel.c's pieces on N devices) is run from the
+// same state as one device's at each step and compared with it; --split-mutants leaves a
+// send or a reduction out of it, which must fail.
+//
+// usage: test_train_emulate CXX EMU_HEADER WORKDIR SPEC [--batch N] [--devices N]
+//                           [--mutants] [--split-mutants] [--nvrtc]
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -782,7 +787,7 @@ int main(int argc, char **argv) {
   workdir = argv[3];
   const char *spec = argv[4];
   int batch = 0;
-  bool mutants = false, nvrtc = false;
+  bool mutants = false, nvrtc = false, split_mutants = false;
   int devices = 1;
   for (int i = 5; i < argc; i++) {
     if (!strcmp(argv[i], "--batch") && i + 1 < argc)
@@ -791,6 +796,8 @@ int main(int argc, char **argv) {
       mutants = true;
     else if (!strcmp(argv[i], "--nvrtc"))
       nvrtc = true;
+    else if (!strcmp(argv[i], "--split-mutants"))
+      split_mutants = true;
     else if (!strcmp(argv[i], "--devices") && i + 1 < argc)
       devices = atoi(argv[++i]);
     else {
@@ -860,6 +867,33 @@ int main(int argc, char **argv) {
   if (devices > 1)
     printf("  %s on %d devices: %d steps\n", g->name, devices, split.plan.n_steps);
   bool ok = run(g, &t, t.source[0], "", batch, true, devices > 1 ? &split : NULL);
+  // Broken split plans: the steps of the first send, or of the first reduction, left out.
+  // Each must fail the comparison with one device.
+  int split_caught = 0, split_tried = 0;
+  for (int kind = 0; ok && split_mutants && devices > 1 && kind < 2; kind++) {
+    TInstrKind want = kind ? TI_REDUCE : TI_SEND;
+    int at = -1;
+    for (int i = 0; i < split.prog->n_instrs && at < 0; i++)
+      if (split.prog->instrs[i].kind == want)
+        at = i;
+    split_tried++;
+    if (at < 0) {
+      printf("  split mutant: no %s to leave out (FAIL)\n", train_instr_names[want]);
+      continue;
+    }
+    int from = split.instr_step[at], to = split.instr_step[at + 1];
+    CudaTrainPlan broken = split;
+    broken.plan.steps = xcalloc(split.plan.n_steps, sizeof *broken.plan.steps);
+    broken.plan.n_steps = 0;
+    for (int k = 0; k < split.plan.n_steps; k++)
+      if (k < from || k >= to)
+        broken.plan.steps[broken.plan.n_steps++] = split.plan.steps[k];
+    bool survived = run(g, &t, t.source[0], "", batch, false, &broken);
+    printf("  split mutant: the first %s (%d steps) left out: %s\n", train_instr_names[want],
+           to - from, survived ? "NOT caught (FAIL)" : "caught");
+    split_caught += !survived;
+    free(broken.plan.steps);
+  }
   if (devices > 1)
     cuda_train_free(&split);
   printf("  %s: %s\n", g->name, ok ? "OK" : "FAIL");
@@ -882,5 +916,5 @@ int main(int argc, char **argv) {
     printf("  %d of %d broken variants caught\n", caught, tried);
   cuda_train_free(&t);
   graph_free(g);
-  return ok && caught == tried ? 0 : 1;
+  return ok && caught == tried && split_caught == split_tried ? 0 : 1;
 }

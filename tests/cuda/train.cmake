@@ -2,7 +2,9 @@
 #   cuda.train_emulate.SPEC   the generated training step compiled by g++ for the CPU and run
 #                             through the plan interpreter: two SGD steps against the
 #                             reference's gradients and update
+#   cuda.train_emulate_2dev.SPEC  the same with the two-device split, against one device
 #   cuda.train_mutants        broken variants of mini-alexnet's generated step must fail
+#   cuda.train_split_mutants  a send or a reduction left out of the split must fail
 #   cuda.train_nvrtc.SPEC     the generated step compiles with NVRTC for sm_90
 #   cuda.train_cli            alexc compile --train: the source, and its refusals
 file(GLOB ALEXC_CUDA_TRAIN_SPECS ${PROJECT_SOURCE_DIR}/specs/*.yaml
@@ -19,11 +21,16 @@ if(ALEXC_CXX)
     get_filename_component(name ${spec} NAME_WE)
     add_test(NAME cuda.train_emulate.${name} COMMAND test_train_emulate ${_train_args} ${spec}
              WORKING_DIRECTORY ${ALEXC_ROOT})
-    if(name MATCHES "^alexnet")
-      set_property(TEST cuda.train_emulate.${name} APPEND PROPERTY LABELS cuda slow)
-    else()
-      alexc_label(cuda.train_emulate.${name} cuda)
-    endif()
+    add_test(NAME cuda.train_emulate_2dev.${name}
+             COMMAND test_train_emulate ${_train_args} ${spec} --devices 2
+             WORKING_DIRECTORY ${ALEXC_ROOT})
+    foreach(test cuda.train_emulate.${name} cuda.train_emulate_2dev.${name})
+      if(name MATCHES "^alexnet")  # minutes each
+        set_property(TEST ${test} APPEND PROPERTY LABELS cuda slow)
+      else()
+        alexc_label(${test} cuda)
+      endif()
+    endforeach()
   endforeach()
   foreach(spec ${PROJECT_SOURCE_DIR}/specs/mini-alexnet.yaml ${PROJECT_SOURCE_DIR}/specs/alexnet.yaml
                ${CMAKE_CURRENT_SOURCE_DIR}/passes/graphs/branch_concat.yaml)
@@ -38,6 +45,11 @@ if(ALEXC_CXX)
                    --mutants
            WORKING_DIRECTORY ${ALEXC_ROOT})
   alexc_label(cuda.train_mutants cuda)
+  add_test(NAME cuda.train_split_mutants
+           COMMAND test_train_emulate ${_train_args} ${PROJECT_SOURCE_DIR}/specs/mini-alexnet.yaml
+                   --devices 2 --split-mutants
+           WORKING_DIRECTORY ${ALEXC_ROOT})
+  alexc_label(cuda.train_split_mutants cuda)
 endif()
 
 add_test(NAME cuda.train_cli COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda/train_cli.sh ${ALEXC_BIN}
