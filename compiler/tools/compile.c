@@ -22,8 +22,9 @@ static const char COMPILE_HELP[] =
     "  --target cuda     this help's target (--target cpu: alexc compile --target cpu --help)\n"
     CUDA_OPTIONS_HELP
     "  --emit-source DIR write the generated source as DIR/deviceN.cu (no NVRTC needed)\n"
-    "  --train           with --emit-source: the training step instead (DIR/train.cu: one\n"
-    "                    device, the spec's graph as parsed; compiler/backends/cuda/README.md)\n"
+    "  --train           with --emit-source: the training step instead (DIR/train.cu, or\n"
+    "                    DIR/train-deviceN.cu with --devices N; the spec's graph as parsed;\n"
+    "                    compiler/backends/cuda/README.md)\n"
     "  --layer NAME      compile the network as if it ended at layer NAME (what alexc run\n"
     "                    --target cuda --layer NAME runs)\n"
     "  -o OUT            write the artifact (needs NVRTC). OUT ending in .so: a shared\n"
@@ -72,24 +73,25 @@ bool make_dirs(const char *path) {
 }
 
 // --train: the training step's source (compiler/backends/cuda/train.c), written as
-// DIR/train.cu. Not compiled into an artifact yet: nothing runs it but the emulation.
+// DIR/train.cu, or DIR/train-deviceN.cu per device of a --devices split. Not compiled into
+// an artifact yet: nothing runs it but the emulation.
 static int compile_train(const char *spec, const PassOptions *passes, const char *out,
                          const char *emit) {
   if (out || !emit)
     return usage_error("compile", "--train: only --emit-source DIR for now (no artifact)");
-  if (passes->devices > 1)
-    return usage_error("compile", "--train: one device only for now");
   Graph *g = load_spec(spec);
   CudaTrainPlan t;
-  bool ok = g && cuda_train_generate(g, NULL, 1, &t);
+  bool ok = g && cuda_train_generate(g, NULL, passes->devices, &t);
   if (ok) {
-    char *path = format("%s/train.cu", emit);
-    bool wrote = make_dirs(emit);  // says why not itself
-    if (wrote && !(wrote = rt_write_file_atomic(path, t.source[0], strlen(t.source[0]))))
-      error("%s", rt_error());
-    free(path);
+    ok = make_dirs(emit);  // says why not itself
+    for (int d = 0; ok && d < t.devices; d++) {
+      char *path = t.devices > 1 ? format("%s/train-device%d.cu", emit, d)
+                                 : format("%s/train.cu", emit);
+      if (!(ok = rt_write_file_atomic(path, t.source[d], strlen(t.source[d]))))
+        error("%s", rt_error());
+      free(path);
+    }
     cuda_train_free(&t);
-    ok = wrote;
   }
   graph_free(g);
   return ok ? EXIT_OK : EXIT_ERR;

@@ -819,18 +819,27 @@ int main(int argc, char **argv) {
     graph_free(g);
     return 1;
   }
-  if (nvrtc) {
-    uint8_t *cubin = NULL, *ptx = NULL;
-    size_t cubin_size = 0, ptx_size = 0;
-    bool have = cuda_have_nvrtc();
-    bool ok = have && cuda_compile_source(t.source[0], "train.cu", "sm_90", &cubin, &cubin_size,
-                                          &ptx, &ptx_size);
-    printf("  %s: the training step's source with NVRTC for sm_90: %s (CUBIN %zu bytes, PTX "
-           "%zu)\n",
-           g->name, !have ? "skipped, no NVRTC in this build" : ok ? "OK" : "FAIL", cubin_size,
-           ptx_size);
-    free(cubin);
-    free(ptx);
+  if (nvrtc) {  // one device's source, or each device's of the split
+    CudaTrainPlan split = {0};
+    bool have = cuda_have_nvrtc(), ok = have;
+    if (ok && devices > 1)
+      ok = cuda_train_generate(g, NULL, devices, &split);
+    const CudaTrainPlan *c = devices > 1 ? &split : &t;
+    for (int d = 0; ok && d < c->devices; d++) {
+      uint8_t *cubin = NULL, *ptx = NULL;
+      size_t cubin_size = 0, ptx_size = 0;
+      ok = cuda_compile_source(c->source[d], "train.cu", "sm_90", &cubin, &cubin_size, &ptx,
+                               &ptx_size);
+      printf("  %s: the training step's source (device %d of %d) with NVRTC for sm_90: %s "
+             "(CUBIN %zu bytes, PTX %zu)\n",
+             g->name, d, c->devices, ok ? "OK" : "FAIL", cubin_size, ptx_size);
+      free(cubin);
+      free(ptx);
+    }
+    if (!have)
+      printf("  %s: skipped, no NVRTC in this build\n", g->name);
+    if (devices > 1 && split.prog)
+      cuda_train_free(&split);
     cuda_train_free(&t);
     graph_free(g);
     return !have ? 77 : ok ? 0 : 1;

@@ -6,6 +6,7 @@
 #   cuda.train_mutants        broken variants of mini-alexnet's generated step must fail
 #   cuda.train_split_mutants  a send or a reduction left out of the split must fail
 #   cuda.train_nvrtc.SPEC     the generated step compiles with NVRTC for sm_90
+#   cuda.train_nvrtc_2dev.SPEC  and each device's of the two-device split
 #   cuda.train_cli            alexc compile --train: the source, and its refusals
 file(GLOB ALEXC_CUDA_TRAIN_SPECS ${PROJECT_SOURCE_DIR}/specs/*.yaml
      ${CMAKE_CURRENT_SOURCE_DIR}/passes/graphs/*.yaml)
@@ -37,8 +38,13 @@ if(ALEXC_CXX)
     get_filename_component(name ${spec} NAME_WE)
     add_test(NAME cuda.train_nvrtc.${name} COMMAND test_train_emulate ${_train_args} ${spec} --nvrtc
              WORKING_DIRECTORY ${ALEXC_ROOT})
-    set_tests_properties(cuda.train_nvrtc.${name} PROPERTIES SKIP_RETURN_CODE 77)
+    add_test(NAME cuda.train_nvrtc_2dev.${name}
+             COMMAND test_train_emulate ${_train_args} ${spec} --nvrtc --devices 2
+             WORKING_DIRECTORY ${ALEXC_ROOT})
+    set_tests_properties(cuda.train_nvrtc.${name} cuda.train_nvrtc_2dev.${name} PROPERTIES
+                         SKIP_RETURN_CODE 77)
     alexc_label(cuda.train_nvrtc.${name} cuda)
+    alexc_label(cuda.train_nvrtc_2dev.${name} cuda)
   endforeach()
   add_test(NAME cuda.train_mutants
            COMMAND test_train_emulate ${_train_args} ${PROJECT_SOURCE_DIR}/specs/mini-alexnet.yaml

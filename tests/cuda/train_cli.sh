@@ -1,6 +1,6 @@
 #!/bin/bash
-# alexc compile --target cuda --train: the training step's source, and clear refusals of
-# what is not done yet (an artifact, two devices) and of bad input.
+# alexc compile --target cuda --train: the training step's source (one device, or each of
+# a split's), and clear refusals of what is not done yet (an artifact) and of bad input.
 #
 # usage: tests/cuda/train_cli.sh ALEXC
 set -u
@@ -27,7 +27,12 @@ if [ ! -s "$out/mini/train.cu" ] || ! grep -q "k_sgd_update" "$out/mini/train.cu
   fail=1
 fi
 expect 2 "only --emit-source" "$alexc" compile specs/mini-alexnet.yaml --target cuda --train -o "$out/x.plan"
-expect 2 "one device only" "$alexc" compile specs/mini-alexnet.yaml --target cuda --train --devices 2 --emit-source "$out/d2"
+expect 0 "" "$alexc" compile specs/mini-alexnet.yaml --target cuda --train --devices 2 --emit-source "$out/d2"
+if [ ! -s "$out/d2/train-device0.cu" ] || [ ! -s "$out/d2/train-device1.cu" ]; then
+  echo "FAIL: --train --devices 2 wrote no per-device sources"
+  fail=1
+fi
+expect 2 "devices" "$alexc" compile specs/mini-alexnet.yaml --target cuda --train --devices 9 --emit-source "$out/d9"
 expect 1 "cannot open" "$alexc" compile "$out/missing.yaml" --target cuda --train --emit-source "$out/m"
 # A network whose output is not class scores (a conv's maps): autodiff refuses it.
 printf 'name: maps\ninput: {channels: 1, height: 8, width: 8}\nlayers:\n  - {name: conv1, op: conv, out: 2, kernel: 3}\n' >"$out/maps.yaml"

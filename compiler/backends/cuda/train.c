@@ -84,8 +84,12 @@ static RtAddr value_at(const Gen *G, int v) {
 static void name_of(const Gen *G, int node, const char *suffix, char *buf, size_t size) {
   char k[RT_PLAN_NAME];
   cuda_kernel_name(G->g, node, k, sizeof k);
-  if (snprintf(buf, size, "%s%s_%s", G->prefix, k, suffix) >= (int)size) {  // names are <= 64 characters
-    fprintf(stderr, "alexc: internal error: kernel name %s_%s too long\n", k, suffix);
+  // A piece's kernels: "p07_" (the piece) and the layer, without the node number (the
+  // piece's local graph numbers its nodes otherwise).
+  const char *base = G->prefix[0] && strchr(k, '_') ? strchr(k, '_') + 1 : k;
+  if (snprintf(buf, size, "%s%s_%s", G->prefix, base, suffix) >= (int)size) {  // names are <= 64 characters
+    fprintf(stderr, "alexc: internal error: kernel name %s%s_%s too long\n", G->prefix, base,
+            suffix);
     abort();
   }
 }
@@ -956,13 +960,14 @@ static void generate_one(Gen *G) {
 // dst channels [D0, D0 + LEN) (+)= src channels [S0, S0 + LEN) of (batch, C, PLANE)
 // tensors of SC and DC channels: the gathers and scatters between a device's whole-tensor
 // copies and its pieces' local buffers (train/parallel.c's move_channels).
-static void emit_copy_channels(Gen *G, const char *what, const char *type, RtAddr src,
-                               int64_t sc, int64_t s0, RtAddr dst, int64_t dc, int64_t d0,
-                               int64_t len, int64_t plane, bool add) {
+static void emit_copy_channels(Gen *G, int node, const char *tag, const char *what,
+                               const char *type, RtAddr src, int64_t sc, int64_t s0, RtAddr dst,
+                               int64_t dc, int64_t d0, int64_t len, int64_t plane, bool add) {
   if (len <= 0)
     return;
-  char name[RT_PLAN_NAME], consts[512], params[256];
-  snprintf(name, sizeof name, "%scopy%03d", G->prefix, G->uniq++);
+  char name[RT_PLAN_NAME], consts[512], params[256], suffix[48];
+  snprintf(suffix, sizeof suffix, "%s%d", tag, G->uniq++);
+  name_of(G, node, suffix, name, sizeof name);
   snprintf(consts, sizeof consts,
            "constexpr int SC = %lld, S0 = %lld;  // source channels, the first copied\n"
            "constexpr int DC = %lld, D0 = %lld;  // destination channels, where they go\n"
@@ -979,18 +984,19 @@ static void emit_copy_channels(Gen *G, const char *what, const char *type, RtAdd
       add ? "+=" : "=");
   close_kernel(G);
   RtAddr a[2] = {src, dst};
-  launch(G, name, -1, len * plane, 2, a);
+  launch(G, name, node, len * plane, 2, a);
 }
 
-static void emit_fill_zero(Gen *G, RtAddr at, int64_t floats) {
-  char name[RT_PLAN_NAME], consts[128];
-  snprintf(name, sizeof name, "%szero%03d", G->prefix, G->uniq++);
+static void emit_fill_zero(Gen *G, int node, RtAddr at, int64_t floats) {
+  char name[RT_PLAN_NAME], consts[128], suffix[48];
+  snprintf(suffix, sizeof suffix, "zero%d", G->uniq++);
+  name_of(G, node, suffix, name, sizeof name);
   snprintf(consts, sizeof consts, "constexpr long long N = %lld;  // floats per image\n",
            (long long)floats);
   open_kernel(G, name, "Zeroes a gradient buffer.", consts, "float *__restrict__ g", "N * batch");
   out(G, "    g[i] = 0.0f;\n");
   close_kernel(G);
-  launch(G, name, -1, floats, 1, &at);
+  launch(G, name, node, floats, 1, &at);
 }
 
 static void emit_transfer(Gen *G, int from, int to, RtAddr src, RtAddr dst, int64_t src_pitch,
@@ -1123,13 +1129,14 @@ static void generate_split(Gen *G, const bool *needs_grad) {
         for (int d = 0; d < devices; d++) {
           G->device = d, G->src = t->src_files[d];
           for (int j = 1; j <= logits; j++)
-            emit_fill_zero(G, grad[d][j], shape_elems(spec->nodes[j].out));
+            emit_fill_zero(G, j, grad[d][j], shape_elems(spec->nodes[j].out));
         }
         for (int d = 0; d < devices; d++) {
           Range r = plan_g->nodes[logits].place[d].stage[0];
           if (d == 0) {
             G->device = 0, G->src = t->src_files[0];
-            emit_copy_channels(G, "dlogits, this device's share", "float", dlogits, classes,
+            emit_copy_channels(G, logits, "dlogits", "dlogits, this device's share", "float",
+                               dlogits, classes,
                                r.begin, grad[0][logits], classes, r.begin, range_len(r), 1,
                                false);
           } else if (range_len(r)) {  // rows of `classes` floats, from channel r.begin
@@ -1154,36 +1161,41 @@ static void generate_split(Gen *G, const bool *needs_grad) {
         if (fwd) {
           for (int j = 0; j < sp.n_in; j++) {
             Shape ws = spec->nodes[sp.input[j]].out;
-            emit_copy_channels(G, "the piece's input", "float", act[d][sp.input[j]], ws.c,
+            emit_copy_channels(G, in->node, "gather_x", "the piece's input", "float",
+                               act[d][sp.input[j]], ws.c,
                                sp.in[j].begin, pa[k][PX + j], range_len(sp.in[j]), 0,
                                range_len(sp.in[j]), shape_plane(ws), false);
           }
           if (n->op == OP_DROPOUT)
-            emit_copy_channels(G, "the piece's share of the mask", "unsigned char",
+            emit_copy_channels(G, in->node, "gather_mask", "the piece's share of the mask",
+                               "unsigned char",
                                mask[d][in->node], whole.c, sp.lout.begin, pa[k][PMASK], lout, 0,
                                lout, plane, false);
           G->g = sp.g, G->addr = pa[k];
           emit_forward(G, &pin);
           G->g = spec, G->addr = NULL;
-          emit_copy_channels(G, "the piece's output", "float", pa[k][PY], lout,
+          emit_copy_channels(G, in->node, "scatter_y", "the piece's output", "float", pa[k][PY],
+                             lout,
                              sp.out.begin - sp.lout.begin, act[d][in->node], whole.c,
                              sp.out.begin, range_len(sp.out), plane, false);
         } else {
           if (lout != range_len(sp.out))  // an LRN's halo channels: no gradient
-            emit_fill_zero(G, pa[k][PDY], lout * plane);
-          emit_copy_channels(G, "the piece's output gradient", "float", grad[d][in->node],
+            emit_fill_zero(G, in->node, pa[k][PDY], lout * plane);
+          emit_copy_channels(G, in->node, "gather_dy", "the piece's output gradient", "float",
+                             grad[d][in->node],
                              whole.c, sp.out.begin, pa[k][PDY], lout, sp.out.begin - sp.lout.begin,
                              range_len(sp.out), plane, false);
           for (int j = 0; j < sp.n_in; j++)
             if (dxs[j] >= 0)
-              emit_fill_zero(G, pa[k][PDX + j], shape_elems(sp.g->nodes[j].out));
+              emit_fill_zero(G, in->node, pa[k][PDX + j], shape_elems(sp.g->nodes[j].out));
           G->g = sp.g, G->addr = pa[k];
           emit_backward(G, &pin);
           G->g = spec, G->addr = NULL;
           for (int j = 0; j < sp.n_in; j++) {
             Shape ws = spec->nodes[sp.input[j]].out;
             if (dxs[j] >= 0)
-              emit_copy_channels(G, "the piece's input gradient", "float", pa[k][PDX + j],
+              emit_copy_channels(G, in->node, "scatter_dx", "the piece's input gradient",
+                                 "float", pa[k][PDX + j],
                                  range_len(sp.in[j]), 0, grad[d][sp.input[j]], ws.c,
                                  sp.in[j].begin, range_len(sp.in[j]), shape_plane(ws), true);
           }
@@ -1211,7 +1223,8 @@ static void generate_split(Gen *G, const bool *needs_grad) {
       emit_transfer(G, tr->to, tr->from, src, landing[in->transfer], sh.c * plane, len * plane,
                     len * plane, n->name);
       G->device = tr->from, G->src = t->src_files[tr->from];
-      emit_copy_channels(G, "a reduction: the receiver's partial gradient", "float",
+      emit_copy_channels(G, in->node, "reduce", "a reduction: the receiver's partial gradient",
+                         "float",
                          landing[in->transfer], len, 0, grad[tr->from][tr->node], sh.c,
                          tr->range.begin, len, plane, true);
       break;
