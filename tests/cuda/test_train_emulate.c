@@ -437,8 +437,8 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
     const Node *node = &g->nodes[in->node];
     const float *xs[64];
     float *dx[64];
-    for (int j = 0; j < in->n_x; j++) {
-      xs[j] = hv[in->x[j]];
+    for (int j = 0; j < in->n_x; j++) {  // -1: an input this backward does not read
+      xs[j] = in->x[j] >= 0 ? hv[in->x[j]] : NULL;
       dx[j] = in->dx[j] >= 0 ? hv[in->dx[j]] : NULL;
     }
     OpCall c = {g, node, batch, xs, in->y >= 0 ? hv[in->y] : NULL,

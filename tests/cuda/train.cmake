@@ -3,6 +3,7 @@
 #                             through the plan interpreter: two SGD steps against the
 #                             reference's gradients and update
 #   cuda.train_emulate_2dev.SPEC  the same with the two-device split, against one device
+#   cuda.train_emulate_3dev.SPEC  three devices, two specs
 #   cuda.train_mutants        broken variants of mini-alexnet's generated step must fail
 #   cuda.train_split_mutants  a send or a reduction left out of the split must fail
 #   cuda.train_nvrtc.SPEC     the generated step compiles with NVRTC for sm_90
@@ -45,6 +46,15 @@ if(ALEXC_CXX)
                          SKIP_RETURN_CODE 77)
     alexc_label(cuda.train_nvrtc.${name} cuda)
     alexc_label(cuda.train_nvrtc_2dev.${name} cuda)
+  endforeach()
+  # Three devices: the partition's uneven splits (and a tower per device where it pays).
+  foreach(spec ${PROJECT_SOURCE_DIR}/specs/mini-alexnet.yaml
+               ${CMAKE_CURRENT_SOURCE_DIR}/passes/graphs/two_towers.yaml)
+    get_filename_component(name ${spec} NAME_WE)
+    add_test(NAME cuda.train_emulate_3dev.${name}
+             COMMAND test_train_emulate ${_train_args} ${spec} --devices 3
+             WORKING_DIRECTORY ${ALEXC_ROOT})
+    alexc_label(cuda.train_emulate_3dev.${name} cuda)
   endforeach()
   add_test(NAME cuda.train_mutants
            COMMAND test_train_emulate ${_train_args} ${PROJECT_SOURCE_DIR}/specs/mini-alexnet.yaml
