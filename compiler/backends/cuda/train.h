@@ -51,4 +51,18 @@ typedef struct {
   uint64_t seed, step;
 } CudaTrainControl;
 
+// Training through the runtime (train_run.c): the step generated for `devices`, compiled
+// for `arch` (NVRTC, cached), loaded with w's parameters and v's momenta, which then stay
+// on the devices. NULL with a message (no GPU, no NVRTC, a network it cannot train).
+typedef struct CudaTrainer CudaTrainer;
+CudaTrainer *cuda_trainer_new(const Graph *g, int devices, const char *arch, const Weights *w,
+                              const Weights *v);
+// One SGD step on n images (dropout masks from seed and step); the mean loss, or NaN with a
+// message (a label out of range, a device error). Counts top-1 hits into *top1.
+double cuda_trainer_step(CudaTrainer *c, double lr, uint64_t seed, int64_t step, const float *x,
+                         const int32_t *labels, int n, int *top1);
+// The parameters and momenta (either may be NULL), each row from the device computing it.
+bool cuda_trainer_download(CudaTrainer *c, Weights *w, Weights *v);
+void cuda_trainer_free(CudaTrainer *c);
+
 #endif
