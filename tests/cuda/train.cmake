@@ -9,7 +9,8 @@
 #   cuda.train_nvrtc.SPEC     the generated step compiles with NVRTC for sm_90
 #   cuda.train_nvrtc_2dev.SPEC  and each device's of the two-device split
 #   cuda.train_cli            alexc compile --train: the source, and its refusals
-#   cuda.train_fake           two SGD steps through runtime/cuda.c on the fake driver
+#   cuda.train_fake           two SGD steps through runtime/cuda.c on the fake driver, and
+#                             alexc train --target cuda for an epoch
 file(GLOB ALEXC_CUDA_TRAIN_SPECS ${PROJECT_SOURCE_DIR}/specs/*.yaml
      ${CMAKE_CURRENT_SOURCE_DIR}/passes/graphs/*.yaml)
 if(ALEXC_CXX)
@@ -80,6 +81,7 @@ if(ALEXC_CUDA AND ALEXC_CXX)
   add_test(NAME cuda.train_fake
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda/train_fake.sh $<TARGET_FILE:test_train_fake>
                    ${ALEXC_FAKE_CUDA_DIR} ${ALEXC_CXX} ${CMAKE_CURRENT_SOURCE_DIR}/cuda/cuda_emu.h
+                   ${ALEXC_BIN}
            WORKING_DIRECTORY ${ALEXC_ROOT})
   set_tests_properties(cuda.train_fake PROPERTIES SKIP_RETURN_CODE 77)
   alexc_label(cuda.train_fake cuda)
