@@ -1,5 +1,6 @@
 // The CUDA executor's entry points in a runtime built without the CUDA toolkit's
 // headers (ALEXC_CUDA=OFF): the same interface, each call saying why it cannot run.
+#include "alexrt.h"
 #include "alexrt_cuda.h"
 #include "internal.h"
 

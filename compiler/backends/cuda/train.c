@@ -19,6 +19,11 @@
 //             with the rounding intrinsics, so no multiply-add is contracted
 // Every shape is a constexpr in the kernel's namespace; arguments are buffers and the
 // batch. Not tuned: one thread per element everywhere but the GEMMs.
+//
+// With devices > 1 the program carries the partition plan's sends and reductions, and
+// train/parallel.c's pieces run as kernels (generate_split): each piece's op goes through
+// the same emitters on the piece's local graph, between gathers and scatters of channels.
+// Checked by CPU emulation and a fake driver (tests/cuda/); never run on a GPU yet.
 #define _GNU_SOURCE
 #include <stdarg.h>
 #include <stdlib.h>
@@ -508,8 +513,10 @@ static void emit_forward_simple(Gen *G, const TInstr *in) {
            "    y[i] = (float)(x[i] / pow(K + ALPHA * sum, BETA));\n");
     if (save)
       out(G, "    saved[i] = (float)sum;\n");
-    if (save)
-      args[2] = value_at(G, in->saved), na = 1;
+    if (save) {  // a third argument: the saved sums
+      args[2] = value_at(G, in->saved);
+      na = 1;
+    }
     break;
   }
   case OP_MAXPOOL: {
