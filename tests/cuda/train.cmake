@@ -56,7 +56,11 @@ if(ALEXC_CXX)
     add_test(NAME cuda.train_emulate_3dev.${name}
              COMMAND test_train_emulate ${_train_args} ${spec} --devices 3
              WORKING_DIRECTORY ${ALEXC_ROOT})
-    alexc_label(cuda.train_emulate_3dev.${name} cuda)
+    if(ALEXC_SANITIZE AND name STREQUAL "two_towers")  # 3 minutes under ASan
+      set_property(TEST cuda.train_emulate_3dev.${name} APPEND PROPERTY LABELS cuda slow)
+    else()
+      alexc_label(cuda.train_emulate_3dev.${name} cuda)
+    endif()
   endforeach()
   add_test(NAME cuda.train_mutants
            COMMAND test_train_emulate ${_train_args} ${PROJECT_SOURCE_DIR}/specs/mini-alexnet.yaml
@@ -84,5 +88,9 @@ if(ALEXC_CUDA AND ALEXC_CXX)
                    ${ALEXC_BIN}
            WORKING_DIRECTORY ${ALEXC_ROOT})
   set_tests_properties(cuda.train_fake PROPERTIES SKIP_RETURN_CODE 77)
-  alexc_label(cuda.train_fake cuda)
+  if(ALEXC_SANITIZE)  # about 6 minutes with ASan-instrumented fakes: the plain build's
+    set_property(TEST cuda.train_fake APPEND PROPERTY LABELS cuda slow)
+  else()
+    alexc_label(cuda.train_fake cuda)
+  endif()
 endif()
