@@ -6,7 +6,10 @@
 // after each step) against the reference's on the same state: the loss, the top-1 hits,
 // the momenta and the weights.
 //
-// usage: test_train_fake SPEC DEVICES     (exit 77: this build cannot compile CUDA)
+// The same binary on a real driver is cuda.train_gpu (label gpu): the device machine's
+// check of the training step against the reference.
+//
+// usage: test_train_fake SPEC DEVICES     (exit 77: no NVRTC in this build, or no GPU)
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +44,10 @@ int main(int argc, char **argv) {
   }
   if (!cuda_have_nvrtc()) {
     printf("SKIP: no NVRTC in this build\n");
+    return 77;
+  }
+  if (!rt_cuda_available()) {  // run as cuda.train_gpu on a machine without one
+    printf("SKIP: %s\n", rt_error());
     return 77;
   }
   int devices = atoi(argv[2]), batch = 3;

@@ -11,6 +11,7 @@
 #   cuda.train_cli            alexc compile --train: the source, and its refusals
 #   cuda.train_fake           two SGD steps through runtime/cuda.c on the fake driver, and
 #                             alexc train --target cuda for an epoch
+#   cuda.train_gpu.*          the same two steps on a real GPU (label gpu; skipped without)
 file(GLOB ALEXC_CUDA_TRAIN_SPECS ${PROJECT_SOURCE_DIR}/specs/*.yaml
      ${CMAKE_CURRENT_SOURCE_DIR}/passes/graphs/*.yaml)
 if(ALEXC_CXX)
@@ -88,6 +89,15 @@ if(ALEXC_CUDA AND ALEXC_CXX)
                    ${ALEXC_BIN}
            WORKING_DIRECTORY ${ALEXC_ROOT})
   set_tests_properties(cuda.train_fake PROPERTIES SKIP_RETURN_CODE 77)
+  # On the device machine: the same steps on the real driver and cuBLAS (skipped without a
+  # GPU): one device, and the two-device split (two GPUs, or two streams of one).
+  foreach(devices 1 2)
+    add_test(NAME cuda.train_gpu.${devices}dev
+             COMMAND test_train_fake ${PROJECT_SOURCE_DIR}/specs/mini-alexnet.yaml ${devices}
+             WORKING_DIRECTORY ${ALEXC_ROOT})
+    set_tests_properties(cuda.train_gpu.${devices}dev PROPERTIES SKIP_RETURN_CODE 77)
+    alexc_label(cuda.train_gpu.${devices}dev gpu)
+  endforeach()
   if(ALEXC_SANITIZE)  # about 6 minutes with ASan-instrumented fakes: the plain build's
     set_property(TEST cuda.train_fake APPEND PROPERTY LABELS cuda slow)
   else()
