@@ -809,6 +809,19 @@ void split_node_backward(Split *s, const TrainKernels *k, const Weights *w, int 
 void split_send(Split *s, int transfer, int n);
 void split_reduce(Split *s, int transfer, int n);
 const Graph *split_plan(const Split *s);  // the partitioned graph: its transfers
+// The pieces, read-only (the CUDA backend's training plan runs them as kernels), in the
+// order split_node_forward runs them (backward: reversed).
+typedef struct {
+  int node, device;
+  const Graph *g;     // the local graph: the inputs it reads (nodes 0..n_in-1), then the op
+  Range out, lout;    // channels it contributes; channels its op computes (an LRN's halo)
+  int n_in;
+  const int *input;   // spec node of each local input
+  const Range *in;    // the channels of it read
+  int64_t w_off, b_off;  // its first weight and bias element in the layer's tensors
+} SplitPiece;
+int split_n_pieces(const Split *s);
+SplitPiece split_piece(const Split *s, int k);
 // The devices' pieces, for `alexc dump --train --devices N`.
 void split_dump(const Split *s, FILE *out);
 

@@ -288,4 +288,13 @@ typedef struct {
 } RtMemory;
 bool rt_cuda_memory(RtCuda *r, RtMemory *m);
 
+// Training (compiler/backends/cuda/train.c) keeps its state on the devices and drives the
+// plan step by step: `floats` floats between the host and device d's address `a` as
+// resolved for `batch` images (the arenas sized for it first; a larger batch than before
+// reallocates them, so write a step's inputs after choosing its batch), waiting for them;
+// and every step of the plan without the input upload or output download, waited for.
+bool rt_cuda_write(RtCuda *r, int d, RtAddr a, int batch, const void *host, int64_t floats);
+bool rt_cuda_read(RtCuda *r, int d, RtAddr a, int batch, void *host, int64_t floats);
+bool rt_cuda_steps(RtCuda *r, int batch);
+
 #endif

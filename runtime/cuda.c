@@ -959,3 +959,41 @@ bool rt_cuda_memory(RtCuda *r, RtMemory *m) {
   }
   return true;
 }
+
+// ---------------------------------------------------------------- training
+
+// Device d's address `a` for `batch` images (the plan's arithmetic, rt_plan_run's).
+static CUdeviceptr resolve_addr(RtCuda *r, int d, RtAddr a, int batch) {
+  CUdeviceptr base = a.space == RT_SPACE_ARENA     ? r->arena[d]
+                     : a.space == RT_SPACE_WEIGHTS ? r->weights[d]
+                                                   : r->scratch[d];
+  int64_t at = a.space == RT_SPACE_WEIGHTS ? a.fixed : a.per_image * batch + a.fixed;
+  return base + (CUdeviceptr)at * sizeof(float);
+}
+
+static bool move_floats(RtCuda *r, int d, RtAddr a, int batch, void *host, int64_t floats,
+                        bool to_device) {
+  if (d < 0 || d >= r->plan->n_devices)
+    return rt_fail("cuda: no device %d in this plan", d);
+  if (!size_buffers(r, batch))
+    return false;
+  uint64_t dev = resolve_addr(r, d, a, batch), h = (uint64_t)(uintptr_t)host;
+  bool ok = to_device ? copy(r, d, dev, floats, -1, h, floats, floats, 1)
+                      : copy(r, -1, h, floats, d, dev, floats, floats, 1);
+  return ok && sync_all(r);
+}
+
+bool rt_cuda_write(RtCuda *r, int d, RtAddr a, int batch, const void *host, int64_t floats) {
+  return move_floats(r, d, a, batch, (void *)host, floats, true);
+}
+
+bool rt_cuda_read(RtCuda *r, int d, RtAddr a, int batch, void *host, int64_t floats) {
+  return move_floats(r, d, a, batch, host, floats, false);
+}
+
+bool rt_cuda_steps(RtCuda *r, int batch) {
+  if (!size_buffers(r, batch))
+    return false;
+  RtPlanOps ops = plan_ops(r);
+  return rt_plan_steps(r->plan, &ops, batch) && sync_all(r);
+}

@@ -1,5 +1,6 @@
 // The CUDA executor's entry points in a runtime built without the CUDA toolkit's
 // headers (ALEXC_CUDA=OFF): the same interface, each call saying why it cannot run.
+#include "alexrt.h"
 #include "alexrt_cuda.h"
 #include "internal.h"
 
@@ -45,5 +46,20 @@ void rt_times_free(RtTimes *t) { (void)t; }
 
 bool rt_cuda_memory(RtCuda *r, RtMemory *m) {
   (void)r, (void)m;
+  return none();
+}
+
+bool rt_cuda_write(RtCuda *r, int d, RtAddr a, int batch, const void *host, int64_t floats) {
+  (void)r, (void)d, (void)a, (void)batch, (void)host, (void)floats;
+  return none();
+}
+
+bool rt_cuda_read(RtCuda *r, int d, RtAddr a, int batch, void *host, int64_t floats) {
+  (void)r, (void)d, (void)a, (void)batch, (void)host, (void)floats;
+  return none();
+}
+
+bool rt_cuda_steps(RtCuda *r, int batch) {
+  (void)r, (void)batch;
   return none();
 }

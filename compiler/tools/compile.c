@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "../backends/cuda/cuda.h"
+#include "../backends/cuda/train.h"
 #include "../backends/llvm/bundle.h"
 #include "cli.h"
 
@@ -21,6 +22,9 @@ static const char COMPILE_HELP[] =
     "  --target cuda     this help's target (--target cpu: alexc compile --target cpu --help)\n"
     CUDA_OPTIONS_HELP
     "  --emit-source DIR write the generated source as DIR/deviceN.cu (no NVRTC needed)\n"
+    "  --train           with --emit-source: the training step instead (DIR/train.cu, or\n"
+    "                    DIR/train-deviceN.cu with --devices N; the spec's graph as parsed;\n"
+    "                    compiler/backends/cuda/README.md)\n"
     "  --layer NAME      compile the network as if it ended at layer NAME (what alexc run\n"
     "                    --target cuda --layer NAME runs)\n"
     "  -o OUT            write the artifact (needs NVRTC). OUT ending in .so: a shared\n"
@@ -68,15 +72,41 @@ bool make_dirs(const char *path) {
   return ok;
 }
 
+// --train: the training step's source (compiler/backends/cuda/train.c), written as
+// DIR/train.cu, or DIR/train-deviceN.cu per device of a --devices split. Not compiled into
+// an artifact yet: nothing runs it but the emulation.
+static int compile_train(const char *spec, const PassOptions *passes, const char *out,
+                         const char *emit) {
+  if (out || !emit)
+    return usage_error("compile", "--train: only --emit-source DIR for now (no artifact)");
+  Graph *g = load_spec(spec);
+  CudaTrainPlan t;
+  bool ok = g && cuda_train_generate(g, NULL, passes->devices, &t);
+  if (ok) {
+    ok = make_dirs(emit);  // says why not itself
+    for (int d = 0; ok && d < t.devices; d++) {
+      char *path = t.devices > 1 ? format("%s/train-device%d.cu", emit, d)
+                                 : format("%s/train.cu", emit);
+      if (!(ok = rt_write_file_atomic(path, t.source[d], strlen(t.source[d]))))
+        error("%s", rt_error());
+      free(path);
+    }
+    cuda_train_free(&t);
+  }
+  graph_free(g);
+  return ok ? EXIT_OK : EXIT_ERR;
+}
+
 int cmd_compile_cuda(int argc, char **argv) {
   static const struct option opts[] = {
       {"target", required_argument, 0, 'T'}, {"emit-source", required_argument, 0, 'e'},
       {"output", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'},
-      {"layer", required_argument, 0, 'l'},
+      {"layer", required_argument, 0, 'l'}, {"train", no_argument, 0, 't'},
       CUDA_LONG_OPTIONS,                     PASS_LONG_OPTIONS,
       {0, 0, 0, 0}};
   const char *target = NULL, *arch_opt = NULL, *emit = NULL, *out = NULL, *cut_at = NULL;
   char arch[16];
+  bool train = false;
   PassOptions passes = pass_defaults();
   CudaOptions cuda = cuda_defaults();
   int c;
@@ -92,6 +122,7 @@ int cmd_compile_cuda(int argc, char **argv) {
     case 'e': emit = optarg; break;
     case 'o': out = optarg; break;
     case 'l': cut_at = optarg; break;
+    case 't': train = true; break;
     case 'h':
       fputs(COMPILE_HELP, stdout);
       return EXIT_OK;
@@ -109,6 +140,8 @@ int cmd_compile_cuda(int argc, char **argv) {
   if (!resolve_arch(arch_opt, false, arch, sizeof arch))
     return EXIT_ERR;
 
+  if (train)
+    return compile_train(argv[optind], &passes, out, emit);
   Graph *g = load_spec(argv[optind]);
   if (g && cut_at && !cut_at_layer(g, cut_at)) {
     graph_free(g);

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../backends/cuda/train.h"
 #include "cli.h"
 
 static const char TRAIN_HELP[] =
@@ -34,8 +35,9 @@ static const char TRAIN_HELP[] =
     "                      val/ subfolders of class folders of JPEG/PNG photos\n"
     "  --out DIR           where the run's files go (created); an existing run there is\n"
     "                      continued only with --resume, never overwritten\n"
-    "  --target T          ref (the reference executor: slow, the oracle) or cpu (the\n"
-    "                      default: the CPU target's kernels)\n"
+    "  --target T          ref (the reference executor: slow, the oracle), cpu (the\n"
+    "                      default: the CPU target's kernels) or cuda (the generated step\n"
+    "                      on the GPU(s), state resident there; evaluations on the CPU)\n"
     "  --epochs N          epochs to train (default 10)\n"
     "  --batch B           images per step (default 128)\n"
     "  --lr X              base learning rate (default 0.01, the paper's)\n"
@@ -401,7 +403,8 @@ static void on_stop_signal(int sig) {
 typedef struct {
   const TrainArgs *a;
   const Graph *g;
-  Trainer *t;
+  Trainer *t;          // the step's kernels; with --target cuda, the CPU's, to evaluate
+  CudaTrainer *cuda;   // --target cuda: the step on the GPU(s), the state resident there
   Dataset *train, *test;
   RunFiles files;
   TrainState s;
@@ -483,8 +486,15 @@ static bool lead_wrote(const Run *r, bool ok) {
   return ok;
 }
 
+// --target cuda: the parameters and momenta the GPU(s) hold, into the host's state (before
+// a checkpoint, an evaluation, the final weights).
+static bool sync_state(Run *r) {
+  return !r->cuda || cuda_trainer_download(r->cuda, r->s.w, r->s.v);
+}
+
 static bool save_checkpoint(Run *r) {
-  return r->a->rank || lead_wrote(r, checkpoint_save(r->files.checkpoint, &r->s));
+  return r->a->rank ||
+         lead_wrote(r, sync_state(r) && checkpoint_save(r->files.checkpoint, &r->s));
 }
 
 // The plateau rule: divide the rate by 10 once the test error has not improved for
@@ -541,6 +551,11 @@ static void gather_parts(Run *r, int n, int *first, int *total, bool *stop) {
 // global batch's mean loss; *hits and *total count over the global batch too.
 static double train_step(Run *r, double lr, const float *x, const int32_t *labels, int n,
                          int first, int total, int *hits) {
+  if (r->cuda) {  // trainer_step's contract: the state advances by a step
+    double loss = cuda_trainer_step(r->cuda, lr, r->s.seed, r->s.step, x, labels, n, hits);
+    r->s.step++;
+    return loss;
+  }
   if (r->a->ranks < 2)
     return trainer_step(r->t, &r->s, lr, x, labels, n, hits);
   double sums[2] = {trainer_step_part(r->t, &r->s, lr, x, labels, n, first, total, hits), 0};
@@ -623,7 +638,7 @@ static bool ranks_agree(const Run *r) {
 
 // After an epoch: test, schedule, metrics row, checkpoint, curves.
 static bool finish_epoch(Run *r, double seconds) {
-  if (!ranks_agree(r))
+  if (!ranks_agree(r) || !sync_state(r))
     return false;
   EvalResult e = evaluate(r->t, r->g, r->s.w, r->test, r->a->batch, r->a->ranks);
   int64_t steps = r->s.epoch_step ? r->s.epoch_step : 1;
@@ -764,17 +779,30 @@ static bool set_up(Run *r, TrainArgs *a, Graph *g, char **config, int *lock) {
   if (!g || !resolve_settings(a, g))
     return false;
   *config = config_text(a);
-  const Target *target = target_find(a->target);
+  // --target cuda: the step on the GPU(s) (compiler/backends/cuda/train_run.c), the CPU
+  // target's kernels for the evaluations.
+  bool cuda = !strcmp(a->target, "cuda");
+  const Target *target = target_find(cuda ? "cpu" : a->target);
   if (!target || !target->train) {
-    error("--target %s cannot train (training targets: ref, cpu)", a->target);
+    error("--target %s cannot train (training targets: ref, cpu, cuda)", a->target);
+    return false;
+  }
+  if (cuda && a->ranks > 1) {
+    error("--target cuda trains in one process (its --devices split the model), not under "
+          "mpirun");
     return false;
   }
   if (a->threads)
     cpu_train_set_threads(a->threads);
   DataOptions dtr = data_options(g, a, true), dte = data_options(g, a, false);
-  return (r->train = data_open(a->data, &dtr)) && (r->test = data_open(a->data, &dte)) &&
-         (r->t = trainer_new(g, target->train, a->batch, a->devices)) &&
-         classes_fit(r->train, r->t, a->data, g) && start_lead(r, *config, lock);
+  bool ok = (r->train = data_open(a->data, &dtr)) && (r->test = data_open(a->data, &dte)) &&
+            (r->t = trainer_new(g, target->train, a->batch, a->devices)) &&
+            classes_fit(r->train, r->t, a->data, g) && start_lead(r, *config, lock);
+  char arch[16];
+  if (ok && cuda)
+    ok = resolve_arch(NULL, true, arch, sizeof arch) &&
+         (r->cuda = cuda_trainer_new(g, a->devices, arch, r->s.w, r->s.v)) != NULL;
+  return ok;
 }
 
 static int train_run(TrainArgs *a) {
@@ -805,7 +833,7 @@ static int train_run(TrainArgs *a) {
   }
   free(x);
   free(labels);
-  if (ok && (a->rank || weights_save(r.s.w, r.files.weights))) {
+  if (ok && (a->rank || (sync_state(&r) && weights_save(r.s.w, r.files.weights)))) {
     if (!a->rank)
       printf("wrote %s, %s, %s\n", r.files.weights, r.files.csv, r.files.png);
     status = EXIT_OK;
@@ -821,6 +849,7 @@ done:
   weights_free(r.s.w);
   weights_free(r.s.v);
   trainer_free(r.t);
+  cuda_trainer_free(r.cuda);
   data_close(r.train);
   data_close(r.test);
   run_files_free(&r.files);

@@ -354,6 +354,14 @@ void split_node_backward(Split *s, const TrainKernels *k, const Weights *w, int 
 
 const Graph *split_plan(const Split *s) { return s->plan; }
 
+int split_n_pieces(const Split *s) { return s->n_pieces; }
+
+SplitPiece split_piece(const Split *s, int k) {
+  const Piece *p = &s->pieces[k];
+  return (SplitPiece){p->node, p->device, p->g, p->out, p->lout, p->n_in, p->input, p->in,
+                      p->w_off, p->b_off};
+}
+
 static void put_range(FILE *out, Range r) {
   fprintf(out, "[%lld, %lld)", (long long)r.begin, (long long)r.end);
 }

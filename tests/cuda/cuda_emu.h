@@ -82,6 +82,13 @@ static inline float rsqrtf(float x) {
   return nextafterf(nextafterf(1.0f / sqrtf(x), INFINITY), INFINITY);
 }
 
+// The rounding intrinsics the training update uses so that nvcc/NVRTC cannot contract
+// its products and sums into fused multiply-adds; on the CPU, plain IEEE operations
+// (g++ contracts nothing without FMA in the target ISA).
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __dsub_rn(double a, double b) { return a - b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+
 static thread_local dim3 blockIdx, threadIdx, blockDim, gridDim;
 
 static void set_thread(unsigned block, unsigned thread, unsigned block_dim, unsigned grid_dim) {

@@ -21,6 +21,11 @@ for v in "${variants[@]}"; do
     exit 1
   fi
 done
+# The training step (one device): compiler/backends/cuda/train.c.
+if ! "$alexc" compile specs/alexnet.yaml --target cuda --train --emit-source "$out/alexnet/train"; then
+  echo "FAIL: alexc compile specs/alexnet.yaml --target cuda --train"
+  exit 1
+fi
 if [ "$update" = --update ]; then
   rm -rf generated/alexnet
   mkdir -p generated
