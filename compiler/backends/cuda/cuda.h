@@ -96,8 +96,14 @@ typedef struct {
   int y_scale, y_shift, x_scale, x_shift;
   int bn;                      // kernels per GEMM tile (the pixels: 64)
   int64_t gemm_tiles;          // 64 x bn GEMM tiles per image
+  int staged;                  // cuda_fused_staged(n)
 } CudaFusedTile;
 CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec);
+// The stage whose values the fused kernel computes once per region pixel into shared
+// memory after the GEMM, for the first max-pool to read (the LRN before it, which the
+// pool's overlapping windows would otherwise recompute): the stage before the first
+// pool, where an LRN precedes that pool and none follows it; 0 for none.
+int cuda_fused_staged(const Node *n);
 // Whether conv node n on device d is one tiled kernel under --conv fused: its fused
 // stages are ReLU, dropout, LRN and max-pool (what the fusion pass makes), its region
 // fits, and it is not the simpler implicit kernel that writes its output.

@@ -313,8 +313,11 @@ static void emit_tiling(FILE *f, RtPrecision prec, int bn) {
           "                  BN %% B_COL_STEP == 0,\n"
           "              \"the tile loads divide evenly among the threads\");\n",
           TILE_M, bn, TILE_K, THREAD_M, bn / THREADS_N, b_pad(prec));
-  if (prec == RT_FP32)
+  if (prec == RT_FP32) {
+    fputs("constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles\n",
+          f);
     return;
+  }
   bool tf32 = prec == RT_TF32;
   fprintf(f,
           "\n"
@@ -339,21 +342,25 @@ static void emit_tiling(FILE *f, RtPrecision prec, int bn) {
           tf32 ? 8 : 16, tf32 ? "wmma::__float_to_tf32" : "__float2bfloat16");
 }
 
-// The kernel's shared operand tiles and its threads' roles in loading and computing.
-static void emit_gemm_preamble(FILE *f, RtPrecision prec) {
+// The kernel's shared operand tiles, carved out of the GEMM_SMEM bytes at `smem` (which
+// the caller declares), and its threads' roles in loading and computing.
+static void emit_gemm_preamble(FILE *f, RtPrecision prec, const char *smem) {
   if (prec == RT_FP32)
-    fputs("  __shared__ float a_tile[BK][BM];          // A: input values under the taps\n"
-          "  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels\n",
-          f);
+    fprintf(f,
+            "  // A: input values under the taps; W, transposed: depth x kernels.\n"
+            "  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(%s);\n"
+            "  float(*const b_tile)[BN + B_PAD] =\n"
+            "      reinterpret_cast<float(*)[BN + B_PAD]>(%s + sizeof(float) * BK * BM);\n",
+            smem, smem);
   else
-    fputs("  __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];\n"
-          "  // A: input values under the taps, W: transposed, depth x kernels; then the\n"
-          "  // accumulators, kernels x pixels.\n"
-          "  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);\n"
-          "  Operand(*const b_tile)[BN + B_PAD] =\n"
-          "      reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);\n"
-          "  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);\n",
-          f);
+    fprintf(f,
+            "  // A: input values under the taps, W: transposed, depth x kernels; then the\n"
+            "  // accumulators, kernels x pixels.\n"
+            "  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(%s);\n"
+            "  Operand(*const b_tile)[BN + B_PAD] =\n"
+            "      reinterpret_cast<Operand(*)[BN + B_PAD]>(%s + sizeof(Operand) * BK * BM);\n"
+            "  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(%s);\n",
+            smem, smem, smem);
   fputs("  // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns\n"
         "  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.\n"
         "  const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;\n"
@@ -417,7 +424,8 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
   else
     fputs("    float *__restrict__ out,\n", f);
   fprintf(f, "    int batch) {\n  using namespace node%02d_implicit;\n", node);
-  emit_gemm_preamble(f, prec);
+  fputs("  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];\n", f);
+  emit_gemm_preamble(f, prec, "smem");
   fprintf(f,
           "  const long long M = (long long)batch * PIXELS;%s\n"
           "  const long long tiles = (M + BM - 1) / BM * N_TILES;\n"
@@ -496,6 +504,29 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
 // The static shared memory a block may have: the region and the GEMM's (gemm_smem) share it.
 #define SMEM_LIMIT (48 * 1024)
 
+int cuda_fused_staged(const Node *n) {
+  int pool = 0;
+  bool lrn_before = false, lrn_after = false;
+  for (int k = 1; k <= n->n_epilogue; k++) {
+    OpKind op = n->epilogue[k - 1].op;
+    if (op == OP_MAXPOOL && !pool)
+      pool = k;
+    else if (op == OP_LRN)
+      *(pool ? &lrn_after : &lrn_before) = true;
+  }
+  return pool && lrn_before && !lrn_after ? pool - 1 : 0;
+}
+
+// The fused kernel's shared memory in bytes, as its SMEM_BYTES computes it: the GEMM's
+// operand tiles, which the staged stage's values (tc channels x the region's pixels)
+// reuse once the region is complete, rounded up to 32 bytes (wmma's fragment
+// alignment for the region after them); then the region, rc channels x rp pixels.
+static int64_t fused_smem(RtPrecision prec, int bn, bool staged, int tc, int rc, int64_t rp) {
+  int64_t gemm = gemm_smem(prec, bn), stage = staged ? (int64_t)sizeof(float) * tc * rp : 0;
+  int64_t shared = ((gemm > stage ? gemm : stage) + 31) / 32 * 32;
+  return shared + (int64_t)sizeof(float) * rc * rp;
+}
+
 // Rows (or columns) of the conv output that `len` consecutive rows of the node's output
 // depend on: each pool, last to first, widens a run of len to (len - 1) * S + K.
 static int region_len(const Node *n, int len) {
@@ -550,17 +581,20 @@ CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec) {
   Range out = n->place[d].stage[n->n_epilogue];
   int channels = (int)range_len(out), h = (int)n->out.h, w = (int)n->out.w;
   int64_t best = INT64_MAX, best_tiles = INT64_MAX;
+  t.staged = cuda_fused_staged(n);
   for (int bn = bn_step(prec); bn <= THREADS_N * MAX_TN; bn += bn_step(prec)) {
-    int64_t region_max = (SMEM_LIMIT - gemm_smem(prec, bn)) / (int64_t)sizeof(float);
     for (int tc = 1; tc <= channels; tc++) {
       int rc = tc + 2 * t.halo, c_tiles = (channels + tc - 1) / tc;
       int64_t units = 0;  // BN-wide GEMM tiles over the channels of every channel tile
       for (int c = 0; c < c_tiles; c++)
         units += channel_units(n, d, out.begin + (int64_t)c * tc - t.halo, rc, bn);
-      for (int th = 1; th <= h && (int64_t)rc * region_len(n, th) <= region_max; th++)
+      // The shared memory grows with the rows and the columns: the first that does not
+      // fit ends each loop.
+      for (int th = 1; th <= h && fused_smem(prec, bn, t.staged, tc, rc, region_len(n, th)) <= SMEM_LIMIT;
+           th++)
         for (int tw = 1; tw <= w; tw++) {
           int rh = region_len(n, th), rw = region_len(n, tw);
-          if ((int64_t)rc * rh * rw > region_max)
+          if (fused_smem(prec, bn, t.staged, tc, rc, (int64_t)rh * rw) > SMEM_LIMIT)
             break;
           int64_t spatial = (int64_t)((h + th - 1) / th) * ((w + tw - 1) / tw);
           int64_t gemm_tiles = units * spatial * ((rh * rw + TILE_M - 1) / TILE_M);
@@ -612,14 +646,19 @@ static void emit_fused_comment(FILE *f, const Node *n, int d, const CudaFusedTil
           "// loading BK-deep slices of the input and the weights into shared memory and\n"
           "// each accumulating a TM x TN register tile. After a barrier\n"
           "// the block's threads compute the tile's outputs from the region with the\n"
-          "// stage functions above. Only the output reaches device memory.\n"
-          "// Neighbouring tiles share their halo, which each computes: the tile\n"
+          "// stage functions above%s.\n"
+          "// Only the output reaches device memory. Neighbouring tiles share their halo,\n"
+          "// which each computes: the tile\n"
           "// size is chosen to run the fewest GEMM tiles per image (a model; see\n"
           "// implicit.c, cuda_fused_tile). Here %lld GEMM tiles of %d x %d per image, which\n"
           "// the %lld conv outputs this device needs would fill to %.0f%%: the rest is\n"
           "// halo that neighbouring tiles both compute, and partial tiles.\n"
           "//\n",
-          t->halo, (long long)t->gemm_tiles, TILE_M, t->bn, (long long)needed,
+          t->halo,
+          t->staged ? " (the LRN, which the pool's windows overlap, first once per\n"
+                      "// region pixel into shared memory, then the pool from there)"
+                    : "",
+          (long long)t->gemm_tiles, TILE_M, t->bn, (long long)needed,
           100.0 * (double)needed / ((double)t->gemm_tiles * TILE_M * t->bn));
   emit_precision_note(f, prec);
 }
@@ -653,6 +692,25 @@ void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *
           t.c_tiles, t.y_tiles, t.x_tiles, t.halo, t.rc, t.rh, t.rw, t.y_scale, t.y_shift,
           t.x_scale, t.x_shift);
   emit_tiling(f, prec, t.bn);
+  int64_t smem = fused_smem(prec, t.bn, t.staged, t.tc, t.rc, (int64_t)t.rh * t.rw);
+  if (t.staged)
+    fprintf(f,
+            "\n"
+            "// Shared memory: the GEMM's operand tiles, reused once the region is complete for\n"
+            "// stage %d (%s) over the tile's channels and the region's pixels, which the pool\n"
+            "// then reads; after them the region.\n"
+            "constexpr int STAGED_BYTES = sizeof(float) * TC * RP;\n",
+            t.staged, n->epilogue[t.staged - 1].name);
+  else
+    fputs("\n"
+          "// Shared memory: the GEMM's operand tiles, then the region.\n"
+          "constexpr int STAGED_BYTES = 0;\n",
+          f);
+  fprintf(f,
+          "constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;\n"
+          "constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;\n"
+          "static_assert(SMEM_BYTES == %lld, \"the size cuda_fused_tile fitted\");\n",
+          (long long)smem);
   fprintf(f, "\n}  // namespace node%02d_fused\n\n", node);
 }
 
@@ -669,9 +727,14 @@ void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname
           "    int batch) {\n"
           "  using namespace node%02d_fused;\n",
           node, kname, a->bias ? "    const float *__restrict__ b,\n" : "", node);
-  emit_gemm_preamble(f, prec);
-  fputs("  __shared__ float region[RC * RP];  // the conv output: channel, row, column\n"
-        "  const long long tiles = (long long)batch * TILES_PER_IMAGE;\n", f);
+  int staged = cuda_fused_staged(n);
+  fputs("  __shared__ __align__(32) unsigned char smem[SMEM_BYTES];\n", f);
+  emit_gemm_preamble(f, prec, "smem");
+  fputs("  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column\n", f);
+  if (staged)
+    fprintf(f, "  float *const staged = reinterpret_cast<float *>(smem);  // stage %d, over the GEMM's tiles\n",
+            staged);
+  fputs("  const long long tiles = (long long)batch * TILES_PER_IMAGE;\n", f);
   fprintf(f,
           "  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {\n"
           "    // Tiles are numbered image, row, column, channel (channel tiles of the same\n"
@@ -713,17 +776,41 @@ void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname
           "      }\n"
           "    }\n"
           "    __syncthreads();  // the region is complete\n"
-          "\n"
-          "    const node%02d::Ptrs p = {region, rc0, ry0, rx0};\n"
+          "\n",
+          a->bias ? ", with the bias" : "", a->bias ? " + b[c - C_BEGIN]" : "");
+  if (staged)
+    fprintf(f,
+            "    // Stage %d once per channel of the tile and pixel of the region, into shared\n"
+            "    // memory: the pool's overlapping windows then read it there instead of each\n"
+            "    // computing it again (%d x %d windows, stride %d: about %.2f times per value,\n"
+            "    // each time reading its window's channels of the region). Pixels outside the\n"
+            "    // conv output and channels past OUT_END are never read: skipped.\n"
+            "    const node%02d::Ptrs p = {region, rc0, ry0, rx0, staged, oc0};\n"
+            "    for (int e = threadIdx.x; e < TC * RP; e += THREADS) {\n"
+            "      const int c = oc0 + e / RP, sy = ry0 + e %% RP / RW, sx = rx0 + e %% RW;\n"
+            "      if (c < OUT_END && sy >= 0 && sy < CONV_H && sx >= 0 && sx < CONV_W)\n"
+            "        staged[e] = node%02d::stage%d_compute(p, img, c, sy, sx);\n"
+            "    }\n"
+            "    __syncthreads();  // the staged values are complete\n"
+            "\n",
+            staged, n->epilogue[staged].pool.kernel, n->epilogue[staged].pool.kernel,
+            n->epilogue[staged].pool.stride,
+            (double)(n->epilogue[staged].pool.kernel * n->epilogue[staged].pool.kernel) /
+                (n->epilogue[staged].pool.stride * n->epilogue[staged].pool.stride),
+            node, node, staged);
+  else
+    fprintf(f, "    const node%02d::Ptrs p = {region, rc0, ry0, rx0};\n", node);
+  fprintf(f,
           "    for (int e = threadIdx.x; e < TC * TH * TW; e += THREADS) {\n"
           "      const int c = oc0 + e / (TH * TW), oy = oy0 + e / TW %% TH, ox = ox0 + e %% TW;\n"
           "      if (c < OUT_END && oy < OUT_H && ox < OUT_W)\n"
           "        y[((img * HELD + (c - HELD_BEGIN)) * OUT_H + oy) * OUT_W + ox] = node%02d::stage%d(p, img, c, oy, ox);\n"
           "    }\n"
-          "    // No barrier needed here: the next tile writes the region only after its\n"
-          "    // GEMM's first barrier, which each thread reaches after these reads.\n"
+          "%s"
           "  }\n"
           "}\n\n",
-          a->bias ? ", with the bias" : "", a->bias ? " + b[c - C_BEGIN]" : "", node, node,
-          n->n_epilogue);
+          node, n->n_epilogue,
+          staged ? "    __syncthreads();  // the staged values are read: the next tile's GEMM overwrites them\n"
+                 : "    // No barrier needed here: the next tile writes the region only after its\n"
+                   "    // GEMM's first barrier, which each thread reaches after these reads.\n");
 }

@@ -42,11 +42,13 @@
 // loading BK-deep slices of the input and the weights into shared memory and
 // each accumulating a TM x TN register tile. After a barrier
 // the block's threads compute the tile's outputs from the region with the
-// stage functions above. Only the output reaches device memory.
-// Neighbouring tiles share their halo, which each computes: the tile
+// stage functions above (the LRN, which the pool's windows overlap, first once per
+// region pixel into shared memory, then the pool from there).
+// Only the output reaches device memory. Neighbouring tiles share their halo,
+// which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 63 GEMM tiles of 64 x 96 per image, which
-// the 290400 conv outputs this device needs would fill to 75%: the rest is
+// implicit.c, cuda_fused_tile). Here 81 GEMM tiles of 64 x 96 per image, which
+// the 290400 conv outputs this device needs would fill to 58%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // fp32 on CUDA cores throughout.
@@ -67,10 +69,10 @@ constexpr int HELD_BEGIN = 0, HELD = 96;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 96, TH = 3, TW = 4;
-constexpr int C_TILES = 1, Y_TILES = 9, X_TILES = 7;
+constexpr int TC = 96, TH = 1, TW = 9;
+constexpr int C_TILES = 1, Y_TILES = 27, X_TILES = 3;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 100, RH = 7, RW = 9, RP = RH * RW;
+constexpr int HALO = 2, RC = 100, RH = 3, RW = 19, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
@@ -84,6 +86,15 @@ constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
+
+// Shared memory: the GEMM's operand tiles, reused once the region is complete for
+// stage 2 (norm1) over the tile's channels and the region's pixels, which the pool
+// then reads; after them the region.
+constexpr int STAGED_BYTES = sizeof(float) * TC * RP;
+constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
+constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
+static_assert(SMEM_BYTES == 44688, "the size cuda_fused_tile fitted");
 
 }  // namespace node01_fused
 
@@ -92,6 +103,8 @@ namespace node01 {
 struct Ptrs {
   const float *region;  // the conv output the block computed (shared memory)
   int c0, y0, x0;       // its first channel, row and column
+  const float *staged;  // stage 2 over the tile's channels and the region's pixels
+  int s0;               // its first channel (the tile's)
 };
 
 // Stage 0, conv1: conv 3x227x227 -> 96x55x55, 96 kernels 11x11, stride 4, pad 0, groups 1.
@@ -108,7 +121,7 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 }
 
 // Stage 2, norm1: lrn 96x55x55 -> 96x55x55, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
-__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+__device__ __forceinline__ float stage2_compute(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 96;  // window: c +- HALF within c's group
   constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
@@ -125,6 +138,14 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
   // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
   const float r = rsqrtf(K + ALPHA * sum);
   return centre * (r * sqrtf(r));
+}
+
+// Stage 2 as the kernel computed it into shared memory (stage2_compute, once per
+// channel of the tile and region pixel), for the pool's overlapping windows.
+__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+  using namespace node01_fused;
+  (void)img;
+  return p.staged[(c - p.s0) * RP + (y - p.y0) * RW + (x - p.x0)];
 }
 
 // Stage 3, pool1: maxpool 96x55x55 -> 96x27x27, 3x3 window, stride 2, pad 0.
@@ -153,14 +174,18 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
     float *__restrict__ y,
     int batch) {
   using namespace node01_fused;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[SMEM_BYTES];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
-  __shared__ float region[RC * RP];  // the conv output: channel, row, column
+  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column
+  float *const staged = reinterpret_cast<float *>(smem);  // stage 2, over the GEMM's tiles
   const long long tiles = (long long)batch * TILES_PER_IMAGE;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     // Tiles are numbered image, row, column, channel (channel tiles of the same
@@ -237,14 +262,25 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
     }
     __syncthreads();  // the region is complete
 
-    const node01::Ptrs p = {region, rc0, ry0, rx0};
+    // Stage 2 once per channel of the tile and pixel of the region, into shared
+    // memory: the pool's overlapping windows then read it there instead of each
+    // computing it again (3 x 3 windows, stride 2: about 2.25 times per value,
+    // each time reading its window's channels of the region). Pixels outside the
+    // conv output and channels past OUT_END are never read: skipped.
+    const node01::Ptrs p = {region, rc0, ry0, rx0, staged, oc0};
+    for (int e = threadIdx.x; e < TC * RP; e += THREADS) {
+      const int c = oc0 + e / RP, sy = ry0 + e % RP / RW, sx = rx0 + e % RW;
+      if (c < OUT_END && sy >= 0 && sy < CONV_H && sx >= 0 && sx < CONV_W)
+        staged[e] = node01::stage2_compute(p, img, c, sy, sx);
+    }
+    __syncthreads();  // the staged values are complete
+
     for (int e = threadIdx.x; e < TC * TH * TW; e += THREADS) {
       const int c = oc0 + e / (TH * TW), oy = oy0 + e / TW % TH, ox = ox0 + e % TW;
       if (c < OUT_END && oy < OUT_H && ox < OUT_W)
         y[((img * HELD + (c - HELD_BEGIN)) * OUT_H + oy) * OUT_W + ox] = node01::stage3(p, img, c, oy, ox);
     }
-    // No barrier needed here: the next tile writes the region only after its
-    // GEMM's first barrier, which each thread reaches after these reads.
+    __syncthreads();  // the staged values are read: the next tile's GEMM overwrites them
   }
 }
 
@@ -260,11 +296,13 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
 // loading BK-deep slices of the input and the weights into shared memory and
 // each accumulating a TM x TN register tile. After a barrier
 // the block's threads compute the tile's outputs from the region with the
-// stage functions above. Only the output reaches device memory.
-// Neighbouring tiles share their halo, which each computes: the tile
+// stage functions above (the LRN, which the pool's windows overlap, first once per
+// region pixel into shared memory, then the pool from there).
+// Only the output reaches device memory. Neighbouring tiles share their halo,
+// which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 105 GEMM tiles of 64 x 48 per image, which
-// the 186624 conv outputs this device needs would fill to 58%: the rest is
+// implicit.c, cuda_fused_tile). Here 120 GEMM tiles of 64 x 48 per image, which
+// the 186624 conv outputs this device needs would fill to 51%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // fp32 on CUDA cores throughout.
@@ -285,10 +323,10 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 44, TH = 3, TW = 13;
-constexpr int C_TILES = 6, Y_TILES = 5, X_TILES = 1;
+constexpr int TC = 86, TH = 3, TW = 4;
+constexpr int C_TILES = 3, Y_TILES = 5, X_TILES = 4;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 48, RH = 7, RW = 27, RP = RH * RW;
+constexpr int HALO = 2, RC = 90, RH = 7, RW = 9, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
@@ -302,6 +340,15 @@ constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
+
+// Shared memory: the GEMM's operand tiles, reused once the region is complete for
+// stage 2 (norm2) over the tile's channels and the region's pixels, which the pool
+// then reads; after them the region.
+constexpr int STAGED_BYTES = sizeof(float) * TC * RP;
+constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
+constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
+static_assert(SMEM_BYTES == 44376, "the size cuda_fused_tile fitted");
 
 }  // namespace node02_fused
 
@@ -310,6 +357,8 @@ namespace node02 {
 struct Ptrs {
   const float *region;  // the conv output the block computed (shared memory)
   int c0, y0, x0;       // its first channel, row and column
+  const float *staged;  // stage 2 over the tile's channels and the region's pixels
+  int s0;               // its first channel (the tile's)
 };
 
 // Stage 0, conv2: conv 96x27x27 -> 256x27x27, 256 kernels 5x5, stride 1, pad 2, groups 2.
@@ -326,7 +375,7 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 }
 
 // Stage 2, norm2: lrn 256x27x27 -> 256x27x27, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
-__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+__device__ __forceinline__ float stage2_compute(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 256;  // window: c +- HALF within c's group
   constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
@@ -343,6 +392,14 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
   // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
   const float r = rsqrtf(K + ALPHA * sum);
   return centre * (r * sqrtf(r));
+}
+
+// Stage 2 as the kernel computed it into shared memory (stage2_compute, once per
+// channel of the tile and region pixel), for the pool's overlapping windows.
+__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+  using namespace node02_fused;
+  (void)img;
+  return p.staged[(c - p.s0) * RP + (y - p.y0) * RW + (x - p.x0)];
 }
 
 // Stage 3, pool2: maxpool 256x27x27 -> 256x13x13, 3x3 window, stride 2, pad 0.
@@ -371,14 +428,18 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
     float *__restrict__ y,
     int batch) {
   using namespace node02_fused;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[SMEM_BYTES];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
-  __shared__ float region[RC * RP];  // the conv output: channel, row, column
+  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column
+  float *const staged = reinterpret_cast<float *>(smem);  // stage 2, over the GEMM's tiles
   const long long tiles = (long long)batch * TILES_PER_IMAGE;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     // Tiles are numbered image, row, column, channel (channel tiles of the same
@@ -455,14 +516,25 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
     }
     __syncthreads();  // the region is complete
 
-    const node02::Ptrs p = {region, rc0, ry0, rx0};
+    // Stage 2 once per channel of the tile and pixel of the region, into shared
+    // memory: the pool's overlapping windows then read it there instead of each
+    // computing it again (3 x 3 windows, stride 2: about 2.25 times per value,
+    // each time reading its window's channels of the region). Pixels outside the
+    // conv output and channels past OUT_END are never read: skipped.
+    const node02::Ptrs p = {region, rc0, ry0, rx0, staged, oc0};
+    for (int e = threadIdx.x; e < TC * RP; e += THREADS) {
+      const int c = oc0 + e / RP, sy = ry0 + e % RP / RW, sx = rx0 + e % RW;
+      if (c < OUT_END && sy >= 0 && sy < CONV_H && sx >= 0 && sx < CONV_W)
+        staged[e] = node02::stage2_compute(p, img, c, sy, sx);
+    }
+    __syncthreads();  // the staged values are complete
+
     for (int e = threadIdx.x; e < TC * TH * TW; e += THREADS) {
       const int c = oc0 + e / (TH * TW), oy = oy0 + e / TW % TH, ox = ox0 + e % TW;
       if (c < OUT_END && oy < OUT_H && ox < OUT_W)
         y[((img * HELD + (c - HELD_BEGIN)) * OUT_H + oy) * OUT_W + ox] = node02::stage3(p, img, c, oy, ox);
     }
-    // No barrier needed here: the next tile writes the region only after its
-    // GEMM's first barrier, which each thread reaches after these reads.
+    __syncthreads();  // the staged values are read: the next tile's GEMM overwrites them
   }
 }
 
@@ -536,6 +608,7 @@ constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
 
 }  // namespace node03_implicit
 
@@ -546,8 +619,11 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
     float *__restrict__ y,
     int batch) {
   using namespace node03_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
@@ -700,6 +776,7 @@ constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
 
 }  // namespace node04_implicit
 
@@ -710,8 +787,11 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
     float *__restrict__ y,
     int batch) {
   using namespace node04_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
@@ -806,8 +886,9 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
 // loading BK-deep slices of the input and the weights into shared memory and
 // each accumulating a TM x TN register tile. After a barrier
 // the block's threads compute the tile's outputs from the region with the
-// stage functions above. Only the output reaches device memory.
-// Neighbouring tiles share their halo, which each computes: the tile
+// stage functions above.
+// Only the output reaches device memory. Neighbouring tiles share their halo,
+// which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
 // implicit.c, cuda_fused_tile). Here 8 GEMM tiles of 64 x 128 per image, which
 // the 43264 conv outputs this device needs would fill to 66%: the rest is
@@ -848,6 +929,13 @@ constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
+
+// Shared memory: the GEMM's operand tiles, then the region.
+constexpr int STAGED_BYTES = 0;
+constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
+constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
+static_assert(SMEM_BYTES == 37504, "the size cuda_fused_tile fitted");
 
 }  // namespace node05_fused
 
@@ -897,14 +985,17 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
     float *__restrict__ y,
     int batch) {
   using namespace node05_fused;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[SMEM_BYTES];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
-  __shared__ float region[RC * RP];  // the conv output: channel, row, column
+  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column
   const long long tiles = (long long)batch * TILES_PER_IMAGE;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     // Tiles are numbered image, row, column, channel (channel tiles of the same

@@ -102,6 +102,7 @@ constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
 
 }  // namespace node01_implicit
 
@@ -111,8 +112,11 @@ extern "C" __global__ __launch_bounds__(node01_implicit::THREADS) void k01_conv1
     float *__restrict__ out,
     int batch) {
   using namespace node01_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
@@ -350,6 +354,7 @@ constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
 
 }  // namespace node02_implicit
 
@@ -359,8 +364,11 @@ extern "C" __global__ __launch_bounds__(node02_implicit::THREADS) void k02_conv2
     float *__restrict__ out,
     int batch) {
   using namespace node02_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
@@ -599,6 +607,7 @@ constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
 
 }  // namespace node03_implicit
 
@@ -609,8 +618,11 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
     float *__restrict__ y,
     int batch) {
   using namespace node03_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
@@ -763,6 +775,7 @@ constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
 
 }  // namespace node04_implicit
 
@@ -773,8 +786,11 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
     float *__restrict__ y,
     int batch) {
   using namespace node04_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
@@ -926,6 +942,7 @@ constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
 
 }  // namespace node05_implicit
 
@@ -935,8 +952,11 @@ extern "C" __global__ __launch_bounds__(node05_implicit::THREADS) void k05_conv5
     float *__restrict__ out,
     int batch) {
   using namespace node05_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
   // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
