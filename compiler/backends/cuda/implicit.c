@@ -15,6 +15,7 @@
 // conv4 fused; every conv unfused): then the kernel adds the bias, applies the ReLU in
 // registers and writes the node's output buffer itself, over the whole batch; no
 // epilogue kernel, no scratch, no chunks (cuda_implicit_writes_output).
+#include <math.h>
 #include <string.h>
 
 #include "cuda.h"
@@ -501,8 +502,6 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
 // outputs with the node's stage functions (render.c), whose stage 0 reads that region.
 // Nothing but the final output goes to device memory.
 
-// The static shared memory a block may have: the region and the GEMM's (gemm_smem) share it.
-#define SMEM_LIMIT (48 * 1024)
 
 int cuda_fused_staged(const Node *n) {
   int pool = 0;
@@ -553,18 +552,37 @@ static int64_t channel_units(const Node *n, int d, int64_t c0, int64_t rc, int b
   return units;
 }
 
-// The cost of one 64 x BN GEMM tile in the fused kernel's model, in kernel columns:
-// BN columns of FMAs, plus a fixed part for what a tile does whatever its width, which
-// is gathering its 64 pixels' inputs (index arithmetic per element) and reading them
-// from shared memory. An estimate (per depth step a thread issues 4 TN FMAs, 4 + TN
-// shared-memory reads and about 5 instructions of loads; scaled, TN = BN / 16 columns
-// cost BN + 27): it keeps the model from trading a full tile for many thin ones.
-#define TILE_FIXED_COST 32
+// The cost of one 64 x BN GEMM tile in the fused kernel's model: SM cycles per warp and
+// depth step (BK), from the instructions the k-loop issues per thread and step and what
+// an SM (sm_90) can do per cycle: 4 warp-wide FP32 FMAs (128 lanes), 1 shared-memory
+// wavefront (128 bytes: a conflict-free LDS.32 of 32 lanes, or an LDS.128 whose lanes
+// read 8 different 16-byte words, the rest broadcast), 4 other warp instructions.
+//   FMAs (fp32): 16 depths x TM x TN = 4 BN per thread: BN cycles.
+//   Shared loads (fp32): per depth the thread's TM pixels and TN kernels. A warp's
+//     pixels are 16 distinct floats (its 2 rows of threads share them), its kernels 2
+//     (broadcast): with scalar loads 4 + TN wavefronts per depth, 64 + BN per step.
+//   Tensor cores: the fragments' loads (a 16 x 16 A fragment and BN / 32 B fragments
+//     per 16 depths, 1 KiB each in tf32, 512 bytes in bf16) and nothing else: the MMAs
+//     themselves are far faster than their operands' loads.
+//   The gather (any precision): per thread 4 A elements (16 instructions each: the tap
+//     from the depth, bounds, address; then the load and the store to shared memory)
+//     and BN / 16 weights (a compare, the address, the load, the store): 24 + BN / 8.
+// So fp32 costs 2.125 BN + 88 cycles, and thin tiles pay the gather and the pixels'
+// loads as often as wide ones. Estimates for the comparison, not timings.
+static double tile_cost(RtPrecision prec, int bn) {
+  double gather = 24.0 + bn / 8.0;
+  if (prec == RT_FP32)
+    return bn + (64.0 + bn) + gather;
+  double fragment_wavefronts = (prec == RT_TF32 ? 8.0 : 4.0);  // 1 KiB or 512 B / 128 B
+  return fragment_wavefronts * (1.0 + bn / 32.0) + gather;
+}
 
-// The tile size and BN: those whose GEMM tiles cost the least over an image (the
-// region's recomputed halo, partial tiles and group splits all count), among those
-// whose region fits in shared memory beside the GEMM's; on a tie, the fewest blocks. A
-// model, not a measurement: a session with a GPU should check it per layer.
+// The tile size and BN: those whose GEMM tiles cost the least over an image (tile_cost
+// each: the region's recomputed halo, partial tiles and group splits all count), among
+// those whose shared memory (fused_smem) fits in CUDA_SMEM_LIMIT; on a tie, the fewest
+// blocks. A model, not a measurement: a session with a GPU should check it per layer.
+// Not modelled: occupancy (a block of 256 threads with more than half the SM's shared
+// memory runs alone on its SM: 8 warps to hide the gather's latency).
 CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec) {
   CudaFusedTile t = {.y_scale = 1, .x_scale = 1};
   for (int k = n->n_epilogue; k >= 1; k--) {
@@ -580,7 +598,8 @@ CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec) {
   t.x_scale = t.y_scale;
   Range out = n->place[d].stage[n->n_epilogue];
   int channels = (int)range_len(out), h = (int)n->out.h, w = (int)n->out.w;
-  int64_t best = INT64_MAX, best_tiles = INT64_MAX;
+  double best = INFINITY;
+  int64_t best_tiles = INT64_MAX;
   t.staged = cuda_fused_staged(n);
   for (int bn = bn_step(prec); bn <= THREADS_N * MAX_TN; bn += bn_step(prec)) {
     for (int tc = 1; tc <= channels; tc++) {
@@ -590,15 +609,16 @@ CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec) {
         units += channel_units(n, d, out.begin + (int64_t)c * tc - t.halo, rc, bn);
       // The shared memory grows with the rows and the columns: the first that does not
       // fit ends each loop.
-      for (int th = 1; th <= h && fused_smem(prec, bn, t.staged, tc, rc, region_len(n, th)) <= SMEM_LIMIT;
+      for (int th = 1; th <= h && fused_smem(prec, bn, t.staged, tc, rc, region_len(n, th)) <= CUDA_SMEM_LIMIT;
            th++)
         for (int tw = 1; tw <= w; tw++) {
           int rh = region_len(n, th), rw = region_len(n, tw);
-          if (fused_smem(prec, bn, t.staged, tc, rc, (int64_t)rh * rw) > SMEM_LIMIT)
+          if (fused_smem(prec, bn, t.staged, tc, rc, (int64_t)rh * rw) > CUDA_SMEM_LIMIT)
             break;
           int64_t spatial = (int64_t)((h + th - 1) / th) * ((w + tw - 1) / tw);
           int64_t gemm_tiles = units * spatial * ((rh * rw + TILE_M - 1) / TILE_M);
-          int64_t cost = gemm_tiles * (bn + TILE_FIXED_COST), tiles = c_tiles * spatial;
+          double cost = (double)gemm_tiles * tile_cost(prec, bn);
+          int64_t tiles = c_tiles * spatial;
           if (cost < best || (cost == best && tiles < best_tiles)) {
             best = cost;
             best_tiles = tiles;
@@ -609,6 +629,8 @@ CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec) {
         }
     }
   }
+  if (t.tc)
+    t.smem = (int)fused_smem(prec, t.bn, t.staged, t.tc, t.rc, (int64_t)t.rh * t.rw);
   return t;
 }
 
@@ -692,7 +714,7 @@ void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *
           t.c_tiles, t.y_tiles, t.x_tiles, t.halo, t.rc, t.rh, t.rw, t.y_scale, t.y_shift,
           t.x_scale, t.x_shift);
   emit_tiling(f, prec, t.bn);
-  int64_t smem = fused_smem(prec, t.bn, t.staged, t.tc, t.rc, (int64_t)t.rh * t.rw);
+  int64_t smem = t.smem;
   if (t.staged)
     fprintf(f,
             "\n"
@@ -709,7 +731,7 @@ void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *
   fprintf(f,
           "constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;\n"
           "constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;\n"
-          "static_assert(SMEM_BYTES == %lld, \"the size cuda_fused_tile fitted\");\n",
+          "static_assert(SMEM_BYTES == %lld, \"the size cuda_fused_tile fitted, the plan's launch gives\");\n",
           (long long)smem);
   fprintf(f, "\n}  // namespace node%02d_fused\n\n", node);
 }
@@ -728,7 +750,10 @@ void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname
           "  using namespace node%02d_fused;\n",
           node, kname, a->bias ? "    const float *__restrict__ b,\n" : "", node);
   int staged = cuda_fused_staged(n);
-  fputs("  __shared__ __align__(32) unsigned char smem[SMEM_BYTES];\n", f);
+  fputs("  // SMEM_BYTES of dynamic shared memory (the plan's launch gives them; more than the\n"
+        "  // 48 KiB of static shared memory, up to the GPU's limit per block).\n"
+        "  extern __shared__ __align__(128) unsigned char dynamic_smem[];\n"
+        "  unsigned char *const smem = dynamic_smem;\n", f);
   emit_gemm_preamble(f, prec, "smem");
   fputs("  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column\n", f);
   if (staged)

@@ -47,8 +47,8 @@
 // Only the output reaches device memory. Neighbouring tiles share their halo,
 // which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 81 GEMM tiles of 64 x 96 per image, which
-// the 290400 conv outputs this device needs would fill to 58%: the rest is
+// implicit.c, cuda_fused_tile). Here 60 GEMM tiles of 64 x 96 per image, which
+// the 290400 conv outputs this device needs would fill to 79%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // fp32 on CUDA cores throughout.
@@ -69,10 +69,10 @@ constexpr int HELD_BEGIN = 0, HELD = 96;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 96, TH = 1, TW = 9;
-constexpr int C_TILES = 1, Y_TILES = 27, X_TILES = 3;
+constexpr int TC = 96, TH = 7, TW = 9;
+constexpr int C_TILES = 1, Y_TILES = 4, X_TILES = 3;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 100, RH = 3, RW = 19, RP = RH * RW;
+constexpr int HALO = 2, RC = 100, RH = 15, RW = 19, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
@@ -94,7 +94,7 @@ constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operan
 constexpr int STAGED_BYTES = sizeof(float) * TC * RP;
 constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
 constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
-static_assert(SMEM_BYTES == 44688, "the size cuda_fused_tile fitted");
+static_assert(SMEM_BYTES == 223440, "the size cuda_fused_tile fitted, the plan's launch gives");
 
 }  // namespace node01_fused
 
@@ -174,7 +174,10 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
     float *__restrict__ y,
     int batch) {
   using namespace node01_fused;
-  __shared__ __align__(32) unsigned char smem[SMEM_BYTES];
+  // SMEM_BYTES of dynamic shared memory (the plan's launch gives them; more than the
+  // 48 KiB of static shared memory, up to the GPU's limit per block).
+  extern __shared__ __align__(128) unsigned char dynamic_smem[];
+  unsigned char *const smem = dynamic_smem;
   // A: input values under the taps; W, transposed: depth x kernels.
   float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
   float(*const b_tile)[BN + B_PAD] =
@@ -301,8 +304,8 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
 // Only the output reaches device memory. Neighbouring tiles share their halo,
 // which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 120 GEMM tiles of 64 x 48 per image, which
-// the 186624 conv outputs this device needs would fill to 51%: the rest is
+// implicit.c, cuda_fused_tile). Here 40 GEMM tiles of 64 x 128 per image, which
+// the 186624 conv outputs this device needs would fill to 57%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // fp32 on CUDA cores throughout.
@@ -323,15 +326,15 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 86, TH = 3, TW = 4;
-constexpr int C_TILES = 3, Y_TILES = 5, X_TILES = 4;
+constexpr int TC = 256, TH = 3, TW = 7;
+constexpr int C_TILES = 1, Y_TILES = 5, X_TILES = 2;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 90, RH = 7, RW = 9, RP = RH * RW;
+constexpr int HALO = 2, RC = 260, RH = 7, RW = 15, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 48, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 3;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
 constexpr int B_PAD = 2;  // elements after each W tile row
@@ -348,7 +351,7 @@ constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operan
 constexpr int STAGED_BYTES = sizeof(float) * TC * RP;
 constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
 constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
-static_assert(SMEM_BYTES == 44376, "the size cuda_fused_tile fitted");
+static_assert(SMEM_BYTES == 216720, "the size cuda_fused_tile fitted, the plan's launch gives");
 
 }  // namespace node02_fused
 
@@ -428,7 +431,10 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
     float *__restrict__ y,
     int batch) {
   using namespace node02_fused;
-  __shared__ __align__(32) unsigned char smem[SMEM_BYTES];
+  // SMEM_BYTES of dynamic shared memory (the plan's launch gives them; more than the
+  // 48 KiB of static shared memory, up to the GPU's limit per block).
+  extern __shared__ __align__(128) unsigned char dynamic_smem[];
+  unsigned char *const smem = dynamic_smem;
   // A: input values under the taps; W, transposed: depth x kernels.
   float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
   float(*const b_tile)[BN + B_PAD] =
@@ -890,8 +896,8 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
 // Only the output reaches device memory. Neighbouring tiles share their halo,
 // which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 8 GEMM tiles of 64 x 128 per image, which
-// the 43264 conv outputs this device needs would fill to 66%: the rest is
+// implicit.c, cuda_fused_tile). Here 6 GEMM tiles of 64 x 128 per image, which
+// the 43264 conv outputs this device needs would fill to 88%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // fp32 on CUDA cores throughout.
@@ -912,10 +918,10 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 128, TH = 3, TW = 3;
-constexpr int C_TILES = 2, Y_TILES = 2, X_TILES = 2;
+constexpr int TC = 256, TH = 6, TW = 6;
+constexpr int C_TILES = 1, Y_TILES = 1, X_TILES = 1;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 0, RC = 128, RH = 7, RW = 7, RP = RH * RW;
+constexpr int HALO = 0, RC = 256, RH = 13, RW = 13, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
@@ -935,7 +941,7 @@ constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operan
 constexpr int STAGED_BYTES = 0;
 constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
 constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
-static_assert(SMEM_BYTES == 37504, "the size cuda_fused_tile fitted");
+static_assert(SMEM_BYTES == 185472, "the size cuda_fused_tile fitted, the plan's launch gives");
 
 }  // namespace node05_fused
 
@@ -985,7 +991,10 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
     float *__restrict__ y,
     int batch) {
   using namespace node05_fused;
-  __shared__ __align__(32) unsigned char smem[SMEM_BYTES];
+  // SMEM_BYTES of dynamic shared memory (the plan's launch gives them; more than the
+  // 48 KiB of static shared memory, up to the GPU's limit per block).
+  extern __shared__ __align__(128) unsigned char dynamic_smem[];
+  unsigned char *const smem = dynamic_smem;
   // A: input values under the taps; W, transposed: depth x kernels.
   float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
   float(*const b_tile)[BN + B_PAD] =
