@@ -80,6 +80,16 @@ struct dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
 
+// CUDA's vector types, aligned as on a GPU (the implicit GEMM's shared-memory loads).
+// A misaligned vector access is a fault on a GPU; here UBSan (the sanitizer build's
+// kernels) reports it.
+struct __attribute__((aligned(16))) float4 {
+  float x, y, z, w;
+};
+struct __attribute__((aligned(8))) float2 {
+  float x, y;
+};
+
 // The bit-cast intrinsic the bfloat16 conversion uses (--precision bf16).
 static inline unsigned __float_as_uint(float f) { return emu_bits(f); }
 

@@ -31,9 +31,20 @@
 #define THREAD_M 4    // pixels per thread
 #define THREADS_N (CUDA_IMPLICIT_THREADS / (TILE_M / THREAD_M))  // threads along the kernels
 #define MAX_TN 8      // kernels per thread at most: BN <= 128, 32 accumulators
-// Elements of padding per weight-tile row: 2 floats (no bank conflicts on the stores);
-// with tensor cores a row must stay a multiple of 16 bytes long (wmma's ldm).
-static int b_pad(RtPrecision p) { return p == RT_FP32 ? 2 : p == RT_TF32 ? 4 : 8; }
+// Elements of padding per weight-tile row: a row stays a multiple of 16 bytes long, for
+// the fp32 step's float4 loads and wmma's ldm; 4 floats (fp32, tf32) or 8 bfloat16s.
+// Its transposing stores (16 consecutive rows per warp) then meet 8 bank groups of 4:
+// 2-way conflicts, once per element loaded (BN / 16 per thread and depth step), where
+// the vector loads save 16 x (TN - TN / W_VEC) instructions per step.
+static int b_pad(RtPrecision p) { return p == RT_BF16 ? 8 : 4; }
+// With tensor cores, the A tile's and the accumulators' rows (depths, kernels) are
+// padded too: at 64 floats (256 bytes) every row starts in bank 0, so a fragment's
+// rows, read or written together, met in the same banks; 4 floats (8 bfloat16s) more
+// put consecutive rows 4 banks apart, and keep rows a multiple of 16 bytes and
+// fragments 32-byte aligned, as wmma requires. The fp32 path reads A rows as
+// consecutive float4s and needs none.
+static int a_pad(RtPrecision p) { return p == RT_FP32 ? 0 : p == RT_TF32 ? 4 : 8; }
+#define C_PAD 4
 
 _Static_assert(CUDA_IMPLICIT_THREADS % (TILE_M / THREAD_M) == 0,
                "a block has one thread per register tile");
@@ -43,12 +54,12 @@ _Static_assert(CUDA_IMPLICIT_THREADS % (TILE_M / THREAD_M) == 0,
 static int bn_step(RtPrecision p) { return p == RT_FP32 ? THREADS_N : 2 * 16; }
 
 // Bytes of static shared memory the GEMM needs: its operand tiles, which tensor cores
-// also use for the accumulators once the depth loop is done (64 x BN / 2 floats: half
-// the tile at a time, MMA_TO_ACC).
+// also use for the accumulators once the depth loop is done (BN x (64 + C_PAD) floats:
+// the whole tile, MMA_TO_ACC).
 static int gemm_smem(RtPrecision p, int bn) {
   int element = p == RT_BF16 ? 2 : 4;
-  int operands = element * TILE_K * (TILE_M + bn + b_pad(p));
-  int accumulators = p == RT_FP32 ? 0 : 4 * TILE_M * bn / 2;
+  int operands = element * TILE_K * (TILE_M + a_pad(p) + bn + b_pad(p));
+  int accumulators = p == RT_FP32 ? 0 : 4 * (TILE_M + C_PAD) * bn;
   return operands > accumulators ? operands : accumulators;
 }
 
@@ -158,10 +169,11 @@ static void emit_comment(FILE *f, const Node *n, const Implicit *t, const char *
         "// BK x BN slice of W into shared memory (out-of-range entries as zeros),\n"
         "// __syncthreads(), then each thread accumulates its TM x TN register tile with\n"
         "// BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites\n"
-        "// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels\n"
-        "// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads\n"
-        "// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank\n"
-        "// conflicts, and its stores are runs of 16 consecutive pixels.\n"
+        "// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j\n"
+        "// (adjacent), so that it reads its TM pixels at a depth with one float4 load and\n"
+        "// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct\n"
+        "// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,\n"
+        "// and its W loads are 2 distinct addresses (broadcast).\n"
         "//\n"
         "// Loads. For A, consecutive threads take consecutive pixels of one depth row,\n"
         "// so a warp reads 32 neighbouring output pixels' taps: consecutive input\n"
@@ -196,8 +208,8 @@ static void emit_indented(FILE *f, const char *indent, const char *text) {
   }
 }
 
-// The GEMM of one block tile: acc[i][j] = the conv at pixel t_m + THREADS_M * i and kernel
-// n0 + t_n + THREADS_N * j of the tile, over the whole depth. Expects the loader's pixel
+// The GEMM of one block tile: acc[i][j] = the conv at pixel t_m * TM + i and kernel
+// n0 + t_n * TN + j of the tile, over the whole depth. Expects the loader's pixel
 // (m_ok, iy0, ix0), the group's input (x_base) and the kernels [n0, n_end) in scope;
 // block-uniform, as its barriers need. fp32: FMAs on the CUDA cores, each thread its
 // register tile. tf32/bf16: the operands rounded as they are stored in shared memory,
@@ -233,13 +245,11 @@ static const char LOADS[] =
 static const char FMA_STEP[] =
     "#pragma unroll\n"
     "  for (int kr = 0; kr < BK; kr++) {\n"
-    "    float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr\n"
-    "#pragma unroll\n"
-    "    for (int i = 0; i < TM; i++)\n"
-    "      a_frag[i] = a_tile[kr][t_m + THREADS_M * i];\n"
-    "#pragma unroll\n"
-    "    for (int j = 0; j < TN; j++)\n"
-    "      w_frag[j] = b_tile[kr][t_n + THREADS_N * j];\n"
+    "    // This thread's pixels and kernels at depth k0 + kr, in vector loads.\n"
+    "    const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);\n"
+    "    const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};\n"
+    "    float w_frag[TN];\n"
+    "    load_w(&b_tile[kr][t_n * TN], w_frag);\n"
     "#pragma unroll\n"
     "    for (int i = 0; i < TM; i++)\n"
     "#pragma unroll\n"
@@ -251,7 +261,7 @@ static const char MMA_STEP[] =
     "  for (int kk = 0; kk < BK; kk += WK) {\n"
     "    // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...\n"
     "    wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;\n"
-    "    wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);\n"
+    "    wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);\n"
     "#pragma unroll\n"
     "    for (int f = 0; f < FRAGS_N; f++) {\n"
     "      wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;\n"
@@ -263,26 +273,23 @@ static const char STEP_END[] =
     "  __syncthreads();  // every thread is done with the tiles\n"
     "}\n";
 static const char MMA_TO_ACC[] =
-    "// The warps' accumulators, through shared memory (c_tile, over the operand tiles),\n"
-    "// into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel\n"
-    "// t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so\n"
-    "// that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.\n"
+    "// The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN\n"
+    "// kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,\n"
+    "// kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at\n"
+    "// once: each warp's fragments die as they are stored, before acc is loaded (in two\n"
+    "// passes of half the tile both were live, and the kernels took up to 128 registers).\n"
+    "#pragma unroll\n"
+    "for (int f = 0; f < FRAGS_N; f++)\n"
+    "  wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,\n"
+    "                          wmma::mem_col_major);\n"
+    "__syncthreads();  // c_tile is complete\n"
     "float acc[TM][TN];\n"
     "#pragma unroll\n"
-    "for (int pass = 0; pass < WARPS_N; pass++) {\n"
-    "  if (warp_n == pass) {\n"
-    "#pragma unroll\n"
-    "    for (int f = 0; f < FRAGS_N; f++)\n"
-    "      wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);\n"
-    "  }\n"
-    "  __syncthreads();  // this pass's c_tile is complete\n"
-    "#pragma unroll\n"
-    "  for (int i = 0; i < TM; i++)\n"
-    "#pragma unroll\n"
-    "    for (int j = 0; j < FRAGS_N; j++)\n"
-    "      acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];\n"
-    "  __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it\n"
-    "}\n";
+    "for (int j = 0; j < TN; j++) {\n"
+    "  const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);\n"
+    "  acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;\n"
+    "}\n"
+    "__syncthreads();  // c_tile is read: the next operand tiles may overwrite it\n";
 
 static void emit_k_loop(FILE *f, const char *indent, RtPrecision prec) {
   bool tc = prec != RT_FP32;
@@ -307,15 +314,36 @@ static void emit_tiling(FILE *f, RtPrecision prec, int bn) {
           "constexpr int TM = %d, TN = %d;  // thread tile: pixels x kernels\n"
           "constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;\n"
           "constexpr int THREADS = THREADS_M * THREADS_N;\n"
-          "constexpr int B_PAD = %d;  // elements after each W tile row\n"
+          "constexpr int A_PAD = %d, B_PAD = %d;  // elements after each A, W tile row\n"
+          "constexpr int A_LD = BM + A_PAD;\n"
           "constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step\n"
           "constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;\n"
           "static_assert(THREADS %% BM == 0 && BK %% A_ROW_STEP == 0 && THREADS %% BK == 0 &&\n"
           "                  BN %% B_COL_STEP == 0,\n"
-          "              \"the tile loads divide evenly among the threads\");\n",
-          TILE_M, bn, TILE_K, THREAD_M, bn / THREADS_N, b_pad(prec));
+          "              \"the tile loads divide evenly among the threads\");\n"
+          "static_assert(TM == 4, \"a thread's pixels at a depth are one float4\");\n",
+          TILE_M, bn, TILE_K, THREAD_M, bn / THREADS_N, a_pad(prec), b_pad(prec));
   if (prec == RT_FP32) {
-    fputs("constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles\n",
+    fputs("constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles\n"
+          "\n"
+          "// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where\n"
+          "// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:\n"
+          "// rows are BN + B_PAD floats, a multiple of 4).\n"
+          "constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;\n"
+          "__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {\n"
+          "#pragma unroll\n"
+          "  for (int j = 0; j < TN; j += W_VEC) {\n"
+          "    if constexpr (W_VEC == 4) {\n"
+          "      const float4 v = *reinterpret_cast<const float4 *>(row + j);\n"
+          "      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;\n"
+          "    } else if constexpr (W_VEC == 2) {\n"
+          "      const float2 v = *reinterpret_cast<const float2 *>(row + j);\n"
+          "      w_frag[j] = v.x, w_frag[j + 1] = v.y;\n"
+          "    } else {\n"
+          "      w_frag[j] = row[j];\n"
+          "    }\n"
+          "  }\n"
+          "}\n",
           f);
     return;
   }
@@ -332,15 +360,16 @@ static void emit_tiling(FILE *f, RtPrecision prec, int bn) {
           "constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp\n"
           "static_assert(WARPS %% WARPS_M == 0 && BN %% (16 * WARPS_N) == 0 && BK %% WK == 0,\n"
           "              \"the warps tile the block tile\");\n"
-          "// Shared memory for the operand tiles, reused for the accumulators (c_tile), a\n"
-          "// column of warps' at a time.\n"
-          "constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);\n"
-          "constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);\n"
+
+          "// Shared memory for the operand tiles, reused for the accumulators (c_tile).\n"
+          "constexpr int C_LD = BM + %d;  // c_tile's rows: kernels, each BM pixels and padding\n"
+          "constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);\n"
+          "constexpr int C_BYTES = sizeof(float) * C_LD * BN;\n"
           "constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;\n",
           rt_precision_name(prec),
           tf32 ? "rounded to tf32 (float storage)" : "as bfloat16",
           tf32 ? "float" : "__nv_bfloat16", tf32 ? "wmma::precision::tf32" : "__nv_bfloat16",
-          tf32 ? 8 : 16, tf32 ? "wmma::__float_to_tf32" : "__float2bfloat16");
+          tf32 ? 8 : 16, tf32 ? "wmma::__float_to_tf32" : "__float2bfloat16", C_PAD);
 }
 
 // The kernel's shared operand tiles, carved out of the GEMM_SMEM bytes at `smem` (which
@@ -349,21 +378,21 @@ static void emit_gemm_preamble(FILE *f, RtPrecision prec, const char *smem) {
   if (prec == RT_FP32)
     fprintf(f,
             "  // A: input values under the taps; W, transposed: depth x kernels.\n"
-            "  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(%s);\n"
+            "  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(%s);\n"
             "  float(*const b_tile)[BN + B_PAD] =\n"
-            "      reinterpret_cast<float(*)[BN + B_PAD]>(%s + sizeof(float) * BK * BM);\n",
+            "      reinterpret_cast<float(*)[BN + B_PAD]>(%s + sizeof(float) * BK * A_LD);\n",
             smem, smem);
   else
     fprintf(f,
             "  // A: input values under the taps, W: transposed, depth x kernels; then the\n"
             "  // accumulators, kernels x pixels.\n"
-            "  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(%s);\n"
+            "  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(%s);\n"
             "  Operand(*const b_tile)[BN + B_PAD] =\n"
-            "      reinterpret_cast<Operand(*)[BN + B_PAD]>(%s + sizeof(Operand) * BK * BM);\n"
-            "  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(%s);\n",
+            "      reinterpret_cast<Operand(*)[BN + B_PAD]>(%s + sizeof(Operand) * BK * A_LD);\n"
+            "  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(%s);\n",
             smem, smem, smem);
   fputs("  // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns\n"
-        "  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.\n"
+        "  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.\n"
         "  const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;\n"
         "  const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;\n"
         "  const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;\n",
@@ -457,14 +486,14 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
             "    // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).\n"
             "#pragma unroll\n"
             "    for (int i = 0; i < TM; i++) {\n"
-            "      const long long mm = m0 + t_m + THREADS_M * i;\n"
+            "      const long long mm = m0 + t_m * TM + i;\n"
             "      if (mm >= M)\n"
             "        continue;\n"
             "      const long long out_img = mm / PIXELS;\n"
             "      const int out_pixel = (int)(mm %% PIXELS);\n"
             "#pragma unroll\n"
             "      for (int j = 0; j < TN; j++) {\n"
-            "        const int c = n0 + t_n + THREADS_N * j;\n"
+            "        const int c = n0 + t_n * TN + j;\n"
             "        if (c >= n_end)\n"
             "          continue;\n"
             "        const float v = acc[i][j]%s;\n"
@@ -479,10 +508,10 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
     fputs("    // out, channel-major as cuBLAS writes it: (c - C_BEGIN) * M + m.\n"
           "#pragma unroll\n"
           "    for (int j = 0; j < TN; j++) {\n"
-          "      const int c = n0 + t_n + THREADS_N * j;\n"
+          "      const int c = n0 + t_n * TN + j;\n"
           "#pragma unroll\n"
           "      for (int i = 0; i < TM; i++) {\n"
-          "        const long long mm = m0 + t_m + THREADS_M * i;\n"
+          "        const long long mm = m0 + t_m * TM + i;\n"
           "        if (c < n_end && mm < M)\n"
           "          out[(c - C_BEGIN) * M + mm] = acc[i][j];\n"
           "      }\n"
@@ -558,21 +587,24 @@ static int64_t channel_units(const Node *n, int d, int64_t c0, int64_t rc, int b
 // wavefront (128 bytes: a conflict-free LDS.32 of 32 lanes, or an LDS.128 whose lanes
 // read 8 different 16-byte words, the rest broadcast), 4 other warp instructions.
 //   FMAs (fp32): 16 depths x TM x TN = 4 BN per thread: BN cycles.
-//   Shared loads (fp32): per depth the thread's TM pixels and TN kernels. A warp's
-//     pixels are 16 distinct floats (its 2 rows of threads share them), its kernels 2
-//     (broadcast): with scalar loads 4 + TN wavefronts per depth, 64 + BN per step.
+//   Shared loads (fp32): per depth the thread's 4 pixels, one float4 (a warp's 16
+//     distinct float4s, 256 bytes: 2 wavefronts), and its TN kernels in TN / W_VEC
+//     vector loads (2 distinct addresses per warp: broadcast, 1 wavefront each; W_VEC
+//     4, 2 or 1 as TN allows): 16 x (2 + TN / W_VEC) per step, 64 at BN 128. (Scalar,
+//     as before the vector loads, they were 4 + TN wavefronts per depth: 64 + BN.)
 //   Tensor cores: the fragments' loads (a 16 x 16 A fragment and BN / 32 B fragments
 //     per 16 depths, 1 KiB each in tf32, 512 bytes in bf16) and nothing else: the MMAs
 //     themselves are far faster than their operands' loads.
 //   The gather (any precision): per thread 4 A elements (16 instructions each: the tap
 //     from the depth, bounds, address; then the load and the store to shared memory)
 //     and BN / 16 weights (a compare, the address, the load, the store): 24 + BN / 8.
-// So fp32 costs 2.125 BN + 88 cycles, and thin tiles pay the gather and the pixels'
-// loads as often as wide ones. Estimates for the comparison, not timings.
+// So fp32 at BN 128 costs 128 + 64 + 40 cycles, and thin tiles pay the gather and the
+// pixels' loads as often as wide ones. Estimates for the comparison, not timings.
 static double tile_cost(RtPrecision prec, int bn) {
   double gather = 24.0 + bn / 8.0;
+  int tn = bn / THREADS_N, w_vec = tn % 4 == 0 ? 4 : tn % 2 == 0 ? 2 : 1;
   if (prec == RT_FP32)
-    return bn + (64.0 + bn) + gather;
+    return bn + 16.0 * (2 + tn / w_vec) + gather;
   double fragment_wavefronts = (prec == RT_TF32 ? 8.0 : 4.0);  // 1 KiB or 512 B / 128 B
   return fragment_wavefronts * (1.0 + bn / 32.0) + gather;
 }
@@ -789,10 +821,10 @@ void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname
           "        // Into the region%s.\n"
           "#pragma unroll\n"
           "        for (int j = 0; j < TN; j++) {\n"
-          "          const int c = n0 + t_n + THREADS_N * j;\n"
+          "          const int c = n0 + t_n * TN + j;\n"
           "#pragma unroll\n"
           "          for (int i = 0; i < TM; i++) {\n"
-          "            const int mm = m0 + t_m + THREADS_M * i;\n"
+          "            const int mm = m0 + t_m * TM + i;\n"
           "            if (c < n_end && mm < RP)\n"
           "              region[(c - rc0) * RP + mm] = acc[i][j]%s;\n"
           "          }\n"

@@ -86,12 +86,14 @@ constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth
 constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 4;  // elements after each W tile row
+constexpr int A_PAD = 4, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
 
 // Tensor cores (--precision tf32): a warp computes 16 pixels x FRAGS_N x 16 kernels,
 // 16 x 16 x WK at a time; the operands are stored in shared memory rounded to tf32 (float storage).
@@ -103,10 +105,10 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
-// column of warps' at a time.
-constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+constexpr int C_LD = BM + 4;  // c_tile's rows: kernels, each BM pixels and padding
+constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);
+constexpr int C_BYTES = sizeof(float) * C_LD * BN;
 constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 // Shared memory: the GEMM's operand tiles, reused once the region is complete for
@@ -201,12 +203,12 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
   unsigned char *const smem = dynamic_smem;
   // A: input values under the taps, W: transposed, depth x kernels; then the
   // accumulators, kernels x pixels.
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(smem);
+  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(smem);
   Operand(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * A_LD);
+  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -263,7 +265,7 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
           for (int kk = 0; kk < BK; kk += WK) {
             // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...
             wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;
-            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);
+            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);
 #pragma unroll
             for (int f = 0; f < FRAGS_N; f++) {
               wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;
@@ -273,33 +275,30 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
           }
           __syncthreads();  // every thread is done with the tiles
         }
-        // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
-        // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-        // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
-        // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
+        // The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN
+        // kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,
+        // kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at
+        // once: each warp's fragments die as they are stored, before acc is loaded (in two
+        // passes of half the tile both were live, and the kernels took up to 128 registers).
+#pragma unroll
+        for (int f = 0; f < FRAGS_N; f++)
+          wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,
+                                  wmma::mem_col_major);
+        __syncthreads();  // c_tile is complete
         float acc[TM][TN];
 #pragma unroll
-        for (int pass = 0; pass < WARPS_N; pass++) {
-          if (warp_n == pass) {
-#pragma unroll
-            for (int f = 0; f < FRAGS_N; f++)
-              wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
-          }
-          __syncthreads();  // this pass's c_tile is complete
-#pragma unroll
-          for (int i = 0; i < TM; i++)
-#pragma unroll
-            for (int j = 0; j < FRAGS_N; j++)
-              acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-          __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+        for (int j = 0; j < TN; j++) {
+          const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);
+          acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;
         }
+        __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }
@@ -382,12 +381,14 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 4;  // elements after each W tile row
+constexpr int A_PAD = 4, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
 
 // Tensor cores (--precision tf32): a warp computes 16 pixels x FRAGS_N x 16 kernels,
 // 16 x 16 x WK at a time; the operands are stored in shared memory rounded to tf32 (float storage).
@@ -399,10 +400,10 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
-// column of warps' at a time.
-constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+constexpr int C_LD = BM + 4;  // c_tile's rows: kernels, each BM pixels and padding
+constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);
+constexpr int C_BYTES = sizeof(float) * C_LD * BN;
 constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 // Shared memory: the GEMM's operand tiles, reused once the region is complete for
@@ -497,12 +498,12 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
   unsigned char *const smem = dynamic_smem;
   // A: input values under the taps, W: transposed, depth x kernels; then the
   // accumulators, kernels x pixels.
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(smem);
+  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(smem);
   Operand(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * A_LD);
+  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -559,7 +560,7 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
           for (int kk = 0; kk < BK; kk += WK) {
             // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...
             wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;
-            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);
+            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);
 #pragma unroll
             for (int f = 0; f < FRAGS_N; f++) {
               wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;
@@ -569,33 +570,30 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
           }
           __syncthreads();  // every thread is done with the tiles
         }
-        // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
-        // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-        // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
-        // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
+        // The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN
+        // kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,
+        // kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at
+        // once: each warp's fragments die as they are stored, before acc is loaded (in two
+        // passes of half the tile both were live, and the kernels took up to 128 registers).
+#pragma unroll
+        for (int f = 0; f < FRAGS_N; f++)
+          wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,
+                                  wmma::mem_col_major);
+        __syncthreads();  // c_tile is complete
         float acc[TM][TN];
 #pragma unroll
-        for (int pass = 0; pass < WARPS_N; pass++) {
-          if (warp_n == pass) {
-#pragma unroll
-            for (int f = 0; f < FRAGS_N; f++)
-              wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
-          }
-          __syncthreads();  // this pass's c_tile is complete
-#pragma unroll
-          for (int i = 0; i < TM; i++)
-#pragma unroll
-            for (int j = 0; j < FRAGS_N; j++)
-              acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-          __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+        for (int j = 0; j < TN; j++) {
+          const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);
+          acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;
         }
+        __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }
@@ -649,10 +647,11 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -692,12 +691,14 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 4;  // elements after each W tile row
+constexpr int A_PAD = 4, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
 
 // Tensor cores (--precision tf32): a warp computes 16 pixels x FRAGS_N x 16 kernels,
 // 16 x 16 x WK at a time; the operands are stored in shared memory rounded to tf32 (float storage).
@@ -709,10 +710,10 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
-// column of warps' at a time.
-constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+constexpr int C_LD = BM + 4;  // c_tile's rows: kernels, each BM pixels and padding
+constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);
+constexpr int C_BYTES = sizeof(float) * C_LD * BN;
 constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 }  // namespace node03_implicit
@@ -727,12 +728,12 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
   __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
   // A: input values under the taps, W: transposed, depth x kernels; then the
   // accumulators, kernels x pixels.
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(smem);
+  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(smem);
   Operand(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * A_LD);
+  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -783,7 +784,7 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
       for (int kk = 0; kk < BK; kk += WK) {
         // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...
         wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;
-        wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);
+        wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);
 #pragma unroll
         for (int f = 0; f < FRAGS_N; f++) {
           wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;
@@ -793,38 +794,35 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
       }
       __syncthreads();  // every thread is done with the tiles
     }
-    // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
-    // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-    // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
-    // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
+    // The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN
+    // kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,
+    // kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at
+    // once: each warp's fragments die as they are stored, before acc is loaded (in two
+    // passes of half the tile both were live, and the kernels took up to 128 registers).
+#pragma unroll
+    for (int f = 0; f < FRAGS_N; f++)
+      wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,
+                              wmma::mem_col_major);
+    __syncthreads();  // c_tile is complete
     float acc[TM][TN];
 #pragma unroll
-    for (int pass = 0; pass < WARPS_N; pass++) {
-      if (warp_n == pass) {
-#pragma unroll
-        for (int f = 0; f < FRAGS_N; f++)
-          wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
-      }
-      __syncthreads();  // this pass's c_tile is complete
-#pragma unroll
-      for (int i = 0; i < TM; i++)
-#pragma unroll
-        for (int j = 0; j < FRAGS_N; j++)
-          acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-      __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+    for (int j = 0; j < TN; j++) {
+      const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);
+      acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;
     }
+    __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
 
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-      const long long mm = m0 + t_m + THREADS_M * i;
+      const long long mm = m0 + t_m * TM + i;
       if (mm >= M)
         continue;
       const long long out_img = mm / PIXELS;
       const int out_pixel = (int)(mm % PIXELS);
 #pragma unroll
       for (int j = 0; j < TN; j++) {
-        const int c = n0 + t_n + THREADS_N * j;
+        const int c = n0 + t_n * TN + j;
         if (c >= n_end)
           continue;
         const float v = acc[i][j] + b[c - C_BEGIN];
@@ -856,10 +854,11 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -899,12 +898,14 @@ constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth
 constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 4;  // elements after each W tile row
+constexpr int A_PAD = 4, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
 
 // Tensor cores (--precision tf32): a warp computes 16 pixels x FRAGS_N x 16 kernels,
 // 16 x 16 x WK at a time; the operands are stored in shared memory rounded to tf32 (float storage).
@@ -916,10 +917,10 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
-// column of warps' at a time.
-constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+constexpr int C_LD = BM + 4;  // c_tile's rows: kernels, each BM pixels and padding
+constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);
+constexpr int C_BYTES = sizeof(float) * C_LD * BN;
 constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 }  // namespace node04_implicit
@@ -934,12 +935,12 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
   __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
   // A: input values under the taps, W: transposed, depth x kernels; then the
   // accumulators, kernels x pixels.
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(smem);
+  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(smem);
   Operand(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * A_LD);
+  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -990,7 +991,7 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
       for (int kk = 0; kk < BK; kk += WK) {
         // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...
         wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;
-        wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);
+        wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);
 #pragma unroll
         for (int f = 0; f < FRAGS_N; f++) {
           wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;
@@ -1000,38 +1001,35 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
       }
       __syncthreads();  // every thread is done with the tiles
     }
-    // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
-    // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-    // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
-    // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
+    // The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN
+    // kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,
+    // kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at
+    // once: each warp's fragments die as they are stored, before acc is loaded (in two
+    // passes of half the tile both were live, and the kernels took up to 128 registers).
+#pragma unroll
+    for (int f = 0; f < FRAGS_N; f++)
+      wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,
+                              wmma::mem_col_major);
+    __syncthreads();  // c_tile is complete
     float acc[TM][TN];
 #pragma unroll
-    for (int pass = 0; pass < WARPS_N; pass++) {
-      if (warp_n == pass) {
-#pragma unroll
-        for (int f = 0; f < FRAGS_N; f++)
-          wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
-      }
-      __syncthreads();  // this pass's c_tile is complete
-#pragma unroll
-      for (int i = 0; i < TM; i++)
-#pragma unroll
-        for (int j = 0; j < FRAGS_N; j++)
-          acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-      __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+    for (int j = 0; j < TN; j++) {
+      const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);
+      acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;
     }
+    __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
 
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-      const long long mm = m0 + t_m + THREADS_M * i;
+      const long long mm = m0 + t_m * TM + i;
       if (mm >= M)
         continue;
       const long long out_img = mm / PIXELS;
       const int out_pixel = (int)(mm % PIXELS);
 #pragma unroll
       for (int j = 0; j < TN; j++) {
-        const int c = n0 + t_n + THREADS_N * j;
+        const int c = n0 + t_n * TN + j;
         if (c >= n_end)
           continue;
         const float v = acc[i][j] + b[c - C_BEGIN];
@@ -1091,12 +1089,14 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 4;  // elements after each W tile row
+constexpr int A_PAD = 4, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
 
 // Tensor cores (--precision tf32): a warp computes 16 pixels x FRAGS_N x 16 kernels,
 // 16 x 16 x WK at a time; the operands are stored in shared memory rounded to tf32 (float storage).
@@ -1108,17 +1108,17 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
-// column of warps' at a time.
-constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+constexpr int C_LD = BM + 4;  // c_tile's rows: kernels, each BM pixels and padding
+constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);
+constexpr int C_BYTES = sizeof(float) * C_LD * BN;
 constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 // Shared memory: the GEMM's operand tiles, then the region.
 constexpr int STAGED_BYTES = 0;
 constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
 constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
-static_assert(SMEM_BYTES == 189440, "the size cuda_fused_tile fitted, the plan's launch gives");
+static_assert(SMEM_BYTES == 207872, "the size cuda_fused_tile fitted, the plan's launch gives");
 
 }  // namespace node05_fused
 
@@ -1174,12 +1174,12 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
   unsigned char *const smem = dynamic_smem;
   // A: input values under the taps, W: transposed, depth x kernels; then the
   // accumulators, kernels x pixels.
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(smem);
+  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(smem);
   Operand(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * A_LD);
+  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -1235,7 +1235,7 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
           for (int kk = 0; kk < BK; kk += WK) {
             // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...
             wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;
-            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);
+            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);
 #pragma unroll
             for (int f = 0; f < FRAGS_N; f++) {
               wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;
@@ -1245,33 +1245,30 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
           }
           __syncthreads();  // every thread is done with the tiles
         }
-        // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
-        // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-        // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
-        // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
+        // The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN
+        // kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,
+        // kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at
+        // once: each warp's fragments die as they are stored, before acc is loaded (in two
+        // passes of half the tile both were live, and the kernels took up to 128 registers).
+#pragma unroll
+        for (int f = 0; f < FRAGS_N; f++)
+          wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,
+                                  wmma::mem_col_major);
+        __syncthreads();  // c_tile is complete
         float acc[TM][TN];
 #pragma unroll
-        for (int pass = 0; pass < WARPS_N; pass++) {
-          if (warp_n == pass) {
-#pragma unroll
-            for (int f = 0; f < FRAGS_N; f++)
-              wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
-          }
-          __syncthreads();  // this pass's c_tile is complete
-#pragma unroll
-          for (int i = 0; i < TM; i++)
-#pragma unroll
-            for (int j = 0; j < FRAGS_N; j++)
-              acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-          __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+        for (int j = 0; j < TN; j++) {
+          const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);
+          acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;
         }
+        __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }

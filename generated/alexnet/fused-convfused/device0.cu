@@ -80,13 +80,34 @@ constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth
 constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
-constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 // Shared memory: the GEMM's operand tiles, reused once the region is complete for
 // stage 2 (norm1) over the tile's channels and the region's pixels, which the pool
@@ -179,11 +200,11 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
   extern __shared__ __align__(128) unsigned char dynamic_smem[];
   unsigned char *const smem = dynamic_smem;
   // A: input values under the taps; W, transposed: depth x kernels.
-  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
   float(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -234,13 +255,11 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
           __syncthreads();  // the tiles are complete
 #pragma unroll
           for (int kr = 0; kr < BK; kr++) {
-            float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-            for (int i = 0; i < TM; i++)
-              a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-            for (int j = 0; j < TN; j++)
-              w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+            // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+            const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+            const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+            float w_frag[TN];
+            load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
             for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -252,10 +271,10 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }
@@ -337,13 +356,34 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
-constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 // Shared memory: the GEMM's operand tiles, reused once the region is complete for
 // stage 2 (norm2) over the tile's channels and the region's pixels, which the pool
@@ -436,11 +476,11 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
   extern __shared__ __align__(128) unsigned char dynamic_smem[];
   unsigned char *const smem = dynamic_smem;
   // A: input values under the taps; W, transposed: depth x kernels.
-  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
   float(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -491,13 +531,11 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
           __syncthreads();  // the tiles are complete
 #pragma unroll
           for (int kr = 0; kr < BK; kr++) {
-            float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-            for (int i = 0; i < TM; i++)
-              a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-            for (int j = 0; j < TN; j++)
-              w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+            // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+            const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+            const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+            float w_frag[TN];
+            load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
             for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -509,10 +547,10 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }
@@ -566,10 +604,11 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -608,13 +647,34 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
-constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 }  // namespace node03_implicit
 
@@ -627,11 +687,11 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
   using namespace node03_implicit;
   __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
   // A: input values under the taps; W, transposed: depth x kernels.
-  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
   float(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -676,13 +736,11 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
       __syncthreads();  // the tiles are complete
 #pragma unroll
       for (int kr = 0; kr < BK; kr++) {
-        float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-        for (int i = 0; i < TM; i++)
-          a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-        for (int j = 0; j < TN; j++)
-          w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+        // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+        const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+        const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+        float w_frag[TN];
+        load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
         for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -695,14 +753,14 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-      const long long mm = m0 + t_m + THREADS_M * i;
+      const long long mm = m0 + t_m * TM + i;
       if (mm >= M)
         continue;
       const long long out_img = mm / PIXELS;
       const int out_pixel = (int)(mm % PIXELS);
 #pragma unroll
       for (int j = 0; j < TN; j++) {
-        const int c = n0 + t_n + THREADS_N * j;
+        const int c = n0 + t_n * TN + j;
         if (c >= n_end)
           continue;
         const float v = acc[i][j] + b[c - C_BEGIN];
@@ -734,10 +792,11 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -776,13 +835,34 @@ constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth
 constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
-constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 }  // namespace node04_implicit
 
@@ -795,11 +875,11 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
   using namespace node04_implicit;
   __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
   // A: input values under the taps; W, transposed: depth x kernels.
-  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
   float(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -844,13 +924,11 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
       __syncthreads();  // the tiles are complete
 #pragma unroll
       for (int kr = 0; kr < BK; kr++) {
-        float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-        for (int i = 0; i < TM; i++)
-          a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-        for (int j = 0; j < TN; j++)
-          w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+        // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+        const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+        const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+        float w_frag[TN];
+        load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
         for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -863,14 +941,14 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-      const long long mm = m0 + t_m + THREADS_M * i;
+      const long long mm = m0 + t_m * TM + i;
       if (mm >= M)
         continue;
       const long long out_img = mm / PIXELS;
       const int out_pixel = (int)(mm % PIXELS);
 #pragma unroll
       for (int j = 0; j < TN; j++) {
-        const int c = n0 + t_n + THREADS_N * j;
+        const int c = n0 + t_n * TN + j;
         if (c >= n_end)
           continue;
         const float v = acc[i][j] + b[c - C_BEGIN];
@@ -929,19 +1007,40 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
-constexpr int GEMM_SMEM = sizeof(float) * BK * (BM + BN + B_PAD);  // the operand tiles
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 // Shared memory: the GEMM's operand tiles, then the region.
 constexpr int STAGED_BYTES = 0;
 constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
 constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
-static_assert(SMEM_BYTES == 185472, "the size cuda_fused_tile fitted, the plan's launch gives");
+static_assert(SMEM_BYTES == 185600, "the size cuda_fused_tile fitted, the plan's launch gives");
 
 }  // namespace node05_fused
 
@@ -996,11 +1095,11 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
   extern __shared__ __align__(128) unsigned char dynamic_smem[];
   unsigned char *const smem = dynamic_smem;
   // A: input values under the taps; W, transposed: depth x kernels.
-  float(*const a_tile)[BM] = reinterpret_cast<float(*)[BM]>(smem);
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
   float(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * BM);
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -1050,13 +1149,11 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
           __syncthreads();  // the tiles are complete
 #pragma unroll
           for (int kr = 0; kr < BK; kr++) {
-            float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-            for (int i = 0; i < TM; i++)
-              a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-            for (int j = 0; j < TN; j++)
-              w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+            // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+            const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+            const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+            float w_frag[TN];
+            load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
             for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -1068,10 +1165,10 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }
