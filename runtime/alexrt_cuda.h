@@ -22,6 +22,9 @@
 
 #define RT_PLAN_MAX_DEVICES 8
 #define RT_PLAN_MAX_ARGS 16  // buffer arguments of one kernel (a concat's inputs, output, w, b)
+// Dynamic shared memory a plan's kernel step may ask for, in bytes: the most any GPU
+// allows a block (227 KiB on sm_90 and sm_100) rounded up; the device checks its own.
+#define RT_PLAN_MAX_SMEM (256 * 1024)
 #define RT_PLAN_NAME 96
 
 // An address in a device's memory: buffer `space`, element
@@ -78,6 +81,7 @@ typedef struct {
   // `work` units per image, in blocks of `block` threads (grid-stride loop inside).
   int64_t work;
   int block;
+  int smem;  // bytes of dynamic shared memory per block (the kernel's extern __shared__)
   RtAddr args[RT_PLAN_MAX_ARGS];
   int n_args;
 
@@ -182,7 +186,7 @@ void rt_plan_add_tensor(RtPlan *p, const char *name, RtShape shape);
 // The tensor called `name`, or NULL.
 const RtPlanTensor *rt_plan_tensor(const RtPlan *p, const char *name);
 
-// The artifact file: a text header ("alexc-cuda-plan 5"), one line per plan item,
+// The artifact file: a text header ("alexc-cuda-plan 6"), one line per plan item,
 // "end", then the modules' bytes. Described in runtime/cuda_plan.c and
 // compiler/backends/cuda/README.md.
 bool rt_plan_save(const RtPlan *p, const char *path);
@@ -204,7 +208,8 @@ typedef struct {
   void *ctx;
   uint64_t arena[RT_PLAN_MAX_DEVICES], weights[RT_PLAN_MAX_DEVICES];  // base addresses
   uint64_t scratch[RT_PLAN_MAX_DEVICES];  // rt_plan_scratch_elems() floats; 0 if none
-  bool (*launch)(void *ctx, int device, const char *kernel, int64_t grid, int block,
+  // smem: bytes of dynamic shared memory per block (RtStep.smem).
+  bool (*launch)(void *ctx, int device, const char *kernel, int64_t grid, int block, int smem,
                  const uint64_t *args, int n_args, int batch);
   // cublasSgemm(transa, transb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc), 'N'/'T',
   // in the step's precision (bf16: a and b hold bfloat16).

@@ -56,7 +56,8 @@
   X(cuMemcpy3DPeerAsync) X(cuLaunchKernel) X(cuStreamCreate) X(cuStreamDestroy)           \
   X(cuStreamSynchronize) X(cuStreamWaitEvent) X(cuEventCreate) X(cuEventDestroy)          \
   X(cuEventRecord) X(cuEventElapsedTime) X(cuStreamBeginCapture) X(cuStreamEndCapture)   \
-  X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)
+  X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)         \
+  X(cuFuncSetAttribute)
 #define CUBLAS_FUNCS(X)                                                                    \
   X(cublasCreate) X(cublasDestroy) X(cublasSetStream) X(cublasSetMathMode) X(cublasSgemm) \
   X(cublasGemmEx)
@@ -259,13 +260,20 @@ static bool use(RtCuda *r, int d) {
   return true;
 }
 
-static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block,
+// smem: the kernel's dynamic shared memory (extern __shared__), which a launch may ask
+// for beyond the default 48 KiB only up to the function's
+// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: set to exactly that first (the
+// compiler sized it for the plan's --arch; a GPU with less refuses it here).
+static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block, int smem,
                    const uint64_t *args, int n_args, int batch) {
   RtCuda *r = ctx;
   CUfunction f;
   if (!use(r, d))
     return false;
   CU(cu.cuModuleGetFunction(&f, r->module[d], kernel), kernel);
+  if (smem)
+    CU(cu.cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem),
+       "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)");
   CUdeviceptr ptrs[RT_PLAN_MAX_ARGS];
   void *params[RT_PLAN_MAX_ARGS + 1];
   for (int a = 0; a < n_args; a++) {
@@ -273,8 +281,8 @@ static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block
     params[a] = &ptrs[a];
   }
   params[n_args] = &batch;
-  CU(cu.cuLaunchKernel(f, (unsigned)grid, 1, 1, (unsigned)block, 1, 1, 0, r->stream[d], params,
-                       NULL),
+  CU(cu.cuLaunchKernel(f, (unsigned)grid, 1, 1, (unsigned)block, 1, 1, (unsigned)smem,
+                       r->stream[d], params, NULL),
      kernel);
   return true;
 }

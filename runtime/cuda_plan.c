@@ -3,7 +3,7 @@
 //
 // The artifact is a text header, readable with `head`, then the modules' bytes:
 //
-//   alexc-cuda-plan 5
+//   alexc-cuda-plan 6
 //   network alexnet
 //   arch sm_90
 //   precision fp32                          fp32, tf32 or bf16: the GEMMs' arithmetic
@@ -15,7 +15,8 @@
 //                                           TYPE f32, or bf16 (two per float slot)
 //   input 0 ADDR PITCH HOST_OFFSET HOST_PITCH WIDTH
 //   output 0 ADDR PITCH HOST_OFFSET HOST_PITCH WIDTH
-//   kernel 0 NAME LAYER WORK BLOCK N ADDR...  one line per step, in execution order
+//   kernel 0 NAME LAYER WORK BLOCK SMEM N ADDR...  one line per step, in execution order;
+//                                           SMEM: bytes of dynamic shared memory per block
 //   gemm 0 LAYER PREC TA TB M N K A LDA B LDB C LDC EPILOGUE [BIAS]
 //   chunk 0 LAYER IMAGES STEPS
 //   transfer FROM TO LAYER SRC SRC_PITCH DST DST_PITCH WIDTH
@@ -57,7 +58,7 @@
 #include "internal.h"
 
 #define MAGIC_ANY "alexc-cuda-plan "  // then the format: an old plan is not junk
-#define FORMAT "5"
+#define FORMAT "6"
 #define MAGIC MAGIC_ANY FORMAT "\n"
 #define MAX_LINE 4096
 #define BIG ((int64_t)1 << 40)
@@ -222,8 +223,8 @@ bool rt_plan_serialize(const RtPlan *p, uint8_t **data, size_t *data_size) {
     const RtStep *s = &p->steps[i];
     switch (s->kind) {
     case RT_STEP_KERNEL:
-      fprintf(f, "kernel %d %s %s %" PRId64 " %d %d", s->device, s->name, s->layer, s->work,
-              s->block, s->n_args);
+      fprintf(f, "kernel %d %s %s %" PRId64 " %d %d %d", s->device, s->name, s->layer, s->work,
+              s->block, s->smem, s->n_args);
       for (int a = 0; a < s->n_args; a++)
         put_addr(f, s->args[a]);
       break;
@@ -432,16 +433,17 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
            num(t->tok[6], 1, BIG, &h->width);
   }
   RtStep s = {.device = d};
-  if (!strcmp(w, "kernel") && t->n >= 7) {
+  if (!strcmp(w, "kernel") && t->n >= 8) {
     s.kind = RT_STEP_KERNEL;
     if (!name(t->tok[2], s.name) || !name(t->tok[3], s.layer) || !num(t->tok[4], 1, BIG, &s.work) ||
-        !num(t->tok[5], 1, 1024, &v[1]) || !num(t->tok[6], 0, RT_PLAN_MAX_ARGS, &v[2]) ||
-        t->n != 7 + v[2])
+        !num(t->tok[5], 1, 1024, &v[1]) || !num(t->tok[6], 0, RT_PLAN_MAX_SMEM, &v[3]) ||
+        !num(t->tok[7], 0, RT_PLAN_MAX_ARGS, &v[2]) || t->n != 8 + v[2])
       return false;
     s.block = (int)v[1];
+    s.smem = (int)v[3];
     s.n_args = (int)v[2];
     for (int a = 0; a < s.n_args; a++)
-      if (!addr(t->tok[7 + a], &s.args[a]))
+      if (!addr(t->tok[8 + a], &s.args[a]))
         return false;
     rt_plan_add_step(p, &s);
     return true;
@@ -642,8 +644,8 @@ static bool run_step(const RtStep *s, const RtPlanOps *ops, Span sp) {
     uint64_t args[RT_PLAN_MAX_ARGS];
     for (int a = 0; a < s->n_args; a++)
       args[a] = resolve(ops, d, s->args[a], sp);
-    return ops->launch(ops->ctx, d, s->name, rt_plan_grid(s, sp.n), s->block, args, s->n_args,
-                       sp.n);
+    return ops->launch(ops->ctx, d, s->name, rt_plan_grid(s, sp.n), s->block, s->smem, args,
+                       s->n_args, sp.n);
   }
   case RT_STEP_GEMM:
     if (s->epilogue != RT_GEMM_PLAIN)

@@ -52,7 +52,9 @@ if grep -q "_im2col" "$tmp/implicit/device0.cu"; then echo "FAIL: --conv implici
 expect 2 "bad --conv" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv tiled --emit-source "$tmp/x"
 contains "wants gemm, direct, implicit or fused" "bad --conv"
 expect 0 "--conv fused" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv fused --emit-source "$tmp/convfused"
-grep -q "__shared__ float region\[RC \* RP\]" "$tmp/convfused/device0.cu" || { echo "FAIL: --conv fused: no region in shared memory"; failures=$((failures + 1)); }
+grep -q "extern __shared__ __align__(128) unsigned char dynamic_smem\[\]" "$tmp/convfused/device0.cu" &&
+  grep -q "float \*const region = reinterpret_cast<float \*>(smem + REGION_AT)" "$tmp/convfused/device0.cu" ||
+  { echo "FAIL: --conv fused: no region in dynamic shared memory"; failures=$((failures + 1)); }
 if grep -q "_im2col\|_implicit(" "$tmp/convfused/device0.cu"; then echo "FAIL: --conv fused emitted a second conv kernel"; failures=$((failures + 1)); fi
 # --conv fused falls back to implicit + epilogue kernel when no tile's region fits in
 # shared memory (an LRN over 1023 channels and an 11x11 pool need 1023 x 121 floats).
@@ -79,7 +81,7 @@ fi
 
 # Per-layer --conv: conv1 fused, the other convs im2col + cuBLAS.
 expect 0 "--conv per layer" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv gemm,conv1=fused --emit-source "$tmp/perlayer"
-grep -q "__shared__ float region\[RC \* RP\]" "$tmp/perlayer/device0.cu" || { echo "FAIL: --conv gemm,conv1=fused: conv1 not fused"; failures=$((failures + 1)); }
+grep -q "float \*const region = reinterpret_cast<float \*>(smem + REGION_AT)" "$tmp/perlayer/device0.cu" || { echo "FAIL: --conv gemm,conv1=fused: conv1 not fused"; failures=$((failures + 1)); }
 grep -q "k01_conv1_im2col" "$tmp/perlayer/device0.cu" && { echo "FAIL: --conv gemm,conv1=fused: conv1 has an im2col"; failures=$((failures + 1)); }
 grep -q "_im2col(" "$tmp/perlayer/device0.cu" || { echo "FAIL: --conv gemm,conv1=fused: no conv through cuBLAS"; failures=$((failures + 1)); }
 expect 1 "--conv unknown layer" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv gemm,conv9=fused --emit-source "$tmp/x"
@@ -106,13 +108,19 @@ grep -q 'void k01_features_0(' "$tmp/src/device0.cu" || { echo "FAIL: kernel nam
 
 if "$alexc" compile specs/mini-alexnet.yaml --target cuda -o "$tmp/probe.plan" >/dev/null 2>&1; then
   expect 0 "compile mini-alexnet" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --devices 2 -o "$tmp/m.plan"
-  head -c 17 "$tmp/m.plan" | grep -q "alexc-cuda-plan 5" || { echo "FAIL: artifact header"; failures=$((failures + 1)); }
+  head -c 17 "$tmp/m.plan" | grep -q "alexc-cuda-plan 6" || { echo "FAIL: artifact header"; failures=$((failures + 1)); }
   grep -a -q "^chunk 0 conv1 " "$tmp/m.plan" || { echo "FAIL: no conv chunk in the plan"; failures=$((failures + 1)); }
   grep -a -q "^gemm 0 conv1 fp32 N N " "$tmp/m.plan" || { echo "FAIL: no conv gemm in the plan"; failures=$((failures + 1)); }
   expect 0 "compile bf16" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 -o "$tmp/bf16.plan"
   grep -a -q "^precision bf16$" "$tmp/bf16.plan" || { echo "FAIL: no precision line"; failures=$((failures + 1)); }
   grep -a -q "^gemm 0 fc5 bf16 T N " "$tmp/bf16.plan" || { echo "FAIL: no bf16 fc gemm"; failures=$((failures + 1)); }
   grep -a -q "^slice 0 [0-9]* 0 [0-9]* bf16 conv1.weight$" "$tmp/bf16.plan" || { echo "FAIL: no bf16 weight slice"; failures=$((failures + 1)); }
+  # --conv fused: the kernel line carries the dynamic shared memory the source sizes.
+  expect 0 "compile --conv fused" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --conv fused \
+    -o "$tmp/fused.plan" --emit-source "$tmp/fusedsrc"
+  want=$(grep -m1 -o "static_assert(SMEM_BYTES == [0-9]*" "$tmp/fusedsrc/device0.cu" | grep -o "[0-9]*$")
+  got=$(grep -a -m1 "^kernel 0 k01_conv1 " "$tmp/fused.plan" | awk '{print $7}')
+  [ -n "$want" ] && [ "$got" = "$want" ] || { echo "FAIL: conv1's kernel line gives $got bytes of dynamic shared memory, the source $want"; failures=$((failures + 1)); }
   n=$(ls "$tmp/cache" | wc -l)
   [ "$n" -ge 4 ] || { echo "FAIL: the NVRTC cache holds $n files, want CUBIN + PTX per device"; failures=$((failures + 1)); }
   expect 0 "compile again (cached)" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --devices 2 -o "$tmp/m2.plan"

@@ -25,9 +25,17 @@
 // shuffle), a mask other than all 32 lanes, or lanes asking for different partners is
 // an error: on a GPU, undefined behaviour.
 //
-// __shared__ variables are `static thread_local`: one copy per OS thread, which the
-// fibers of the block running on it share, as a block's threads share shared memory.
-// Blocks of a launch must therefore run one after another on a thread (as they do).
+// __shared__ variables are `thread_local` (static at block scope): one copy per OS
+// thread, which the fibers of the block running on it share, as a block's threads share
+// shared memory. Blocks of a launch must therefore run one after another on a thread (as
+// they do). Dynamic shared memory is the generated kernels' `extern __shared__ unsigned
+// char dynamic_smem[]`, defined here with ALEXC_EMU_DYNAMIC_SMEM bytes; the launcher
+// says how many bytes the launch gives (alexc_emu_dynamic_shared, below) and each block
+// starts with them poisoned (0xff: NaN as floats, as a GPU gives garbage), the rest too;
+// a block that wrote past the bytes it was given is an error.
+//
+//   int alexc_emu_dynamic_shared(unsigned bytes);   // before the launch's blocks; -1 if
+//                                                   // more than ALEXC_EMU_DYNAMIC_SMEM
 //
 // Returns 0, or -1 after a message on stderr when the threads disagree on the number of
 // barriers they reached (on a GPU, a hang or undefined behaviour). Under AddressSanitizer
@@ -65,11 +73,21 @@
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static thread_local
+#define __shared__ thread_local
 #define __align__(n) __attribute__((aligned(n)))
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
+};
+
+// CUDA's vector types, aligned as on a GPU (the implicit GEMM's shared-memory loads).
+// A misaligned vector access is a fault on a GPU; here UBSan (the sanitizer build's
+// kernels) reports it.
+struct __attribute__((aligned(16))) float4 {
+  float x, y, z, w;
+};
+struct __attribute__((aligned(8))) float2 {
+  float x, y;
 };
 
 // The bit-cast intrinsic the bfloat16 conversion uses (--precision bf16).
@@ -90,6 +108,21 @@ static inline double __dsub_rn(double a, double b) { return a - b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 
 static thread_local dim3 blockIdx, threadIdx, blockDim, gridDim;
+
+// Dynamic shared memory: more than any GPU gives a block (227 KiB on sm_90).
+#define ALEXC_EMU_DYNAMIC_SMEM (256u << 10)
+thread_local __attribute__((aligned(128))) unsigned char dynamic_smem[ALEXC_EMU_DYNAMIC_SMEM];
+static thread_local unsigned dynamic_smem_bytes;  // what the running launch gives
+
+extern "C" int alexc_emu_dynamic_shared(unsigned bytes) {
+  if (bytes > ALEXC_EMU_DYNAMIC_SMEM) {
+    fprintf(stderr, "cuda_emu: a launch with %u bytes of dynamic shared memory (at most %u)\n",
+            bytes, ALEXC_EMU_DYNAMIC_SMEM);
+    return -1;
+  }
+  dynamic_smem_bytes = bytes;
+  return 0;
+}
 
 static void set_thread(unsigned block, unsigned thread, unsigned block_dim, unsigned grid_dim) {
   blockIdx.x = block;
@@ -362,9 +395,24 @@ extern "C" int alexc_emu_run_block(unsigned block, unsigned block_dim, unsigned 
     return -1;
   }
   b.stacks = (char *)stacks;
+  memset(dynamic_smem, 0xff, sizeof dynamic_smem);  // garbage, as NaNs
   active = &b;
   int rc = run(&b);
   active = nullptr;
+  // Untouched past what the launch gives? Eight bytes at a time: this runs after every block.
+  unsigned i = dynamic_smem_bytes;
+  for (unsigned long long word; i + 8 <= sizeof dynamic_smem; i += 8) {
+    memcpy(&word, &dynamic_smem[i], 8);
+    if (~word)
+      break;
+  }
+  while (i < sizeof dynamic_smem && dynamic_smem[i] == 0xff)
+    i++;
+  if (rc == 0 && i < sizeof dynamic_smem) {
+    fprintf(stderr, "cuda_emu: block %u wrote dynamic shared memory at byte %u, past the %u "
+                    "bytes its launch gives\n", block, i, dynamic_smem_bytes);
+    rc = -1;
+  }
 #ifdef ALEXC_EMU_ASAN
   // Frames left on the fibers' stacks (every fiber ends inside fiber_main, a stopped
   // block's inside the kernel) leave ASan's redzone marks behind; clear them.

@@ -168,17 +168,22 @@ static void call_kernel(void *arg) {
 
 // Every block through cuda_emu.h's alexc_emu_run_block, exported by the kernel's .so:
 // its threads one after another, or as fibers that meet at each __syncthreads().
-static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block,
+// Dynamic shared memory: `smem` bytes per block, at most what sm_90 lets a block have.
+static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block, int smem,
                    const uint64_t *args, int n_args, int batch) {
   Emu *e = ctx;
   KernelCall call = {.f = dlsym(e->so[d], kernel), .n_args = n_args, .batch = batch};
   int (*run_block)(unsigned, unsigned, unsigned, void (*)(void *), void *);
+  int (*dynamic_shared)(unsigned);
   *(void **)&run_block = dlsym(e->so[d], "alexc_emu_run_block");
-  if (!call.f || !run_block || n_args < 1 || n_args > 6) {
+  *(void **)&dynamic_shared = dlsym(e->so[d], "alexc_emu_dynamic_shared");
+  if (!call.f || !run_block || !dynamic_shared || n_args < 1 || n_args > 6 || smem < 0 ||
+      smem > CUDA_SMEM_LIMIT || dynamic_shared((unsigned)smem) != 0) {
     fprintf(stderr, "  launch %s on device %d: %s\n", kernel, d,
-            !call.f      ? "no such kernel"
-            : !run_block ? "no alexc_emu_run_block (cuda_emu.h)"
-                         : "unsupported argument count");
+            !call.f                         ? "no such kernel"
+            : !run_block || !dynamic_shared ? "no alexc_emu_run_block (cuda_emu.h)"
+            : n_args < 1 || n_args > 6      ? "unsupported argument count"
+                                            : "more dynamic shared memory than sm_90 allows");
     e->failed = true;
     return false;
   }

@@ -111,13 +111,14 @@ static void call_kernel(void *arg) {
   }
 }
 
-static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block,
+// The training kernels use no dynamic shared memory: smem must be 0.
+static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block, int smem,
                    const uint64_t *args, int n_args, int batch) {
   Emu *e = ctx;
   KernelCall call = {.f = dlsym(e->so, kernel), .n_args = n_args, .batch = batch};
   int (*run_block)(unsigned, unsigned, unsigned, void (*)(void *), void *);
   *(void **)&run_block = dlsym(e->so, "alexc_emu_run_block");
-  if (d != 0 || !call.f || !run_block || n_args < 1 || n_args > MAX_ARGS) {
+  if (d != 0 || !call.f || !run_block || n_args < 1 || n_args > MAX_ARGS || smem != 0) {
     fprintf(stderr, "  launch %s on device %d: %s\n", kernel, d,
             !call.f ? "no such kernel" : !run_block ? "no alexc_emu_run_block" : "bad arguments");
     e->failed = true;
@@ -546,10 +547,11 @@ typedef struct {
   int n;
 } Machine;
 
-static bool m_launch(void *ctx, int d, const char *kernel, int64_t grid, int block,
+static bool m_launch(void *ctx, int d, const char *kernel, int64_t grid, int block, int smem,
                      const uint64_t *args, int n_args, int batch) {
   Machine *m = ctx;
-  return d >= 0 && d < m->n && launch(&m->dev[d], 0, kernel, grid, block, args, n_args, batch);
+  return d >= 0 && d < m->n &&
+         launch(&m->dev[d], 0, kernel, grid, block, smem, args, n_args, batch);
 }
 
 static bool m_gemm(void *ctx, int d, RtPrecision prec, char ta, char tb, int64_t mm, int64_t n,

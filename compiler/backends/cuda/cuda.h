@@ -96,8 +96,23 @@ typedef struct {
   int y_scale, y_shift, x_scale, x_shift;
   int bn;                      // kernels per GEMM tile (the pixels: 64)
   int64_t gemm_tiles;          // 64 x bn GEMM tiles per image
+  int staged;                  // cuda_fused_staged(n)
+  int smem;                    // bytes of (dynamic) shared memory per block
 } CudaFusedTile;
+// The shared memory a block of the fused kernel may have, in bytes: 227 KiB, the most a
+// block can opt in to on sm_90 (the CUDA C++ Programming Guide's table of technical
+// specifications per compute capability: 227 KB of the SM's 228 KB for 9.0), as dynamic
+// shared memory raised with cuFuncSetAttribute (runtime/cuda.c). A constant, not a query:
+// the tiles are compile-time constants of the generated source, which is generated
+// before --arch is known to the code generator and for the sm_90 the project targets. A
+// GPU with less (sm_80: 163 KB; sm_86, sm_89: 99 KB) refuses the attribute at launch.
+#define CUDA_SMEM_LIMIT (227 * 1024)
 CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec);
+// The stage whose values the fused kernel computes once per region pixel into shared
+// memory after the GEMM, for the first max-pool to read (the LRN before it, which the
+// pool's overlapping windows would otherwise recompute): the stage before the first
+// pool, where an LRN precedes that pool and none follows it; 0 for none.
+int cuda_fused_staged(const Node *n);
 // Whether conv node n on device d is one tiled kernel under --conv fused: its fused
 // stages are ReLU, dropout, LRN and max-pool (what the fusion pass makes), its region
 // fits, and it is not the simpler implicit kernel that writes its output.

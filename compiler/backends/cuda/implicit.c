@@ -15,6 +15,7 @@
 // conv4 fused; every conv unfused): then the kernel adds the bias, applies the ReLU in
 // registers and writes the node's output buffer itself, over the whole batch; no
 // epilogue kernel, no scratch, no chunks (cuda_implicit_writes_output).
+#include <math.h>
 #include <string.h>
 
 #include "cuda.h"
@@ -30,9 +31,20 @@
 #define THREAD_M 4    // pixels per thread
 #define THREADS_N (CUDA_IMPLICIT_THREADS / (TILE_M / THREAD_M))  // threads along the kernels
 #define MAX_TN 8      // kernels per thread at most: BN <= 128, 32 accumulators
-// Elements of padding per weight-tile row: 2 floats (no bank conflicts on the stores);
-// with tensor cores a row must stay a multiple of 16 bytes long (wmma's ldm).
-static int b_pad(RtPrecision p) { return p == RT_FP32 ? 2 : p == RT_TF32 ? 4 : 8; }
+// Elements of padding per weight-tile row: a row stays a multiple of 16 bytes long, for
+// the fp32 step's float4 loads and wmma's ldm; 4 floats (fp32, tf32) or 8 bfloat16s.
+// Its transposing stores (16 consecutive rows per warp) then meet 8 bank groups of 4:
+// 2-way conflicts, once per element loaded (BN / 16 per thread and depth step), where
+// the vector loads save 16 x (TN - TN / W_VEC) instructions per step.
+static int b_pad(RtPrecision p) { return p == RT_BF16 ? 8 : 4; }
+// With tensor cores, the A tile's and the accumulators' rows (depths, kernels) are
+// padded too: at 64 floats (256 bytes) every row starts in bank 0, so a fragment's
+// rows, read or written together, met in the same banks; 4 floats (8 bfloat16s) more
+// put consecutive rows 4 banks apart, and keep rows a multiple of 16 bytes and
+// fragments 32-byte aligned, as wmma requires. The fp32 path reads A rows as
+// consecutive float4s and needs none.
+static int a_pad(RtPrecision p) { return p == RT_FP32 ? 0 : p == RT_TF32 ? 4 : 8; }
+#define C_PAD 4
 
 _Static_assert(CUDA_IMPLICIT_THREADS % (TILE_M / THREAD_M) == 0,
                "a block has one thread per register tile");
@@ -42,12 +54,12 @@ _Static_assert(CUDA_IMPLICIT_THREADS % (TILE_M / THREAD_M) == 0,
 static int bn_step(RtPrecision p) { return p == RT_FP32 ? THREADS_N : 2 * 16; }
 
 // Bytes of static shared memory the GEMM needs: its operand tiles, which tensor cores
-// also use for the accumulators once the depth loop is done (64 x BN / 2 floats: half
-// the tile at a time, MMA_TO_ACC).
+// also use for the accumulators once the depth loop is done (BN x (64 + C_PAD) floats:
+// the whole tile, MMA_TO_ACC).
 static int gemm_smem(RtPrecision p, int bn) {
   int element = p == RT_BF16 ? 2 : 4;
-  int operands = element * TILE_K * (TILE_M + bn + b_pad(p));
-  int accumulators = p == RT_FP32 ? 0 : 4 * TILE_M * bn / 2;
+  int operands = element * TILE_K * (TILE_M + a_pad(p) + bn + b_pad(p));
+  int accumulators = p == RT_FP32 ? 0 : 4 * (TILE_M + C_PAD) * bn;
   return operands > accumulators ? operands : accumulators;
 }
 
@@ -157,10 +169,11 @@ static void emit_comment(FILE *f, const Node *n, const Implicit *t, const char *
         "// BK x BN slice of W into shared memory (out-of-range entries as zeros),\n"
         "// __syncthreads(), then each thread accumulates its TM x TN register tile with\n"
         "// BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites\n"
-        "// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels\n"
-        "// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads\n"
-        "// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank\n"
-        "// conflicts, and its stores are runs of 16 consecutive pixels.\n"
+        "// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j\n"
+        "// (adjacent), so that it reads its TM pixels at a depth with one float4 load and\n"
+        "// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct\n"
+        "// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,\n"
+        "// and its W loads are 2 distinct addresses (broadcast).\n"
         "//\n"
         "// Loads. For A, consecutive threads take consecutive pixels of one depth row,\n"
         "// so a warp reads 32 neighbouring output pixels' taps: consecutive input\n"
@@ -195,8 +208,8 @@ static void emit_indented(FILE *f, const char *indent, const char *text) {
   }
 }
 
-// The GEMM of one block tile: acc[i][j] = the conv at pixel t_m + THREADS_M * i and kernel
-// n0 + t_n + THREADS_N * j of the tile, over the whole depth. Expects the loader's pixel
+// The GEMM of one block tile: acc[i][j] = the conv at pixel t_m * TM + i and kernel
+// n0 + t_n * TN + j of the tile, over the whole depth. Expects the loader's pixel
 // (m_ok, iy0, ix0), the group's input (x_base) and the kernels [n0, n_end) in scope;
 // block-uniform, as its barriers need. fp32: FMAs on the CUDA cores, each thread its
 // register tile. tf32/bf16: the operands rounded as they are stored in shared memory,
@@ -232,13 +245,11 @@ static const char LOADS[] =
 static const char FMA_STEP[] =
     "#pragma unroll\n"
     "  for (int kr = 0; kr < BK; kr++) {\n"
-    "    float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr\n"
-    "#pragma unroll\n"
-    "    for (int i = 0; i < TM; i++)\n"
-    "      a_frag[i] = a_tile[kr][t_m + THREADS_M * i];\n"
-    "#pragma unroll\n"
-    "    for (int j = 0; j < TN; j++)\n"
-    "      w_frag[j] = b_tile[kr][t_n + THREADS_N * j];\n"
+    "    // This thread's pixels and kernels at depth k0 + kr, in vector loads.\n"
+    "    const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);\n"
+    "    const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};\n"
+    "    float w_frag[TN];\n"
+    "    load_w(&b_tile[kr][t_n * TN], w_frag);\n"
     "#pragma unroll\n"
     "    for (int i = 0; i < TM; i++)\n"
     "#pragma unroll\n"
@@ -250,7 +261,7 @@ static const char MMA_STEP[] =
     "  for (int kk = 0; kk < BK; kk += WK) {\n"
     "    // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...\n"
     "    wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;\n"
-    "    wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);\n"
+    "    wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);\n"
     "#pragma unroll\n"
     "    for (int f = 0; f < FRAGS_N; f++) {\n"
     "      wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;\n"
@@ -262,26 +273,23 @@ static const char STEP_END[] =
     "  __syncthreads();  // every thread is done with the tiles\n"
     "}\n";
 static const char MMA_TO_ACC[] =
-    "// The warps' accumulators, through shared memory (c_tile, over the operand tiles),\n"
-    "// into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel\n"
-    "// t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so\n"
-    "// that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.\n"
+    "// The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN\n"
+    "// kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,\n"
+    "// kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at\n"
+    "// once: each warp's fragments die as they are stored, before acc is loaded (in two\n"
+    "// passes of half the tile both were live, and the kernels took up to 128 registers).\n"
+    "#pragma unroll\n"
+    "for (int f = 0; f < FRAGS_N; f++)\n"
+    "  wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,\n"
+    "                          wmma::mem_col_major);\n"
+    "__syncthreads();  // c_tile is complete\n"
     "float acc[TM][TN];\n"
     "#pragma unroll\n"
-    "for (int pass = 0; pass < WARPS_N; pass++) {\n"
-    "  if (warp_n == pass) {\n"
-    "#pragma unroll\n"
-    "    for (int f = 0; f < FRAGS_N; f++)\n"
-    "      wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);\n"
-    "  }\n"
-    "  __syncthreads();  // this pass's c_tile is complete\n"
-    "#pragma unroll\n"
-    "  for (int i = 0; i < TM; i++)\n"
-    "#pragma unroll\n"
-    "    for (int j = 0; j < FRAGS_N; j++)\n"
-    "      acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];\n"
-    "  __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it\n"
-    "}\n";
+    "for (int j = 0; j < TN; j++) {\n"
+    "  const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);\n"
+    "  acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;\n"
+    "}\n"
+    "__syncthreads();  // c_tile is read: the next operand tiles may overwrite it\n";
 
 static void emit_k_loop(FILE *f, const char *indent, RtPrecision prec) {
   bool tc = prec != RT_FP32;
@@ -306,15 +314,39 @@ static void emit_tiling(FILE *f, RtPrecision prec, int bn) {
           "constexpr int TM = %d, TN = %d;  // thread tile: pixels x kernels\n"
           "constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;\n"
           "constexpr int THREADS = THREADS_M * THREADS_N;\n"
-          "constexpr int B_PAD = %d;  // elements after each W tile row\n"
+          "constexpr int A_PAD = %d, B_PAD = %d;  // elements after each A, W tile row\n"
+          "constexpr int A_LD = BM + A_PAD;\n"
           "constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step\n"
           "constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;\n"
           "static_assert(THREADS %% BM == 0 && BK %% A_ROW_STEP == 0 && THREADS %% BK == 0 &&\n"
           "                  BN %% B_COL_STEP == 0,\n"
-          "              \"the tile loads divide evenly among the threads\");\n",
-          TILE_M, bn, TILE_K, THREAD_M, bn / THREADS_N, b_pad(prec));
-  if (prec == RT_FP32)
+          "              \"the tile loads divide evenly among the threads\");\n"
+          "static_assert(TM == 4, \"a thread's pixels at a depth are one float4\");\n",
+          TILE_M, bn, TILE_K, THREAD_M, bn / THREADS_N, a_pad(prec), b_pad(prec));
+  if (prec == RT_FP32) {
+    fputs("constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles\n"
+          "\n"
+          "// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where\n"
+          "// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:\n"
+          "// rows are BN + B_PAD floats, a multiple of 4).\n"
+          "constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;\n"
+          "__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {\n"
+          "#pragma unroll\n"
+          "  for (int j = 0; j < TN; j += W_VEC) {\n"
+          "    if constexpr (W_VEC == 4) {\n"
+          "      const float4 v = *reinterpret_cast<const float4 *>(row + j);\n"
+          "      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;\n"
+          "    } else if constexpr (W_VEC == 2) {\n"
+          "      const float2 v = *reinterpret_cast<const float2 *>(row + j);\n"
+          "      w_frag[j] = v.x, w_frag[j + 1] = v.y;\n"
+          "    } else {\n"
+          "      w_frag[j] = row[j];\n"
+          "    }\n"
+          "  }\n"
+          "}\n",
+          f);
     return;
+  }
   bool tf32 = prec == RT_TF32;
   fprintf(f,
           "\n"
@@ -328,34 +360,39 @@ static void emit_tiling(FILE *f, RtPrecision prec, int bn) {
           "constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp\n"
           "static_assert(WARPS %% WARPS_M == 0 && BN %% (16 * WARPS_N) == 0 && BK %% WK == 0,\n"
           "              \"the warps tile the block tile\");\n"
-          "// Shared memory for the operand tiles, reused for the accumulators (c_tile), a\n"
-          "// column of warps' at a time.\n"
-          "constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);\n"
-          "constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);\n"
+
+          "// Shared memory for the operand tiles, reused for the accumulators (c_tile).\n"
+          "constexpr int C_LD = BM + %d;  // c_tile's rows: kernels, each BM pixels and padding\n"
+          "constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);\n"
+          "constexpr int C_BYTES = sizeof(float) * C_LD * BN;\n"
           "constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;\n",
           rt_precision_name(prec),
           tf32 ? "rounded to tf32 (float storage)" : "as bfloat16",
           tf32 ? "float" : "__nv_bfloat16", tf32 ? "wmma::precision::tf32" : "__nv_bfloat16",
-          tf32 ? 8 : 16, tf32 ? "wmma::__float_to_tf32" : "__float2bfloat16");
+          tf32 ? 8 : 16, tf32 ? "wmma::__float_to_tf32" : "__float2bfloat16", C_PAD);
 }
 
-// The kernel's shared operand tiles and its threads' roles in loading and computing.
-static void emit_gemm_preamble(FILE *f, RtPrecision prec) {
+// The kernel's shared operand tiles, carved out of the GEMM_SMEM bytes at `smem` (which
+// the caller declares), and its threads' roles in loading and computing.
+static void emit_gemm_preamble(FILE *f, RtPrecision prec, const char *smem) {
   if (prec == RT_FP32)
-    fputs("  __shared__ float a_tile[BK][BM];          // A: input values under the taps\n"
-          "  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels\n",
-          f);
+    fprintf(f,
+            "  // A: input values under the taps; W, transposed: depth x kernels.\n"
+            "  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(%s);\n"
+            "  float(*const b_tile)[BN + B_PAD] =\n"
+            "      reinterpret_cast<float(*)[BN + B_PAD]>(%s + sizeof(float) * BK * A_LD);\n",
+            smem, smem);
   else
-    fputs("  __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];\n"
-          "  // A: input values under the taps, W: transposed, depth x kernels; then the\n"
-          "  // accumulators, kernels x pixels.\n"
-          "  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);\n"
-          "  Operand(*const b_tile)[BN + B_PAD] =\n"
-          "      reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);\n"
-          "  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);\n",
-          f);
+    fprintf(f,
+            "  // A: input values under the taps, W: transposed, depth x kernels; then the\n"
+            "  // accumulators, kernels x pixels.\n"
+            "  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(%s);\n"
+            "  Operand(*const b_tile)[BN + B_PAD] =\n"
+            "      reinterpret_cast<Operand(*)[BN + B_PAD]>(%s + sizeof(Operand) * BK * A_LD);\n"
+            "  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(%s);\n",
+            smem, smem, smem);
   fputs("  // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns\n"
-        "  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.\n"
+        "  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.\n"
         "  const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;\n"
         "  const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;\n"
         "  const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;\n",
@@ -417,7 +454,8 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
   else
     fputs("    float *__restrict__ out,\n", f);
   fprintf(f, "    int batch) {\n  using namespace node%02d_implicit;\n", node);
-  emit_gemm_preamble(f, prec);
+  fputs("  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];\n", f);
+  emit_gemm_preamble(f, prec, "smem");
   fprintf(f,
           "  const long long M = (long long)batch * PIXELS;%s\n"
           "  const long long tiles = (M + BM - 1) / BM * N_TILES;\n"
@@ -448,14 +486,14 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
             "    // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).\n"
             "#pragma unroll\n"
             "    for (int i = 0; i < TM; i++) {\n"
-            "      const long long mm = m0 + t_m + THREADS_M * i;\n"
+            "      const long long mm = m0 + t_m * TM + i;\n"
             "      if (mm >= M)\n"
             "        continue;\n"
             "      const long long out_img = mm / PIXELS;\n"
             "      const int out_pixel = (int)(mm %% PIXELS);\n"
             "#pragma unroll\n"
             "      for (int j = 0; j < TN; j++) {\n"
-            "        const int c = n0 + t_n + THREADS_N * j;\n"
+            "        const int c = n0 + t_n * TN + j;\n"
             "        if (c >= n_end)\n"
             "          continue;\n"
             "        const float v = acc[i][j]%s;\n"
@@ -470,10 +508,10 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
     fputs("    // out, channel-major as cuBLAS writes it: (c - C_BEGIN) * M + m.\n"
           "#pragma unroll\n"
           "    for (int j = 0; j < TN; j++) {\n"
-          "      const int c = n0 + t_n + THREADS_N * j;\n"
+          "      const int c = n0 + t_n * TN + j;\n"
           "#pragma unroll\n"
           "      for (int i = 0; i < TM; i++) {\n"
-          "        const long long mm = m0 + t_m + THREADS_M * i;\n"
+          "        const long long mm = m0 + t_m * TM + i;\n"
           "        if (c < n_end && mm < M)\n"
           "          out[(c - C_BEGIN) * M + mm] = acc[i][j];\n"
           "      }\n"
@@ -493,8 +531,29 @@ void cuda_emit_implicit_conv(FILE *f, const Graph *g, int node, int d, const cha
 // outputs with the node's stage functions (render.c), whose stage 0 reads that region.
 // Nothing but the final output goes to device memory.
 
-// The static shared memory a block may have: the region and the GEMM's (gemm_smem) share it.
-#define SMEM_LIMIT (48 * 1024)
+
+int cuda_fused_staged(const Node *n) {
+  int pool = 0;
+  bool lrn_before = false, lrn_after = false;
+  for (int k = 1; k <= n->n_epilogue; k++) {
+    OpKind op = n->epilogue[k - 1].op;
+    if (op == OP_MAXPOOL && !pool)
+      pool = k;
+    else if (op == OP_LRN)
+      *(pool ? &lrn_after : &lrn_before) = true;
+  }
+  return pool && lrn_before && !lrn_after ? pool - 1 : 0;
+}
+
+// The fused kernel's shared memory in bytes, as its SMEM_BYTES computes it: the GEMM's
+// operand tiles, which the staged stage's values (tc channels x the region's pixels)
+// reuse once the region is complete, rounded up to 32 bytes (wmma's fragment
+// alignment for the region after them); then the region, rc channels x rp pixels.
+static int64_t fused_smem(RtPrecision prec, int bn, bool staged, int tc, int rc, int64_t rp) {
+  int64_t gemm = gemm_smem(prec, bn), stage = staged ? (int64_t)sizeof(float) * tc * rp : 0;
+  int64_t shared = ((gemm > stage ? gemm : stage) + 31) / 32 * 32;
+  return shared + (int64_t)sizeof(float) * rc * rp;
+}
 
 // Rows (or columns) of the conv output that `len` consecutive rows of the node's output
 // depend on: each pool, last to first, widens a run of len to (len - 1) * S + K.
@@ -522,18 +581,40 @@ static int64_t channel_units(const Node *n, int d, int64_t c0, int64_t rc, int b
   return units;
 }
 
-// The cost of one 64 x BN GEMM tile in the fused kernel's model, in kernel columns:
-// BN columns of FMAs, plus a fixed part for what a tile does whatever its width, which
-// is gathering its 64 pixels' inputs (index arithmetic per element) and reading them
-// from shared memory. An estimate (per depth step a thread issues 4 TN FMAs, 4 + TN
-// shared-memory reads and about 5 instructions of loads; scaled, TN = BN / 16 columns
-// cost BN + 27): it keeps the model from trading a full tile for many thin ones.
-#define TILE_FIXED_COST 32
+// The cost of one 64 x BN GEMM tile in the fused kernel's model: SM cycles per warp and
+// depth step (BK), from the instructions the k-loop issues per thread and step and what
+// an SM (sm_90) can do per cycle: 4 warp-wide FP32 FMAs (128 lanes), 1 shared-memory
+// wavefront (128 bytes: a conflict-free LDS.32 of 32 lanes, or an LDS.128 whose lanes
+// read 8 different 16-byte words, the rest broadcast), 4 other warp instructions.
+//   FMAs (fp32): 16 depths x TM x TN = 4 BN per thread: BN cycles.
+//   Shared loads (fp32): per depth the thread's 4 pixels, one float4 (a warp's 16
+//     distinct float4s, 256 bytes: 2 wavefronts), and its TN kernels in TN / W_VEC
+//     vector loads (2 distinct addresses per warp: broadcast, 1 wavefront each; W_VEC
+//     4, 2 or 1 as TN allows): 16 x (2 + TN / W_VEC) per step, 64 at BN 128. (Scalar,
+//     as before the vector loads, they were 4 + TN wavefronts per depth: 64 + BN.)
+//   Tensor cores: the fragments' loads (a 16 x 16 A fragment and BN / 32 B fragments
+//     per 16 depths, 1 KiB each in tf32, 512 bytes in bf16) and nothing else: the MMAs
+//     themselves are far faster than their operands' loads.
+//   The gather (any precision): per thread 4 A elements (16 instructions each: the tap
+//     from the depth, bounds, address; then the load and the store to shared memory)
+//     and BN / 16 weights (a compare, the address, the load, the store): 24 + BN / 8.
+// So fp32 at BN 128 costs 128 + 64 + 40 cycles, and thin tiles pay the gather and the
+// pixels' loads as often as wide ones. Estimates for the comparison, not timings.
+static double tile_cost(RtPrecision prec, int bn) {
+  double gather = 24.0 + bn / 8.0;
+  int tn = bn / THREADS_N, w_vec = tn % 4 == 0 ? 4 : tn % 2 == 0 ? 2 : 1;
+  if (prec == RT_FP32)
+    return bn + 16.0 * (2 + tn / w_vec) + gather;
+  double fragment_wavefronts = (prec == RT_TF32 ? 8.0 : 4.0);  // 1 KiB or 512 B / 128 B
+  return fragment_wavefronts * (1.0 + bn / 32.0) + gather;
+}
 
-// The tile size and BN: those whose GEMM tiles cost the least over an image (the
-// region's recomputed halo, partial tiles and group splits all count), among those
-// whose region fits in shared memory beside the GEMM's; on a tie, the fewest blocks. A
-// model, not a measurement: a session with a GPU should check it per layer.
+// The tile size and BN: those whose GEMM tiles cost the least over an image (tile_cost
+// each: the region's recomputed halo, partial tiles and group splits all count), among
+// those whose shared memory (fused_smem) fits in CUDA_SMEM_LIMIT; on a tie, the fewest
+// blocks. A model, not a measurement: a session with a GPU should check it per layer.
+// Not modelled: occupancy (a block of 256 threads with more than half the SM's shared
+// memory runs alone on its SM: 8 warps to hide the gather's latency).
 CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec) {
   CudaFusedTile t = {.y_scale = 1, .x_scale = 1};
   for (int k = n->n_epilogue; k >= 1; k--) {
@@ -549,22 +630,27 @@ CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec) {
   t.x_scale = t.y_scale;
   Range out = n->place[d].stage[n->n_epilogue];
   int channels = (int)range_len(out), h = (int)n->out.h, w = (int)n->out.w;
-  int64_t best = INT64_MAX, best_tiles = INT64_MAX;
+  double best = INFINITY;
+  int64_t best_tiles = INT64_MAX;
+  t.staged = cuda_fused_staged(n);
   for (int bn = bn_step(prec); bn <= THREADS_N * MAX_TN; bn += bn_step(prec)) {
-    int64_t region_max = (SMEM_LIMIT - gemm_smem(prec, bn)) / (int64_t)sizeof(float);
     for (int tc = 1; tc <= channels; tc++) {
       int rc = tc + 2 * t.halo, c_tiles = (channels + tc - 1) / tc;
       int64_t units = 0;  // BN-wide GEMM tiles over the channels of every channel tile
       for (int c = 0; c < c_tiles; c++)
         units += channel_units(n, d, out.begin + (int64_t)c * tc - t.halo, rc, bn);
-      for (int th = 1; th <= h && (int64_t)rc * region_len(n, th) <= region_max; th++)
+      // The shared memory grows with the rows and the columns: the first that does not
+      // fit ends each loop.
+      for (int th = 1; th <= h && fused_smem(prec, bn, t.staged, tc, rc, region_len(n, th)) <= CUDA_SMEM_LIMIT;
+           th++)
         for (int tw = 1; tw <= w; tw++) {
           int rh = region_len(n, th), rw = region_len(n, tw);
-          if ((int64_t)rc * rh * rw > region_max)
+          if (fused_smem(prec, bn, t.staged, tc, rc, (int64_t)rh * rw) > CUDA_SMEM_LIMIT)
             break;
           int64_t spatial = (int64_t)((h + th - 1) / th) * ((w + tw - 1) / tw);
           int64_t gemm_tiles = units * spatial * ((rh * rw + TILE_M - 1) / TILE_M);
-          int64_t cost = gemm_tiles * (bn + TILE_FIXED_COST), tiles = c_tiles * spatial;
+          double cost = (double)gemm_tiles * tile_cost(prec, bn);
+          int64_t tiles = c_tiles * spatial;
           if (cost < best || (cost == best && tiles < best_tiles)) {
             best = cost;
             best_tiles = tiles;
@@ -575,6 +661,8 @@ CudaFusedTile cuda_fused_tile(const Node *n, int d, RtPrecision prec) {
         }
     }
   }
+  if (t.tc)
+    t.smem = (int)fused_smem(prec, t.bn, t.staged, t.tc, t.rc, (int64_t)t.rh * t.rw);
   return t;
 }
 
@@ -612,14 +700,19 @@ static void emit_fused_comment(FILE *f, const Node *n, int d, const CudaFusedTil
           "// loading BK-deep slices of the input and the weights into shared memory and\n"
           "// each accumulating a TM x TN register tile. After a barrier\n"
           "// the block's threads compute the tile's outputs from the region with the\n"
-          "// stage functions above. Only the output reaches device memory.\n"
-          "// Neighbouring tiles share their halo, which each computes: the tile\n"
+          "// stage functions above%s.\n"
+          "// Only the output reaches device memory. Neighbouring tiles share their halo,\n"
+          "// which each computes: the tile\n"
           "// size is chosen to run the fewest GEMM tiles per image (a model; see\n"
           "// implicit.c, cuda_fused_tile). Here %lld GEMM tiles of %d x %d per image, which\n"
           "// the %lld conv outputs this device needs would fill to %.0f%%: the rest is\n"
           "// halo that neighbouring tiles both compute, and partial tiles.\n"
           "//\n",
-          t->halo, (long long)t->gemm_tiles, TILE_M, t->bn, (long long)needed,
+          t->halo,
+          t->staged ? " (the LRN, which the pool's windows overlap, first once per\n"
+                      "// region pixel into shared memory, then the pool from there)"
+                    : "",
+          (long long)t->gemm_tiles, TILE_M, t->bn, (long long)needed,
           100.0 * (double)needed / ((double)t->gemm_tiles * TILE_M * t->bn));
   emit_precision_note(f, prec);
 }
@@ -653,6 +746,25 @@ void cuda_emit_fused_head(FILE *f, const Graph *g, int node, int d, const char *
           t.c_tiles, t.y_tiles, t.x_tiles, t.halo, t.rc, t.rh, t.rw, t.y_scale, t.y_shift,
           t.x_scale, t.x_shift);
   emit_tiling(f, prec, t.bn);
+  int64_t smem = t.smem;
+  if (t.staged)
+    fprintf(f,
+            "\n"
+            "// Shared memory: the GEMM's operand tiles, reused once the region is complete for\n"
+            "// stage %d (%s) over the tile's channels and the region's pixels, which the pool\n"
+            "// then reads; after them the region.\n"
+            "constexpr int STAGED_BYTES = sizeof(float) * TC * RP;\n",
+            t.staged, n->epilogue[t.staged - 1].name);
+  else
+    fputs("\n"
+          "// Shared memory: the GEMM's operand tiles, then the region.\n"
+          "constexpr int STAGED_BYTES = 0;\n",
+          f);
+  fprintf(f,
+          "constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;\n"
+          "constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;\n"
+          "static_assert(SMEM_BYTES == %lld, \"the size cuda_fused_tile fitted, the plan's launch gives\");\n",
+          (long long)smem);
   fprintf(f, "\n}  // namespace node%02d_fused\n\n", node);
 }
 
@@ -669,9 +781,17 @@ void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname
           "    int batch) {\n"
           "  using namespace node%02d_fused;\n",
           node, kname, a->bias ? "    const float *__restrict__ b,\n" : "", node);
-  emit_gemm_preamble(f, prec);
-  fputs("  __shared__ float region[RC * RP];  // the conv output: channel, row, column\n"
-        "  const long long tiles = (long long)batch * TILES_PER_IMAGE;\n", f);
+  int staged = cuda_fused_staged(n);
+  fputs("  // SMEM_BYTES of dynamic shared memory (the plan's launch gives them; more than the\n"
+        "  // 48 KiB of static shared memory, up to the GPU's limit per block).\n"
+        "  extern __shared__ __align__(128) unsigned char dynamic_smem[];\n"
+        "  unsigned char *const smem = dynamic_smem;\n", f);
+  emit_gemm_preamble(f, prec, "smem");
+  fputs("  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column\n", f);
+  if (staged)
+    fprintf(f, "  float *const staged = reinterpret_cast<float *>(smem);  // stage %d, over the GEMM's tiles\n",
+            staged);
+  fputs("  const long long tiles = (long long)batch * TILES_PER_IMAGE;\n", f);
   fprintf(f,
           "  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {\n"
           "    // Tiles are numbered image, row, column, channel (channel tiles of the same\n"
@@ -701,10 +821,10 @@ void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname
           "        // Into the region%s.\n"
           "#pragma unroll\n"
           "        for (int j = 0; j < TN; j++) {\n"
-          "          const int c = n0 + t_n + THREADS_N * j;\n"
+          "          const int c = n0 + t_n * TN + j;\n"
           "#pragma unroll\n"
           "          for (int i = 0; i < TM; i++) {\n"
-          "            const int mm = m0 + t_m + THREADS_M * i;\n"
+          "            const int mm = m0 + t_m * TM + i;\n"
           "            if (c < n_end && mm < RP)\n"
           "              region[(c - rc0) * RP + mm] = acc[i][j]%s;\n"
           "          }\n"
@@ -713,17 +833,41 @@ void cuda_emit_fused_kernel(FILE *f, const Graph *g, int node, const char *kname
           "      }\n"
           "    }\n"
           "    __syncthreads();  // the region is complete\n"
-          "\n"
-          "    const node%02d::Ptrs p = {region, rc0, ry0, rx0};\n"
+          "\n",
+          a->bias ? ", with the bias" : "", a->bias ? " + b[c - C_BEGIN]" : "");
+  if (staged)
+    fprintf(f,
+            "    // Stage %d once per channel of the tile and pixel of the region, into shared\n"
+            "    // memory: the pool's overlapping windows then read it there instead of each\n"
+            "    // computing it again (%d x %d windows, stride %d: about %.2f times per value,\n"
+            "    // each time reading its window's channels of the region). Pixels outside the\n"
+            "    // conv output and channels past OUT_END are never read: skipped.\n"
+            "    const node%02d::Ptrs p = {region, rc0, ry0, rx0, staged, oc0};\n"
+            "    for (int e = threadIdx.x; e < TC * RP; e += THREADS) {\n"
+            "      const int c = oc0 + e / RP, sy = ry0 + e %% RP / RW, sx = rx0 + e %% RW;\n"
+            "      if (c < OUT_END && sy >= 0 && sy < CONV_H && sx >= 0 && sx < CONV_W)\n"
+            "        staged[e] = node%02d::stage%d_compute(p, img, c, sy, sx);\n"
+            "    }\n"
+            "    __syncthreads();  // the staged values are complete\n"
+            "\n",
+            staged, n->epilogue[staged].pool.kernel, n->epilogue[staged].pool.kernel,
+            n->epilogue[staged].pool.stride,
+            (double)(n->epilogue[staged].pool.kernel * n->epilogue[staged].pool.kernel) /
+                (n->epilogue[staged].pool.stride * n->epilogue[staged].pool.stride),
+            node, node, staged);
+  else
+    fprintf(f, "    const node%02d::Ptrs p = {region, rc0, ry0, rx0};\n", node);
+  fprintf(f,
           "    for (int e = threadIdx.x; e < TC * TH * TW; e += THREADS) {\n"
           "      const int c = oc0 + e / (TH * TW), oy = oy0 + e / TW %% TH, ox = ox0 + e %% TW;\n"
           "      if (c < OUT_END && oy < OUT_H && ox < OUT_W)\n"
           "        y[((img * HELD + (c - HELD_BEGIN)) * OUT_H + oy) * OUT_W + ox] = node%02d::stage%d(p, img, c, oy, ox);\n"
           "    }\n"
-          "    // No barrier needed here: the next tile writes the region only after its\n"
-          "    // GEMM's first barrier, which each thread reaches after these reads.\n"
+          "%s"
           "  }\n"
           "}\n\n",
-          a->bias ? ", with the bias" : "", a->bias ? " + b[c - C_BEGIN]" : "", node, node,
-          n->n_epilogue);
+          node, n->n_epilogue,
+          staged ? "    __syncthreads();  // the staged values are read: the next tile's GEMM overwrites them\n"
+                 : "    // No barrier needed here: the next tile writes the region only after its\n"
+                   "    // GEMM's first barrier, which each thread reaches after these reads.\n");
 }

@@ -85,9 +85,14 @@ static bool emit_stage(const Ctx *x, int k) {
     snprintf(prev, sizeof prev, "stage%d", k - 1);
   else
     snprintf(prev, sizeof prev, "in0");
+  // --conv fused: the stage the first pool reads is computed once per region pixel into
+  // shared memory (cuda_fused_staged): stageK_compute is the stage itself, which the
+  // kernel calls for that; stageK, which the pool calls, reads the result.
+  bool staged = x->region && k && k == cuda_fused_staged(n);
   fprintf(f, "// Stage %d, ", k);
   describe_stage(f, s, in, out);
-  fprintf(f, ".\n__device__ __forceinline__ float stage%d(" STAGE_ARGS ") {\n", k);
+  fprintf(f, ".\n__device__ __forceinline__ float stage%d%s(" STAGE_ARGS ") {\n", k,
+          staged ? "_compute" : "");
   switch (s->op) {
   case OP_CONV: {
     const ConvAttrs *a = &s->conv;
@@ -225,6 +230,16 @@ static bool emit_stage(const Ctx *x, int k) {
     return false;
   }
   fputs("}\n\n", f);
+  if (staged)
+    fprintf(f,
+            "// Stage %d as the kernel computed it into shared memory (stage%d_compute, once per\n"
+            "// channel of the tile and region pixel), for the pool's overlapping windows.\n"
+            "__device__ __forceinline__ float stage%d(" STAGE_ARGS ") {\n"
+            "  using namespace node%02d_fused;\n"
+            "  (void)img;\n"
+            "  return p.staged[(c - p.s0) * RP + (y - p.y0) * RW + (x - p.x0)];\n"
+            "}\n\n",
+            k, k, k, x->node);
   return true;
 }
 
@@ -308,6 +323,11 @@ bool emit_stage_functions(const Ctx *x) {
     fputs("  const float *region;  // the conv output the block computed (shared memory)\n"
           "  int c0, y0, x0;       // its first channel, row and column\n",
           f);
+    if (cuda_fused_staged(n))
+      fprintf(f,
+              "  const float *staged;  // stage %d over the tile's channels and the region's pixels\n"
+              "  int s0;               // its first channel (the tile's)\n",
+              cuda_fused_staged(n));
   } else if (x->gemm) {
     fputs("  const float *g;  // the conv GEMM's output (scratch)\n"
           "  long long ld;    // its elements per channel: batch x pixels\n",

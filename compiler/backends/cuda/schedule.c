@@ -195,14 +195,16 @@ static bool plan_conv_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, i
 }
 
 // The plan step of a conv node computed by one kernel over the whole batch (the implicit
-// kernel that writes the output, or the fused kernel): a block of CUDA_IMPLICIT_THREADS,
-// arguments input, weights, bias (if any), output.
+// kernel that writes the output, or the fused kernel): a block of CUDA_IMPLICIT_THREADS
+// with `smem` bytes of dynamic shared memory, arguments input, weights, bias (if any),
+// output.
 static void add_whole_conv_step(RtPlan *p, const Graph *g, int i, int d, const char *kname,
-                                int64_t work, int64_t w_at, int64_t b_at) {
+                                int64_t work, int smem, int64_t w_at, int64_t b_at) {
   const Node *n = &g->nodes[i], *in = &g->nodes[n->inputs[0]];
   RtStep k = step(RT_STEP_KERNEL, d, n, kname);
   k.work = work;
   k.block = CUDA_IMPLICIT_THREADS;
+  k.smem = smem;
   k.args[k.n_args++] = arena(in->place[d].offset, 0);
   k.args[k.n_args++] = weight(w_at);
   if (has_bias(n))
@@ -224,7 +226,7 @@ static bool plan_conv_implicit(const Graph *g, int i, int d, FILE *src, RtPlan *
   int64_t w_at = add_slice(p, d, n, false, pl->stage[0], false);
   if (cuda_implicit_writes_output(n, d)) {
     cuda_emit_implicit_conv(src, g, i, d, kname, NULL, prec);
-    add_whole_conv_step(p, g, i, d, kname, cuda_implicit_work(n, d, prec), w_at, b_at);
+    add_whole_conv_step(p, g, i, d, kname, cuda_implicit_work(n, d, prec), 0, w_at, b_at);
     return true;
   }
   char cname[RT_PLAN_NAME];
@@ -265,7 +267,8 @@ static bool plan_conv_fused(const Graph *g, int i, int d, FILE *src, RtPlan *p, 
   if (!emit_stage_functions(&x))
     return false;
   cuda_emit_fused_kernel(src, g, i, kname, prec);
-  add_whole_conv_step(p, g, i, d, kname, cuda_fused_work(n, d, prec), w_at, b_at);
+  add_whole_conv_step(p, g, i, d, kname, cuda_fused_work(n, d, prec),
+                      cuda_fused_tile(n, d, prec).smem, w_at, b_at);
   return true;
 }
 static bool plan_fc_gemm(const Graph *g, int i, int d, FILE *src, RtPlan *p, int64_t w_at,

@@ -48,11 +48,13 @@ namespace wmma = nvcuda::wmma;
 // loading BK-deep slices of the input and the weights into shared memory and
 // each accumulating a TM x TN register tile. After a barrier
 // the block's threads compute the tile's outputs from the region with the
-// stage functions above. Only the output reaches device memory.
-// Neighbouring tiles share their halo, which each computes: the tile
+// stage functions above (the LRN, which the pool's windows overlap, first once per
+// region pixel into shared memory, then the pool from there).
+// Only the output reaches device memory. Neighbouring tiles share their halo,
+// which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 63 GEMM tiles of 64 x 96 per image, which
-// the 290400 conv outputs this device needs would fill to 75%: the rest is
+// implicit.c, cuda_fused_tile). Here 60 GEMM tiles of 64 x 96 per image, which
+// the 290400 conv outputs this device needs would fill to 79%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // The GEMM on tensor cores (--precision tf32): its operands rounded to tf32 as they
@@ -74,10 +76,10 @@ constexpr int HELD_BEGIN = 0, HELD = 96;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 96, TH = 3, TW = 4;
-constexpr int C_TILES = 1, Y_TILES = 9, X_TILES = 7;
+constexpr int TC = 96, TH = 7, TW = 9;
+constexpr int C_TILES = 1, Y_TILES = 4, X_TILES = 3;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 100, RH = 7, RW = 9, RP = RH * RW;
+constexpr int HALO = 2, RC = 100, RH = 15, RW = 19, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
@@ -85,12 +87,14 @@ constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth
 constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 4;  // elements after each W tile row
+constexpr int A_PAD = 4, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
 
 // Tensor cores (--precision tf32): a warp computes 16 pixels x FRAGS_N x 16 kernels,
 // 16 x 16 x WK at a time; the operands are stored in shared memory rounded to tf32 (float storage).
@@ -102,11 +106,19 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
-// column of warps' at a time.
-constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+constexpr int C_LD = BM + 4;  // c_tile's rows: kernels, each BM pixels and padding
+constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);
+constexpr int C_BYTES = sizeof(float) * C_LD * BN;
 constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
+
+// Shared memory: the GEMM's operand tiles, reused once the region is complete for
+// stage 2 (norm1) over the tile's channels and the region's pixels, which the pool
+// then reads; after them the region.
+constexpr int STAGED_BYTES = sizeof(float) * TC * RP;
+constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
+constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
+static_assert(SMEM_BYTES == 223440, "the size cuda_fused_tile fitted, the plan's launch gives");
 
 }  // namespace node01_fused
 
@@ -115,6 +127,8 @@ namespace node01 {
 struct Ptrs {
   const float *region;  // the conv output the block computed (shared memory)
   int c0, y0, x0;       // its first channel, row and column
+  const float *staged;  // stage 2 over the tile's channels and the region's pixels
+  int s0;               // its first channel (the tile's)
 };
 
 // Stage 0, conv1: conv 3x227x227 -> 96x55x55, 96 kernels 11x11, stride 4, pad 0, groups 1.
@@ -131,7 +145,7 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 }
 
 // Stage 2, norm1: lrn 96x55x55 -> 96x55x55, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
-__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+__device__ __forceinline__ float stage2_compute(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 96;  // window: c +- HALF within c's group
   constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
@@ -148,6 +162,14 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
   // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
   const float r = rsqrtf(K + ALPHA * sum);
   return centre * (r * sqrtf(r));
+}
+
+// Stage 2 as the kernel computed it into shared memory (stage2_compute, once per
+// channel of the tile and region pixel), for the pool's overlapping windows.
+__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+  using namespace node01_fused;
+  (void)img;
+  return p.staged[(c - p.s0) * RP + (y - p.y0) * RW + (x - p.x0)];
 }
 
 // Stage 3, pool1: maxpool 96x55x55 -> 96x27x27, 3x3 window, stride 2, pad 0.
@@ -176,20 +198,24 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
     float *__restrict__ y,
     int batch) {
   using namespace node01_fused;
-  __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];
+  // SMEM_BYTES of dynamic shared memory (the plan's launch gives them; more than the
+  // 48 KiB of static shared memory, up to the GPU's limit per block).
+  extern __shared__ __align__(128) unsigned char dynamic_smem[];
+  unsigned char *const smem = dynamic_smem;
   // A: input values under the taps, W: transposed, depth x kernels; then the
   // accumulators, kernels x pixels.
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);
+  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(smem);
   Operand(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);
+      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * A_LD);
+  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
   const int warp = threadIdx.x / 32, warp_m = warp % WARPS_M, warp_n = warp / WARPS_M;
-  __shared__ float region[RC * RP];  // the conv output: channel, row, column
+  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column
+  float *const staged = reinterpret_cast<float *>(smem);  // stage 2, over the GEMM's tiles
   const long long tiles = (long long)batch * TILES_PER_IMAGE;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     // Tiles are numbered image, row, column, channel (channel tiles of the same
@@ -240,7 +266,7 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
           for (int kk = 0; kk < BK; kk += WK) {
             // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...
             wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;
-            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);
+            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);
 #pragma unroll
             for (int f = 0; f < FRAGS_N; f++) {
               wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;
@@ -250,33 +276,30 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
           }
           __syncthreads();  // every thread is done with the tiles
         }
-        // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
-        // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-        // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
-        // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
+        // The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN
+        // kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,
+        // kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at
+        // once: each warp's fragments die as they are stored, before acc is loaded (in two
+        // passes of half the tile both were live, and the kernels took up to 128 registers).
+#pragma unroll
+        for (int f = 0; f < FRAGS_N; f++)
+          wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,
+                                  wmma::mem_col_major);
+        __syncthreads();  // c_tile is complete
         float acc[TM][TN];
 #pragma unroll
-        for (int pass = 0; pass < WARPS_N; pass++) {
-          if (warp_n == pass) {
-#pragma unroll
-            for (int f = 0; f < FRAGS_N; f++)
-              wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
-          }
-          __syncthreads();  // this pass's c_tile is complete
-#pragma unroll
-          for (int i = 0; i < TM; i++)
-#pragma unroll
-            for (int j = 0; j < FRAGS_N; j++)
-              acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-          __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+        for (int j = 0; j < TN; j++) {
+          const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);
+          acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;
         }
+        __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }
@@ -286,14 +309,25 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
     }
     __syncthreads();  // the region is complete
 
-    const node01::Ptrs p = {region, rc0, ry0, rx0};
+    // Stage 2 once per channel of the tile and pixel of the region, into shared
+    // memory: the pool's overlapping windows then read it there instead of each
+    // computing it again (3 x 3 windows, stride 2: about 2.25 times per value,
+    // each time reading its window's channels of the region). Pixels outside the
+    // conv output and channels past OUT_END are never read: skipped.
+    const node01::Ptrs p = {region, rc0, ry0, rx0, staged, oc0};
+    for (int e = threadIdx.x; e < TC * RP; e += THREADS) {
+      const int c = oc0 + e / RP, sy = ry0 + e % RP / RW, sx = rx0 + e % RW;
+      if (c < OUT_END && sy >= 0 && sy < CONV_H && sx >= 0 && sx < CONV_W)
+        staged[e] = node01::stage2_compute(p, img, c, sy, sx);
+    }
+    __syncthreads();  // the staged values are complete
+
     for (int e = threadIdx.x; e < TC * TH * TW; e += THREADS) {
       const int c = oc0 + e / (TH * TW), oy = oy0 + e / TW % TH, ox = ox0 + e % TW;
       if (c < OUT_END && oy < OUT_H && ox < OUT_W)
         y[((img * HELD + (c - HELD_BEGIN)) * OUT_H + oy) * OUT_W + ox] = node01::stage3(p, img, c, oy, ox);
     }
-    // No barrier needed here: the next tile writes the region only after its
-    // GEMM's first barrier, which each thread reaches after these reads.
+    __syncthreads();  // the staged values are read: the next tile's GEMM overwrites them
   }
 }
 
@@ -309,11 +343,13 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
 // loading BK-deep slices of the input and the weights into shared memory and
 // each accumulating a TM x TN register tile. After a barrier
 // the block's threads compute the tile's outputs from the region with the
-// stage functions above. Only the output reaches device memory.
-// Neighbouring tiles share their halo, which each computes: the tile
+// stage functions above (the LRN, which the pool's windows overlap, first once per
+// region pixel into shared memory, then the pool from there).
+// Only the output reaches device memory. Neighbouring tiles share their halo,
+// which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 150 GEMM tiles of 64 x 32 per image, which
-// the 186624 conv outputs this device needs would fill to 61%: the rest is
+// implicit.c, cuda_fused_tile). Here 40 GEMM tiles of 64 x 128 per image, which
+// the 186624 conv outputs this device needs would fill to 57%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // The GEMM on tensor cores (--precision tf32): its operands rounded to tf32 as they
@@ -335,23 +371,25 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 52, TH = 3, TW = 13;
-constexpr int C_TILES = 5, Y_TILES = 5, X_TILES = 1;
+constexpr int TC = 256, TH = 3, TW = 7;
+constexpr int C_TILES = 1, Y_TILES = 5, X_TILES = 2;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 56, RH = 7, RW = 27, RP = RH * RW;
+constexpr int HALO = 2, RC = 260, RH = 7, RW = 15, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 32, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 2;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 4;  // elements after each W tile row
+constexpr int A_PAD = 4, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
 
 // Tensor cores (--precision tf32): a warp computes 16 pixels x FRAGS_N x 16 kernels,
 // 16 x 16 x WK at a time; the operands are stored in shared memory rounded to tf32 (float storage).
@@ -363,11 +401,19 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
-// column of warps' at a time.
-constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+constexpr int C_LD = BM + 4;  // c_tile's rows: kernels, each BM pixels and padding
+constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);
+constexpr int C_BYTES = sizeof(float) * C_LD * BN;
 constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
+
+// Shared memory: the GEMM's operand tiles, reused once the region is complete for
+// stage 2 (norm2) over the tile's channels and the region's pixels, which the pool
+// then reads; after them the region.
+constexpr int STAGED_BYTES = sizeof(float) * TC * RP;
+constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
+constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
+static_assert(SMEM_BYTES == 216720, "the size cuda_fused_tile fitted, the plan's launch gives");
 
 }  // namespace node02_fused
 
@@ -376,6 +422,8 @@ namespace node02 {
 struct Ptrs {
   const float *region;  // the conv output the block computed (shared memory)
   int c0, y0, x0;       // its first channel, row and column
+  const float *staged;  // stage 2 over the tile's channels and the region's pixels
+  int s0;               // its first channel (the tile's)
 };
 
 // Stage 0, conv2: conv 96x27x27 -> 256x27x27, 256 kernels 5x5, stride 1, pad 2, groups 2.
@@ -392,7 +440,7 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 }
 
 // Stage 2, norm2: lrn 256x27x27 -> 256x27x27, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
-__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+__device__ __forceinline__ float stage2_compute(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 256;  // window: c +- HALF within c's group
   constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
@@ -409,6 +457,14 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
   // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
   const float r = rsqrtf(K + ALPHA * sum);
   return centre * (r * sqrtf(r));
+}
+
+// Stage 2 as the kernel computed it into shared memory (stage2_compute, once per
+// channel of the tile and region pixel), for the pool's overlapping windows.
+__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+  using namespace node02_fused;
+  (void)img;
+  return p.staged[(c - p.s0) * RP + (y - p.y0) * RW + (x - p.x0)];
 }
 
 // Stage 3, pool2: maxpool 256x27x27 -> 256x13x13, 3x3 window, stride 2, pad 0.
@@ -437,20 +493,24 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
     float *__restrict__ y,
     int batch) {
   using namespace node02_fused;
-  __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];
+  // SMEM_BYTES of dynamic shared memory (the plan's launch gives them; more than the
+  // 48 KiB of static shared memory, up to the GPU's limit per block).
+  extern __shared__ __align__(128) unsigned char dynamic_smem[];
+  unsigned char *const smem = dynamic_smem;
   // A: input values under the taps, W: transposed, depth x kernels; then the
   // accumulators, kernels x pixels.
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);
+  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(smem);
   Operand(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);
+      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * A_LD);
+  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
   const int warp = threadIdx.x / 32, warp_m = warp % WARPS_M, warp_n = warp / WARPS_M;
-  __shared__ float region[RC * RP];  // the conv output: channel, row, column
+  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column
+  float *const staged = reinterpret_cast<float *>(smem);  // stage 2, over the GEMM's tiles
   const long long tiles = (long long)batch * TILES_PER_IMAGE;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     // Tiles are numbered image, row, column, channel (channel tiles of the same
@@ -501,7 +561,7 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
           for (int kk = 0; kk < BK; kk += WK) {
             // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...
             wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;
-            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);
+            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);
 #pragma unroll
             for (int f = 0; f < FRAGS_N; f++) {
               wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;
@@ -511,33 +571,30 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
           }
           __syncthreads();  // every thread is done with the tiles
         }
-        // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
-        // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-        // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
-        // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
+        // The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN
+        // kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,
+        // kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at
+        // once: each warp's fragments die as they are stored, before acc is loaded (in two
+        // passes of half the tile both were live, and the kernels took up to 128 registers).
+#pragma unroll
+        for (int f = 0; f < FRAGS_N; f++)
+          wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,
+                                  wmma::mem_col_major);
+        __syncthreads();  // c_tile is complete
         float acc[TM][TN];
 #pragma unroll
-        for (int pass = 0; pass < WARPS_N; pass++) {
-          if (warp_n == pass) {
-#pragma unroll
-            for (int f = 0; f < FRAGS_N; f++)
-              wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
-          }
-          __syncthreads();  // this pass's c_tile is complete
-#pragma unroll
-          for (int i = 0; i < TM; i++)
-#pragma unroll
-            for (int j = 0; j < FRAGS_N; j++)
-              acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-          __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+        for (int j = 0; j < TN; j++) {
+          const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);
+          acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;
         }
+        __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }
@@ -547,14 +604,25 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
     }
     __syncthreads();  // the region is complete
 
-    const node02::Ptrs p = {region, rc0, ry0, rx0};
+    // Stage 2 once per channel of the tile and pixel of the region, into shared
+    // memory: the pool's overlapping windows then read it there instead of each
+    // computing it again (3 x 3 windows, stride 2: about 2.25 times per value,
+    // each time reading its window's channels of the region). Pixels outside the
+    // conv output and channels past OUT_END are never read: skipped.
+    const node02::Ptrs p = {region, rc0, ry0, rx0, staged, oc0};
+    for (int e = threadIdx.x; e < TC * RP; e += THREADS) {
+      const int c = oc0 + e / RP, sy = ry0 + e % RP / RW, sx = rx0 + e % RW;
+      if (c < OUT_END && sy >= 0 && sy < CONV_H && sx >= 0 && sx < CONV_W)
+        staged[e] = node02::stage2_compute(p, img, c, sy, sx);
+    }
+    __syncthreads();  // the staged values are complete
+
     for (int e = threadIdx.x; e < TC * TH * TW; e += THREADS) {
       const int c = oc0 + e / (TH * TW), oy = oy0 + e / TW % TH, ox = ox0 + e % TW;
       if (c < OUT_END && oy < OUT_H && ox < OUT_W)
         y[((img * HELD + (c - HELD_BEGIN)) * OUT_H + oy) * OUT_W + ox] = node02::stage3(p, img, c, oy, ox);
     }
-    // No barrier needed here: the next tile writes the region only after its
-    // GEMM's first barrier, which each thread reaches after these reads.
+    __syncthreads();  // the staged values are read: the next tile's GEMM overwrites them
   }
 }
 
@@ -580,10 +648,11 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -623,12 +692,14 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 4;  // elements after each W tile row
+constexpr int A_PAD = 4, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
 
 // Tensor cores (--precision tf32): a warp computes 16 pixels x FRAGS_N x 16 kernels,
 // 16 x 16 x WK at a time; the operands are stored in shared memory rounded to tf32 (float storage).
@@ -640,10 +711,10 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
-// column of warps' at a time.
-constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+constexpr int C_LD = BM + 4;  // c_tile's rows: kernels, each BM pixels and padding
+constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);
+constexpr int C_BYTES = sizeof(float) * C_LD * BN;
 constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 }  // namespace node03_implicit
@@ -655,15 +726,15 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
     float *__restrict__ y,
     int batch) {
   using namespace node03_implicit;
-  __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
   // A: input values under the taps, W: transposed, depth x kernels; then the
   // accumulators, kernels x pixels.
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);
+  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(smem);
   Operand(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);
+      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * A_LD);
+  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -714,7 +785,7 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
       for (int kk = 0; kk < BK; kk += WK) {
         // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...
         wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;
-        wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);
+        wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);
 #pragma unroll
         for (int f = 0; f < FRAGS_N; f++) {
           wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;
@@ -724,38 +795,35 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
       }
       __syncthreads();  // every thread is done with the tiles
     }
-    // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
-    // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-    // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
-    // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
+    // The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN
+    // kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,
+    // kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at
+    // once: each warp's fragments die as they are stored, before acc is loaded (in two
+    // passes of half the tile both were live, and the kernels took up to 128 registers).
+#pragma unroll
+    for (int f = 0; f < FRAGS_N; f++)
+      wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,
+                              wmma::mem_col_major);
+    __syncthreads();  // c_tile is complete
     float acc[TM][TN];
 #pragma unroll
-    for (int pass = 0; pass < WARPS_N; pass++) {
-      if (warp_n == pass) {
-#pragma unroll
-        for (int f = 0; f < FRAGS_N; f++)
-          wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
-      }
-      __syncthreads();  // this pass's c_tile is complete
-#pragma unroll
-      for (int i = 0; i < TM; i++)
-#pragma unroll
-        for (int j = 0; j < FRAGS_N; j++)
-          acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-      __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+    for (int j = 0; j < TN; j++) {
+      const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);
+      acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;
     }
+    __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
 
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-      const long long mm = m0 + t_m + THREADS_M * i;
+      const long long mm = m0 + t_m * TM + i;
       if (mm >= M)
         continue;
       const long long out_img = mm / PIXELS;
       const int out_pixel = (int)(mm % PIXELS);
 #pragma unroll
       for (int j = 0; j < TN; j++) {
-        const int c = n0 + t_n + THREADS_N * j;
+        const int c = n0 + t_n * TN + j;
         if (c >= n_end)
           continue;
         const float v = acc[i][j] + b[c - C_BEGIN];
@@ -787,10 +855,11 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -830,12 +899,14 @@ constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth
 constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 4;  // elements after each W tile row
+constexpr int A_PAD = 4, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
 
 // Tensor cores (--precision tf32): a warp computes 16 pixels x FRAGS_N x 16 kernels,
 // 16 x 16 x WK at a time; the operands are stored in shared memory rounded to tf32 (float storage).
@@ -847,10 +918,10 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
-// column of warps' at a time.
-constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+constexpr int C_LD = BM + 4;  // c_tile's rows: kernels, each BM pixels and padding
+constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);
+constexpr int C_BYTES = sizeof(float) * C_LD * BN;
 constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
 
 }  // namespace node04_implicit
@@ -862,15 +933,15 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
     float *__restrict__ y,
     int batch) {
   using namespace node04_implicit;
-  __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
   // A: input values under the taps, W: transposed, depth x kernels; then the
   // accumulators, kernels x pixels.
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);
+  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(smem);
   Operand(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);
+      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * A_LD);
+  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -921,7 +992,7 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
       for (int kk = 0; kk < BK; kk += WK) {
         // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...
         wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;
-        wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);
+        wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);
 #pragma unroll
         for (int f = 0; f < FRAGS_N; f++) {
           wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;
@@ -931,38 +1002,35 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
       }
       __syncthreads();  // every thread is done with the tiles
     }
-    // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
-    // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-    // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
-    // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
+    // The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN
+    // kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,
+    // kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at
+    // once: each warp's fragments die as they are stored, before acc is loaded (in two
+    // passes of half the tile both were live, and the kernels took up to 128 registers).
+#pragma unroll
+    for (int f = 0; f < FRAGS_N; f++)
+      wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,
+                              wmma::mem_col_major);
+    __syncthreads();  // c_tile is complete
     float acc[TM][TN];
 #pragma unroll
-    for (int pass = 0; pass < WARPS_N; pass++) {
-      if (warp_n == pass) {
-#pragma unroll
-        for (int f = 0; f < FRAGS_N; f++)
-          wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
-      }
-      __syncthreads();  // this pass's c_tile is complete
-#pragma unroll
-      for (int i = 0; i < TM; i++)
-#pragma unroll
-        for (int j = 0; j < FRAGS_N; j++)
-          acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-      __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+    for (int j = 0; j < TN; j++) {
+      const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);
+      acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;
     }
+    __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
 
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-      const long long mm = m0 + t_m + THREADS_M * i;
+      const long long mm = m0 + t_m * TM + i;
       if (mm >= M)
         continue;
       const long long out_img = mm / PIXELS;
       const int out_pixel = (int)(mm % PIXELS);
 #pragma unroll
       for (int j = 0; j < TN; j++) {
-        const int c = n0 + t_n + THREADS_N * j;
+        const int c = n0 + t_n * TN + j;
         if (c >= n_end)
           continue;
         const float v = acc[i][j] + b[c - C_BEGIN];
@@ -984,11 +1052,12 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
 // loading BK-deep slices of the input and the weights into shared memory and
 // each accumulating a TM x TN register tile. After a barrier
 // the block's threads compute the tile's outputs from the region with the
-// stage functions above. Only the output reaches device memory.
-// Neighbouring tiles share their halo, which each computes: the tile
+// stage functions above.
+// Only the output reaches device memory. Neighbouring tiles share their halo,
+// which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 8 GEMM tiles of 64 x 128 per image, which
-// the 43264 conv outputs this device needs would fill to 66%: the rest is
+// implicit.c, cuda_fused_tile). Here 6 GEMM tiles of 64 x 128 per image, which
+// the 43264 conv outputs this device needs would fill to 88%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // The GEMM on tensor cores (--precision tf32): its operands rounded to tf32 as they
@@ -1010,10 +1079,10 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 128, TH = 3, TW = 3;
-constexpr int C_TILES = 2, Y_TILES = 2, X_TILES = 2;
+constexpr int TC = 256, TH = 6, TW = 6;
+constexpr int C_TILES = 1, Y_TILES = 1, X_TILES = 1;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 0, RC = 128, RH = 7, RW = 7, RP = RH * RW;
+constexpr int HALO = 0, RC = 256, RH = 13, RW = 13, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
@@ -1021,12 +1090,14 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 4;  // elements after each W tile row
+constexpr int A_PAD = 4, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
 
 // Tensor cores (--precision tf32): a warp computes 16 pixels x FRAGS_N x 16 kernels,
 // 16 x 16 x WK at a time; the operands are stored in shared memory rounded to tf32 (float storage).
@@ -1038,11 +1109,17 @@ constexpr int WARPS = THREADS / 32, WARPS_M = BM / 16, WARPS_N = WARPS / WARPS_M
 constexpr int FRAGS_N = BN / 16 / WARPS_N;  // accumulator fragments per warp
 static_assert(WARPS % WARPS_M == 0 && BN % (16 * WARPS_N) == 0 && BK % WK == 0,
               "the warps tile the block tile");
-// Shared memory for the operand tiles, reused for the accumulators (c_tile), a
-// column of warps' at a time.
-constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (BM + BN + B_PAD);
-constexpr int C_BYTES = sizeof(float) * BM * (BN / WARPS_N);
+// Shared memory for the operand tiles, reused for the accumulators (c_tile).
+constexpr int C_LD = BM + 4;  // c_tile's rows: kernels, each BM pixels and padding
+constexpr int OPERAND_BYTES = sizeof(Operand) * BK * (A_LD + BN + B_PAD);
+constexpr int C_BYTES = sizeof(float) * C_LD * BN;
 constexpr int GEMM_SMEM = OPERAND_BYTES > C_BYTES ? OPERAND_BYTES : C_BYTES;
+
+// Shared memory: the GEMM's operand tiles, then the region.
+constexpr int STAGED_BYTES = 0;
+constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
+constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
+static_assert(SMEM_BYTES == 207872, "the size cuda_fused_tile fitted, the plan's launch gives");
 
 }  // namespace node05_fused
 
@@ -1092,20 +1169,23 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
     float *__restrict__ y,
     int batch) {
   using namespace node05_fused;
-  __shared__ __align__(32) unsigned char gemm_smem[GEMM_SMEM];
+  // SMEM_BYTES of dynamic shared memory (the plan's launch gives them; more than the
+  // 48 KiB of static shared memory, up to the GPU's limit per block).
+  extern __shared__ __align__(128) unsigned char dynamic_smem[];
+  unsigned char *const smem = dynamic_smem;
   // A: input values under the taps, W: transposed, depth x kernels; then the
   // accumulators, kernels x pixels.
-  Operand(*const a_tile)[BM] = reinterpret_cast<Operand(*)[BM]>(gemm_smem);
+  Operand(*const a_tile)[A_LD] = reinterpret_cast<Operand(*)[A_LD]>(smem);
   Operand(*const b_tile)[BN + B_PAD] =
-      reinterpret_cast<Operand(*)[BN + B_PAD]>(gemm_smem + sizeof(Operand) * BK * BM);
-  float(*const c_tile)[BM] = reinterpret_cast<float(*)[BM]>(gemm_smem);
+      reinterpret_cast<Operand(*)[BN + B_PAD]>(smem + sizeof(Operand) * BK * A_LD);
+  float(*const c_tile)[C_LD] = reinterpret_cast<float(*)[C_LD]>(smem);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
   const int warp = threadIdx.x / 32, warp_m = warp % WARPS_M, warp_n = warp / WARPS_M;
-  __shared__ float region[RC * RP];  // the conv output: channel, row, column
+  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column
   const long long tiles = (long long)batch * TILES_PER_IMAGE;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     // Tiles are numbered image, row, column, channel (channel tiles of the same
@@ -1156,7 +1236,7 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
           for (int kk = 0; kk < BK; kk += WK) {
             // The warp's 16 pixels, and each of its FRAGS_N x 16 kernels, at depths kk...
             wmma::fragment<wmma::matrix_a, 16, 16, WK, OperandPrecision, wmma::col_major> a_frag;
-            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], BM);
+            wmma::load_matrix_sync(a_frag, &a_tile[kk][warp_m * 16], A_LD);
 #pragma unroll
             for (int f = 0; f < FRAGS_N; f++) {
               wmma::fragment<wmma::matrix_b, 16, 16, WK, OperandPrecision, wmma::row_major> b_frag;
@@ -1166,33 +1246,30 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
           }
           __syncthreads();  // every thread is done with the tiles
         }
-        // The warps' accumulators, through shared memory (c_tile, over the operand tiles),
-        // into the fp32 path's layout: acc[i][j] at pixel t_m + THREADS_M * i, kernel
-        // t_n + THREADS_N * j. One pass per column of warps (their BN / WARPS_N kernels), so
-        // that c_tile holds 64 x BN / WARPS_N floats, not the whole tile.
+        // The warps' accumulators, through shared memory (c_tile, over the operand tiles: BN
+        // kernels x BM pixels), into the fp32 path's layout: acc[i][j] at pixel t_m * TM + i,
+        // kernel t_n * TN + j, read as float4s of the thread's 4 pixels. The whole tile at
+        // once: each warp's fragments die as they are stored, before acc is loaded (in two
+        // passes of half the tile both were live, and the kernels took up to 128 registers).
+#pragma unroll
+        for (int f = 0; f < FRAGS_N; f++)
+          wmma::store_matrix_sync(&c_tile[(warp_n * FRAGS_N + f) * 16][warp_m * 16], acc_frag[f], C_LD,
+                                  wmma::mem_col_major);
+        __syncthreads();  // c_tile is complete
         float acc[TM][TN];
 #pragma unroll
-        for (int pass = 0; pass < WARPS_N; pass++) {
-          if (warp_n == pass) {
-#pragma unroll
-            for (int f = 0; f < FRAGS_N; f++)
-              wmma::store_matrix_sync(&c_tile[f * 16][warp_m * 16], acc_frag[f], BM, wmma::mem_col_major);
-          }
-          __syncthreads();  // this pass's c_tile is complete
-#pragma unroll
-          for (int i = 0; i < TM; i++)
-#pragma unroll
-            for (int j = 0; j < FRAGS_N; j++)
-              acc[i][pass * FRAGS_N + j] = c_tile[t_n + THREADS_N * j][t_m + THREADS_M * i];
-          __syncthreads();  // c_tile is read: the next pass, or the next operand tiles, may overwrite it
+        for (int j = 0; j < TN; j++) {
+          const float4 v = *reinterpret_cast<const float4 *>(&c_tile[t_n * TN + j][t_m * TM]);
+          acc[0][j] = v.x, acc[1][j] = v.y, acc[2][j] = v.z, acc[3][j] = v.w;
         }
+        __syncthreads();  // c_tile is read: the next operand tiles may overwrite it
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }

@@ -43,11 +43,13 @@
 // loading BK-deep slices of the input and the weights into shared memory and
 // each accumulating a TM x TN register tile. After a barrier
 // the block's threads compute the tile's outputs from the region with the
-// stage functions above. Only the output reaches device memory.
-// Neighbouring tiles share their halo, which each computes: the tile
+// stage functions above (the LRN, which the pool's windows overlap, first once per
+// region pixel into shared memory, then the pool from there).
+// Only the output reaches device memory. Neighbouring tiles share their halo,
+// which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 63 GEMM tiles of 64 x 96 per image, which
-// the 290400 conv outputs this device needs would fill to 75%: the rest is
+// implicit.c, cuda_fused_tile). Here 60 GEMM tiles of 64 x 96 per image, which
+// the 290400 conv outputs this device needs would fill to 79%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // fp32 on CUDA cores throughout.
@@ -68,10 +70,10 @@ constexpr int HELD_BEGIN = 0, HELD = 96;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 96, TH = 3, TW = 4;
-constexpr int C_TILES = 1, Y_TILES = 9, X_TILES = 7;
+constexpr int TC = 96, TH = 7, TW = 9;
+constexpr int C_TILES = 1, Y_TILES = 4, X_TILES = 3;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 100, RH = 7, RW = 9, RP = RH * RW;
+constexpr int HALO = 2, RC = 100, RH = 15, RW = 19, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
@@ -79,12 +81,42 @@ constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth
 constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
+
+// Shared memory: the GEMM's operand tiles, reused once the region is complete for
+// stage 2 (norm1) over the tile's channels and the region's pixels, which the pool
+// then reads; after them the region.
+constexpr int STAGED_BYTES = sizeof(float) * TC * RP;
+constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
+constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
+static_assert(SMEM_BYTES == 223440, "the size cuda_fused_tile fitted, the plan's launch gives");
 
 }  // namespace node01_fused
 
@@ -93,6 +125,8 @@ namespace node01 {
 struct Ptrs {
   const float *region;  // the conv output the block computed (shared memory)
   int c0, y0, x0;       // its first channel, row and column
+  const float *staged;  // stage 2 over the tile's channels and the region's pixels
+  int s0;               // its first channel (the tile's)
 };
 
 // Stage 0, conv1: conv 3x227x227 -> 96x55x55, 96 kernels 11x11, stride 4, pad 0, groups 1.
@@ -109,7 +143,7 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 }
 
 // Stage 2, norm1: lrn 96x55x55 -> 96x55x55, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
-__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+__device__ __forceinline__ float stage2_compute(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 96;  // window: c +- HALF within c's group
   constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
@@ -126,6 +160,14 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
   // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
   const float r = rsqrtf(K + ALPHA * sum);
   return centre * (r * sqrtf(r));
+}
+
+// Stage 2 as the kernel computed it into shared memory (stage2_compute, once per
+// channel of the tile and region pixel), for the pool's overlapping windows.
+__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+  using namespace node01_fused;
+  (void)img;
+  return p.staged[(c - p.s0) * RP + (y - p.y0) * RW + (x - p.x0)];
 }
 
 // Stage 3, pool1: maxpool 96x55x55 -> 96x27x27, 3x3 window, stride 2, pad 0.
@@ -154,14 +196,21 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
     float *__restrict__ y,
     int batch) {
   using namespace node01_fused;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  // SMEM_BYTES of dynamic shared memory (the plan's launch gives them; more than the
+  // 48 KiB of static shared memory, up to the GPU's limit per block).
+  extern __shared__ __align__(128) unsigned char dynamic_smem[];
+  unsigned char *const smem = dynamic_smem;
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
-  __shared__ float region[RC * RP];  // the conv output: channel, row, column
+  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column
+  float *const staged = reinterpret_cast<float *>(smem);  // stage 2, over the GEMM's tiles
   const long long tiles = (long long)batch * TILES_PER_IMAGE;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     // Tiles are numbered image, row, column, channel (channel tiles of the same
@@ -207,13 +256,11 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
           __syncthreads();  // the tiles are complete
 #pragma unroll
           for (int kr = 0; kr < BK; kr++) {
-            float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-            for (int i = 0; i < TM; i++)
-              a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-            for (int j = 0; j < TN; j++)
-              w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+            // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+            const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+            const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+            float w_frag[TN];
+            load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
             for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -225,10 +272,10 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }
@@ -238,14 +285,25 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
     }
     __syncthreads();  // the region is complete
 
-    const node01::Ptrs p = {region, rc0, ry0, rx0};
+    // Stage 2 once per channel of the tile and pixel of the region, into shared
+    // memory: the pool's overlapping windows then read it there instead of each
+    // computing it again (3 x 3 windows, stride 2: about 2.25 times per value,
+    // each time reading its window's channels of the region). Pixels outside the
+    // conv output and channels past OUT_END are never read: skipped.
+    const node01::Ptrs p = {region, rc0, ry0, rx0, staged, oc0};
+    for (int e = threadIdx.x; e < TC * RP; e += THREADS) {
+      const int c = oc0 + e / RP, sy = ry0 + e % RP / RW, sx = rx0 + e % RW;
+      if (c < OUT_END && sy >= 0 && sy < CONV_H && sx >= 0 && sx < CONV_W)
+        staged[e] = node01::stage2_compute(p, img, c, sy, sx);
+    }
+    __syncthreads();  // the staged values are complete
+
     for (int e = threadIdx.x; e < TC * TH * TW; e += THREADS) {
       const int c = oc0 + e / (TH * TW), oy = oy0 + e / TW % TH, ox = ox0 + e % TW;
       if (c < OUT_END && oy < OUT_H && ox < OUT_W)
         y[((img * HELD + (c - HELD_BEGIN)) * OUT_H + oy) * OUT_W + ox] = node01::stage3(p, img, c, oy, ox);
     }
-    // No barrier needed here: the next tile writes the region only after its
-    // GEMM's first barrier, which each thread reaches after these reads.
+    __syncthreads();  // the staged values are read: the next tile's GEMM overwrites them
   }
 }
 
@@ -261,11 +319,13 @@ extern "C" __global__ __launch_bounds__(node01_fused::THREADS) void k01_conv1(
 // loading BK-deep slices of the input and the weights into shared memory and
 // each accumulating a TM x TN register tile. After a barrier
 // the block's threads compute the tile's outputs from the region with the
-// stage functions above. Only the output reaches device memory.
-// Neighbouring tiles share their halo, which each computes: the tile
+// stage functions above (the LRN, which the pool's windows overlap, first once per
+// region pixel into shared memory, then the pool from there).
+// Only the output reaches device memory. Neighbouring tiles share their halo,
+// which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 105 GEMM tiles of 64 x 48 per image, which
-// the 186624 conv outputs this device needs would fill to 58%: the rest is
+// implicit.c, cuda_fused_tile). Here 40 GEMM tiles of 64 x 128 per image, which
+// the 186624 conv outputs this device needs would fill to 57%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // fp32 on CUDA cores throughout.
@@ -286,23 +346,53 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 44, TH = 3, TW = 13;
-constexpr int C_TILES = 6, Y_TILES = 5, X_TILES = 1;
+constexpr int TC = 256, TH = 3, TW = 7;
+constexpr int C_TILES = 1, Y_TILES = 5, X_TILES = 2;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 2, RC = 48, RH = 7, RW = 27, RP = RH * RW;
+constexpr int HALO = 2, RC = 260, RH = 7, RW = 15, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
-constexpr int BM = 64, BN = 48, BK = 16;  // block tile: pixels x kernels, depth step
-constexpr int TM = 4, TN = 3;  // thread tile: pixels x kernels
+constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, depth step
+constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
+
+// Shared memory: the GEMM's operand tiles, reused once the region is complete for
+// stage 2 (norm2) over the tile's channels and the region's pixels, which the pool
+// then reads; after them the region.
+constexpr int STAGED_BYTES = sizeof(float) * TC * RP;
+constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
+constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
+static_assert(SMEM_BYTES == 216720, "the size cuda_fused_tile fitted, the plan's launch gives");
 
 }  // namespace node02_fused
 
@@ -311,6 +401,8 @@ namespace node02 {
 struct Ptrs {
   const float *region;  // the conv output the block computed (shared memory)
   int c0, y0, x0;       // its first channel, row and column
+  const float *staged;  // stage 2 over the tile's channels and the region's pixels
+  int s0;               // its first channel (the tile's)
 };
 
 // Stage 0, conv2: conv 96x27x27 -> 256x27x27, 256 kernels 5x5, stride 1, pad 2, groups 2.
@@ -327,7 +419,7 @@ __device__ __forceinline__ float stage1(const Ptrs &p, long long img, int c, int
 }
 
 // Stage 2, norm2: lrn 256x27x27 -> 256x27x27, size 5, alpha 0.0001, beta 0.75, k 2, groups 1.
-__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+__device__ __forceinline__ float stage2_compute(const Ptrs &p, long long img, int c, int y, int x) {
   constexpr int HALF = 2, PER_GROUP = 256;  // window: c +- HALF within c's group
   constexpr float K = 2.0f, ALPHA = 0.0001f;
   const int first = c / PER_GROUP * PER_GROUP, last = first + PER_GROUP - 1;
@@ -344,6 +436,14 @@ __device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int
   // (K + ALPHA * sum)^-0.75 as rsqrt(x) * sqrt(rsqrt(x)): no powf.
   const float r = rsqrtf(K + ALPHA * sum);
   return centre * (r * sqrtf(r));
+}
+
+// Stage 2 as the kernel computed it into shared memory (stage2_compute, once per
+// channel of the tile and region pixel), for the pool's overlapping windows.
+__device__ __forceinline__ float stage2(const Ptrs &p, long long img, int c, int y, int x) {
+  using namespace node02_fused;
+  (void)img;
+  return p.staged[(c - p.s0) * RP + (y - p.y0) * RW + (x - p.x0)];
 }
 
 // Stage 3, pool2: maxpool 256x27x27 -> 256x13x13, 3x3 window, stride 2, pad 0.
@@ -372,14 +472,21 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
     float *__restrict__ y,
     int batch) {
   using namespace node02_fused;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  // SMEM_BYTES of dynamic shared memory (the plan's launch gives them; more than the
+  // 48 KiB of static shared memory, up to the GPU's limit per block).
+  extern __shared__ __align__(128) unsigned char dynamic_smem[];
+  unsigned char *const smem = dynamic_smem;
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
-  __shared__ float region[RC * RP];  // the conv output: channel, row, column
+  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column
+  float *const staged = reinterpret_cast<float *>(smem);  // stage 2, over the GEMM's tiles
   const long long tiles = (long long)batch * TILES_PER_IMAGE;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     // Tiles are numbered image, row, column, channel (channel tiles of the same
@@ -425,13 +532,11 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
           __syncthreads();  // the tiles are complete
 #pragma unroll
           for (int kr = 0; kr < BK; kr++) {
-            float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-            for (int i = 0; i < TM; i++)
-              a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-            for (int j = 0; j < TN; j++)
-              w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+            // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+            const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+            const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+            float w_frag[TN];
+            load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
             for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -443,10 +548,10 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }
@@ -456,14 +561,25 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
     }
     __syncthreads();  // the region is complete
 
-    const node02::Ptrs p = {region, rc0, ry0, rx0};
+    // Stage 2 once per channel of the tile and pixel of the region, into shared
+    // memory: the pool's overlapping windows then read it there instead of each
+    // computing it again (3 x 3 windows, stride 2: about 2.25 times per value,
+    // each time reading its window's channels of the region). Pixels outside the
+    // conv output and channels past OUT_END are never read: skipped.
+    const node02::Ptrs p = {region, rc0, ry0, rx0, staged, oc0};
+    for (int e = threadIdx.x; e < TC * RP; e += THREADS) {
+      const int c = oc0 + e / RP, sy = ry0 + e % RP / RW, sx = rx0 + e % RW;
+      if (c < OUT_END && sy >= 0 && sy < CONV_H && sx >= 0 && sx < CONV_W)
+        staged[e] = node02::stage2_compute(p, img, c, sy, sx);
+    }
+    __syncthreads();  // the staged values are complete
+
     for (int e = threadIdx.x; e < TC * TH * TW; e += THREADS) {
       const int c = oc0 + e / (TH * TW), oy = oy0 + e / TW % TH, ox = ox0 + e % TW;
       if (c < OUT_END && oy < OUT_H && ox < OUT_W)
         y[((img * HELD + (c - HELD_BEGIN)) * OUT_H + oy) * OUT_W + ox] = node02::stage3(p, img, c, oy, ox);
     }
-    // No barrier needed here: the next tile writes the region only after its
-    // GEMM's first barrier, which each thread reaches after these reads.
+    __syncthreads();  // the staged values are read: the next tile's GEMM overwrites them
   }
 }
 
@@ -489,10 +605,11 @@ extern "C" __global__ __launch_bounds__(node02_fused::THREADS) void k02_conv2(
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -531,12 +648,34 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 }  // namespace node03_implicit
 
@@ -547,10 +686,13 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
     float *__restrict__ y,
     int batch) {
   using namespace node03_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -595,13 +737,11 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
       __syncthreads();  // the tiles are complete
 #pragma unroll
       for (int kr = 0; kr < BK; kr++) {
-        float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-        for (int i = 0; i < TM; i++)
-          a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-        for (int j = 0; j < TN; j++)
-          w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+        // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+        const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+        const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+        float w_frag[TN];
+        load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
         for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -614,14 +754,14 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-      const long long mm = m0 + t_m + THREADS_M * i;
+      const long long mm = m0 + t_m * TM + i;
       if (mm >= M)
         continue;
       const long long out_img = mm / PIXELS;
       const int out_pixel = (int)(mm % PIXELS);
 #pragma unroll
       for (int j = 0; j < TN; j++) {
-        const int c = n0 + t_n + THREADS_N * j;
+        const int c = n0 + t_n * TN + j;
         if (c >= n_end)
           continue;
         const float v = acc[i][j] + b[c - C_BEGIN];
@@ -653,10 +793,11 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -695,12 +836,34 @@ constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth
 constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 }  // namespace node04_implicit
 
@@ -711,10 +874,13 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
     float *__restrict__ y,
     int batch) {
   using namespace node04_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -759,13 +925,11 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
       __syncthreads();  // the tiles are complete
 #pragma unroll
       for (int kr = 0; kr < BK; kr++) {
-        float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-        for (int i = 0; i < TM; i++)
-          a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-        for (int j = 0; j < TN; j++)
-          w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+        // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+        const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+        const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+        float w_frag[TN];
+        load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
         for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -778,14 +942,14 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-      const long long mm = m0 + t_m + THREADS_M * i;
+      const long long mm = m0 + t_m * TM + i;
       if (mm >= M)
         continue;
       const long long out_img = mm / PIXELS;
       const int out_pixel = (int)(mm % PIXELS);
 #pragma unroll
       for (int j = 0; j < TN; j++) {
-        const int c = n0 + t_n + THREADS_N * j;
+        const int c = n0 + t_n * TN + j;
         if (c >= n_end)
           continue;
         const float v = acc[i][j] + b[c - C_BEGIN];
@@ -807,11 +971,12 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
 // loading BK-deep slices of the input and the weights into shared memory and
 // each accumulating a TM x TN register tile. After a barrier
 // the block's threads compute the tile's outputs from the region with the
-// stage functions above. Only the output reaches device memory.
-// Neighbouring tiles share their halo, which each computes: the tile
+// stage functions above.
+// Only the output reaches device memory. Neighbouring tiles share their halo,
+// which each computes: the tile
 // size is chosen to run the fewest GEMM tiles per image (a model; see
-// implicit.c, cuda_fused_tile). Here 8 GEMM tiles of 64 x 128 per image, which
-// the 43264 conv outputs this device needs would fill to 66%: the rest is
+// implicit.c, cuda_fused_tile). Here 6 GEMM tiles of 64 x 128 per image, which
+// the 43264 conv outputs this device needs would fill to 88%: the rest is
 // halo that neighbouring tiles both compute, and partial tiles.
 //
 // fp32 on CUDA cores throughout.
@@ -832,10 +997,10 @@ constexpr int HELD_BEGIN = 0, HELD = 256;
 
 // The output tile, and the region of the conv output it needs, which starts
 // HALO channels before it and at rows (columns) tile row * SCALE + SHIFT.
-constexpr int TC = 128, TH = 3, TW = 3;
-constexpr int C_TILES = 2, Y_TILES = 2, X_TILES = 2;
+constexpr int TC = 256, TH = 6, TW = 6;
+constexpr int C_TILES = 1, Y_TILES = 1, X_TILES = 1;
 constexpr int TILES_PER_IMAGE = C_TILES * Y_TILES * X_TILES;
-constexpr int HALO = 0, RC = 128, RH = 7, RW = 7, RP = RH * RW;
+constexpr int HALO = 0, RC = 256, RH = 13, RW = 13, RP = RH * RW;
 constexpr int Y_SCALE = 2, Y_SHIFT = 0, X_SCALE = 2, X_SHIFT = 0;
 
 // The GEMM's tiling.
@@ -843,12 +1008,40 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
+
+// Shared memory: the GEMM's operand tiles, then the region.
+constexpr int STAGED_BYTES = 0;
+constexpr int REGION_AT = ((GEMM_SMEM > STAGED_BYTES ? GEMM_SMEM : STAGED_BYTES) + 31) / 32 * 32;
+constexpr int SMEM_BYTES = REGION_AT + sizeof(float) * RC * RP;
+static_assert(SMEM_BYTES == 185600, "the size cuda_fused_tile fitted, the plan's launch gives");
 
 }  // namespace node05_fused
 
@@ -898,14 +1091,20 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
     float *__restrict__ y,
     int batch) {
   using namespace node05_fused;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  // SMEM_BYTES of dynamic shared memory (the plan's launch gives them; more than the
+  // 48 KiB of static shared memory, up to the GPU's limit per block).
+  extern __shared__ __align__(128) unsigned char dynamic_smem[];
+  unsigned char *const smem = dynamic_smem;
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
-  __shared__ float region[RC * RP];  // the conv output: channel, row, column
+  float *const region = reinterpret_cast<float *>(smem + REGION_AT);  // the conv output: channel, row, column
   const long long tiles = (long long)batch * TILES_PER_IMAGE;
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     // Tiles are numbered image, row, column, channel (channel tiles of the same
@@ -951,13 +1150,11 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
           __syncthreads();  // the tiles are complete
 #pragma unroll
           for (int kr = 0; kr < BK; kr++) {
-            float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-            for (int i = 0; i < TM; i++)
-              a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-            for (int j = 0; j < TN; j++)
-              w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+            // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+            const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+            const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+            float w_frag[TN];
+            load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
             for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -969,10 +1166,10 @@ extern "C" __global__ __launch_bounds__(node05_fused::THREADS) void k05_conv5(
         // Into the region, with the bias.
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-          const int c = n0 + t_n + THREADS_N * j;
+          const int c = n0 + t_n * TN + j;
 #pragma unroll
           for (int i = 0; i < TM; i++) {
-            const int mm = m0 + t_m + THREADS_M * i;
+            const int mm = m0 + t_m * TM + i;
             if (c < n_end && mm < RP)
               region[(c - rc0) * RP + mm] = acc[i][j] + b[c - C_BEGIN];
           }

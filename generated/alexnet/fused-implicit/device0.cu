@@ -56,10 +56,11 @@
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -97,12 +98,34 @@ constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth
 constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 }  // namespace node01_implicit
 
@@ -112,10 +135,13 @@ extern "C" __global__ __launch_bounds__(node01_implicit::THREADS) void k01_conv1
     float *__restrict__ out,
     int batch) {
   using namespace node01_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -160,13 +186,11 @@ extern "C" __global__ __launch_bounds__(node01_implicit::THREADS) void k01_conv1
       __syncthreads();  // the tiles are complete
 #pragma unroll
       for (int kr = 0; kr < BK; kr++) {
-        float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-        for (int i = 0; i < TM; i++)
-          a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-        for (int j = 0; j < TN; j++)
-          w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+        // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+        const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+        const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+        float w_frag[TN];
+        load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
         for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -179,10 +203,10 @@ extern "C" __global__ __launch_bounds__(node01_implicit::THREADS) void k01_conv1
     // out, channel-major as cuBLAS writes it: (c - C_BEGIN) * M + m.
 #pragma unroll
     for (int j = 0; j < TN; j++) {
-      const int c = n0 + t_n + THREADS_N * j;
+      const int c = n0 + t_n * TN + j;
 #pragma unroll
       for (int i = 0; i < TM; i++) {
-        const long long mm = m0 + t_m + THREADS_M * i;
+        const long long mm = m0 + t_m * TM + i;
         if (c < n_end && mm < M)
           out[(c - C_BEGIN) * M + mm] = acc[i][j];
       }
@@ -304,10 +328,11 @@ extern "C" __global__ void k01_conv1(
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -345,12 +370,34 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 }  // namespace node02_implicit
 
@@ -360,10 +407,13 @@ extern "C" __global__ __launch_bounds__(node02_implicit::THREADS) void k02_conv2
     float *__restrict__ out,
     int batch) {
   using namespace node02_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -408,13 +458,11 @@ extern "C" __global__ __launch_bounds__(node02_implicit::THREADS) void k02_conv2
       __syncthreads();  // the tiles are complete
 #pragma unroll
       for (int kr = 0; kr < BK; kr++) {
-        float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-        for (int i = 0; i < TM; i++)
-          a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-        for (int j = 0; j < TN; j++)
-          w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+        // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+        const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+        const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+        float w_frag[TN];
+        load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
         for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -427,10 +475,10 @@ extern "C" __global__ __launch_bounds__(node02_implicit::THREADS) void k02_conv2
     // out, channel-major as cuBLAS writes it: (c - C_BEGIN) * M + m.
 #pragma unroll
     for (int j = 0; j < TN; j++) {
-      const int c = n0 + t_n + THREADS_N * j;
+      const int c = n0 + t_n * TN + j;
 #pragma unroll
       for (int i = 0; i < TM; i++) {
-        const long long mm = m0 + t_m + THREADS_M * i;
+        const long long mm = m0 + t_m * TM + i;
         if (c < n_end && mm < M)
           out[(c - C_BEGIN) * M + mm] = acc[i][j];
       }
@@ -552,10 +600,11 @@ extern "C" __global__ void k02_conv2(
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -594,12 +643,34 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 }  // namespace node03_implicit
 
@@ -610,10 +681,13 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
     float *__restrict__ y,
     int batch) {
   using namespace node03_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -658,13 +732,11 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
       __syncthreads();  // the tiles are complete
 #pragma unroll
       for (int kr = 0; kr < BK; kr++) {
-        float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-        for (int i = 0; i < TM; i++)
-          a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-        for (int j = 0; j < TN; j++)
-          w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+        // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+        const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+        const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+        float w_frag[TN];
+        load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
         for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -677,14 +749,14 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-      const long long mm = m0 + t_m + THREADS_M * i;
+      const long long mm = m0 + t_m * TM + i;
       if (mm >= M)
         continue;
       const long long out_img = mm / PIXELS;
       const int out_pixel = (int)(mm % PIXELS);
 #pragma unroll
       for (int j = 0; j < TN; j++) {
-        const int c = n0 + t_n + THREADS_N * j;
+        const int c = n0 + t_n * TN + j;
         if (c >= n_end)
           continue;
         const float v = acc[i][j] + b[c - C_BEGIN];
@@ -716,10 +788,11 @@ extern "C" __global__ __launch_bounds__(node03_implicit::THREADS) void k03_conv3
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -758,12 +831,34 @@ constexpr int BM = 64, BN = 96, BK = 16;  // block tile: pixels x kernels, depth
 constexpr int TM = 4, TN = 6;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 }  // namespace node04_implicit
 
@@ -774,10 +869,13 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
     float *__restrict__ y,
     int batch) {
   using namespace node04_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -822,13 +920,11 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
       __syncthreads();  // the tiles are complete
 #pragma unroll
       for (int kr = 0; kr < BK; kr++) {
-        float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-        for (int i = 0; i < TM; i++)
-          a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-        for (int j = 0; j < TN; j++)
-          w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+        // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+        const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+        const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+        float w_frag[TN];
+        load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
         for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -841,14 +937,14 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
     // y as the node's output buffer holds it: (image, channel - HELD_BEGIN, pixel).
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-      const long long mm = m0 + t_m + THREADS_M * i;
+      const long long mm = m0 + t_m * TM + i;
       if (mm >= M)
         continue;
       const long long out_img = mm / PIXELS;
       const int out_pixel = (int)(mm % PIXELS);
 #pragma unroll
       for (int j = 0; j < TN; j++) {
-        const int c = n0 + t_n + THREADS_N * j;
+        const int c = n0 + t_n * TN + j;
         if (c >= n_end)
           continue;
         const float v = acc[i][j] + b[c - C_BEGIN];
@@ -880,10 +976,11 @@ extern "C" __global__ __launch_bounds__(node04_implicit::THREADS) void k04_conv4
 // BK x BN slice of W into shared memory (out-of-range entries as zeros),
 // __syncthreads(), then each thread accumulates its TM x TN register tile with
 // BK x TM x TN FMAs, and __syncthreads() again before the next step overwrites
-// the tiles. A thread's pixels are t_m + THREADS_M * i and its kernels
-// t_n + THREADS_N * j (interleaved, not adjacent): a warp's shared-memory reads
-// are then 16 consecutive floats (A) and 2 broadcast ones (W), free of bank
-// conflicts, and its stores are runs of 16 consecutive pixels.
+// the tiles. A thread's pixels are t_m * TM + i and its kernels t_n * TN + j
+// (adjacent), so that it reads its TM pixels at a depth with one float4 load and
+// its TN kernels with TN / W_VEC float4 (float2) loads: a warp's 16 distinct
+// float4s of A are 256 consecutive bytes, 2 wavefronts free of bank conflicts,
+// and its W loads are 2 distinct addresses (broadcast).
 //
 // Loads. For A, consecutive threads take consecutive pixels of one depth row,
 // so a warp reads 32 neighbouring output pixels' taps: consecutive input
@@ -921,12 +1018,34 @@ constexpr int BM = 64, BN = 128, BK = 16;  // block tile: pixels x kernels, dept
 constexpr int TM = 4, TN = 8;  // thread tile: pixels x kernels
 constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
 constexpr int THREADS = THREADS_M * THREADS_N;
-constexpr int B_PAD = 2;  // elements after each W tile row
+constexpr int A_PAD = 0, B_PAD = 4;  // elements after each A, W tile row
+constexpr int A_LD = BM + A_PAD;
 constexpr int A_ROW_STEP = THREADS / BM, A_LOADS = BK / A_ROW_STEP;  // per thread and step
 constexpr int B_COL_STEP = THREADS / BK, B_LOADS = BN / B_COL_STEP;
 static_assert(THREADS % BM == 0 && BK % A_ROW_STEP == 0 && THREADS % BK == 0 &&
                   BN % B_COL_STEP == 0,
               "the tile loads divide evenly among the threads");
+static_assert(TM == 4, "a thread's pixels at a depth are one float4");
+constexpr int GEMM_SMEM = sizeof(float) * BK * (A_LD + BN + B_PAD);  // the operand tiles
+
+// A thread's TN kernels at one depth, from its row of the W tile: float4 loads where
+// TN allows, else float2 or float (the row, t_n * TN floats in, is aligned to them:
+// rows are BN + B_PAD floats, a multiple of 4).
+constexpr int W_VEC = TN % 4 == 0 ? 4 : TN % 2 == 0 ? 2 : 1;
+__device__ __forceinline__ void load_w(const float *row, float (&w_frag)[TN]) {
+#pragma unroll
+  for (int j = 0; j < TN; j += W_VEC) {
+    if constexpr (W_VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y, w_frag[j + 2] = v.z, w_frag[j + 3] = v.w;
+    } else if constexpr (W_VEC == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(row + j);
+      w_frag[j] = v.x, w_frag[j + 1] = v.y;
+    } else {
+      w_frag[j] = row[j];
+    }
+  }
+}
 
 }  // namespace node05_implicit
 
@@ -936,10 +1055,13 @@ extern "C" __global__ __launch_bounds__(node05_implicit::THREADS) void k05_conv5
     float *__restrict__ out,
     int batch) {
   using namespace node05_implicit;
-  __shared__ float a_tile[BK][BM];          // A: input values under the taps
-  __shared__ float b_tile[BK][BN + B_PAD];  // W, transposed: depth x kernels
+  __shared__ __align__(32) unsigned char smem[GEMM_SMEM];
+  // A: input values under the taps; W, transposed: depth x kernels.
+  float(*const a_tile)[A_LD] = reinterpret_cast<float(*)[A_LD]>(smem);
+  float(*const b_tile)[BN + B_PAD] =
+      reinterpret_cast<float(*)[BN + B_PAD]>(smem + sizeof(float) * BK * A_LD);
   // Loads: A column a_m at rows a_k + A_ROW_STEP * r; W row b_k at columns
-  // b_n + B_COL_STEP * r. Compute: pixels t_m + THREADS_M * i, kernels t_n + THREADS_N * j.
+  // b_n + B_COL_STEP * r. Compute: pixels t_m * TM + i, kernels t_n * TN + j.
   const int a_m = threadIdx.x % BM, a_k = threadIdx.x / BM;
   const int b_k = threadIdx.x % BK, b_n = threadIdx.x / BK;
   const int t_m = threadIdx.x % THREADS_M, t_n = threadIdx.x / THREADS_M;
@@ -984,13 +1106,11 @@ extern "C" __global__ __launch_bounds__(node05_implicit::THREADS) void k05_conv5
       __syncthreads();  // the tiles are complete
 #pragma unroll
       for (int kr = 0; kr < BK; kr++) {
-        float a_frag[TM], w_frag[TN];  // this thread's pixels and kernels at depth k0 + kr
-#pragma unroll
-        for (int i = 0; i < TM; i++)
-          a_frag[i] = a_tile[kr][t_m + THREADS_M * i];
-#pragma unroll
-        for (int j = 0; j < TN; j++)
-          w_frag[j] = b_tile[kr][t_n + THREADS_N * j];
+        // This thread's pixels and kernels at depth k0 + kr, in vector loads.
+        const float4 a4 = *reinterpret_cast<const float4 *>(&a_tile[kr][t_m * TM]);
+        const float a_frag[TM] = {a4.x, a4.y, a4.z, a4.w};
+        float w_frag[TN];
+        load_w(&b_tile[kr][t_n * TN], w_frag);
 #pragma unroll
         for (int i = 0; i < TM; i++)
 #pragma unroll
@@ -1003,10 +1123,10 @@ extern "C" __global__ __launch_bounds__(node05_implicit::THREADS) void k05_conv5
     // out, channel-major as cuBLAS writes it: (c - C_BEGIN) * M + m.
 #pragma unroll
     for (int j = 0; j < TN; j++) {
-      const int c = n0 + t_n + THREADS_N * j;
+      const int c = n0 + t_n * TN + j;
 #pragma unroll
       for (int i = 0; i < TM; i++) {
-        const long long mm = m0 + t_m + THREADS_M * i;
+        const long long mm = m0 + t_m * TM + i;
         if (c < n_end && mm < M)
           out[(c - C_BEGIN) * M + mm] = acc[i][j];
       }

@@ -59,8 +59,14 @@
 // ALEXC_FAKE_CUDA_SEED (default 1), ALEXC_FAKE_CUDA_VERBOSE=1 (the modules loaded, peak
 // memory per device, work left).
 //
-// Not emulated: real concurrency, CUBIN or PTX execution, dynamic shared memory (static
-// __shared__ arrays and __syncthreads() are), 2D/3D grids and blocks, arrays and textures,
+// Dynamic shared memory: a launch may give a block up to the function's
+// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 48 KiB until cuFuncSetAttribute
+// raises it, to at most FAKE_SMEM_OPTIN (an H100's 227 KiB); more is an error, as on a
+// GPU (a violation at the launch). The kernel gets the bytes as cuda_emu.h's
+// dynamic_smem, poisoned, and writing past them is a violation.
+//
+// Not emulated: real concurrency, CUBIN or PTX execution, 2D/3D grids and blocks, arrays
+// and textures,
 // contexts other than the primary ones, peer access from kernels (a kernel argument
 // on another device is an error). Single-threaded callers only, like the runtime; the
 // current context is thread-local as in CUDA.
@@ -159,10 +165,16 @@ struct CUevent_st {
   uint64_t capture_seq;
 };
 
+// Dynamic shared memory per block: the default limit, and the most a function may be
+// given (cuFuncSetAttribute), as on sm_90.
+#define FAKE_SMEM_DEFAULT (48 * 1024)
+#define FAKE_SMEM_OPTIN (227 * 1024)
+
 struct CUfunc_st {
   CUmodule mod;
   void *fn;
   int n_ptr;  // pointer parameters before the final int
+  int max_dynamic_smem;  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
   char name[128];
   struct CUfunc_st *next;
 };
@@ -175,6 +187,7 @@ struct CUmod_st {
   int (*run_block)(unsigned block, unsigned block_dim, unsigned grid_dim, void (*thread)(void *),
                    void *arg);
   unsigned (*current_thread)(void);
+  int (*dynamic_shared)(unsigned bytes);  // cuda_emu.h: the bytes the next blocks get
   struct CUfunc_st *funcs;
   char hash[17];
 };
@@ -1709,7 +1722,8 @@ CUresult cuModuleLoadData(CUmodule *module, const void *image) {
   void *so = source ? dlopen(so_path, RTLD_NOW | RTLD_LOCAL) : NULL;
   void *run_block = so ? dlsym(so, "alexc_emu_run_block") : NULL;
   void *current_thread = so ? dlsym(so, "alexc_emu_current_thread") : NULL;
-  if (!run_block || !current_thread) {
+  void *dynamic_shared = so ? dlsym(so, "alexc_emu_dynamic_shared") : NULL;
+  if (!run_block || !current_thread || !dynamic_shared) {
     const char *why = !source ? "no .cu" : !so ? dlerror() : "no alexc_emu_run_block";
     if (so)
       dlclose(so);
@@ -1724,6 +1738,7 @@ CUresult cuModuleLoadData(CUmodule *module, const void *image) {
   *m = (struct CUmod_st){.ctx = c, .so = so, .source = source};
   memcpy(&m->run_block, &run_block, sizeof run_block);
   memcpy(&m->current_thread, &current_thread, sizeof current_thread);
+  memcpy(&m->dynamic_shared, &dynamic_shared, sizeof dynamic_shared);
   memcpy(m->hash, hash, sizeof hash);
   reserve(&fake.mods, &fake.cap_mods, fake.n_mods + 1, sizeof *fake.mods);
   fake.mods[fake.n_mods++] = m;
@@ -1819,7 +1834,8 @@ CUresult cuModuleGetFunction(CUfunction *pf, CUmodule m, const char *name) {
                      "kernels with up to %d pointers are emulated",
                      name, m->hash, MAX_PTR_ARGS);
   struct CUfunc_st *f = xmalloc(sizeof *f);
-  *f = (struct CUfunc_st){.mod = m, .fn = fn, .n_ptr = n_ptr, .next = m->funcs};
+  *f = (struct CUfunc_st){
+      .mod = m, .fn = fn, .n_ptr = n_ptr, .max_dynamic_smem = FAKE_SMEM_DEFAULT, .next = m->funcs};
   snprintf(f->name, sizeof f->name, "%s", name);
   m->funcs = f;
   *pf = f;
@@ -1836,9 +1852,26 @@ static bool live_function(CUfunction f) {
   return false;
 }
 
+CUresult cuFuncSetAttribute(CUfunction f, CUfunction_attribute attrib, int value) {
+  NEED_INIT();
+  if (!live_function(f))
+    return VIOLATION(CUDA_ERROR_INVALID_HANDLE,
+                     "cuFuncSetAttribute: %p is not a kernel of a loaded module", (void *)f);
+  if (attrib != CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
+    return soft_fail(CUDA_ERROR_NOT_SUPPORTED, "cuFuncSetAttribute %s: attribute %d is not emulated",
+                     f->name, (int)attrib);
+  if (value < 0 || value > FAKE_SMEM_OPTIN)
+    return soft_fail(CUDA_ERROR_INVALID_VALUE,
+                     "cuFuncSetAttribute %s: MAX_DYNAMIC_SHARED_SIZE_BYTES %d, this GPU allows "
+                     "at most %d", f->name, value, FAKE_SMEM_OPTIN);
+  f->max_dynamic_smem = value;
+  return CUDA_SUCCESS;
+}
+
 typedef struct {
   CUfunction f;
   unsigned grid, block;
+  unsigned smem;  // dynamic shared memory per block
   void *ptr[MAX_PTR_ARGS];
   int batch;
 } Launch;
@@ -1934,11 +1967,15 @@ static void run_launch(void *arg) {
   sigaction(SIGBUS, &fault, &bus);
   volatile unsigned b = 0;
   unsigned t = 0;
-  if (sigsetjmp(fault_jump, 1) == 0) {
+  if (l->f->mod->dynamic_shared(l->smem) != 0) {
+    fake_cuda_violation("kernel %s: %u bytes of dynamic shared memory", l->f->name, l->smem);
+    fake.sticky = CUDA_ERROR_LAUNCH_FAILED;
+  } else if (sigsetjmp(fault_jump, 1) == 0) {
     for (b = 0; b < l->grid; b++)
       if (l->f->mod->run_block(b, l->block, l->grid, launch_thread, (void *)l) != 0) {
         fake_cuda_violation("kernel %s (device %d, block %u): its threads disagree about "
-                            "__syncthreads()", l->f->name, l->f->mod->ctx->device, b);
+                            "__syncthreads(), or it wrote past its dynamic shared memory",
+                            l->f->name, l->f->mod->ctx->device, b);
         fake.sticky = CUDA_ERROR_LAUNCH_FAILED;
         break;
       }
@@ -1972,16 +2009,20 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned
   CUresult rc = check_stream(f->name, s, c);
   if (rc != CUDA_SUCCESS)
     return rc;
-  if (gy != 1 || gz != 1 || by != 1 || bz != 1 || shmem || extra)
+  if (gy != 1 || gz != 1 || by != 1 || bz != 1 || extra)
     return VIOLATION(CUDA_ERROR_NOT_SUPPORTED,
-                     "cuLaunchKernel %s: only 1D grids and blocks, no "
-                     "dynamic shared memory and no 'extra' are emulated",
+                     "cuLaunchKernel %s: only 1D grids and blocks and no 'extra' are emulated",
                      f->name);
+  if (shmem > (unsigned)f->max_dynamic_smem)
+    return VIOLATION(CUDA_ERROR_INVALID_VALUE,
+                     "cuLaunchKernel %s: %u bytes of dynamic shared memory, more than its "
+                     "MAX_DYNAMIC_SHARED_SIZE_BYTES (%d; cuFuncSetAttribute raises it)",
+                     f->name, shmem, f->max_dynamic_smem);
   if (!gx || !bx || bx > 1024 || gx > INT32_MAX || !params)
     return VIOLATION(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel %s: grid %u, block %u%s", f->name,
                      gx, bx, params ? "" : ", no parameters");
   Launch *l = xmalloc(sizeof *l);
-  *l = (Launch){.f = f, .grid = gx, .block = bx};
+  *l = (Launch){.f = f, .grid = gx, .block = bx, .smem = shmem};
   // The parameters are copied now, as CUDA does: the caller may reuse its variables.
   for (int i = 0; i < f->n_ptr; i++) {
     CUdeviceptr p;
