@@ -4,7 +4,8 @@
 # binaries, the libraries they need and the peer script, run everything there in one go:
 #
 #   here:   scripts/gpu-check.sh prep      # build-gpu/alexc and alexrt (no LLVM), build-gpu/devlibs
-#   there:  device run, carry ["build-gpu/alexc", "build-gpu/alexrt", "build-gpu/devlibs"],
+#   there:  device run, carry ["build-gpu/alexc", "build-gpu/alexrt", "build-gpu/devlibs",
+#           "build-gpu/tests/test_train_fake"],
 #           command: scripts/gpu-check.sh run   (timeout_s 600)
 #   here, first: scripts/gpu-check.sh rehearse  # the same phases against the fake driver
 #
@@ -20,6 +21,9 @@
 #   sanitize   compute-sanitizer memcheck, racecheck, synccheck, initcheck on small cases
 #   batch      AlexNet at batch 128 (one device: 4 chunks of 32; two: 48, 48 and a short
 #              32), every image also run alone (alexrt --batch-check)
+#   train      two SGD steps of mini-AlexNet on the GPU (one device, then the two-device
+#              split) through runtime/cuda.c against the reference (test_train_fake, the
+#              binary cuda.train_fake runs on the fake driver)
 #   timings    alexc bench in each precision and layout, PyTorch's peers beside them
 #   ncu        Nsight Compute on the kernels of the fp32 bench's three heaviest layers
 #
@@ -38,7 +42,7 @@ prep() {
   scripts/deps.sh
   # No LLVM: libLLVM alone is bigger than what travels to the device machine.
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DALEXC_LLVM=OFF >/dev/null || exit 1
-  cmake --build build-gpu -j"${JOBS:-2}" --target alexc alexrt_cli || exit 1
+  cmake --build build-gpu -j"${JOBS:-2}" --target alexc alexrt_cli test_train_fake || exit 1
   mkdir -p build-gpu/devlibs
   # The shared libraries alexc needs that the device machine may lack (the runtime decodes
   # photos with libjpeg and libpng; `alexc import` parses ONNX with libprotobuf-c).
@@ -47,7 +51,7 @@ prep() {
   done
   cp ../shared/bench/torch_peers.py build-gpu/devlibs/ 2>/dev/null ||
     echo "note: ../shared/bench/torch_peers.py not found: no peer timings" >&2
-  ls -la build-gpu/alexc build-gpu/alexrt build-gpu/devlibs
+  ls -la build-gpu/alexc build-gpu/alexrt build-gpu/tests/test_train_fake build-gpu/devlibs
 }
 
 # ---------------------------------------------------------------- settings
@@ -69,6 +73,7 @@ if [ "$mode" = rehearse ]; then
   # so the rehearsal runs fewer of them.
   alexc=${ALEXC:-build/alexc}
   alexrt=${ALEXRT:-$(dirname "$alexc")/alexrt}
+  train_bin=$(dirname "$alexc")/tests/test_train_fake
   fake=$(dirname "$alexc")/tests/fake-cuda
   # No fake driver (a build without the CUDA toolkit): nothing to rehearse with; 77 is
   # ctest's "skipped".
@@ -86,6 +91,7 @@ if [ "$mode" = rehearse ]; then
 else
   alexc=${ALEXC:-build-gpu/alexc}
   alexrt=${ALEXRT:-build-gpu/alexrt}
+  train_bin=build-gpu/tests/test_train_fake
   export LD_LIBRARY_PATH="$PWD/build-gpu/devlibs:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
   # NVRTC's headers (<mma.h> for the tensor-core kernels) from this machine's toolkit.
   if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
@@ -250,6 +256,26 @@ phase_batch() {
   ! grep -q 'FAIL' "$out/batch.txt"
 }
 
+phase_train() {
+  local devices
+  if [ ! -x "$train_bin" ]; then
+    note="$train_bin not found (scripts/gpu-check.sh prep builds it)"
+    echo "$note" | tee "$out/train.txt"
+    return 3
+  fi
+  {
+    for devices in 1 2; do
+      if timeout "$(limit)" "$train_bin" specs/mini-alexnet.yaml "$devices"; then
+        echo "mini-alexnet, $devices device(s): two SGD steps against the reference: OK"
+      else
+        echo "mini-alexnet, $devices device(s): FAIL"
+      fi
+    done
+  } 2>&1 | tee "$out/train.txt"
+  note="mini-alexnet's SGD steps, 1 and 2 devices"
+  ! grep -q FAIL "$out/train.txt"
+}
+
 phase_timings() {
   local c name opts done=0
   for c in "${bench_cases[@]}"; do
@@ -305,6 +331,7 @@ phase env 10
 phase logits 60
 phase sanitize 60
 phase batch 60
+phase train 40
 phase timings 120
 phase ncu 40
 echo
