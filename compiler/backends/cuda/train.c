@@ -461,6 +461,15 @@ static void emit_fc_backward(Gen *G, const TInstr *in) {
 
 // ---------------------------------------------------------------- per-element ops
 
+static void pool_consts(const Node *n, Shape in, char *buf, size_t size) {
+  const PoolAttrs *a = &n->pool;
+  snprintf(buf, size,
+           "constexpr int C = %lld, H = %lld, W = %lld, OH = %lld, OW = %lld;\n"
+           "constexpr int K = %d, STRIDE = %d, TOP = %d, LEFT = %d;\n",
+           (long long)in.c, (long long)in.h, (long long)in.w, (long long)n->out.h,
+           (long long)n->out.w, a->kernel, a->stride, a->pad.top, a->pad.left);
+}
+
 static void lrn_consts(const Node *n, char *buf, size_t size) {
   const LrnAttrs *a = &n->lrn;
   snprintf(buf, size,
@@ -520,13 +529,7 @@ static void emit_forward_simple(Gen *G, const TInstr *in) {
     break;
   }
   case OP_MAXPOOL: {
-    const PoolAttrs *a = &n->pool;
-    Shape s = in_shape(G, n, 0);
-    snprintf(consts, sizeof consts,
-             "constexpr int C = %lld, H = %lld, W = %lld, OH = %lld, OW = %lld;\n"
-             "constexpr int K = %d, STRIDE = %d, TOP = %d, LEFT = %d;\n",
-             (long long)s.c, (long long)s.h, (long long)s.w, (long long)n->out.h,
-             (long long)n->out.w, a->kernel, a->stride, a->pad.top, a->pad.left);
+    pool_consts(n, in_shape(G, n, 0), consts, sizeof consts);
     open_kernel(G, name,
                 "Max-pool: the window clipped to the input (padding never wins), `>` from -inf "
                 "as the reference.",
@@ -666,13 +669,8 @@ static void emit_backward_simple(Gen *G, const TInstr *in) {
     break;
   }
   case OP_MAXPOOL: {
-    const PoolAttrs *a = &n->pool;
     Shape s = in_shape(G, n, 0);
-    snprintf(consts, sizeof consts,
-             "constexpr int C = %lld, H = %lld, W = %lld, OH = %lld, OW = %lld;\n"
-             "constexpr int K = %d, STRIDE = %d, TOP = %d, LEFT = %d;\n",
-             (long long)s.c, (long long)s.h, (long long)s.w, (long long)n->out.h,
-             (long long)n->out.w, a->kernel, a->stride, a->pad.top, a->pad.left);
+    pool_consts(n, s, consts, sizeof consts);
     open_kernel(G, name,
                 "Max-pool's backward, gathered: a thread per input element visits the windows "
                 "that contain it\n// (in the reference's scatter order) and adds dy of each "
