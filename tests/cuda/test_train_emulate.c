@@ -318,6 +318,22 @@ static int64_t decisions_differ(const Graph *g, const TrainProgram *p, const Wei
   return total;
 }
 
+// A device's state before a step: NaN wherever nothing is written on purpose, then the
+// parameters and momenta (w, v) where the plan keeps them.
+static void load_state(Emu *e, const CudaTrainPlan *t, const Weights *w, const Weights *v) {
+  for (int64_t i = 0; i < e->arena_elems; i++)
+    e->arena[i] = NAN;
+  for (int64_t i = 0; i < e->scratch_elems; i++)
+    e->scratch[i] = NAN;
+  for (int64_t i = 0; i < e->weight_elems; i++)
+    e->weights[i] = NAN;
+  for (int i = 0; i < w->n; i++) {
+    memcpy(e->weights + t->param_offset[i], w->data[i], w->info[i].elems * sizeof(float));
+    memcpy(e->weights + t->momentum_base + t->param_offset[i], v->data[i],
+           v->info[i].elems * sizeof(float));
+  }
+}
+
 // One step on the emulated device, from (w, v), compared two ways:
 //  - with the reference's own step (trainer_grad with ref_train_kernels, then its update):
 //    the loss, the top-1 hits, every gradient, the updated momenta and weights;
@@ -334,18 +350,7 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
   const TrainProgram *p = t->prog;
   const uint64_t seed = 5;
   int classes = (int)g->nodes[p->logits].out.c;
-  // The device's state: NaN wherever nothing is written on purpose.
-  for (int64_t i = 0; i < e->arena_elems; i++)
-    e->arena[i] = NAN;
-  for (int64_t i = 0; i < e->scratch_elems; i++)
-    e->scratch[i] = NAN;
-  for (int64_t i = 0; i < e->weight_elems; i++)
-    e->weights[i] = NAN;
-  for (int i = 0; i < w->n; i++) {
-    memcpy(e->weights + t->param_offset[i], w->data[i], w->info[i].elems * sizeof(float));
-    memcpy(e->weights + t->momentum_base + t->param_offset[i], v->data[i],
-           v->info[i].elems * sizeof(float));
-  }
+  load_state(e, t, w, v);
   CudaTrainControl ctl = {lr, seed, (uint64_t)stepno};
   memcpy(e->weights + t->control, &ctl, sizeof ctl);
   memcpy(e->arena + p->offset[p->input] * batch, x,
@@ -582,17 +587,7 @@ static bool split_step(const Graph *g, const CudaTrainPlan *t, Machine *m, Weigh
   RtPlanOps ops = {.ctx = m, .launch = m_launch, .gemm = m_gemm, .copy = m_copy};
   for (int d = 0; d < m->n; d++) {
     Emu *e = &m->dev[d];
-    for (int64_t i = 0; i < e->arena_elems; i++)
-      e->arena[i] = NAN;
-    for (int64_t i = 0; i < e->scratch_elems; i++)
-      e->scratch[i] = NAN;
-    for (int64_t i = 0; i < e->weight_elems; i++)
-      e->weights[i] = NAN;
-    for (int i = 0; i < w->n; i++) {
-      memcpy(e->weights + t->param_offset[i], w->data[i], w->info[i].elems * sizeof(float));
-      memcpy(e->weights + t->momentum_base + t->param_offset[i], v->data[i],
-             v->info[i].elems * sizeof(float));
-    }
+    load_state(e, t, w, v);
     CudaTrainControl ctl = {lr, 5, (uint64_t)stepno};
     memcpy(e->weights + t->control, &ctl, sizeof ctl);
     const RtAddr *in = &t->plan.dev[d].input.dev.addr;

@@ -461,6 +461,11 @@ static void emit_fc_backward(Gen *G, const TInstr *in) {
 
 // ---------------------------------------------------------------- per-element ops
 
+static void dropout_consts(const Node *n, int64_t elems, char *buf, size_t size) {
+  snprintf(buf, size, "constexpr long long N = %lld;\nconstexpr double SCALE = %.17g;  // 1 / (1 - p)\n",
+           (long long)elems, 1.0 / (1.0 - n->dropout.p));
+}
+
 static void pool_consts(const Node *n, Shape in, char *buf, size_t size) {
   const PoolAttrs *a = &n->pool;
   snprintf(buf, size,
@@ -549,9 +554,7 @@ static void emit_forward_simple(Gen *G, const TInstr *in) {
     break;
   }
   case OP_DROPOUT:
-    snprintf(consts, sizeof consts,
-             "constexpr long long N = %lld;\nconstexpr double SCALE = %.17g;  // 1 / (1 - p)\n",
-             (long long)elems, 1.0 / (1.0 - n->dropout.p));
+    dropout_consts(n, elems, consts, sizeof consts);
     open_kernel(G, name, "Inverted dropout: kept elements scaled by 1 / (1 - p), dropped ones 0.",
                 consts,
                 "const float *__restrict__ x, const unsigned char *__restrict__ mask, "
@@ -708,9 +711,7 @@ static void emit_backward_simple(Gen *G, const TInstr *in) {
     break;
   }
   case OP_DROPOUT:
-    snprintf(consts, sizeof consts,
-             "constexpr long long N = %lld;\nconstexpr double SCALE = %.17g;  // 1 / (1 - p)\n",
-             (long long)elems, 1.0 / (1.0 - n->dropout.p));
+    dropout_consts(n, elems, consts, sizeof consts);
     open_kernel(G, name, "Dropout's backward: dy scaled where the mask kept the element.",
                 consts,
                 "const unsigned char *__restrict__ mask, const float *__restrict__ dy, "
