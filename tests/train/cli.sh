@@ -16,6 +16,7 @@ spec=specs/mini-alexnet.yaml
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$(dirname "$0")/kill.sh"
 [ -e "$data/train-labels-idx1-ubyte.gz" ] || fail "$data is missing: scripts/deps.sh installs dataset-fashion-mnist"
 
 # metric COLUMN: the last row's COLUMN of a run's metrics.csv.
@@ -53,15 +54,13 @@ run() {
     --batch 40 --lr 0.02 --init fan-in --checkpoint-every 5 --quiet "$@"
 }
 
-# stamp FILE: its modification time in nanoseconds, or 0 when it does not exist.
-stamp() { stat -c %.9Y "$1" 2>/dev/null | tr -d . || echo 0; }
-
 resume() {
   run "$tmp/whole" > /dev/null
   local ckpt="$tmp/cut/checkpoint.safetensors" kills=0
   # Each round starts (or resumes) the run, waits until it has written a new checkpoint
   # (so every round makes progress, however slow the build), lets it go on for a random
-  # moment (possibly into the next save) and kills it with SIGKILL.
+  # moment within one checkpoint interval (possibly into the next save) and kills it with
+  # SIGKILL.
   while [ "$kills" -lt 6 ] && [ ! -e "$tmp/cut/weights.safetensors" ]; do
     flag=()
     [ -e "$ckpt" ] && flag=(--resume)
@@ -71,8 +70,8 @@ resume() {
        --epochs 2 --batch 40 --lr 0.02 --init fan-in --checkpoint-every 5 --quiet "${flag[@]}" \
        > /dev/null 2>&1) &
     pid=$!
-    while kill -0 "$pid" 2>/dev/null && [ "$(stamp "$ckpt")" = "$before" ]; do sleep 0.05; done
-    sleep "0.$((RANDOM % 10))"
+    wait_for_new "$ckpt" "$before" "$pid"
+    sleep "$(kill_delay "$tmp/whole/metrics.csv" 5)"
     if kill -9 "$pid" 2>/dev/null; then kills=$((kills + 1)); fi
     wait "$pid" 2>/dev/null || true
   done

@@ -21,6 +21,7 @@ spec=specs/mini-alexnet.yaml
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$(dirname "$0")/kill.sh"
 [ -e "$data/train-labels-idx1-ubyte.gz" ] || fail "$data is missing: scripts/deps.sh installs dataset-fashion-mnist"
 mpirun="${ALEXC_MPIRUN:-mpirun}"
 command -v "$mpirun" > /dev/null || fail "no $mpirun: scripts/deps.sh installs openmpi-bin"
@@ -93,24 +94,21 @@ rank_pid() {
   done
 }
 
-# stamp FILE: its modification time in nanoseconds, or 0 when it does not exist.
-stamp() { stat -c %.9Y "$1" 2>/dev/null | tr -d . || echo 0; }
-
 RUN=(--limit 800 --epochs 2 --batch 20 --lr 0.01 --checkpoint-every 4)
 
-# kill_rank OUT RANK ARGS...: starts 2 ranks on OUT, waits for a new checkpoint, lets them
-# run on for a random moment and SIGKILLs rank RANK. Leaves mpirun's status in $tmp/rc,
+# kill_rank OUT RANK DELAY ARGS...: starts 2 ranks on OUT, waits for a new checkpoint, lets
+# them run on for DELAY seconds and SIGKILLs rank RANK. Leaves mpirun's status in $tmp/rc,
 # its output in $tmp/kill.log and the seconds from the kill to its end in $tmp/secs.
 # Returns 1 when the run finished before the kill.
 kill_rank() {
-  local out="$1" rank="$2"; shift 2
+  local out="$1" rank="$2" delay="$3"; shift 3
   local ckpt="$out/checkpoint.safetensors" before pid victim t0
   before=$(stamp "$ckpt")
   (exec "$mpirun" "${mpi_flags[@]}" -np 2 "$alexc" train "$spec" --data "$data" --out "$out" \
      --test-limit 100 --init fan-in --quiet "${RUN[@]}" "$@" > "$tmp/kill.log" 2>&1) &
   pid=$!
-  while kill -0 "$pid" 2>/dev/null && [ "$(stamp "$ckpt")" = "$before" ]; do sleep 0.05; done
-  sleep "0.$((RANDOM % 10))"
+  wait_for_new "$ckpt" "$before" "$pid"
+  sleep "$delay"
   victim=$(rank_pid "$pid" "$rank")
   t0=$(date +%s)
   [ -n "$victim" ] && kill -9 "$victim" 2>/dev/null || { wait "$pid" || true; return 1; }
@@ -122,11 +120,12 @@ kill_rank() {
 
 resume() {
   train 2 "$tmp/whole" "${RUN[@]}" > /dev/null
-  local kills=0 flag=()
+  local kills=0 flag=() delay
   while [ "$kills" -lt 3 ] && [ ! -e "$tmp/cut/weights.safetensors" ]; do
     flag=()
     [ -e "$tmp/cut/checkpoint.safetensors" ] && flag=(--resume)
-    if kill_rank "$tmp/cut" $((RANDOM % 2)) "${flag[@]}"; then kills=$((kills + 1)); fi
+    delay=$(kill_delay "$tmp/whole/metrics.csv" 4)
+    if kill_rank "$tmp/cut" $((RANDOM % 2)) "$delay" "${flag[@]}"; then kills=$((kills + 1)); fi
   done
   [ -e "$tmp/cut/weights.safetensors" ] || train 2 "$tmp/cut" "${RUN[@]}" --resume > /dev/null
   echo "killed a rank $kills times"
@@ -153,7 +152,8 @@ resume() {
 
 killed() {
   local tries=0
-  until kill_rank "$tmp/k" 1; do
+  # Killed right after a checkpoint, so that it is surely mid-run (resume kills anywhere).
+  until kill_rank "$tmp/k" 1 0; do
     tries=$((tries + 1))
     [ "$tries" -lt 3 ] || fail "the run kept finishing before rank 1 could be killed"
     rm -rf "$tmp/k"
