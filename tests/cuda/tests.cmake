@@ -3,7 +3,7 @@
 #                         runtime's plan interpreter, against the reference (no GPU needed)
 #   cuda.generated        generated/ is what the compiler emits now
 #   cuda.nvrtc            every file in generated/ compiles with NVRTC for sm_90
-#   cuda.nvrtc_matrix     every case cuda.gpu runs, compiled with NVRTC for sm_90
+#   cuda.nvrtc_matrix     every case cuda.gpu runs, compiled with NVRTC for sm_90 (label long)
 #   cuda.gpu              alexc run --target cuda against --target ref (skips without a GPU)
 #   cuda.no_gpu           without a driver, --target cuda says so and fails cleanly
 file(GLOB ALEXC_CUDA_SPECS ${PROJECT_SOURCE_DIR}/specs/*.yaml ${CMAKE_CURRENT_SOURCE_DIR}/passes/graphs/*.yaml)
@@ -52,7 +52,9 @@ add_test(NAME cuda.nvrtc_matrix
          COMMAND ${CMAKE_COMMAND} -E env ALEXC_GPU_TEST_JOBS=2
                  bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda/gpu.sh ${ALEXC_BIN} --compile-only
          WORKING_DIRECTORY ${ALEXC_ROOT})
-set_tests_properties(cuda.nvrtc_matrix PROPERTIES SKIP_RETURN_CODE 77 LABELS "cuda;slow")
+# Six minutes: `scripts/test.sh --long`. CI's NVRTC check is cuda.nvrtc, every variant in
+# generated/ (AlexNet's largest shapes, every conv strategy, bf16, tf32, two devices).
+set_tests_properties(cuda.nvrtc_matrix PROPERTIES SKIP_RETURN_CODE 77 LABELS "cuda;slow;long")
 
 add_test(NAME cuda.gpu COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda/gpu.sh ${ALEXC_BIN}
          WORKING_DIRECTORY ${ALEXC_ROOT})
