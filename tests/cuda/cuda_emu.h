@@ -12,8 +12,10 @@
 // the kernel with its arguments. Most generated kernels have no barriers: their threads
 // are independent and run one after another. A kernel with __syncthreads() (the
 // implicit-GEMM convolution, --conv implicit) has its threads run as cooperative
-// fibers (ucontext, one stack each with a guard page below it): each runs until its next
+// fibers (one stack each with a guard page below it): each runs until its next
 // __syncthreads() and swaps back; when every thread has arrived, all of them continue.
+// On x86-64 a fiber switch is a few instructions (switch_stack, below); elsewhere it is
+// ucontext's swapcontext, which also makes a system call to swap the signal mask.
 // The runner first runs thread 0 as a fiber: if it finishes without a barrier, the
 // other threads are plain calls (and one that does reach a barrier is an error).
 //
@@ -67,6 +69,30 @@
 #ifdef ALEXC_EMU_ASAN
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
+#endif
+
+// switch_stack(save, load): saves the callee-saved registers and the SSE/x87 control
+// words on the running stack, stores its pointer in *save, and continues on the stack
+// `load` was saved from (or a new fiber's, prepared by fiber_prepare). Hidden: every
+// module the emulator builds has its own copy.
+#if defined(__x86_64__)
+#define ALEXC_EMU_SWITCH_STACK 1
+extern "C" __attribute__((visibility("hidden"))) void alexc_emu_switch_stack(void **save,
+                                                                             void *load);
+asm(".text\n"
+    ".globl alexc_emu_switch_stack\n"
+    ".hidden alexc_emu_switch_stack\n"
+    ".type alexc_emu_switch_stack, @function\n"
+    ".p2align 4\n"
+    "alexc_emu_switch_stack:\n"
+    "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+    "  subq $8, %rsp\n  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n  addq $8, %rsp\n"
+    "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+    "  ret\n"
+    ".size alexc_emu_switch_stack, .-alexc_emu_switch_stack\n");
 #endif
 
 #define __global__
@@ -143,7 +169,11 @@ constexpr size_t STACK_BYTES = 64 << 10;
 #endif
 
 struct Fiber {
+#ifdef ALEXC_EMU_SWITCH_STACK
+  void *sp;             // its stack pointer while switched away
+#else
   ucontext_t context;
+#endif
   char *stack;          // STACK_BYTES, above a guard page
   unsigned barriers;    // __syncthreads() reached
   unsigned shuffles;    // __shfl_xor_sync() reached
@@ -164,7 +194,11 @@ struct Block {
   char *stacks;         // block_dim x (guard page + STACK_BYTES), mapped once
   size_t page, stacks_bytes;
   unsigned current;     // the fiber running
+#ifdef ALEXC_EMU_SWITCH_STACK
+  void *scheduler_sp;
+#else
   ucontext_t scheduler;
+#endif
   bool direct;          // threads 1.. run as plain calls: thread 0 met no barrier
   unsigned direct_barriers, direct_shuffles;
   const void *scheduler_stack;  // ASan: the scheduler's stack, to switch back to it
@@ -180,11 +214,60 @@ static void fiber_main() {
   __sanitizer_finish_switch_fiber(nullptr, &b->scheduler_stack, &b->scheduler_stack_size);
 #endif
   b->thread(b->arg);
-  b->fibers[b->current].finished = true;
+  Fiber *f = &b->fibers[b->current];
+  f->finished = true;
 #ifdef ALEXC_EMU_ASAN
   __sanitizer_start_switch_fiber(nullptr, b->scheduler_stack, b->scheduler_stack_size);
 #endif
+#ifdef ALEXC_EMU_SWITCH_STACK
+  alexc_emu_switch_stack(&f->sp, b->scheduler_sp);  // never resumed: this fiber is done
+#else
   setcontext(&b->scheduler);  // never returns: this fiber is done
+#endif
+}
+
+// Makes fiber f start in fiber_main on its stack at its first switch_to_fiber; false
+// after a message.
+static bool fiber_prepare(Block *b, Fiber *f) {
+#ifdef ALEXC_EMU_SWITCH_STACK
+  (void)b;
+  // The frame alexc_emu_switch_stack pops, from the top of the (page-aligned) stack down:
+  // a return address for fiber_main (which never returns), fiber_main (where `ret` goes),
+  // the six callee-saved registers, the control words (the running thread's).
+  void **top = (void **)(f->stack + STACK_BYTES);
+  void **sp = top - 9;
+  memset(sp, 0, 9 * sizeof *sp);
+  top[-2] = (void *)fiber_main;
+  __asm__ volatile("stmxcsr (%0)\n\tfnstcw 4(%0)" : : "r"(sp) : "memory");
+  f->sp = sp;
+  return true;
+#else
+  if (getcontext(&f->context) != 0) {
+    perror("cuda_emu: a fiber's context");
+    return false;
+  }
+  f->context.uc_stack.ss_sp = f->stack;
+  f->context.uc_stack.ss_size = STACK_BYTES;
+  f->context.uc_link = &b->scheduler;
+  makecontext(&f->context, fiber_main, 0);
+  return true;
+#endif
+}
+
+static void switch_to_fiber(Block *b, Fiber *f) {
+#ifdef ALEXC_EMU_SWITCH_STACK
+  alexc_emu_switch_stack(&b->scheduler_sp, f->sp);
+#else
+  swapcontext(&b->scheduler, &f->context);
+#endif
+}
+
+static void switch_to_scheduler(Block *b, Fiber *f) {
+#ifdef ALEXC_EMU_SWITCH_STACK
+  alexc_emu_switch_stack(&f->sp, b->scheduler_sp);
+#else
+  swapcontext(&f->context, &b->scheduler);
+#endif
 }
 
 // Runs thread t (a fiber, created on first use) until its next barrier or its end.
@@ -193,14 +276,12 @@ static bool resume(Block *b, unsigned t) {
   if (!f->started) {
     char *guard = b->stacks + t * (b->page + STACK_BYTES);
     f->stack = guard + b->page;
-    if (mprotect(guard, b->page, PROT_NONE) != 0 || getcontext(&f->context) != 0) {
+    if (mprotect(guard, b->page, PROT_NONE) != 0) {
       perror("cuda_emu: a fiber's stack");
       return false;
     }
-    f->context.uc_stack.ss_sp = f->stack;
-    f->context.uc_stack.ss_size = STACK_BYTES;
-    f->context.uc_link = &b->scheduler;
-    makecontext(&f->context, fiber_main, 0);
+    if (!fiber_prepare(b, f))
+      return false;
     f->started = true;
   }
   set_thread(b->block, t, b->block_dim, b->grid_dim);
@@ -208,7 +289,7 @@ static bool resume(Block *b, unsigned t) {
 #ifdef ALEXC_EMU_ASAN
   __sanitizer_start_switch_fiber(&b->scheduler_fake_stack, f->stack, STACK_BYTES);
 #endif
-  swapcontext(&b->scheduler, &f->context);
+  switch_to_fiber(b, f);
 #ifdef ALEXC_EMU_ASAN
   __sanitizer_finish_switch_fiber(b->scheduler_fake_stack, nullptr, nullptr);
 #endif
@@ -228,7 +309,7 @@ static void yield(Block *b, Fiber *f) {
 #ifdef ALEXC_EMU_ASAN
   __sanitizer_start_switch_fiber(&f->fake_stack, b->scheduler_stack, b->scheduler_stack_size);
 #endif
-  swapcontext(&f->context, &b->scheduler);
+  switch_to_scheduler(b, f);
 #ifdef ALEXC_EMU_ASAN
   __sanitizer_finish_switch_fiber(f->fake_stack, &b->scheduler_stack, &b->scheduler_stack_size);
 #endif
