@@ -191,7 +191,7 @@ void rt_plan_add_tensor(RtPlan *p, const char *name, RtShape shape);
 // The tensor called `name`, or NULL.
 const RtPlanTensor *rt_plan_tensor(const RtPlan *p, const char *name);
 
-// The artifact file: a text header ("alexc-cuda-plan 6"), one line per plan item,
+// The artifact file: a text header ("alexc-cuda-plan 7"), one line per plan item,
 // "end", then the modules' bytes. Described in runtime/cuda_plan.c and
 // compiler/backends/cuda/README.md.
 bool rt_plan_save(const RtPlan *p, const char *path);
