@@ -33,10 +33,10 @@
 // the first time a rank asks for an id or joins. An RT_STEP_ALLREDUCE step is one
 // ncclAllReduce, in place, on the device's stream, so it runs after the backward's
 // kernels and before the update's in stream order; the host does not wait for it. An
-// executor that has joined never captures a graph: the training step is issued step by
-// step anyway (rt_cuda_steps), and NCCL's rules for capture (a communicator per graph
-// launch order, the same graphs on every rank) are not worth meeting for a path that
-// does not use graphs.
+// executor that has joined never captures a graph. NCCL calls can be captured (NCCL 2.9
+// and later), but the training step, the only plan with the step, is issued step by step
+// anyway (rt_cuda_steps), so capture would buy nothing here and would need checking on
+// real NCCL, which this was never run against (the fake NCCL does not model capture).
 #define _GNU_SOURCE
 #include <cublasLt.h>
 #include <cublas_v2.h>
