@@ -836,6 +836,7 @@ void dist_finalize(void);
 int dist_rank(void);
 int dist_size(void);
 int dist_local_size(void);  // ranks on this machine (for the default thread count)
+int dist_local_rank(void);  // this rank among them, 0.. (its GPUs start at local rank x devices)
 // Blocking in-place sum over all ranks, in double (counts, losses, metrics).
 void dist_allreduce_f64(double *buf, int n);
 // Starts an in-place sum of a float buffer over all ranks (a gradient bucket); the buffer

@@ -65,7 +65,9 @@ typedef struct {
   int64_t pitch;  // elements
 } RtRows;
 
-typedef enum { RT_STEP_KERNEL, RT_STEP_GEMM, RT_STEP_TRANSFER, RT_STEP_CHUNK } RtStepKind;
+typedef enum {
+  RT_STEP_KERNEL, RT_STEP_GEMM, RT_STEP_TRANSFER, RT_STEP_CHUNK, RT_STEP_ALLREDUCE
+} RtStepKind;
 
 // What a GEMM step does to C after the product: nothing, or adds a bias per row of C
 // (an fc layer's output feature), then optionally a ReLU: cublasLt's epilogues.
@@ -106,6 +108,9 @@ typedef struct {
   int body;
 
   // RT_STEP_TRANSFER: `width` elements per image from device `from` to `device`.
+  // RT_STEP_ALLREDUCE: `width` floats at dst.addr on `device` summed in place over the
+  // ranks of a data-parallel job (training: the gradient region, between the backward
+  // and the update); the executor's allreduce op.
   int from;
   RtRows src, dst;
   int64_t width;
@@ -186,7 +191,7 @@ void rt_plan_add_tensor(RtPlan *p, const char *name, RtShape shape);
 // The tensor called `name`, or NULL.
 const RtPlanTensor *rt_plan_tensor(const RtPlan *p, const char *name);
 
-// The artifact file: a text header ("alexc-cuda-plan 6"), one line per plan item,
+// The artifact file: a text header ("alexc-cuda-plan 7"), one line per plan item,
 // "end", then the modules' bytes. Described in runtime/cuda_plan.c and
 // compiler/backends/cuda/README.md.
 bool rt_plan_save(const RtPlan *p, const char *path);
@@ -227,6 +232,9 @@ typedef struct {
   // Optional (may be NULL): called before (end false) and after (end true) every run of
   // a step (once per chunk inside a chunk), for per-layer timings.
   bool (*mark)(void *ctx, const RtStep *s, bool end);
+  // Optional (NULL: a plan with an RT_STEP_ALLREDUCE step is refused): sums `floats`
+  // floats at device address buf in place over the ranks, in the device's stream order.
+  bool (*allreduce)(void *ctx, int device, uint64_t buf, int64_t floats);
 } RtPlanOps;
 
 // Blocks of a kernel step for a batch: enough for one thread per work unit, capped
@@ -239,6 +247,9 @@ bool rt_plan_run(const RtPlan *p, const RtPlanOps *ops, const float *x, int batc
 // The three parts of rt_plan_run, for executors that time the steps alone.
 bool rt_plan_upload(const RtPlan *p, const RtPlanOps *ops, const float *x, int batch);
 bool rt_plan_steps(const RtPlan *p, const RtPlanOps *ops, int batch);
+// The steps from step `first` on (not inside a chunk): a rank with no images in a step
+// still takes part in the gradients' sum and the update.
+bool rt_plan_steps_from(const RtPlan *p, const RtPlanOps *ops, int batch, int first);
 bool rt_plan_download(const RtPlan *p, const RtPlanOps *ops, float *y, int batch);
 
 // ---- the CUDA driver executor (runtime/cuda.c)
@@ -250,11 +261,16 @@ typedef struct RtCuda RtCuda;
 bool rt_cuda_available(void);
 // The architecture of GPU 0 ("sm_90") and its name; false (rt_error) without a GPU.
 bool rt_cuda_device(char *arch, size_t arch_size, char *name, size_t name_size);
-// Places the plan's logical devices on the GPUs (round robin; two logical devices on
-// one GPU run on two streams of it), loads the modules, allocates weight buffers and
-// uploads each slice from get(ctx, tensor name), converted as the slice says.
-RtCuda *rt_cuda_open(const RtPlan *p, const float *(*get)(void *ctx, const char *tensor),
-                     void *ctx);
+// The number of GPUs the driver sees; false (rt_error) without a driver or a GPU.
+bool rt_cuda_gpu_count(int *count);
+// Places the plan's logical devices on the GPUs first_gpu, first_gpu + 1, ... (round
+// robin over those there are; two logical devices on one GPU run on two streams of it),
+// loads the modules, allocates weight buffers and uploads each slice from get(ctx,
+// tensor name), converted as the slice says. first_gpu: 0, or this rank's first GPU in
+// a data-parallel job (local rank times the devices each rank uses); a first_gpu the
+// machine does not have is refused with a message.
+RtCuda *rt_cuda_open(const RtPlan *p, int first_gpu,
+                     const float *(*get)(void *ctx, const char *tensor), void *ctx);
 bool rt_cuda_run(RtCuda *r, const float *x, int batch, float *y);
 // Whether a batch's steps are captured into a CUDA graph (once per batch size) and
 // replayed (default: on, unless ALEXC_CUDA_GRAPHS=0; used only when the plan is on one
@@ -301,5 +317,17 @@ bool rt_cuda_memory(RtCuda *r, RtMemory *m);
 bool rt_cuda_write(RtCuda *r, int d, RtAddr a, int batch, const void *host, int64_t floats);
 bool rt_cuda_read(RtCuda *r, int d, RtAddr a, int batch, void *host, int64_t floats);
 bool rt_cuda_steps(RtCuda *r, int batch);
+// The same from step `first` on (rt_plan_steps_from).
+bool rt_cuda_steps_from(RtCuda *r, int batch, int first);
+
+// Data parallelism over NCCL (libnccl.so.2, loaded with dlopen: the runtime links no NCCL
+// or MPI). A plan's RT_STEP_ALLREDUCE steps run ncclAllReduce (in place, float, sum) on
+// the device's stream, once the executor has joined a communicator. The job's rank 0
+// makes an id (ncclGetUniqueId, RT_NCCL_ID_BYTES), sends it to every rank by other means
+// (MPI), and each rank joins with it (ncclCommInitRank, on the plan's one logical device:
+// one device per rank). Once joined, the executor never captures CUDA graphs.
+#define RT_NCCL_ID_BYTES 128
+bool rt_cuda_nccl_id(void *id);
+bool rt_cuda_nccl_join(RtCuda *r, int rank, int nranks, const void *id);
 
 #endif

@@ -28,11 +28,21 @@
 // Only when every logical device is on one GPU (graphs spanning GPUs are not used);
 // rt_cuda_set_graphs(r, false) or ALEXC_CUDA_GRAPHS=0 issues the steps directly, as
 // per-step timing (rt_cuda_time with per_layer) always does.
+//
+// NCCL (data-parallel training: rt_cuda_nccl_join). libnccl.so.2 is loaded with dlopen
+// the first time a rank asks for an id or joins. An RT_STEP_ALLREDUCE step is one
+// ncclAllReduce, in place, on the device's stream, so it runs after the backward's
+// kernels and before the update's in stream order; the host does not wait for it. An
+// executor that has joined never captures a graph. NCCL calls can be captured (NCCL 2.9
+// and later), but the training step, the only plan with the step, is issued step by step
+// anyway (rt_cuda_steps), so capture would buy nothing here and would need checking on
+// real NCCL, which this was never run against (the fake NCCL does not model capture).
 #define _GNU_SOURCE
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda.h>
 #include <dlfcn.h>
+#include <nccl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +93,14 @@ static struct {
   void *lib;
   LT_FUNCS(DECLARE)
 } lt;
+// NCCL, for RT_STEP_ALLREDUCE: loaded when a rank asks for an id or joins.
+#define NCCL_FUNCS(X)                                                                      \
+  X(ncclGetUniqueId) X(ncclCommInitRank) X(ncclAllReduce) X(ncclCommDestroy)              \
+  X(ncclGetErrorString)
+static struct {
+  void *lib;
+  NCCL_FUNCS(DECLARE)
+} nccl;
 
 static bool cu_fail(const char *what, CUresult rc) {
   const char *msg = NULL;
@@ -165,6 +183,34 @@ static bool load_cublaslt(void) {
   return true;
 }
 
+// NCCL, the first time data parallelism needs it.
+static bool load_nccl(void) {
+  static char why[512];
+  if (nccl.lib)
+    return true;
+  if (why[0])
+    return rt_fail("%s", why);
+  if (!(nccl.lib = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL))) {
+    snprintf(why, sizeof why, "NCCL not found (libnccl.so.2: %s): training on several ranks "
+             "with --target cuda needs it", dlerror());
+    return rt_fail("%s", why);
+  }
+#define LOAD_NCCL(f)                                                                   \
+  if (!(nccl.f = (__typeof__(nccl.f))dlsym(nccl.lib, STR(f)))) {                       \
+    snprintf(why, sizeof why, "NCCL lacks %s: it is older than this toolkit's nccl.h", STR(f)); \
+    dlclose(nccl.lib);                                                                 \
+    nccl.lib = NULL;                                                                   \
+    return rt_fail("%s", why);                                                         \
+  }
+  NCCL_FUNCS(LOAD_NCCL)
+  return true;
+}
+
+static bool nccl_ok(ncclResult_t rc, const char *what) {
+  return rc == ncclSuccess ||
+         rt_fail("nccl: %s: %s (error %d)", what, nccl.ncclGetErrorString(rc), (int)rc);
+}
+
 bool rt_cuda_available(void) {
   static bool tried, ok;
   static char why[512];
@@ -173,6 +219,13 @@ bool rt_cuda_available(void) {
     ok = load_libraries(why, sizeof why);
   }
   return ok || rt_fail("%s", why);
+}
+
+bool rt_cuda_gpu_count(int *count) {
+  if (!rt_cuda_available())
+    return false;
+  *count = gpu_count;
+  return true;
 }
 
 bool rt_cuda_device(char *arch, size_t arch_size, char *name, size_t name_size) {
@@ -251,6 +304,7 @@ struct RtCuda {
   // Timing (rt_cuda_time): events recorded around steps, reused from run to run.
   Timed *timed;
   int n_timed, cap_timed;
+  ncclComm_t comm;  // joined (rt_cuda_nccl_join): the plan's one device's communicator
 };
 
 static Gpu *gpu(RtCuda *r, int d) { return &r->gpu[r->gpu_of[d]]; }
@@ -569,6 +623,10 @@ void rt_cuda_close(RtCuda *r) {
   if (!r)
     return;
   drop_graph(r);
+  if (r->comm && use(r, 0)) {
+    cu.cuStreamSynchronize(r->stream[0]);  // its last sum may still be queued
+    nccl.ncclCommDestroy(r->comm);
+  }
   for (int d = 0; d < r->plan->n_devices; d++) {
     if (!gpu(r, d)->ctx || !use(r, d))
       continue;
@@ -692,22 +750,28 @@ static bool load_device(RtCuda *r, int d, const float *(*get)(void *, const char
   return true;
 }
 
-RtCuda *rt_cuda_open(const RtPlan *p, const float *(*get)(void *ctx, const char *tensor),
-                     void *ctx) {
+RtCuda *rt_cuda_open(const RtPlan *p, int first_gpu,
+                     const float *(*get)(void *ctx, const char *tensor), void *ctx) {
   if (!rt_cuda_available())
     return NULL;
+  if (first_gpu < 0 || first_gpu >= gpu_count) {
+    rt_fail("cuda: GPU %d was asked for, and this machine has %d (GPUs 0 to %d)", first_gpu,
+            gpu_count, gpu_count - 1);
+    return NULL;
+  }
   RtCuda *r = calloc(1, sizeof *r);
   if (!r) {
     rt_fail("out of memory");
     return NULL;
   }
   r->plan = p;
-  r->n_gpus = p->n_devices < gpu_count ? p->n_devices : gpu_count;
+  int usable = gpu_count - first_gpu;  // GPUs first_gpu.. are this executor's
+  r->n_gpus = p->n_devices < usable ? p->n_devices : usable;
   const char *graphs = getenv("ALEXC_CUDA_GRAPHS");
   r->graphs = !(graphs && !strcmp(graphs, "0"));
   bool ok = true;
   for (int g = 0; g < r->n_gpus && ok; g++)
-    ok = open_gpu(&r->gpu[g], g);
+    ok = open_gpu(&r->gpu[g], first_gpu + g);
   for (int d = 0; d < p->n_devices; d++)
     r->gpu_of[d] = d % r->n_gpus;
   ok = ok && enable_peers(r);
@@ -792,8 +856,20 @@ static bool mark(void *ctx, const RtStep *s, bool end) {
   return true;
 }
 
+// RT_STEP_ALLREDUCE: the sum over the ranks, in place, queued on the device's stream.
+static bool allreduce(void *ctx, int d, uint64_t buf, int64_t floats) {
+  RtCuda *r = ctx;
+  if (d != 0)
+    return rt_fail("cuda: an all-reduce on logical device %d; a rank sums on one device", d);
+  void *p = (void *)(uintptr_t)buf;
+  return use(r, d) && nccl_ok(nccl.ncclAllReduce(p, p, (size_t)floats, ncclFloat, ncclSum,
+                                                  r->comm, (cudaStream_t)r->stream[d]),
+                              "ncclAllReduce");
+}
+
 static RtPlanOps plan_ops(RtCuda *r) {
-  RtPlanOps ops = {.ctx = r, .launch = launch, .gemm = gemm, .gemm_bias = gemm_bias, .copy = copy};
+  RtPlanOps ops = {.ctx = r, .launch = launch, .gemm = gemm, .gemm_bias = gemm_bias, .copy = copy,
+                   .allreduce = r->comm ? allreduce : NULL};
   for (int d = 0; d < r->plan->n_devices; d++) {
     ops.arena[d] = r->arena[d];
     ops.weights[d] = r->weights[d];
@@ -854,7 +930,7 @@ static bool capture_graph(RtCuda *r, const RtPlanOps *ops, int batch) {
 // The steps of a batch: the graph captured for this batch size (captured now if there
 // is none), or each step issued directly.
 static bool run_steps(RtCuda *r, const RtPlanOps *ops, int batch) {
-  if (!r->graphs || r->n_gpus != 1)
+  if (!r->graphs || r->n_gpus != 1 || r->comm)
     return rt_plan_steps(r->plan, ops, batch);
   if (r->graph_batch != batch && !capture_graph(r, ops, batch))
     return false;
@@ -999,9 +1075,35 @@ bool rt_cuda_read(RtCuda *r, int d, RtAddr a, int batch, void *host, int64_t flo
   return move_floats(r, d, a, batch, host, floats, false);
 }
 
-bool rt_cuda_steps(RtCuda *r, int batch) {
+bool rt_cuda_steps(RtCuda *r, int batch) { return rt_cuda_steps_from(r, batch, 0); }
+
+bool rt_cuda_steps_from(RtCuda *r, int batch, int first) {
   if (!size_buffers(r, batch))
     return false;
   RtPlanOps ops = plan_ops(r);
-  return rt_plan_steps(r->plan, &ops, batch) && sync_all(r);
+  return rt_plan_steps_from(r->plan, &ops, batch, first) && sync_all(r);
+}
+
+// ---------------------------------------------------------------- NCCL
+
+bool rt_cuda_nccl_id(void *id) {
+  ncclUniqueId u;
+  if (!rt_cuda_available() || !load_nccl() || !nccl_ok(nccl.ncclGetUniqueId(&u), "ncclGetUniqueId"))
+    return false;
+  memcpy(id, &u, sizeof u);
+  return true;
+}
+
+// ncclCommInitRank blocks until every rank has called it with the same id.
+bool rt_cuda_nccl_join(RtCuda *r, int rank, int nranks, const void *id) {
+  _Static_assert(sizeof(ncclUniqueId) == RT_NCCL_ID_BYTES, "nccl.h's id size");
+  if (r->plan->n_devices != 1)
+    return rt_fail("cuda: NCCL with %d logical devices per rank: one only", r->plan->n_devices);
+  if (r->comm)
+    return rt_fail("cuda: this executor has joined a communicator already");
+  ncclUniqueId u;
+  memcpy(&u, id, sizeof u);
+  drop_graph(r);  // captured without the sums (none are captured once joined)
+  return load_nccl() && use(r, 0) &&
+         nccl_ok(nccl.ncclCommInitRank(&r->comm, nranks, u, rank), "ncclCommInitRank");
 }

@@ -16,9 +16,14 @@ bool rt_cuda_device(char *arch, size_t arch_size, char *name, size_t name_size) 
   return none();
 }
 
-RtCuda *rt_cuda_open(const RtPlan *p, const float *(*get)(void *ctx, const char *tensor),
-                     void *ctx) {
-  (void)p, (void)get, (void)ctx;
+bool rt_cuda_gpu_count(int *count) {
+  *count = 0;
+  return none();
+}
+
+RtCuda *rt_cuda_open(const RtPlan *p, int first_gpu,
+                     const float *(*get)(void *ctx, const char *tensor), void *ctx) {
+  (void)p, (void)first_gpu, (void)get, (void)ctx;
   none();
   return NULL;
 }
@@ -61,5 +66,20 @@ bool rt_cuda_read(RtCuda *r, int d, RtAddr a, int batch, void *host, int64_t flo
 
 bool rt_cuda_steps(RtCuda *r, int batch) {
   (void)r, (void)batch;
+  return none();
+}
+
+bool rt_cuda_steps_from(RtCuda *r, int batch, int first) {
+  (void)r, (void)batch, (void)first;
+  return none();
+}
+
+bool rt_cuda_nccl_id(void *id) {
+  (void)id;
+  return none();
+}
+
+bool rt_cuda_nccl_join(RtCuda *r, int rank, int nranks, const void *id) {
+  (void)r, (void)rank, (void)nranks, (void)id;
   return none();
 }

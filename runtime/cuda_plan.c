@@ -3,7 +3,7 @@
 //
 // The artifact is a text header, readable with `head`, then the modules' bytes:
 //
-//   alexc-cuda-plan 6
+//   alexc-cuda-plan 7
 //   network alexnet
 //   arch sm_90
 //   precision fp32                          fp32, tf32 or bf16: the GEMMs' arithmetic
@@ -20,6 +20,7 @@
 //   gemm 0 LAYER PREC TA TB M N K A LDA B LDB C LDC EPILOGUE [BIAS]
 //   chunk 0 LAYER IMAGES STEPS
 //   transfer FROM TO LAYER SRC SRC_PITCH DST DST_PITCH WIDTH
+//   allreduce 0 LAYER ADDR COUNT            COUNT floats at ADDR summed over the ranks
 //   end
 //   <device 0 cubin><device 0 ptx><device 1 cubin>...
 //
@@ -58,7 +59,7 @@
 #include "internal.h"
 
 #define MAGIC_ANY "alexc-cuda-plan "  // then the format: an old plan is not junk
-#define FORMAT "6"
+#define FORMAT "7"  // 7: allreduce steps
 #define MAGIC MAGIC_ANY FORMAT "\n"
 #define MAX_LINE 4096
 #define BIG ((int64_t)1 << 40)
@@ -253,6 +254,11 @@ bool rt_plan_serialize(const RtPlan *p, uint8_t **data, size_t *data_size) {
       fprintf(f, " %" PRId64, s->src.pitch);
       put_addr(f, s->dst.addr);
       fprintf(f, " %" PRId64 " %" PRId64, s->dst.pitch, s->width);
+      break;
+    case RT_STEP_ALLREDUCE:
+      fprintf(f, "allreduce %d %s", s->device, s->name);
+      put_addr(f, s->dst.addr);
+      fprintf(f, " %" PRId64, s->width);
       break;
     }
     fputc('\n', f);
@@ -475,6 +481,12 @@ static bool parse_line(Tokens *t, RtPlan *p, int *devices_seen) {
         !num(t->tok[8], 1, BIG, &s.width))
       return false;
     s.device = (int)v[1];
+  } else if (!strcmp(w, "allreduce") && t->n == 5) {
+    s.kind = RT_STEP_ALLREDUCE;
+    if (!name(t->tok[2], s.name) || !addr(t->tok[3], &s.dst.addr) ||
+        s.dst.addr.space != RT_SPACE_WEIGHTS || !num(t->tok[4], 1, BIG, &s.width) ||
+        s.dst.addr.fixed + s.width > dev->weights)
+      return false;
   } else {
     return false;
   }
@@ -661,6 +673,11 @@ static bool run_step(const RtStep *s, const RtPlanOps *ops, Span sp) {
   case RT_STEP_TRANSFER:
     return ops->copy(ops->ctx, d, resolve(ops, d, s->dst.addr, sp), s->dst.pitch, s->from,
                      resolve(ops, s->from, s->src.addr, sp), s->src.pitch, s->width, sp.n);
+  case RT_STEP_ALLREDUCE:
+    if (!ops->allreduce)
+      return rt_fail("plan: step '%s' sums over the ranks of a data-parallel job, and this "
+                     "executor has no all-reduce (NCCL not joined)", s->name);
+    return ops->allreduce(ops->ctx, d, resolve(ops, d, s->dst.addr, sp), s->width);
   case RT_STEP_CHUNK:
     break;
   }
@@ -687,8 +704,14 @@ bool rt_plan_upload(const RtPlan *p, const RtPlanOps *ops, const float *x, int b
 }
 
 bool rt_plan_steps(const RtPlan *p, const RtPlanOps *ops, int batch) {
+  return rt_plan_steps_from(p, ops, batch, 0);
+}
+
+bool rt_plan_steps_from(const RtPlan *p, const RtPlanOps *ops, int batch, int first) {
   const Span whole = {batch, 0, batch};
-  for (int i = 0; i < p->n_steps; i++) {
+  if (first < 0 || first > p->n_steps)
+    return rt_fail("plan: no step %d (the plan has %d)", first, p->n_steps);
+  for (int i = first; i < p->n_steps; i++) {
     const RtStep *s = &p->steps[i];
     if (s->kind != RT_STEP_CHUNK) {
       if (!run_marked(s, ops, whole))

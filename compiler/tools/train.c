@@ -69,7 +69,10 @@ static const char TRAIN_HELP[] =
     "ranks, each on its share of every batch: --batch is per rank, so a step takes N * B\n"
     "images and gives the weights one process would at batch N * B (to float rounding).\n"
     "Rank 0 alone writes DIR's files; --resume needs the same N. --threads defaults to\n"
-    "the CPUs divided among the ranks on each machine.\n"
+    "the CPUs divided among the ranks on each machine. With --target cuda each rank\n"
+    "trains on one GPU (--devices 1; ranks on a machine take GPUs 0, 1, ... by local\n"
+    "rank) and the gradients are summed over the ranks with NCCL (libnccl.so.2) after\n"
+    "the whole backward pass, before the update: no overlap with the backward.\n"
     "\n"
     "Ctrl-C (or SIGTERM) finishes the step, writes a checkpoint and stops; --resume\n"
     "continues from it.\n";
@@ -410,6 +413,7 @@ typedef struct {
   TrainState s;
   int64_t steps_per_epoch;
   double *parts;  // several ranks: each rank's images in this step, and the stop flag
+  char arch[16];  // --target cuda: the GPUs' architecture
 } Run;
 
 // A fresh state (initialised or loaded weights, zero momenta), or the checkpoint's.
@@ -551,14 +555,21 @@ static void gather_parts(Run *r, int n, int *first, int *total, bool *stop) {
 // global batch's mean loss; *hits and *total count over the global batch too.
 static double train_step(Run *r, double lr, const float *x, const int32_t *labels, int n,
                          int first, int total, int *hits) {
-  if (r->cuda) {  // trainer_step's contract: the state advances by a step
+  double part;  // this rank's loss sum
+  if (r->cuda && r->a->ranks < 2) {  // trainer_step's contract: the state advances by a step
     double loss = cuda_trainer_step(r->cuda, lr, r->s.seed, r->s.step, x, labels, n, hits);
     r->s.step++;
     return loss;
-  }
-  if (r->a->ranks < 2)
+  } else if (r->cuda) {
+    part = cuda_trainer_step_part(r->cuda, lr, r->s.seed, r->s.step, x, labels, n, first, total,
+                                  hits);
+    r->s.step++;
+  } else if (r->a->ranks < 2) {
     return trainer_step(r->t, &r->s, lr, x, labels, n, hits);
-  double sums[2] = {trainer_step_part(r->t, &r->s, lr, x, labels, n, first, total, hits), 0};
+  } else {
+    part = trainer_step_part(r->t, &r->s, lr, x, labels, n, first, total, hits);
+  }
+  double sums[2] = {part, 0};
   sums[1] = *hits;
   dist_allreduce_f64(sums, 2);  // a NaN on any rank is a NaN on all: they stop together
   *hits = (int)sums[1];
@@ -638,7 +649,7 @@ static bool ranks_agree(const Run *r) {
 
 // After an epoch: test, schedule, metrics row, checkpoint, curves.
 static bool finish_epoch(Run *r, double seconds) {
-  if (!ranks_agree(r) || !sync_state(r))
+  if (!sync_state(r) || !ranks_agree(r))  // --target cuda: the weights the GPUs hold
     return false;
   EvalResult e = evaluate(r->t, r->g, r->s.w, r->test, r->a->batch, r->a->ranks);
   int64_t steps = r->s.epoch_step ? r->s.epoch_step : 1;
@@ -763,6 +774,57 @@ static bool share_start(Run *r, bool ok) {
   return true;
 }
 
+// --target cuda under mpirun: one device a rank (the model-parallel split is not combined
+// with data parallelism), and enough GPUs on this machine for its ranks, which take GPUs
+// local rank x devices onwards. Every rank checks the same, so rank 0's message is shown.
+static bool cuda_ranks_fit(const TrainArgs *a) {
+  if (a->devices > 1) {
+    error("--target cuda under mpirun trains on one GPU a rank: --devices %d is for one "
+          "process (run without mpirun, or with --devices 1)", a->devices);
+    return false;
+  }
+  int gpus = 0;
+  if (!rt_cuda_gpu_count(&gpus)) {
+    error("--target cuda: %s", rt_error());
+    return false;
+  }
+  int need = dist_local_size() * a->devices;
+  if (need > gpus) {
+    error("--target cuda: mpirun started %d ranks on this machine of %d GPU(s), each rank "
+          "needing %d: start at most %d ranks a machine", dist_local_size(), gpus, a->devices,
+          gpus / a->devices);
+    return false;
+  }
+  return true;
+}
+
+// Several ranks, --target cuda: the step on each rank's GPU, then the NCCL communicator
+// (rank 0's id sent to all over MPI). Every rank learns whether all got through each
+// part, so that none waits in a collective another has left.
+static bool start_cuda_ranks(Run *r) {
+  const TrainArgs *a = r->a;
+  if (strcmp(a->target, "cuda") || a->ranks < 2)
+    return true;
+  r->cuda = cuda_trainer_new_rank(r->g, a->devices, a->ranks, dist_local_rank() * a->devices,
+                                  r->arch, r->s.w, r->s.v);
+  struct {
+    uint8_t id[RT_NCCL_ID_BYTES];
+    uint8_t ok;
+  } start = {.ok = 1};
+  double failed = !r->cuda;
+  dist_allreduce_f64(&failed, 1);
+  if (failed)
+    return false;
+  if (!a->rank)
+    start.ok = cuda_trainer_nccl_id(start.id);
+  dist_broadcast(&start, sizeof start);
+  if (!start.ok)  // rank 0 said why
+    return false;
+  failed = !cuda_trainer_join(r->cuda, a->rank, a->ranks, start.id);
+  dist_allreduce_f64(&failed, 1);
+  return !failed;
+}
+
 // Rank 0 alone owns the run directory: it locks it and starts or resumes the run.
 static bool start_lead(Run *r, const char *config, int *lock) {
   const TrainArgs *a = r->a;
@@ -787,21 +849,20 @@ static bool set_up(Run *r, TrainArgs *a, Graph *g, char **config, int *lock) {
     error("--target %s cannot train (training targets: ref, cpu, cuda)", a->target);
     return false;
   }
-  if (cuda && a->ranks > 1) {
-    error("--target cuda trains in one process (its --devices split the model), not under "
-          "mpirun");
+  if (cuda && a->ranks > 1 && !cuda_ranks_fit(a))
     return false;
-  }
   if (a->threads)
     cpu_train_set_threads(a->threads);
   DataOptions dtr = data_options(g, a, true), dte = data_options(g, a, false);
   bool ok = (r->train = data_open(a->data, &dtr)) && (r->test = data_open(a->data, &dte)) &&
             (r->t = trainer_new(g, target->train, a->batch, a->devices)) &&
             classes_fit(r->train, r->t, a->data, g) && start_lead(r, *config, lock);
-  char arch[16];
+  // One process starts its GPU step here; ranks after share_start (start_cuda_ranks),
+  // when every rank holds rank 0's weights.
   if (ok && cuda)
-    ok = resolve_arch(NULL, true, arch, sizeof arch) &&
-         (r->cuda = cuda_trainer_new(g, a->devices, arch, r->s.w, r->s.v)) != NULL;
+    ok = resolve_arch(NULL, true, r->arch, sizeof r->arch) &&
+         (a->ranks > 1 ||
+          (r->cuda = cuda_trainer_new(g, a->devices, r->arch, r->s.w, r->s.v)) != NULL);
   return ok;
 }
 
@@ -810,7 +871,7 @@ static int train_run(TrainArgs *a) {
   int status = EXIT_ERR, lock = -1;
   Run r = {.a = a, .g = g, .files = run_files(a->out)};
   char *config = NULL;
-  if (!share_start(&r, set_up(&r, a, g, &config, &lock)))
+  if (!share_start(&r, set_up(&r, a, g, &config, &lock)) || !start_cuda_ranks(&r))
     goto done;
   trainer_set_bucket_bytes(r.t, (int64_t)a->bucket_kib << 10);
   r.parts = xcalloc(a->ranks + 1, sizeof *r.parts);

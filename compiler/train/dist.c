@@ -18,7 +18,7 @@
 
 static struct {
   bool joined;
-  int rank, size, local_size;
+  int rank, size, local_size, local_rank;
   MPI_Request pending[MAX_PENDING];
   int n_pending;
 } dist = {.size = 1, .local_size = 1};
@@ -41,6 +41,7 @@ bool dist_init(void) {
   MPI_Comm local;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
   MPI_Comm_size(local, &dist.local_size);
+  MPI_Comm_rank(local, &dist.local_rank);  // ordered as in MPI_COMM_WORLD (key 0)
   MPI_Comm_free(&local);
   return true;
 }
@@ -54,6 +55,7 @@ void dist_finalize(void) {
 int dist_rank(void) { return dist.rank; }
 int dist_size(void) { return dist.size; }
 int dist_local_size(void) { return dist.local_size; }
+int dist_local_rank(void) { return dist.local_rank; }
 
 void dist_allreduce_f64(double *buf, int n) {
   if (dist.size > 1)

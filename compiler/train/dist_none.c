@@ -34,6 +34,7 @@ void dist_finalize(void) {}
 int dist_rank(void) { return 0; }
 int dist_size(void) { return 1; }
 int dist_local_size(void) { return 1; }
+int dist_local_rank(void) { return 0; }
 void dist_allreduce_f64(double *buf, int n) { (void)buf, (void)n; }
 void dist_iallreduce_f32(float *buf, int64_t n) { (void)buf, (void)n; }
 void dist_progress(void) {}

@@ -424,7 +424,7 @@ static bool batch_check(RtCuda *r, const RtPlan *p, const float *x, int batch, c
 // Without a GPU (or in a runtime built without CUDA) rt_cuda_open says why not.
 static bool run_model(const RtPlan *p, const Weights *w, const float *x, int batch, float *y,
                       bool check) {
-  RtCuda *r = rt_cuda_open(p, weight_by_name, (void *)w);
+  RtCuda *r = rt_cuda_open(p, 0, weight_by_name, (void *)w);
   if (!r) {
     error("%s", rt_error());
     return false;

@@ -108,7 +108,7 @@ grep -q 'void k01_features_0(' "$tmp/src/device0.cu" || { echo "FAIL: kernel nam
 
 if "$alexc" compile specs/mini-alexnet.yaml --target cuda -o "$tmp/probe.plan" >/dev/null 2>&1; then
   expect 0 "compile mini-alexnet" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --devices 2 -o "$tmp/m.plan"
-  head -c 17 "$tmp/m.plan" | grep -q "alexc-cuda-plan 6" || { echo "FAIL: artifact header"; failures=$((failures + 1)); }
+  head -c 17 "$tmp/m.plan" | grep -q "alexc-cuda-plan 7" || { echo "FAIL: artifact header"; failures=$((failures + 1)); }
   grep -a -q "^chunk 0 conv1 " "$tmp/m.plan" || { echo "FAIL: no conv chunk in the plan"; failures=$((failures + 1)); }
   grep -a -q "^gemm 0 conv1 fp32 N N " "$tmp/m.plan" || { echo "FAIL: no conv gemm in the plan"; failures=$((failures + 1)); }
   expect 0 "compile bf16" -- "$alexc" compile specs/mini-alexnet.yaml --target cuda --precision bf16 -o "$tmp/bf16.plan"

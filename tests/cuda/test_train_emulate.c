@@ -351,7 +351,7 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
   const uint64_t seed = 5;
   int classes = (int)g->nodes[p->logits].out.c;
   load_state(e, t, w, v);
-  CudaTrainControl ctl = {lr, seed, (uint64_t)stepno};
+  CudaTrainControl ctl = {lr, seed, (uint64_t)stepno, 0, batch};  // one process: all images
   memcpy(e->weights + t->control, &ctl, sizeof ctl);
   memcpy(e->arena + p->offset[p->input] * batch, x,
          p->values[p->input].elems * batch * sizeof(float));
@@ -588,7 +588,7 @@ static bool split_step(const Graph *g, const CudaTrainPlan *t, Machine *m, Weigh
   for (int d = 0; d < m->n; d++) {
     Emu *e = &m->dev[d];
     load_state(e, t, w, v);
-    CudaTrainControl ctl = {lr, 5, (uint64_t)stepno};
+    CudaTrainControl ctl = {lr, 5, (uint64_t)stepno, 0, batch};
     memcpy(e->weights + t->control, &ctl, sizeof ctl);
     const RtAddr *in = &t->plan.dev[d].input.dev.addr;
     memcpy(e->arena + in->per_image * batch + in->fixed, x, in_elems * batch * sizeof(float));

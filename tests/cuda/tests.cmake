@@ -92,6 +92,16 @@ if(ALEXC_CUDA AND ALEXC_CXX)
   set_target_properties(fake_cublaslt PROPERTIES PREFIX "" OUTPUT_NAME libcublasLt SUFFIX .so.13
                         LIBRARY_OUTPUT_DIRECTORY ${ALEXC_FAKE_CUDA_DIR}
                         BUILD_RPATH "$ORIGIN")
+  # A fake NCCL (libnccl.so.2) whose sums are MPI's, for mpirun -np N alexc train --target
+  # cuda (train.mpi.cuda, in train.cmake): only in a build with MPI.
+  if(ALEXC_MPI)
+    add_library(fake_nccl SHARED cuda/fake/fake_nccl.c)
+    target_include_directories(fake_nccl PRIVATE ${ALEXC_CUDA_INCLUDE})
+    target_link_libraries(fake_nccl PRIVATE fake_cuda MPI::MPI_C)
+    set_target_properties(fake_nccl PROPERTIES PREFIX "" OUTPUT_NAME libnccl SUFFIX .so.2
+                          LIBRARY_OUTPUT_DIRECTORY ${ALEXC_FAKE_CUDA_DIR}
+                          BUILD_RPATH "$ORIGIN")
+  endif()
   add_test(NAME cuda.fake
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cuda/fake.sh ${ALEXC_BIN}
                    ${ALEXC_FAKE_CUDA_DIR} ${ALEXC_CXX}

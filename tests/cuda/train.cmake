@@ -108,3 +108,21 @@ if(ALEXC_CUDA AND ALEXC_CXX)
     alexc_label(cuda.train_fake cuda)
   endif()
 endif()
+
+# Data parallelism on the fake driver: mpirun -np 2 alexc train --target cuda at batch B
+# against one process at 2B (tests/train/mpi.sh, part cuda), the gradients summed by the
+# fake NCCL (MPI inside); and too few GPUs for the ranks refused. Minutes with
+# ASan-instrumented fakes: the plain build's only.
+if(ALEXC_CUDA AND ALEXC_CXX AND ALEXC_MPI)
+  add_test(NAME train.mpi.cuda
+           COMMAND bash ${PROJECT_SOURCE_DIR}/tests/train/mpi.sh ${ALEXC_BIN}
+                   $<TARGET_FILE:weights_close> cuda
+           WORKING_DIRECTORY ${ALEXC_ROOT})
+  set_tests_properties(train.mpi.cuda PROPERTIES TIMEOUT 300
+                       ENVIRONMENT "ALEXC_MPIRUN=${MPIEXEC_EXECUTABLE};ALEXC_FAKE_LIB=${ALEXC_FAKE_CUDA_DIR};ALEXC_FAKE_CUDA_CXX=${ALEXC_CXX};ALEXC_FAKE_CUDA_EMU=${CMAKE_CURRENT_SOURCE_DIR}/cuda/cuda_emu.h")
+  if(ALEXC_SANITIZE)
+    set_property(TEST train.mpi.cuda APPEND PROPERTY LABELS train mpi cuda slow)
+  else()
+    alexc_label(train.mpi.cuda train mpi cuda)
+  endif()
+endif()

@@ -10,8 +10,14 @@
 #   killed: one rank SIGKILLed mid-run ends the job, non-zero, within a bounded time,
 #           saying which rank died; the checkpoint left behind is whole and loads;
 #   errors: a setup error every rank makes (a bad flag, bad data) is printed once, not once
-#           a rank; one that only rank 1 makes is printed, naming the rank.
-# usage: mpi.sh ALEXC WEIGHTS_CLOSE [same|same_ref|resume|killed|errors]   (no part: all)
+#           a rank; one that only rank 1 makes is printed, naming the rank;
+#   cuda:   --target cuda on the fake driver (tests/cuda/fake/, NCCL's sums done by MPI):
+#           2 ranks at batch 1 against one process at batch 2, 21 steps, the last one
+#           image (rank 0 holds none); 2 ranks on a machine of 1 GPU, and --devices 2
+#           under mpirun, refused with a message. Needs ALEXC_FAKE_LIB (the fakes'
+#           directory), ALEXC_FAKE_CUDA_CXX and ALEXC_FAKE_CUDA_EMU (train.cmake sets them).
+# usage: mpi.sh ALEXC WEIGHTS_CLOSE [same|same_ref|resume|killed|errors|cuda]
+#        (no part: all but cuda)
 set -euo pipefail
 alexc="$1"
 close="$2"
@@ -189,8 +195,31 @@ errors() {
   grep -q "^\[rank 1\] alexc: error: $tmp/none" "$log" || fail "rank 1's error is not shown: $(cat "$log")"
 }
 
+# The fake driver builds each kernel module from NVRTC's cache: the one-process run goes
+# first and builds them, so the ranks find them (they are the same: the all-reduce is a
+# plan step, not a kernel) instead of building them at once.
+cuda() {
+  [ -n "${ALEXC_FAKE_LIB:-}" ] || fail "ALEXC_FAKE_LIB is not set: run this part through ctest"
+  export LD_LIBRARY_PATH="$ALEXC_FAKE_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export ALEXC_CACHE="$tmp/cache" ALEXC_FAKE_CUDA_MODULES="$tmp/modules"
+  export ALEXC_FAKE_CUDA_CACHE="$tmp/cache" ALEXC_FAKE_CUDA_CXX ALEXC_FAKE_CUDA_EMU
+  # Too few GPUs: 2 ranks on a machine with 1 (the fake's default), each needing one.
+  local log="$tmp/gpus.log"
+  ! ALEXC_FAKE_CUDA_GPUS=1 train 2 "$tmp/g" --target cuda --limit 8 --batch 2 > "$log" 2>&1 ||
+    fail "2 ranks on 1 GPU were accepted"
+  [ "$(count_in "$log" "2 ranks on this machine of 1 GPU")" -eq 1 ] ||
+    fail "2 ranks on 1 GPU: no single message: $(cat "$log")"
+  ! ALEXC_FAKE_CUDA_GPUS=4 train 2 "$tmp/g" --target cuda --devices 2 --limit 8 --batch 2 \
+    > "$log" 2>&1 || fail "--devices 2 under mpirun was accepted"
+  [ "$(count_in "$log" "one GPU a rank: --devices 2")" -eq 1 ] ||
+    fail "--devices 2 under mpirun: no single message: $(cat "$log")"
+  # 41 images at 2 a step: 20 whole steps and one of 1 image, which rank 1 holds.
+  ALEXC_FAKE_CUDA_GPUS=2 same_as_one 2 1 cuda --limit 41 --epochs 1 --lr 0.01
+}
+
 case "$part" in
   same) same ;;
+  cuda) cuda ;;
   same_ref) same_ref ;;
   resume) resume ;;
   killed) killed ;;

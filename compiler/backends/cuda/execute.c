@@ -29,7 +29,7 @@ bool cuda_load_graph(const Graph *g, const char *how, const CudaOptions *o, cons
     cuda_model_free(m);
     return false;
   }
-  m->rt = rt_cuda_open(&m->prog.plan, weight_by_name, (void *)w);
+  m->rt = rt_cuda_open(&m->prog.plan, 0, weight_by_name, (void *)w);
   if (!m->rt) {
     error("%s", rt_error());
     cuda_model_free(m);

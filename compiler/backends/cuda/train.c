@@ -15,6 +15,8 @@
 //             gradient from it, im2col again, dW = col^T dy and dcol = dy W^T as GEMMs per
 //             group, col2im adding into dx; fc: dW and dx as GEMMs, dx added from scratch;
 //             the rest a thread per input element, gathering (no atomics: deterministic)
+//   allreduce built for several ranks (data parallelism): the gradient region summed over
+//             the ranks in place (an RT_STEP_ALLREDUCE step: NCCL), after the backward
 //   update    one kernel over every parameter: sgd_update_span's arithmetic in double
 //             with the rounding intrinsics, so no multiply-add is contracted
 // Every shape is a constexpr in the kernel's namespace; arguments are buffers and the
@@ -190,12 +192,14 @@ static void emit_mask(Gen *G, const TInstr *in) {
            (long long)shape_elems(n->out), dropout_layer_key(n->name), n->name, threshold,
            n->dropout.p);
   open_kernel(G, name,
-              "Dropout's keep mask: element i (of the whole batch) is kept when the top 24 "
-              "bits of\n// philox({i, i >> 32, step, LAYER_KEY}, seed) word 0 are >= "
-              "THRESHOLD, as train/philox.c draws it.",
+              "Dropout's keep mask: element i of the batch is kept when the top 24 "
+              "bits of\n// philox({e, e >> 32, step, LAYER_KEY}, seed) word 0 are >= "
+              "THRESHOLD, as train/philox.c draws it,\n// e = i + first * N its index in the "
+              "global batch (this rank's images start at image\n// ctl->first), so the masks "
+              "do not depend on how the ranks split it.",
               consts, "unsigned char *__restrict__ mask, const TrainControl *__restrict__ ctl",
               "N * batch");
-  out(G, "    unsigned long long e = (unsigned long long)i;\n"
+  out(G, "    unsigned long long e = (unsigned long long)i + (unsigned long long)ctl->first * N;\n"
          "    unsigned word = philox_word0((unsigned)e, (unsigned)(e >> 32), (unsigned)ctl->step,\n"
          "                                 LAYER_KEY, (unsigned)ctl->seed,\n"
          "                                 (unsigned)(ctl->seed >> 32));\n"
@@ -778,10 +782,13 @@ static void emit_loss(Gen *G, const TInstr *in) {
               "lse = m + log sum e^(z - m),\n// loss = lse - z[label], dlogits = (softmax - "
               "onehot) / batch; a top-1 hit when every other\n// logit is strictly below the "
               "label's (ties and NaN count against it). A label out of range\n// gives a NaN "
-              "loss (the host checks labels first).",
+              "loss (the host checks labels first). One rank's part of a global batch of\n// "
+              "ctl->total images: dlogits weighted by batch / total (train.c's TI_LOSS), so the "
+              "ranks'\n// gradients sum to the global batch's.",
               consts,
               "const float *__restrict__ logits, const int *__restrict__ labels, "
-              "float *__restrict__ dlogits, double *__restrict__ loss, int *__restrict__ hits",
+              "float *__restrict__ dlogits, double *__restrict__ loss, int *__restrict__ hits, "
+              "const TrainControl *__restrict__ ctl",
               "batch");
   out(G, "    const float *z = logits + i * CLASSES;\n"
          "    float *dz = dlogits + i * CLASSES;\n"
@@ -801,13 +808,25 @@ static void emit_loss(Gen *G, const TInstr *in) {
          "    int not_beaten = 0;\n"
          "    for (int k = 0; k < CLASSES; k++) {\n"
          "      dz[k] = (float)((exp(z[k] - m) / sum - (k == label)) / batch);\n"
+         "      if (ctl->total && ctl->total != batch)  // 0: the batch is whole\n"
+         "        dz[k] = (float)((double)dz[k] * batch / ctl->total);\n"
          "      not_beaten += k != label && !(z[label] > z[k]);\n"
          "    }\n"
          "    hits[i] = not_beaten < 1;\n");
   close_kernel(G);
-  RtAddr a[5] = {value_at(G, in->x[0]), G->t->labels, value_at(G, in->dy), G->t->loss,
-                 G->t->hits};
-  launch(G, name, G->p->logits, 1, 5, a);
+  RtAddr a[6] = {value_at(G, in->x[0]), G->t->labels, value_at(G, in->dy), G->t->loss,
+                 G->t->hits, weight_at(G->t->control)};
+  launch(G, name, G->p->logits, 1, 6, a);
+}
+
+// Several ranks: the gradient region summed over them, in place, before the update.
+static void emit_allreduce(Gen *G) {
+  RtStep s = {.kind = RT_STEP_ALLREDUCE, .device = G->device,
+              .dst = {weight_at(G->t->grad_base), G->t->params}, .width = G->t->params};
+  snprintf(s.name, sizeof s.name, "gradients");
+  snprintf(s.layer, sizeof s.layer, "allreduce");
+  G->t->allreduce_step = G->t->plan.n_steps;
+  rt_plan_add_step(&G->t->plan, &s);
 }
 
 static void emit_update(Gen *G) {
@@ -845,6 +864,7 @@ static const char PREAMBLE[] =
     "struct TrainControl {\n"
     "  double lr;\n"
     "  unsigned long long seed, step;\n"
+    "  int first, total;  // this rank's first image in the global batch, and its size\n"
     "};\n"
     "\n"
     "// Every kernel loops over its elements with a grid stride, so any grid covers them.\n"
@@ -948,6 +968,8 @@ static void generate_one(Gen *G) {
       emit_backward(G, in);
       break;
     case TI_UPDATE:  // all of them in one kernel, at the first
+      if (!updated && t->ranks > 1)
+        emit_allreduce(G);
       if (!updated)
         emit_update(G);
       updated = true;
@@ -1292,11 +1314,23 @@ static bool patterns_supported(const char *const *patterns) {
 
 bool cuda_train_generate(const Graph *g, const char *const *patterns, int devices,
                          CudaTrainPlan *t) {
+  return cuda_train_generate_ranks(g, patterns, devices, 1, t);
+}
+
+bool cuda_train_generate_ranks(const Graph *g, const char *const *patterns, int devices,
+                               int ranks, CudaTrainPlan *t) {
   memset(t, 0, sizeof *t);
   if (devices < 1 || devices > MAX_DEVICES) {
     error("cuda training: %d devices (1 to %d)", devices, MAX_DEVICES);
     return false;
   }
+  if (ranks > 1 && devices > 1) {
+    error("cuda training: data parallelism over %d ranks with --devices %d: a rank trains "
+          "on one device (--devices 1) under mpirun", ranks, devices);
+    return false;
+  }
+  t->ranks = ranks > 1 ? ranks : 1;
+  t->allreduce_step = -1;
   if (!patterns_supported(patterns))
     return false;
   if (!patterns)

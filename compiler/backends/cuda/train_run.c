@@ -4,6 +4,10 @@
 // seed, step) go up, and its per-image losses and hits come back. Checkpoints download
 // the parameters and momenta (cuda_trainer_download). Checked against the fake driver
 // (tests/cuda/fake/: the same kernels compiled for the CPU), never yet on a GPU.
+//
+// Data parallelism (one rank of an mpirun job): the plan sums the gradients over the ranks
+// (NCCL, once joined: cuda_trainer_join) before its update; each step's control block
+// carries the rank's first image in the global batch and the global batch's size.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +19,7 @@ struct CudaTrainer {
   CudaTrainPlan t;
   RtCuda *rt;
   int classes;
+  float *zero_grads;  // several ranks: a rank with no images of a step sums zeros
 };
 
 typedef struct {
@@ -78,9 +83,14 @@ bool cuda_trainer_download(CudaTrainer *c, Weights *w, Weights *v) {
 
 CudaTrainer *cuda_trainer_new(const Graph *g, int devices, const char *arch, const Weights *w,
                               const Weights *v) {
+  return cuda_trainer_new_rank(g, devices, 1, 0, arch, w, v);
+}
+
+CudaTrainer *cuda_trainer_new_rank(const Graph *g, int devices, int ranks, int first_gpu,
+                                   const char *arch, const Weights *w, const Weights *v) {
   CudaTrainer *c = xcalloc(1, sizeof *c);
   c->g = g;
-  if (!cuda_train_generate(g, NULL, devices, &c->t)) {
+  if (!cuda_train_generate_ranks(g, NULL, devices, ranks, &c->t)) {
     free(c);
     return NULL;
   }
@@ -91,7 +101,7 @@ CudaTrainer *cuda_trainer_new(const Graph *g, int devices, const char *arch, con
   bool ok = cuda_compile(&prog, arch);  // says why not itself
   c->t.plan = prog.plan;                 // now with the modules
   Source src = {w};
-  if (ok && !(c->rt = rt_cuda_open(&c->t.plan, tensor_of, &src))) {
+  if (ok && !(c->rt = rt_cuda_open(&c->t.plan, first_gpu, tensor_of, &src))) {
     error("cuda training: %s", rt_error());
     ok = false;
   }
@@ -109,8 +119,58 @@ CudaTrainer *cuda_trainer_new(const Graph *g, int devices, const char *arch, con
   return c;
 }
 
+bool cuda_trainer_nccl_id(uint8_t id[RT_NCCL_ID_BYTES]) {
+  if (rt_cuda_nccl_id(id))
+    return true;
+  error("cuda training: %s", rt_error());
+  return false;
+}
+
+bool cuda_trainer_join(CudaTrainer *c, int rank, int ranks, const uint8_t id[RT_NCCL_ID_BYTES]) {
+  if (c->t.ranks != ranks) {
+    error("cuda training: internal error: a step built for %d ranks joins %d", c->t.ranks, ranks);
+    return false;
+  }
+  if (rt_cuda_nccl_join(c->rt, rank, ranks, id))
+    return true;
+  error("cuda training: rank %d joining the NCCL communicator: %s", rank, rt_error());
+  return false;
+}
+
+// A rank with none of a step's images: its gradients are zeros, summed with the others',
+// then the update (the plan from its all-reduce on), so that every rank takes the step.
+static bool empty_part(CudaTrainer *c, const CudaTrainControl *ctl) {
+  if (c->t.allreduce_step < 0) {
+    error("cuda training: internal error: a step of no images in one process");
+    return false;
+  }
+  if (!c->zero_grads)
+    c->zero_grads = xcalloc(c->t.params, sizeof *c->zero_grads);
+  RtAddr grads = {RT_SPACE_WEIGHTS, 0, c->t.grad_base, 0};
+  RtAddr at_ctl = {RT_SPACE_WEIGHTS, 0, c->t.control, 0};
+  if (rt_cuda_write(c->rt, 0, at_ctl, 1, ctl, sizeof *ctl / sizeof(float)) &&
+      rt_cuda_write(c->rt, 0, grads, 1, c->zero_grads, c->t.params) &&
+      rt_cuda_steps_from(c->rt, 1, c->t.allreduce_step))
+    return true;
+  error("cuda training: %s", rt_error());
+  return false;
+}
+
 double cuda_trainer_step(CudaTrainer *c, double lr, uint64_t seed, int64_t step, const float *x,
                          const int32_t *labels, int n, int *top1) {
+  double sum = cuda_trainer_step_part(c, lr, seed, step, x, labels, n, 0, n, top1);
+  return n ? sum / n : sum;
+}
+
+double cuda_trainer_step_part(CudaTrainer *c, double lr, uint64_t seed, int64_t step,
+                              const float *x, const int32_t *labels, int n, int first, int total,
+                              int *top1) {
+  CudaTrainControl ctl = {lr, seed, (uint64_t)step, first, total};
+  if (n == 0) {
+    if (top1)
+      *top1 = 0;
+    return empty_part(c, &ctl) ? 0 : NAN;
+  }
   for (int i = 0; i < n; i++)
     if (labels[i] < 0 || labels[i] >= c->classes) {
       error("label %d of image %d is out of range: network '%s' has %d classes", labels[i], i,
@@ -118,7 +178,6 @@ double cuda_trainer_step(CudaTrainer *c, double lr, uint64_t seed, int64_t step,
       return NAN;
     }
   const RtPlan *p = &c->t.plan;
-  CudaTrainControl ctl = {lr, seed, (uint64_t)step};
   RtAddr at_ctl = {RT_SPACE_WEIGHTS, 0, c->t.control, 0};
   bool ok = true;
   for (int d = 0; ok && d < p->n_devices; d++) {
@@ -145,7 +204,7 @@ double cuda_trainer_step(CudaTrainer *c, double lr, uint64_t seed, int64_t step,
   }
   if (top1)
     *top1 = hit;
-  return n ? sum / n : 0;
+  return sum;
 }
 
 void cuda_trainer_free(CudaTrainer *c) {
@@ -154,5 +213,6 @@ void cuda_trainer_free(CudaTrainer *c) {
   if (c->rt)
     rt_cuda_close(c->rt);
   cuda_train_free(&c->t);
+  free(c->zero_grads);
   free(c);
 }

@@ -6,6 +6,7 @@
 struct TrainControl {
   double lr;
   unsigned long long seed, step;
+  int first, total;  // this rank's first image in the global batch, and its size
 };
 
 // Every kernel loops over its elements with a grid stride, so any grid covers them.
@@ -39,8 +40,10 @@ __device__ __forceinline__ unsigned philox_word0(unsigned c0, unsigned c1, unsig
 #define NAN __longlong_as_double(0x7ff8000000000000ll)
 #endif
 
-// Dropout's keep mask: element i (of the whole batch) is kept when the top 24 bits of
-// philox({i, i >> 32, step, LAYER_KEY}, seed) word 0 are >= THRESHOLD, as train/philox.c draws it.
+// Dropout's keep mask: element i of the batch is kept when the top 24 bits of
+// philox({e, e >> 32, step, LAYER_KEY}, seed) word 0 are >= THRESHOLD, as train/philox.c draws it,
+// e = i + first * N its index in the global batch (this rank's images start at image
+// ctl->first), so the masks do not depend on how the ranks split it.
 namespace k19_drop6_mask_c {
 constexpr long long N = 4096;            // features per image
 constexpr unsigned LAYER_KEY = 0x5234ab67u;  // dropout_layer_key("drop6")
@@ -49,7 +52,7 @@ constexpr unsigned THRESHOLD = 8388608u;      // ceil(p * 2^24), p = 0.5
 extern "C" __global__ void k19_drop6_mask(unsigned char *__restrict__ mask, const TrainControl *__restrict__ ctl, int batch) {
   using namespace k19_drop6_mask_c;
   GRID_STRIDE(i, N * batch) {
-    unsigned long long e = (unsigned long long)i;
+    unsigned long long e = (unsigned long long)i + (unsigned long long)ctl->first * N;
     unsigned word = philox_word0((unsigned)e, (unsigned)(e >> 32), (unsigned)ctl->step,
                                  LAYER_KEY, (unsigned)ctl->seed,
                                  (unsigned)(ctl->seed >> 32));
@@ -57,8 +60,10 @@ extern "C" __global__ void k19_drop6_mask(unsigned char *__restrict__ mask, cons
   }
 }
 
-// Dropout's keep mask: element i (of the whole batch) is kept when the top 24 bits of
-// philox({i, i >> 32, step, LAYER_KEY}, seed) word 0 are >= THRESHOLD, as train/philox.c draws it.
+// Dropout's keep mask: element i of the batch is kept when the top 24 bits of
+// philox({e, e >> 32, step, LAYER_KEY}, seed) word 0 are >= THRESHOLD, as train/philox.c draws it,
+// e = i + first * N its index in the global batch (this rank's images start at image
+// ctl->first), so the masks do not depend on how the ranks split it.
 namespace k22_drop7_mask_c {
 constexpr long long N = 4096;            // features per image
 constexpr unsigned LAYER_KEY = 0x5234a6a8u;  // dropout_layer_key("drop7")
@@ -67,7 +72,7 @@ constexpr unsigned THRESHOLD = 8388608u;      // ceil(p * 2^24), p = 0.5
 extern "C" __global__ void k22_drop7_mask(unsigned char *__restrict__ mask, const TrainControl *__restrict__ ctl, int batch) {
   using namespace k22_drop7_mask_c;
   GRID_STRIDE(i, N * batch) {
-    unsigned long long e = (unsigned long long)i;
+    unsigned long long e = (unsigned long long)i + (unsigned long long)ctl->first * N;
     unsigned word = philox_word0((unsigned)e, (unsigned)(e >> 32), (unsigned)ctl->step,
                                  LAYER_KEY, (unsigned)ctl->seed,
                                  (unsigned)(ctl->seed >> 32));
@@ -520,11 +525,13 @@ extern "C" __global__ void k23_fc8_forward_bias(float *__restrict__ y, const flo
 // Softmax cross-entropy, a thread per image, in double as softmax_xent(): lse = m + log sum e^(z - m),
 // loss = lse - z[label], dlogits = (softmax - onehot) / batch; a top-1 hit when every other
 // logit is strictly below the label's (ties and NaN count against it). A label out of range
-// gives a NaN loss (the host checks labels first).
+// gives a NaN loss (the host checks labels first). One rank's part of a global batch of
+// ctl->total images: dlogits weighted by batch / total (train.c's TI_LOSS), so the ranks'
+// gradients sum to the global batch's.
 namespace k23_fc8_loss_c {
 constexpr int CLASSES = 1000;
 }  // namespace k23_fc8_loss_c
-extern "C" __global__ void k23_fc8_loss(const float *__restrict__ logits, const int *__restrict__ labels, float *__restrict__ dlogits, double *__restrict__ loss, int *__restrict__ hits, int batch) {
+extern "C" __global__ void k23_fc8_loss(const float *__restrict__ logits, const int *__restrict__ labels, float *__restrict__ dlogits, double *__restrict__ loss, int *__restrict__ hits, const TrainControl *__restrict__ ctl, int batch) {
   using namespace k23_fc8_loss_c;
   GRID_STRIDE(i, batch) {
     const float *z = logits + i * CLASSES;
@@ -545,6 +552,8 @@ extern "C" __global__ void k23_fc8_loss(const float *__restrict__ logits, const 
     int not_beaten = 0;
     for (int k = 0; k < CLASSES; k++) {
       dz[k] = (float)((exp(z[k] - m) / sum - (k == label)) / batch);
+      if (ctl->total && ctl->total != batch)  // 0: the batch is whole
+        dz[k] = (float)((double)dz[k] * batch / ctl->total);
       not_beaten += k != label && !(z[label] > z[k]);
     }
     hits[i] = not_beaten < 1;
