@@ -791,8 +791,8 @@ static bool cuda_ranks_fit(const TrainArgs *a) {
   int need = dist_local_size() * a->devices;
   if (need > gpus) {
     error("--target cuda: mpirun started %d ranks on this machine of %d GPU(s), each rank "
-          "needing %d: start at most %d ranks a machine", dist_local_size(), gpus, a->devices,
-          gpus / a->devices);
+          "needing %d: start at most %d rank%s a machine", dist_local_size(), gpus, a->devices,
+          gpus / a->devices, gpus / a->devices == 1 ? "" : "s");
     return false;
   }
   return true;
