@@ -32,8 +32,7 @@
 #include "alexc.h"
 #include "backends/cuda/cuda.h"
 #include "tools/cli.h"
-#include "emu_gemm.h"
-#include "emu_module.h"
+#include "emu_device.h"
 
 
 static const char *cxx, *emu_header, *workdir;
@@ -102,185 +101,7 @@ static const Variant VARIANTS[] = {
     {"mixed-implicit-first-fused-2dev-tf32", true, 2, 0, 0, false, IMPLICIT, 0, RT_TF32, "fused"},
 };
 
-// ---------------------------------------------------------------- the emulated machine
-
-typedef struct {
-  void *so[MAX_DEVICES];
-  float *arena[MAX_DEVICES], *weights[MAX_DEVICES], *scratch[MAX_DEVICES];
-  int64_t arena_elems[MAX_DEVICES], weight_elems[MAX_DEVICES], scratch_elems[MAX_DEVICES];
-  const float *x, *y;
-  int64_t x_elems, y_elems;
-  int max_grid;
-  bool failed;
-} Emu;
-
-// Is [p, p + bytes) inside one of the buffers device d (or the host, d = -1) owns?
-static bool inside(const Emu *e, int d, uint64_t p, int64_t bytes) {
-  const float *bufs[3] = {d < 0 ? e->x : e->arena[d], d < 0 ? e->y : e->weights[d],
-                          d < 0 ? NULL : e->scratch[d]};
-  int64_t sizes[3] = {d < 0 ? e->x_elems : e->arena_elems[d],
-                      d < 0 ? e->y_elems : e->weight_elems[d], d < 0 ? 0 : e->scratch_elems[d]};
-  for (int k = 0; k < 3; k++) {
-    uint64_t lo = (uint64_t)(uintptr_t)bufs[k], hi = lo + sizes[k] * sizeof(float);
-    if (bufs[k] && p >= lo && p + bytes <= hi)
-      return true;
-  }
-  return false;
-}
-
-static bool check(Emu *e, int d, uint64_t p, int64_t bytes, const char *what) {
-  if (inside(e, d, p, bytes))
-    return true;
-  fprintf(stderr, "  %s: %lld bytes at %#llx are outside device %d's buffers\n", what,
-          (long long)bytes, (unsigned long long)p, d);
-  e->failed = true;
-  return false;
-}
-
-typedef void (*K1)(void *, int);
-typedef void (*K2)(void *, void *, int);
-typedef void (*K3)(void *, void *, void *, int);
-typedef void (*K4)(void *, void *, void *, void *, int);
-typedef void (*K5)(void *, void *, void *, void *, void *, int);
-typedef void (*K6)(void *, void *, void *, void *, void *, void *, int);
-
-// One kernel launch's call, for every thread of every block.
-typedef struct {
-  void *f;
-  int n_args;
-  void *a[6];
-  int batch;
-} KernelCall;
-
-// alexc_emu_run_block's thread: the kernel with its arguments.
-static void call_kernel(void *arg) {
-  const KernelCall *c = arg;
-  void *const *a = c->a;
-  switch (c->n_args) {
-  case 1: ((K1)c->f)(a[0], c->batch); break;
-  case 2: ((K2)c->f)(a[0], a[1], c->batch); break;
-  case 3: ((K3)c->f)(a[0], a[1], a[2], c->batch); break;
-  case 4: ((K4)c->f)(a[0], a[1], a[2], a[3], c->batch); break;
-  case 5: ((K5)c->f)(a[0], a[1], a[2], a[3], a[4], c->batch); break;
-  case 6: ((K6)c->f)(a[0], a[1], a[2], a[3], a[4], a[5], c->batch); break;
-  }
-}
-
-// Every block through cuda_emu.h's alexc_emu_run_block, exported by the kernel's .so:
-// its threads one after another, or as fibers that meet at each __syncthreads().
-// Dynamic shared memory: `smem` bytes per block, at most what sm_90 lets a block have.
-static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block, int smem,
-                   const uint64_t *args, int n_args, int batch) {
-  Emu *e = ctx;
-  KernelCall call = {.f = dlsym(e->so[d], kernel), .n_args = n_args, .batch = batch};
-  int (*run_block)(unsigned, unsigned, unsigned, void (*)(void *), void *);
-  int (*dynamic_shared)(unsigned);
-  *(void **)&run_block = dlsym(e->so[d], "alexc_emu_run_block");
-  *(void **)&dynamic_shared = dlsym(e->so[d], "alexc_emu_dynamic_shared");
-  if (!call.f || !run_block || !dynamic_shared || n_args < 1 || n_args > 6 || smem < 0 ||
-      smem > CUDA_SMEM_LIMIT || dynamic_shared((unsigned)smem) != 0) {
-    fprintf(stderr, "  launch %s on device %d: %s\n", kernel, d,
-            !call.f                         ? "no such kernel"
-            : !run_block || !dynamic_shared ? "no alexc_emu_run_block (cuda_emu.h)"
-            : n_args < 1 || n_args > 6      ? "unsupported argument count"
-                                            : "more dynamic shared memory than sm_90 allows");
-    e->failed = true;
-    return false;
-  }
-  for (int i = 0; i < n_args; i++) {
-    call.a[i] = (void *)(uintptr_t)args[i];
-    if (!check(e, d, args[i], 4, kernel))
-      return false;
-  }
-  if (e->max_grid && grid > e->max_grid)
-    grid = e->max_grid;
-  for (int64_t bx = 0; bx < grid; bx++)
-    if (run_block((unsigned)bx, (unsigned)block, (unsigned)grid, call_kernel, &call) != 0) {
-      fprintf(stderr, "  launch %s on device %d: block %lld failed\n", kernel, d, (long long)bx);
-      e->failed = true;
-      return false;
-    }
-  return true;
-}
-
-// The step's GEMM through emu_gemm.h: cublasSgemm's / cublasGemmEx's semantics
-// (column-major, transa/transb, leading dimensions, alpha/beta, argument checks; beta = 0
-// does not read C), TF32 rounding of the operands for tf32, bfloat16 A and B for bf16,
-// accumulating in float as a GPU does. Every operand is bounds-checked.
-static bool gemm(void *ctx, int d, RtPrecision prec, char ta, char tb, int64_t m, int64_t n,
-                 int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b, int64_t ldb,
-                 float beta, uint64_t c, int64_t ldc) {
-  Emu *e = ctx;
-  EmuType type = prec == RT_BF16 ? EMU_BF16 : EMU_F32;
-  const char *bad = emu_gemm_check(ta, tb, m, n, k, lda, ldb, ldc);
-  if (!bad && m && n) {
-    bool tra = ta == 'T', trb = tb == 'T';
-    if ((k && !check(e, d, a, emu_operand_bytes(tra ? k : m, tra ? m : k, lda, type), "gemm A")) ||
-        (k && !check(e, d, b, emu_operand_bytes(trb ? n : k, trb ? k : n, ldb, type), "gemm B")) ||
-        !check(e, d, c, emu_operand_bytes(m, n, ldc, EMU_F32), "gemm C"))
-      return false;
-    bad = emu_gemm(ta, tb, m, n, k, alpha, (const void *)(uintptr_t)a, type, lda,
-                   (const void *)(uintptr_t)b, type, ldb, beta, (float *)(uintptr_t)c, ldc,
-                   prec == RT_TF32 ? EMU_MATH_TF32 : EMU_MATH_FP32);
-  }
-  if (bad) {
-    fprintf(stderr, "  gemm %s %c %c m %lld n %lld k %lld lda %lld ldb %lld ldc %lld: %s\n",
-            rt_precision_name(prec), ta, tb, (long long)m, (long long)n, (long long)k,
-            (long long)lda, (long long)ldb, (long long)ldc, bad);
-    e->failed = true;
-    return false;
-  }
-  return true;
-}
-
-// The GEMM, then cublasLt's bias (and ReLU) epilogue on C (emu_gemm.h).
-static bool gemm_bias(void *ctx, int d, RtPrecision prec, char ta, char tb, int64_t m, int64_t n,
-                      int64_t k, uint64_t a, int64_t lda, uint64_t b, int64_t ldb, uint64_t c,
-                      int64_t ldc, uint64_t bias, bool relu) {
-  Emu *e = ctx;
-  if (!gemm(ctx, d, prec, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc))
-    return false;
-  if (m && n && !check(e, d, bias, m * 4, "gemm bias"))
-    return false;
-  emu_bias_epilogue(m, n, (float *)(uintptr_t)c, ldc, (const float *)(uintptr_t)bias, relu);
-  return true;
-}
-
-static bool copy(void *ctx, int dst_dev, uint64_t dst, int64_t dst_pitch, int src_dev,
-                 uint64_t src, int64_t src_pitch, int64_t width, int64_t height) {
-  Emu *e = ctx;
-  if (!check(e, dst_dev, dst, ((height - 1) * dst_pitch + width) * 4, "copy destination") ||
-      !check(e, src_dev, src, ((height - 1) * src_pitch + width) * 4, "copy source"))
-    return false;
-  for (int64_t r = 0; r < height; r++)
-    memcpy((float *)(uintptr_t)dst + r * dst_pitch, (const float *)(uintptr_t)src + r * src_pitch,
-           width * sizeof(float));
-  return true;
-}
-
 // ---------------------------------------------------------------- one variant
-
-static bool build_so(const char *source, const char *path_cu, const char *path_so) {
-  if (!rt_write_file_atomic(path_cu, source, strlen(source))) {
-    fprintf(stderr, "  %s\n", rt_error());
-    return false;
-  }
-#ifdef ALEXC_SANITIZE_KERNELS
-  const char *san = "-fsanitize=address,undefined -fno-sanitize-recover=all";
-#else
-  const char *san = "";
-#endif
-  char *flags = format("-O2 -Wall -Wno-unknown-pragmas -Werror %s", san);
-  char *cmd = emu_build_command(cxx, flags, emu_header, path_cu, path_so);
-  free(flags);
-  if (!cmd)
-    abort();
-  int rc = system(cmd);
-  if (rc != 0)
-    fprintf(stderr, "  failed (%d): %s\n", rc, cmd);
-  free(cmd);
-  return rc == 0;
-}
 
 static const float *weight_by_name(const Weights *w, const char *tensor) {
   for (int i = 0; i < w->n; i++)
@@ -384,37 +205,12 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
   float *y = xcalloc(out_elems, sizeof(float));
   for (int64_t i = 0; i < out_elems; i++)
     y[i] = NAN;
-  Emu e = {.x = x, .y = y, .x_elems = rt_shape_elems(p->in) * batch, .y_elems = out_elems,
-           .max_grid = v->max_grid};
-  RtPlanOps ops = {.ctx = &e, .launch = launch, .gemm = gemm, .gemm_bias = gemm_bias,
-                   .copy = copy};
-  bool ok = true;
-  for (int d = 0; d < p->n_devices && ok; d++) {
-    char *cu = format("%s/%s-%s-device%d.cu", workdir, g->name, v->name, d);
-    char *so = format("%s/%s-%s-device%d.so", workdir, g->name, v->name, d);
-    ok = build_so(prog.source[d], cu, so);
-    e.so[d] = ok ? dlopen(so, RTLD_NOW | RTLD_LOCAL) : NULL;
-    if (ok && !e.so[d]) {
-      fprintf(stderr, "  dlopen %s: %s\n", so, dlerror());
-      ok = false;
-    }
-    free(cu);
-    free(so);
-    if (!ok)
-      break;
-    // NaN everywhere nobody has written.
-    e.arena_elems[d] = p->dev[d].arena * batch;
-    e.weight_elems[d] = p->dev[d].weights;
-    e.scratch_elems[d] = rt_plan_scratch_elems(p, d, batch);
-    e.arena[d] = xcalloc(e.arena_elems[d], sizeof(float));
-    e.weights[d] = xcalloc(e.weight_elems[d], sizeof(float));
-    e.scratch[d] = e.scratch_elems[d] ? xcalloc(e.scratch_elems[d], sizeof(float)) : NULL;
-    for (int64_t i = 0; i < e.arena_elems[d]; i++)
-      e.arena[d][i] = NAN;
-    for (int64_t i = 0; i < e.scratch_elems[d]; i++)
-      e.scratch[d][i] = NAN;
-    for (int64_t i = 0; i < e.weight_elems[d]; i++)
-      e.weights[d][i] = NAN;
+  EmuMachine e = {.x = x, .y = y, .x_elems = rt_shape_elems(p->in) * batch,
+                  .y_elems = out_elems, .max_grid = v->max_grid};
+  char *prefix = format("%s/%s-%s", workdir, g->name, v->name);
+  bool ok = emu_machine_load(&e, p, prog.source, batch, cxx, emu_header, prefix);
+  free(prefix);
+  for (int d = 0; d < p->n_devices && ok; d++)
     for (int s = 0; s < p->dev[d].n_slices; s++) {
       const RtWeightSlice *sl = &p->dev[d].slices[s];
       const float *data = weight_by_name(w, sl->tensor);
@@ -425,10 +221,7 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
       }
       rt_slice_pack(sl, data, e.weights[d] + sl->offset);
     }
-    ops.arena[d] = (uint64_t)(uintptr_t)e.arena[d];
-    ops.weights[d] = (uint64_t)(uintptr_t)e.weights[d];
-    ops.scratch[d] = (uint64_t)(uintptr_t)e.scratch[d];
-  }
+  RtPlanOps ops = emu_plan_ops(&e);
   ok = ok && rt_plan_run(p, &ops, x, batch, y) && !e.failed;
   Compare c = ok ? compare(y, want, out_elems) : (Compare){.rel = INFINITY};
   ok = ok && c.rel <= cuda_tolerance(v->prec);
@@ -444,13 +237,7 @@ static bool run_variant(const char *spec, const Variant *v, const Weights *w, co
          "max rel err %-10.3g %s\n",
          g->name, v->name, batch, p->n_steps, kernels, gemms, scratch * 4.0 / (1 << 20), c.rel,
          ok ? "OK" : "FAIL");
-  for (int d = 0; d < p->n_devices; d++) {
-    if (e.so[d])
-      dlclose(e.so[d]);
-    free(e.arena[d]);
-    free(e.weights[d]);
-    free(e.scratch[d]);
-  }
+  emu_machine_free(&e);
   free(y);
   rt_plan_free(&loaded);
   cuda_program_free(&prog);

@@ -36,8 +36,7 @@
 #include "alexc.h"
 #include "backends/cuda/train.h"
 #include "tools/cli.h"
-#include "emu_gemm.h"
-#include "emu_module.h"
+#include "emu_device.h"
 
 static const char *cxx, *emu_header, *workdir;
 
@@ -51,150 +50,6 @@ static const char *cxx, *emu_header, *workdir;
 #define TOL_LOSS 1e-5
 #define TOL_GRAD 1e-5
 #define TOL_STATE 1e-5  // momenta and weights after the update
-
-// ---------------------------------------------------------------- the emulated device
-
-typedef struct {
-  void *so;
-  float *arena, *weights, *scratch;
-  int64_t arena_elems, weight_elems, scratch_elems;
-  bool failed;
-} Emu;
-
-static bool inside(const Emu *e, uint64_t p, int64_t bytes) {
-  const float *bufs[3] = {e->arena, e->weights, e->scratch};
-  int64_t sizes[3] = {e->arena_elems, e->weight_elems, e->scratch_elems};
-  for (int k = 0; k < 3; k++) {
-    uint64_t lo = (uint64_t)(uintptr_t)bufs[k], hi = lo + sizes[k] * sizeof(float);
-    if (bufs[k] && p >= lo && p + bytes <= hi)
-      return true;
-  }
-  return false;
-}
-
-static bool check(Emu *e, uint64_t p, int64_t bytes, const char *what) {
-  if (inside(e, p, bytes))
-    return true;
-  fprintf(stderr, "  %s: %lld bytes at %#llx are outside the device's buffers\n", what,
-          (long long)bytes, (unsigned long long)p);
-  e->failed = true;
-  return false;
-}
-
-#define MAX_ARGS 8
-typedef struct {
-  void *f;
-  int n_args;
-  void *a[MAX_ARGS];
-  int batch;
-} KernelCall;
-
-typedef void *P;
-static void call_kernel(void *arg) {
-  const KernelCall *c = arg;
-  P const *a = c->a;
-  int b = c->batch;
-  switch (c->n_args) {
-  case 1: ((void (*)(P, int))c->f)(a[0], b); break;
-  case 2: ((void (*)(P, P, int))c->f)(a[0], a[1], b); break;
-  case 3: ((void (*)(P, P, P, int))c->f)(a[0], a[1], a[2], b); break;
-  case 4: ((void (*)(P, P, P, P, int))c->f)(a[0], a[1], a[2], a[3], b); break;
-  case 5: ((void (*)(P, P, P, P, P, int))c->f)(a[0], a[1], a[2], a[3], a[4], b); break;
-  case 6: ((void (*)(P, P, P, P, P, P, int))c->f)(a[0], a[1], a[2], a[3], a[4], a[5], b); break;
-  case 7:
-    ((void (*)(P, P, P, P, P, P, P, int))c->f)(a[0], a[1], a[2], a[3], a[4], a[5], a[6], b);
-    break;
-  case 8:
-    ((void (*)(P, P, P, P, P, P, P, P, int))c->f)(a[0], a[1], a[2], a[3], a[4], a[5], a[6],
-                                                  a[7], b);
-    break;
-  }
-}
-
-// The training kernels use no dynamic shared memory: smem must be 0.
-static bool launch(void *ctx, int d, const char *kernel, int64_t grid, int block, int smem,
-                   const uint64_t *args, int n_args, int batch) {
-  Emu *e = ctx;
-  KernelCall call = {.f = dlsym(e->so, kernel), .n_args = n_args, .batch = batch};
-  int (*run_block)(unsigned, unsigned, unsigned, void (*)(void *), void *);
-  *(void **)&run_block = dlsym(e->so, "alexc_emu_run_block");
-  if (d != 0 || !call.f || !run_block || n_args < 1 || n_args > MAX_ARGS || smem != 0) {
-    fprintf(stderr, "  launch %s on device %d: %s\n", kernel, d,
-            !call.f ? "no such kernel" : !run_block ? "no alexc_emu_run_block" : "bad arguments");
-    e->failed = true;
-    return false;
-  }
-  for (int i = 0; i < n_args; i++) {
-    call.a[i] = (void *)(uintptr_t)args[i];
-    if (!check(e, args[i], 1, kernel))
-      return false;
-  }
-  // A few blocks at most: the grid-stride loops must cover the rest.
-  if (grid > 5)
-    grid = 5;
-  for (int64_t bx = 0; bx < grid; bx++)
-    if (run_block((unsigned)bx, (unsigned)block, (unsigned)grid, call_kernel, &call) != 0) {
-      fprintf(stderr, "  launch %s: block %lld failed\n", kernel, (long long)bx);
-      e->failed = true;
-      return false;
-    }
-  return true;
-}
-
-static bool gemm(void *ctx, int d, RtPrecision prec, char ta, char tb, int64_t m, int64_t n,
-                 int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b, int64_t ldb,
-                 float beta, uint64_t c, int64_t ldc) {
-  Emu *e = ctx;
-  const char *bad = d != 0 || prec != RT_FP32 ? "not fp32 on device 0"
-                                              : emu_gemm_check(ta, tb, m, n, k, lda, ldb, ldc);
-  if (!bad && m && n) {
-    bool tra = ta == 'T', trb = tb == 'T';
-    if ((k && !check(e, a, emu_operand_bytes(tra ? k : m, tra ? m : k, lda, EMU_F32), "gemm A")) ||
-        (k && !check(e, b, emu_operand_bytes(trb ? n : k, trb ? k : n, ldb, EMU_F32), "gemm B")) ||
-        !check(e, c, emu_operand_bytes(m, n, ldc, EMU_F32), "gemm C"))
-      return false;
-    bad = emu_gemm(ta, tb, m, n, k, alpha, (const void *)(uintptr_t)a, EMU_F32, lda,
-                   (const void *)(uintptr_t)b, EMU_F32, ldb, beta, (float *)(uintptr_t)c, ldc,
-                   EMU_MATH_FP32);
-  }
-  if (bad) {
-    fprintf(stderr, "  gemm %c %c m %lld n %lld k %lld: %s\n", ta, tb, (long long)m,
-            (long long)n, (long long)k, bad);
-    e->failed = true;
-    return false;
-  }
-  return true;
-}
-
-static bool copy(void *ctx, int dst_dev, uint64_t dst, int64_t dst_pitch, int src_dev,
-                 uint64_t src, int64_t src_pitch, int64_t width, int64_t height) {
-  (void)ctx, (void)dst_dev, (void)src_dev;
-  for (int64_t r = 0; r < height; r++)
-    memcpy((float *)(uintptr_t)dst + r * dst_pitch, (const float *)(uintptr_t)src + r * src_pitch,
-           width * sizeof(float));
-  return true;
-}
-
-static bool build_so(const char *source, const char *path_cu, const char *path_so) {
-  if (!rt_write_file_atomic(path_cu, source, strlen(source))) {
-    fprintf(stderr, "  %s\n", rt_error());
-    return false;
-  }
-#ifdef ALEXC_SANITIZE_KERNELS
-  const char *flags = "-O2 -Wall -Wno-unknown-pragmas -Werror "
-                      "-fsanitize=address,undefined -fno-sanitize-recover=all";
-#else
-  const char *flags = "-O2 -Wall -Wno-unknown-pragmas -Werror";
-#endif
-  char *cmd = emu_build_command(cxx, flags, emu_header, path_cu, path_so);
-  if (!cmd)
-    abort();
-  int rc = system(cmd);
-  if (rc != 0)
-    fprintf(stderr, "  failed (%d): %s\n", rc, cmd);
-  free(cmd);
-  return rc == 0;
-}
 
 // ---------------------------------------------------------------- comparing
 
@@ -232,7 +87,7 @@ static bool run_steps(const CudaTrainPlan *t, const RtPlanOps *ops, int from, in
   RtPlan part = t->plan;
   part.steps += from;
   part.n_steps = to - from;
-  return rt_plan_steps(&part, ops, batch) && !((Emu *)ops->ctx)->failed;
+  return rt_plan_steps(&part, ops, batch) && !((EmuMachine *)ops->ctx)->failed;
 }
 
 // The places where the gradient is not continuous: a ReLU's output at 0 (its backward
@@ -320,16 +175,14 @@ static int64_t decisions_differ(const Graph *g, const TrainProgram *p, const Wei
 
 // A device's state before a step: NaN wherever nothing is written on purpose, then the
 // parameters and momenta (w, v) where the plan keeps them.
-static void load_state(Emu *e, const CudaTrainPlan *t, const Weights *w, const Weights *v) {
-  for (int64_t i = 0; i < e->arena_elems; i++)
-    e->arena[i] = NAN;
-  for (int64_t i = 0; i < e->scratch_elems; i++)
-    e->scratch[i] = NAN;
-  for (int64_t i = 0; i < e->weight_elems; i++)
-    e->weights[i] = NAN;
+static void load_state(EmuMachine *m, int d, const CudaTrainPlan *t, const Weights *w,
+                       const Weights *v) {
+  emu_fill_nan(m->arena[d], m->arena_elems[d]);
+  emu_fill_nan(m->scratch[d], m->scratch_elems[d]);
+  emu_fill_nan(m->weights[d], m->weight_elems[d]);
   for (int i = 0; i < w->n; i++) {
-    memcpy(e->weights + t->param_offset[i], w->data[i], w->info[i].elems * sizeof(float));
-    memcpy(e->weights + t->momentum_base + t->param_offset[i], v->data[i],
+    memcpy(m->weights[d] + t->param_offset[i], w->data[i], w->info[i].elems * sizeof(float));
+    memcpy(m->weights[d] + t->momentum_base + t->param_offset[i], v->data[i],
            v->info[i].elems * sizeof(float));
   }
 }
@@ -343,23 +196,21 @@ static void load_state(Emu *e, const CudaTrainPlan *t, const Weights *w, const W
 //    The loss is softmax_xent() of the device's logits, and the update is
 //    sgd_update_span() of the device's gradients, which must give the device's bits.
 // On return w and v hold the device's step.
-static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, Weights *v,
+static Result step(const Graph *g, const CudaTrainPlan *t, EmuMachine *e, Weights *w, Weights *v,
                    const float *x, const int32_t *labels, int batch, int64_t stepno, double lr,
                    bool verbose, Weights *grad_out, double *loss_out) {
   Result res = {0};
   const TrainProgram *p = t->prog;
   const uint64_t seed = 5;
   int classes = (int)g->nodes[p->logits].out.c;
-  load_state(e, t, w, v);
+  load_state(e, 0, t, w, v);
+  float *arena = e->arena[0], *weights = e->weights[0];
   CudaTrainControl ctl = {lr, seed, (uint64_t)stepno, 0, batch};  // one process: all images
-  memcpy(e->weights + t->control, &ctl, sizeof ctl);
-  memcpy(e->arena + p->offset[p->input] * batch, x,
+  memcpy(weights + t->control, &ctl, sizeof ctl);
+  memcpy(arena + p->offset[p->input] * batch, x,
          p->values[p->input].elems * batch * sizeof(float));
-  memcpy(e->arena + t->labels.per_image * batch, labels, batch * sizeof(int32_t));
-  RtPlanOps ops = {.ctx = e, .launch = launch, .gemm = gemm, .copy = copy};
-  ops.arena[0] = (uint64_t)(uintptr_t)e->arena;
-  ops.weights[0] = (uint64_t)(uintptr_t)e->weights;
-  ops.scratch[0] = (uint64_t)(uintptr_t)e->scratch;
+  memcpy(arena + t->labels.per_image * batch, labels, batch * sizeof(int32_t));
+  RtPlanOps ops = emu_plan_ops(e);
 
   // The masks, the forward and the loss, one instruction at a time, keeping a host copy
   // of every per-image value as its instruction leaves it (the backward may reuse its
@@ -381,7 +232,7 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
     int vals[TRAIN_MAX_OPERANDS], n = train_instr_values(in, vals);
     for (int k = 0; k < n && in->kind != TI_LOSS; k++)
       if (hv[vals[k]] && vals[k] != p->input)
-        memcpy(hv[vals[k]], e->arena + p->offset[vals[k]] * batch,
+        memcpy(hv[vals[k]], arena + p->offset[vals[k]] * batch,
                train_value_floats(&p->values[vals[k]]) * batch * sizeof(float));
   }
   ran = ran && run_steps(t, &ops, t->instr_step[first_backward], t->plan.n_steps, batch);
@@ -412,8 +263,8 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
   }
   double loss = 0;
   int hits = 0;
-  const double *losses = (const double *)(e->arena + t->loss.per_image * batch);
-  const int32_t *hit = (const int32_t *)(e->arena + t->hits.per_image * batch);
+  const double *losses = (const double *)(arena + t->loss.per_image * batch);
+  const int32_t *hit = (const int32_t *)(arena + t->hits.per_image * batch);
   for (int i = 0; i < batch; i++) {
     loss += losses[i];
     hits += hit[i];
@@ -422,10 +273,10 @@ static Result step(const Graph *g, const CudaTrainPlan *t, Emu *e, Weights *w, W
   // The device's results: gradients, and w and v after the update.
   Weights *cg = weights_zeros(g), *w0 = weights_dup(g, w), *v0 = weights_dup(g, v);
   for (int i = 0; i < w->n; i++) {
-    memcpy(cg->data[i], e->weights + t->grad_base + t->param_offset[i],
+    memcpy(cg->data[i], weights + t->grad_base + t->param_offset[i],
            w->info[i].elems * sizeof(float));
-    memcpy(w->data[i], e->weights + t->param_offset[i], w->info[i].elems * sizeof(float));
-    memcpy(v->data[i], e->weights + t->momentum_base + t->param_offset[i],
+    memcpy(w->data[i], weights + t->param_offset[i], w->info[i].elems * sizeof(float));
+    memcpy(v->data[i], weights + t->momentum_base + t->param_offset[i],
            v->info[i].elems * sizeof(float));
   }
 
@@ -546,66 +397,29 @@ static bool passed(const Result *r) {
 
 // ---------------------------------------------------------------- devices > 1
 
-// The emulated devices of a split plan: one Emu each, copies between them bounds-checked.
-typedef struct {
-  Emu dev[MAX_DEVICES];
-  int n;
-} Machine;
-
-static bool m_launch(void *ctx, int d, const char *kernel, int64_t grid, int block, int smem,
-                     const uint64_t *args, int n_args, int batch) {
-  Machine *m = ctx;
-  return d >= 0 && d < m->n &&
-         launch(&m->dev[d], 0, kernel, grid, block, smem, args, n_args, batch);
-}
-
-static bool m_gemm(void *ctx, int d, RtPrecision prec, char ta, char tb, int64_t mm, int64_t n,
-                   int64_t k, float alpha, uint64_t a, int64_t lda, uint64_t b, int64_t ldb,
-                   float beta, uint64_t c, int64_t ldc) {
-  Machine *m = ctx;
-  return d >= 0 && d < m->n &&
-         gemm(&m->dev[d], 0, prec, ta, tb, mm, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-static bool m_copy(void *ctx, int dst_dev, uint64_t dst, int64_t dst_pitch, int src_dev,
-                   uint64_t src, int64_t src_pitch, int64_t width, int64_t height) {
-  Machine *m = ctx;
-  if (dst_dev < 0 || dst_dev >= m->n || src_dev < 0 || src_dev >= m->n ||
-      !check(&m->dev[dst_dev], dst, ((height - 1) * dst_pitch + width) * 4, "copy destination") ||
-      !check(&m->dev[src_dev], src, ((height - 1) * src_pitch + width) * 4, "copy source"))
-    return false;
-  return copy(ctx, dst_dev, dst, dst_pitch, src_dev, src, src_pitch, width, height);
-}
-
 // One step of the split plan from (w, v); its loss, top-1 hits, gradients (each row from
 // the device whose piece computed it) and the updated w and v.
-static bool split_step(const Graph *g, const CudaTrainPlan *t, Machine *m, Weights *w,
+static bool split_step(const Graph *g, const CudaTrainPlan *t, EmuMachine *m, Weights *w,
                        Weights *v, const float *x, const int32_t *labels, int batch,
                        int64_t stepno, double lr, Weights *grad, double *loss, int *hits) {
   const TrainProgram *p = t->prog;
   int64_t in_elems = p->values[p->input].elems;
-  RtPlanOps ops = {.ctx = m, .launch = m_launch, .gemm = m_gemm, .copy = m_copy};
-  for (int d = 0; d < m->n; d++) {
-    Emu *e = &m->dev[d];
-    load_state(e, t, w, v);
+  RtPlanOps ops = emu_plan_ops(m);
+  for (int d = 0; d < m->n_devices; d++) {
+    load_state(m, d, t, w, v);
     CudaTrainControl ctl = {lr, 5, (uint64_t)stepno, 0, batch};
-    memcpy(e->weights + t->control, &ctl, sizeof ctl);
+    memcpy(m->weights[d] + t->control, &ctl, sizeof ctl);
     const RtAddr *in = &t->plan.dev[d].input.dev.addr;
-    memcpy(e->arena + in->per_image * batch + in->fixed, x, in_elems * batch * sizeof(float));
-    ops.arena[d] = (uint64_t)(uintptr_t)e->arena;
-    ops.weights[d] = (uint64_t)(uintptr_t)e->weights;
-    ops.scratch[d] = (uint64_t)(uintptr_t)e->scratch;
+    memcpy(m->arena[d] + in->per_image * batch + in->fixed, x, in_elems * batch * sizeof(float));
   }
-  memcpy(m->dev[0].arena + t->labels.per_image * batch, labels, batch * sizeof(int32_t));
-  bool ok = rt_plan_steps(&t->plan, &ops, batch);
-  for (int d = 0; d < m->n; d++)
-    ok = ok && !m->dev[d].failed;
+  memcpy(m->arena[0] + t->labels.per_image * batch, labels, batch * sizeof(int32_t));
+  bool ok = rt_plan_steps(&t->plan, &ops, batch) && !m->failed;
   if (!ok) {
     fprintf(stderr, "  the split step failed: %s\n", rt_error());
     return false;
   }
-  const double *losses = (const double *)(m->dev[0].arena + t->loss.per_image * batch);
-  const int32_t *hit = (const int32_t *)(m->dev[0].arena + t->hits.per_image * batch);
+  const double *losses = (const double *)(m->arena[0] + t->loss.per_image * batch);
+  const int32_t *hit = (const int32_t *)(m->arena[0] + t->hits.per_image * batch);
   *loss = 0, *hits = 0;
   for (int i = 0; i < batch; i++) {
     *loss += losses[i];
@@ -618,7 +432,7 @@ static bool split_step(const Graph *g, const CudaTrainPlan *t, Machine *m, Weigh
   for (int k = 0; k < split_n_pieces(t->split); k++) {
     SplitPiece sp = split_piece(t->split, k);
     const Node *n = &g->nodes[sp.node];
-    const float *dev = m->dev[sp.device].weights;
+    const float *dev = m->weights[sp.device];
     int64_t out = n->op == OP_CONV ? n->conv.out : n->op == OP_FC ? n->fc.out : 0;
     for (int i = 0; out && i < w->n; i++) {
       if (w->info[i].node != sp.node)
@@ -633,63 +447,25 @@ static bool split_step(const Graph *g, const CudaTrainPlan *t, Machine *m, Weigh
   return true;
 }
 
-// Builds each device's source of a split plan and loads them; false after a message.
-static bool load_machine(const Graph *g, const CudaTrainPlan *t, int batch, Machine *m) {
-  m->n = t->devices;
-  for (int d = 0; d < m->n; d++) {
-    char *cu = format("%s/%s-train-%ddev-device%d.cu", workdir, g->name, m->n, d);
-    char *so = format("%s/%s-train-%ddev-device%d.so", workdir, g->name, m->n, d);
-    Emu *e = &m->dev[d];
-    bool ok = build_so(t->source[d], cu, so);
-    e->so = ok ? dlopen(so, RTLD_NOW | RTLD_LOCAL) : NULL;
-    if (ok && !e->so)
-      fprintf(stderr, "  dlopen %s: %s\n", so, dlerror());
-    free(cu);
-    free(so);
-    if (!e->so)
-      return false;
-    const RtPlanDevice *dev = &t->plan.dev[d];
-    e->arena_elems = dev->arena * batch;
-    e->weight_elems = dev->weights;
-    e->scratch_elems = rt_plan_scratch_elems(&t->plan, d, batch);
-    e->arena = xcalloc(e->arena_elems ? e->arena_elems : 1, sizeof(float));
-    e->weights = xcalloc(e->weight_elems, sizeof(float));
-    e->scratch = xcalloc(e->scratch_elems ? e->scratch_elems : 1, sizeof(float));
-  }
-  return true;
-}
-
-static void free_machine(Machine *m) {
-  for (int d = 0; d < m->n; d++) {
-    if (m->dev[d].so)
-      dlclose(m->dev[d].so);
-    free(m->dev[d].arena);
-    free(m->dev[d].weights);
-    free(m->dev[d].scratch);
-  }
-}
-
 // Builds the source (as given) and runs two steps; true when both match the reference.
 static bool run(const Graph *g, const CudaTrainPlan *t, const char *source, const char *tag,
                 int batch, bool verbose, const CudaTrainPlan *split) {
-  char *cu = format("%s/%s-train%s.cu", workdir, g->name, tag);
-  char *so = format("%s/%s-train%s.so", workdir, g->name, tag);
-  Emu e = {0};
-  bool ok = build_so(source, cu, so);
-  e.so = ok ? dlopen(so, RTLD_NOW | RTLD_LOCAL) : NULL;
-  if (ok && !e.so)
-    fprintf(stderr, "  dlopen %s: %s\n", so, dlerror());
-  free(cu);
-  free(so);
-  if (!e.so)
+  // A few blocks a launch at most: the kernels' grid-stride loops must cover the rest.
+  EmuMachine e = {.max_grid = 5}, m = {.max_grid = 5};
+  char *prefix = format("%s/%s-train%s", workdir, g->name, tag);
+  char *src[1] = {(char *)source};
+  bool ok = emu_machine_load(&e, &t->plan, src, batch, cxx, emu_header, prefix);
+  free(prefix);
+  if (ok && split) {
+    prefix = format("%s/%s-train-%ddev", workdir, g->name, split->devices);
+    ok = emu_machine_load(&m, &split->plan, split->source, batch, cxx, emu_header, prefix);
+    free(prefix);
+  }
+  if (!ok) {
+    emu_machine_free(&e);
+    emu_machine_free(&m);
     return false;
-  const RtPlanDevice *dev = &t->plan.dev[0];
-  e.arena_elems = dev->arena * batch;
-  e.weight_elems = dev->weights;
-  e.scratch_elems = rt_plan_scratch_elems(&t->plan, 0, batch);
-  e.arena = xcalloc(e.arena_elems, sizeof(float));
-  e.weights = xcalloc(e.weight_elems, sizeof(float));
-  e.scratch = xcalloc(e.scratch_elems ? e.scratch_elems : 1, sizeof(float));
+  }
 
   Weights *w = weights_init(g, 7, INIT_FAN_IN), *v = weights_zeros(g);
   for (int i = 0; i < w->n; i++) {  // nonzero biases and momenta: a wrong offset shows
@@ -707,8 +483,7 @@ static bool run(const Graph *g, const CudaTrainPlan *t, const char *source, cons
   for (int i = 0; i < batch; i++)
     labels[i] = (int32_t)((i * 7 + 3) % classes);
   float *x = random_input(g, batch, 3);
-  Machine m = {0};
-  bool ok2 = !split || load_machine(g, split, batch, &m);
+  bool ok2 = true;
   const double lrs[2] = {0.002, 0.001};
   for (int k = 0; k < 2 && ok2; k++) {
     Weights *w0 = weights_dup(g, w), *v0 = weights_dup(g, v), *g1 = weights_zeros(g);
@@ -733,15 +508,12 @@ static bool run(const Graph *g, const CudaTrainPlan *t, const char *source, cons
     weights_free(v0);
     weights_free(g1);
   }
-  free_machine(&m);
+  emu_machine_free(&m);
   free(x);
   free(labels);
   weights_free(w);
   weights_free(v);
-  dlclose(e.so);
-  free(e.arena);
-  free(e.weights);
-  free(e.scratch);
+  emu_machine_free(&e);
   return ok2;
 }
 
