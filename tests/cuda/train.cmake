@@ -118,7 +118,7 @@ if(ALEXC_CUDA AND ALEXC_CXX AND ALEXC_MPI)
            COMMAND bash ${PROJECT_SOURCE_DIR}/tests/train/mpi.sh ${ALEXC_BIN}
                    $<TARGET_FILE:weights_close> cuda
            WORKING_DIRECTORY ${ALEXC_ROOT})
-  set_tests_properties(train.mpi.cuda PROPERTIES TIMEOUT 300
+  set_tests_properties(train.mpi.cuda PROPERTIES TIMEOUT 300 PROCESSORS 2
                        ENVIRONMENT "ALEXC_MPIRUN=${MPIEXEC_EXECUTABLE};ALEXC_FAKE_LIB=${ALEXC_FAKE_CUDA_DIR};ALEXC_FAKE_CUDA_CXX=${ALEXC_CXX};ALEXC_FAKE_CUDA_EMU=${CMAKE_CURRENT_SOURCE_DIR}/cuda/cuda_emu.h")
   if(ALEXC_SANITIZE)
     set_property(TEST train.mpi.cuda APPEND PROPERTY LABELS train mpi cuda slow)

@@ -16,7 +16,9 @@ if(ALEXC_MPI)
              COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/mpi.sh ${ALEXC_BIN} $<TARGET_FILE:weights_close>
                      ${_part}
              WORKING_DIRECTORY ${ALEXC_ROOT})
-    set_tests_properties(train.mpi.${_part} PROPERTIES TIMEOUT ${_timeout}
+    # PROCESSORS 2: a job's two ranks take two of ctest's slots, so that under -j2 no other
+    # test competes with them (2 MPI tests at once timed out on a loaded 2-core machine).
+    set_tests_properties(train.mpi.${_part} PROPERTIES TIMEOUT ${_timeout} PROCESSORS 2
                          ENVIRONMENT "ALEXC_MPIRUN=${MPIEXEC_EXECUTABLE}")
     alexc_label(train.mpi.${_part} train mpi)
   endforeach()

@@ -33,7 +33,9 @@ mpirun="${ALEXC_MPIRUN:-mpirun}"
 command -v "$mpirun" > /dev/null || fail "no $mpirun: scripts/deps.sh installs openmpi-bin"
 # Open MPI refuses root without --allow-run-as-root; 3 ranks on 2 cores need
 # --oversubscribe (and 2 ranks do on a machine whose other cores are taken).
-mpi_flags=(--oversubscribe)
+# A rank waiting in a sum yields the CPU instead of spinning on it: Open MPI spins unless it
+# knows the node is oversubscribed, and the other ranks (and other tests) need the cores.
+mpi_flags=(--oversubscribe --mca mpi_yield_when_idle 1)
 [ "$(id -u)" -ne 0 ] || mpi_flags+=(--allow-run-as-root)
 # A sanitizer build: Open MPI's leaks are suppressed by its libraries' names further up
 # their stacks (compiler/train/report.c), which the fast unwinder does not reach.
