@@ -157,6 +157,17 @@ static bool load_libraries(char *why, size_t size) {
   return true;
 }
 
+// In a library loaded on first use (cuBLASLt, NCCL), inside its loader: resolves table.f,
+// or closes the library and fails, keeping why in the loader's `why` for later calls.
+#define LOAD_OR_FORGET(table, f, what)                                                     \
+  if (!(table.f = (__typeof__(table.f))dlsym(table.lib, STR(f)))) {                        \
+    snprintf(why, sizeof why, "%s lacks %s: it is older than this toolkit's headers", what, \
+             STR(f));                                                                       \
+    dlclose(table.lib);                                                                    \
+    table.lib = NULL;                                                                      \
+    return rt_fail("%s", why);                                                             \
+  }
+
 // cublasLt, the first time a plan needs it.
 static bool load_cublaslt(void) {
   static char why[512];
@@ -172,13 +183,7 @@ static bool load_cublaslt(void) {
              "bias and ReLU epilogues need it");
     return rt_fail("%s", why);
   }
-#define LOAD_LT(f)                                                                     \
-  if (!(lt.f = (__typeof__(lt.f))dlsym(lt.lib, STR(f)))) {                             \
-    snprintf(why, sizeof why, "cuBLASLt lacks %s: it is older than this toolkit", STR(f)); \
-    dlclose(lt.lib);                                                                   \
-    lt.lib = NULL;                                                                     \
-    return rt_fail("%s", why);                                                         \
-  }
+#define LOAD_LT(f) LOAD_OR_FORGET(lt, f, "cuBLASLt")
   LT_FUNCS(LOAD_LT)
   return true;
 }
@@ -195,13 +200,7 @@ static bool load_nccl(void) {
              "with --target cuda needs it", dlerror());
     return rt_fail("%s", why);
   }
-#define LOAD_NCCL(f)                                                                   \
-  if (!(nccl.f = (__typeof__(nccl.f))dlsym(nccl.lib, STR(f)))) {                       \
-    snprintf(why, sizeof why, "NCCL lacks %s: it is older than this toolkit's nccl.h", STR(f)); \
-    dlclose(nccl.lib);                                                                 \
-    nccl.lib = NULL;                                                                   \
-    return rt_fail("%s", why);                                                         \
-  }
+#define LOAD_NCCL(f) LOAD_OR_FORGET(nccl, f, "NCCL")
   NCCL_FUNCS(LOAD_NCCL)
   return true;
 }
