@@ -874,11 +874,16 @@ static bool device_ranks_fit(const TrainArgs *a) {
           "cuda (run it with --target cpu or ref)");
     return false;
   }
-  if (a->ranks != a->devices || a->devices < 2) {
-    error("--device-ranks makes each mpirun rank one of the --devices: this job has %d "
-          "rank%s and --devices %d; run mpirun -np N alexc train ... --devices N "
-          "--device-ranks with N of 2 or more", a->ranks, a->ranks == 1 ? "" : "s",
-          a->devices);
+  int n = a->devices < 2 ? 2 : a->devices;  // what the command should have said
+  if (a->ranks == 1) {
+    error("--device-ranks needs mpirun, one rank a device: run mpirun -np %d alexc train ... "
+          "--devices %d --device-ranks", n, n);
+    return false;
+  }
+  if (a->ranks != a->devices) {
+    error("--device-ranks makes each mpirun rank one of the --devices: this job has %d ranks "
+          "and --devices %d; run mpirun -np N alexc train ... --devices N --device-ranks",
+          a->ranks, a->devices);
     return false;
   }
   return true;
