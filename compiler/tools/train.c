@@ -362,8 +362,10 @@ static bool check_config(const TrainArgs *a, const RunFiles *f, const char *text
   int run_ranks = line ? atoi(line + 7) : 1;
   if (!same && run_ranks != a->ranks) {
     error("--resume: the run in %s was trained by %d rank%s and this job has %d: resume it "
-          "with the same number (mpirun -np %d), since the ranks split every batch", a->out,
-          run_ranks, run_ranks == 1 ? "" : "s", a->ranks, run_ranks);
+          "with the same number (mpirun -np %d), since %s", a->out, run_ranks,
+          run_ranks == 1 ? "" : "s", a->ranks, run_ranks,
+          strstr(got, "\ndevice-ranks ") ? "each rank was one of its devices"
+                                         : "the ranks split every batch");
   } else if (!same) {
     char diff[600];
     first_difference(text, got, diff, sizeof diff);

@@ -14,7 +14,7 @@
 #   ranks:  2 ranks as the 2 devices of the model-parallel split (--device-ranks) against
 #           one process with --devices 2, 42 steps: the same bits (weights, checkpoint,
 #           metrics); refused with one message without mpirun, with 3 ranks for 2 devices,
-#           with --target cuda, and on resuming such a run without the flag;
+#           with --target cuda, and on resuming such a run without the flag or mpirun;
 #   cuda:   --target cuda on the fake driver (tests/cuda/fake/, NCCL's sums done by MPI):
 #           2 ranks at batch 1 against one process at batch 2, 21 steps, the last one
 #           image (rank 0 holds none); 2 ranks on a machine of 1 GPU, and --devices 2
@@ -234,6 +234,10 @@ ranks() {
   # The mode is part of the run's settings: resuming it as replicas is refused.
   ! train 2 "$two" "${args[@]}" --resume > "$log" 2>&1 || fail "resumed without --device-ranks"
   [ "$(count_in "$log" "device-ranks 1")" -eq 1 ] || fail "resume without --device-ranks: $(cat "$log")"
+  ! train 0 "$two" "${args[@]}" --resume > "$log" 2>&1 || fail "resumed in one process"
+  grep -q "trained by 2 ranks and this job has 1: .* each rank was one of its devices" "$log" ||
+    fail "resume in one process: $(cat "$log")"
+  cmp "$two/checkpoint.safetensors" "$one/checkpoint.safetensors" || fail "a refused --resume changed the checkpoint"
 }
 
 # The fake driver builds each kernel module from NVRTC's cache: the one-process run goes
