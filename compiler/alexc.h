@@ -838,9 +838,10 @@ SplitPiece split_piece(const Split *s, int k);
 // The devices' pieces, for `alexc dump --train --devices N`.
 void split_dump(const Split *s, FILE *out);
 
-// ---- processes (train/dist.c with MPI, train/dist_none.c without): data-parallel
-// training's only contact with MPI. Without an MPI launch (or without MPI) there is one
-// process, rank 0 of 1, and every call below is a no-op.
+// ---- processes (train/dist.c with MPI, train/dist_none.c without): training's only
+// contact with MPI (data parallelism, and --device-ranks's messages). Without an MPI
+// launch (or without MPI) there is one process, rank 0 of 1, and every call below is a
+// no-op, but for the messages, which one process never sends (an internal error).
 
 // Joins the job when a launcher (mpirun) started this process, else does nothing. False
 // with a message when it cannot: a build without MPI launched as one of several ranks.

@@ -1,6 +1,7 @@
-// Data-parallel training's contact with MPI (Open MPI; any MPI-3 library should do): the
-// ranks of an `mpirun` job, sums over them, and a broadcast from rank 0. Nothing else in
-// alexc includes mpi.h, and the runtime never links MPI.
+// Training's contact with MPI (Open MPI; any MPI-3 library should do): the ranks of an
+// `mpirun` job, sums over them, a broadcast from rank 0, and the point-to-point messages
+// of the model-parallel split's transfers (--device-ranks). Nothing else in alexc
+// includes mpi.h, and the runtime never links MPI.
 //
 // MPI is joined only when a launcher started this process (its environment says so), so
 // a plain `alexc train` neither pays for MPI_Init nor depends on it working.
