@@ -777,6 +777,12 @@ double trainer_step_part(Trainer *t, TrainState *s, double lr, const float *x,
 // The size of trainer_step_part's gradient buckets (default 1 MiB; a bucket holds whole
 // tensors, at least one).
 void trainer_set_bucket_bytes(Trainer *t, int64_t bytes);
+// With devices > 1: this process runs only device `device` of the split, the others
+// being the other MPI ranks (alexc train --device-ranks; see split_set_self).
+void trainer_set_device_rank(Trainer *t, int device);
+// After trainer_set_device_rank: the owners' rows of the state's weights and momenta on
+// every rank (a collective), before anything reads them whole.
+void trainer_assemble_state(const Trainer *t, TrainState *s);
 // Inference (dropout off): the logits of n images, (n, classes).
 void trainer_logits(Trainer *t, const Weights *w, const float *x, int n, float *logits);
 // Profiling, for benchmarks: each node's forward and backward seconds are added to
@@ -808,6 +814,13 @@ void split_node_backward(Split *s, const TrainKernels *k, const Weights *w, int 
 // receiver's partial gradient added into the sender's).
 void split_send(Split *s, int transfer, int n);
 void split_reduce(Split *s, int transfer, int n);
+// Devices as MPI ranks (alexc train --device-ranks): this process runs only device `self`
+// (its rank), and transfers are messages between the ranks; -1 (the default): every
+// device in this process.
+void split_set_self(Split *s, int self);
+// With a `self`: every rank's copy of w (weights or momenta) takes each row's owner's
+// values (the device whose piece computes it), summed over the ranks. A collective.
+void split_assemble(const Split *s, Weights *w);
 const Graph *split_plan(const Split *s);  // the partitioned graph: its transfers
 // The pieces, read-only (the CUDA backend's training plan runs them as kernels), in the
 // order split_node_forward runs them (backward: reversed).
@@ -825,9 +838,10 @@ SplitPiece split_piece(const Split *s, int k);
 // The devices' pieces, for `alexc dump --train --devices N`.
 void split_dump(const Split *s, FILE *out);
 
-// ---- processes (train/dist.c with MPI, train/dist_none.c without): data-parallel
-// training's only contact with MPI. Without an MPI launch (or without MPI) there is one
-// process, rank 0 of 1, and every call below is a no-op.
+// ---- processes (train/dist.c with MPI, train/dist_none.c without): training's only
+// contact with MPI (data parallelism, and --device-ranks's messages). Without an MPI
+// launch (or without MPI) there is one process, rank 0 of 1, and every call below is a
+// no-op, but for the messages, which one process never sends (an internal error).
 
 // Joins the job when a launcher (mpirun) started this process, else does nothing. False
 // with a message when it cannot: a build without MPI launched as one of several ranks.
@@ -847,6 +861,9 @@ void dist_progress(void);
 void dist_wait_all(void);
 // Copies `bytes` of rank 0's buf to every rank's buf.
 void dist_broadcast(void *buf, size_t bytes);
+// Blocking point-to-point messages of n floats (the model-parallel split's transfers).
+void dist_send_f32(const float *buf, int64_t n, int to);
+void dist_recv_f32(float *buf, int64_t n, int from);
 // Ends every rank of the job (after a message), for an error some ranks cannot see.
 _Noreturn void dist_abort(int status);
 

@@ -60,6 +60,11 @@ static const char TRAIN_HELP[] =
     "  --devices N         train model-parallel on N logical devices, as the paper split\n"
     "                      AlexNet over two GPUs: the partition plan's channel split,\n"
     "                      its transfers forward and their sums backward (default 1)\n"
+    "  --device-ranks      under mpirun: each rank is one device of the --devices split\n"
+    "                      (mpirun -np N ... --devices N --device-ranks), its transfers\n"
+    "                      MPI messages; every rank reads the whole batch (no data\n"
+    "                      parallelism) and gets the weights one process would with\n"
+    "                      --devices N. On the CPU: not with --target cuda\n"
     "  --quiet             no progress, only the per-epoch lines\n"
     "  --bucket-kib N      with several ranks: gradients are summed over the ranks in\n"
     "                      buckets of about N KiB, each started as the backward pass\n"
@@ -100,6 +105,7 @@ typedef struct {
   const char *spec, *data, *out, *weights, *target;
   int epochs, batch, threads, checkpoint_every, devices;
   int rank, ranks;  // this process in an mpirun job (dist_*): 0 of 1 without one
+  bool device_ranks;  // each rank one device of the --devices split, not a replica
   int bucket_kib;   // gradient buckets summed over the ranks
   double lr, warmup;  // warmup < 0: not set
   const char *schedule_text, *init_text;
@@ -225,6 +231,9 @@ static void score_views(const float *logits, int views, int classes, int label, 
   r->top5 += above < 5;
 }
 
+// The ranks that split the data: with --device-ranks every rank reads the whole batch.
+static int data_ranks(const TrainArgs *a) { return a->device_ranks ? 1 : a->ranks; }
+
 // This rank's part of the next batch (batch images per rank); -1 at the epoch's end. One
 // process passes over a batch of only unreadable photos; ranks keep it (maybe empty for
 // some), since every rank must take part in every step's sums.
@@ -256,7 +265,8 @@ static EvalResult evaluate(Trainer *t, const Graph *g, const Weights *w, Dataset
     r.n += n;
   }
   double sums[4] = {r.loss, r.top1, r.top5, (double)r.n};
-  dist_allreduce_f64(sums, 4);
+  if (ranks > 1)  // each rank scored its share (with --device-ranks, all of it)
+    dist_allreduce_f64(sums, 4);
   r = (EvalResult){sums[0], sums[1], sums[2], (int64_t)sums[3]};
   if (r.n) {
     r.loss /= r.n;
@@ -309,7 +319,10 @@ static char *config_text(const TrainArgs *a) {
     snprintf(devices, sizeof devices, "devices %d\n", a->devices);
   // The rank count splits every batch and the bucket size may decide how MPI sums: both
   // decide the bits. Lines only above one rank, as for devices.
-  if (a->ranks > 1)
+  // --device-ranks: each rank one device, no gradient sums, so no buckets.
+  if (a->ranks > 1 && a->device_ranks)
+    snprintf(ranks, sizeof ranks, "ranks %d\ndevice-ranks 1\n", a->ranks);
+  else if (a->ranks > 1)
     snprintf(ranks, sizeof ranks, "ranks %d\nbucket-kib %d\n", a->ranks, a->bucket_kib);
   return format("spec %s\ndata %s\ntarget %s\nepochs %d\nbatch %d\nlr %a\nschedule %s %s %d\n"
                 "warmup %a\nseed %llu\ninit %s\nweights %s\nlimit %lld\naugment %d\n%s%s",
@@ -349,8 +362,10 @@ static bool check_config(const TrainArgs *a, const RunFiles *f, const char *text
   int run_ranks = line ? atoi(line + 7) : 1;
   if (!same && run_ranks != a->ranks) {
     error("--resume: the run in %s was trained by %d rank%s and this job has %d: resume it "
-          "with the same number (mpirun -np %d), since the ranks split every batch", a->out,
-          run_ranks, run_ranks == 1 ? "" : "s", a->ranks, run_ranks);
+          "with the same number (mpirun -np %d), since %s", a->out, run_ranks,
+          run_ranks == 1 ? "" : "s", a->ranks, run_ranks,
+          strstr(got, "\ndevice-ranks ") ? "each rank was one of its devices"
+                                         : "the ranks split every batch");
   } else if (!same) {
     char diff[600];
     first_difference(text, got, diff, sizeof diff);
@@ -496,6 +511,14 @@ static bool sync_state(Run *r) {
   return !r->cuda || cuda_trainer_download(r->cuda, r->s.w, r->s.v);
 }
 
+// --device-ranks: each rank's weights and momenta are right only in its own devices' rows
+// (the others drift, unread); before they are read whole, every rank takes the owners'
+// rows. Every rank calls it at the same points: it is a collective.
+static void assemble_state(Run *r) {
+  if (r->a->device_ranks)
+    trainer_assemble_state(r->t, &r->s);
+}
+
 static bool save_checkpoint(Run *r) {
   return r->a->rank ||
          lead_wrote(r, sync_state(r) && checkpoint_save(r->files.checkpoint, &r->s));
@@ -564,7 +587,7 @@ static double train_step(Run *r, double lr, const float *x, const int32_t *label
     part = cuda_trainer_step_part(r->cuda, lr, r->s.seed, r->s.step, x, labels, n, first, total,
                                   hits);
     r->s.step++;
-  } else if (r->a->ranks < 2) {
+  } else if (data_ranks(r->a) < 2) {  // --device-ranks: every rank has the whole loss
     return trainer_step(r->t, &r->s, lr, x, labels, n, hits);
   } else {
     part = trainer_step_part(r->t, &r->s, lr, x, labels, n, first, total, hits);
@@ -584,12 +607,15 @@ static bool train_epoch(Run *r, float *x, int32_t *labels, double *seconds) {
   int64_t steps = 0, images = 0;
   int n;
   bool stop = false;
-  while (!stop && (n = next_part(a->ranks, r->train, a->batch, x, labels)) >= 0) {
+  while (!stop && (n = next_part(data_ranks(a), r->train, a->batch, x, labels)) >= 0) {
     int first = 0, total = n, hits = 0;
     if (a->ranks > 1) {
       gather_parts(r, n, &first, &total, &stop);
+      if (a->device_ranks)  // every rank holds the whole batch
+        first = 0, total = n;
       if (stop) {  // before the step: the state is the last step's on every rank
         stop_requested = 1;
+        assemble_state(r);
         if (!save_checkpoint(r))
           return false;
         break;
@@ -613,9 +639,11 @@ static bool train_epoch(Run *r, float *x, int32_t *labels, double *seconds) {
     images += total;
     show_progress(r, steps, now_seconds() - t0, images);
     stop = a->ranks < 2 && stop_requested;  // ranks stop together, at the next step's sum
-    if (stop || (a->checkpoint_every && r->s.step % a->checkpoint_every == 0))
+    if (stop || (a->checkpoint_every && r->s.step % a->checkpoint_every == 0)) {
+      assemble_state(r);
       if (!save_checkpoint(r))
         return false;
+    }
   }
   if (stop) {
     if (!a->rank)
@@ -649,9 +677,10 @@ static bool ranks_agree(const Run *r) {
 
 // After an epoch: test, schedule, metrics row, checkpoint, curves.
 static bool finish_epoch(Run *r, double seconds) {
+  assemble_state(r);
   if (!sync_state(r) || !ranks_agree(r))  // --target cuda: the weights the GPUs hold
     return false;
-  EvalResult e = evaluate(r->t, r->g, r->s.w, r->test, r->a->batch, r->a->ranks);
+  EvalResult e = evaluate(r->t, r->g, r->s.w, r->test, r->a->batch, data_ranks(r->a));
   int64_t steps = r->s.epoch_step ? r->s.epoch_step : 1;
   EpochRow row = {r->s.epoch + 1, r->s.step, r->s.loss_sum / steps,
                   r->s.seen ? (double)r->s.hits / r->s.seen : 0, e.loss, e.top1, e.top5,
@@ -688,7 +717,8 @@ static bool classes_fit(const Dataset *d, const Trainer *t, const char *path, co
 static DataOptions data_options(const Graph *g, const TrainArgs *a, bool train) {
   Shape in = g->nodes[0].out;
   return (DataOptions){(int)in.c, (int)in.h, (int)in.w, train, train && a->augment, false,
-                       a->seed, train ? a->limit : a->test_limit, 0, a->rank, a->ranks};
+                       a->seed, train ? a->limit : a->test_limit, 0,
+                       data_ranks(a) > 1 ? a->rank : 0, data_ranks(a)};
 }
 
 // ---------------------------------------------------------------- one message a job
@@ -836,9 +866,34 @@ static bool start_lead(Run *r, const char *config, int *lock) {
   return start_state(r, config);
 }
 
+// --device-ranks: one rank a device of the split, on the CPU. Every rank checks the same,
+// so rank 0's message is shown.
+static bool device_ranks_fit(const TrainArgs *a) {
+  if (!a->device_ranks)
+    return true;
+  if (!strcmp(a->target, "cuda")) {
+    error("--device-ranks runs the split's devices as ranks on the CPU: not with --target "
+          "cuda (run it with --target cpu or ref)");
+    return false;
+  }
+  int n = a->devices < 2 ? 2 : a->devices;  // what the command should have said
+  if (a->ranks == 1) {
+    error("--device-ranks needs mpirun, one rank a device: run mpirun -np %d alexc train ... "
+          "--devices %d --device-ranks", n, n);
+    return false;
+  }
+  if (a->ranks != a->devices) {
+    error("--device-ranks makes each mpirun rank one of the --devices: this job has %d ranks "
+          "and --devices %d; run mpirun -np N alexc train ... --devices N --device-ranks",
+          a->ranks, a->devices);
+    return false;
+  }
+  return true;
+}
+
 // Everything a run needs before its first step, on every rank. False after a message.
 static bool set_up(Run *r, TrainArgs *a, Graph *g, char **config, int *lock) {
-  if (!g || !resolve_settings(a, g))
+  if (!g || !resolve_settings(a, g) || !device_ranks_fit(a))
     return false;
   *config = config_text(a);
   // --target cuda: the step on the GPU(s) (compiler/backends/cuda/train_run.c), the CPU
@@ -856,6 +911,7 @@ static bool set_up(Run *r, TrainArgs *a, Graph *g, char **config, int *lock) {
   DataOptions dtr = data_options(g, a, true), dte = data_options(g, a, false);
   bool ok = (r->train = data_open(a->data, &dtr)) && (r->test = data_open(a->data, &dte)) &&
             (r->t = trainer_new(g, target->train, a->batch, a->devices)) &&
+            (!a->device_ranks || (trainer_set_device_rank(r->t, a->rank), true)) &&
             classes_fit(r->train, r->t, a->data, g) && start_lead(r, *config, lock);
   // One process starts its GPU step here; ranks after share_start (start_cuda_ranks),
   // when every rank holds rank 0's weights.
@@ -875,10 +931,12 @@ static int train_run(TrainArgs *a) {
     goto done;
   trainer_set_bucket_bytes(r.t, (int64_t)a->bucket_kib << 10);
   r.parts = xcalloc(a->ranks + 1, sizeof *r.parts);
-  int64_t global_batch = (int64_t)a->batch * a->ranks;
+  int64_t global_batch = (int64_t)a->batch * data_ranks(a);
   r.steps_per_epoch = (data_size(r.train) + global_batch - 1) / global_batch;
   char how[64] = "";
-  if (a->ranks > 1)
+  if (a->device_ranks)
+    snprintf(how, sizeof how, ", %d ranks as the split's devices", a->ranks);
+  else if (a->ranks > 1)
     snprintf(how, sizeof how, ", %d ranks of batch %d", a->ranks, a->batch);
   if (!a->rank)
     printf("training %s on %s: %lld images, %lld steps an epoch, target %s%s\n", g->name,
@@ -894,6 +952,8 @@ static int train_run(TrainArgs *a) {
   }
   free(x);
   free(labels);
+  if (ok)
+    assemble_state(&r);
   if (ok && (a->rank || (sync_state(&r) && weights_save(r.s.w, r.files.weights)))) {
     if (!a->rank)
       printf("wrote %s, %s, %s\n", r.files.weights, r.files.csv, r.files.png);
@@ -923,7 +983,8 @@ done:
 enum {
   OPT_DATA = 1200, OPT_OUT, OPT_TARGET, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
   OPT_INIT, OPT_WEIGHTS, OPT_SEED, OPT_NO_AUGMENT, OPT_LIMIT, OPT_TEST_LIMIT, OPT_CHECKPOINT,
-  OPT_RESUME, OPT_THREADS, OPT_DEVICES, OPT_QUIET, OPT_TEN_CROP, OPT_BUCKET, OPT_HELP
+  OPT_RESUME, OPT_THREADS, OPT_DEVICES, OPT_QUIET, OPT_TEN_CROP, OPT_BUCKET, OPT_DEVICE_RANKS,
+  OPT_HELP
 };
 
 static const struct option TRAIN_OPTIONS[] = {
@@ -948,6 +1009,7 @@ static const struct option TRAIN_OPTIONS[] = {
     {"quiet", no_argument, 0, OPT_QUIET},
     {"ten-crop", no_argument, 0, OPT_TEN_CROP},
     {"bucket-kib", required_argument, 0, OPT_BUCKET},
+    {"device-ranks", no_argument, 0, OPT_DEVICE_RANKS},
     {"help", no_argument, 0, OPT_HELP},
     {0, 0, 0, 0}};
 
@@ -979,6 +1041,7 @@ static int train_option(const char *cmd, int c, const char *arg, TrainArgs *a, b
   case OPT_NO_AUGMENT: a->augment = 0; return 0;
   case OPT_RESUME: a->resume = true; return 0;
   case OPT_QUIET: a->quiet = true; return 0;
+  case OPT_DEVICE_RANKS: a->device_ranks = true; return 0;
   case OPT_TEN_CROP: *ten_crop = true; return 0;
   case OPT_EPOCHS:
     return parse_int_in(arg, 1, 100000, &a->epochs) ? 0
@@ -1046,6 +1109,9 @@ static int parse_command(const char *cmd, const char *help, int argc, char **arg
     }
     if (c == OPT_TEN_CROP && !strcmp(cmd, "train"))
       return usage_error("train", "--ten-crop is an option of alexc eval");
+    if (c == OPT_DEVICE_RANKS && strcmp(cmd, "train"))
+      return usage_error(cmd, "--device-ranks is an option of alexc train (eval runs in one "
+                              "process)");
     int rc = train_option(cmd, c, optarg, a, ten_crop);
     if (rc)
       return rc;

@@ -1,6 +1,7 @@
-// Data-parallel training's contact with MPI (Open MPI; any MPI-3 library should do): the
-// ranks of an `mpirun` job, sums over them, and a broadcast from rank 0. Nothing else in
-// alexc includes mpi.h, and the runtime never links MPI.
+// Training's contact with MPI (Open MPI; any MPI-3 library should do): the ranks of an
+// `mpirun` job, sums over them, a broadcast from rank 0, and the point-to-point messages
+// of the model-parallel split's transfers (--device-ranks). Nothing else in alexc
+// includes mpi.h, and the runtime never links MPI.
 //
 // MPI is joined only when a launcher started this process (its environment says so), so
 // a plain `alexc train` neither pays for MPI_Init nor depends on it working.
@@ -8,6 +9,7 @@
 // Errors: MPI's default handler, MPI_ERRORS_ARE_FATAL, is kept. A rank that dies makes
 // mpirun end the others (it says which rank and how) and exit non-zero; a sum that can no
 // longer complete never returns a wrong answer.
+#include <limits.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +95,24 @@ void dist_broadcast(void *buf, size_t bytes) {
     size_t part = bytes - at < ((size_t)1 << 30) ? bytes - at : (size_t)1 << 30;
     MPI_Bcast((char *)buf + at, (int)part, MPI_BYTE, 0, MPI_COMM_WORLD);
     at += part;
+  }
+}
+
+// MPI counts are ints: messages of at most INT_MAX floats, in order (MPI keeps the order
+// of messages between two ranks).
+#define MAX_MESSAGE ((int64_t)INT_MAX)
+
+void dist_send_f32(const float *buf, int64_t n, int to) {
+  for (int64_t at = 0; at < n; at += MAX_MESSAGE) {
+    int part = (int)(n - at < MAX_MESSAGE ? n - at : MAX_MESSAGE);
+    MPI_Send(buf + at, part, MPI_FLOAT, to, 0, MPI_COMM_WORLD);
+  }
+}
+
+void dist_recv_f32(float *buf, int64_t n, int from) {
+  for (int64_t at = 0; at < n; at += MAX_MESSAGE) {
+    int part = (int)(n - at < MAX_MESSAGE ? n - at : MAX_MESSAGE);
+    MPI_Recv(buf + at, part, MPI_FLOAT, from, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
   }
 }
 

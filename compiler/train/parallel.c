@@ -22,6 +22,14 @@
 // Ranges in this file are in the whole tensor's coordinates; buffers of pieces are
 // local, (batch, channels read, plane). Each device keeps each node it holds in the
 // whole tensor's layout, so channel ranges index it directly.
+//
+// Devices as MPI ranks (split_set_self, alexc train --device-ranks): each process runs
+// only device `self`'s pieces. A transfer is then a message from the sender's rank to the
+// receiver's (split_send packs the channels of n images), its transpose a message back
+// (split_reduce), and the logits are summed over the ranks, each holding its own channels
+// and zeros elsewhere. Every rank runs the same instructions in the same order, so each
+// blocking send meets its receive. A rank's weight gradients are right only in its own
+// pieces' rows; split_assemble gathers the owners' rows where the whole weights are needed.
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +51,7 @@ typedef struct {
 struct Split {
   Graph *plan;        // the spec, partitioned
   int devices, batch, logits;
+  int self;           // the one device this process runs (an MPI rank), or -1: all of them
   const bool *needs_grad;
   Piece *pieces;      // in node order, devices in order within a node
   int n_pieces;
@@ -210,7 +219,8 @@ void split_free(Split *s) {
 
 Split *split_new(const Graph *spec, int devices, int batch, int logits, const bool *needs_grad) {
   Split *s = xcalloc(1, sizeof *s);
-  *s = (Split){.devices = devices, .batch = batch, .logits = logits, .needs_grad = needs_grad};
+  *s = (Split){.devices = devices, .batch = batch, .logits = logits, .needs_grad = needs_grad,
+               .self = -1};
   s->plan = graph_clone(spec);
   PassOptions o = pass_defaults();
   o.devices = devices;
@@ -265,9 +275,38 @@ static void piece_mask(Piece *p, const Shape whole, const uint8_t *mask, int n) 
     memcpy(p->mask + i * len * plane, mask + (i * whole.c + p->lout.begin) * plane, len * plane);
 }
 
+void split_set_self(Split *s, int self) { s->self = self; }
+
+// Whether this process runs device d's pieces.
+static bool runs(const Split *s, int d) { return s->self < 0 || s->self == d; }
+
+// Between ranks: channels `r` of n images of a node of shape sh, from `src` on rank `from`
+// to `dst` on rank `to` (added there when `add`), packed into one message. A rank that is
+// neither does nothing.
+static void message_channels(const Split *s, float *dst, const float *src, Shape sh, Range r,
+                             int n, int from, int to, bool add) {
+  int64_t count = range_len(r), plane = shape_plane(sh), elems = count * plane * n;
+  if (elems <= 0 || (s->self != from && s->self != to))
+    return;
+  float *packed = xcalloc(elems, sizeof(float));
+  if (s->self == from) {
+    move_channels(packed, count, 0, src, sh.c, r.begin, count, plane, n, false);
+    dist_send_f32(packed, elems, to);
+  } else {
+    dist_recv_f32(packed, elems, from);
+    move_channels(dst, sh.c, r.begin, packed, count, 0, count, plane, n, add);
+  }
+  free(packed);
+}
+
 void split_send(Split *s, int transfer, int n) {
   const Transfer *t = &s->plan->transfers[transfer];
   Shape sh = s->plan->nodes[t->node].out;
+  if (s->self >= 0) {
+    message_channels(s, s->act[t->to][t->node], s->act[t->from][t->node], sh, t->range, n,
+                     t->from, t->to, false);
+    return;
+  }
   move_channels(s->act[t->to][t->node], sh.c, t->range.begin, s->act[t->from][t->node], sh.c,
                 t->range.begin, range_len(t->range), shape_plane(sh), n, false);
 }
@@ -275,9 +314,15 @@ void split_send(Split *s, int transfer, int n) {
 void split_reduce(Split *s, int transfer, int n) {
   const Transfer *t = &s->plan->transfers[transfer];
   Shape sh = s->plan->nodes[t->node].out;
-  if (s->grad[t->from][t->node])
-    move_channels(s->grad[t->from][t->node], sh.c, t->range.begin, s->grad[t->to][t->node],
-                  sh.c, t->range.begin, range_len(t->range), shape_plane(sh), n, true);
+  if (!s->grad[t->from][t->node])  // the same on every rank: needs_grad is the spec's
+    return;
+  if (s->self >= 0) {  // the transpose: the receiver's partial gradient goes back
+    message_channels(s, s->grad[t->from][t->node], s->grad[t->to][t->node], sh, t->range, n,
+                     t->to, t->from, true);
+    return;
+  }
+  move_channels(s->grad[t->from][t->node], sh.c, t->range.begin, s->grad[t->to][t->node],
+                sh.c, t->range.begin, range_len(t->range), shape_plane(sh), n, true);
 }
 
 void split_node_forward(Split *s, const TrainKernels *k, const Weights *w, const float *x,
@@ -285,7 +330,7 @@ void split_node_forward(Split *s, const TrainKernels *k, const Weights *w, const
   Shape sh = s->plan->nodes[i].out;
   for (int at = 0; at < s->n_pieces; at++) {
     Piece *p = &s->pieces[at];
-    if (p->node != i)
+    if (p->node != i || !runs(s, p->device))
       continue;
     piece_gather(s, p, x, n);
     OpCall c = piece_call(p, w, n);
@@ -300,10 +345,19 @@ void split_node_forward(Split *s, const TrainKernels *k, const Weights *w, const
   if (i != s->logits)
     return;
   // The loss sees the whole logits: each device's own channels, as a transfer would.
+  // Ranks: each fills its channels of zeros and the sum over the ranks is the whole
+  // (x + 0 is x: the same bits as one process).
+  if (s->self >= 0)
+    memset(logits, 0, shape_elems(sh) * n * sizeof(float));
   for (int d = 0; d < s->devices; d++) {
     Range r = s->plan->nodes[i].place[d].stage[0];
-    move_channels(logits, sh.c, r.begin, s->act[d][i], sh.c, r.begin, range_len(r),
-                  shape_plane(sh), n, false);
+    if (runs(s, d))
+      move_channels(logits, sh.c, r.begin, s->act[d][i], sh.c, r.begin, range_len(r),
+                    shape_plane(sh), n, false);
+  }
+  if (s->self >= 0) {
+    dist_iallreduce_f32(logits, shape_elems(sh) * n);
+    dist_wait_all();
   }
 }
 
@@ -348,11 +402,54 @@ void split_node_backward(Split *s, const TrainKernels *k, const Weights *w, int 
     }
   }
   for (int at = s->n_pieces - 1; at >= 0; at--)  // the forward's order, reversed
-    if (s->pieces[at].node == i)
+    if (s->pieces[at].node == i && runs(s, s->pieces[at].device))
       piece_backward(s, k, w, gw, &s->pieces[at], n);
 }
 
 const Graph *split_plan(const Split *s) { return s->plan; }
+
+// The device whose copy of each element of tensor `data` (elems long) counts: the first
+// piece, in device order, that computes its row; rows no piece computes stay rank 0's.
+static void mark_owners(const Split *s, const Weights *w, const float *data, int64_t elems,
+                        int *owner) {
+  for (int64_t e = 0; e < elems; e++)
+    owner[e] = -1;
+  for (int k = 0; k < s->n_pieces; k++) {
+    const Piece *p = &s->pieces[k];
+    const Node *node = &s->plan->nodes[p->node];
+    const float *wt = weights_get(w, node->name, false), *b = weights_get(w, node->name, true);
+    int64_t begin, end;
+    if (data == wt && wt) {
+      int64_t rows = node->op == OP_CONV ? node->conv.out : node->fc.out;
+      begin = p->w_off, end = p->w_off + range_len(p->out) * (node->n_weight / rows);
+    } else if (data == b && b) {
+      begin = p->b_off, end = p->b_off + range_len(p->out);
+    } else {
+      continue;
+    }
+    for (int64_t e = begin; e < end && e < elems; e++)
+      if (owner[e] < 0)
+        owner[e] = p->device;
+  }
+  for (int64_t e = 0; e < elems; e++)
+    owner[e] = owner[e] < 0 ? 0 : owner[e];
+}
+
+void split_assemble(const Split *s, Weights *w) {
+  if (s->self < 0)
+    return;
+  for (int i = 0; i < w->n; i++) {
+    int64_t elems = w->info[i].elems;
+    int *owner = xcalloc(elems ? elems : 1, sizeof *owner);
+    mark_owners(s, w, w->data[i], elems, owner);
+    for (int64_t e = 0; e < elems; e++)
+      if (owner[e] != s->self)
+        w->data[i][e] = 0;  // the owner's value, x + 0, arrives in the sum
+    free(owner);
+    dist_iallreduce_f32(w->data[i], elems);
+    dist_wait_all();
+  }
+}
 
 int split_n_pieces(const Split *s) { return s->n_pieces; }
 

@@ -44,6 +44,18 @@ struct Trainer {
 
 void trainer_set_bucket_bytes(Trainer *t, int64_t bytes) { t->bucket_bytes = bytes; }
 
+void trainer_set_device_rank(Trainer *t, int device) {
+  if (t->split)
+    split_set_self(t->split, device);
+}
+
+void trainer_assemble_state(const Trainer *t, TrainState *s) {
+  if (!t->split)
+    return;
+  split_assemble(t->split, s->w);
+  split_assemble(t->split, s->v);
+}
+
 // One step's (or one inference's) settings, as the instructions see them.
 typedef struct {
   const Weights *w;  // parameters

@@ -11,12 +11,16 @@
 #           saying which rank died; the checkpoint left behind is whole and loads;
 #   errors: a setup error every rank makes (a bad flag, bad data) is printed once, not once
 #           a rank; one that only rank 1 makes is printed, naming the rank;
+#   ranks:  2 ranks as the 2 devices of the model-parallel split (--device-ranks) against
+#           one process with --devices 2, 42 steps: the same bits (weights, checkpoint,
+#           metrics); refused with one message without mpirun, with 3 ranks for 2 devices,
+#           with --target cuda, and on resuming such a run without the flag or mpirun;
 #   cuda:   --target cuda on the fake driver (tests/cuda/fake/, NCCL's sums done by MPI):
 #           2 ranks at batch 1 against one process at batch 2, 21 steps, the last one
 #           image (rank 0 holds none); 2 ranks on a machine of 1 GPU, and --devices 2
 #           under mpirun, refused with a message. Needs ALEXC_FAKE_LIB (the fakes'
 #           directory), ALEXC_FAKE_CUDA_CXX and ALEXC_FAKE_CUDA_EMU (train.cmake sets them).
-# usage: mpi.sh ALEXC WEIGHTS_CLOSE [same|same_ref|resume|killed|errors|cuda]
+# usage: mpi.sh ALEXC WEIGHTS_CLOSE [same|same_ref|resume|killed|errors|ranks|cuda]
 #        (no part: all but cuda)
 set -euo pipefail
 alexc="$1"
@@ -197,6 +201,45 @@ errors() {
   grep -q "^\[rank 1\] alexc: error: $tmp/none" "$log" || fail "rank 1's error is not shown: $(cat "$log")"
 }
 
+# refused LOG TEXT N ARGS...: N ranks (0: one process) with ARGS fail, saying TEXT once.
+refused() {
+  local log="$1" text="$2" n="$3"; shift 3
+  ! train "$n" "$tmp/refused" "$@" > "$log" 2>&1 || fail "accepted: $n ranks, $*"
+  [ "$(count_in "$log" "$text")" -eq 1 ] || fail "$n ranks, $*: not one message '$text': $(cat "$log")"
+  [ ! -e "$tmp/refused/checkpoint.safetensors" ] || fail "$n ranks, $*: a refused run wrote a checkpoint"
+}
+
+# Each rank one device of the split: every rank runs the same pieces one process runs for
+# its device, on the same data, and sums the logits with zeros, so the bits are the same.
+ranks() {
+  local one="$tmp/one" two="$tmp/two" log="$tmp/ranks.log"
+  # 410 images at 20 a step: 20 whole batches and one of 10, over 2 epochs (42 steps).
+  local args=(--limit 410 --epochs 2 --batch 20 --lr 0.01 --devices 2)
+  train 0 "$one" "${args[@]}" > /dev/null
+  train 2 "$two" "${args[@]}" --device-ranks > "$log"
+  grep -q "2 ranks as the split's devices" "$log" || fail "the run does not say its ranks are devices: $(cat "$log")"
+  [ "$(grep -c '^epoch ' "$log")" -eq 2 ] || fail "not one line an epoch (rank 0's): $(cat "$log")"
+  echo "2 ranks as devices against 1 process with --devices 2:"
+  "$close" "$spec" "$two/weights.safetensors" "$one/weights.safetensors" 0 | tail -1 || true  # shown; cmp decides
+  cmp "$two/weights.safetensors" "$one/weights.safetensors" ||
+    fail "2 ranks as devices end with other weights than one process with --devices 2"
+  cmp "$two/checkpoint.safetensors" "$one/checkpoint.safetensors" || fail "the checkpoints differ"
+  metrics_close "$two/metrics.csv" "$one/metrics.csv"
+  diff <(cut -d, -f1-8 "$two/metrics.csv") <(cut -d, -f1-8 "$one/metrics.csv") ||
+    fail "metrics rows differ (other than times)"
+  local small=(--limit 40 --epochs 1 --batch 20 --devices 2 --device-ranks)
+  refused "$tmp/r0.log" "--device-ranks needs mpirun" 0 "${small[@]}"
+  refused "$tmp/r3.log" "this job has 3 ranks and --devices 2" 3 "${small[@]}"
+  refused "$tmp/rc.log" "not with --target cuda" 2 "${small[@]}" --target cuda
+  # The mode is part of the run's settings: resuming it as replicas is refused.
+  ! train 2 "$two" "${args[@]}" --resume > "$log" 2>&1 || fail "resumed without --device-ranks"
+  [ "$(count_in "$log" "device-ranks 1")" -eq 1 ] || fail "resume without --device-ranks: $(cat "$log")"
+  ! train 0 "$two" "${args[@]}" --resume > "$log" 2>&1 || fail "resumed in one process"
+  grep -q "trained by 2 ranks and this job has 1: .* each rank was one of its devices" "$log" ||
+    fail "resume in one process: $(cat "$log")"
+  cmp "$two/checkpoint.safetensors" "$one/checkpoint.safetensors" || fail "a refused --resume changed the checkpoint"
+}
+
 # The fake driver builds each kernel module from NVRTC's cache: the one-process run goes
 # first and builds them, so the ranks find them (they are the same: the all-reduce is a
 # plan step, not a kernel) instead of building them at once.
@@ -226,7 +269,8 @@ case "$part" in
   resume) resume ;;
   killed) killed ;;
   errors) errors ;;
-  all) same; same_ref; resume; killed; errors ;;
+  ranks) ranks ;;
+  all) same; same_ref; resume; killed; errors; ranks ;;
   *) fail "unknown part $part" ;;
 esac
 echo "ok"
