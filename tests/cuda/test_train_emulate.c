@@ -549,7 +549,7 @@ static char *mutate(const char *source, const char *from, const char *to) {
 int main(int argc, char **argv) {
   if (argc < 5) {
     fprintf(stderr, "usage: test_train_emulate CXX EMU_HEADER WORKDIR SPEC [--batch N] "
-                    "[--mutants]\n");
+                    "[--devices N] [--mutants] [--split-mutants] [--nvrtc]\n");
     return 2;
   }
   cxx = argv[1];
